@@ -1,0 +1,194 @@
+"""The timing index: one entry per exchange, built from records as they are framed. Sans-IO.
+
+The writer feeds every record with the file offset of the frame it went into; on close it encodes the
+entries into the index frame. The reader rebuilds the same entries by one scan when a file has no index
+(a crash), so both paths share :class:`IndexBuilder`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from wirecap.capture.records import (
+    BodyChunk,
+    ExchangeEnd,
+    Gap,
+    Record,
+    RecordError,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+)
+
+INDEX_VERSION: Final = 1
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class IndexEntry:
+    """What the index knows about one exchange in one file."""
+
+    x: str
+    wall_ns: int | None = None
+    method: str | None = None
+    target: str | None = None
+    route: str | None = None
+    upstream_url: str | None = None
+    status: int | None = None
+    ttfb_ns: int | None = None
+    dur_ns: int | None = None
+    outcome: str | None = None
+    req_bytes: int = 0
+    res_bytes: int = 0
+    frames: list[int] = dataclasses.field(default_factory=list)
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "x": self.x,
+            "wall_ns": self.wall_ns,
+            "method": self.method,
+            "target": self.target,
+            "route": self.route,
+            "upstream_url": self.upstream_url,
+            "status": self.status,
+            "ttfb_ns": self.ttfb_ns,
+            "dur_ns": self.dur_ns,
+            "outcome": self.outcome,
+            "req_bytes": self.req_bytes,
+            "res_bytes": self.res_bytes,
+            "frames": list(self.frames),
+        }
+
+    @classmethod
+    def from_map(cls, m: Any) -> IndexEntry:
+        if not isinstance(m, dict):
+            raise RecordError("index entry is not a map")
+        frames = m.get("frames", [])
+        if not isinstance(frames, list) or not all(
+            isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in frames
+        ):
+            raise RecordError("index entry frames must be a list of offsets")
+        x = m.get("x")
+        if not isinstance(x, str):
+            raise RecordError("index entry without an exchange id")
+        entry = cls(x=x, frames=frames)
+        for key, kinds in _ENTRY_FIELDS.items():
+            value = m.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise RecordError(f"index entry field {key!r} has the wrong type")
+            setattr(entry, key, value)
+        return entry
+
+
+_ENTRY_FIELDS: Final[Mapping[str, type | tuple[type, ...]]] = {
+    "wall_ns": int,
+    "method": str,
+    "target": str,
+    "route": str,
+    "upstream_url": str,
+    "status": int,
+    "ttfb_ns": int,
+    "dur_ns": int,
+    "outcome": str,
+    "req_bytes": int,
+    "res_bytes": int,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Index:
+    """A decoded index: entries in order of first appearance, plus gaps and known damage."""
+
+    entries: tuple[IndexEntry, ...]
+    gaps: tuple[Gap, ...] = ()
+    damage: tuple[Mapping[str, Any], ...] = ()
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "t": "index",
+            "version": INDEX_VERSION,
+            "exchanges": [e.to_map() for e in self.entries],
+            "gaps": [g.to_map() for g in self.gaps],
+            "damage": [dict(d) for d in self.damage],
+        }
+
+    @classmethod
+    def from_map(cls, m: Any) -> Index:
+        if not isinstance(m, dict) or m.get("t") != "index":
+            raise RecordError("not an index map")
+        if m.get("version") != INDEX_VERSION:
+            raise RecordError(f"unsupported index version {m.get('version')!r}")
+        exchanges = m.get("exchanges")
+        gaps = m.get("gaps", [])
+        damage = m.get("damage", [])
+        if (
+            not isinstance(exchanges, list)
+            or not isinstance(gaps, list)
+            or not isinstance(damage, list)
+        ):
+            raise RecordError("index lists have the wrong type")
+        if not all(isinstance(d, dict) for d in damage):
+            raise RecordError("index damage entries must be maps")
+        return cls(
+            tuple(IndexEntry.from_map(e) for e in exchanges),
+            tuple(Gap.from_map(g) for g in gaps),
+            tuple(damage),
+        )
+
+
+class IndexBuilder:
+    """Accumulates index entries from records and the offsets of the frames that hold them."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, IndexEntry] = {}
+        self._gaps: list[Gap] = []
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def observe(self, record: Record, frame_offset: int) -> None:
+        """Account for ``record``, stored in the frame that starts at ``frame_offset``."""
+        if isinstance(record, Gap):
+            self._gaps.append(record)
+            return
+        if not isinstance(
+            record, RequestReceived | UpstreamRequest | ResponseHead | BodyChunk | ExchangeEnd
+        ):
+            return
+        entry = self._entries.get(record.x)
+        if entry is None:
+            entry = self._entries[record.x] = IndexEntry(x=record.x)
+        if not entry.frames or entry.frames[-1] != frame_offset:
+            entry.frames.append(frame_offset)
+        if isinstance(record, BodyChunk):
+            return
+        if isinstance(record, RequestReceived):
+            entry.wall_ns = record.wall_ns
+            entry.method = record.method
+            entry.target = record.target
+            entry.route = record.route
+            entry.upstream_url = record.upstream_url
+        elif isinstance(record, ResponseHead):
+            if record.status >= 200 and entry.status is None:
+                entry.status = record.status
+            if entry.ttfb_ns is None:
+                entry.ttfb_ns = record.ns
+        elif isinstance(record, ExchangeEnd):
+            entry.dur_ns = record.ns
+            entry.outcome = record.outcome
+            entry.req_bytes = record.req_bytes
+            entry.res_bytes = record.res_bytes
+            if record.status is not None:
+                entry.status = record.status
+            if record.ttfb_ns is not None:
+                entry.ttfb_ns = record.ttfb_ns
+
+    def observe_all(self, records: Iterable[Record], frame_offset: int) -> None:
+        for record in records:
+            self.observe(record, frame_offset)
+
+    def build(self, damage: Iterable[Mapping[str, Any]] = ()) -> Index:
+        return Index(tuple(self._entries.values()), tuple(self._gaps), tuple(damage))

@@ -1,0 +1,508 @@
+"""Reading capture files: segments, directories of segments, exchanges, and index repair.
+
+The reader trusts nothing in the file. Frames are measured before they are decompressed, sizes are
+checked against limits before anything is allocated, CBOR tags are refused, and every damaged region
+is reported (as :class:`Damage`) while every intact frame around it is still read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Final
+
+from wirecap.capture import frames
+from wirecap.capture.frames import Damage, FrameInfo
+from wirecap.capture.index import Index, IndexBuilder, IndexEntry
+from wirecap.capture.records import (
+    BodyChunk,
+    ExchangeEnd,
+    Gap,
+    Header,
+    Record,
+    RecordError,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+)
+
+PROXY_PATH_HEADER: Final = b"X-Proxy-Path"
+
+
+class CaptureError(Exception):
+    """A capture that cannot be opened at all (missing, not a capture, empty directory)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileDamage:
+    """Damage found in one file of a capture."""
+
+    path: Path
+    offset: int
+    end: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: bytes {self.offset}..{self.end}: {self.reason}"
+
+
+def strip_proxy_path(head: bytes) -> bytes:
+    """Remove the X-Proxy-Path line that wirecap adds as the last header line of a stored head."""
+    end = head.rfind(b"\r\n\r\n")
+    if end == -1:
+        return head
+    line_start = head.rfind(b"\r\n", 0, end) + 2
+    name = head[line_start : head.find(b":", line_start, end)]
+    if name.lower() != PROXY_PATH_HEADER.lower():
+        return head
+    return head[:line_start] + head[end + 2 :]
+
+
+def proxy_path_of(head: bytes) -> str | None:
+    """The X-Proxy-Path URL in a stored upstream head, if there is one."""
+    end = head.rfind(b"\r\n\r\n")
+    if end == -1:
+        return None
+    line_start = head.rfind(b"\r\n", 0, end) + 2
+    name, sep, value = head[line_start:end].partition(b":")
+    if not sep or name.lower() != PROXY_PATH_HEADER.lower():
+        return None
+    return value.strip().decode("ascii", "replace")
+
+
+@dataclasses.dataclass(slots=True)
+class Exchange:
+    """Everything recorded about one request and its response."""
+
+    id: str
+    request: RequestReceived | None = None
+    upstream: UpstreamRequest | None = None
+    responses: list[ResponseHead] = dataclasses.field(default_factory=list)
+    chunks: list[BodyChunk] = dataclasses.field(default_factory=list)
+    end: ExchangeEnd | None = None
+
+    def add(self, record: Record) -> None:
+        if isinstance(record, BodyChunk):
+            self.chunks.append(record)
+        elif isinstance(record, RequestReceived):
+            self.request = record
+        elif isinstance(record, UpstreamRequest):
+            self.upstream = record
+        elif isinstance(record, ResponseHead):
+            self.responses.append(record)
+        elif isinstance(record, ExchangeEnd):
+            self.end = record
+
+    @property
+    def complete(self) -> bool:
+        return self.end is not None
+
+    @property
+    def response(self) -> ResponseHead | None:
+        """The final (non-1xx) response head."""
+        for head in self.responses:
+            if head.status >= 200:
+                return head
+        return None
+
+    @property
+    def informational(self) -> list[ResponseHead]:
+        return [h for h in self.responses if h.status < 200]
+
+    @property
+    def request_chunks(self) -> list[BodyChunk]:
+        return [c for c in self.chunks if c.dir == "req"]
+
+    @property
+    def response_chunks(self) -> list[BodyChunk]:
+        return [c for c in self.chunks if c.dir == "res"]
+
+    @property
+    def request_body(self) -> bytes:
+        return b"".join(c.data for c in self.chunks if c.dir == "req")
+
+    @property
+    def response_body(self) -> bytes:
+        return b"".join(c.data for c in self.chunks if c.dir == "res")
+
+    @property
+    def method(self) -> str | None:
+        return self.request.method if self.request else None
+
+    @property
+    def target(self) -> str | None:
+        return self.request.target if self.request else None
+
+    @property
+    def upstream_url(self) -> str | None:
+        return self.request.upstream_url if self.request else None
+
+    @property
+    def wall_ns(self) -> int | None:
+        return self.request.wall_ns if self.request else None
+
+    @property
+    def status(self) -> int | None:
+        if self.end is not None and self.end.status is not None:
+            return self.end.status
+        head = self.response
+        return head.status if head else None
+
+    @property
+    def outcome(self) -> str:
+        return self.end.outcome if self.end else "incomplete"
+
+    @property
+    def duration_ns(self) -> int | None:
+        return self.end.ns if self.end else None
+
+    @property
+    def ttfb_ns(self) -> int | None:
+        if self.end is not None and self.end.ttfb_ns is not None:
+            return self.end.ttfb_ns
+        return self.responses[0].ns if self.responses else None
+
+    @property
+    def upstream_wire_head(self) -> bytes | None:
+        """The request head exactly as it went on the wire upstream (X-Proxy-Path removed if added)."""
+        if self.upstream is None:
+            return None
+        if self.upstream.proxy_path == "forwarded":
+            return self.upstream.head
+        return strip_proxy_path(self.upstream.head)
+
+    def request_bytes(self) -> bytes:
+        """The client's request as received: head then body (redacted where redaction applied)."""
+        head = self.request.head if self.request else b""
+        return head + self.request_body
+
+    def response_bytes(self) -> bytes:
+        """The response as relayed: every head (1xx first) then the body."""
+        return b"".join(h.head for h in self.responses) + self.response_body
+
+
+class CaptureFile:
+    """One capture segment, memory-mapped read-only."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                self._buf: frames.Buffer = (
+                    mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+                )
+        except OSError as exc:
+            raise CaptureError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        self.size = len(self._buf)
+        self.damage: list[FileDamage] = []
+        self._index: Index | None = None
+        self._index_offset: int | None = None
+        self._by_id: dict[str, IndexEntry] | None = None
+        self._scanned = False
+        self.header: Header | None = None
+        self._read_footer()
+        self._read_header()
+
+    def close(self) -> None:
+        if isinstance(self._buf, mmap.mmap):
+            self._buf.close()
+
+    def __enter__(self) -> CaptureFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- structure -------------------------------------------------------------------------------
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the file ends with a valid footer and index (false after a crash)."""
+        return self._index_offset is not None
+
+    @property
+    def data_end(self) -> int:
+        """Where data frames end: the index frame's offset, or the end of the file."""
+        return self._index_offset if self._index_offset is not None else self.size
+
+    def _read_footer(self) -> None:
+        if self.size < frames.FOOTER_SIZE:
+            return
+        pointer = frames.decode_footer(self._buf[self.size - frames.FOOTER_SIZE :])
+        if pointer is None:
+            return
+        offset, length = pointer
+        if offset + length != self.size - frames.FOOTER_SIZE:
+            self._note(offset, self.size, "footer points outside the file; index ignored")
+            return
+        try:
+            index = Index.from_map(frames.decode_index_frame(self._buf[offset : offset + length]))
+        except (frames.FrameError, RecordError) as exc:
+            self._note(offset, self.size, f"index unreadable ({exc}); rebuilt by scanning")
+            return
+        if any(f >= offset for e in index.entries for f in e.frames):
+            self._note(offset, self.size, "index points past the data; rebuilt by scanning")
+            return
+        self._index, self._index_offset = index, offset
+        for d in index.damage:
+            self.damage.append(
+                FileDamage(
+                    self.path,
+                    int(d.get("offset", 0)),
+                    int(d.get("end", 0)),
+                    str(d.get("reason", "")),
+                )
+            )
+
+    def _read_header(self) -> None:
+        for item in frames.iter_frames(self._buf):
+            if isinstance(item, Damage):
+                break
+            if item.kind != "data":
+                continue
+            records, _problem = self._decode(item)
+            if records and isinstance(records[0], Header):
+                self.header = records[0]
+            break
+        if self.header is None and self.size:
+            raise CaptureError(f"{self.path} is not a wirecap capture (no header record)")
+
+    def _note(self, offset: int, end: int, reason: str) -> None:
+        self.damage.append(FileDamage(self.path, offset, end, reason))
+
+    def _decode(self, info: FrameInfo) -> tuple[list[Record], str | None]:
+        try:
+            data = frames.decompress_frame(self._buf[info.offset : info.end], info)
+        except frames.FrameError as exc:
+            return [], str(exc)
+        return frames.decode_records(data)
+
+    # -- records -----------------------------------------------------------------------------------
+
+    def iter_frame_records(self) -> Iterator[tuple[int, list[Record]]]:
+        """Every intact data frame in file order, as (offset, records). Notes damage on the way."""
+        record_damage = not self._scanned
+        for item in frames.iter_frames(self._buf, 0, self.data_end):
+            if isinstance(item, Damage):
+                if record_damage:
+                    self._note(item.offset, item.end, item.reason)
+                continue
+            if item.kind != "data":
+                continue
+            records, problem = self._decode(item)
+            if problem is not None and record_damage:
+                self._note(item.offset, item.end, problem)
+            yield item.offset, records
+        self._scanned = True
+
+    def records(self) -> Iterator[Record]:
+        for _offset, records in self.iter_frame_records():
+            yield from records
+
+    # -- index -----------------------------------------------------------------------------------
+
+    def index(self) -> Index:
+        """The file's index: read from the file, or rebuilt by one scan when it has none."""
+        if self._index is None:
+            builder = IndexBuilder()
+            for offset, records in self.iter_frame_records():
+                builder.observe_all(records, offset)
+            self._index = builder.build()
+        return self._index
+
+    def entry(self, exchange_id: str) -> IndexEntry | None:
+        if self._by_id is None:
+            self._by_id = {e.x: e for e in self.index().entries}
+        return self._by_id.get(exchange_id)
+
+    def records_of(self, exchange_id: str) -> list[Record]:
+        """The records of one exchange, read from the frames the index lists (no scan)."""
+        entry = self.entry(exchange_id)
+        if entry is None:
+            return []
+        found: list[Record] = []
+        for offset in entry.frames:
+            try:
+                info = frames.parse_frame(self._buf, offset)
+            except frames.FrameError:
+                continue
+            records, _ = self._decode(info)
+            found.extend(r for r in records if getattr(r, "x", None) == exchange_id)
+        return found
+
+    def damage_regions(self) -> list[FileDamage]:
+        """Every damaged region, scanning the whole file once if it has not been scanned yet."""
+        if not self._scanned:
+            for _ in self.iter_frame_records():
+                pass
+        return list(self.damage)
+
+
+def segment_paths(target: str | os.PathLike[str]) -> list[Path]:
+    """The segment files a path names: the file itself, or a directory's segments in time order."""
+    path = Path(target)
+    if path.is_dir():
+        found = sorted(
+            p for p in path.iterdir() if p.is_file() and p.name.endswith(frames.SEGMENT_SUFFIX)
+        )
+        if not found:
+            raise CaptureError(f"no capture files ({frames.SEGMENT_SUFFIX}) in {path}")
+        return found
+    if not path.exists():
+        raise CaptureError(f"no such capture: {path}")
+    return [path]
+
+
+class Capture:
+    """One or more capture files (or directories of segments) read as one capture."""
+
+    def __init__(self, *targets: str | os.PathLike[str]) -> None:
+        paths: list[Path] = []
+        for target in targets:
+            paths.extend(segment_paths(target))
+        if not paths:
+            raise CaptureError("no capture given")
+        self.files: list[CaptureFile] = []
+        try:
+            for p in paths:
+                self.files.append(CaptureFile(p))
+        except CaptureError:
+            self.close()
+            raise
+        self.files.sort(
+            key=lambda f: (
+                f.header.created_ns if f.header else 0,
+                f.header.segment if f.header else 0,
+                str(f.path),
+            )
+        )
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def damage(self) -> list[FileDamage]:
+        return [d for f in self.files for d in f.damage_regions()]
+
+    def records(self) -> Iterator[Record]:
+        for f in self.files:
+            yield from f.records()
+
+    def gaps(self) -> Iterator[Gap]:
+        for f in self.files:
+            yield from f.index().gaps
+
+    def index_entries(self) -> Iterator[IndexEntry]:
+        """Index entries of every file, merged across segments for exchanges that span them."""
+        for f in self.files:
+            yield from f.index().entries
+
+    def exchanges(self) -> Iterator[Exchange]:
+        """Every exchange in the order they started; incomplete ones (a crash) come last."""
+        return assemble(self.records())
+
+    def get(self, exchange_id: str) -> Exchange | None:
+        """One exchange by id, read through the index (frames of other exchanges are not decoded)."""
+        exchange: Exchange | None = None
+        for f in self.files:
+            records = f.records_of(exchange_id)
+            if records:
+                if exchange is None:
+                    exchange = Exchange(exchange_id)
+                for r in records:
+                    exchange.add(r)
+        return exchange
+
+
+def assemble(records: Iterable[Record]) -> Iterator[Exchange]:
+    """Group exchange records into exchanges, yielded in start order as soon as each is complete.
+
+    Memory holds only the exchanges that started before the oldest unfinished one.
+    """
+    pending: dict[str, Exchange] = {}
+    for record in records:
+        x = getattr(record, "x", None)
+        if x is None:
+            continue
+        exchange = pending.get(x)
+        if exchange is None:
+            exchange = pending[x] = Exchange(x)
+        exchange.add(record)
+        if isinstance(record, ExchangeEnd):
+            while pending:
+                first = next(iter(pending.values()))
+                if not first.complete:
+                    break
+                del pending[first.id]
+                yield first
+    yield from pending.values()
+
+
+def open_capture(*targets: str | os.PathLike[str]) -> Capture:
+    """Open files and/or directories of segments as one capture."""
+    return Capture(*targets)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IndexRepair:
+    """What :func:`repair_index` did."""
+
+    path: Path
+    already_indexed: bool
+    exchanges: int
+    truncated_at: int | None = None
+    tail_saved_to: Path | None = None
+
+
+def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
+    """Give a file without an index (after a crash) its index and footer.
+
+    A damaged tail (a frame cut off mid-write) is first moved to ``<file>.tail`` so that the repaired
+    file is again a clean sequence of frames that stock zstd tools read; nothing is thrown away.
+    """
+    path = Path(path)
+    with CaptureFile(path) as cf:
+        if cf.indexed:
+            return IndexRepair(path, True, len(cf.index().entries))
+        builder = IndexBuilder()
+        last_end = 0
+        for item in frames.iter_frames(cf._buf):
+            if isinstance(item, Damage):
+                continue
+            last_end = item.end
+            if item.kind == "data":
+                records, _ = cf._decode(item)
+                builder.observe_all(records, item.offset)
+        damage = [
+            {"offset": d.offset, "end": d.end, "reason": d.reason}
+            for d in cf.damage_regions()
+            if d.end <= last_end
+        ]
+        size = cf.size
+        tail = bytes(cf._buf[last_end:size]) if last_end < size else b""
+    tail_path: Path | None = None
+    if tail:
+        tail_path = path.with_name(path.name + ".tail")
+        fd = os.open(tail_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(tail)
+    index = builder.build(damage)
+    index_frame = frames.encode_index_frame(index.to_map())
+    with open(path, "r+b") as f:
+        f.truncate(last_end)
+        f.seek(last_end)
+        f.write(index_frame + frames.encode_footer(last_end, len(index_frame)))
+        f.flush()
+        os.fsync(f.fileno())
+    return IndexRepair(path, False, len(index.entries), last_end if tail else None, tail_path)

@@ -1,0 +1,401 @@
+"""Writing capture files: a blocking segment sink and the trio task that feeds it.
+
+The proxy hands records to :class:`CaptureWriter` through a bounded channel and never waits on disk.
+The writer's collector task batches records into frames (closed 250 ms after their first record or at
+1 MiB), and its flusher task runs :class:`SegmentSink` in a worker thread, where records are prepared
+(redaction), encoded, compressed and written. Collecting the next frame overlaps writing the last one.
+
+A write error (a full disk) never reaches traffic: the writer logs it once, loudly, stops writing, and
+keeps draining the channel so the proxy never blocks on it; :meth:`CaptureWriter.statistics` counts
+what was lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import BinaryIO, Final, Literal, TypeAlias
+
+import trio
+
+from wirecap.capture import frames
+from wirecap.capture.index import IndexBuilder
+from wirecap.capture.records import (
+    BodyChunk,
+    Gap,
+    Header,
+    Record,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+)
+
+logger = logging.getLogger("wirecap.capture")
+
+FRAME_MAX_BYTES: Final = 1024 * 1024
+FRAME_MAX_SECONDS: Final = 0.25
+#: Records waiting between the proxy and the writer. A record holds at most one 64 KiB read, so the
+#: channel holds at most 16 MiB: enough to ride out a slow frame, small enough to keep memory flat.
+DEFAULT_CHANNEL_RECORDS: Final = 256
+
+OnFull: TypeAlias = Literal["block", "drop"]
+Prepare: TypeAlias = Callable[[Record], Record]
+Opener: TypeAlias = Callable[[Path], BinaryIO]
+
+
+def open_exclusive(path: Path) -> BinaryIO:
+    """Create ``path`` with mode 0600 (never overwriting) and open it for unbuffered writing.
+
+    Unbuffered so that every frame is handed to the kernel as soon as it is written: a process killed
+    with SIGKILL loses nothing that the writer finished writing.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+def record_size(record: Record) -> int:
+    """Approximate encoded size of ``record``, for frame and drop accounting."""
+    if isinstance(record, BodyChunk):
+        return len(record.data) + 48
+    if isinstance(record, RequestReceived | UpstreamRequest | ResponseHead):
+        return len(record.head) + 128
+    return 96
+
+
+class SegmentSink:
+    """Blocking writer of one capture segment at a time. Run its methods in a worker thread.
+
+    Not thread-safe: one thread at a time (the writer's flusher task guarantees it).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        header: Callable[[int], Header],
+        *,
+        prepare: Prepare | None = None,
+        level: int = 3,
+        opener: Opener = open_exclusive,
+        prefix: str = "capture",
+    ) -> None:
+        self.directory = directory
+        self._header = header
+        self._prepare = prepare
+        self._level = level
+        self._compressor = frames.new_compressor(level)
+        self._opener = opener
+        self._prefix = prefix
+        self._file: BinaryIO | None = None
+        self._index = IndexBuilder()
+        self.path: Path | None = None
+        self.segment = -1
+        self.offset = 0
+        self.opened_at = 0.0
+        self.paths: list[Path] = []
+
+    def open(self) -> Path:
+        """Start the next segment: create the file and write its header frame."""
+        self.segment += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = (
+            self.directory
+            / f"{self._prefix}-{stamp}-{os.getpid()}-{self.segment:04d}{frames.SEGMENT_SUFFIX}"
+        )
+        self._file = self._opener(path)
+        self.path = path
+        self.paths.append(path)
+        self.offset = 0
+        self.opened_at = time.monotonic()
+        self._index = IndexBuilder()
+        self._write(frames.encode_data_frame([self._header(self.segment)], self._compressor))
+        return path
+
+    def write_frame(self, records: Sequence[Record]) -> int:
+        """Prepare, encode, compress and append ``records`` as one frame; returns the frame's size."""
+        if self._prepare is not None:
+            records = [self._prepare(r) for r in records]
+        frame = frames.encode_data_frame(records, self._compressor)
+        at = self.offset
+        self._write(frame)
+        self._index.observe_all(records, at)
+        return len(frame)
+
+    def close(self) -> None:
+        """Append the index and footer, flush to disk, and close the segment."""
+        if self._file is None:
+            return
+        index_frame = frames.encode_index_frame(self._index.build().to_map(), self._level)
+        index_at = self.offset
+        self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
+        file, self._file = self._file, None
+        try:
+            os.fsync(file.fileno())
+        except (OSError, ValueError):
+            pass  # not every file object has a real descriptor (tests); the data is written
+        file.close()
+
+    def abandon(self) -> None:
+        """Close the file without an index, after a write error."""
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            if written is None or written <= 0:
+                raise OSError("short write to the capture file")
+            view = view[written:]
+        self.offset += len(data)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WriterStatistics:
+    """A snapshot of the capture writer's state."""
+
+    queued: int
+    records_written: int
+    frames_written: int
+    bytes_written: int
+    records_dropped: int  # refused by a full channel under --on-full drop
+    records_lost: int  # accepted but not written because writing had failed
+    failed: str | None
+    path: Path | None
+    paths: tuple[Path, ...]
+
+
+class _DropCounter:
+    __slots__ = ("bytes", "exchanges", "records")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.bytes = 0
+        self.exchanges: set[str] = set()
+
+
+class CaptureWriter:
+    """The capture pipeline: a bounded channel in, segment files out.
+
+    Start :meth:`run` in a nursery (``await nursery.start(writer.run)``), :meth:`submit` records from
+    any task, and call :meth:`aclose` to finish: the writer drains the channel, writes the index and
+    footer, and :meth:`run` returns.
+    """
+
+    def __init__(
+        self,
+        sink: SegmentSink,
+        *,
+        on_full: OnFull = "block",
+        channel_records: int = DEFAULT_CHANNEL_RECORDS,
+        frame_bytes: int = FRAME_MAX_BYTES,
+        frame_seconds: float = FRAME_MAX_SECONDS,
+        rotate_bytes: int | None = None,
+        rotate_seconds: float | None = None,
+    ) -> None:
+        self.sink = sink
+        self.on_full = on_full
+        self._send, self._receive = trio.open_memory_channel[Record](channel_records)
+        self._frame_bytes = frame_bytes
+        self._frame_seconds = frame_seconds
+        self._rotate_bytes = rotate_bytes
+        self._rotate_seconds = rotate_seconds
+        self._dropped = _DropCounter()
+        self._records_dropped = 0
+        self._records_written = 0
+        self._frames_written = 0
+        self._bytes_written = 0
+        self._records_lost = 0
+        self._failed: str | None = None
+        self._closed = False
+        self._finished = trio.Event()
+
+    # -- producer side (proxy tasks) ----------------------------------------------------------------
+
+    async def submit(self, record: Record) -> None:
+        """Queue ``record``. Under ``block`` waits for room; under ``drop`` never waits."""
+        try:
+            self._send.send_nowait(record)
+        except trio.WouldBlock:
+            if self.on_full == "drop":
+                self._count_drop(record)
+            else:
+                await self._send.send(record)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._records_lost += 1
+
+    def submit_nowait(self, record: Record) -> bool:
+        """Queue ``record`` if there is room; count it as dropped otherwise. Returns whether queued."""
+        try:
+            self._send.send_nowait(record)
+        except trio.WouldBlock:
+            self._count_drop(record)
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._records_lost += 1
+            return False
+        return True
+
+    def _count_drop(self, record: Record) -> None:
+        self._records_dropped += 1
+        self._dropped.records += 1
+        self._dropped.bytes += record_size(record)
+        x = getattr(record, "x", None)
+        if x is not None:
+            self._dropped.exchanges.add(x)
+
+    async def aclose(self) -> None:
+        """No more records: let the writer drain, index and close its file."""
+        if not self._closed:
+            self._closed = True
+            await self._send.aclose()
+
+    def statistics(self) -> WriterStatistics:
+        return WriterStatistics(
+            queued=self._receive.statistics().current_buffer_used,
+            records_written=self._records_written,
+            frames_written=self._frames_written,
+            bytes_written=self._bytes_written,
+            records_dropped=self._records_dropped,
+            records_lost=self._records_lost,
+            failed=self._failed,
+            path=self.sink.path,
+            paths=tuple(self.sink.paths),
+        )
+
+    @property
+    def failed(self) -> str | None:
+        return self._failed
+
+    # -- consumer side ------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the first segment, then write until :meth:`aclose`; close the segment on the way out."""
+        await self._in_thread(self.sink.open)
+        task_status.started(self.sink.path)
+        batches_send, batches_receive = trio.open_memory_channel[list[Record]](1)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flusher, batches_receive)
+                await self._collector(batches_send)
+        finally:
+            if self._failed is None:
+                with trio.CancelScope(shield=True):
+                    await self._in_thread(self.sink.close)
+            else:
+                self.sink.abandon()
+            self._finished.set()
+
+    async def wait_finished(self) -> None:
+        """Wait until :meth:`run` has written the index and closed the file (after :meth:`aclose`)."""
+        await self._finished.wait()
+
+    async def _collector(self, batches: trio.MemorySendChannel[list[Record]]) -> None:
+        async with batches:
+            batch: list[Record] = []
+            batch_size = 0
+            deadline = math.inf
+            rotate_deadline = self._next_rotation()
+            receive = self._receive
+            while True:
+                record: Record | None = None
+                with trio.move_on_at(min(deadline, rotate_deadline)):
+                    try:
+                        record = await receive.receive()
+                    except trio.EndOfChannel:
+                        break
+                if record is not None:
+                    if self._failed is not None:
+                        self._records_lost += 1
+                        continue
+                    if not batch:
+                        deadline = trio.current_time() + self._frame_seconds
+                    batch.append(record)
+                    batch_size += record_size(record)
+                    if batch_size < self._frame_bytes:
+                        continue
+                now = trio.current_time()
+                if batch or self._dropped.records:
+                    self._add_gap(batch)
+                    await batches.send(batch)
+                    batch, batch_size, deadline = [], 0, math.inf
+                elif now >= rotate_deadline:
+                    await batches.send([])  # an empty batch asks the flusher to rotate
+                if now >= rotate_deadline:
+                    rotate_deadline = self._next_rotation()
+            if batch or self._dropped.records:
+                self._add_gap(batch)
+                await batches.send(batch)
+
+    def _next_rotation(self) -> float:
+        if self._rotate_seconds is None:
+            return math.inf
+        return trio.current_time() + self._rotate_seconds
+
+    def _add_gap(self, batch: list[Record]) -> None:
+        dropped = self._dropped
+        if not dropped.records:
+            return
+        batch.append(
+            Gap(
+                wall_ns=time.time_ns(),
+                records=dropped.records,
+                bytes=dropped.bytes,
+                exchanges=tuple(sorted(dropped.exchanges)),
+            )
+        )
+        self._dropped = _DropCounter()
+
+    async def _flusher(self, batches: trio.MemoryReceiveChannel[list[Record]]) -> None:
+        async with batches:
+            async for batch in batches:
+                if self._failed is not None:
+                    self._records_lost += len(batch)
+                    continue
+                await self._in_thread(self._write_batch, batch)
+
+    def _write_batch(self, batch: list[Record]) -> None:
+        """Worker-thread side of a flush: write the frame, then rotate if the segment is due."""
+        if batch:
+            self._bytes_written += self.sink.write_frame(batch)
+            self._frames_written += 1
+            self._records_written += len(batch)
+        rotate = (self._rotate_bytes is not None and self.sink.offset >= self._rotate_bytes) or (
+            self._rotate_seconds is not None
+            and time.monotonic() - self.sink.opened_at >= self._rotate_seconds
+        )
+        if rotate:
+            self.sink.close()
+            self.sink.open()
+
+    async def _in_thread(self, fn: Callable[..., None], *args: object) -> None:
+        if self._failed is not None:
+            return
+        try:
+            await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            self._fail(exc, args)
+
+    def _fail(self, exc: OSError, args: Iterable[object]) -> None:
+        self._failed = f"{type(exc).__name__}: {exc}"
+        for arg in args:
+            if isinstance(arg, list):
+                self._records_lost += len(arg)
+        logger.error(
+            "CAPTURE STOPPED: writing %s failed (%s). Traffic continues uncaptured; "
+            "records from now on are counted as lost.",
+            self.sink.path,
+            self._failed,
+        )
+        self.sink.abandon()

@@ -1,0 +1,1 @@
+"""Looking at captures: listings, exchange details, raw bytes. Imports wirecap.capture and wirecap.llm."""

@@ -1,0 +1,127 @@
+"""Assembling a running proxy from a config: capture writer, redactor, server, signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import TextIO
+
+import trio
+
+from wirecap import __version__
+from wirecap.capture.records import Header
+from wirecap.capture.writer import CaptureWriter, SegmentSink
+from wirecap.proxy.config import ProxyConfig
+from wirecap.proxy.redact import Redactor, Rules
+from wirecap.proxy.server import ProxyServer
+
+logger = logging.getLogger("wirecap.proxy")
+
+
+def make_redactor(config: ProxyConfig) -> Redactor | None:
+    """The capture-time redactor the config asks for, or None with ``--no-redact``."""
+    settings = config.capture
+    if not settings.redact:
+        return None
+    rules = Rules.compile(settings.redact_headers, settings.redact_body)
+    per_route = {
+        r.prefix: rules.merged(r.redact_headers, r.redact_body)
+        for r in config.routes
+        if r.redact_headers or r.redact_body
+    }
+    return Redactor(rules, per_route)
+
+
+def make_writer(config: ProxyConfig, redactor: Redactor | None) -> CaptureWriter:
+    """A capture writer for ``config`` (the output directory is created with mode 0700)."""
+    settings = config.capture
+    settings.out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    redaction = (
+        {"enabled": True, **redactor.rules.describe()}
+        if redactor is not None
+        else {"enabled": False, "headers": [], "body_patterns": []}
+    )
+    listen = f"{config.listen_host}:{config.listen_port}"
+    host = socket.gethostname()
+
+    def header(segment: int) -> Header:
+        return Header(
+            wirecap_version=__version__,
+            created_ns=time.time_ns(),
+            host=host,
+            pid=os.getpid(),
+            segment=segment,
+            redaction=redaction,
+            listen=listen,
+        )
+
+    sink = SegmentSink(settings.out, header, prepare=redactor, level=settings.level)
+    return CaptureWriter(
+        sink,
+        on_full=settings.on_full,
+        channel_records=settings.channel_records,
+        rotate_bytes=settings.rotate_bytes,
+        rotate_seconds=settings.rotate_seconds,
+    )
+
+
+async def run_proxy(
+    config: ProxyConfig, *, console: TextIO | None = None, banner: TextIO | None = None
+) -> ProxyServer:
+    """Run the proxy for ``config`` until SIGINT/SIGTERM; returns the server (for its statistics).
+
+    The first signal starts a graceful shutdown (exchanges in flight get ``shutdown_grace`` seconds,
+    then the capture file gets its index); a second one cancels whatever is left at once.
+    """
+    server = ProxyServer(config, console=console)
+    await server.bind()  # fail on a taken address before creating any capture file
+    writer = make_writer(config, make_redactor(config)) if config.capture.enabled else None
+    server.writer = writer
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if server.shutting_down:
+                        logger.warning("second %s: stopping now", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    logger.warning(
+                        "%s: finishing exchanges in flight, then closing the capture",
+                        signal.Signals(signum).name,
+                    )
+                    server.shutdown()
+
+            async def serve() -> None:
+                path = await nursery.start(writer.run) if writer is not None else None
+                host, port = await nursery.start(server.run)
+                if banner is not None:
+                    print(_banner(server, host, port, path), file=banner, flush=True)
+
+            nursery.start_soon(watch_signals)
+            await serve()
+            await server.wait_stopped()
+            if writer is not None:
+                await writer.wait_finished()
+            nursery.cancel_scope.cancel()
+    return server
+
+
+def _banner(server: ProxyServer, host: str, port: int, path: Path | None) -> str:
+    lines = [f"wirecap {__version__} proxy listening on http://{host}:{port}"]
+    for route in server.router.routes:
+        extra = "" if route.capture else " (not captured)"
+        if route.capture and route.sample < 1:
+            extra = f" (sampled {route.sample:g})"
+        lines.append(f"  {route.describe():<24} -> {route.upstream.url}{extra}")
+    if server.writer is None:
+        lines.append("capture is off")
+    else:
+        lines.append(f"capturing to {path}")
+        if not server.config.capture.redact:
+            lines.append("REDACTION IS OFF: credentials will be stored in the capture")
+    return "\n".join(lines)

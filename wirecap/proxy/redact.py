@@ -1,0 +1,163 @@
+"""Redaction of secrets in records, at capture time, in the writer's worker thread. Sans-IO.
+
+Credential headers keep their name (and the auth scheme, e.g. ``Bearer``) and lose their value to a
+placeholder with a short fingerprint, ``[redacted sha256:1a2b3c4d]``, so two keys can be told apart
+without either being stored. Body patterns (regular expressions over bytes) are replaced the same way
+in bodies, heads and targets. The bytes forwarded are never touched: redaction runs on the records
+handed to the capture writer, after the traffic has gone.
+
+A secret split across two socket reads of a body is not seen by a body pattern (each read is redacted
+on its own, to keep memory bounded); headers are always whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from wirecap.capture.records import (
+    BodyChunk,
+    ExchangeEnd,
+    Record,
+    Redaction,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+)
+
+_AUTH_SCHEME: Final = re.compile(rb"^([A-Za-z][A-Za-z0-9._~+/-]*)\s+(\S.*)$", re.S)
+PLACEHOLDER_PREFIX: Final = b"[redacted sha256:"
+
+
+def fingerprint(secret: bytes) -> str:
+    """8 hex digits of SHA-256: enough to tell keys apart, too short to matter for a random key."""
+    return hashlib.sha256(secret).hexdigest()[:8]
+
+
+def placeholder(secret: bytes) -> tuple[bytes, str]:
+    fp = fingerprint(secret)
+    return PLACEHOLDER_PREFIX + fp.encode() + b"]", fp
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rules:
+    headers: frozenset[bytes]
+    patterns: tuple[re.Pattern[bytes], ...]
+
+    @classmethod
+    def compile(cls, headers: Iterable[str], patterns: Iterable[str]) -> Rules:
+        return cls(
+            frozenset(h.lower().encode() for h in headers),
+            tuple(re.compile(p.encode()) for p in patterns),
+        )
+
+    def merged(self, headers: Iterable[str], patterns: Iterable[str]) -> Rules:
+        extra = Rules.compile(headers, patterns)
+        return Rules(self.headers | extra.headers, self.patterns + extra.patterns)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "headers": sorted(h.decode() for h in self.headers),
+            "body_patterns": [p.pattern.decode() for p in self.patterns],
+        }
+
+
+def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
+    """Replace credential header values (and pattern matches) in a serialized head."""
+    found: list[Redaction] = []
+    lines = head.split(b"\r\n")
+    changed = False
+    for i in range(1, len(lines)):
+        line = lines[i]
+        name, sep, value = line.partition(b":")
+        if not sep or name.strip().lower() not in rules.headers:
+            continue
+        value = value.strip()
+        if not value or value.startswith(PLACEHOLDER_PREFIX):
+            continue
+        scheme = b""
+        match = _AUTH_SCHEME.match(value)
+        if match and name.strip().lower() in (b"authorization", b"proxy-authorization"):
+            scheme, value = match.group(1) + b" ", match.group(2)
+        replacement, fp = placeholder(value)
+        lines[i] = name + b": " + scheme + replacement
+        found.append(
+            Redaction(where="head", name=name.strip().lower().decode("latin-1"), fingerprint=fp)
+        )
+        changed = True
+    out = b"\r\n".join(lines) if changed else head
+    out, more = redact_patterns(out, rules, "head")
+    return out, found + more
+
+
+def redact_patterns(data: bytes, rules: Rules, where: str) -> tuple[bytes, list[Redaction]]:
+    """Replace every match of the body patterns in ``data``."""
+    found: list[Redaction] = []
+    for pattern in rules.patterns:
+        if pattern.search(data) is None:
+            continue
+
+        def replace(match: re.Match[bytes], pattern: re.Pattern[bytes] = pattern) -> bytes:
+            replacement, fp = placeholder(match.group(0))
+            found.append(
+                Redaction(where=where, name=pattern.pattern.decode("latin-1"), fingerprint=fp)
+            )
+            return replacement
+
+        data = pattern.sub(replace, data)
+    return data, found
+
+
+def redact_text(text: str | None, rules: Rules) -> str | None:
+    if text is None:
+        return None
+    out, found = redact_patterns(text.encode("utf-8", "surrogateescape"), rules, "target")
+    return out.decode("utf-8", "surrogateescape") if found else text
+
+
+class Redactor:
+    """The writer's ``prepare`` hook: returns each record with its secrets replaced.
+
+    Route-specific rules apply to the exchanges of that route; the route is learned from each
+    exchange's first record. Runs in one worker thread at a time.
+    """
+
+    def __init__(self, rules: Rules, route_rules: Mapping[str, Rules] | None = None) -> None:
+        self.rules = rules
+        self._route_rules = dict(route_rules or {})
+        self._exchange_rules: dict[str, Rules] = {}
+
+    def __call__(self, record: Record) -> Record:
+        if isinstance(record, BodyChunk):
+            rules = self._exchange_rules.get(record.x, self.rules)
+            if not rules.patterns:
+                return record
+            data, found = redact_patterns(bytes(record.data), rules, "body")
+            return (
+                dataclasses.replace(record, data=data, redactions=tuple(found)) if found else record
+            )
+        if isinstance(record, RequestReceived):
+            rules = self._route_rules.get(record.route or "", self.rules)
+            if rules is not self.rules:
+                self._exchange_rules[record.x] = rules
+            head, found = redact_head(record.head, rules)
+            return dataclasses.replace(
+                record,
+                head=head,
+                target=redact_text(record.target, rules) or "",
+                proxy_url=redact_text(record.proxy_url, rules) or "",
+                upstream_url=redact_text(record.upstream_url, rules),
+                redactions=tuple(found),
+            )
+        if isinstance(record, UpstreamRequest | ResponseHead):
+            rules = self._exchange_rules.get(record.x, self.rules)
+            head, found = redact_head(record.head, rules)
+            return (
+                dataclasses.replace(record, head=head, redactions=tuple(found)) if found else record
+            )
+        if isinstance(record, ExchangeEnd):
+            self._exchange_rules.pop(record.x, None)
+        return record

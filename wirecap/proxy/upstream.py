@@ -1,0 +1,239 @@
+"""Connections to upstreams: one h11 client state machine per connection, pooled per origin."""
+
+from __future__ import annotations
+
+import logging
+import math
+import select
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import h11
+import trio
+
+from wirecap.proxy.config import Upstream
+
+logger = logging.getLogger("wirecap.proxy")
+
+Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """Connecting (TCP or TLS) to the upstream failed."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+
+class UpstreamConnection:
+    """One connection to an upstream: a trio stream and the h11 client state machine over it.
+
+    :meth:`next_event` also returns the raw bytes of each response head, exactly as received, which
+    h11 does not keep: the bytes fed to h11 while a head is awaited, minus what h11 still buffers.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        origin: tuple[str, str, int],
+        *,
+        read_size: int,
+        max_head: int,
+    ) -> None:
+        self.stream = stream
+        self.origin = origin
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+        self.read_size = read_size
+        self.requests = 0
+        self.idle_since = 0.0
+        self._head_buf = bytearray()
+        self._want_head = True
+
+    async def send(self, event: h11.Event) -> bytes:
+        """Serialize ``event`` with h11 and send it; returns the bytes sent."""
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+        return data or b""
+
+    async def next_event(self) -> tuple[Event, bytes]:
+        """The next h11 event from the upstream, with the raw head bytes for (informational) responses."""
+        conn = self.h11
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(self.read_size)
+                if self._want_head:
+                    self._head_buf += data
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.InformationalResponse | h11.Response):
+                pending = len(conn.trailing_data[0])
+                cut = len(self._head_buf) - pending
+                raw = bytes(self._head_buf[:cut])
+                if isinstance(event, h11.Response):
+                    self._want_head = False
+                    self._head_buf = bytearray()
+                else:
+                    del self._head_buf[:cut]
+                return event, raw
+            return event, b""
+
+    def start_next_cycle(self) -> None:
+        self.h11.start_next_cycle()
+        self._want_head = True
+        self._head_buf = bytearray(self.h11.trailing_data[0])
+
+    @property
+    def reusable(self) -> bool:
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def looks_alive(self) -> bool:
+        """False when the idle socket is readable: the upstream closed it (or sent junk)."""
+        sock = _socket_of(self.stream)
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None
+
+
+def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """The context for HTTPS upstreams: system trust store, plus ``ca_file`` when given."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+Connector = Callable[[Upstream], "trio.abc.Stream"]
+
+
+class ConnectionPool:
+    """Idle upstream connections kept per origin (scheme, host, port), reused in LIFO order."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        read_size: int,
+        max_head: int,
+        max_idle_per_origin: int,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.read_size = read_size
+        self.max_head = max_head
+        self.max_idle = max_idle_per_origin
+        self._ssl_context = ssl_context
+        self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
+        self.connections_opened = 0
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = make_ssl_context()
+        return self._ssl_context
+
+    async def acquire(
+        self, upstream: Upstream, connect_timeout: float | None = None
+    ) -> UpstreamConnection:
+        """A live idle connection to ``upstream``, or a new one.
+
+        Raises :class:`UpstreamConnectError` or :class:`UpstreamTimeout`.
+        """
+        idle = self._idle.get(upstream.origin)
+        now = trio.current_time()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < self.idle_timeout and conn.looks_alive():
+                return conn
+            await conn.aclose()
+        return await self._connect(upstream, connect_timeout or self.connect_timeout)
+
+    async def _connect(self, upstream: Upstream, timeout: float) -> UpstreamConnection:
+        try:
+            with trio.fail_after(timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(upstream.host, upstream.port)
+                if upstream.scheme == "https":
+                    tls = trio.SSLStream(
+                        stream,
+                        self.ssl_context,
+                        server_hostname=upstream.host,
+                        https_compatible=True,
+                    )
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+                    stream = tls
+        except trio.TooSlowError:
+            raise UpstreamTimeout(
+                f"connecting to {upstream.host}:{upstream.port} took longer than {timeout:g}s"
+            ) from None
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+            reason = (
+                exc.__cause__
+                if isinstance(exc, trio.BrokenResourceError) and exc.__cause__
+                else exc
+            )
+            raise UpstreamConnectError(
+                f"cannot connect to {upstream.host}:{upstream.port}: {_describe(reason)}"
+            ) from exc
+        self.connections_opened += 1
+        return UpstreamConnection(
+            stream, upstream.origin, read_size=self.read_size, max_head=self.max_head
+        )
+
+    async def release(self, conn: UpstreamConnection) -> None:
+        """Return ``conn`` to the pool if its exchange finished cleanly; close it otherwise."""
+        if not conn.reusable:
+            await conn.aclose()
+            return
+        conn.start_next_cycle()
+        conn.idle_since = trio.current_time()
+        idle = self._idle.setdefault(conn.origin, [])
+        idle.append(conn)
+        if len(idle) > self.max_idle:
+            await idle.pop(0).aclose()
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                await conn.aclose()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed ({exc.verify_message})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+NO_DEADLINE = math.inf

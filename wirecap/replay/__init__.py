@@ -1,0 +1,1 @@
+"""Replay of captured requests and the mock backend that serves captures."""
