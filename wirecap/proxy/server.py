@@ -295,7 +295,16 @@ class ProxyServer:
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed between requests: a normal end of keep-alive
             first = False
-            await self._exchange(client, event, client.take_head(), client_addr, t0, started_ns)
+            raw_head = client.take_head()
+            if len(raw_head) > self.config.limits.max_head:
+                # h11 bounds only heads that arrive in pieces; one that arrives whole is checked here.
+                client.head_buf = bytearray(raw_head)
+                await self._reject(
+                    client, client_addr, t0, started_ns, 431,
+                    f"request head is {len(raw_head)} bytes; the limit is {self.config.limits.max_head}",
+                )
+                return
+            await self._exchange(client, event, raw_head, client_addr, t0, started_ns)
             if (
                 client.h11.our_state is h11.DONE
                 and client.h11.their_state is h11.DONE

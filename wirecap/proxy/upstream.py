@@ -228,12 +228,17 @@ class ConnectionPool:
 
 
 def _describe(exc: BaseException) -> str:
+    """The most specific reason inside ``exc`` (trio wraps per-address errors in a group)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed ({exc.verify_message})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    text = str(exc)
-    return text if text else type(exc).__name__
+    inner = exc.__cause__
+    if isinstance(inner, BaseExceptionGroup) and inner.exceptions:
+        return _describe(inner.exceptions[0])
+    if isinstance(inner, BaseException):
+        return _describe(inner)
+    return str(exc) or type(exc).__name__
 
 
 NO_DEADLINE = math.inf

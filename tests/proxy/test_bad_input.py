@@ -1,0 +1,192 @@
+"""Bad input from either side gets a clear answer and a capture record, and the proxy keeps serving."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import httpx
+import pytest
+import trio
+
+from test_transparency import raw_request
+
+
+async def ok_handler(ex):
+    await ex.respond(200, b"fine")
+
+
+async def assert_still_serving(proxy):
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{proxy.url}/after")
+    assert r.status_code == 200 and r.text == "fine"
+
+
+def json_error(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+async def test_malformed_request_gets_400_and_is_recorded(start_upstream, start_proxy):
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    raw = await raw_request(proxy.port, b"THIS IS NOT HTTP\r\n\r\n")
+    status, body = json_error(raw)
+    assert status == 400 and body["error"]["type"] == "bad_request"
+    await assert_still_serving(proxy)
+    assert len(upstream.requests) == 1  # only the good one got through
+    with await proxy.capture() as capture:
+        bad = next(e for e in capture.exchanges() if e.outcome == "protocol_error")
+    assert bad.request is not None and bad.request.head == b"THIS IS NOT HTTP\r\n\r\n"
+    assert bad.status == 400 and bad.response is not None and bad.response.by == "proxy"
+
+
+async def test_oversize_head_gets_431(start_upstream, start_proxy):
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(upstream=upstream.url, max_head=4096)
+    raw = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n")
+    status, body = json_error(raw)
+    assert status == 431 and "too" in body["error"]["type"]
+    await assert_still_serving(proxy)
+
+
+async def test_stalled_half_head_is_cut_off_without_blocking_others(start_upstream, start_proxy):
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(upstream=upstream.url, timeouts={"client_head": 0.5})
+    stalled = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stalled.send_all(b"POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Le")
+    # Other clients are served while that one stalls.
+    await assert_still_serving(proxy)
+    with trio.fail_after(5):
+        answer = b""
+        while chunk := await stalled.receive_some(65536):
+            answer += chunk
+    status, body = json_error(answer)
+    assert status == 408 and body["error"]["type"] == "request_timeout"
+    await stalled.aclose()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello",
+    ],
+    ids=["cl-and-te", "two-lengths", "list-of-lengths"],
+)
+async def test_smuggling_shapes_are_rejected_not_forwarded(start_upstream, start_proxy, head):
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    status, body = json_error(await raw_request(proxy.port, head))
+    assert status == 400
+    assert "Content-Length" in body["error"]["message"]
+    assert upstream.requests == [] and upstream.connections == 0
+    await assert_still_serving(proxy)
+
+
+async def test_unreachable_upstream_is_a_502_with_a_reason(start_proxy):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    proxy = await start_proxy(upstream=f"http://127.0.0.1:{port}/")
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"{proxy.url}/v1/chat/completions", json={"model": "m"})
+    assert r.status_code == 502
+    error = r.json()["error"]
+    assert error["type"] == "upstream_unreachable"
+    assert f"127.0.0.1:{port}" in error["message"] and "refused" in error["message"].lower()
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.outcome == "upstream_error" and exchange.status == 502
+
+
+async def test_upstream_timeout_is_a_504(start_upstream, start_proxy):
+    async def slow(ex):
+        await ex.read_body()
+        await trio.sleep(5)
+
+    upstream = await start_upstream(slow)
+    proxy = await start_proxy(upstream=upstream.url, timeouts={"read": 0.3})
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{proxy.url}/v1/models")
+    assert r.status_code == 504
+    assert r.json()["error"]["type"] == "upstream_timeout"
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.outcome == "timeout"
+
+
+async def test_upstream_reset_mid_stream_ends_client_response(start_upstream, start_proxy):
+    async def resets(ex):
+        if ex.request.target == "/after":
+            return await ok_handler(ex)
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Type", "text/event-stream")])
+        await ex.send_data(b'data: {"n": 0}\n\n')
+        await trio.sleep(0.05)
+        sock = ex.stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # RST
+
+    upstream = await start_upstream(resets)
+    proxy = await start_proxy(upstream=upstream.url)
+    got = b""
+    with trio.fail_after(10):
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                async with client.stream("POST", f"{proxy.url}/v1/chat", json={"stream": True}) as r:
+                    async for data in r.aiter_raw():
+                        got += data
+    assert got == b'data: {"n": 0}\n\n'
+    await assert_still_serving(proxy)
+    with await proxy.capture() as capture:
+        broken = next(e for e in capture.exchanges() if e.target == "/v1/chat")
+    assert broken.outcome == "upstream_error"
+    assert broken.response_body == b'data: {"n": 0}\n\n'
+
+
+async def test_client_disconnect_mid_stream_is_client_abort(start_upstream, start_proxy):
+    upstream_done = trio.Event()
+
+    async def endless(ex):
+        if ex.request.target == "/after":
+            return await ok_handler(ex)
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Type", "text/event-stream")])
+        try:
+            for i in range(1000):
+                await ex.send_data(f"data: {i}\n\n".encode())
+                await trio.sleep(0.01)
+        finally:
+            upstream_done.set()
+
+    upstream = await start_upstream(endless)
+    proxy = await start_proxy(upstream=upstream.url)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await stream.send_all(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        seen = b""
+        while b"data: 0" not in seen:
+            seen += await stream.receive_some(65536)
+        await stream.aclose()
+        await upstream_done.wait()  # the proxy dropped the upstream too, promptly
+    await assert_still_serving(proxy)
+    with await proxy.capture() as capture:
+        aborted = next(e for e in capture.exchanges() if e.target == "/v1/stream")
+    assert aborted.outcome == "client_abort"
+    assert aborted.response_body.startswith(b"data: 0\n\n")
+
+
+async def test_unknown_route_is_a_404_naming_the_routes(start_upstream, start_proxy):
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(routes=[f"/openai={upstream.url}"])
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"{proxy.url}/elsewhere/v1", json={"a": 1})
+        assert r.status_code == 404
+        assert r.json()["error"]["routes"] == ["/openai"]
+        ok = await client.get(f"{proxy.url}/openai/after")
+        assert ok.status_code == 200
+    assert proxy.server.stats.connections == 1  # the 404 kept the connection open

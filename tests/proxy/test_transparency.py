@@ -1,0 +1,300 @@
+"""End to end: real clients -> the real proxy -> a real trio upstream, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import ssl
+
+import h11
+import httpx
+import pytest
+import trio
+import trustme
+
+from wirecap.capture import strip_proxy_path
+
+
+async def raw_request(port: int, data: bytes, *, read_until_close: bool = True, timeout: float = 10) -> bytes:
+    """Send raw bytes to the proxy and return everything it answers until it closes."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(data)
+            received = bytearray()
+            while read_until_close:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                received += chunk
+            return bytes(received)
+
+
+async def test_json_round_trip_is_byte_exact_and_captured(start_upstream, start_proxy):
+    response_body = json.dumps({"id": "chatcmpl-1", "choices": [{"message": {"content": "héllo"}}]}).encode()
+
+    async def handler(ex):
+        body = await ex.read_body()
+        assert json.loads(body)["model"] == "gpt-test"
+        await ex.respond(200, response_body, [("Content-Type", "application/json"), ("X-Request-ID", "req-42")])
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    request_body = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}'
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"{proxy.url}/v1/chat/completions?x=1", content=request_body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert r.content == response_body
+    assert r.headers["x-request-id"] == "req-42"
+    assert upstream.requests[0].target == "/v1/chat/completions?x=1"
+    assert upstream.requests[0].body == request_body
+
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.request_body == request_body
+    assert exchange.response_body == response_body
+    assert exchange.status == 200 and exchange.outcome == "ok"
+    assert exchange.request is not None and exchange.request.head.startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n")
+    assert exchange.request.head.endswith(b"\r\n\r\n")
+    assert exchange.response is not None and exchange.response.head.startswith(b"HTTP/1.1 200 \r\n")
+    assert b"X-Request-ID: req-42\r\n" in exchange.response.head
+    assert exchange.end is not None
+    assert exchange.end.req_bytes == len(request_body) and exchange.end.res_bytes == len(response_body)
+    # the upstream head as recorded, minus the X-Proxy-Path line, is what the upstream received
+    assert exchange.upstream_wire_head is not None
+    assert b"".join(upstream.raw_received).startswith(exchange.upstream_wire_head)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "chunks"),
+    [
+        ("text/event-stream", [f'data: {{"n": {i}}}\n\n'.encode() for i in range(8)] + [b"data: [DONE]\n\n"]),
+        ("application/x-ndjson", [f'{{"n": {i}, "done": false}}\n'.encode() for i in range(8)] + [b'{"done": true}\n']),
+    ],
+)
+async def test_stream_chunks_reach_client_before_upstream_sends_next(start_upstream, start_proxy, content_type, chunks):
+    received = [trio.Event() for _ in chunks]
+
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Type", content_type)])
+        for i, chunk in enumerate(chunks):
+            if i:
+                # The next chunk goes out only once the client holds the previous one: a proxy that
+                # buffers the stream deadlocks here and the test fails on its deadline.
+                await received[i - 1].wait()
+            await ex.send_data(chunk)
+        await ex.end()
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    got = bytearray()
+    boundaries = []
+    with trio.fail_after(10):
+        async with httpx.AsyncClient() as client, client.stream("POST", f"{proxy.url}/v1/stream", json={"stream": True}) as r:
+            assert r.headers["content-type"] == content_type
+            async for data in r.aiter_raw():
+                got += data
+                while len(boundaries) < len(chunks) and len(got) >= sum(map(len, chunks[: len(boundaries) + 1])):
+                    received[len(boundaries)].set()
+                    boundaries.append(len(got))
+    assert bytes(got) == b"".join(chunks)
+
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    recorded = exchange.response_chunks
+    assert [c.data for c in recorded] == chunks  # one record per upstream write, in order
+    assert all(a.ns <= b.ns for a, b in zip(recorded, recorded[1:], strict=False))
+
+
+async def test_keepalive_on_both_sides_with_a_pool_per_upstream(start_upstream, start_proxy):
+    async def handler(ex):
+        await ex.respond(200, ex.request.target.encode())
+
+    up_a = await start_upstream(handler)
+    up_b = await start_upstream(handler)
+    proxy = await start_proxy(routes=[f"/a={up_a.url}", f"/b={up_b.url}"])
+    async with httpx.AsyncClient() as client:
+        for i in range(5):
+            ra = await client.get(f"{proxy.url}/a/{i}")
+            rb = await client.get(f"{proxy.url}/b/{i}")
+            assert (ra.text, rb.text) == (f"/{i}", f"/{i}")
+    assert proxy.server.stats.connections == 1  # client side: one connection for ten requests
+    assert (up_a.connections, up_b.connections) == (1, 1)  # upstream side: one pooled connection each
+    assert len(up_a.requests) == len(up_b.requests) == 5
+
+
+async def test_chunked_and_content_length_bodies_both_ways(start_upstream, start_proxy):
+    async def handler(ex):
+        body = await ex.read_body()
+        if ex.request.target == "/chunked":
+            await ex.send_head(200, [("Transfer-Encoding", "chunked")])
+            for i in range(0, len(body), 1000):
+                await ex.send_data(body[i : i + 1000])
+            await ex.end()
+        else:
+            await ex.respond(200, body)
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    payload = bytes(range(256)) * 40
+
+    async def chunked_body():
+        for i in range(0, len(payload), 3000):
+            yield payload[i : i + 3000]
+
+    async with httpx.AsyncClient() as client:
+        r1 = await client.post(f"{proxy.url}/chunked", content=chunked_body())
+        r2 = await client.post(f"{proxy.url}/length", content=payload)
+    assert r1.content == payload and r1.headers["transfer-encoding"] == "chunked"
+    assert r2.content == payload and r2.headers["content-length"] == str(len(payload))
+    assert upstream.requests[0].header("transfer-encoding") == b"chunked"
+    assert upstream.requests[1].header("content-length") == str(len(payload)).encode()
+    with await proxy.capture() as capture:
+        exchanges = list(capture.exchanges())
+    assert [e.request_body for e in exchanges] == [payload, payload]
+    assert [e.response_body for e in exchanges] == [payload, payload]
+
+
+async def test_expect_100_continue(start_upstream, start_proxy):
+    async def handler(ex):
+        assert ex.request.header("expect") == b"100-continue"
+        await ex.send(h11.InformationalResponse(status_code=100, headers=[]))
+        body = await ex.read_body()
+        await ex.respond(200, b"got " + body)
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            await stream.send_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+            interim = await stream.receive_some(65536)
+            assert interim.startswith(b"HTTP/1.1 100 ")  # the body is sent only after the 100
+            await stream.send_all(b"hello")
+            rest = b""
+            while chunk := await stream.receive_some(65536):
+                rest += chunk
+    assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"got hello")
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert [h.status for h in exchange.responses] == [100, 200]
+
+
+async def test_head_204_304_and_1xx(start_upstream, start_proxy):
+    async def handler(ex):
+        await ex.read_body()
+        if ex.request.method == "HEAD":
+            await ex.send_head(200, [("Content-Length", "1234"), ("Content-Type", "application/json")])
+        elif ex.request.target == "/204":
+            await ex.send_head(204, [])
+        elif ex.request.target == "/304":
+            await ex.send_head(304, [("ETag", '"abc"')])
+        else:
+            await ex.send(h11.InformationalResponse(status_code=103, headers=[("Link", "</style.css>; rel=preload")]))
+            await ex.send_head(200, [("Content-Length", "2")])
+            await ex.send_data(b"ok")
+        await ex.end()
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        head = await client.head(f"{proxy.url}/model")
+        assert head.status_code == 200 and head.headers["content-length"] == "1234" and head.content == b""
+        assert (await client.get(f"{proxy.url}/204")).status_code == 204
+        r304 = await client.get(f"{proxy.url}/304")
+        assert r304.status_code == 304 and r304.headers["etag"] == '"abc"'
+        # the connection survived all three bodiless responses
+        assert proxy.server.stats.connections == 1
+    raw = await raw_request(proxy.port, b"GET /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 103 ")
+    assert b"Link: </style.css>; rel=preload\r\n" in raw
+    assert b"HTTP/1.1 200 " in raw and raw.endswith(b"ok")
+
+
+async def test_close_delimited_response(start_upstream, start_proxy):
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_raw(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\npart one, ")
+        await trio.sleep(0.01)
+        await ex.send_raw(b"part two")
+        await ex.stream.aclose()
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{proxy.url}/legacy")
+    assert r.status_code == 200 and r.text == "part one, part two"
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.outcome == "ok"
+    assert exchange.response is not None and exchange.response.head == b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+
+
+async def test_https_upstream(start_upstream, start_proxy, tmp_path):
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def handler(ex):
+        await ex.respond(200, b'{"secure": true}', [("Content-Type", "application/json")])
+
+    upstream = await start_upstream(handler, server_context)
+    proxy = await start_proxy(upstream=upstream.url, upstream_ca=ca_file)
+    async with httpx.AsyncClient() as client:
+        r1 = await client.get(f"{proxy.url}/v1/models")
+        r2 = await client.get(f"{proxy.url}/v1/models")
+    assert r1.json() == r2.json() == {"secure": True}
+    assert upstream.connections == 1  # the TLS connection is pooled too
+    with await proxy.capture() as capture:
+        exchanges = list(capture.exchanges())
+    assert exchanges[0].upstream_url == f"https://localhost:{upstream.port}/v1/models"
+    assert exchanges[0].upstream is not None
+    assert strip_proxy_path(exchanges[0].upstream.head).startswith(b"GET /v1/models HTTP/1.1\r\nHost: localhost:")
+
+
+async def test_https_upstream_with_untrusted_certificate_is_a_502(start_upstream, start_proxy):
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+
+    async def handler(ex):
+        await ex.respond(200, b"never")
+
+    upstream = await start_upstream(handler, server_context)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{proxy.url}/v1/models")
+    assert r.status_code == 502
+    assert "certificate" in r.json()["error"]["message"]
+
+
+async def test_large_body_is_streamed_not_buffered(start_upstream, start_proxy):
+    """The upstream can only run ahead of a slow client by socket buffers and one read, never by
+    the whole body: a buffering proxy would let it finish long before the client reads."""
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    total_chunks = 512  # 32 MiB
+    sent = 0
+    max_lead = 0
+    client_received = 0
+
+    async def handler(ex):
+        nonlocal sent, max_lead
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Length", str(len(chunk) * total_chunks))])
+        for _ in range(total_chunks):
+            await ex.send_data(chunk)
+            sent += len(chunk)
+            max_lead = max(max_lead, sent - client_received)
+        await ex.end()
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    with trio.fail_after(60):
+        async with httpx.AsyncClient() as client, client.stream("GET", f"{proxy.url}/big") as r:
+            async for data in r.aiter_raw():
+                client_received += len(data)
+                await trio.sleep(0.001)  # a slow reader
+    assert client_received == len(chunk) * total_chunks
+    assert max_lead < 16 * 1024 * 1024, max_lead
