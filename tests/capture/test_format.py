@@ -1,0 +1,322 @@
+"""The capture file format: readable without wirecap, crash-safe, strict on hostile input."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import cbor2
+import pytest
+import trio
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import FailingFile
+from wirecap.capture import (
+    BodyChunk,
+    CaptureError,
+    CaptureFile,
+    ExchangeEnd,
+    Header,
+    RequestReceived,
+    ResponseHead,
+    open_capture,
+    repair_index,
+)
+from wirecap.capture import frames
+from wirecap.capture.writer import CaptureWriter, SegmentSink
+
+
+def header(segment: int) -> Header:
+    return Header(wirecap_version="test", created_ns=time.time_ns(), host="test", pid=os.getpid(), segment=segment)
+
+
+def exchange_records(x: str, body: bytes = b"hello") -> list:
+    return [
+        RequestReceived(x=x, wall_ns=time.time_ns(), method="POST", target=f"/v1/{x}", head=b"POST /v1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        BodyChunk(x=x, dir="req", ns=1, data=b'{"q": 1}'),
+        ResponseHead(x=x, ns=2, status=200, head=b"HTTP/1.1 200 OK\r\n\r\n"),
+        BodyChunk(x=x, dir="res", ns=3, data=body),
+        ExchangeEnd(x=x, ns=4, outcome="ok", status=200, req_bytes=8, res_bytes=len(body)),
+    ]
+
+
+def write_capture(directory: Path, exchanges: int, *, per_frame: int = 1) -> Path:
+    """A capture with ``exchanges`` exchanges, ``per_frame`` of them per frame (blocking, no trio)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sink = SegmentSink(directory, header)
+    path = sink.open()
+    batch: list = []
+    for i in range(exchanges):
+        batch += exchange_records(f"ex{i:04d}", f"body {i} ".encode() * 20)
+        if (i + 1) % per_frame == 0:
+            sink.write_frame(batch)
+            batch = []
+    if batch:
+        sink.write_frame(batch)
+    sink.close()
+    return path
+
+
+def test_file_is_standard_zstd_of_a_cbor_sequence(tmp_path):
+    path = write_capture(tmp_path, 5, per_frame=2)
+    assert path.stat().st_mode & 0o777 == 0o600
+    if shutil.which("zstd"):
+        plain = subprocess.run(["zstd", "-dc", str(path)], check=True, capture_output=True).stdout
+    else:  # the same thing with the zstandard library's generic multi-frame reader
+        plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True).read()
+    items = []
+    decoder = cbor2.CBORDecoder(io.BytesIO(plain))
+    while decoder.fp.tell() < len(plain):
+        items.append(decoder.decode())
+    assert items[0]["t"] == "header" and items[0]["format"] == "wirecap" and items[0]["version"] == 1
+    assert [i["t"] for i in items[1:6]] == ["request", "body", "response", "body", "end"]
+    assert len(items) == 1 + 5 * 5  # the index and footer are skippable frames: zstd ignores them
+
+
+def test_frames_have_checksums_and_content_sizes(tmp_path):
+    path = write_capture(tmp_path, 3)
+    data = path.read_bytes()
+    data_frames = [f for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo) and f.kind == "data"]
+    for f in data_frames:
+        params = zstandard.get_frame_parameters(data[f.offset : f.end])
+        assert params.has_checksum and params.content_size > 0
+    assert frames.decode_footer(data[-frames.FOOTER_SIZE :]) is not None
+
+
+def test_index_lookup_decodes_only_that_exchanges_frames(tmp_path, monkeypatch):
+    path = write_capture(tmp_path, 50)
+    calls = []
+    real = frames.decompress_frame
+
+    def counting(frame, info, limit=frames.MAX_FRAME_CONTENT):
+        calls.append(info.offset)
+        return real(frame, info, limit)
+
+    with open_capture(path) as capture:
+        assert capture.files[0].indexed
+        monkeypatch.setattr(frames, "decompress_frame", counting)
+        exchange = capture.get("ex0042")
+    assert exchange is not None and exchange.response_body == b"body 42 " * 20
+    assert len(calls) == 1  # one frame of fifty one: no scan
+
+
+def test_exchanges_iterate_in_start_order_across_interleaved_records(tmp_path):
+    sink = SegmentSink(tmp_path, header)
+    path = sink.open()
+    a, b = exchange_records("a"), exchange_records("b")
+    sink.write_frame([a[0], b[0], b[1], b[2], a[1]])
+    sink.write_frame([b[3], b[4], a[2], a[3], a[4]])
+    sink.close()
+    with open_capture(path) as capture:
+        assert [e.id for e in capture.exchanges()] == ["a", "b"]
+
+
+def test_cut_at_any_offset_reads_every_complete_frame(tmp_path):
+    """A property over a real capture: cut it anywhere, and every frame that ends before the cut
+    reads back; the cut frame is reported as damage, never an exception."""
+    path = write_capture(tmp_path / "src", 12, per_frame=1)
+    data = path.read_bytes()
+    data_frames = [f for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo) and f.kind == "data"]
+    cut_path = tmp_path / "cut.cbor.zst"
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.integers(min_value=1, max_value=len(data)))
+    def check(cut: int) -> None:
+        cut_path.write_bytes(data[:cut])
+        complete = [f for f in data_frames if f.end <= cut]
+        try:
+            capture = open_capture(cut_path)
+        except CaptureError:
+            assert not complete  # only when even the header frame is cut
+            return
+        with capture:
+            finished = [e.id for e in capture.exchanges() if e.complete]
+            damage = capture.damage
+        assert len(finished) == len(complete) - 1  # every frame but the header holds one exchange
+        ends_on_frame_boundary = cut in {f.end for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo)}
+        if not ends_on_frame_boundary:
+            assert damage and damage[-1].end == cut
+
+    check()
+
+
+def test_corrupt_frame_in_the_middle_loses_only_itself(tmp_path):
+    path = write_capture(tmp_path, 5)
+    data = bytearray(path.read_bytes())
+    third = [f for f in frames.iter_frames(bytes(data)) if isinstance(f, frames.FrameInfo) and f.kind == "data"][3]
+    data[third.end - 6] ^= 0xFF  # flip a byte inside the frame: the checksum catches it
+    path.write_bytes(bytes(data))
+    with open_capture(path) as capture:
+        ids = [e.id for e in capture.exchanges() if e.complete]
+        damage = capture.damage
+    assert ids == ["ex0000", "ex0001", "ex0003", "ex0004"]
+    assert len(damage) == 1 and damage[0].offset == third.offset
+
+
+def test_repair_index_after_a_crash(tmp_path):
+    path = write_capture(tmp_path, 6)
+    data = path.read_bytes()
+    index_at = frames.decode_footer(data[-frames.FOOTER_SIZE :])[0]
+    crashed = tmp_path / "crashed.cbor.zst"
+    crashed.write_bytes(data[: index_at - 7])  # no index, and the last frame cut short
+    with open_capture(crashed) as capture:
+        assert not capture.files[0].indexed
+        assert len([e for e in capture.exchanges() if e.complete]) == 5
+    result = repair_index(crashed)
+    assert not result.already_indexed and result.exchanges == 5
+    assert result.tail_saved_to is not None and result.tail_saved_to.stat().st_size > 0
+    with open_capture(crashed) as capture:
+        assert capture.files[0].indexed and capture.damage == []
+        assert capture.get("ex0004") is not None
+    assert repair_index(crashed).already_indexed
+
+
+def test_hostile_cbor_tags_are_refused(tmp_path):
+    compressor = frames.new_compressor()
+    good = cbor2.dumps(header(0).to_map())
+    evil = cbor2.dumps({"t": "request", "x": cbor2.CBORTag(1, 0), "wall_ns": 1})  # a tag -> datetime
+    regex = cbor2.dumps(cbor2.CBORTag(35, "(a+)+$"))
+    path = tmp_path / "evil.cbor.zst"
+    path.write_bytes(compressor.compress(good) + compressor.compress(evil) + compressor.compress(regex))
+    with open_capture(path) as capture:
+        assert list(capture.exchanges()) == []
+        reasons = [d.reason for d in capture.damage]
+    assert len(reasons) == 2 and all("tag" in r for r in reasons)
+
+
+def test_declared_sizes_are_bounded_before_allocation(tmp_path):
+    good = frames.new_compressor().compress(cbor2.dumps(header(0).to_map()))
+    # A frame that claims 2 GiB of content: rejected from its header, nothing is allocated.
+    huge = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"x" * 100))
+    params = zstandard.get_frame_parameters(bytes(huge))
+    assert params.content_size == 100
+    descriptor = huge[4]
+    assert descriptor >> 6 == 0 and descriptor & 0x20  # 1-byte content size, single segment
+    claimed = bytes(huge[:4]) + bytes([0xE0 | (descriptor & 0x1F)]) + (2**31).to_bytes(8, "little") + bytes(huge[6:])
+    path = tmp_path / "huge.cbor.zst"
+    path.write_bytes(good + claimed)
+    with open_capture(path) as capture:
+        assert list(capture.exchanges()) == []
+        assert any("declares" in d.reason for d in capture.damage)
+    # and a huge byte-string length inside CBOR fails without allocating it
+    bogus = b"\xa1\x61t\x5b" + (2**60).to_bytes(8, "big")
+    records, problem = frames.decode_records(bogus)
+    assert records == [] and problem is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_never_crash_the_reader(tmp_path_factory, junk):
+    path = tmp_path_factory.mktemp("junk") / "junk.cbor.zst"
+    good = frames.new_compressor().compress(cbor2.dumps(header(0).to_map()))
+    path.write_bytes(good + junk)
+    with CaptureFile(path) as f:
+        list(f.records())
+        f.index()
+        f.damage_regions()
+
+
+def test_not_a_capture_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.cbor.zst"
+    path.write_bytes(b"hello, this is not a capture")
+    with pytest.raises(CaptureError, match="not a wirecap capture"):
+        open_capture(path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CaptureError, match="no capture files"):
+        open_capture(tmp_path / "empty")
+    with pytest.raises(CaptureError, match="no such capture"):
+        open_capture(tmp_path / "missing")
+
+
+# -- the trio writer ---------------------------------------------------------------------------------
+
+
+async def test_writer_closes_frames_within_250ms(tmp_path):
+    writer = CaptureWriter(SegmentSink(tmp_path, header))
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(writer.run)
+        for r in exchange_records("a"):
+            await writer.submit(r)
+        await trio.sleep(0.5)
+        # the file is still open, yet the exchange is already on disk in its own frame
+        with open_capture(path) as capture:
+            assert [e.id for e in capture.exchanges() if e.complete] == ["a"]
+        await writer.aclose()
+    assert writer.statistics().frames_written == 1
+
+
+async def test_writer_batches_busy_traffic_into_large_frames(tmp_path):
+    writer = CaptureWriter(SegmentSink(tmp_path, header))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(2000):
+            for r in exchange_records(f"x{i}"):
+                await writer.submit(r)
+        await writer.aclose()
+    stats = writer.statistics()
+    assert stats.records_written == 10000
+    assert stats.frames_written < 20
+
+
+async def test_rotation_by_size_and_by_time(tmp_path):
+    by_size = CaptureWriter(SegmentSink(tmp_path / "size", header), rotate_bytes=2000, frame_seconds=0.01)
+    (tmp_path / "size").mkdir()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(by_size.run)
+        for i in range(40):
+            for r in exchange_records(f"s{i}", os.urandom(200)):
+                await by_size.submit(r)
+            await trio.sleep(0.02)
+        await by_size.aclose()
+    segments = by_size.statistics().paths
+    assert len(segments) > 3
+    with open_capture(tmp_path / "size") as capture:
+        assert all(f.indexed for f in capture.files)  # every segment is a complete file
+        assert len([e for e in capture.exchanges() if e.complete]) == 40
+
+    (tmp_path / "time").mkdir()
+    by_time = CaptureWriter(SegmentSink(tmp_path / "time", header), rotate_seconds=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(by_time.run)
+        await trio.sleep(0.7)
+        await by_time.aclose()
+    assert len(by_time.statistics().paths) >= 3
+
+
+async def test_write_error_stops_capture_once_and_never_blocks(tmp_path, caplog):
+    writer = CaptureWriter(SegmentSink(tmp_path, header, opener=lambda p: FailingFile(300)), channel_records=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with trio.fail_after(5):  # with block policy and a dead disk, submit must still not block
+            for i in range(200):
+                for r in exchange_records(f"x{i}"):
+                    await writer.submit(r)
+                await trio.sleep(0)
+        await writer.aclose()
+    stats = writer.statistics()
+    assert stats.failed is not None and "No space left" in stats.failed
+    assert stats.records_lost > 0
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "CAPTURE STOPPED" in errors[0].getMessage()
+
+
+async def test_drop_policy_writes_a_gap_record(tmp_path):
+    writer = CaptureWriter(SegmentSink(tmp_path, header), on_full="drop", channel_records=2)
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(writer.run)
+        for i in range(50):  # no checkpoint in between: the channel fills and records are dropped
+            for r in exchange_records(f"x{i}"):
+                writer.submit_nowait(r)
+        await writer.aclose()
+    stats = writer.statistics()
+    assert stats.records_dropped > 0
+    with open_capture(path) as capture:
+        gaps = list(capture.gaps())
+    assert sum(g.records for g in gaps) == stats.records_dropped
+    assert gaps[0].exchanges
