@@ -1,0 +1,113 @@
+"""Routes and configuration: sans-IO, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from wirecap.proxy.config import ConfigError, build_config, parse_route_spec, parse_upstream
+from wirecap.proxy.headers import framing_error, upstream_request_headers
+from wirecap.proxy.routing import Router
+
+
+def test_defaults_are_the_presets_on_5601():
+    config = build_config()
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 5601)
+    assert str(config.capture.out) == "captures"
+    routes = {r.prefix: r.upstream.url for r in config.routes}
+    assert routes["/openai"] == "https://api.openai.com/"
+    assert routes["/anthropic"] == "https://api.anthropic.com/"
+    assert routes["/ollama"] == "http://127.0.0.1:11434/"
+
+
+@pytest.mark.parametrize(
+    ("method", "host", "target", "expected"),
+    [
+        ("POST", "x", "/openai/v1/chat/completions", "https://api.openai.com/v1/chat/completions"),
+        ("POST", "x", "/openai/v1/chat/completions?stream=1", "https://api.openai.com/v1/chat/completions?stream=1"),
+        ("GET", "x", "/openai", "https://api.openai.com/"),
+        ("POST", "x", "/anthropic/v1/messages", "https://api.anthropic.com/v1/messages"),
+        ("POST", "x", "/ollama/api/chat", "http://127.0.0.1:11434/api/chat"),
+        ("POST", "x", "/openaix/v1", None),  # a prefix matches whole path segments only
+        ("POST", "x", "/", None),
+    ],
+)
+def test_preset_routing(method, host, target, expected):
+    match = Router(build_config().routes).match(method, host, target)
+    assert (match.upstream_url if match else None) == expected
+
+
+def test_most_specific_route_wins_and_method_host_narrow():
+    config = build_config(
+        routes=["/=http://catchall/", "/v1=http://v1/", "/v1/chat=http://chat/base", "POST /v1/embed=http://embed-post/"],
+        doc={"route": [{"prefix": "/v1", "host": "special.local", "upstream": "http://special/"}]},
+    )
+    router = Router(config.routes)
+    assert router.match("GET", "a", "/other").upstream_url == "http://catchall/other"
+    assert router.match("GET", "a", "/v1/models").upstream_url == "http://v1/models"
+    assert router.match("POST", "a", "/v1/chat/completions").upstream_url == "http://chat/base/completions"
+    assert router.match("POST", "a", "/v1/embed").upstream_url == "http://embed-post/"
+    assert router.match("GET", "a", "/v1/embed").upstream_url == "http://v1/embed"
+    assert router.match("GET", "special.local:5601", "/v1/models").upstream_url == "http://special/models"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"routes": ["/a=http://x/", "/a/=http://y/"]}, "duplicate route /a"),
+        ({"routes": ["/a"]}, "expected PREFIX=URL"),
+        ({"routes": ["a=http://x/"]}, "must start with '/'"),
+        ({"upstream": "ftp://x/"}, "http:// or https://"),
+        ({"upstream": "http://x/?q=1"}, "query"),
+        ({"listen": "localhost:http"}, "bad listen address"),
+        ({"on_full": "maybe"}, "on_full"),
+        ({"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "sample": 2}]}}, "sample must be between"),
+        ({"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "bogus": 1}]}}, "unknown route keys bogus"),
+        ({"redact_body": ["(unclosed"]}, "bad redaction pattern"),
+        ({"timeouts": {"read": -1}}, "positive"),
+    ],
+)
+def test_config_errors_are_one_clear_line(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_config(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_route_spec_and_upstream_parsing():
+    route = parse_route_spec("POST /v1=https://example.com:8443/base/")
+    assert route.method == "POST" and route.prefix == "/v1"
+    assert route.upstream == parse_upstream("https://example.com:8443/base")
+    assert route.upstream.host_header == "example.com:8443"
+    assert parse_upstream("https://api.openai.com").host_header == "api.openai.com"
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ([(b"Content-Length", b"5")], None),
+        ([(b"Transfer-Encoding", b"chunked")], None),
+        ([(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")], "both"),
+        ([(b"Content-Length", b"5"), (b"Content-Length", b"6")], "conflicting"),
+        ([(b"Content-Length", b"5"), (b"Content-Length", b"5")], None),
+        ([(b"Content-Length", b"-1")], "malformed"),
+        ([(b"Transfer-Encoding", b"gzip, chunked")], "exactly"),
+    ],
+)
+def test_framing_checks(headers, problem):
+    result = framing_error(headers)
+    assert (result is None) if problem is None else (problem in result)
+
+
+def test_upstream_headers_keep_order_and_case_and_drop_hop_by_hop():
+    out = upstream_request_headers(
+        [
+            (b"Host", b"127.0.0.1:5601"),
+            (b"Connection", b"keep-alive, X-Private"),
+            (b"X-Private", b"1"),
+            (b"Authorization", b"Bearer k"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"X-Proxy-Path", b"spoofed"),
+            (b"content-type", b"application/json"),
+        ],
+        b"api.openai.com",
+    )
+    assert out == [(b"Host", b"api.openai.com"), (b"Authorization", b"Bearer k"), (b"content-type", b"application/json")]

@@ -1,0 +1,164 @@
+"""The command line, including the proxy as a real subprocess: signals, SIGKILL, index repair."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+from click.testing import CliRunner
+
+from wirecap.capture import open_capture
+from wirecap.cli import main
+
+
+async def start_proxy_process(args: list[str]) -> tuple[trio.Process, int]:
+    """Run ``wirecap proxy`` in a child process; returns it and its port (read from its banner)."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "wirecap", "proxy", "--listen", "127.0.0.1:0", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    banner = b""
+    with trio.fail_after(20):
+        while (match := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", banner)) is None:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, banner
+            banner += chunk
+    return process, int(match.group(1))
+
+
+async def slow_stream(ex):
+    await ex.read_body()
+    if ex.request.target == "/v1/quick":
+        return await ex.respond(200, b'{"ok": true}', [("Content-Type", "application/json")])
+    await ex.send_head(200, [("Content-Type", "text/event-stream")])
+    for i in range(1000):
+        await ex.send_data(f"data: {i}\n\n".encode())
+        await trio.sleep(0.02)
+    await ex.end()
+
+
+async def test_sigkill_mid_stream_keeps_finished_exchanges_and_index_repairs(start_upstream, tmp_path):
+    upstream = await start_upstream(slow_stream)
+    out = tmp_path / "cap"
+    process, port = await start_proxy_process(["--upstream", upstream.url, "--out", str(out), "--quiet"])
+    try:
+        async with httpx.AsyncClient() as client:
+            for i in range(5):
+                r = await client.post(f"http://127.0.0.1:{port}/v1/quick", json={"i": i})
+                assert r.status_code == 200
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            seen = b""
+            while b"data: 9\n" not in seen:
+                seen += await stream.receive_some(65536)
+            await trio.sleep(0.6)  # a frame closes at most 250 ms after its first record
+            process.send_signal(signal.SIGKILL)
+    finally:
+        with trio.fail_after(10):
+            await process.wait()
+    assert process.returncode == -signal.SIGKILL
+    [path] = list(out.iterdir())
+    with open_capture(path) as capture:
+        assert not capture.files[0].indexed
+        exchanges = list(capture.exchanges())
+    finished = [e for e in exchanges if e.complete]
+    assert len(finished) == 5 and all(e.status == 200 and e.response_body == b'{"ok": true}' for e in finished)
+    [cut] = [e for e in exchanges if not e.complete]
+    assert cut.target == "/v1/stream" and cut.response_body.startswith(b"data: 0\n\n")
+
+    result = CliRunner().invoke(main, ["index", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "index written (6 exchanges)" in result.output
+    with open_capture(path) as capture:
+        assert capture.files[0].indexed
+        assert capture.get(finished[2].id).request_body == b'{"i":2}'
+
+
+async def test_sigterm_and_sigint_finish_the_index(start_upstream, tmp_path):
+    upstream = await start_upstream(slow_stream)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / signum.name
+        process, port = await start_proxy_process(["--upstream", upstream.url, "--out", str(out)])
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"http://127.0.0.1:{port}/v1/quick", json={})
+            assert r.status_code == 200
+        process.send_signal(signum)
+        with trio.fail_after(20):
+            await process.wait()
+        assert process.returncode == 0
+        [path] = list(out.iterdir())
+        with open_capture(path) as capture:
+            assert capture.files[0].indexed
+            assert [e.outcome for e in capture.exchanges()] == ["ok"]
+
+
+async def test_inspect_json_id_and_raw(start_upstream, start_proxy):
+    async def handler(ex):
+        await ex.respond(201, b'{"answer": 42}', [("Content-Type", "application/json")])
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        await client.post(f"{proxy.url}/v1/chat/completions", content=b'{"q": "?"}')
+        await client.get(f"{proxy.url}/v1/models")
+    await proxy.stop()
+
+    runner = CliRunner()
+    listing = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--json"])
+    assert listing.exit_code == 0, listing.output
+    rows = [json.loads(line) for line in listing.output.splitlines()]
+    assert [r["method"] for r in rows] == ["POST", "GET"]
+    first = rows[0]
+    assert first["path"] == "/v1/chat/completions" and first["status"] == 201 and first["outcome"] == "ok"
+    assert first["upstream_url"] == f"{upstream.url}v1/chat/completions"
+    assert first["request_bytes"] == 10 and first["response_bytes"] == 14
+    assert first["duration_ms"] >= first["ttfb_ms"] > 0 and first["start"].endswith("Z")
+
+    raw = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--id", first["id"], "--raw", "response"])
+    assert raw.exit_code == 0
+    assert raw.stdout_bytes.startswith(b"HTTP/1.1 201 \r\n") and raw.stdout_bytes.endswith(b'\r\n\r\n{"answer": 42}')
+    raw_req = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--id", first["id"], "--raw", "request"])
+    assert raw_req.stdout_bytes.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert raw_req.stdout_bytes.endswith(b'\r\n\r\n{"q": "?"}')
+
+    table = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out)])
+    assert table.exit_code == 0 and "/v1/models" in table.output
+
+    missing = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--id", "nope"])
+    assert missing.exit_code == 1 and "no exchange 'nope'" in missing.output
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path):
+    runner = CliRunner()
+    dup = runner.invoke(main, ["proxy", "--route", "/a=http://x/", "--route", "/a=http://y/"])
+    assert dup.exit_code == 2 and "duplicate route /a" in dup.output and "Traceback" not in dup.output
+    bad = tmp_path / "bad.cbor.zst"
+    bad.write_bytes(b"junk")
+    result = runner.invoke(main, ["inspect", str(bad)])
+    assert result.exit_code == 1 and "not a wirecap capture" in result.output and "Traceback" not in result.output
+    config = tmp_path / "c.toml"
+    config.write_text("[[route]]\nprefix = 1\n")
+    result = runner.invoke(main, ["proxy", "--config", str(config)])
+    assert result.exit_code == 2 and "route needs a text 'prefix'" in result.output
+
+
+def test_capture_dir_and_files_are_private(tmp_path):
+    from wirecap.proxy import build_config, make_redactor, make_writer
+
+    config = build_config(out=tmp_path / "private")
+    writer = make_writer(config, make_redactor(config))
+    writer.sink.open()
+    writer.sink.close()
+    assert (tmp_path / "private").stat().st_mode & 0o777 == 0o700
+    [path] = list((tmp_path / "private").iterdir())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert os.access(path, os.R_OK)

@@ -1,0 +1,5 @@
+"""``python -m wirecap`` is the ``wirecap`` command."""
+
+from wirecap.cli import main
+
+main()
