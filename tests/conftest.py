@@ -12,11 +12,11 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from upstream import Handler, ScriptedUpstream  # noqa: E402
+from upstream import Handler, ScriptedUpstream
 
-from wirecap.capture import Capture, open_capture  # noqa: E402
-from wirecap.capture.writer import CaptureWriter  # noqa: E402
-from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer  # noqa: E402
+from wirecap.capture import Capture, open_capture
+from wirecap.capture.writer import CaptureWriter
+from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer
 
 
 @dataclasses.dataclass
@@ -58,7 +58,9 @@ async def start_proxy(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Ca
     started: list[RunningProxy] = []
     counter = 0
 
-    async def start(capture: bool = True, writer: CaptureWriter | None = None, **config_args: Any) -> RunningProxy:
+    async def start(
+        capture: bool = True, writer: CaptureWriter | None = None, **config_args: Any
+    ) -> RunningProxy:
         nonlocal counter
         counter += 1
         out = tmp_path / f"captures{counter}"

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import trio
@@ -45,10 +44,14 @@ async def slow_stream(ex):
     await ex.end()
 
 
-async def test_sigkill_mid_stream_keeps_finished_exchanges_and_index_repairs(start_upstream, tmp_path):
+async def test_sigkill_mid_stream_keeps_finished_exchanges_and_index_repairs(
+    start_upstream, tmp_path
+):
     upstream = await start_upstream(slow_stream)
     out = tmp_path / "cap"
-    process, port = await start_proxy_process(["--upstream", upstream.url, "--out", str(out), "--quiet"])
+    process, port = await start_proxy_process(
+        ["--upstream", upstream.url, "--out", str(out), "--quiet"]
+    )
     try:
         async with httpx.AsyncClient() as client:
             for i in range(5):
@@ -56,7 +59,9 @@ async def test_sigkill_mid_stream_keeps_finished_exchanges_and_index_repairs(sta
                 assert r.status_code == 200
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
-            await stream.send_all(b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            await stream.send_all(
+                b"POST /v1/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+            )
             seen = b""
             while b"data: 9\n" not in seen:
                 seen += await stream.receive_some(65536)
@@ -71,7 +76,9 @@ async def test_sigkill_mid_stream_keeps_finished_exchanges_and_index_repairs(sta
         assert not capture.files[0].indexed
         exchanges = list(capture.exchanges())
     finished = [e for e in exchanges if e.complete]
-    assert len(finished) == 5 and all(e.status == 200 and e.response_body == b'{"ok": true}' for e in finished)
+    assert len(finished) == 5 and all(
+        e.status == 200 and e.response_body == b'{"ok": true}' for e in finished
+    )
     [cut] = [e for e in exchanges if not e.complete]
     assert cut.target == "/v1/stream" and cut.response_body.startswith(b"data: 0\n\n")
 
@@ -113,38 +120,58 @@ async def test_inspect_json_id_and_raw(start_upstream, start_proxy):
     await proxy.stop()
 
     runner = CliRunner()
-    listing = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--json"])
+    listing = await trio.to_thread.run_sync(
+        runner.invoke, main, ["inspect", str(proxy.out), "--json"]
+    )
     assert listing.exit_code == 0, listing.output
     rows = [json.loads(line) for line in listing.output.splitlines()]
     assert [r["method"] for r in rows] == ["POST", "GET"]
     first = rows[0]
-    assert first["path"] == "/v1/chat/completions" and first["status"] == 201 and first["outcome"] == "ok"
+    assert (
+        first["path"] == "/v1/chat/completions"
+        and first["status"] == 201
+        and first["outcome"] == "ok"
+    )
     assert first["upstream_url"] == f"{upstream.url}v1/chat/completions"
     assert first["request_bytes"] == 10 and first["response_bytes"] == 14
     assert first["duration_ms"] >= first["ttfb_ms"] > 0 and first["start"].endswith("Z")
 
-    raw = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--id", first["id"], "--raw", "response"])
+    raw = await trio.to_thread.run_sync(
+        runner.invoke, main, ["inspect", str(proxy.out), "--id", first["id"], "--raw", "response"]
+    )
     assert raw.exit_code == 0
-    assert raw.stdout_bytes.startswith(b"HTTP/1.1 201 \r\n") and raw.stdout_bytes.endswith(b'\r\n\r\n{"answer": 42}')
-    raw_req = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--id", first["id"], "--raw", "request"])
+    assert raw.stdout_bytes.startswith(b"HTTP/1.1 201 \r\n") and raw.stdout_bytes.endswith(
+        b'\r\n\r\n{"answer": 42}'
+    )
+    raw_req = await trio.to_thread.run_sync(
+        runner.invoke, main, ["inspect", str(proxy.out), "--id", first["id"], "--raw", "request"]
+    )
     assert raw_req.stdout_bytes.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
     assert raw_req.stdout_bytes.endswith(b'\r\n\r\n{"q": "?"}')
 
     table = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out)])
     assert table.exit_code == 0 and "/v1/models" in table.output
 
-    missing = await trio.to_thread.run_sync(runner.invoke, main, ["inspect", str(proxy.out), "--id", "nope"])
+    missing = await trio.to_thread.run_sync(
+        runner.invoke, main, ["inspect", str(proxy.out), "--id", "nope"]
+    )
     assert missing.exit_code == 1 and "no exchange 'nope'" in missing.output
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
     runner = CliRunner()
     dup = runner.invoke(main, ["proxy", "--route", "/a=http://x/", "--route", "/a=http://y/"])
-    assert dup.exit_code == 2 and "duplicate route /a" in dup.output and "Traceback" not in dup.output
+    assert (
+        dup.exit_code == 2 and "duplicate route /a" in dup.output and "Traceback" not in dup.output
+    )
     bad = tmp_path / "bad.cbor.zst"
     bad.write_bytes(b"junk")
     result = runner.invoke(main, ["inspect", str(bad)])
-    assert result.exit_code == 1 and "not a wirecap capture" in result.output and "Traceback" not in result.output
+    assert (
+        result.exit_code == 1
+        and "not a wirecap capture" in result.output
+        and "Traceback" not in result.output
+    )
     config = tmp_path / "c.toml"
     config.write_text("[[route]]\nprefix = 1\n")
     result = runner.invoke(main, ["proxy", "--config", str(config)])

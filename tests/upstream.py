@@ -31,7 +31,14 @@ class ReceivedRequest:
 class UpstreamExchange:
     """One request as the upstream sees it, with helpers to answer it."""
 
-    def __init__(self, server: ScriptedUpstream, stream: trio.abc.Stream, conn: h11.Connection, request: h11.Request, connection_id: int) -> None:
+    def __init__(
+        self,
+        server: ScriptedUpstream,
+        stream: trio.abc.Stream,
+        conn: h11.Connection,
+        request: h11.Request,
+        connection_id: int,
+    ) -> None:
         self.server = server
         self.stream = stream
         self.conn = conn
@@ -72,7 +79,9 @@ class UpstreamExchange:
         if data:
             await self.stream.send_all(data)
 
-    async def send_head(self, status: int = 200, headers: list[tuple[str, str]] | None = None, reason: bytes = b"") -> None:
+    async def send_head(
+        self, status: int = 200, headers: list[tuple[str, str]] | None = None, reason: bytes = b""
+    ) -> None:
         await self.send(h11.Response(status_code=status, headers=headers or [], reason=reason))
 
     async def send_data(self, data: bytes) -> None:
@@ -81,7 +90,9 @@ class UpstreamExchange:
     async def end(self) -> None:
         await self.send(h11.EndOfMessage())
 
-    async def respond(self, status: int = 200, body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> None:
+    async def respond(
+        self, status: int = 200, body: bytes = b"", headers: list[tuple[str, str]] | None = None
+    ) -> None:
         await self.read_body()
         headers = list(headers or [])
         if not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
@@ -117,7 +128,9 @@ class ScriptedUpstream:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         if self.ssl_context is not None:
-            listeners = [trio.SSLListener(lst, self.ssl_context, https_compatible=True) for lst in listeners]  # type: ignore[misc]
+            listeners = [
+                trio.SSLListener(lst, self.ssl_context, https_compatible=True) for lst in listeners
+            ]  # type: ignore[misc]
         task_status.started(self.port)
         await trio.serve_listeners(self._serve, listeners)  # type: ignore[arg-type]
 

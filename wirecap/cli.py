@@ -18,10 +18,10 @@ from wirecap.inspect.listing import format_table, rows
 from wirecap.proxy import ConfigError, build_config, run_proxy
 from wirecap.proxy.config import load_toml
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.I)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 
-class ByteSize(click.ParamType):
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
     """``1048576``, ``512KiB``, ``256MiB``, ``1G``: a size in bytes."""
 
     name = "size"

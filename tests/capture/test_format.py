@@ -13,10 +13,10 @@ import cbor2
 import pytest
 import trio
 import zstandard
+from helpers import FailingFile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import FailingFile
 from wirecap.capture import (
     BodyChunk,
     CaptureError,
@@ -25,20 +25,32 @@ from wirecap.capture import (
     Header,
     RequestReceived,
     ResponseHead,
+    frames,
     open_capture,
     repair_index,
 )
-from wirecap.capture import frames
 from wirecap.capture.writer import CaptureWriter, SegmentSink
 
 
 def header(segment: int) -> Header:
-    return Header(wirecap_version="test", created_ns=time.time_ns(), host="test", pid=os.getpid(), segment=segment)
+    return Header(
+        wirecap_version="test",
+        created_ns=time.time_ns(),
+        host="test",
+        pid=os.getpid(),
+        segment=segment,
+    )
 
 
 def exchange_records(x: str, body: bytes = b"hello") -> list:
     return [
-        RequestReceived(x=x, wall_ns=time.time_ns(), method="POST", target=f"/v1/{x}", head=b"POST /v1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        RequestReceived(
+            x=x,
+            wall_ns=time.time_ns(),
+            method="POST",
+            target=f"/v1/{x}",
+            head=b"POST /v1 HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
         BodyChunk(x=x, dir="req", ns=1, data=b'{"q": 1}'),
         ResponseHead(x=x, ns=2, status=200, head=b"HTTP/1.1 200 OK\r\n\r\n"),
         BodyChunk(x=x, dir="res", ns=3, data=body),
@@ -69,12 +81,18 @@ def test_file_is_standard_zstd_of_a_cbor_sequence(tmp_path):
     if shutil.which("zstd"):
         plain = subprocess.run(["zstd", "-dc", str(path)], check=True, capture_output=True).stdout
     else:  # the same thing with the zstandard library's generic multi-frame reader
-        plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True).read()
+        plain = (
+            zstandard.ZstdDecompressor()
+            .stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True)
+            .read()
+        )
     items = []
     decoder = cbor2.CBORDecoder(io.BytesIO(plain))
     while decoder.fp.tell() < len(plain):
         items.append(decoder.decode())
-    assert items[0]["t"] == "header" and items[0]["format"] == "wirecap" and items[0]["version"] == 1
+    assert (
+        items[0]["t"] == "header" and items[0]["format"] == "wirecap" and items[0]["version"] == 1
+    )
     assert [i["t"] for i in items[1:6]] == ["request", "body", "response", "body", "end"]
     assert len(items) == 1 + 5 * 5  # the index and footer are skippable frames: zstd ignores them
 
@@ -82,7 +100,9 @@ def test_file_is_standard_zstd_of_a_cbor_sequence(tmp_path):
 def test_frames_have_checksums_and_content_sizes(tmp_path):
     path = write_capture(tmp_path, 3)
     data = path.read_bytes()
-    data_frames = [f for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo) and f.kind == "data"]
+    data_frames = [
+        f for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo) and f.kind == "data"
+    ]
     for f in data_frames:
         params = zstandard.get_frame_parameters(data[f.offset : f.end])
         assert params.has_checksum and params.content_size > 0
@@ -122,10 +142,14 @@ def test_cut_at_any_offset_reads_every_complete_frame(tmp_path):
     reads back; the cut frame is reported as damage, never an exception."""
     path = write_capture(tmp_path / "src", 12, per_frame=1)
     data = path.read_bytes()
-    data_frames = [f for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo) and f.kind == "data"]
+    data_frames = [
+        f for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo) and f.kind == "data"
+    ]
     cut_path = tmp_path / "cut.cbor.zst"
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
     @given(st.integers(min_value=1, max_value=len(data)))
     def check(cut: int) -> None:
         cut_path.write_bytes(data[:cut])
@@ -139,7 +163,9 @@ def test_cut_at_any_offset_reads_every_complete_frame(tmp_path):
             finished = [e.id for e in capture.exchanges() if e.complete]
             damage = capture.damage
         assert len(finished) == len(complete) - 1  # every frame but the header holds one exchange
-        ends_on_frame_boundary = cut in {f.end for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo)}
+        ends_on_frame_boundary = cut in {
+            f.end for f in frames.iter_frames(data) if isinstance(f, frames.FrameInfo)
+        }
         if not ends_on_frame_boundary:
             assert damage and damage[-1].end == cut
 
@@ -149,7 +175,11 @@ def test_cut_at_any_offset_reads_every_complete_frame(tmp_path):
 def test_corrupt_frame_in_the_middle_loses_only_itself(tmp_path):
     path = write_capture(tmp_path, 5)
     data = bytearray(path.read_bytes())
-    third = [f for f in frames.iter_frames(bytes(data)) if isinstance(f, frames.FrameInfo) and f.kind == "data"][3]
+    third = [
+        f
+        for f in frames.iter_frames(bytes(data))
+        if isinstance(f, frames.FrameInfo) and f.kind == "data"
+    ][3]
     data[third.end - 6] ^= 0xFF  # flip a byte inside the frame: the checksum catches it
     path.write_bytes(bytes(data))
     with open_capture(path) as capture:
@@ -180,10 +210,14 @@ def test_repair_index_after_a_crash(tmp_path):
 def test_hostile_cbor_tags_are_refused(tmp_path):
     compressor = frames.new_compressor()
     good = cbor2.dumps(header(0).to_map())
-    evil = cbor2.dumps({"t": "request", "x": cbor2.CBORTag(1, 0), "wall_ns": 1})  # a tag -> datetime
+    evil = cbor2.dumps(
+        {"t": "request", "x": cbor2.CBORTag(1, 0), "wall_ns": 1}
+    )  # a tag -> datetime
     regex = cbor2.dumps(cbor2.CBORTag(35, "(a+)+$"))
     path = tmp_path / "evil.cbor.zst"
-    path.write_bytes(compressor.compress(good) + compressor.compress(evil) + compressor.compress(regex))
+    path.write_bytes(
+        compressor.compress(good) + compressor.compress(evil) + compressor.compress(regex)
+    )
     with open_capture(path) as capture:
         assert list(capture.exchanges()) == []
         reasons = [d.reason for d in capture.damage]
@@ -198,7 +232,12 @@ def test_declared_sizes_are_bounded_before_allocation(tmp_path):
     assert params.content_size == 100
     descriptor = huge[4]
     assert descriptor >> 6 == 0 and descriptor & 0x20  # 1-byte content size, single segment
-    claimed = bytes(huge[:4]) + bytes([0xE0 | (descriptor & 0x1F)]) + (2**31).to_bytes(8, "little") + bytes(huge[6:])
+    claimed = (
+        bytes(huge[:4])
+        + bytes([0xE0 | (descriptor & 0x1F)])
+        + (2**31).to_bytes(8, "little")
+        + bytes(huge[6:])
+    )
     path = tmp_path / "huge.cbor.zst"
     path.write_bytes(good + claimed)
     with open_capture(path) as capture:
@@ -265,7 +304,9 @@ async def test_writer_batches_busy_traffic_into_large_frames(tmp_path):
 
 
 async def test_rotation_by_size_and_by_time(tmp_path):
-    by_size = CaptureWriter(SegmentSink(tmp_path / "size", header), rotate_bytes=2000, frame_seconds=0.01)
+    by_size = CaptureWriter(
+        SegmentSink(tmp_path / "size", header), rotate_bytes=2000, frame_seconds=0.01
+    )
     (tmp_path / "size").mkdir()
     async with trio.open_nursery() as nursery:
         await nursery.start(by_size.run)
@@ -290,7 +331,9 @@ async def test_rotation_by_size_and_by_time(tmp_path):
 
 
 async def test_write_error_stops_capture_once_and_never_blocks(tmp_path, caplog):
-    writer = CaptureWriter(SegmentSink(tmp_path, header, opener=lambda p: FailingFile(300)), channel_records=4)
+    writer = CaptureWriter(
+        SegmentSink(tmp_path, header, opener=lambda p: FailingFile(300)), channel_records=4
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         with trio.fail_after(5):  # with block policy and a dead disk, submit must still not block

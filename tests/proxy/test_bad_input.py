@@ -9,7 +9,6 @@ import struct
 import httpx
 import pytest
 import trio
-
 from test_transparency import raw_request
 
 
@@ -46,7 +45,9 @@ async def test_malformed_request_gets_400_and_is_recorded(start_upstream, start_
 async def test_oversize_head_gets_431(start_upstream, start_proxy):
     upstream = await start_upstream(ok_handler)
     proxy = await start_proxy(upstream=upstream.url, max_head=4096)
-    raw = await raw_request(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n")
+    raw = await raw_request(
+        proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n"
+    )
     status, body = json_error(raw)
     assert status == 431 and "too" in body["error"]["type"]
     await assert_still_serving(proxy)
@@ -137,7 +138,9 @@ async def test_upstream_reset_mid_stream_ends_client_response(start_upstream, st
     with trio.fail_after(10):
         async with httpx.AsyncClient() as client:
             with pytest.raises(httpx.RemoteProtocolError):
-                async with client.stream("POST", f"{proxy.url}/v1/chat", json={"stream": True}) as r:
+                async with client.stream(
+                    "POST", f"{proxy.url}/v1/chat", json={"stream": True}
+                ) as r:
                     async for data in r.aiter_raw():
                         got += data
     assert got == b'data: {"n": 0}\n\n'

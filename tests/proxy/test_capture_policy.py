@@ -8,8 +8,8 @@ import time
 
 import httpx
 import pytest
-
 from helpers import FailingFile
+
 from wirecap.capture import Header, proxy_path_of, strip_proxy_path
 from wirecap.capture.writer import CaptureWriter, SegmentSink
 
@@ -19,12 +19,21 @@ OTHER = "sk-ant-api03-ZYXWVUTSRQPONMLKJIHGFEDCBA987654"
 
 async def echo_cookie(ex):
     body = await ex.read_body()
-    await ex.send_head(200, [("Content-Type", "application/json"), ("Set-Cookie", "session=abc123secret; HttpOnly"), ("Content-Length", str(len(body)))])
+    await ex.send_head(
+        200,
+        [
+            ("Content-Type", "application/json"),
+            ("Set-Cookie", "session=abc123secret; HttpOnly"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
     await ex.send_data(body)
     await ex.end()
 
 
-async def test_secrets_are_redacted_with_fingerprints_and_forwarded_untouched(start_upstream, start_proxy):
+async def test_secrets_are_redacted_with_fingerprints_and_forwarded_untouched(
+    start_upstream, start_proxy
+):
     upstream = await start_upstream(echo_cookie)
     proxy = await start_proxy(upstream=upstream.url, redact_headers=["X-Team-Token"])
     body = json.dumps({"messages": [{"role": "user", "content": f"my key is {SECRET}"}]}).encode()
@@ -33,7 +42,12 @@ async def test_secrets_are_redacted_with_fingerprints_and_forwarded_untouched(st
             r = await client.post(
                 f"{proxy.url}/v1/chat",
                 content=body,
-                headers={"Authorization": f"Bearer {key}", "x-api-key": key, "Cookie": "a=b", "X-Team-Token": "team-secret-1"},
+                headers={
+                    "Authorization": f"Bearer {key}",
+                    "x-api-key": key,
+                    "Cookie": "a=b",
+                    "X-Team-Token": "team-secret-1",
+                },
             )
             assert r.content == body  # the forwarded bytes are untouched
             assert r.headers["set-cookie"] == "session=abc123secret; HttpOnly"
@@ -45,9 +59,15 @@ async def test_secrets_are_redacted_with_fingerprints_and_forwarded_untouched(st
         exchanges = list(capture.exchanges())
         header = capture.files[0].header
         raw_file = b"".join(f.path.read_bytes() for f in capture.files)
-    import zstandard, io  # noqa: E401
+    import io
 
-    plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw_file), read_across_frames=True).read()
+    import zstandard
+
+    plain = (
+        zstandard.ZstdDecompressor()
+        .stream_reader(io.BytesIO(raw_file), read_across_frames=True)
+        .read()
+    )
     for secret in (SECRET, OTHER, "team-secret-1", "abc123secret"):
         assert secret.encode() not in plain
     assert header is not None and header.redaction["enabled"] is True
@@ -67,14 +87,18 @@ async def test_no_redact_stores_everything_and_says_so(start_upstream, start_pro
     upstream = await start_upstream(echo_cookie)
     proxy = await start_proxy(upstream=upstream.url, redact=False)
     async with httpx.AsyncClient() as client:
-        await client.post(f"{proxy.url}/v1/chat", content=b"{}", headers={"Authorization": f"Bearer {SECRET}"})
+        await client.post(
+            f"{proxy.url}/v1/chat", content=b"{}", headers={"Authorization": f"Bearer {SECRET}"}
+        )
     with await proxy.capture() as capture:
         [exchange] = list(capture.exchanges())
         assert capture.files[0].header.redaction["enabled"] is False
     assert exchange.request is not None and f"Bearer {SECRET}".encode() in exchange.request.head
 
 
-async def test_x_proxy_path_is_recorded_not_forwarded_unless_asked(start_upstream, start_proxy, tmp_path):
+async def test_x_proxy_path_is_recorded_not_forwarded_unless_asked(
+    start_upstream, start_proxy, tmp_path
+):
     upstream = await start_upstream(echo_cookie)
     config = tmp_path / "wirecap.toml"
     config.write_text(
@@ -103,9 +127,15 @@ forward_proxy_path = true
     with await proxy.capture() as capture:
         a, b = list(capture.exchanges())
     assert a.upstream is not None and a.upstream.proxy_path == "added"
-    assert proxy_path_of(a.upstream.head) == f"http://127.0.0.1:{proxy.port}/openai/chat/completions?api-version=2"
+    assert (
+        proxy_path_of(a.upstream.head)
+        == f"http://127.0.0.1:{proxy.port}/openai/chat/completions?api-version=2"
+    )
     lines = a.upstream.head.split(b"\r\n")
-    assert lines[-3].startswith(b"X-Proxy-Path: ") and lines[-2:] == [b"", b""]  # the last header line
+    assert lines[-3].startswith(b"X-Proxy-Path: ") and lines[-2:] == [
+        b"",
+        b"",
+    ]  # the last header line
     assert strip_proxy_path(a.upstream.head) == a.upstream_wire_head
     assert b"X-Proxy-Path" not in (a.upstream_wire_head or b"")
     assert b.upstream is not None and b.upstream.proxy_path == "forwarded"
@@ -139,7 +169,9 @@ sample = 1.0
     async with httpx.AsyncClient() as client:
         for prefix in ("off", "none", "all"):
             for _ in range(3):
-                assert (await client.post(f"{proxy.url}/{prefix}/x", content=b"{}")).status_code == 200
+                assert (
+                    await client.post(f"{proxy.url}/{prefix}/x", content=b"{}")
+                ).status_code == 200
     with await proxy.capture() as capture:
         targets = [e.target for e in capture.exchanges()]
     assert targets == ["/all/x"] * 3
@@ -150,9 +182,20 @@ async def test_disk_full_stops_capture_but_traffic_continues(start_upstream, sta
     upstream = await start_upstream(echo_cookie)
 
     def header(segment):
-        return Header(wirecap_version="t", created_ns=time.time_ns(), host="h", pid=os.getpid(), segment=segment)
+        return Header(
+            wirecap_version="t",
+            created_ns=time.time_ns(),
+            host="h",
+            pid=os.getpid(),
+            segment=segment,
+        )
 
-    writer = CaptureWriter(SegmentSink(__import__("pathlib").Path("/nonexistent"), header, opener=lambda p: FailingFile(400)), channel_records=8)
+    writer = CaptureWriter(
+        SegmentSink(
+            __import__("pathlib").Path("/nonexistent"), header, opener=lambda p: FailingFile(400)
+        ),
+        channel_records=8,
+    )
     proxy = await start_proxy(upstream=upstream.url, writer=writer)
     async with httpx.AsyncClient() as client:
         for i in range(30):

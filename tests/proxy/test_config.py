@@ -23,7 +23,12 @@ def test_defaults_are_the_presets_on_5601():
     ("method", "host", "target", "expected"),
     [
         ("POST", "x", "/openai/v1/chat/completions", "https://api.openai.com/v1/chat/completions"),
-        ("POST", "x", "/openai/v1/chat/completions?stream=1", "https://api.openai.com/v1/chat/completions?stream=1"),
+        (
+            "POST",
+            "x",
+            "/openai/v1/chat/completions?stream=1",
+            "https://api.openai.com/v1/chat/completions?stream=1",
+        ),
         ("GET", "x", "/openai", "https://api.openai.com/"),
         ("POST", "x", "/anthropic/v1/messages", "https://api.anthropic.com/v1/messages"),
         ("POST", "x", "/ollama/api/chat", "http://127.0.0.1:11434/api/chat"),
@@ -38,16 +43,27 @@ def test_preset_routing(method, host, target, expected):
 
 def test_most_specific_route_wins_and_method_host_narrow():
     config = build_config(
-        routes=["/=http://catchall/", "/v1=http://v1/", "/v1/chat=http://chat/base", "POST /v1/embed=http://embed-post/"],
+        routes=[
+            "/=http://catchall/",
+            "/v1=http://v1/",
+            "/v1/chat=http://chat/base",
+            "POST /v1/embed=http://embed-post/",
+        ],
         doc={"route": [{"prefix": "/v1", "host": "special.local", "upstream": "http://special/"}]},
     )
     router = Router(config.routes)
     assert router.match("GET", "a", "/other").upstream_url == "http://catchall/other"
     assert router.match("GET", "a", "/v1/models").upstream_url == "http://v1/models"
-    assert router.match("POST", "a", "/v1/chat/completions").upstream_url == "http://chat/base/completions"
+    assert (
+        router.match("POST", "a", "/v1/chat/completions").upstream_url
+        == "http://chat/base/completions"
+    )
     assert router.match("POST", "a", "/v1/embed").upstream_url == "http://embed-post/"
     assert router.match("GET", "a", "/v1/embed").upstream_url == "http://v1/embed"
-    assert router.match("GET", "special.local:5601", "/v1/models").upstream_url == "http://special/models"
+    assert (
+        router.match("GET", "special.local:5601", "/v1/models").upstream_url
+        == "http://special/models"
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,8 +76,14 @@ def test_most_specific_route_wins_and_method_host_narrow():
         ({"upstream": "http://x/?q=1"}, "query"),
         ({"listen": "localhost:http"}, "bad listen address"),
         ({"on_full": "maybe"}, "on_full"),
-        ({"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "sample": 2}]}}, "sample must be between"),
-        ({"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "bogus": 1}]}}, "unknown route keys bogus"),
+        (
+            {"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "sample": 2}]}},
+            "sample must be between",
+        ),
+        (
+            {"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "bogus": 1}]}},
+            "unknown route keys bogus",
+        ),
         ({"redact_body": ["(unclosed"]}, "bad redaction pattern"),
         ({"timeouts": {"read": -1}}, "positive"),
     ],
@@ -110,4 +132,8 @@ def test_upstream_headers_keep_order_and_case_and_drop_hop_by_hop():
         ],
         b"api.openai.com",
     )
-    assert out == [(b"Host", b"api.openai.com"), (b"Authorization", b"Bearer k"), (b"content-type", b"application/json")]
+    assert out == [
+        (b"Host", b"api.openai.com"),
+        (b"Authorization", b"Bearer k"),
+        (b"content-type", b"application/json"),
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import ssl
 
@@ -14,7 +15,9 @@ import trustme
 from wirecap.capture import strip_proxy_path
 
 
-async def raw_request(port: int, data: bytes, *, read_until_close: bool = True, timeout: float = 10) -> bytes:
+async def raw_request(
+    port: int, data: bytes, *, read_until_close: bool = True, timeout: float = 10
+) -> bytes:
     """Send raw bytes to the proxy and return everything it answers until it closes."""
     with trio.fail_after(timeout):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -30,18 +33,26 @@ async def raw_request(port: int, data: bytes, *, read_until_close: bool = True, 
 
 
 async def test_json_round_trip_is_byte_exact_and_captured(start_upstream, start_proxy):
-    response_body = json.dumps({"id": "chatcmpl-1", "choices": [{"message": {"content": "héllo"}}]}).encode()
+    response_body = json.dumps(
+        {"id": "chatcmpl-1", "choices": [{"message": {"content": "héllo"}}]}
+    ).encode()
 
     async def handler(ex):
         body = await ex.read_body()
         assert json.loads(body)["model"] == "gpt-test"
-        await ex.respond(200, response_body, [("Content-Type", "application/json"), ("X-Request-ID", "req-42")])
+        await ex.respond(
+            200, response_body, [("Content-Type", "application/json"), ("X-Request-ID", "req-42")]
+        )
 
     upstream = await start_upstream(handler)
     proxy = await start_proxy(upstream=upstream.url)
     request_body = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}'
     async with httpx.AsyncClient() as client:
-        r = await client.post(f"{proxy.url}/v1/chat/completions?x=1", content=request_body, headers={"Content-Type": "application/json"})
+        r = await client.post(
+            f"{proxy.url}/v1/chat/completions?x=1",
+            content=request_body,
+            headers={"Content-Type": "application/json"},
+        )
     assert r.status_code == 200
     assert r.content == response_body
     assert r.headers["x-request-id"] == "req-42"
@@ -53,12 +64,16 @@ async def test_json_round_trip_is_byte_exact_and_captured(start_upstream, start_
     assert exchange.request_body == request_body
     assert exchange.response_body == response_body
     assert exchange.status == 200 and exchange.outcome == "ok"
-    assert exchange.request is not None and exchange.request.head.startswith(b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n")
+    assert exchange.request is not None and exchange.request.head.startswith(
+        b"POST /v1/chat/completions?x=1 HTTP/1.1\r\n"
+    )
     assert exchange.request.head.endswith(b"\r\n\r\n")
     assert exchange.response is not None and exchange.response.head.startswith(b"HTTP/1.1 200 \r\n")
     assert b"X-Request-ID: req-42\r\n" in exchange.response.head
     assert exchange.end is not None
-    assert exchange.end.req_bytes == len(request_body) and exchange.end.res_bytes == len(response_body)
+    assert exchange.end.req_bytes == len(request_body) and exchange.end.res_bytes == len(
+        response_body
+    )
     # the upstream head as recorded, minus the X-Proxy-Path line, is what the upstream received
     assert exchange.upstream_wire_head is not None
     assert b"".join(upstream.raw_received).startswith(exchange.upstream_wire_head)
@@ -67,11 +82,19 @@ async def test_json_round_trip_is_byte_exact_and_captured(start_upstream, start_
 @pytest.mark.parametrize(
     ("content_type", "chunks"),
     [
-        ("text/event-stream", [f'data: {{"n": {i}}}\n\n'.encode() for i in range(8)] + [b"data: [DONE]\n\n"]),
-        ("application/x-ndjson", [f'{{"n": {i}, "done": false}}\n'.encode() for i in range(8)] + [b'{"done": true}\n']),
+        (
+            "text/event-stream",
+            [f'data: {{"n": {i}}}\n\n'.encode() for i in range(8)] + [b"data: [DONE]\n\n"],
+        ),
+        (
+            "application/x-ndjson",
+            [f'{{"n": {i}, "done": false}}\n'.encode() for i in range(8)] + [b'{"done": true}\n'],
+        ),
     ],
 )
-async def test_stream_chunks_reach_client_before_upstream_sends_next(start_upstream, start_proxy, content_type, chunks):
+async def test_stream_chunks_reach_client_before_upstream_sends_next(
+    start_upstream, start_proxy, content_type, chunks
+):
     received = [trio.Event() for _ in chunks]
 
     async def handler(ex):
@@ -90,11 +113,16 @@ async def test_stream_chunks_reach_client_before_upstream_sends_next(start_upstr
     got = bytearray()
     boundaries = []
     with trio.fail_after(10):
-        async with httpx.AsyncClient() as client, client.stream("POST", f"{proxy.url}/v1/stream", json={"stream": True}) as r:
+        async with (
+            httpx.AsyncClient() as client,
+            client.stream("POST", f"{proxy.url}/v1/stream", json={"stream": True}) as r,
+        ):
             assert r.headers["content-type"] == content_type
             async for data in r.aiter_raw():
                 got += data
-                while len(boundaries) < len(chunks) and len(got) >= sum(map(len, chunks[: len(boundaries) + 1])):
+                while len(boundaries) < len(chunks) and len(got) >= sum(
+                    map(len, chunks[: len(boundaries) + 1])
+                ):
                     received[len(boundaries)].set()
                     boundaries.append(len(got))
     assert bytes(got) == b"".join(chunks)
@@ -103,7 +131,7 @@ async def test_stream_chunks_reach_client_before_upstream_sends_next(start_upstr
         [exchange] = list(capture.exchanges())
     recorded = exchange.response_chunks
     assert [c.data for c in recorded] == chunks  # one record per upstream write, in order
-    assert all(a.ns <= b.ns for a, b in zip(recorded, recorded[1:], strict=False))
+    assert all(a.ns <= b.ns for a, b in itertools.pairwise(recorded))
 
 
 async def test_keepalive_on_both_sides_with_a_pool_per_upstream(start_upstream, start_proxy):
@@ -119,7 +147,10 @@ async def test_keepalive_on_both_sides_with_a_pool_per_upstream(start_upstream, 
             rb = await client.get(f"{proxy.url}/b/{i}")
             assert (ra.text, rb.text) == (f"/{i}", f"/{i}")
     assert proxy.server.stats.connections == 1  # client side: one connection for ten requests
-    assert (up_a.connections, up_b.connections) == (1, 1)  # upstream side: one pooled connection each
+    assert (up_a.connections, up_b.connections) == (
+        1,
+        1,
+    )  # upstream side: one pooled connection each
     assert len(up_a.requests) == len(up_b.requests) == 5
 
 
@@ -167,7 +198,9 @@ async def test_expect_100_continue(start_upstream, start_proxy):
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
         async with stream:
-            await stream.send_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+            await stream.send_all(
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
             interim = await stream.receive_some(65536)
             assert interim.startswith(b"HTTP/1.1 100 ")  # the body is sent only after the 100
             await stream.send_all(b"hello")
@@ -184,13 +217,19 @@ async def test_head_204_304_and_1xx(start_upstream, start_proxy):
     async def handler(ex):
         await ex.read_body()
         if ex.request.method == "HEAD":
-            await ex.send_head(200, [("Content-Length", "1234"), ("Content-Type", "application/json")])
+            await ex.send_head(
+                200, [("Content-Length", "1234"), ("Content-Type", "application/json")]
+            )
         elif ex.request.target == "/204":
             await ex.send_head(204, [])
         elif ex.request.target == "/304":
             await ex.send_head(304, [("ETag", '"abc"')])
         else:
-            await ex.send(h11.InformationalResponse(status_code=103, headers=[("Link", "</style.css>; rel=preload")]))
+            await ex.send(
+                h11.InformationalResponse(
+                    status_code=103, headers=[("Link", "</style.css>; rel=preload")]
+                )
+            )
             await ex.send_head(200, [("Content-Length", "2")])
             await ex.send_data(b"ok")
         await ex.end()
@@ -199,13 +238,19 @@ async def test_head_204_304_and_1xx(start_upstream, start_proxy):
     proxy = await start_proxy(upstream=upstream.url)
     async with httpx.AsyncClient() as client:
         head = await client.head(f"{proxy.url}/model")
-        assert head.status_code == 200 and head.headers["content-length"] == "1234" and head.content == b""
+        assert (
+            head.status_code == 200
+            and head.headers["content-length"] == "1234"
+            and head.content == b""
+        )
         assert (await client.get(f"{proxy.url}/204")).status_code == 204
         r304 = await client.get(f"{proxy.url}/304")
         assert r304.status_code == 304 and r304.headers["etag"] == '"abc"'
         # the connection survived all three bodiless responses
         assert proxy.server.stats.connections == 1
-    raw = await raw_request(proxy.port, b"GET /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await raw_request(
+        proxy.port, b"GET /early HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert raw.startswith(b"HTTP/1.1 103 ")
     assert b"Link: </style.css>; rel=preload\r\n" in raw
     assert b"HTTP/1.1 200 " in raw and raw.endswith(b"ok")
@@ -227,7 +272,10 @@ async def test_close_delimited_response(start_upstream, start_proxy):
     with await proxy.capture() as capture:
         [exchange] = list(capture.exchanges())
     assert exchange.outcome == "ok"
-    assert exchange.response is not None and exchange.response.head == b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    assert (
+        exchange.response is not None
+        and exchange.response.head == b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n"
+    )
 
 
 async def test_https_upstream(start_upstream, start_proxy, tmp_path):
@@ -251,7 +299,9 @@ async def test_https_upstream(start_upstream, start_proxy, tmp_path):
         exchanges = list(capture.exchanges())
     assert exchanges[0].upstream_url == f"https://localhost:{upstream.port}/v1/models"
     assert exchanges[0].upstream is not None
-    assert strip_proxy_path(exchanges[0].upstream.head).startswith(b"GET /v1/models HTTP/1.1\r\nHost: localhost:")
+    assert strip_proxy_path(exchanges[0].upstream.head).startswith(
+        b"GET /v1/models HTTP/1.1\r\nHost: localhost:"
+    )
 
 
 async def test_https_upstream_with_untrusted_certificate_is_a_502(start_upstream, start_proxy):

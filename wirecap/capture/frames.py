@@ -13,13 +13,15 @@ import dataclasses
 import io
 import mmap
 import struct
-from collections.abc import Iterable, Iterator
-from typing import Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import cbor2
 import zstandard
 
 from wirecap.capture.records import Record, RecordError, record_from_map
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 ZSTD_MAGIC: Final = 0xFD2FB528
 SKIPPABLE_MAGIC_MIN: Final = 0x184D2A50
@@ -179,7 +181,7 @@ def encode_data_frame(records: Iterable[Record], compressor: zstandard.ZstdCompr
 
 
 def decompress_frame(
-    frame: bytes | memoryview, info: FrameInfo, limit: int = MAX_FRAME_CONTENT
+    frame: bytes | bytearray | memoryview, info: FrameInfo, limit: int = MAX_FRAME_CONTENT
 ) -> bytes:
     """Decompress one data frame, checking its checksum, never producing more than ``limit`` bytes.
 
@@ -289,7 +291,7 @@ def encode_footer(index_offset: int, index_length: int, version: int = 1) -> byt
     )
 
 
-def decode_footer(tail: bytes | memoryview) -> tuple[int, int] | None:
+def decode_footer(tail: bytes | bytearray | memoryview) -> tuple[int, int] | None:
     """Read the footer from the last :data:`FOOTER_SIZE` bytes of a file.
 
     Returns (index offset, index frame length), or None when the tail is not a wirecap footer.
@@ -311,7 +313,7 @@ def encode_index_frame(index_map: dict[str, Any], level: int = 3) -> bytes:
     return skippable_frame(INDEX_MAGIC, payload)
 
 
-def decode_index_frame(frame: bytes | memoryview) -> Any:
+def decode_index_frame(frame: bytes | bytearray | memoryview) -> Any:
     """The CBOR item inside an index frame. Raises :class:`FrameError` when it is not one."""
     try:
         info = parse_frame(frame, 0)

@@ -8,8 +8,7 @@ entries into the index frame. The reader rebuilds the same entries by one scan w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.capture.records import (
     BodyChunk,
@@ -21,6 +20,9 @@ from wirecap.capture.records import (
     ResponseHead,
     UpstreamRequest,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 INDEX_VERSION: Final = 1
 

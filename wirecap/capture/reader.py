@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import mmap
 import os
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final, Self
 
 from wirecap.capture import frames
 from wirecap.capture.frames import Damage, FrameInfo
@@ -28,6 +27,9 @@ from wirecap.capture.records import (
     ResponseHead,
     UpstreamRequest,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 PROXY_PATH_HEADER: Final = b"X-Proxy-Path"
 
@@ -211,7 +213,7 @@ class CaptureFile:
         if isinstance(self._buf, mmap.mmap):
             self._buf.close()
 
-    def __enter__(self) -> CaptureFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -385,7 +387,7 @@ class Capture:
         for f in self.files:
             f.close()
 
-    def __enter__(self) -> Capture:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,8 +11,10 @@ docs/FORMAT.md is the normative description; keep the two in step.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 FORMAT_NAME: Final = "wirecap"
 FORMAT_VERSION: Final = 1

@@ -12,6 +12,7 @@ what was lost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -133,20 +134,17 @@ class SegmentSink:
         index_at = self.offset
         self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
         file, self._file = self._file, None
-        try:
+        # Not every file object has a real descriptor (tests); the data is written either way.
+        with contextlib.suppress(OSError, ValueError):
             os.fsync(file.fileno())
-        except (OSError, ValueError):
-            pass  # not every file object has a real descriptor (tests); the data is written
         file.close()
 
     def abandon(self) -> None:
         """Close the file without an index, after a write error."""
         file, self._file = self._file, None
         if file is not None:
-            try:
+            with contextlib.suppress(OSError):
                 file.close()
-            except OSError:
-                pass
 
     def _write(self, data: bytes) -> None:
         assert self._file is not None
@@ -379,7 +377,7 @@ class CaptureWriter:
             self.sink.close()
             self.sink.open()
 
-    async def _in_thread(self, fn: Callable[..., None], *args: object) -> None:
+    async def _in_thread(self, fn: Callable[..., object], *args: object) -> None:
         if self._failed is not None:
             return
         try:

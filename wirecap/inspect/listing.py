@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wirecap.capture import Capture, IndexEntry
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from wirecap.capture import Capture, IndexEntry
 
 
 def iso_time(wall_ns: int | None) -> str | None:

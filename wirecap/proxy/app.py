@@ -7,17 +7,20 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
 from wirecap import __version__
 from wirecap.capture.records import Header
 from wirecap.capture.writer import CaptureWriter, SegmentSink
-from wirecap.proxy.config import ProxyConfig
 from wirecap.proxy.redact import Redactor, Rules
 from wirecap.proxy.server import ProxyServer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from wirecap.proxy.config import ProxyConfig
 
 logger = logging.getLogger("wirecap.proxy")
 

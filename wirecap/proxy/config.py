@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 DEFAULT_LISTEN: Final = ("127.0.0.1", 5601)
 DEFAULT_OUT: Final = Path("captures")
@@ -359,9 +361,13 @@ def build_config(
     on_full_value = on_full or cap.get("on_full", "block")
     if on_full_value not in ("block", "drop"):
         raise ConfigError(f"on_full must be 'block' or 'drop', not {on_full_value!r}")
-    fmt = log_format or proxy.get("log_format", "text")
-    if fmt not in ("text", "json", "quiet"):
-        raise ConfigError(f"log_format must be text, json or quiet, not {fmt!r}")
+    on_full_policy: Literal["block", "drop"] = "drop" if on_full_value == "drop" else "block"
+    fmt_value = log_format or proxy.get("log_format", "text")
+    if fmt_value not in ("text", "json", "quiet"):
+        raise ConfigError(f"log_format must be text, json or quiet, not {fmt_value!r}")
+    fmt: Literal["text", "json", "quiet"] = (
+        "json" if fmt_value == "json" else "quiet" if fmt_value == "quiet" else "text"
+    )
     level = cap.get("level", 3)
     if not isinstance(level, int) or not 1 <= level <= 19:
         raise ConfigError("capture level must be an integer from 1 to 19")
@@ -373,7 +379,7 @@ def build_config(
     settings = CaptureSettings(
         enabled=capture if capture is not None else bool(cap.get("enabled", True)),
         out=out or Path(str(cap.get("out", DEFAULT_OUT))),
-        on_full=on_full_value,
+        on_full=on_full_policy,
         rotate_bytes=rotate_bytes
         if rotate_bytes is not None
         else cap.get("rotate_bytes", 256 * 1024 * 1024),

@@ -15,8 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.capture.records import (
     BodyChunk,
@@ -28,7 +27,10 @@ from wirecap.capture.records import (
     UpstreamRequest,
 )
 
-_AUTH_SCHEME: Final = re.compile(rb"^([A-Za-z][A-Za-z0-9._~+/-]*)\s+(\S.*)$", re.S)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+_AUTH_SCHEME: Final = re.compile(rb"^([A-Za-z][A-Za-z0-9._~+/-]*)\s+(\S.*)$", re.DOTALL)
 PLACEHOLDER_PREFIX: Final = b"[redacted sha256:"
 
 

@@ -7,9 +7,12 @@ one that names a method. Duplicates are rejected when the config is built, so th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from wirecap.proxy.config import Route
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from wirecap.proxy.config import Route
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,9 +8,8 @@ the disk, and nothing waits for the end of a stream before forwarding it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from http import HTTPStatus
-import json
 import logging
 import math
 import os
@@ -18,7 +17,8 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, TextIO
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final, TextIO
 
 import h11
 import trio
@@ -32,18 +32,20 @@ from wirecap.capture.records import (
     ResponseHead,
     UpstreamRequest,
 )
-from wirecap.capture.writer import CaptureWriter
 from wirecap.proxy import headers as hdr
-from wirecap.proxy.config import ProxyConfig, Route
 from wirecap.proxy.console import ExchangeSummary, format_json, format_text
 from wirecap.proxy.routing import Router
 from wirecap.proxy.upstream import (
     ConnectionPool,
-    UpstreamConnection,
     UpstreamConnectError,
+    UpstreamConnection,
     UpstreamTimeout,
     make_ssl_context,
 )
+
+if TYPE_CHECKING:
+    from wirecap.capture.writer import CaptureWriter
+    from wirecap.proxy.config import ProxyConfig, Route
 
 logger = logging.getLogger("wirecap.proxy")
 
@@ -79,7 +81,7 @@ class _ClientConnection:
         data = await self.stream.receive_some(self.read_size)
         if self.want_head:
             self.head_buf += data
-        self.h11.receive_data(data)
+        self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
 
     def take_head(self) -> bytes:
         """The raw bytes of the request head just parsed."""
@@ -300,7 +302,11 @@ class ProxyServer:
                 # h11 bounds only heads that arrive in pieces; one that arrives whole is checked here.
                 client.head_buf = bytearray(raw_head)
                 await self._reject(
-                    client, client_addr, t0, started_ns, 431,
+                    client,
+                    client_addr,
+                    t0,
+                    started_ns,
+                    431,
                     f"request head is {len(raw_head)} bytes; the limit is {self.config.limits.max_head}",
                 )
                 return
@@ -781,10 +787,8 @@ class ProxyServer:
             error=ex.error,
         )
         line = format_json(summary) if self.config.log_format == "json" else format_text(summary)
-        try:
+        with contextlib.suppress(OSError, ValueError):
             print(line, file=self.console, flush=True)
-        except (OSError, ValueError):
-            pass
 
     # -- capture policy -----------------------------------------------------------------------------
 

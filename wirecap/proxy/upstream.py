@@ -7,12 +7,15 @@ import math
 import select
 import ssl
 from collections.abc import Callable
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h11
 import trio
 
 from wirecap.proxy.config import Upstream
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 logger = logging.getLogger("wirecap.proxy")
 
@@ -71,7 +74,7 @@ class UpstreamConnection:
                 data = await self.stream.receive_some(self.read_size)
                 if self._want_head:
                     self._head_buf += data
-                conn.receive_data(data)
+                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
                 continue
             if isinstance(event, h11.InformationalResponse | h11.Response):
                 pending = len(conn.trailing_data[0])
