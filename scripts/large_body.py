@@ -29,7 +29,7 @@ BLOCK = base64.b64encode(os.urandom(3 * 1024 * 1024 // 4 * 1))[
 
 
 def parse_size(text: str) -> int:
-    match = re.fullmatch(r"(\d+)\s*([KMG]?)(?:i?B)?", text.strip(), re.I)
+    match = re.fullmatch(r"(\d+)\s*([KMG]?)(?:i?B)?", text.strip(), re.IGNORECASE)
     if not match:
         raise SystemExit(f"bad size {text!r}")
     return int(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ")
