@@ -348,3 +348,40 @@ async def test_large_body_is_streamed_not_buffered(start_upstream, start_proxy):
                 await trio.sleep(0.001)  # a slow reader
     assert client_received == len(chunk) * total_chunks
     assert max_lead < 16 * 1024 * 1024, max_lead
+
+
+async def test_pipelined_requests_are_answered_in_order(start_upstream, start_proxy):
+    async def handler(ex):
+        body = await ex.read_body()
+        await ex.respond(200, ex.request.target.encode() + b":" + body)
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    both = (
+        b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nA"
+        b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nB"
+    )
+    raw = await raw_request(proxy.port, both)
+    assert raw.count(b"HTTP/1.1 200 ") == 2
+    assert raw.index(b"/one:A") < raw.index(b"/two:B")
+    with await proxy.capture() as capture:
+        heads = [e.request.head for e in capture.exchanges()]
+    assert heads == [
+        b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n",
+        b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
+    ]
+
+
+async def test_pool_drops_connections_the_upstream_closed(start_upstream, start_proxy):
+    async def closes_after_each(ex):
+        await ex.respond(200, b"ok")
+        await ex.stream.aclose()  # like an upstream whose keep-alive timeout expired
+
+    upstream = await start_upstream(closes_after_each)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):
+            r = await client.get(f"{proxy.url}/x")
+            assert r.status_code == 200
+            await trio.sleep(0.05)
+    assert upstream.connections == 3

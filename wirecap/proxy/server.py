@@ -367,7 +367,7 @@ class ProxyServer:
             wall_ns=started_ns,
             method="-",
             target="-",
-            submit=self._submit_for(None),
+            submit=self._submit(),
         )
         raw = bytes(client.head_buf[:MAX_BAD_HEAD_RECORDED])
         await ex.submit(
@@ -405,7 +405,7 @@ class ProxyServer:
             wall_ns=started_ns,
             method=method,
             target=target,
-            submit=self._submit_for(route) if captured else _discard,
+            submit=self._submit() if captured else _discard,
             upstream_url=match.upstream_url if match else None,
         )
         self.stats.exchanges += 1
@@ -801,7 +801,7 @@ class ProxyServer:
             return False
         return route.sample >= 1.0 or random.random() < route.sample
 
-    def _submit_for(self, route: Route | None) -> Submit:
+    def _submit(self) -> Submit:
         return self.writer.submit if self.writer is not None else _discard
 
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
 import select
 import ssl
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h11
 import trio
 
-from wirecap.proxy.config import Upstream
-
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from wirecap.proxy.config import Upstream
 
 logger = logging.getLogger("wirecap.proxy")
 
@@ -53,7 +51,6 @@ class UpstreamConnection:
         self.origin = origin
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
         self.read_size = read_size
-        self.requests = 0
         self.idle_since = 0.0
         self._head_buf = bytearray()
         self._want_head = True
@@ -124,9 +121,6 @@ def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
     if ca_file is not None:
         context.load_verify_locations(cafile=str(ca_file))
     return context
-
-
-Connector = Callable[[Upstream], "trio.abc.Stream"]
 
 
 class ConnectionPool:
@@ -242,6 +236,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(inner, BaseException):
         return _describe(inner)
     return str(exc) or type(exc).__name__
-
-
-NO_DEADLINE = math.inf
