@@ -385,3 +385,21 @@ async def test_pool_drops_connections_the_upstream_closed(start_upstream, start_
             assert r.status_code == 200
             await trio.sleep(0.05)
     assert upstream.connections == 3
+
+
+async def test_exchange_clock_starts_at_the_request_not_the_idle_connection(
+    start_upstream, start_proxy
+):
+    async def handler(ex):
+        await ex.respond(200, b"ok")
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        await client.get(f"{proxy.url}/first")
+        await trio.sleep(0.5)  # the keep-alive connection sits idle
+        await client.get(f"{proxy.url}/second")
+    with await proxy.capture() as capture:
+        first, second = list(capture.exchanges())
+    assert second.duration_ns is not None and second.duration_ns < 0.4e9
+    assert second.wall_ns - first.wall_ns >= 0.5e9

@@ -76,10 +76,20 @@ class _ClientConnection:
         self.read_size = read_size
         self.head_buf = bytearray()
         self.want_head = True
+        # When the first byte of the current head arrived: an exchange's clocks start there, not
+        # while the connection sat idle between keep-alive requests.
+        self.head_started_ns = 0
+        self.head_wall_ns = 0
+
+    def _mark_head_start(self) -> None:
+        self.head_started_ns = time.perf_counter_ns()
+        self.head_wall_ns = time.time_ns()
 
     async def read(self) -> None:
         data = await self.stream.receive_some(self.read_size)
         if self.want_head:
+            if data and not self.head_buf:
+                self._mark_head_start()
             self.head_buf += data
         self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
 
@@ -95,6 +105,8 @@ class _ClientConnection:
         """The request body is over: whatever h11 still buffers begins the next head."""
         self.want_head = True
         self.head_buf = bytearray(self.h11.trailing_data[0])
+        if self.head_buf:
+            self._mark_head_start()  # a pipelined request: it is already here
 
     async def send(self, event: h11.Event) -> bytes:
         data = self.h11.send(event)
@@ -273,29 +285,29 @@ class ProxyServer:
     async def _serve_client(self, client: _ClientConnection, client_addr: str) -> None:
         first = True
         while True:
-            started_ns = time.time_ns()
-            t0 = time.perf_counter_ns()
             try:
                 event = await self._receive_head(client, first)
-            except h11.RemoteProtocolError as exc:
+            except (h11.RemoteProtocolError, _HeadTimeout) as exc:
+                t0, started_ns = self._head_clock(client)
+                if isinstance(exc, _HeadTimeout):
+                    if exc.partial:
+                        await self._reject(
+                            client,
+                            client_addr,
+                            t0,
+                            started_ns,
+                            408,
+                            f"request head not completed within {self.config.timeouts.client_head:g}s",
+                            outcome="timeout",
+                        )
+                    return
                 await self._reject(
                     client, client_addr, t0, started_ns, exc.error_status_hint, str(exc)
                 )
                 return
-            except _HeadTimeout as exc:
-                if exc.partial:
-                    await self._reject(
-                        client,
-                        client_addr,
-                        t0,
-                        started_ns,
-                        408,
-                        f"request head not completed within {self.config.timeouts.client_head:g}s",
-                        outcome="timeout",
-                    )
-                return
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed between requests: a normal end of keep-alive
+            t0, started_ns = self._head_clock(client)
             first = False
             raw_head = client.take_head()
             if len(raw_head) > self.config.limits.max_head:
@@ -319,6 +331,13 @@ class ProxyServer:
                 client.h11.start_next_cycle()
             else:
                 return
+
+    @staticmethod
+    def _head_clock(client: _ClientConnection) -> tuple[int, int]:
+        """(perf_counter_ns, wall ns) of the current head's first byte, or now if none arrived."""
+        if client.head_buf and client.head_started_ns:
+            return client.head_started_ns, client.head_wall_ns
+        return time.perf_counter_ns(), time.time_ns()
 
     async def _receive_head(self, client: _ClientConnection, first: bool) -> h11.Event:
         timeouts = self.config.timeouts
