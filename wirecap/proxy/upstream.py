@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import select
 import ssl
 from typing import TYPE_CHECKING
@@ -228,9 +229,11 @@ def _describe(exc: BaseException) -> str:
     """The most specific reason inside ``exc`` (trio wraps per-address errors in a group)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed ({exc.verify_message})"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)  # trio's strerror repeats the address; the caller names it
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    inner = exc.__cause__
+    inner = exc.__cause__ or exc.__context__
     if isinstance(inner, BaseExceptionGroup) and inner.exceptions:
         return _describe(inner.exceptions[0])
     if isinstance(inner, BaseException):
