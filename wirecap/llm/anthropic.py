@@ -1,0 +1,110 @@
+"""Anthropic messages API: JSON bodies and SSE streams. Sans-IO.
+
+Stream events as documented by Anthropic: ``message_start`` (model, input usage), ``content_block_start``
+(text, tool_use with id and name, thinking), ``content_block_delta`` (``text_delta``,
+``input_json_delta`` with ``partial_json``), ``message_delta`` (stop reason, output usage),
+``message_stop`` (the terminator), ``ping``, and ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from wirecap.llm.facts import (
+    ExchangeInput,
+    LLMFacts,
+    ToolCall,
+    Usage,
+    as_dict,
+    as_int,
+    as_list,
+    as_str,
+)
+from wirecap.llm.streams import json_body, sse_events
+
+
+def _usage(raw: object, into: Usage | None = None) -> Usage | None:
+    u = as_dict(raw)
+    if not u:
+        return into
+    usage = into or Usage()
+    usage.input = as_int(u.get("input_tokens")) if "input_tokens" in u else usage.input
+    usage.output = as_int(u.get("output_tokens")) if "output_tokens" in u else usage.output
+    if "cache_read_input_tokens" in u:
+        usage.cached = as_int(u.get("cache_read_input_tokens"))
+    return usage
+
+
+def analyze_messages(inp: ExchangeInput) -> LLMFacts:
+    request = as_dict(inp.request_json())
+    facts = LLMFacts(api="anthropic.messages", model_requested=as_str(request.get("model")))
+    if inp.content_type == "text/event-stream":
+        facts.streamed = True
+        facts.terminated = False
+        text: list[str] = []
+        blocks: dict[int, ToolCall] = {}
+        for event, data in sse_events(inp, facts):
+            payload = as_dict(data)
+            kind = as_str(payload.get("type")) or event.event
+            if kind == "message_start":
+                message = as_dict(payload.get("message"))
+                facts.model_returned = as_str(message.get("model"))
+                facts.usage = _usage(message.get("usage"), facts.usage)
+            elif kind == "content_block_start":
+                block = as_dict(payload.get("content_block"))
+                if block.get("type") in ("tool_use", "server_tool_use"):
+                    index = as_int(payload.get("index")) or 0
+                    blocks[index] = ToolCall(
+                        id=as_str(block.get("id")),
+                        name=as_str(block.get("name")),
+                        arguments="",
+                        index=index,
+                    )
+                    if facts.ttft_ns is None:
+                        facts.ttft_ns = event.ns
+            elif kind == "content_block_delta":
+                delta = as_dict(payload.get("delta"))
+                if delta.get("type") == "text_delta":
+                    piece = as_str(delta.get("text")) or ""
+                    text.append(piece)
+                    if piece and facts.ttft_ns is None:
+                        facts.ttft_ns = event.ns
+                elif delta.get("type") == "input_json_delta":
+                    index = as_int(payload.get("index")) or 0
+                    call = blocks.setdefault(index, ToolCall(name=None, arguments="", index=index))
+                    call.arguments += as_str(delta.get("partial_json")) or ""
+                elif delta.get("type") == "thinking_delta" and facts.ttft_ns is None:
+                    facts.ttft_ns = event.ns
+            elif kind == "message_delta":
+                delta = as_dict(payload.get("delta"))
+                facts.finish_reason = as_str(delta.get("stop_reason")) or facts.finish_reason
+                facts.usage = _usage(payload.get("usage"), facts.usage)
+            elif kind == "message_stop":
+                facts.terminated = True
+            elif kind == "error":
+                facts.api_error = as_dict(payload.get("error")) or payload
+        facts.text = "".join(text)
+        facts.tool_calls = [blocks[i] for i in sorted(blocks)]
+        return facts.finish()
+    body = as_dict(json_body(inp, facts))
+    if body.get("type") == "error" or "error" in body:
+        facts.api_error = as_dict(body.get("error")) or body
+    facts.model_returned = as_str(body.get("model"))
+    facts.usage = _usage(body.get("usage"))
+    facts.finish_reason = as_str(body.get("stop_reason"))
+    text = []
+    for i, block in enumerate(as_list(body.get("content"))):
+        block = as_dict(block)
+        if block.get("type") == "text":
+            text.append(as_str(block.get("text")) or "")
+        elif block.get("type") in ("tool_use", "server_tool_use"):
+            facts.tool_calls.append(
+                ToolCall(
+                    id=as_str(block.get("id")),
+                    name=as_str(block.get("name")),
+                    arguments=json.dumps(block.get("input"), separators=(",", ":")),
+                    index=i,
+                )
+            )
+    facts.text = "".join(text)
+    return facts.finish()

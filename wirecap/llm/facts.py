@@ -1,0 +1,142 @@
+"""What the LLM adapters take in (an exchange as plain bytes) and give out (facts). Sans-IO."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wirecap.llm.http import Head
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ExchangeInput:
+    """One exchange as the adapters see it: heads, the request body, and the response body as timed
+    chunks, all with content codings already undone."""
+
+    method: str
+    path: str  # request path (and query) as the client sent it
+    request_head: Head | None
+    request_body: bytes
+    status: int | None
+    response_head: Head | None
+    response_chunks: tuple[tuple[int, bytes], ...]  # (ns since the exchange began, bytes)
+    complete: bool = True  # the exchange ended normally (outcome ok)
+
+    @property
+    def response_body(self) -> bytes:
+        return b"".join(c for _, c in self.response_chunks)
+
+    @property
+    def content_type(self) -> str:
+        return self.response_head.content_type if self.response_head else ""
+
+    def request_json(self) -> Any:
+        """The request body as JSON, or None when it is not JSON."""
+        if not self.request_body:
+            return None
+        try:
+            return json.loads(self.request_body)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Usage:
+    input: int | None = None
+    output: int | None = None
+    cached: int | None = None
+    total: int | None = None  # as reported by the provider, when it reports one
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "input": self.input,
+            "output": self.output,
+            "cached": self.cached,
+            "total": self.total,
+        }
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class ToolCall:
+    name: str | None
+    arguments: str  # the argument string exactly as the model produced it (JSON text, or not)
+    id: str | None = None
+    index: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class LLMFacts:
+    """What an exchange says as an LLM call. Fields a provider does not give stay None."""
+
+    api: str = (
+        "http"  # openai.chat, openai.responses, anthropic.messages, ollama.chat, ollama.generate
+    )
+    streamed: bool = False
+    model_requested: str | None = None
+    model_returned: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    text: str = ""
+    tool_calls: list[ToolCall] = dataclasses.field(default_factory=list)
+    ttft_ns: int | None = None
+    last_chunk_ns: int | None = None
+    tokens_per_second: float | None = None
+    terminated: bool | None = (
+        None  # a stream ended with its terminator ([DONE], message_stop, done)
+    )
+    malformed_sse: list[str] = dataclasses.field(default_factory=list)
+    malformed_json: list[str] = dataclasses.field(default_factory=list)
+    api_error: dict[str, Any] | None = None  # an error object in the body or the stream
+    events: int = 0  # SSE events or NDJSON lines
+
+    def finish(self) -> LLMFacts:
+        """Derive tokens per second once everything is known."""
+        if (
+            self.streamed
+            and self.usage is not None
+            and self.usage.output
+            and self.ttft_ns is not None
+            and self.last_chunk_ns is not None
+            and self.last_chunk_ns > self.ttft_ns
+        ):
+            self.tokens_per_second = self.usage.output / ((self.last_chunk_ns - self.ttft_ns) / 1e9)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "api": self.api,
+            "streamed": self.streamed,
+            "model_requested": self.model_requested,
+            "model": self.model_returned,
+            "usage": self.usage.to_json() if self.usage else None,
+            "finish_reason": self.finish_reason,
+            "text": self.text,
+            "tool_calls": [t.to_json() for t in self.tool_calls],
+            "ttft_ms": None if self.ttft_ns is None else round(self.ttft_ns / 1e6, 3),
+            "tokens_per_second": None
+            if self.tokens_per_second is None
+            else round(self.tokens_per_second, 2),
+            "terminated": self.terminated,
+            "api_error": self.api_error,
+        }
+
+
+def as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

@@ -1,0 +1,147 @@
+"""A server-sent events parser (WHATWG HTML, "event stream interpretation"). Sans-IO.
+
+Feed it body bytes as they arrived, in pieces split anywhere (inside a line, inside a CRLF, inside a
+UTF-8 sequence); it returns each event when its terminating blank line arrives. ``event:`` and ``id:``
+are kept on every event. :meth:`SSEParser.close` says whether the stream stopped mid-event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Final
+
+_BOM: Final = b"\xef\xbb\xbf"
+#: Longest line the parser buffers before calling the stream malformed: a guard for non-SSE bodies
+#: that happen to be labelled text/event-stream. LLM events are a few KiB; base64 images can be MBs.
+MAX_LINE: Final = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SSEEvent:
+    """One dispatched event."""
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None  # the last event id in force when this event was dispatched
+    retry: int | None = None  # a retry field that came with this event
+    ns: int | None = None  # arrival time of the chunk that completed the event
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SSEClose:
+    """How a stream ended: cleanly on an event boundary, or mid-event / mid-line."""
+
+    pending_event: bool  # fields were buffered but no blank line dispatched them
+    pending_line: bool  # bytes after the last line ending
+
+    @property
+    def clean(self) -> bool:
+        return not (self.pending_event or self.pending_line)
+
+
+class SSEParser:
+    """Incremental SSE parser: ``feed(bytes, ns)`` -> events; ``close()`` -> how it ended."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._skip_lf = False  # the previous chunk ended with CR: a leading LF belongs to it
+        self._started = False
+        self._event = ""
+        self._data: list[str] = []
+        self._has_fields = False
+        self._retry: int | None = None
+        self.last_id: str | None = None
+        self.comments = 0
+        self.invalid_utf8 = 0
+        self.overlong = False
+
+    def feed(self, data: bytes, ns: int | None = None) -> list[SSEEvent]:
+        """Parse ``data``; returns the events it completes, in order."""
+        if not data:
+            return []
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        buf = self._buf
+        buf += data
+        if not self._started:
+            if len(buf) < 3 and _BOM.startswith(bytes(buf)):
+                return []
+            if buf.startswith(_BOM):
+                del buf[:3]
+            self._started = True
+        events: list[SSEEvent] = []
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            cr = buf.find(b"\r", pos)
+            lf = buf.find(b"\n", pos)
+            if cr == -1 and lf == -1:
+                break
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, nxt = lf, lf + 1
+            elif cr + 1 < size:
+                end, nxt = cr, cr + 2 if buf[cr + 1] == 0x0A else cr + 1
+            else:  # CR is the last byte: the line ends, and an LF may follow in the next chunk
+                end, nxt = cr, cr + 1
+                self._skip_lf = True
+            event = self._line(bytes(buf[pos:end]), ns)
+            if event is not None:
+                events.append(event)
+            pos = nxt
+        del buf[:pos]
+        if len(buf) > MAX_LINE:
+            self.overlong = True
+            buf.clear()
+        return events
+
+    def _line(self, raw: bytes, ns: int | None) -> SSEEvent | None:
+        if not raw:
+            return self._dispatch(ns)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.invalid_utf8 += 1
+            line = raw.decode("utf-8", "replace")
+        if line.startswith(":"):
+            self.comments += 1
+            return None
+        field, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id":
+            if "\x00" not in value:
+                self.last_id = value
+        elif field == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
+        else:
+            return None  # unknown fields are ignored
+        self._has_fields = True
+        return None
+
+    def _dispatch(self, ns: int | None) -> SSEEvent | None:
+        had_fields = self._has_fields
+        event = SSEEvent(
+            event=self._event or "message",
+            data="\n".join(self._data),
+            id=self.last_id,
+            retry=self._retry,
+            ns=ns,
+        )
+        has_data = bool(self._data)
+        self._event, self._data, self._retry, self._has_fields = "", [], None, False
+        # The standard drops events without data; an event with only ``event:`` or ``id:`` is still
+        # kept here, because inspection wants to see everything the server sent.
+        if not has_data and not had_fields:
+            return None
+        return event
+
+    def close(self) -> SSEClose:
+        """The body is over: report whether it stopped inside an event or a line."""
+        return SSEClose(pending_event=self._has_fields, pending_line=bool(self._buf))

@@ -1,0 +1,73 @@
+"""Driving the SSE and NDJSON parsers over an exchange's timed chunks for the adapters. Sans-IO."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from wirecap.llm.ndjson import NDJSONParser
+from wirecap.llm.sse import SSEEvent, SSEParser
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from wirecap.llm.facts import ExchangeInput, LLMFacts
+
+
+def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, Any]]:
+    """Each SSE event of the response with its data decoded as JSON (None for non-JSON data such as
+    ``[DONE]``). Malformed framing and JSON are noted on ``facts``; so is the arrival of the last chunk."""
+    parser = SSEParser()
+    for ns, chunk in inp.response_chunks:
+        facts.last_chunk_ns = ns
+        for event in parser.feed(chunk, ns):
+            facts.events += 1
+            data: Any = None
+            if event.data and event.data != "[DONE]":
+                try:
+                    data = json.loads(event.data)
+                except ValueError as exc:
+                    facts.malformed_json.append(f"event {facts.events}: data is not JSON ({exc})")
+            yield event, data
+    end = parser.close()
+    if parser.invalid_utf8:
+        facts.malformed_sse.append(f"{parser.invalid_utf8} line(s) are not valid UTF-8")
+    if parser.overlong:
+        facts.malformed_sse.append("a line longer than the parser's limit")
+    if not end.clean:
+        facts.malformed_sse.append("stream ends inside an event (no blank line after the last one)")
+
+
+def ndjson_lines(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int | None, Any]]:
+    """Each NDJSON value of the response with its arrival time; bad lines are noted on ``facts``."""
+    parser = NDJSONParser()
+    for ns, chunk in inp.response_chunks:
+        facts.last_chunk_ns = ns
+        for line in parser.feed(chunk, ns):
+            facts.events += 1
+            if line.error:
+                facts.malformed_json.append(f"line {facts.events}: {line.error}")
+                continue
+            yield line.ns, line.value
+    tail = parser.close()
+    if tail is not None:
+        facts.events += 1
+        if tail.error:
+            facts.malformed_json.append(f"last line is cut off: {tail.error}")
+        else:
+            yield facts.last_chunk_ns, tail.value
+
+
+def json_body(inp: ExchangeInput, facts: LLMFacts) -> Any:
+    """The response body as JSON; a body that is not JSON is noted on ``facts``."""
+    body = inp.response_body
+    if inp.response_chunks:
+        facts.ttft_ns = inp.response_chunks[0][0]
+        facts.last_chunk_ns = inp.response_chunks[-1][0]
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        facts.malformed_json.append(f"response body is not JSON: {exc}")
+        return None
