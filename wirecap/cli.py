@@ -13,8 +13,14 @@ import click
 import trio
 
 from wirecap import __version__
-from wirecap.capture import CaptureError, open_capture, repair_index
-from wirecap.inspect.listing import format_table, rows
+from wirecap.capture import Capture, CaptureError, open_capture, repair_index
+from wirecap.inspect.analysis import analyze_exchange
+from wirecap.inspect.detectors import SEVERITY_RANK, Thresholds, detect_all
+from wirecap.inspect.export import jsonl_records, write_har
+from wirecap.inspect.select import FilterError, Filters, analyzed_exchanges, parse_time
+from wirecap.inspect.stats import compute as compute_stats
+from wirecap.inspect.stats import table_lines as stats_table
+from wirecap.inspect.views import detail_lines, findings_lines, table_lines
 from wirecap.proxy import ConfigError, build_config, run_proxy
 from wirecap.proxy.config import load_toml
 
@@ -202,86 +208,263 @@ def proxy_command(
         click.echo(message, err=True)
 
 
+def _time_option(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except FilterError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _filter_options(fn: Any) -> Any:
+    options = [
+        click.option(
+            "--route", metavar="PREFIX", help="Only exchanges of this route (e.g. /openai)."
+        ),
+        click.option(
+            "--status",
+            metavar="SPEC",
+            help="Only these statuses: 200, 4xx, >=500, or a comma list.",
+        ),
+        click.option(
+            "--model",
+            metavar="GLOB",
+            help="Only this model (glob or substring, requested or returned).",
+        ),
+        click.option(
+            "--since",
+            metavar="TIME",
+            help="Only exchanges that started at or after TIME (ISO 8601, or 30m / 2h / 1d ago).",
+        ),
+        click.option(
+            "--until", metavar="TIME", help="Only exchanges that started at or before TIME."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _filters(
+    route: str | None, status: str | None, model: str | None, since: str | None, until: str | None
+) -> Filters:
+    try:
+        return Filters(
+            route=route,
+            status=status,
+            model=model,
+            since_ns=_time_option(since),
+            until_ns=_time_option(until),
+        )
+    except FilterError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @main.command("inspect")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--id", "exchange_id", metavar="ID", help="Show one exchange.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="JSON Lines: one object per exchange (or per finding)."
+)
+@click.option("--id", "exchange_id", metavar="ID", help="Show one exchange in full.")
 @click.option(
     "--raw",
     type=click.Choice(["request", "response", "upstream"]),
-    help="With --id: the exact bytes of one side to stdout.",
+    help="With --id: the exact stored bytes of one side, to stdout.",
+)
+@_filter_options
+@click.option("--detect-issues", is_flag=True, help="Run every detector and list what went wrong.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(["info", "warning", "error"]),
+    default="error",
+    show_default=True,
+    help="With --detect-issues: exit 1 when a finding of this severity or above fires.",
+)
+@click.option(
+    "--slow-ttft",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="slow-ttft threshold.",
+)
+@click.option(
+    "--stall",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="stream-stall threshold (largest gap between chunks).",
+)
+@click.option(
+    "--duplicate-window",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="duplicate-request window.",
+)
+@click.option(
+    "--duplicate-count",
+    type=click.IntRange(min=2),
+    default=3,
+    show_default=True,
+    help="Identical requests within the window that make a duplicate-request finding.",
 )
 def inspect_command(
-    captures: tuple[Path, ...], as_json: bool, exchange_id: str | None, raw: str | None
+    captures: tuple[Path, ...],
+    as_json: bool,
+    exchange_id: str | None,
+    raw: str | None,
+    route: str | None,
+    status: str | None,
+    model: str | None,
+    since: str | None,
+    until: str | None,
+    detect_issues: bool,
+    fail_on: str,
+    slow_ttft: float,
+    stall: float,
+    duplicate_window: float,
+    duplicate_count: int,
 ) -> None:
-    """List the exchanges of capture files or directories, or show one of them."""
+    """Show what happened: a table of exchanges, one exchange in detail, or the issues found.
+
+    CAPTURES are capture files or directories of segments.
+    """
     if raw and not exchange_id:
         raise click.UsageError("--raw needs --id")
+    filters = _filters(route, status, model, since, until)
+    thresholds = Thresholds(
+        slow_ttft_s=slow_ttft,
+        stall_s=stall,
+        duplicate_window_s=duplicate_window,
+        duplicate_count=duplicate_count,
+    )
+    worst = -1
     try:
         with open_capture(*captures) as capture:
             if exchange_id:
                 _show_exchange(capture, exchange_id, raw, as_json)
-            else:
+            elif detect_issues:
+                findings = list(detect_all(analyzed_exchanges(capture, filters), thresholds))
                 lines = (
-                    (json.dumps(r, separators=(",", ":")) for r in rows(capture))
+                    (json.dumps(f.to_json()) for f in findings)
                     if as_json
-                    else format_table(rows(capture))
+                    else findings_lines(findings)
                 )
                 for line in lines:
+                    click.echo(line)
+                worst = max((SEVERITY_RANK[f.severity] for f in findings), default=-1)
+            else:
+                analyzed = analyzed_exchanges(capture, filters)
+                rows = (
+                    (json.dumps(a.row(), separators=(",", ":")) for a in analyzed)
+                    if as_json
+                    else table_lines(analyzed)
+                )
+                for line in rows:
                     click.echo(line)
             for damage in capture.damage:
                 click.echo(f"wirecap: damaged: {damage}", err=True)
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
+    if detect_issues and worst >= SEVERITY_RANK[fail_on]:
+        raise SystemExit(1)
 
 
-def _show_exchange(capture: Any, exchange_id: str, raw: str | None, as_json: bool) -> None:
+def _show_exchange(capture: Capture, exchange_id: str, raw: str | None, as_json: bool) -> None:
     exchange = capture.get(exchange_id)
     if exchange is None:
         raise click.ClickException(f"no exchange {exchange_id!r} in the capture")
+    out = sys.stdout.buffer
     if raw == "request":
-        sys.stdout.buffer.write(exchange.request_bytes())
+        out.write(exchange.request_bytes())
     elif raw == "response":
-        sys.stdout.buffer.write(exchange.response_bytes())
+        out.write(exchange.response_bytes())
     elif raw == "upstream":
-        sys.stdout.buffer.write((exchange.upstream_wire_head or b"") + exchange.request_body)
+        out.write((exchange.upstream_wire_head or b"") + exchange.request_body)
     elif as_json:
-        row = {
-            "id": exchange.id,
-            "method": exchange.method,
-            "path": exchange.target,
-            "upstream_url": exchange.upstream_url,
-            "status": exchange.status,
-            "outcome": exchange.outcome,
-            "request_head": (exchange.request.head if exchange.request else b"").decode("latin-1"),
-            "response_head": (exchange.response.head if exchange.response else b"").decode(
-                "latin-1"
-            ),
-            "request_body": exchange.request_body.decode("utf-8", "replace"),
-            "response_body": exchange.response_body.decode("utf-8", "replace"),
-            "chunks": [{"dir": c.dir, "ns": c.ns, "bytes": len(c.data)} for c in exchange.chunks],
-        }
-        click.echo(json.dumps(row))
+        record = next(jsonl_records([analyze_exchange(exchange)]))
+        click.echo(json.dumps(record, ensure_ascii=False))
     else:
-        click.echo(
-            f"exchange {exchange.id}: {exchange.method} {exchange.target} -> {exchange.upstream_url}"
-        )
-        click.echo(f"status {exchange.status}, outcome {exchange.outcome}")
-        for label, head in (
-            ("request as received", exchange.request.head if exchange.request else None),
-            ("request as sent upstream", exchange.upstream.head if exchange.upstream else None),
-            ("response", exchange.response.head if exchange.response else None),
-        ):
-            if head is not None:
-                click.echo(f"--- {label}")
-                click.echo(head.decode("latin-1").rstrip("\r\n"))
-        click.echo(f"--- request body ({len(exchange.request_body)} bytes)")
-        click.echo(exchange.request_body.decode("utf-8", "replace"))
-        click.echo(
-            f"--- response body ({len(exchange.response_body)} bytes, {len(exchange.response_chunks)} chunks)"
-        )
-        click.echo(exchange.response_body.decode("utf-8", "replace"))
+        for line in detail_lines(analyze_exchange(exchange)):
+            click.echo(line)
     sys.stdout.flush()
+
+
+@main.command("stats")
+@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per route and model.")
+@_filter_options
+def stats_command(
+    captures: tuple[Path, ...],
+    as_json: bool,
+    route: str | None,
+    status: str | None,
+    model: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
+    """Per route and model: requests, error rate, tokens, TTFT and duration percentiles, bytes."""
+    filters = _filters(route, status, model, since, until)
+    try:
+        with open_capture(*captures) as capture:
+            groups = compute_stats(analyzed_exchanges(capture, filters))
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from None
+    lines = (json.dumps(g.to_json()) for g in groups) if as_json else stats_table(groups)
+    for line in lines:
+        click.echo(line)
+
+
+@main.command("export")
+@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["har", "jsonl"]),
+    required=True,
+    help="HAR 1.2 or JSON Lines.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write ('-' for stdout).",
+)
+@_filter_options
+def export_command(
+    captures: tuple[Path, ...],
+    fmt: str,
+    output: Path,
+    route: str | None,
+    status: str | None,
+    model: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
+    """Export exchanges as HAR 1.2 (opens in browser devtools) or JSON Lines."""
+    filters = _filters(route, status, model, since, until)
+    try:
+        with (
+            open_capture(*captures) as capture,
+            click.open_file(str(output), "w", encoding="utf-8") as out,
+        ):
+            analyzed = analyzed_exchanges(capture, filters)
+            if fmt == "har":
+                count = write_har(analyzed, out)
+            else:
+                count = 0
+                for record in jsonl_records(analyzed):
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    count += 1
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from None
+    if str(output) != "-":
+        click.echo(f"{count} exchanges written to {output}", err=True)
 
 
 @main.command("index")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from wirecap.llm import anthropic, ollama, openai
 from wirecap.llm.facts import ExchangeInput, LLMFacts
-from wirecap.llm.streams import json_body
+from wirecap.llm.streams import json_body, sse_events
 
 Adapter = Callable[[ExchangeInput], LLMFacts]
 
@@ -47,7 +47,13 @@ def analyze(inp: ExchangeInput) -> LLMFacts:
     request = inp.request_json()
     if isinstance(request, dict) and isinstance(request.get("model"), str):
         facts.model_requested = request["model"]
-    if inp.content_type.endswith("json"):
+    if inp.content_type == "text/event-stream":
+        facts.streamed = True
+        for event, _data in sse_events(inp, facts):
+            if facts.ttft_ns is None:
+                facts.ttft_ns = event.ns
+        facts.malformed_json.clear()  # an unknown API's events need not carry JSON
+    elif inp.content_type.endswith("json"):
         body = json_body(inp, facts)
         if isinstance(body, dict) and isinstance(body.get("error"), dict | str):
             error = body["error"]

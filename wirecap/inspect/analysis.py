@@ -1,0 +1,151 @@
+"""An exchange read from a capture, with its HTTP and LLM facts worked out once.
+
+Bridges the two ground floors: :mod:`wirecap.capture` gives exchanges as records, :mod:`wirecap.llm`
+takes bytes and times. Content codings are undone here, on copies, for analysis only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from wirecap.llm import (
+    DecodeError,
+    ExchangeInput,
+    Head,
+    LLMFacts,
+    analyze,
+    decode_content,
+    parse_head,
+)
+
+if TYPE_CHECKING:
+    from wirecap.capture import Exchange
+
+
+@dataclasses.dataclass(slots=True)
+class Analyzed:
+    """One exchange and what it means."""
+
+    exchange: Exchange
+    request_head: Head | None
+    response_head: Head | None
+    request_body: bytes  # decoded
+    response_chunks: tuple[tuple[int, bytes], ...]  # decoded (a coded body becomes one chunk)
+    facts: LLMFacts
+    decode_error: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.exchange.id
+
+    @property
+    def status(self) -> int | None:
+        return self.exchange.status
+
+    @property
+    def outcome(self) -> str:
+        return self.exchange.outcome
+
+    @property
+    def route(self) -> str | None:
+        return self.exchange.request.route if self.exchange.request else None
+
+    @property
+    def model(self) -> str | None:
+        return self.facts.model_returned or self.facts.model_requested
+
+    @property
+    def by_proxy(self) -> bool:
+        response = self.exchange.response
+        return response is not None and response.by == "proxy"
+
+    def row(self) -> dict[str, Any]:
+        """The JSON row of ``wirecap inspect --json``: HTTP facts plus LLM facts."""
+        ex = self.exchange
+        usage = self.facts.usage
+        return {
+            "id": ex.id,
+            "start": iso_time(ex.wall_ns),
+            "start_ns": ex.wall_ns,
+            "method": ex.method,
+            "path": ex.target,
+            "route": self.route,
+            "upstream_url": ex.upstream_url,
+            "status": ex.status,
+            "outcome": ex.outcome,
+            "duration_ms": ms(ex.duration_ns),
+            "ttfb_ms": ms(ex.ttfb_ns),
+            "request_bytes": ex.end.req_bytes if ex.end else len(ex.request_body),
+            "response_bytes": ex.end.res_bytes if ex.end else len(ex.response_body),
+            "api": self.facts.api,
+            "streamed": self.facts.streamed,
+            "model": self.model,
+            "model_requested": self.facts.model_requested,
+            "input_tokens": usage.input if usage else None,
+            "output_tokens": usage.output if usage else None,
+            "cached_tokens": usage.cached if usage else None,
+            "ttft_ms": ms(self.facts.ttft_ns),
+            "tokens_per_second": None
+            if self.facts.tokens_per_second is None
+            else round(self.facts.tokens_per_second, 2),
+            "finish_reason": self.facts.finish_reason,
+            "tool_calls": len(self.facts.tool_calls),
+        }
+
+
+def iso_time(wall_ns: int | None) -> str | None:
+    if wall_ns is None:
+        return None
+    seconds, ns = divmod(wall_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
+
+
+def ms(ns: int | None) -> float | None:
+    return None if ns is None else round(ns / 1e6, 3)
+
+
+def analyze_exchange(exchange: Exchange) -> Analyzed:
+    """Parse heads, undo content codings, and run the LLM adapter for ``exchange``."""
+    request_head = parse_head(exchange.request.head) if exchange.request else None
+    final = exchange.response
+    response_head = parse_head(final.head) if final else None
+    problems: list[str] = []
+    request_body = exchange.request_body
+    if request_head is not None and request_head.get("content-encoding"):
+        try:
+            request_body = decode_content(request_body, request_head.get("content-encoding"))
+        except DecodeError as exc:
+            problems.append(f"request: {exc}")
+    chunks = tuple((c.ns, bytes(c.data)) for c in exchange.response_chunks)
+    coding = response_head.get("content-encoding") if response_head else None
+    if coding and chunks:
+        try:
+            decoded = decode_content(b"".join(c for _, c in chunks), coding)
+            chunks = (
+                ((chunks[0][0], decoded),)
+                if len(chunks) == 1
+                else ((chunks[0][0], decoded), (chunks[-1][0], b""))
+            )
+        except DecodeError as exc:
+            problems.append(f"response: {exc}")
+    inp = ExchangeInput(
+        method=exchange.method or "",
+        path=exchange.target or "",
+        request_head=request_head,
+        request_body=request_body,
+        status=exchange.status,
+        response_head=response_head,
+        response_chunks=chunks,
+        complete=exchange.outcome == "ok",
+    )
+    return Analyzed(
+        exchange=exchange,
+        request_head=request_head,
+        response_head=response_head,
+        request_body=request_body,
+        response_chunks=chunks,
+        facts=analyze(inp),
+        decode_error="; ".join(problems) or None,
+    )

@@ -1,0 +1,355 @@
+"""Issue detectors: one small function per code, each looking at one analyzed exchange.
+
+A detector returns the one-line messages of what it found (usually zero or one); :func:`detect` turns
+them into :class:`Finding` objects with the detector's code and severity. ``duplicate-request`` needs
+to see several exchanges and is the stateful :class:`DuplicateTracker`. Codes are stable: tools and CI
+configurations match on them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from wirecap.inspect.analysis import Analyzed
+
+Severity = Literal["info", "warning", "error"]
+SEVERITY_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "error": 2}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    code: str
+    severity: Severity
+    id: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "id": self.id,
+            "message": self.message,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Thresholds:
+    slow_ttft_s: float = 10.0
+    stall_s: float = 5.0
+    duplicate_window_s: float = 30.0
+    duplicate_count: int = 3  # this many identical requests within the window is a retry storm
+
+
+Detector = Callable[["Analyzed", Thresholds], Iterable[str]]
+_REGISTRY: dict[str, tuple[Severity, Detector]] = {}
+
+
+def detector(code: str, severity: Severity) -> Callable[[Detector], Detector]:
+    def register(fn: Detector) -> Detector:
+        _REGISTRY[code] = (severity, fn)
+        return fn
+
+    return register
+
+
+LLM_APIS: Final = (
+    "openai.chat",
+    "openai.responses",
+    "anthropic.messages",
+    "ollama.chat",
+    "ollama.generate",
+)
+
+
+def _is_llm_success(a: Analyzed) -> bool:
+    return a.facts.api in LLM_APIS and a.status is not None and 200 <= a.status < 300
+
+
+@detector("http-error", "error")
+def http_error(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    status = a.status
+    if status is None or a.by_proxy or status == 429 or status < 400:
+        return
+    error = a.facts.api_error or {}
+    detail = error.get("message") or error.get("type") or ""
+    yield f"HTTP {status} from the upstream" + (f": {str(detail)[:200]}" if detail else "")
+
+
+@detector("rate-limited", "warning")
+def rate_limited(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.status != 429:
+        return
+    retry = a.response_head.get("retry-after") if a.response_head else None
+    yield "HTTP 429 rate limited" + (f", retry-after {retry}" if retry else "")
+
+
+@detector("upstream-failure", "error")
+def upstream_failure(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    end = a.exchange.end
+    if a.by_proxy and a.status in (502, 504):
+        yield f"proxy answered {a.status}: {end.error if end and end.error else 'upstream unavailable'}"
+    elif end is not None and end.outcome in ("upstream_error", "timeout") and not a.by_proxy:
+        yield f"upstream {end.outcome.replace('_', ' ')}: {end.error or 'connection lost'}"
+
+
+@detector("truncated-stream", "error")
+def truncated_stream(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.outcome == "client_abort" or a.by_proxy:
+        return
+    if a.facts.streamed and a.facts.terminated is False and a.status is not None and a.status < 400:
+        marker = {
+            "openai.chat": "data: [DONE]",
+            "openai.responses": "response.completed",
+            "anthropic.messages": "message_stop",
+            "ollama.chat": '"done": true',
+            "ollama.generate": '"done": true',
+        }.get(a.facts.api, "its terminator")
+        yield f"stream ended without {marker} after {a.facts.events} events"
+    elif (
+        a.outcome in ("upstream_error", "timeout", "incomplete") and a.exchange.response is not None
+    ):
+        yield f"response body cut off ({a.outcome})"
+
+
+@detector("malformed-sse", "error")
+def malformed_sse(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.facts.malformed_sse and a.outcome == "ok":
+        yield "; ".join(a.facts.malformed_sse)[:300]
+
+
+@detector("malformed-json", "error")
+def malformed_json(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if not a.facts.malformed_json or a.outcome != "ok":
+        return
+    if a.facts.api == "http" and not (
+        a.response_head and a.response_head.content_type.endswith("json")
+    ):
+        return
+    yield "; ".join(a.facts.malformed_json[:3])[:300]
+
+
+@detector("invalid-tool-arguments", "error")
+def invalid_tool_arguments(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.outcome != "ok":
+        return
+    for call in a.facts.tool_calls:
+        try:
+            json.loads(call.arguments)
+        except ValueError as exc:
+            yield f"tool call {call.name or call.id or '?'}: arguments are not JSON ({exc}): {call.arguments[:80]!r}"
+
+
+@detector("output-truncated", "warning")
+def output_truncated(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.facts.finish_reason in ("length", "max_tokens", "max_output_tokens"):
+        yield f"output cut by the token limit (finish reason {a.facts.finish_reason})"
+
+
+@detector("content-filtered", "warning")
+def content_filtered(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.facts.finish_reason in ("content_filter", "refusal"):
+        yield f"output stopped by the provider's filter (finish reason {a.facts.finish_reason})"
+
+
+@detector("empty-completion", "warning")
+def empty_completion(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    quiet = not a.facts.text.strip() and not a.facts.tool_calls
+    ok = _is_llm_success(a) and a.outcome == "ok" and a.facts.api_error is None
+    if quiet and ok and a.facts.terminated is not False:  # a cut stream is truncated-stream
+        yield "the model returned no text and no tool call"
+
+
+@detector("usage-missing", "info")
+def usage_missing(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if _is_llm_success(a) and a.outcome == "ok" and a.facts.usage is None:
+        hint = (
+            " (request stream_options.include_usage)"
+            if a.facts.api == "openai.chat" and a.facts.streamed
+            else ""
+        )
+        yield f"no token usage in the response{hint}"
+
+
+@detector("usage-inconsistent", "warning")
+def usage_inconsistent(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    u = a.facts.usage
+    if u is None:
+        return
+    if (
+        u.total is not None
+        and u.input is not None
+        and u.output is not None
+        and u.total != u.input + u.output
+    ):
+        yield f"total tokens {u.total} != input {u.input} + output {u.output}"
+    for name, value in (("input", u.input), ("output", u.output), ("cached", u.cached)):
+        if value is not None and value < 0:
+            yield f"negative {name} token count {value}"
+    if (
+        u.cached is not None
+        and u.input is not None
+        and u.cached > u.input
+        and a.facts.api.startswith("openai")
+    ):
+        yield f"cached tokens {u.cached} exceed input tokens {u.input}"
+
+
+_DATE_SUFFIX: Final = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-latest|:latest)$")
+
+
+def model_family(model: str) -> str:
+    """``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``; ``openai/gpt-4o`` -> ``gpt-4o``; ``llama3:latest`` -> ``llama3``."""
+    name = model.strip().lower().rsplit("/", 1)[-1]
+    while (stripped := _DATE_SUFFIX.sub("", name)) != name:
+        name = stripped
+    return name
+
+
+@detector("model-mismatch", "warning")
+def model_mismatch(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    asked, got = a.facts.model_requested, a.facts.model_returned
+    if asked and got and model_family(asked) != model_family(got):
+        yield f"asked for {asked}, got {got}"
+
+
+@detector("slow-ttft", "warning")
+def slow_ttft(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    ttft = a.facts.ttft_ns
+    if ttft is not None and ttft / 1e9 > t.slow_ttft_s:
+        yield f"time to first token {ttft / 1e9:.1f}s (threshold {t.slow_ttft_s:g}s)"
+
+
+@detector("stream-stall", "warning")
+def stream_stall(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    chunks = a.exchange.response_chunks
+    if len(chunks) < 2:
+        return
+    gap, after = max((b.ns - p.ns, i) for i, (p, b) in enumerate(itertools.pairwise(chunks)))
+    if gap / 1e9 > t.stall_s:
+        yield f"stream stalled {gap / 1e9:.1f}s after chunk {after + 1} (threshold {t.stall_s:g}s)"
+
+
+@detector("client-abort", "info")
+def client_abort(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.outcome == "client_abort":
+        end = a.exchange.end
+        yield f"client went away: {end.error if end and end.error else 'connection closed'}"
+
+
+#: Credential shapes that should never be in a capture (placeholders start with "[redacted").
+SECRET_PATTERNS: Final = (
+    ("OpenAI key", re.compile(rb"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}")),
+    ("Anthropic key", re.compile(rb"sk-ant-[A-Za-z0-9_\-]{20,}")),
+    ("bearer token", re.compile(rb"(?i)\bbearer\s+(?!\[redacted)[A-Za-z0-9._~+/\-]{16,}=*")),
+    ("AWS access key", re.compile(rb"\bAKIA[0-9A-Z]{16}\b")),
+    ("GitHub token", re.compile(rb"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
+    ("Google API key", re.compile(rb"\bAIza[0-9A-Za-z_\-]{35}\b")),
+)
+_CREDENTIAL_HEADER: Final = re.compile(
+    rb"(?im)^(authorization|proxy-authorization|x-api-key|api-key|cookie|set-cookie):[ \t]*(?!\[redacted)(?!Bearer \[redacted)(\S.*)$"
+)
+
+
+@detector("secret-in-capture", "error")
+def secret_in_capture(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    ex = a.exchange
+    places = [
+        ("request head", ex.request.head if ex.request else b""),
+        ("upstream head", ex.upstream.head if ex.upstream else b""),
+        ("request body", ex.request_body),
+        ("response head", b"".join(h.head for h in ex.responses)),
+        ("response body", ex.response_body),
+    ]
+    for where, data in places:
+        if not data:
+            continue
+        header = _CREDENTIAL_HEADER.search(data) if where.endswith("head") else None
+        if header is not None:
+            yield f"{header.group(1).decode()} header stored unredacted in the {where}"
+            continue
+        for label, pattern in SECRET_PATTERNS:
+            match = pattern.search(data)
+            if match is not None:
+                yield f"{label} stored unredacted in the {where} ({_mask(match.group(0))})"
+                break
+
+
+def _mask(secret: bytes) -> str:
+    text = secret.decode("latin-1")
+    return text[:6] + "..." + f"({len(text)} chars)"
+
+
+CODES: Final = (*_REGISTRY, "duplicate-request")
+
+
+def severity_of(code: str) -> Severity:
+    return "warning" if code == "duplicate-request" else _REGISTRY[code][0]
+
+
+def detect(a: Analyzed, thresholds: Thresholds) -> list[Finding]:
+    """Every per-exchange finding for ``a``, in registry order."""
+    findings = []
+    for code, (severity, fn) in _REGISTRY.items():
+        for message in fn(a, thresholds):
+            level: Severity = severity
+            if code == "http-error" and a.status is not None and a.status < 500:
+                level = "warning"  # an unexpected 4xx is the client's to fix; a 5xx is an outage
+            findings.append(Finding(code, level, a.id, message))
+    return findings
+
+
+class DuplicateTracker:
+    """Spots the same request body sent again and again within a short window (retry storms).
+
+    Keeps only the requests inside the window, so memory is bounded by the request rate.
+    """
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.window_ns = int(thresholds.duplicate_window_s * 1e9)
+        self.count = thresholds.duplicate_count
+        self._seen: dict[bytes, collections.deque[int]] = {}
+        self._order: collections.deque[tuple[int, bytes]] = collections.deque()
+
+    def observe(self, a: Analyzed) -> Finding | None:
+        ex = a.exchange
+        if ex.wall_ns is None or not a.request_body:
+            return None
+        key = hashlib.sha256(f"{ex.method} {ex.target}\n".encode() + a.request_body).digest()
+        now = ex.wall_ns
+        while self._order and self._order[0][0] < now - self.window_ns:
+            _at, old = self._order.popleft()
+            times = self._seen.get(old)
+            if times:
+                times.popleft()
+                if not times:
+                    del self._seen[old]
+        times = self._seen.setdefault(key, collections.deque())
+        times.append(now)
+        self._order.append((now, key))
+        if len(times) >= self.count:
+            span = (times[-1] - times[0]) / 1e9
+            return Finding(
+                "duplicate-request",
+                "warning",
+                ex.id,
+                f"same request sent {len(times)} times within {span:.1f}s (retry storm?)",
+            )
+        return None
+
+
+def detect_all(analyzed: Iterable[Analyzed], thresholds: Thresholds) -> Iterator[Finding]:
+    """Findings for a stream of exchanges, in exchange order."""
+    duplicates = DuplicateTracker(thresholds)
+    for a in analyzed:
+        yield from detect(a, thresholds)
+        dup = duplicates.observe(a)
+        if dup is not None:
+            yield dup

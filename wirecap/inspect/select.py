@@ -1,0 +1,135 @@
+"""Choosing exchanges: filters by route, status, model and time, and the stream of analyzed exchanges."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import operator
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from wirecap.inspect.analysis import Analyzed, analyze_exchange
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from wirecap.capture import Capture
+
+_STATUS: re.Pattern[str] = re.compile(r"^\s*(>=|<=|>|<|=|!=)?\s*(\d{3}|[1-5]xx)\s*$", re.IGNORECASE)
+_RELATIVE: re.Pattern[str] = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhd])$")
+
+
+class FilterError(ValueError):
+    """A filter the user wrote that does not parse."""
+
+
+_OPS: dict[str, Callable[[int, int], bool]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+
+
+def status_matcher(spec: str) -> Callable[[int | None], bool]:
+    """``200``, ``4xx``, ``>=500``, ``!=200``; several separated by commas match any of them."""
+    tests: list[tuple[str, int, bool]] = []  # (operator, value, value is a class like 4xx)
+    for part in spec.split(","):
+        match = _STATUS.match(part)
+        if not match:
+            raise FilterError(f"bad status filter {part!r} (try 200, 4xx, >=500)")
+        op, value = match.group(1) or "=", match.group(2).lower()
+        is_class = value.endswith("xx")
+        if is_class and op not in ("=", "!="):
+            raise FilterError(f"use a number with {op}: {part!r}")
+        tests.append((op, int(value[0]) if is_class else int(value), is_class))
+
+    def matches(status: int | None) -> bool:
+        if status is None:
+            return False
+        for op, value, is_class in tests:
+            subject = status // 100 if is_class else status
+            if _OPS[op](subject, value):
+                return True
+        return False
+
+    return matches
+
+
+def parse_time(text: str, now: float | None = None) -> int:
+    """ISO 8601 (``2026-11-23T12:00``, zone optional: UTC) or relative (``30m``, ``2h``, ``1d`` ago),
+    as ns since the epoch."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return int(((now if now is not None else time.time()) - seconds) * 1e9)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise FilterError(f"bad time {text!r} (try 2026-11-23T12:00:00Z or 2h)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1e9)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Filters:
+    route: str | None = None
+    status: str | None = None
+    model: str | None = None  # a glob (gpt-4o*) or a substring
+    since_ns: int | None = None
+    until_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.status:
+            status_matcher(self.status)  # fail early on a bad spec
+
+    def cheap_match(self, ex_wall_ns: int | None, route: str | None, status: int | None) -> bool:
+        """The filters that need no body parsing (checked before the adapters run)."""
+        if self.route is not None and (route or "").rstrip("/") != self.route.rstrip("/"):
+            return False
+        if self.status and not status_matcher(self.status)(status):
+            return False
+        if self.since_ns is not None and (ex_wall_ns is None or ex_wall_ns < self.since_ns):
+            return False
+        return not (
+            self.until_ns is not None and (ex_wall_ns is None or ex_wall_ns > self.until_ns)
+        )
+
+    def model_match(self, a: Analyzed) -> bool:
+        if self.model is None:
+            return True
+        names = [m for m in (a.facts.model_returned, a.facts.model_requested) if m]
+        pattern = self.model.lower()
+        return any(fnmatch.fnmatchcase(m.lower(), pattern) or pattern in m.lower() for m in names)
+
+
+def analyzed_exchanges(
+    capture: Capture, filters: Filters | None = None, *, progress: bool | None = None
+) -> Iterator[Analyzed]:
+    """Exchanges of ``capture`` in start order, analyzed and filtered, streaming (bounded memory).
+
+    With ``progress`` (default: when stderr is a terminal), a count is shown on stderr every second.
+    """
+    filters = filters or Filters()
+    show = sys.stderr.isatty() if progress is None else progress
+    last = time.monotonic()
+    count = 0
+    for exchange in capture.exchanges():
+        count += 1
+        if show and time.monotonic() - last > 1.0:
+            last = time.monotonic()
+            print(f"\r{count} exchanges read...", end="", file=sys.stderr, flush=True)
+        route = exchange.request.route if exchange.request else None
+        if not filters.cheap_match(exchange.wall_ns, route, exchange.status):
+            continue
+        a = analyze_exchange(exchange)
+        if filters.model_match(a):
+            yield a
+    if show and count and time.monotonic() - last != 0:
+        print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
