@@ -193,3 +193,33 @@ async def test_unknown_route_is_a_404_naming_the_routes(start_upstream, start_pr
         ok = await client.get(f"{proxy.url}/openai/after")
         assert ok.status_code == 200
     assert proxy.server.stats.connections == 1  # the 404 kept the connection open
+
+
+async def test_client_that_hangs_up_after_the_last_event_is_not_an_abort(
+    start_upstream, start_proxy
+):
+    """SDKs stop reading at ``data: [DONE]`` and close before the chunked terminator arrives."""
+
+    async def stream(ex):
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Type", "text/event-stream")])
+        await ex.send_data(b'data: {"n": 1}\n\n')
+        await ex.send_data(b"data: [DONE]\n\n")
+        await trio.sleep(0.2)  # the end of message comes late
+        await ex.end()
+
+    upstream = await start_upstream(stream)
+    proxy = await start_proxy(upstream=upstream.url)
+    with trio.fail_after(10):
+        s = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await s.send_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        seen = b""
+        while b"[DONE]" not in seen:
+            seen += await s.receive_some(65536)
+        await s.aclose()
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.outcome == "ok"
+    assert exchange.response_body == b'data: {"n": 1}\n\ndata: [DONE]\n\n'

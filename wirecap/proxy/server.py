@@ -52,6 +52,9 @@ logger = logging.getLogger("wirecap.proxy")
 Submit = Callable[[Record], Awaitable[None]]
 #: Bytes of a malformed or oversize head kept in its capture record (the rest is not needed to see why).
 MAX_BAD_HEAD_RECORDED: Final = 64 * 1024
+#: After a client closes its connection mid-response, how long the relay may still finish reading the
+#: upstream's end of message before the exchange counts as a client abort.
+CLIENT_CLOSE_GRACE: Final = 1.0
 
 
 async def _discard(record: Record) -> None:
@@ -139,6 +142,7 @@ class _Exchange:
     response_started: bool = False
     upstream_send_failed: bool = False
     client_eof: bool = False
+    response_done: trio.Event = dataclasses.field(default_factory=trio.Event)
     outcome: Outcome = "ok"
     error: str | None = None
     failure_status: int = 502
@@ -153,9 +157,6 @@ class _Exchange:
         if self.outcome == "ok":
             self.outcome, self.error = outcome, error
             self.failure_status, self.failure_kind = status, kind
-
-    def clear_failure(self) -> None:
-        self.outcome, self.error = "ok", None
 
 
 @dataclasses.dataclass(slots=True)
@@ -558,10 +559,6 @@ class ProxyServer:
                 )
                 await self._relay_response(client, upstream, ex, read_timeout)
                 nursery.cancel_scope.cancel()
-            if ex.client_eof and _response_complete(upstream):
-                # The client hung up right after the last body byte reached it, before the relay task
-                # got to the upstream's end-of-message: the exchange did complete.
-                ex.clear_failure()
             if ex.outcome != "ok" and not ex.response_started:
                 await self._respond_error(
                     client,
@@ -617,8 +614,15 @@ class ProxyServer:
                     await trio.sleep_forever()  # enough buffered for the next request; stop reading
                 await client.read()
                 if client.h11.trailing_data[1]:
+                    # Clients often hang up the moment they have what they need (an SDK stops at
+                    # "data: [DONE]" before the chunked terminator): give the relay a moment to see
+                    # the upstream end; it reports an abort if any body byte was still to come.
                     ex.client_eof = True
-                    raise ClientGone("client closed the connection before the response ended")
+                    with trio.move_on_after(CLIENT_CLOSE_GRACE):
+                        await ex.response_done.wait()
+                    if not ex.response_done.is_set():
+                        raise ClientGone("client closed the connection before the response ended")
+                    return
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
             scope.cancel()
@@ -675,6 +679,12 @@ class ProxyServer:
                             ex.ttft_ns = now
                         ex.res_bytes += len(event.data)
                         await submit(BodyChunk(x=ex.id, dir="res", ns=now, data=event.data))
+                        if ex.client_eof:
+                            ex.fail(
+                                "client_abort",
+                                "client closed the connection before the response ended",
+                            )
+                            return
                         await client.send(h11.Data(data=event.data))
                     elif isinstance(event, h11.Response):
                         if ex.ttfb_ns is None:
@@ -706,6 +716,9 @@ class ProxyServer:
                                 )
                             )
                     elif isinstance(event, h11.EndOfMessage):
+                        ex.response_done.set()
+                        if ex.client_eof:
+                            return  # every body byte reached the client; only framing is left
                         await client.send(h11.EndOfMessage())
                         return
                     elif isinstance(event, h11.ConnectionClosed):
@@ -822,20 +835,6 @@ class ProxyServer:
 
     def _submit(self) -> Submit:
         return self.writer.submit if self.writer is not None else _discard
-
-
-def _response_complete(upstream: UpstreamConnection) -> bool:
-    """Whether the upstream's response ends with what h11 already holds (no more body bytes)."""
-    conn = upstream.h11
-    if conn.their_state is h11.DONE:
-        return True
-    if conn.their_state is not h11.SEND_BODY:
-        return False
-    try:
-        event = conn.next_event()
-    except h11.RemoteProtocolError:
-        return False
-    return isinstance(event, h11.EndOfMessage)
 
 
 class _HeadTimeout(Exception):
