@@ -22,7 +22,7 @@ from wirecap.capture.records import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
 INDEX_VERSION: Final = 1
 
@@ -100,13 +100,50 @@ _ENTRY_FIELDS: Final[Mapping[str, type | tuple[type, ...]]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Index:
-    """A decoded index: entries in order of first appearance, plus gaps and known damage."""
+    """A decoded index: entries in order of first appearance, plus gaps and known damage.
 
-    entries: tuple[IndexEntry, ...]
-    gaps: tuple[Gap, ...] = ()
-    damage: tuple[Mapping[str, Any], ...] = ()
+    An index read from a file keeps its entries as decoded CBOR maps and validates them on use:
+    :meth:`find` checks only the entry it returns, so a lookup in an index of a million exchanges does
+    not build a million objects.
+    """
+
+    __slots__ = ("_entries", "_raw", "damage", "gaps")
+
+    def __init__(
+        self,
+        entries: Sequence[IndexEntry] | None = None,
+        *,
+        raw: list[Any] | None = None,
+        gaps: Sequence[Gap] = (),
+        damage: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        self._entries: tuple[IndexEntry, ...] | None = (
+            tuple(entries) if entries is not None else None
+        )
+        self._raw = raw if raw is not None else []
+        self.gaps = tuple(gaps)
+        self.damage = tuple(damage)
+
+    def __len__(self) -> int:
+        return len(self._entries) if self._entries is not None else len(self._raw)
+
+    @property
+    def entries(self) -> tuple[IndexEntry, ...]:
+        """Every entry, validated (raises :class:`RecordError` for a malformed one)."""
+        if self._entries is None:
+            self._entries = tuple(IndexEntry.from_map(e) for e in self._raw)
+            self._raw = []
+        return self._entries
+
+    def find(self, exchange_id: str) -> IndexEntry | None:
+        """The entry of one exchange (the first, should a hostile file repeat an id)."""
+        if self._entries is not None:
+            return next((e for e in self._entries if e.x == exchange_id), None)
+        for m in self._raw:
+            if isinstance(m, dict) and m.get("x") == exchange_id:
+                return IndexEntry.from_map(m)
+        return None
 
     def to_map(self) -> dict[str, Any]:
         return {
@@ -134,11 +171,7 @@ class Index:
             raise RecordError("index lists have the wrong type")
         if not all(isinstance(d, dict) for d in damage):
             raise RecordError("index damage entries must be maps")
-        return cls(
-            tuple(IndexEntry.from_map(e) for e in exchanges),
-            tuple(Gap.from_map(g) for g in gaps),
-            tuple(damage),
-        )
+        return cls(raw=exchanges, gaps=[Gap.from_map(g) for g in gaps], damage=damage)
 
 
 class IndexBuilder:
@@ -193,4 +226,4 @@ class IndexBuilder:
             self.observe(record, frame_offset)
 
     def build(self, damage: Iterable[Mapping[str, Any]] = ()) -> Index:
-        return Index(tuple(self._entries.values()), tuple(self._gaps), tuple(damage))
+        return Index(tuple(self._entries.values()), gaps=self._gaps, damage=tuple(damage))

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 PROXY_PATH_HEADER: Final = b"X-Proxy-Path"
 
 
+def _int_or(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 class CaptureError(Exception):
     """A capture that cannot be opened at all (missing, not a capture, empty directory)."""
 
@@ -203,7 +207,8 @@ class CaptureFile:
         self.damage: list[FileDamage] = []
         self._index: Index | None = None
         self._index_offset: int | None = None
-        self._by_id: dict[str, IndexEntry] | None = None
+        self._index_length = 0
+        self.index_from_file = False
         self._scanned = False
         self.header: Header | None = None
         self._read_footer()
@@ -232,6 +237,7 @@ class CaptureFile:
         return self._index_offset if self._index_offset is not None else self.size
 
     def _read_footer(self) -> None:
+        """Find the index frame through the footer; the index itself is decoded on first use."""
         if self.size < frames.FOOTER_SIZE:
             return
         pointer = frames.decode_footer(self._buf[self.size - frames.FOOTER_SIZE :])
@@ -241,24 +247,28 @@ class CaptureFile:
         if offset + length != self.size - frames.FOOTER_SIZE:
             self._note(offset, self.size, "footer points outside the file; index ignored")
             return
+        self._index_offset, self._index_length = offset, length
+
+    def _read_index(self) -> Index | None:
+        """The index stored in the file, or None (damage noted) when it cannot be used."""
+        if self._index_offset is None:
+            return None
+        offset, length = self._index_offset, self._index_length
         try:
             index = Index.from_map(frames.decode_index_frame(self._buf[offset : offset + length]))
         except (frames.FrameError, RecordError) as exc:
             self._note(offset, self.size, f"index unreadable ({exc}); rebuilt by scanning")
-            return
-        if any(f >= offset for e in index.entries for f in e.frames):
-            self._note(offset, self.size, "index points past the data; rebuilt by scanning")
-            return
-        self._index, self._index_offset = index, offset
+            return None
         for d in index.damage:
             self.damage.append(
                 FileDamage(
                     self.path,
-                    int(d.get("offset", 0)),
-                    int(d.get("end", 0)),
+                    _int_or(d.get("offset"), 0),
+                    _int_or(d.get("end"), 0),
                     str(d.get("reason", "")),
                 )
             )
+        return index
 
     def _read_header(self) -> None:
         for item in frames.iter_frames(self._buf):
@@ -310,6 +320,9 @@ class CaptureFile:
     def index(self) -> Index:
         """The file's index: read from the file, or rebuilt by one scan when it has none."""
         if self._index is None:
+            self._index = self._read_index()
+            self.index_from_file = self._index is not None
+        if self._index is None:
             builder = IndexBuilder()
             for offset, records in self.iter_frame_records():
                 builder.observe_all(records, offset)
@@ -317,9 +330,18 @@ class CaptureFile:
         return self._index
 
     def entry(self, exchange_id: str) -> IndexEntry | None:
-        if self._by_id is None:
-            self._by_id = {e.x: e for e in self.index().entries}
-        return self._by_id.get(exchange_id)
+        """The index entry of one exchange, checked to point only at data frames."""
+        try:
+            entry = self.index().find(exchange_id)
+        except RecordError as exc:
+            self._note(self.data_end, self.size, f"bad index entry for {exchange_id}: {exc}")
+            return None
+        if entry is not None and any(f >= self.data_end for f in entry.frames):
+            self._note(
+                self.data_end, self.size, f"index entry for {exchange_id} points past the data"
+            )
+            return None
+        return entry
 
     def records_of(self, exchange_id: str) -> list[Record]:
         """The records of one exchange, read from the frames the index lists (no scan)."""
@@ -395,6 +417,11 @@ class Capture:
 
     @property
     def damage(self) -> list[FileDamage]:
+        """Damage found so far by whatever was read (a lookup through the index reads little)."""
+        return [d for f in self.files for d in f.damage]
+
+    def scan_damage(self) -> list[FileDamage]:
+        """Every damaged region of every file, scanning files not yet read in full."""
         return [d for f in self.files for d in f.damage_regions()]
 
     def records(self) -> Iterator[Record]:
@@ -476,7 +503,9 @@ def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
     path = Path(path)
     with CaptureFile(path) as cf:
         if cf.indexed:
-            return IndexRepair(path, True, len(cf.index().entries))
+            index = cf.index()  # decodes the stored index; falls back to a scan if it is bad
+            if cf.index_from_file:
+                return IndexRepair(path, True, len(index))
         builder = IndexBuilder()
         last_end = 0
         for item in frames.iter_frames(cf._buf):
