@@ -219,11 +219,32 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--exchanges", type=int, default=100_000)
+    parser.add_argument("--generate-into", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.generate_into:
+        path, last = generate(args.generate_into, args.exchanges)
+        print(path, last)
+        return
     workdir = Path(tempfile.mkdtemp(prefix="wirecap-bench-inspect-"))
     try:
         t0 = time.perf_counter()
-        path, last = generate(workdir, args.exchanges)
+        # Generated in a child process, so that this process stays small: a child's peak RSS, as the
+        # kernel reports it, includes what it inherited from its parent before exec.
+        made = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--exchanges",
+                str(args.exchanges),
+                "--generate-into",
+                str(workdir),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        path_text, last = made.stdout.split()
+        path = Path(path_text)
         generated = time.perf_counter() - t0
         print(
             f"{args.exchanges} exchanges, capture {path.stat().st_size / 2**20:.1f} MiB, generated in {generated:.1f}s"

@@ -364,3 +364,25 @@ async def test_drop_policy_writes_a_gap_record(tmp_path):
         gaps = list(capture.gaps())
     assert sum(g.records for g in gaps) == stats.records_dropped
     assert gaps[0].exchanges
+
+
+def test_hostile_index_entries_are_refused_one_by_one(tmp_path):
+    path = write_capture(tmp_path, 3)
+    data = path.read_bytes()
+    index_at, _ = frames.decode_footer(data[-frames.FOOTER_SIZE :])
+    from wirecap.capture.index import COLUMNS
+
+    columns = {name: [None, None, None] for name in COLUMNS}
+    columns["x"] = ["ex0000", "ex0001", 7]
+    columns["frames"] = [[10**12], "nope", []]  # past the data; the wrong type
+    bad_index = {"t": "index", "version": 1, "columns": columns, "gaps": [], "damage": []}
+    index_frame = frames.encode_index_frame(bad_index)
+    hostile = tmp_path / "hostile.cbor.zst"
+    hostile.write_bytes(data[:index_at] + index_frame + frames.encode_footer(index_at, len(index_frame)))
+    with open_capture(hostile) as capture:
+        assert capture.get("ex0000") is None
+        assert capture.get("ex0001") is None
+        assert capture.get("ex0002") is None  # its id is not text: not found
+        reasons = " ".join(d.reason for d in capture.damage)
+        assert "points past the data" in reasons and "bad index entry" in reasons
+        assert [e.id for e in capture.exchanges()] == ["ex0000", "ex0001", "ex0002"]  # a scan still works

@@ -46,6 +46,7 @@ class IndexEntry:
     frames: list[int] = dataclasses.field(default_factory=list)
 
     def to_map(self) -> dict[str, Any]:
+        """The entry as a map (the row of the stored columns)."""
         return {
             "x": self.x,
             "wall_ns": self.wall_ns,
@@ -100,56 +101,69 @@ _ENTRY_FIELDS: Final[Mapping[str, type | tuple[type, ...]]] = {
 }
 
 
+#: Columns of the stored index, in order; every column has one value per exchange.
+COLUMNS: Final = ("x", *_ENTRY_FIELDS, "frames")
+
+
 class Index:
     """A decoded index: entries in order of first appearance, plus gaps and known damage.
 
-    An index read from a file keeps its entries as decoded CBOR maps and validates them on use:
-    :meth:`find` checks only the entry it returns, so a lookup in an index of a million exchanges does
-    not build a million objects.
+    The stored index is columnar (one array per field), which decodes to a few large lists instead of
+    one map per exchange. An index read from a file keeps those columns and validates on use:
+    :meth:`find` checks only the row it returns, so a lookup among a million exchanges builds one
+    entry.
     """
 
-    __slots__ = ("_entries", "_raw", "damage", "gaps")
+    __slots__ = ("_columns", "_entries", "damage", "gaps")
 
     def __init__(
         self,
         entries: Sequence[IndexEntry] | None = None,
         *,
-        raw: list[Any] | None = None,
+        columns: Mapping[str, list[Any]] | None = None,
         gaps: Sequence[Gap] = (),
         damage: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        self._entries: tuple[IndexEntry, ...] | None = (
-            tuple(entries) if entries is not None else None
-        )
-        self._raw = raw if raw is not None else []
+        self._entries: tuple[IndexEntry, ...] | None = tuple(entries) if entries is not None else None
+        self._columns = columns
         self.gaps = tuple(gaps)
         self.damage = tuple(damage)
 
     def __len__(self) -> int:
-        return len(self._entries) if self._entries is not None else len(self._raw)
+        if self._entries is not None:
+            return len(self._entries)
+        return len(self._columns["x"]) if self._columns else 0
+
+    def _row(self, i: int) -> IndexEntry:
+        assert self._columns is not None
+        return IndexEntry.from_map({name: column[i] for name, column in self._columns.items()})
 
     @property
     def entries(self) -> tuple[IndexEntry, ...]:
         """Every entry, validated (raises :class:`RecordError` for a malformed one)."""
         if self._entries is None:
-            self._entries = tuple(IndexEntry.from_map(e) for e in self._raw)
-            self._raw = []
+            self._entries = tuple(self._row(i) for i in range(len(self)))
+            self._columns = None
         return self._entries
 
     def find(self, exchange_id: str) -> IndexEntry | None:
         """The entry of one exchange (the first, should a hostile file repeat an id)."""
         if self._entries is not None:
             return next((e for e in self._entries if e.x == exchange_id), None)
-        for m in self._raw:
-            if isinstance(m, dict) and m.get("x") == exchange_id:
-                return IndexEntry.from_map(m)
-        return None
+        if not self._columns:
+            return None
+        try:
+            i = self._columns["x"].index(exchange_id)
+        except ValueError:
+            return None
+        return self._row(i)
 
     def to_map(self) -> dict[str, Any]:
+        entries = self.entries
         return {
             "t": "index",
             "version": INDEX_VERSION,
-            "exchanges": [e.to_map() for e in self.entries],
+            "columns": {name: [getattr(e, name) for e in entries] for name in COLUMNS},
             "gaps": [g.to_map() for g in self.gaps],
             "damage": [dict(d) for d in self.damage],
         }
@@ -160,18 +174,18 @@ class Index:
             raise RecordError("not an index map")
         if m.get("version") != INDEX_VERSION:
             raise RecordError(f"unsupported index version {m.get('version')!r}")
-        exchanges = m.get("exchanges")
+        columns = m.get("columns")
         gaps = m.get("gaps", [])
         damage = m.get("damage", [])
-        if (
-            not isinstance(exchanges, list)
-            or not isinstance(gaps, list)
-            or not isinstance(damage, list)
-        ):
-            raise RecordError("index lists have the wrong type")
+        if not isinstance(columns, dict) or not isinstance(gaps, list) or not isinstance(damage, list):
+            raise RecordError("index parts have the wrong type")
+        if set(columns) != set(COLUMNS) or not all(isinstance(c, list) for c in columns.values()):
+            raise RecordError(f"index columns must be the lists {', '.join(COLUMNS)}")
+        if len({len(c) for c in columns.values()}) != 1:
+            raise RecordError("index columns have different lengths")
         if not all(isinstance(d, dict) for d in damage):
             raise RecordError("index damage entries must be maps")
-        return cls(raw=exchanges, gaps=[Gap.from_map(g) for g in gaps], damage=damage)
+        return cls(columns=columns, gaps=[Gap.from_map(g) for g in gaps], damage=damage)
 
 
 class IndexBuilder:
