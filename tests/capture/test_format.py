@@ -378,11 +378,17 @@ def test_hostile_index_entries_are_refused_one_by_one(tmp_path):
     bad_index = {"t": "index", "version": 1, "columns": columns, "gaps": [], "damage": []}
     index_frame = frames.encode_index_frame(bad_index)
     hostile = tmp_path / "hostile.cbor.zst"
-    hostile.write_bytes(data[:index_at] + index_frame + frames.encode_footer(index_at, len(index_frame)))
+    hostile.write_bytes(
+        data[:index_at] + index_frame + frames.encode_footer(index_at, len(index_frame))
+    )
     with open_capture(hostile) as capture:
         assert capture.get("ex0000") is None
         assert capture.get("ex0001") is None
         assert capture.get("ex0002") is None  # its id is not text: not found
         reasons = " ".join(d.reason for d in capture.damage)
         assert "points past the data" in reasons and "bad index entry" in reasons
-        assert [e.id for e in capture.exchanges()] == ["ex0000", "ex0001", "ex0002"]  # a scan still works
+        assert [e.id for e in capture.exchanges()] == [
+            "ex0000",
+            "ex0001",
+            "ex0002",
+        ]  # a scan still works

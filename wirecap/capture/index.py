@@ -124,7 +124,9 @@ class Index:
         gaps: Sequence[Gap] = (),
         damage: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        self._entries: tuple[IndexEntry, ...] | None = tuple(entries) if entries is not None else None
+        self._entries: tuple[IndexEntry, ...] | None = (
+            tuple(entries) if entries is not None else None
+        )
         self._columns = columns
         self.gaps = tuple(gaps)
         self.damage = tuple(damage)
@@ -177,7 +179,11 @@ class Index:
         columns = m.get("columns")
         gaps = m.get("gaps", [])
         damage = m.get("damage", [])
-        if not isinstance(columns, dict) or not isinstance(gaps, list) or not isinstance(damage, list):
+        if (
+            not isinstance(columns, dict)
+            or not isinstance(gaps, list)
+            or not isinstance(damage, list)
+        ):
             raise RecordError("index parts have the wrong type")
         if set(columns) != set(COLUMNS) or not all(isinstance(c, list) for c in columns.values()):
             raise RecordError(f"index columns must be the lists {', '.join(COLUMNS)}")
