@@ -22,7 +22,20 @@ from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import detail_lines, findings_lines, table_lines
 from wirecap.proxy import ConfigError, build_config, run_proxy
-from wirecap.proxy.config import load_toml
+from wirecap.proxy.config import load_toml, parse_listen, parse_upstream
+from wirecap.replay.compare import MODES, parse_ignores
+from wirecap.replay.demo import DemoError, run_demo
+from wirecap.replay.normalize import PathError
+from wirecap.replay.runner import (
+    ReplayOptions,
+    TargetUnreachable,
+    json_report,
+    junit_xml,
+    parse_pace,
+    replay,
+    text_lines,
+)
+from wirecap.replay.serve import MockServer, load_catalog
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -465,6 +478,254 @@ def export_command(
         raise click.ClickException(str(exc)) from None
     if str(output) != "-":
         click.echo(f"{count} exchanges written to {output}", err=True)
+
+
+def _speed(value: str, what: str) -> float | None:
+    try:
+        return parse_pace(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace("pace", what)) from None
+
+
+def _headers(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"bad header {value!r}: expected 'Name: value'")
+        out.append((name.strip(), content.strip()))
+    return out
+
+
+def _ignores(paths: tuple[str, ...]) -> list[list[str | int | None]]:
+    try:
+        return parse_ignores(paths)
+    except PathError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command("replay")
+@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--target", required=True, metavar="URL", help="Base URL to send the recorded requests to."
+)
+@click.option(
+    "--via-proxy",
+    is_flag=True,
+    help="Use the path the client gave the proxy (X-Proxy-Path), for a wirecap proxy target.",
+)
+@click.option(
+    "--compare",
+    "mode",
+    type=click.Choice(list(MODES)),
+    default="json",
+    show_default=True,
+    help="exact bytes, JSON data without volatile fields, schema (shape only), or status.",
+)
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="JSONPATH",
+    help="Also ignore this path in JSON comparisons (e.g. $.usage); repeatable.",
+)
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Add or replace a request header (credentials were redacted at capture time); repeatable.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Requests in flight at once.",
+)
+@click.option(
+    "--pace",
+    default="none",
+    show_default=True,
+    metavar="recorded|none|xN",
+    help="Keep the recorded gaps between requests (xN: N times faster).",
+)
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JUnit XML report here.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Capture the replay's own traffic into this directory.",
+)
+@click.option(
+    "--target-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Extra CA bundle to trust for an HTTPS target.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for each answer.",
+)
+@_filter_options
+def replay_command(
+    captures: tuple[Path, ...],
+    target: str,
+    via_proxy: bool,
+    mode: str,
+    ignore: tuple[str, ...],
+    headers: tuple[str, ...],
+    concurrency: int,
+    pace: str,
+    junit: Path | None,
+    as_json: bool,
+    out: Path | None,
+    target_ca: Path | None,
+    timeout: float,
+    route: str | None,
+    status: str | None,
+    model: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
+    """Send recorded requests to a target and report what changed (exit 1 on any failure, 2 when the
+    target is unreachable)."""
+    try:
+        base = parse_upstream(target)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--target") from None
+    options = ReplayOptions(
+        target=base,
+        mode=mode,  # type: ignore[arg-type]
+        ignore=_ignores(ignore),
+        concurrency=concurrency,
+        pace=_speed(pace, "pace"),
+        via_proxy=via_proxy,
+        headers=_headers(headers),
+        read_timeout=timeout,
+        ca_file=target_ca,
+    )
+    filters = _filters(route, status, model, since, until)
+    try:
+        with open_capture(*captures) as capture:
+            results = trio.run(lambda: replay(capture, options, filters, out=out))
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from None
+    except TargetUnreachable as exc:
+        click.echo(f"Error: target unreachable: {exc}", err=True)
+        raise SystemExit(2) from None
+    if junit is not None:
+        junit.write_text(junit_xml(results), encoding="utf-8")
+    if as_json:
+        click.echo(json_report(results))
+    else:
+        for line in text_lines(results):
+            click.echo(line)
+    if any(not r.verdict.passed for r in results):
+        raise SystemExit(1)
+
+
+@main.command("serve")
+@click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--listen",
+    default="127.0.0.1:5602",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to listen on.",
+)
+@click.option(
+    "--timing",
+    default="recorded",
+    show_default=True,
+    metavar="recorded|none|xN",
+    help="Stream answers with the recorded chunk timing (xN: N times faster).",
+)
+@click.option(
+    "--match",
+    "match_on",
+    default="method,path,query,body",
+    show_default=True,
+    help="What a request must share with a recording (comma list of method, path, query, body).",
+)
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="JSONPATH",
+    help="Ignore this path of request bodies when matching; repeatable.",
+)
+@click.option(
+    "--sequence",
+    is_flag=True,
+    help="Also match the request that came before (agent loops repeat requests).",
+)
+@click.option(
+    "--miss-status",
+    type=click.IntRange(400, 599),
+    default=404,
+    show_default=True,
+    help="Status for requests that match nothing.",
+)
+def serve_command(
+    captures: tuple[Path, ...],
+    listen: str,
+    timing: str,
+    match_on: str,
+    ignore: tuple[str, ...],
+    sequence: bool,
+    miss_status: int,
+) -> None:
+    """A mock backend answering from captures, with the recorded timing."""
+    try:
+        host, port = parse_listen(listen)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--listen") from None
+    speed = _speed(timing, "timing")
+    fields = [f.strip() for f in match_on.split(",") if f.strip()]
+    logging.basicConfig(level=logging.WARNING, format="wirecap: %(message)s", stream=sys.stderr)
+    try:
+        with open_capture(*captures) as capture:
+            catalog = load_catalog(
+                capture, match_on=fields, ignore=_ignores(ignore), sequence=sequence
+            )
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--match") from None
+    server = MockServer(catalog, host=host, port=port, speed=speed, miss_status=miss_status)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            click.echo(
+                f"wirecap serve on {server.url}: {len(catalog.entries)} recorded answers", err=True
+            )
+
+    try:
+        trio.run(run)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+@main.command("demo")
+@click.option(
+    "--fixtures",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Fixture directory [default: the repository's fixtures/].",
+)
+def demo_command(fixtures: Path | None) -> None:
+    """The whole loop offline: serve a fixture, put the proxy in front, send requests, inspect."""
+    try:
+        run_demo(fixtures, echo=click.echo)
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command("index")

@@ -97,7 +97,9 @@ def upstream_failure(a: Analyzed, t: Thresholds) -> Iterable[str]:
     if a.by_proxy and a.status in (502, 504):
         yield f"proxy answered {a.status}: {end.error if end and end.error else 'upstream unavailable'}"
     elif end is not None and end.outcome in ("upstream_error", "timeout") and not a.by_proxy:
-        yield f"upstream {end.outcome.replace('_', ' ')}: {end.error or 'connection lost'}"
+        yield end.error or (
+            "upstream timed out" if end.outcome == "timeout" else "upstream connection lost"
+        )
 
 
 @detector("truncated-stream", "error")

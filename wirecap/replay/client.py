@@ -1,0 +1,156 @@
+"""Sending a recorded request to a target and reading the answer with its timing (trio + h11).
+
+Connections come from the proxy's pool (keep-alive, TLS), so replay talks HTTP exactly as the proxy
+does. Building the request from a recording is sans-IO (:func:`build_request`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import h11
+import trio
+
+from wirecap.llm import ExchangeInput, parse_head
+from wirecap.proxy.headers import HOP_BY_HOP
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from wirecap.capture import Exchange
+    from wirecap.proxy.config import Upstream
+    from wirecap.proxy.upstream import ConnectionPool
+
+#: Headers never copied from a recording: the target's own, framing (recomputed), and wirecap's.
+_NOT_COPIED = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"x-proxy-path",
+    b"expect",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    method: str
+    target: str  # path and query on the target
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+def build_request(
+    exchange: Exchange,
+    base: Upstream,
+    *,
+    via_proxy: bool = False,
+    extra_headers: Sequence[tuple[str, str]] = (),
+) -> PreparedRequest | None:
+    """The request to send for a recorded exchange, or None when there is none to send.
+
+    The head as sent upstream is used (its path is the upstream's); ``via_proxy`` takes the path from
+    X-Proxy-Path instead, so the request goes through a wirecap proxy's routes. ``base`` may add a path
+    prefix. Credentials were redacted at capture time: ``extra_headers`` (``--header``) put real ones
+    back, replacing recorded headers of the same name.
+    """
+    request = exchange.request
+    if request is None or request.method == "-":
+        return None
+    head = parse_head(exchange.upstream_wire_head or request.head)
+    parts = head.start_line.split(" ")
+    if len(parts) < 2:
+        return None
+    method, path = parts[0], parts[1]
+    if via_proxy and request.proxy_url:
+        url = urlsplit(request.proxy_url)
+        path = url.path + (f"?{url.query}" if url.query else "")
+    elif exchange.upstream is None and request.upstream_url:
+        url = urlsplit(request.upstream_url)
+        path = url.path + (f"?{url.query}" if url.query else "")
+    override = {name.lower().encode() for name, _ in extra_headers}
+    headers: list[tuple[bytes, bytes]] = [(b"Host", base.host_header.encode())]
+    for name, value in head.headers:
+        raw = name.encode("latin-1")
+        if raw.lower() in _NOT_COPIED or raw.lower() in override:
+            continue
+        headers.append((raw, value.encode("latin-1")))
+    headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in extra_headers]
+    body = exchange.request_body
+    if body or method in ("POST", "PUT", "PATCH"):
+        headers.append((b"Content-Length", str(len(body)).encode()))
+    return PreparedRequest(method, base.base_path + path, tuple(headers), body)
+
+
+@dataclasses.dataclass(slots=True)
+class Response:
+    status: int | None = None
+    head: bytes = b""
+    chunks: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
+    request_head: bytes = b""
+    started_ns: int = 0  # wall clock
+    duration_ns: int = 0
+    ttfb_ns: int | None = None
+    error: str | None = None
+
+    def as_input(self, method: str, path: str) -> ExchangeInput:
+        return ExchangeInput(
+            method=method,
+            path=path,
+            request_head=None,
+            request_body=b"",
+            status=self.status,
+            response_head=parse_head(self.head) if self.head else None,
+            response_chunks=tuple(self.chunks),
+            complete=self.error is None,
+        )
+
+
+async def send(
+    pool: ConnectionPool, base: Upstream, request: PreparedRequest, *, read_timeout: float
+) -> Response:
+    """Send ``request`` and read the whole answer, chunk by chunk with arrival times.
+
+    Raises the pool's :class:`~wirecap.proxy.upstream.UpstreamConnectError` when the target cannot be
+    reached; other failures end up in ``Response.error``.
+    """
+    response = Response(started_ns=time.time_ns())
+    t0 = time.perf_counter_ns()
+    conn = await pool.acquire(base)
+    reusable = False
+    try:
+        with trio.fail_after(read_timeout):
+            response.request_head = await conn.send(
+                h11.Request(
+                    method=request.method, target=request.target, headers=list(request.headers)
+                )
+            )
+            if request.body:
+                await conn.send(h11.Data(data=request.body))
+            await conn.send(h11.EndOfMessage())
+        while True:
+            with trio.fail_after(read_timeout):
+                event, raw = await conn.next_event()
+            now = time.perf_counter_ns() - t0
+            if isinstance(event, h11.Response):
+                response.status, response.head, response.ttfb_ns = event.status_code, raw, now
+            elif isinstance(event, h11.Data):
+                response.chunks.append((now, bytes(event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                reusable = True
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise trio.BrokenResourceError("the target closed the connection")
+    except trio.TooSlowError:
+        response.error = f"no answer within {read_timeout:g}s"
+    except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as exc:
+        response.error = f"connection failed: {exc or type(exc).__name__}"
+    finally:
+        response.duration_ns = time.perf_counter_ns() - t0
+        if reusable:
+            await pool.release(conn)
+        else:
+            await conn.aclose()
+    return response

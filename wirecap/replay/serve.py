@@ -1,0 +1,278 @@
+"""``wirecap serve``: a mock backend that answers from a capture, with the recorded timing (trio + h11).
+
+The recorded response head is sent as recorded (status, reason, header names and values in their
+order; only hop-by-hop headers are dropped and framing is left to h11), then the body chunk by chunk,
+each after its recorded gap scaled by ``speed`` (None: no waiting). A request that matches nothing gets
+``miss_status`` with a JSON body naming the closest recorded requests, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Self
+
+import h11
+import trio
+
+from wirecap.llm import parse_head
+from wirecap.proxy.headers import HOP_BY_HOP
+from wirecap.replay.catalog import Catalog, Miss, Recorded, recorded_from
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from wirecap.capture import Capture
+
+logger = logging.getLogger("wirecap.serve")
+
+MAX_REQUEST_BODY = 64 * 1024 * 1024  # a mock for tests: larger requests are refused (413)
+
+#: Called on a miss instead of answering 404: (method, target, headers, body) -> (status, headers, body).
+Fallback = Callable[
+    [str, str, list[tuple[bytes, bytes]], bytes],
+    Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]],
+]
+
+
+def load_catalog(
+    capture: Capture,
+    *,
+    match_on: Sequence[str],
+    ignore: Sequence[list[str | int | None]] = (),
+    sequence: bool = False,
+) -> Catalog:
+    recorded = [r for r in (recorded_from(e, ignore) for e in capture.exchanges()) if r is not None]
+    return Catalog(recorded, match_on=match_on, ignore=ignore, sequence=sequence)
+
+
+class MockServer:
+    """Serves a :class:`Catalog`. ``await nursery.start(server.run)`` returns (host, port)."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        speed: float | None = 1.0,
+        miss_status: int = 404,
+        fallback: Fallback | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.host, self.port = host, port
+        self.speed = speed
+        self.miss_status = miss_status
+        self.fallback = fallback
+        self.misses: list[Miss] = []
+        self.served: list[str] = []
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started((self.host, self.port))
+        await trio.serve_listeners(self._connection, listeners)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await _next(conn, stream)
+                if not isinstance(request, h11.Request):
+                    return
+                body = bytearray()
+                too_big = False
+                while True:
+                    event = await _next(conn, stream)
+                    if isinstance(event, h11.Data):
+                        body += event.data
+                        too_big = too_big or len(body) > MAX_REQUEST_BODY
+                        if too_big:
+                            del body[:]
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                if too_big:
+                    await _send_json(
+                        conn,
+                        stream,
+                        413,
+                        {
+                            "error": {
+                                "type": "wirecap_too_large",
+                                "message": "request body over 64 MiB",
+                            }
+                        },
+                    )
+                else:
+                    await self._answer(conn, stream, request, bytes(body))
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                else:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            return
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _answer(
+        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes
+    ) -> None:
+        method, target = request.method.decode(), request.target.decode("latin-1")
+        found = self.catalog.lookup(method, target, body)
+        if isinstance(found, Miss):
+            if self.fallback is not None:
+                status, headers, answer = await self.fallback(
+                    method, target, list(request.headers.raw_items()), body
+                )
+                await _send(
+                    conn,
+                    stream,
+                    h11.Response(status_code=status, headers=_framable(headers, len(answer))),
+                    answer,
+                )
+                return
+            self.misses.append(found)
+            logger.warning("%s", found.describe())
+            await _send_json(conn, stream, self.miss_status, found.to_json())
+            return
+        self.served.append(found.id)
+        await self._replay(conn, stream, found)
+
+    async def _replay(
+        self, conn: h11.Connection, stream: trio.SocketStream, recorded: Recorded
+    ) -> None:
+        await self._wait(recorded.head_delay_ns)
+        head = parse_head(recorded.head)
+        parts = head.start_line.split(" ", 2)
+        reason = parts[2].encode("latin-1") if len(parts) > 2 else b""
+        headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in head.headers
+            if k.lower().encode() not in HOP_BY_HOP
+        ]
+        await _write(
+            stream,
+            conn.send(h11.Response(status_code=recorded.status, headers=headers, reason=reason)),
+        )
+        for delay, chunk in recorded.chunks:
+            await self._wait(delay)
+            if chunk and conn.our_state is h11.SEND_BODY:
+                await _write(stream, conn.send(h11.Data(data=chunk)))
+        if recorded.cut:
+            # The recording broke off here: so does the answer (the connection closes mid-body).
+            raise trio.ClosedResourceError("recorded response was cut off")
+        await _write(stream, conn.send(h11.EndOfMessage()))
+
+    async def _wait(self, ns: int) -> None:
+        if self.speed and ns > 0:
+            await trio.sleep(ns / 1e9 / self.speed)
+
+
+def _framable(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    out = [
+        (k, v)
+        for k, v in headers
+        if k.lower() not in HOP_BY_HOP | {b"transfer-encoding", b"content-length"}
+    ]
+    return [*out, (b"Content-Length", str(length).encode())]
+
+
+async def _next(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(65536))
+            continue
+        return event
+
+
+async def _write(stream: trio.SocketStream, data: bytes | None) -> None:
+    if data:
+        await stream.send_all(data)
+
+
+async def _send(
+    conn: h11.Connection, stream: trio.SocketStream, response: h11.Response, body: bytes
+) -> None:
+    await _write(stream, conn.send(response))
+    if body:
+        await _write(stream, conn.send(h11.Data(data=body)))
+    await _write(stream, conn.send(h11.EndOfMessage()))
+
+
+async def _send_json(
+    conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any]
+) -> None:
+    body = json.dumps(payload, indent=1).encode()
+    headers = [
+        (b"Content-Type", b"application/json"),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"X-Wirecap-Error", b"no_match"),
+    ]
+    await _send(conn, stream, h11.Response(status_code=status, headers=headers), body)
+
+
+class BackgroundServer:
+    """A mock server in its own thread with its own trio loop: usable from sync tests and from trio
+    tests alike (the test's event loop never has to run it)."""
+
+    def __init__(self, server: MockServer) -> None:
+        self.server = server
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="wirecap-serve", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            with trio.CancelScope() as scope:
+                self._cancel = scope
+                self._token = trio.lowlevel.current_trio_token()
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.server.run)
+                    self._ready.set()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reported to the thread that started us
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> Self:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise RuntimeError(
+                f"wirecap mock server failed to start: {self._error}"
+            ) from self._error
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        if self._token is not None and self._cancel is not None:
+            cancel = self._cancel
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(cancel.cancel, trio_token=self._token)
+        self._thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
