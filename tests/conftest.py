@@ -12,6 +12,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+pytest_plugins = ["pytester"]
+
 from upstream import Handler, ScriptedUpstream
 
 from wirecap.capture import Capture, open_capture

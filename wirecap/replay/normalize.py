@@ -146,7 +146,7 @@ def shape(value: Any) -> Any:
 
 def canonical(value: Any) -> str:
     """Stable text of a JSON value (sorted keys), for hashing and diffs."""
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, indent=1)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, indent=2)
 
 
 def loads_or_none(data: bytes) -> Any:

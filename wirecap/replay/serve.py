@@ -223,30 +223,44 @@ async def _send_json(
     await _send(conn, stream, h11.Response(status_code=status, headers=headers), body)
 
 
-class BackgroundServer:
-    """A mock server in its own thread with its own trio loop: usable from sync tests and from trio
-    tests alike (the test's event loop never has to run it)."""
+class InThread:
+    """A trio service in its own thread with its own event loop, for sync code and for tests that run
+    another loop (trio or not): the caller's loop never has to run it.
 
-    def __init__(self, server: MockServer) -> None:
-        self.server = server
+    ``serve`` is started like a nursery task (``task_status.started(url)``); :meth:`stop` runs
+    ``graceful_stop`` first (if given) and then cancels what is left.
+    """
+
+    def __init__(
+        self,
+        serve: Callable[..., Awaitable[None]],
+        graceful_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._serve = serve
+        self._graceful_stop = graceful_stop
         self._token: trio.lowlevel.TrioToken | None = None
-        self._cancel: trio.CancelScope | None = None
+        self._stop_event: trio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, name="wirecap-serve", daemon=True)
+        self.url = ""
+        self._thread = threading.Thread(target=self._main, name="wirecap-service", daemon=True)
 
     def _main(self) -> None:
         async def main() -> None:
-            with trio.CancelScope() as scope:
-                self._cancel = scope
-                self._token = trio.lowlevel.current_trio_token()
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(self.server.run)
-                    self._ready.set()
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop_event = trio.Event()
+            async with trio.open_nursery() as nursery:
+                self.url = await nursery.start(self._serve)
+                self._ready.set()
+                await self._stop_event.wait()
+                if self._graceful_stop is not None:
+                    with trio.move_on_after(30):
+                        await self._graceful_stop()
+                nursery.cancel_scope.cancel()
 
         try:
             trio.run(main)
-        except BaseException as exc:  # reported to the thread that started us
+        except BaseException as exc:  # handed to the thread that called start()
             self._error = exc
         finally:
             self._ready.set()
@@ -255,24 +269,30 @@ class BackgroundServer:
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:
-            raise RuntimeError(
-                f"wirecap mock server failed to start: {self._error}"
-            ) from self._error
+            raise RuntimeError(f"wirecap service failed to start: {self._error}") from self._error
         return self
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
     def stop(self) -> None:
-        if self._token is not None and self._cancel is not None:
-            cancel = self._cancel
+        if self._token is not None and self._stop_event is not None:
             with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(cancel.cancel, trio_token=self._token)
-        self._thread.join(10)
+                trio.from_thread.run_sync(self._stop_event.set, trio_token=self._token)
+        self._thread.join(60)
+        if self._error is not None:
+            raise RuntimeError(f"wirecap service failed: {self._error}") from self._error
 
     def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_in_thread(server: MockServer) -> InThread:
+    """``server`` running in a thread; ``.url`` once started."""
+
+    async def serve(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            task_status.started(server.url)
+
+    return InThread(serve)
