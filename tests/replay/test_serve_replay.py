@@ -77,12 +77,10 @@ async def test_serve_keeps_recorded_timing_by_ratio_and_order(nursery):
     async def stream_time(server: MockServer) -> tuple[float, list[bytes]]:
         async with httpx.AsyncClient() as client:
             start = time.perf_counter()
-            chunks = []
             async with client.stream(
                 "POST", f"{server.url}/openai/v1/chat/completions", content=body
             ) as r:
-                async for data in r.aiter_raw():
-                    chunks.append(data)
+                chunks = [data async for data in r.aiter_raw()]
             return time.perf_counter() - start, chunks
 
     faithful = await start_serve(nursery, "openai_chat_stream", speed=1.0)
