@@ -22,6 +22,13 @@ def test_sync_sdk(wirecap_server):
     assert answer.choices[0].message.content == "Hello there!"
 
 
+@pytest.mark.wirecap("openai_chat_json.cbor.zst", upstream="https://api.openai.com/")
+def test_readme_example(wirecap_server):
+    client = openai.OpenAI(base_url=wirecap_server.url + "/v1", api_key="sk-not-needed-offline")
+    answer = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}])
+    assert answer.choices[0].message.content == "Hello there!"
+
+
 @pytest.mark.trio
 @pytest.mark.wirecap("openai_chat_stream.cbor.zst", timing="none")
 async def test_trio_stream(wirecap_server):
@@ -40,7 +47,7 @@ def test_unrecorded_request_fails(wirecap_server):
 def test_none_mode_serves_captures_and_fails_on_a_miss(pytester):
     pytester.makepyfile(test_inner=SERVE_TESTS)
     result = pytester.runpytest_subprocess(f"--wirecap-dir={FIXTURES}", "-p", "trio")
-    result.assert_outcomes(passed=3, errors=1)
+    result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(
         [
             "*no recorded request matches POST /openai/v1/chat/completions*",
