@@ -208,3 +208,23 @@ async def test_export_har_and_jsonl(start_upstream, start_proxy, tmp_path):
     records = [json.loads(line) for line in jsonl_path.read_text().splitlines()]
     assert len(records) == 4 and records[3]["llm"]["text"] == "Bonjour"
     assert records[0]["request_head"].startswith("POST /openai/v1/chat/completions HTTP/1.1")
+
+
+def test_inspect_the_fixtures():
+    fixtures = str(ROOT / "fixtures")
+    rows = [json.loads(line) for line in run("inspect", fixtures, "--json").output.splitlines()]
+    assert {r["api"] for r in rows} == {
+        "openai.chat",
+        "openai.responses",
+        "anthropic.messages",
+        "ollama.chat",
+    }
+    findings = [
+        json.loads(line)
+        for line in run("inspect", fixtures, "--detect-issues", "--json").output.splitlines()
+    ]
+    assert sorted(f["code"] for f in findings) == [
+        "rate-limited",
+        "truncated-stream",
+        "upstream-failure",
+    ]

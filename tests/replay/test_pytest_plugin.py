@@ -111,3 +111,54 @@ async def test_once_records_then_none_replays_without_the_upstream(
     )
     missing.assert_outcomes(errors=1)
     missing.stdout.fnmatch_lines(["*no capture at*--wirecap-record=once*"])
+
+
+NEW_TEST = """
+import os
+import httpx
+import pytest
+
+
+@pytest.mark.wirecap("chat.cbor.zst", upstream=os.environ["WIRECAP_TEST_UPSTREAM"], timing="none")
+def test_chat(wirecap_server):
+    for question in ("Say hello", "A new question"):
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
+        r = httpx.post(wirecap_server.url + "/openai/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+"""
+
+
+async def test_new_mode_records_only_what_is_missing(pytester, start_upstream, monkeypatch):
+    import shutil
+
+    from wirecap.capture import open_capture
+
+    async def handler(ex):
+        await ex.respond(
+            200,
+            b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "fresh"}}]}',
+            [("Content-Type", "application/json")],
+        )
+
+    upstream = await start_upstream(handler)
+    monkeypatch.setenv("WIRECAP_TEST_UPSTREAM", f"{upstream.url}openai/")
+    captures = pytester.path / "caps"
+    captures.mkdir()
+    shutil.copy(FIXTURES / "openai_chat_json.cbor.zst", captures / "chat.cbor.zst")
+    pytester.makepyfile(test_new=NEW_TEST)
+
+    result = await trio.to_thread.run_sync(
+        lambda: pytester.runpytest_subprocess(f"--wirecap-dir={captures}", "--wirecap-record=new")
+    )
+    result.assert_outcomes(passed=1)
+    assert [r.body for r in upstream.requests] == [
+        b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"A new question"}]}'
+    ]
+    with open_capture(captures / "chat.cbor.zst") as capture:
+        assert len(list(capture.exchanges())) == 2 and capture.files[0].indexed
+
+    replayed = await trio.to_thread.run_sync(
+        lambda: pytester.runpytest_subprocess(f"--wirecap-dir={captures}")
+    )
+    replayed.assert_outcomes(passed=1)
+    assert len(upstream.requests) == 1

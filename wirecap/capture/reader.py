@@ -537,3 +537,25 @@ def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
         f.flush()
         os.fsync(f.fileno())
     return IndexRepair(path, False, len(index.entries), last_end if tail else None, tail_path)
+
+
+def append_capture(target: str | os.PathLike[str], source: str | os.PathLike[str]) -> int:
+    """Append the exchanges of capture file ``source`` to capture file ``target``, in place.
+
+    Data frames are independent, so this is a byte copy: ``target``'s data frames, then ``source``'s
+    (without its header), then a fresh index and footer. Returns the number of exchanges in the result.
+    """
+    target, source = Path(target), Path(source)
+    with CaptureFile(target) as old, CaptureFile(source) as new:
+        old_data = bytes(old._buf[: old.data_end])
+        frames_new = [
+            f for f in frames.iter_frames(new._buf, 0, new.data_end) if isinstance(f, FrameInfo)
+        ]
+        after_header = frames_new[0].end if frames_new else new.data_end
+        new_data = bytes(new._buf[after_header : new.data_end])
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(old_data + new_data)
+    os.replace(tmp, target)
+    return repair_index(target).exchanges

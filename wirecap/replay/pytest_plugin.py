@@ -15,7 +15,7 @@ Record modes (``--wirecap-record``, default ``none`` so that CI never reaches th
 - ``once``: serve the capture if it exists, else record one through ``wirecap proxy`` to ``upstream``.
 - ``new``: serve what is recorded; requests that match nothing go through the proxy to ``upstream`` and
   are recorded too (a new segment next to the old ones).
-- ``all``: record everything again (a new segment; earlier segments stay).
+- ``all``: record everything again (appended: earlier recordings stay).
 - ``rewrite``: delete the capture, then record.
 
 Captures live in ``--wirecap-dir`` (ini ``wirecap_dir``, default ``fixtures`` under the rootdir). The
@@ -39,6 +39,7 @@ import pytest
 import trio
 
 from wirecap.capture import open_capture
+from wirecap.capture.reader import append_capture
 from wirecap.replay.catalog import MATCH_ON, Catalog, Miss
 from wirecap.replay.normalize import parse_path
 from wirecap.replay.runner import parse_pace
@@ -167,17 +168,19 @@ def wirecap_server(request: pytest.FixtureRequest) -> Iterator[WirecapHandle]:
     if record:
         if mode == "rewrite" and exists:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        with _recording(path, str(upstream)) as url:
+        with _recording(path, str(upstream), append=mode == "all") as url:
             yield WirecapHandle(url=url, mode=mode, capture=path, recording=True)
         return
 
     catalog = _catalog(path, options)
     fallback_service = None
     fallback = None
+    # A directory capture gets the new exchanges as a segment; a file capture has them appended.
+    new_segments = path
+    if mode == "new" and path.is_file():
+        new_segments = Path(tempfile.mkdtemp(prefix="wirecap-new-"))
     if mode == "new":
-        fallback_service = _proxy_in_thread(
-            str(upstream), path if path.is_dir() else path.parent
-        ).start()
+        fallback_service = _proxy_in_thread(str(upstream), new_segments).start()
         fallback = _forwarder(fallback_service.url)
     server = MockServer(catalog, speed=timing, fallback=fallback)
     from wirecap.replay.serve import serve_in_thread
@@ -192,6 +195,10 @@ def wirecap_server(request: pytest.FixtureRequest) -> Iterator[WirecapHandle]:
         service.stop()
         if fallback_service is not None:
             fallback_service.stop()
+            if new_segments != path:
+                _store_single(new_segments, path, append=True)
+    if new_segments != path and new_segments.exists():
+        shutil.rmtree(new_segments, ignore_errors=True)
     if server.misses:
         report = "\n".join(m.describe() for m in server.misses)
         pytest.fail(
@@ -200,11 +207,12 @@ def wirecap_server(request: pytest.FixtureRequest) -> Iterator[WirecapHandle]:
 
 
 class _recording:
-    """Record through a proxy into ``path`` (a directory, or one ``.cbor.zst`` file)."""
+    """Record through a proxy into ``path``: a directory gets a new segment; a ``.cbor.zst`` file is
+    replaced (``rewrite``), created, or has the new exchanges appended (``all``)."""
 
-    def __init__(self, path: Path, upstream: str) -> None:
+    def __init__(self, path: Path, upstream: str, *, append: bool) -> None:
         self.path = path
-        self.upstream = upstream
+        self.append = append
         self.single_file = path.name.endswith(".cbor.zst")
         self.out = Path(tempfile.mkdtemp(prefix="wirecap-rec-")) if self.single_file else path
         self.service = _proxy_in_thread(upstream, self.out)
@@ -216,11 +224,19 @@ class _recording:
     def __exit__(self, *exc: object) -> None:
         self.service.stop()
         if self.single_file:
-            segments = sorted(self.out.glob("*.cbor.zst"))
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if segments:
-                shutil.move(str(segments[-1]), self.path)
-            shutil.rmtree(self.out, ignore_errors=True)
+            _store_single(self.out, self.path, append=self.append)
+
+
+def _store_single(recorded: Path, path: Path, *, append: bool) -> None:
+    """Move what was recorded in directory ``recorded`` into the capture file ``path``."""
+    segments = sorted(recorded.glob("*.cbor.zst"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for segment in segments:
+        if append and path.is_file():
+            append_capture(path, segment)
+        else:
+            shutil.move(str(segment), path)
+    shutil.rmtree(recorded, ignore_errors=True)
 
 
 def _forwarder(proxy_url: str) -> Any:
