@@ -117,7 +117,9 @@ def _free_port() -> int:
 
 
 def start_upstream() -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_upstream.py")], stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "bench_upstream.py")], stdout=subprocess.PIPE
+    )
     assert process.stdout is not None
     line = process.stdout.readline().decode()
     return process, int(line.split()[1])
@@ -130,7 +132,17 @@ def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | 
     if name.startswith("wirecap"):
         capture = name == "wirecap"
         out = workdir / f"cap-{time.time_ns()}"
-        args = [sys.executable, "-m", "wirecap", "proxy", "--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{upstream_port}/", "--quiet"]
+        args = [
+            sys.executable,
+            "-m",
+            "wirecap",
+            "proxy",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--upstream",
+            f"http://127.0.0.1:{upstream_port}/",
+            "--quiet",
+        ]
         args += ["--out", str(out)] if capture else ["--no-capture"]
         process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
         _wait_port(port)
@@ -140,8 +152,20 @@ def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | 
         flows = workdir / f"flows-{time.time_ns()}"
         flows.mkdir()
         process = subprocess.Popen(
-            [mitmdump, "--mode", f"reverse:http://127.0.0.1:{upstream_port}/", "--listen-host", "127.0.0.1", "--listen-port", str(port), "-w", str(flows / "flows.mitm"), "-q"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                mitmdump,
+                "--mode",
+                f"reverse:http://127.0.0.1:{upstream_port}/",
+                "--listen-host",
+                "127.0.0.1",
+                "--listen-port",
+                str(port),
+                "-w",
+                str(flows / "flows.mitm"),
+                "-q",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_port(port, 60)
         return Running(name, port, [process.pid], process, flows)
@@ -156,11 +180,29 @@ http {{ access_log off; client_body_temp_path {conf_dir}; proxy_temp_path {conf_
     proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off; }} }} }}
 """
         )
-        process = subprocess.Popen([shutil.which("nginx") or "nginx", "-c", str(conf_dir / "nginx.conf"), "-p", str(conf_dir)], stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [
+                shutil.which("nginx") or "nginx",
+                "-c",
+                str(conf_dir / "nginx.conf"),
+                "-p",
+                str(conf_dir),
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         _wait_port(port)
         time.sleep(0.2)
-        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-        return Running(name, port, [process.pid, *map(int, children)], process, None, lambda: shutil.rmtree(conf_dir, ignore_errors=True))
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return Running(
+            name,
+            port,
+            [process.pid, *map(int, children)],
+            process,
+            None,
+            lambda: shutil.rmtree(conf_dir, ignore_errors=True),
+        )
     raise SystemExit(f"unknown subject {name}")
 
 
@@ -175,21 +217,41 @@ def capture_size(run: Running) -> int:
 
 def _wrk(port: int, connections: int, seconds: float, lua: Path) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", f"-t{min(connections, 2)}", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(lua), f"http://127.0.0.1:{port}/v1/chat/completions"],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{min(connections, 2)}",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--latency",
+            "-s",
+            str(lua),
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
     def duration(text: str) -> float:
-        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[unit]
 
     p50 = duration(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = duration(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     read = re.search(r"requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", out)
-    read_bytes = float(read.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[read.group(2)]  # type: ignore[union-attr]
+    read_bytes = (
+        float(read.group(1)) * {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}[read.group(2)]
+    )  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-    return {"p50_ms": p50, "p99_ms": p99, "requests": requests, "rps": requests / seconds, "read_bytes": read_bytes, "errors": 1.0 if errors else 0.0}
+    return {
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "requests": requests,
+        "rps": requests / seconds,
+        "read_bytes": read_bytes,
+        "errors": 1.0 if errors else 0.0,
+    }
 
 
 def workload_a(run: Running, seconds: float, lua: Path) -> dict[str, float]:
@@ -199,14 +261,20 @@ def workload_a(run: Running, seconds: float, lua: Path) -> dict[str, float]:
     cpu = run.cpu_seconds() - cpu0
     request_bytes = len(REQUEST_BODY) + 120
     return {
-        "p50_ms": c1["p50_ms"], "p99_ms": c1["p99_ms"], "rps": c32["rps"],
+        "p50_ms": c1["p50_ms"],
+        "p99_ms": c1["p99_ms"],
+        "rps": c32["rps"],
         "cpu_us_per_request": (cpu / c32["requests"] * 1e6) if run.pids else 0.0,
-        "raw_bytes": c32["read_bytes"] + c1["read_bytes"] + (c32["requests"] + c1["requests"]) * request_bytes,
+        "raw_bytes": c32["read_bytes"]
+        + c1["read_bytes"]
+        + (c32["requests"] + c1["requests"]) * request_bytes,
         "errors": c32["errors"] + c1["errors"],
     }
 
 
-async def _stream(port: int, chunks: int, delays: list[float], ttfbs: list[float], counts: list[int]) -> None:
+async def _stream(
+    port: int, chunks: int, delays: list[float], ttfbs: list[float], counts: list[int]
+) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         start = time.monotonic_ns()
@@ -224,8 +292,7 @@ async def _stream(port: int, chunks: int, delays: list[float], ttfbs: list[float
                 ttfbs.append((now - start) / 1e6)
                 first = False
             buf += chunk
-            for sent in re.findall(rb'"t":(\d+)', buf):
-                delays.append((now - int(sent)) / 1e6)
+            delays.extend((now - int(sent)) / 1e6 for sent in re.findall(rb'"t":(\d+)', buf))
             buf = buf[buf.rfind(b"\n\n") + 2 :] if b"\n\n" in buf else buf
         counts.append(total + len(REQUEST_BODY) + 150)
 
@@ -259,7 +326,9 @@ def workload_c(run: Running, size: int) -> dict[str, float]:
         received = 0
         start = time.perf_counter()
         async with stream:
-            await stream.send_all(b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+            await stream.send_all(
+                b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size
+            )
             while chunk := await stream.receive_some(1 << 20):
                 received += len(chunk)
         if received < size:
@@ -267,7 +336,10 @@ def workload_c(run: Running, size: int) -> dict[str, float]:
         return time.perf_counter() - start
 
     seconds = trio.run(main)
-    return {"mib_s": size / seconds / 2**20, "peak_rss_mib": run.peak_rss_mib() if run.pids else 0.0}
+    return {
+        "mib_s": size / seconds / 2**20,
+        "peak_rss_mib": run.peak_rss_mib() if run.pids else 0.0,
+    }
 
 
 # -- driver ------------------------------------------------------------------------------------------
@@ -289,11 +361,22 @@ def median_of(rows: list[dict[str, float]], key: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short runs: under a minute")
-    parser.add_argument("--with-mitmproxy", action="store_true", help="also measure mitmdump -w (installed into .bench-venv)")
+    parser.add_argument(
+        "--with-mitmproxy",
+        action="store_true",
+        help="also measure mitmdump -w (installed into .bench-venv)",
+    )
     parser.add_argument("--runs", type=int, default=None, help="rounds (default 3, quick 1)")
-    parser.add_argument("--write", type=Path, default=None, help="write the markdown report here (e.g. docs/PERFORMANCE.md)")
+    parser.add_argument(
+        "--write",
+        type=Path,
+        default=None,
+        help="write the markdown report here (e.g. docs/PERFORMANCE.md)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
@@ -330,21 +413,40 @@ def main() -> None:
                     if workload in ("A", "B") and run.capture_dir is not None:
                         row["capture_ratio"] = capture_size(run) / row["raw_bytes"]
                     results.setdefault((workload, name), []).append(row)
-                    print(f"round {round_no + 1} {workload} {name}: {json.dumps({k: round(v, 3) for k, v in row.items()})}", file=sys.stderr)
+                    print(
+                        f"round {round_no + 1} {workload} {name}: {json.dumps({k: round(v, 3) for k, v in row.items()})}",
+                        file=sys.stderr,
+                    )
     finally:
         upstream.terminate()
         shutil.rmtree(workdir, ignore_errors=True)
-    report = render(results, subjects, runs, args, time.time() - started, a_seconds, b_chunks, c_size)
+    report = render(
+        results, subjects, runs, args, time.time() - started, a_seconds, b_chunks, c_size
+    )
     print(report)
     if args.write:
         args.write.write_text(report)
 
 
-def render(results: dict[tuple[str, str], list[dict[str, float]]], subjects: list[str], runs: int, args: argparse.Namespace, elapsed: float, a_seconds: float, b_chunks: int, c_size: int) -> str:
+def render(
+    results: dict[tuple[str, str], list[dict[str, float]]],
+    subjects: list[str],
+    runs: int,
+    args: argparse.Namespace,
+    elapsed: float,
+    a_seconds: float,
+    b_chunks: int,
+    c_size: int,
+) -> str:
     def m(workload: str, name: str, key: str) -> float:
         return median_of(results.get((workload, name), []), key)
 
-    command = "python scripts/bench.py" + (" --quick" if args.quick else "") + (" --with-mitmproxy" if args.with_mitmproxy else "") + (f" --runs {args.runs}" if args.runs else "")
+    command = (
+        "python scripts/bench.py"
+        + (" --quick" if args.quick else "")
+        + (" --with-mitmproxy" if args.with_mitmproxy else "")
+        + (f" --runs {args.runs}" if args.runs else "")
+    )
     lines = [
         "# Performance",
         "",
@@ -380,10 +482,18 @@ def render(results: dict[tuple[str, str], list[dict[str, float]]], subjects: lis
             f"{m('B', name, 'delay_p99_ms') - d99:+.3f} | {m('B', name, 'delay_max_ms'):.3f} | {m('B', name, 'ttfb_ms'):.2f} | "
             f"{m('B', name, 'events_seen'):.0%} | {'-' if ratio != ratio else format(ratio, '.0%')} |"
         )
-    lines += ["", f"## C. One {c_size // 2**20} MiB streamed response", "", "| subject | MiB/s | peak RSS, VmHWM (MiB) |", "|---|---|---|"]
+    lines += [
+        "",
+        f"## C. One {c_size // 2**20} MiB streamed response",
+        "",
+        "| subject | MiB/s | peak RSS, VmHWM (MiB) |",
+        "|---|---|---|",
+    ]
     for name in subjects:
         rss = m("C", name, "peak_rss_mib")
-        lines.append(f"| {name} | {m('C', name, 'mib_s'):.0f} | {'-' if name == 'direct' else format(rss, '.1f')} |")
+        lines.append(
+            f"| {name} | {m('C', name, 'mib_s'):.0f} | {'-' if name == 'direct' else format(rss, '.1f')} |"
+        )
     if "wirecap-nocapture" in subjects:
         lines += [
             "",

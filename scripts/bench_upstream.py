@@ -22,11 +22,42 @@ import random
 import time
 from urllib.parse import parse_qs, urlsplit
 
-WORDS = (
-    "the model answers questions about weather, code, history and science with care while streaming "
-    "tokens quickly to many eager clients that wait for every word it writes in reply to them"
-).split()
-BIG_BLOCK = base64.b64encode(os.urandom(786432))  # 1 MiB of text that does not repeat inside a frame
+WORDS = [
+    *[
+        "the",
+        "model",
+        "answers",
+        "questions",
+        "about",
+        "weather,",
+        "code,",
+        "history",
+        "and",
+        "science",
+        "with",
+        "care",
+        "while",
+    ],
+    *[
+        "streaming",
+        "tokens",
+        "quickly",
+        "to",
+        "many",
+        "eager",
+        "clients",
+        "that",
+        "wait",
+        "for",
+        "every",
+        "word",
+        "it",
+        "writes",
+    ],
+]
+BIG_BLOCK = base64.b64encode(
+    os.urandom(786432)
+)  # 1 MiB of text that does not repeat inside a frame
 
 
 def chat_body(rng: random.Random, n: int) -> bytes:
@@ -38,8 +69,18 @@ def chat_body(rng: random.Random, n: int) -> bytes:
             "created": int(time.time()),
             "model": "gpt-4o-mini-2024-07-18",
             "system_fingerprint": f"fp_{rng.getrandbits(32):08x}",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 200 + n % 50, "completion_tokens": 260, "total_tokens": 460 + n % 50},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 200 + n % 50,
+                "completion_tokens": 260,
+                "total_tokens": 460 + n % 50,
+            },
         }
     ).encode()
 
@@ -88,14 +129,16 @@ class Handler(asyncio.Protocol):
             if len(self.buf) < end + 4 + length:
                 return
             del self.buf[: end + 4 + length]
-            method, target, _ = head.split(" ", 2)
+            _method, target, _ = head.split(" ", 2)
             url = urlsplit(target)
             Handler.counter += 1
             if url.path.endswith("/stream"):
                 query = parse_qs(url.query)
                 self.busy = True
                 asyncio.get_running_loop().create_task(
-                    self.stream(int(query.get("chunks", ["200"])[0]), float(query.get("gap_ms", ["2"])[0]))
+                    self.stream(
+                        int(query.get("chunks", ["200"])[0]), float(query.get("gap_ms", ["2"])[0])
+                    )
                 )
                 return
             if url.path.endswith("/big"):
@@ -106,7 +149,11 @@ class Handler(asyncio.Protocol):
             body = chat_body(self.rng, Handler.counter)
             assert self.transport is not None
             if self.close_after:
-                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+                    % len(body)
+                    + body
+                )
                 self.transport.close()
                 return
             self.transport.write(
@@ -118,10 +165,15 @@ class Handler(asyncio.Protocol):
     async def stream(self, chunks: int, gap_ms: float) -> None:
         assert self.transport is not None
         t = self.transport
-        t.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+        t.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         for i in range(chunks):
             words = " ".join(self.rng.choice(WORDS) for _ in range(3))
-            event = b'data: {"i":%d,"t":%d,"choices":[{"index":0,"delta":{"content":"%s "}}]}\n\n' % (i, time.monotonic_ns(), words.encode())
+            event = (
+                b'data: {"i":%d,"t":%d,"choices":[{"index":0,"delta":{"content":"%s "}}]}\n\n'
+                % (i, time.monotonic_ns(), words.encode())
+            )
             t.write(b"%x\r\n%s\r\n" % (len(event), event))
             await asyncio.sleep(gap_ms / 1000)
         done = b"data: [DONE]\n\n"
@@ -148,6 +200,7 @@ class Handler(asyncio.Protocol):
             return
         self.busy = False
         self.process()
+
 
 async def main() -> None:
     parser = argparse.ArgumentParser()

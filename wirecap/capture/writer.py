@@ -40,9 +40,10 @@ logger = logging.getLogger("wirecap.capture")
 
 FRAME_MAX_BYTES: Final = 1024 * 1024
 FRAME_MAX_SECONDS: Final = 0.25
-#: Records waiting between the proxy and the writer. A record holds at most one 64 KiB read, so the
-#: channel holds at most 16 MiB: enough to ride out a slow frame, small enough to keep memory flat.
-DEFAULT_CHANNEL_RECORDS: Final = 256
+#: Records waiting between the proxy and the writer: at most this many records or this many bytes (a
+#: record holds at most one 64 KiB read), enough to ride out a slow frame while memory stays flat.
+DEFAULT_CHANNEL_RECORDS: Final = 4096
+DEFAULT_CHANNEL_BYTES: Final = 16 * 1024 * 1024
 
 OnFull: TypeAlias = Literal["block", "drop"]
 Prepare: TypeAlias = Callable[[Record], Record]
@@ -182,11 +183,15 @@ class _DropCounter:
 
 
 class CaptureWriter:
-    """The capture pipeline: a bounded channel in, segment files out.
+    """The capture pipeline: a bounded buffer in, segment files out.
 
     Start :meth:`run` in a nursery (``await nursery.start(writer.run)``), :meth:`submit` records from
-    any task, and call :meth:`aclose` to finish: the writer drains the channel, writes the index and
+    any task, and call :meth:`aclose` to finish: the writer drains the buffer, writes the index and
     footer, and :meth:`run` returns.
+
+    Producers append to a plain list (no task switch per record); the collector task is woken only
+    when a frame starts, fills up, or the buffer reaches its bound. The bound is ``channel_records``
+    records or ``channel_bytes`` bytes, whichever comes first.
     """
 
     def __init__(
@@ -195,6 +200,7 @@ class CaptureWriter:
         *,
         on_full: OnFull = "block",
         channel_records: int = DEFAULT_CHANNEL_RECORDS,
+        channel_bytes: int = DEFAULT_CHANNEL_BYTES,
         frame_bytes: int = FRAME_MAX_BYTES,
         frame_seconds: float = FRAME_MAX_SECONDS,
         rotate_bytes: int | None = None,
@@ -202,7 +208,12 @@ class CaptureWriter:
     ) -> None:
         self.sink = sink
         self.on_full = on_full
-        self._send, self._receive = trio.open_memory_channel[Record](channel_records)
+        self._limit_records = channel_records
+        self._limit_bytes = channel_bytes
+        self._pending: list[Record] = []
+        self._pending_bytes = 0
+        self._wake = trio.Event()
+        self._space = trio.Event()
         self._frame_bytes = frame_bytes
         self._frame_seconds = frame_seconds
         self._rotate_bytes = rotate_bytes
@@ -219,28 +230,40 @@ class CaptureWriter:
 
     # -- producer side (proxy tasks) ----------------------------------------------------------------
 
+    def _full(self) -> bool:
+        return len(self._pending) >= self._limit_records or self._pending_bytes >= self._limit_bytes
+
+    def _append(self, record: Record) -> None:
+        pending = self._pending
+        pending.append(record)
+        self._pending_bytes += record_size(record)
+        if len(pending) == 1 or self._pending_bytes >= self._frame_bytes or self._full():
+            self._wake.set()  # a frame starts, or is full: the collector has work
+
     async def submit(self, record: Record) -> None:
         """Queue ``record``. Under ``block`` waits for room; under ``drop`` never waits."""
-        try:
-            self._send.send_nowait(record)
-        except trio.WouldBlock:
+        if self._closed:
+            self._records_lost += 1
+            return
+        if self._full():
             if self.on_full == "drop":
                 self._count_drop(record)
-            else:
-                await self._send.send(record)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            self._records_lost += 1
+                return
+            while self._full() and not self._closed:
+                if self._space.is_set():
+                    self._space = trio.Event()
+                await self._space.wait()
+        self._append(record)
 
     def submit_nowait(self, record: Record) -> bool:
         """Queue ``record`` if there is room; count it as dropped otherwise. Returns whether queued."""
-        try:
-            self._send.send_nowait(record)
-        except trio.WouldBlock:
-            self._count_drop(record)
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        if self._closed:
             self._records_lost += 1
             return False
+        if self._full():
+            self._count_drop(record)
+            return False
+        self._append(record)
         return True
 
     def _count_drop(self, record: Record) -> None:
@@ -253,13 +276,13 @@ class CaptureWriter:
 
     async def aclose(self) -> None:
         """No more records: let the writer drain, index and close its file."""
-        if not self._closed:
-            self._closed = True
-            await self._send.aclose()
+        self._closed = True
+        self._wake.set()
+        self._space.set()
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
-            queued=self._receive.statistics().current_buffer_used,
+            queued=len(self._pending),
             records_written=self._records_written,
             frames_written=self._frames_written,
             bytes_written=self._bytes_written,
@@ -299,42 +322,45 @@ class CaptureWriter:
         """Wait until :meth:`run` has written the index and closed the file (after :meth:`aclose`)."""
         await self._finished.wait()
 
+    def _take(self) -> list[Record]:
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        self._space.set()
+        return batch
+
     async def _collector(self, batches: trio.MemorySendChannel[list[Record]]) -> None:
         async with batches:
-            batch: list[Record] = []
-            batch_size = 0
-            deadline = math.inf
             rotate_deadline = self._next_rotation()
-            receive = self._receive
             while True:
-                record: Record | None = None
-                with trio.move_on_at(min(deadline, rotate_deadline)):
-                    try:
-                        record = await receive.receive()
-                    except trio.EndOfChannel:
-                        break
-                if record is not None:
+                if not self._pending and not self._closed:
+                    # Idle: sleep until a record arrives (or a time-based rotation is due).
+                    self._wake = trio.Event()
+                    with trio.move_on_at(rotate_deadline):
+                        await self._wake.wait()
+                if self._pending and not self._closed:
+                    # A frame has started: close it 250 ms later at the latest, sooner when full.
+                    deadline = trio.current_time() + self._frame_seconds
+                    while (
+                        self._pending_bytes < self._frame_bytes
+                        and not self._full()
+                        and not self._closed
+                        and trio.current_time() < deadline
+                    ):
+                        self._wake = trio.Event()
+                        with trio.move_on_at(deadline):
+                            await self._wake.wait()
+                if self._pending or self._dropped.records:
+                    batch = self._take()
                     if self._failed is not None:
-                        self._records_lost += 1
-                        continue
-                    if not batch:
-                        deadline = trio.current_time() + self._frame_seconds
-                    batch.append(record)
-                    batch_size += record_size(record)
-                    if batch_size < self._frame_bytes:
-                        continue
-                now = trio.current_time()
-                if batch or self._dropped.records:
-                    self._add_gap(batch)
-                    await batches.send(batch)
-                    batch, batch_size, deadline = [], 0, math.inf
-                elif now >= rotate_deadline:
+                        self._records_lost += len(batch)
+                    else:
+                        self._add_gap(batch)
+                        await batches.send(batch)
+                elif trio.current_time() >= rotate_deadline and not self._closed:
                     await batches.send([])  # an empty batch asks the flusher to rotate
-                if now >= rotate_deadline:
+                if trio.current_time() >= rotate_deadline:
                     rotate_deadline = self._next_rotation()
-            if batch or self._dropped.records:
-                self._add_gap(batch)
-                await batches.send(batch)
+                if self._closed and not self._pending:
+                    return
 
     def _next_rotation(self) -> float:
         if self._rotate_seconds is None:

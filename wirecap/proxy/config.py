@@ -156,7 +156,7 @@ class CaptureSettings:
     enabled: bool = True
     out: Path = DEFAULT_OUT
     on_full: Literal["block", "drop"] = "block"
-    channel_records: int = 256
+    channel_records: int = 4096
     rotate_bytes: int | None = 256 * 1024 * 1024
     rotate_seconds: float | None = 3600.0
     level: int = 3
