@@ -55,6 +55,9 @@ MAX_BAD_HEAD_RECORDED: Final = 64 * 1024
 #: After a client closes its connection mid-response, how long the relay may still finish reading the
 #: upstream's end of message before the exchange counts as a client abort.
 CLIENT_CLOSE_GRACE: Final = 1.0
+#: How long the relay waits on the upstream before it starts a task to watch the client for an abort
+#: (quick answers never need one; an LLM thinking for seconds does).
+WATCH_CLIENT_AFTER: Final = 0.05
 
 
 async def _discard(record: Record) -> None:
@@ -527,12 +530,11 @@ class ProxyServer:
         released = False
         try:
             try:
-                with trio.fail_after(timeouts.write):
-                    head = await upstream.send(up_request)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
-                ex.fail(
-                    "upstream_error", f"sending the request head upstream failed: {_describe(exc)}"
+                body_done = await self._send_request(
+                    client, upstream, ex, up_request, route, proxy_url_bytes
                 )
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+                ex.fail("upstream_error", f"sending the request upstream failed: {_describe(exc)}")
                 await self._respond_error(
                     client,
                     ex,
@@ -542,22 +544,22 @@ class ProxyServer:
                     upstream=ex.upstream_url,
                 )
                 return
-            await ex.submit(
-                UpstreamRequest(
-                    x=ex.id,
-                    ns=ex.now(),
-                    head=head
-                    if route.forward_proxy_path
-                    else hdr.add_proxy_path_line(head, proxy_url_bytes),
-                    proxy_path="forwarded" if route.forward_proxy_path else "added",
-                )
-            )
+            except h11.RemoteProtocolError as exc:
+                ex.fail("protocol_error", f"bad request body: {exc}", 400, "bad_request")
+                await self._respond_error(client, ex, 400, "bad_request", ex.error or "")
+                return
+            except ClientGone as exc:
+                ex.fail("client_abort", str(exc))
+                return
             read_timeout = route.read_timeout or timeouts.read
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(
-                    self._relay_request_body, client, upstream, ex, nursery.cancel_scope
+                if not body_done:
+                    nursery.start_soon(
+                        self._relay_request_body, client, upstream, ex, nursery.cancel_scope
+                    )
+                await self._relay_response(
+                    client, upstream, ex, read_timeout, nursery, watching=not body_done
                 )
-                await self._relay_response(client, upstream, ex, read_timeout)
                 nursery.cancel_scope.cancel()
             if ex.outcome != "ok" and not ex.response_started:
                 await self._respond_error(
@@ -575,6 +577,52 @@ class ProxyServer:
             if not released:
                 await upstream.aclose()
 
+    async def _send_request(
+        self,
+        client: _ClientConnection,
+        upstream: UpstreamConnection,
+        ex: _Exchange,
+        up_request: h11.Request,
+        route: Route,
+        proxy_url_bytes: bytes,
+    ) -> bool:
+        """Send the head and whatever body h11 already holds, in one write. True when the whole
+        request went (the usual case for LLM calls: the body arrives with the head)."""
+        head = upstream.h11.send(up_request) or b""
+        await ex.submit(
+            UpstreamRequest(
+                x=ex.id,
+                ns=ex.now(),
+                head=head
+                if route.forward_proxy_path
+                else hdr.add_proxy_path_line(head, proxy_url_bytes),
+                proxy_path="forwarded" if route.forward_proxy_path else "added",
+            )
+        )
+        out = [head]
+        done = False
+        conn = client.h11
+        while True:
+            event = conn.next_event()
+            if isinstance(event, h11.Data):
+                ex.req_bytes += len(event.data)
+                await ex.submit(BodyChunk(x=ex.id, dir="req", ns=ex.now(), data=event.data))
+                out.append(upstream.h11.send(event) or b"")
+            elif isinstance(event, h11.EndOfMessage):
+                out.append(upstream.h11.send(h11.EndOfMessage()) or b"")
+                done = True
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise ClientGone("client closed the connection while sending the request body")
+            else:
+                break  # NEED_DATA: the rest of the body is still on its way
+        with trio.fail_after(self.config.timeouts.write):
+            await upstream.stream.send_all(b"".join(out))
+        if done:
+            ex.request_done = True
+            client.expect_next_head()
+        return done
+
     async def _relay_request_body(
         self,
         client: _ClientConnection,
@@ -582,7 +630,7 @@ class ProxyServer:
         ex: _Exchange,
         scope: trio.CancelScope,
     ) -> None:
-        """Client -> upstream: body bytes as they arrive; then watch for the client going away."""
+        """Client -> upstream: the rest of the body as it arrives; then watch the client."""
         timeouts = self.config.timeouts
         conn = client.h11
         try:
@@ -605,10 +653,33 @@ class ProxyServer:
                     raise ClientGone("client closed the connection while sending the request body")
             ex.request_done = True
             client.expect_next_head()
-            # The request is complete; a read now only returns when the client sends more (pipelining,
-            # kept in h11's buffer) or goes away, which aborts the exchange at once instead of at the next
-            # chunk of a long stream.
-            max_pipelined = self.config.limits.max_head
+        except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            ex.fail("client_abort", str(exc) or "client connection lost")
+            scope.cancel()
+            return
+        except trio.TooSlowError:
+            ex.fail(
+                "timeout",
+                f"client sent no request body bytes for {timeouts.read:g}s",
+                408,
+                "request_timeout",
+            )
+            scope.cancel()
+            return
+        except h11.RemoteProtocolError as exc:
+            ex.fail("protocol_error", f"bad request body: {exc}", 400, "bad_request")
+            scope.cancel()
+            return
+        await self._watch_client(client, ex, scope)
+
+    async def _watch_client(
+        self, client: _ClientConnection, ex: _Exchange, scope: trio.CancelScope
+    ) -> None:
+        """While the response is on its way: a read returns only when the client sends more
+        (pipelining, kept in h11's buffer) or goes away, which aborts the exchange at once instead of
+        at the next chunk of a long stream."""
+        max_pipelined = self.config.limits.max_head
+        try:
             while True:
                 if len(client.head_buf) > max_pipelined:
                     await trio.sleep_forever()  # enough buffered for the next request; stop reading
@@ -625,17 +696,6 @@ class ProxyServer:
                     return
         except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
-            scope.cancel()
-        except trio.TooSlowError:
-            ex.fail(
-                "timeout",
-                f"client sent no request body bytes for {timeouts.read:g}s",
-                408,
-                "request_timeout",
-            )
-            scope.cancel()
-        except h11.RemoteProtocolError as exc:
-            ex.fail("protocol_error", f"bad request body: {exc}", 400, "bad_request")
             scope.cancel()
 
     async def _send_upstream(
@@ -660,20 +720,43 @@ class ProxyServer:
         upstream: UpstreamConnection,
         ex: _Exchange,
         read_timeout: float,
+        nursery: trio.Nursery,
+        *,
+        watching: bool,
     ) -> None:
-        """Upstream -> client: heads and body chunks forwarded as soon as they arrive."""
+        """Upstream -> client: heads and body chunks forwarded as soon as they arrive.
+
+        Everything one upstream read produced goes to the client in one write, just before the relay
+        waits for the next read, so nothing is held back and small answers cost one send. When the
+        upstream keeps the relay waiting, a task starts watching the client for an abort.
+        """
         write_timeout = self.config.timeouts.write
         submit = ex.submit
+        send = client.h11.send
+        out: list[bytes] = []
         reading = True
         with trio.CancelScope() as scope:
             try:
                 while True:
-                    reading = True
-                    scope.deadline = trio.current_time() + read_timeout
-                    event, raw = await upstream.next_event()
+                    event, raw = upstream.next_event_nowait()
+                    if event is h11.NEED_DATA:
+                        if out:
+                            reading = False
+                            scope.deadline = trio.current_time() + write_timeout
+                            await client.stream.send_all(b"".join(out))
+                            out = []
+                        reading = True
+                        scope.deadline = trio.current_time() + read_timeout
+                        if not watching:
+                            with trio.move_on_after(WATCH_CLIENT_AFTER):
+                                await upstream.receive()
+                                continue
+                            nursery.start_soon(self._watch_client, client, ex, nursery.cancel_scope)
+                            watching = True
+                        await upstream.receive()
+                        continue
                     now = ex.now()
                     reading = False
-                    scope.deadline = trio.current_time() + write_timeout
                     if isinstance(event, h11.Data):
                         if ex.ttft_ns is None:
                             ex.ttft_ns = now
@@ -685,7 +768,7 @@ class ProxyServer:
                                 "client closed the connection before the response ended",
                             )
                             return
-                        await client.send(h11.Data(data=event.data))
+                        out.append(send(h11.Data(data=event.data)) or b"")
                     elif isinstance(event, h11.Response):
                         if ex.ttfb_ns is None:
                             ex.ttfb_ns = now
@@ -694,12 +777,15 @@ class ProxyServer:
                             ResponseHead(x=ex.id, ns=now, status=event.status_code, head=raw)
                         )
                         ex.response_started = True
-                        await client.send(
-                            h11.Response(
-                                status_code=event.status_code,
-                                headers=hdr.response_headers(event.headers.raw_items()),
-                                reason=event.reason,
+                        out.append(
+                            send(
+                                h11.Response(
+                                    status_code=event.status_code,
+                                    headers=hdr.response_headers(event.headers.raw_items()),
+                                    reason=event.reason,
+                                )
                             )
+                            or b""
                         )
                     elif isinstance(event, h11.InformationalResponse):
                         if ex.ttfb_ns is None:
@@ -708,20 +794,26 @@ class ProxyServer:
                             ResponseHead(x=ex.id, ns=now, status=event.status_code, head=raw)
                         )
                         if event.status_code != 101 and client.can_respond:
-                            await client.send(
-                                h11.InformationalResponse(
-                                    status_code=event.status_code,
-                                    headers=hdr.response_headers(event.headers.raw_items()),
-                                    reason=event.reason,
+                            out.append(
+                                send(
+                                    h11.InformationalResponse(
+                                        status_code=event.status_code,
+                                        headers=hdr.response_headers(event.headers.raw_items()),
+                                        reason=event.reason,
+                                    )
                                 )
+                                or b""
                             )
                     elif isinstance(event, h11.EndOfMessage):
                         ex.response_done.set()
                         if ex.client_eof:
                             return  # every body byte reached the client; only framing is left
-                        await client.send(h11.EndOfMessage())
+                        out.append(send(h11.EndOfMessage()) or b"")
+                        scope.deadline = trio.current_time() + write_timeout
+                        await client.stream.send_all(b"".join(out))
                         return
                     elif isinstance(event, h11.ConnectionClosed):
+                        reading = True
                         raise trio.BrokenResourceError("upstream closed the connection")
             except (
                 trio.BrokenResourceError,
@@ -729,6 +821,13 @@ class ProxyServer:
                 h11.RemoteProtocolError,
             ) as exc:
                 if reading:
+                    if out and not ex.client_eof:
+                        # Deliver what did arrive before the upstream broke off.
+                        with (
+                            trio.move_on_after(write_timeout),
+                            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                        ):
+                            await client.stream.send_all(b"".join(out))
                     where = "mid-response" if ex.response_started else "before responding"
                     ex.fail("upstream_error", f"upstream failed {where}: {_describe(exc)}")
                 else:

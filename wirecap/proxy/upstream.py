@@ -65,26 +65,34 @@ class UpstreamConnection:
 
     async def next_event(self) -> tuple[Event, bytes]:
         """The next h11 event from the upstream, with the raw head bytes for (informational) responses."""
-        conn = self.h11
         while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await self.stream.receive_some(self.read_size)
-                if self._want_head:
-                    self._head_buf += data
-                conn.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
-                continue
-            if isinstance(event, h11.InformationalResponse | h11.Response):
-                pending = len(conn.trailing_data[0])
-                cut = len(self._head_buf) - pending
-                raw = bytes(self._head_buf[:cut])
-                if isinstance(event, h11.Response):
-                    self._want_head = False
-                    self._head_buf = bytearray()
-                else:
-                    del self._head_buf[:cut]
+            event, raw = self.next_event_nowait()
+            if event is not h11.NEED_DATA:
                 return event, raw
-            return event, b""
+            await self.receive()
+
+    def next_event_nowait(self) -> tuple[Event, bytes]:
+        """Like :meth:`next_event` without I/O: ``NEED_DATA`` when h11 needs more bytes."""
+        conn = self.h11
+        event = conn.next_event()
+        if isinstance(event, h11.InformationalResponse | h11.Response):
+            pending = len(conn.trailing_data[0])
+            cut = len(self._head_buf) - pending
+            raw = bytes(self._head_buf[:cut])
+            if isinstance(event, h11.Response):
+                self._want_head = False
+                self._head_buf = bytearray()
+            else:
+                del self._head_buf[:cut]
+            return event, raw
+        return event, b""
+
+    async def receive(self) -> None:
+        """Read once from the upstream into h11 (an empty read tells h11 the connection closed)."""
+        data = await self.stream.receive_some(self.read_size)
+        if self._want_head:
+            self._head_buf += data
+        self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
 
     def start_next_cycle(self) -> None:
         self.h11.start_next_cycle()
