@@ -48,6 +48,12 @@ def placeholder(secret: bytes) -> tuple[bytes, str]:
 class Rules:
     headers: frozenset[bytes]
     patterns: tuple[re.Pattern[bytes], ...]
+    header_line: re.Pattern[bytes] = dataclasses.field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = b"|".join(re.escape(h) for h in sorted(self.headers)) or b"(?!)"
+        line = re.compile(rb"\r\n(" + names + rb")[ \t]*:([^\r\n]*)", re.IGNORECASE)
+        object.__setattr__(self, "header_line", line)
 
     @classmethod
     def compile(cls, headers: Iterable[str], patterns: Iterable[str]) -> Rules:
@@ -68,29 +74,28 @@ class Rules:
 
 
 def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
-    """Replace credential header values (and pattern matches) in a serialized head."""
+    """Replace credential header values (and pattern matches) in a serialized head.
+
+    One regular expression finds the credential header lines (heads are redacted for every request,
+    in the writer thread, so this stays off any per-line Python loop).
+    """
     found: list[Redaction] = []
-    lines = head.split(b"\r\n")
-    changed = False
-    for i in range(1, len(lines)):
-        line = lines[i]
-        name, sep, value = line.partition(b":")
-        if not sep or name.strip().lower() not in rules.headers:
-            continue
-        value = value.strip()
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        name, value = match.group(1), match.group(2).strip()
         if not value or value.startswith(PLACEHOLDER_PREFIX):
-            continue
+            return match.group(0)
         scheme = b""
-        match = _AUTH_SCHEME.match(value)
-        if match and name.strip().lower() in (b"authorization", b"proxy-authorization"):
-            scheme, value = match.group(1) + b" ", match.group(2)
+        lower = name.lower()
+        if lower in (b"authorization", b"proxy-authorization"):
+            auth = _AUTH_SCHEME.match(value)
+            if auth:
+                scheme, value = auth.group(1) + b" ", auth.group(2)
         replacement, fp = placeholder(value)
-        lines[i] = name + b": " + scheme + replacement
-        found.append(
-            Redaction(where="head", name=name.strip().lower().decode("latin-1"), fingerprint=fp)
-        )
-        changed = True
-    out = b"\r\n".join(lines) if changed else head
+        found.append(Redaction(where="head", name=lower.decode("latin-1"), fingerprint=fp))
+        return b"\r\n" + name + b": " + scheme + replacement
+
+    out = rules.header_line.sub(replace, head) if rules.headers else head
     out, more = redact_patterns(out, rules, "head")
     return out, found + more
 
