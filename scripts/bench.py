@@ -215,7 +215,19 @@ def capture_size(run: Running) -> int:
 # -- workloads ---------------------------------------------------------------------------------------
 
 
-def _wrk(port: int, connections: int, seconds: float, lua: Path) -> dict[str, float]:
+def _wrk(
+    port: int, connections: int, seconds: float, lua: Path, attempt: int = 1
+) -> dict[str, float]:
+    try:
+        return _wrk_once(port, connections, seconds, lua)
+    except (AttributeError, subprocess.CalledProcessError) as exc:
+        if attempt >= 3:
+            raise
+        print(f"wrk run failed ({exc}); trying again", file=sys.stderr)
+        return _wrk(port, connections, seconds, lua, attempt + 1)
+
+
+def _wrk_once(port: int, connections: int, seconds: float, lua: Path) -> dict[str, float]:
     out = subprocess.run(
         [
             "wrk",
@@ -233,11 +245,16 @@ def _wrk(port: int, connections: int, seconds: float, lua: Path) -> dict[str, fl
     ).stdout
 
     def duration(text: str) -> float:
-        value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+        match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+        if match is None:
+            print(f"cannot read wrk duration {text!r} in:\n{out}", file=sys.stderr)
+        value, unit = match.groups()  # type: ignore[union-attr]
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}[unit]
 
-    p50 = duration(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = duration(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    if "50%" not in out:
+        print(out, file=sys.stderr)
+    p50 = duration(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = duration(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     read = re.search(r"requests in [\d.]+\w+, ([\d.]+)(B|KB|MB|GB) read", out)
     read_bytes = (
