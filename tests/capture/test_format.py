@@ -198,6 +198,10 @@ def test_repair_index_after_a_crash(tmp_path):
     crashed.write_bytes(data[: index_at - 7])  # no index, and the last frame cut short
     with open_capture(crashed) as capture:
         assert not capture.files[0].indexed
+        assert capture.damage == []  # nothing read yet
+        [cut] = capture.scan_damage()
+        assert cut.end == index_at - 7
+    with open_capture(crashed) as capture:
         assert len([e for e in capture.exchanges() if e.complete]) == 5
     result = repair_index(crashed)
     assert not result.already_indexed and result.exchanges == 5

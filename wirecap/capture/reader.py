@@ -432,11 +432,6 @@ class Capture:
         for f in self.files:
             yield from f.index().gaps
 
-    def index_entries(self) -> Iterator[IndexEntry]:
-        """Index entries of every file, merged across segments for exchanges that span them."""
-        for f in self.files:
-            yield from f.index().entries
-
     def exchanges(self) -> Iterator[Exchange]:
         """Every exchange in the order they started; incomplete ones (a crash) come last."""
         return assemble(self.records())

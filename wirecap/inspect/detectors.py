@@ -292,10 +292,6 @@ def _mask(secret: bytes) -> str:
 CODES: Final = (*_REGISTRY, "duplicate-request")
 
 
-def severity_of(code: str) -> Severity:
-    return "warning" if code == "duplicate-request" else _REGISTRY[code][0]
-
-
 def detect(a: Analyzed, thresholds: Thresholds) -> list[Finding]:
     """Every per-exchange finding for ``a``, in registry order."""
     findings = []

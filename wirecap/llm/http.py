@@ -30,10 +30,6 @@ class Head:
                 return value
         return default
 
-    def get_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self.headers if k.lower() == name]
-
     @property
     def status(self) -> int | None:
         parts = self.start_line.split(" ", 2)

@@ -223,9 +223,6 @@ class ConnectionPool:
         if len(idle) > self.max_idle:
             await idle.pop(0).aclose()
 
-    def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
-
     async def aclose(self) -> None:
         idle, self._idle = self._idle, {}
         for conns in idle.values():
