@@ -40,6 +40,9 @@ logger = logging.getLogger("wirecap.capture")
 
 FRAME_MAX_BYTES: Final = 1024 * 1024
 FRAME_MAX_SECONDS: Final = 0.25
+#: Frames smaller than this are compressed at SMALL_FRAME_LEVEL (at least): see SegmentSink.
+SMALL_FRAME_BYTES: Final = 256 * 1024
+SMALL_FRAME_LEVEL: Final = 9
 #: Records waiting between the proxy and the writer: at most this many records or this many bytes (a
 #: record holds at most one 64 KiB read). 4 MiB is four frames' worth: enough to keep the compressor
 #: busy; more only raises peak memory on large bodies (16 MiB gave 100 MB RSS on a 1 GiB stream).
@@ -91,6 +94,9 @@ class SegmentSink:
         self._prepare = prepare
         self._level = level
         self._compressor = frames.new_compressor(level)
+        # Small frames (quiet traffic, SSE) get a stronger level: cheap at their size, and it is where
+        # per-record overhead shows. Large frames keep ``level`` so big bodies stay fast.
+        self._small_compressor = frames.new_compressor(max(level, SMALL_FRAME_LEVEL))
         self._opener = opener
         self._prefix = prefix
         self._file: BinaryIO | None = None
@@ -122,7 +128,9 @@ class SegmentSink:
         """Prepare, encode, compress and append ``records`` as one frame; returns the frame's size."""
         if self._prepare is not None:
             records = [self._prepare(r) for r in records]
-        frame = frames.encode_data_frame(records, self._compressor)
+        payload = frames.encode_records(records)
+        compressor = self._small_compressor if len(payload) < SMALL_FRAME_BYTES else self._compressor
+        frame = bytes(compressor.compress(payload))
         at = self.offset
         self._write(frame)
         self._index.observe_all(records, at)
