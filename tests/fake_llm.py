@@ -6,45 +6,15 @@ import json
 
 import anthropic
 import openai
+import samples
 import trio
 
-CHAT_JSON = {
-    "id": "chatcmpl-abc",
-    "object": "chat.completion",
-    "created": 1700000000,
-    "model": "gpt-4o-mini-2024-07-18",
-    "choices": [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": "Hello there!"},
-            "finish_reason": "stop",
-        }
-    ],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
-}
+CHAT_JSON = samples.CHAT_JSON
 
 
 def chat_stream_events() -> list[bytes]:
-    base = {
-        "id": "chatcmpl-s",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": "gpt-4o-mini",
-    }
-    events = [
-        dict(
-            base,
-            choices=[
-                {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-            ],
-        )
-    ]
-    events += [
-        dict(base, choices=[{"index": 0, "delta": {"content": w}, "finish_reason": None}])
-        for w in ("Hel", "lo", " world")
-    ]
-    events.append(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
-    return [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
+    """An OpenAI chat stream without a usage chunk, saying "Hello world"."""
+    return samples.chat_stream(text=("Hel", "lo", " world"), usage=False)
 
 
 MESSAGE_JSON = {
