@@ -30,56 +30,14 @@ MESSAGE_JSON = {
 
 
 def message_stream_events() -> list[bytes]:
-    events = [
-        (
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    **MESSAGE_JSON,
-                    "content": [],
-                    "stop_reason": None,
-                    "usage": {"input_tokens": 5, "output_tokens": 0},
-                },
-            },
-        ),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-        ("ping", {"type": "ping"}),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "Bon"},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "jour"},
-            },
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": 2},
-            },
-        ),
-        ("message_stop", {"type": "message_stop"}),
-    ]
-    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+    """An Anthropic message stream saying "Bonjour"."""
+    return samples.message_stream(
+        text=("Bon", "jour"),
+        json_parts=None,
+        stop_reason="end_turn",
+        message=MESSAGE_JSON,
+        output_tokens=2,
+    )
 
 
 async def llm_upstream(ex):

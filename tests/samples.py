@@ -254,13 +254,18 @@ def message_stream(
     *,
     stop: bool = True,
     stop_reason: str = "tool_use",
-    json_parts: tuple[str, ...] = ('{"city": ', '"Paris"}'),
+    text: tuple[str, ...] = ("Let me ", "check."),
+    json_parts: tuple[str, ...] | None = ('{"city": ', '"Paris"}'),
+    message: dict | None = None,
+    output_tokens: int = 30,
 ) -> list[bytes]:
+    """An Anthropic message stream: text deltas, then (unless ``json_parts`` is None) a tool_use block."""
+    base = message or MESSAGE_JSON
     start = {
-        **MESSAGE_JSON,
+        **base,
         "content": [],
         "stop_reason": None,
-        "usage": {"input_tokens": 25, "output_tokens": 1},
+        "usage": {"input_tokens": base["usage"]["input_tokens"], "output_tokens": 1},
     }
     events = [
         ("message_start", {"type": "message_start", "message": start}),
@@ -273,59 +278,53 @@ def message_stream(
             },
         ),
         ("ping", {"type": "ping"}),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "Let me "},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "check."},
-            },
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 1,
-                "content_block": {
-                    "type": "tool_use",
-                    "id": "toolu_1",
-                    "name": "get_weather",
-                    "input": {},
-                },
-            },
-        ),
     ]
     events += [
         (
             "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": p},
-            },
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
         )
-        for p in json_parts
+        for t in text
     ]
-    events += [
-        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+    events.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    if json_parts is not None:
+        events.append(
+            (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "get_weather",
+                        "input": {},
+                    },
+                },
+            )
+        )
+        events += [
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": p},
+                },
+            )
+            for p in json_parts
+        ]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": 1}))
+    events.append(
         (
             "message_delta",
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": 30},
+                "usage": {"output_tokens": output_tokens},
             },
-        ),
-    ]
+        )
+    )
     if stop:
         events.append(("message_stop", {"type": "message_stop"}))
     return [sse(data, name) for name, data in events]

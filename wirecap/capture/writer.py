@@ -129,7 +129,9 @@ class SegmentSink:
         if self._prepare is not None:
             records = [self._prepare(r) for r in records]
         payload = frames.encode_records(records)
-        compressor = self._small_compressor if len(payload) < SMALL_FRAME_BYTES else self._compressor
+        compressor = (
+            self._small_compressor if len(payload) < SMALL_FRAME_BYTES else self._compressor
+        )
         frame = bytes(compressor.compress(payload))
         at = self.offset
         self._write(frame)
