@@ -29,6 +29,7 @@ class Analyzed:
     """One exchange and what it means."""
 
     exchange: Exchange
+    input: ExchangeInput  # what the adapters saw: also what replay compares against
     request_head: Head | None
     response_head: Head | None
     request_body: bytes  # decoded
@@ -142,6 +143,7 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
     )
     return Analyzed(
         exchange=exchange,
+        input=inp,
         request_head=request_head,
         response_head=response_head,
         request_body=request_body,

@@ -186,9 +186,8 @@ async def _replay_one(
     if response.error is not None:
         verdict = Verdict(False, "", response.error)
     else:
-        recorded = _recorded_input(analyzed)
         verdict = compare(
-            recorded, response.as_input(request.method, path), options.mode, options.ignore
+            analyzed.input, response.as_input(request.method, path), options.mode, options.ignore
         )
     return Result(
         exchange.id,
@@ -199,22 +198,6 @@ async def _replay_one(
         verdict,
         response.duration_ns,
         response.error,
-    )
-
-
-def _recorded_input(analyzed: Analyzed) -> Any:
-    from wirecap.llm import ExchangeInput
-
-    ex = analyzed.exchange
-    return ExchangeInput(
-        method=ex.method or "",
-        path=ex.target or "",
-        request_head=analyzed.request_head,
-        request_body=analyzed.request_body,
-        status=ex.status,
-        response_head=analyzed.response_head,
-        response_chunks=analyzed.response_chunks,
-        complete=ex.outcome == "ok",
     )
 
 
