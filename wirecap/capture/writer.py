@@ -17,13 +17,15 @@ import dataclasses
 import logging
 import math
 import os
+import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO, Final, Literal, TypeAlias
+from typing import Any, BinaryIO, Final, Literal, TypeAlias
 
 import trio
 
+from wirecap import __version__
 from wirecap.capture import frames
 from wirecap.capture.index import IndexBuilder
 from wirecap.capture.records import (
@@ -52,6 +54,26 @@ DEFAULT_CHANNEL_BYTES: Final = 4 * 1024 * 1024
 OnFull: TypeAlias = Literal["block", "drop"]
 Prepare: TypeAlias = Callable[[Record], Record]
 Opener: TypeAlias = Callable[[Path], BinaryIO]
+
+
+def header_factory(
+    redaction: Mapping[str, Any], listen: str | None = None
+) -> Callable[[int], Header]:
+    """The header of each new segment written by this process (its host, pid, and settings)."""
+    host = socket.gethostname()
+
+    def header(segment: int) -> Header:
+        return Header(
+            wirecap_version=__version__,
+            created_ns=time.time_ns(),
+            host=host,
+            pid=os.getpid(),
+            segment=segment,
+            redaction=redaction,
+            listen=listen,
+        )
+
+    return header
 
 
 def open_exclusive(path: Path) -> BinaryIO:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
-import time
 from typing import TYPE_CHECKING, TextIO
 
 import trio
 
 from wirecap import __version__
-from wirecap.capture.records import Header
-from wirecap.capture.writer import CaptureWriter, SegmentSink
+from wirecap.capture.writer import CaptureWriter, SegmentSink, header_factory
 from wirecap.proxy.redact import Redactor, Rules
 from wirecap.proxy.server import ProxyServer
 
@@ -48,20 +44,7 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> CaptureWriter
         if redactor is not None
         else {"enabled": False, "headers": [], "body_patterns": []}
     )
-    listen = f"{config.listen_host}:{config.listen_port}"
-    host = socket.gethostname()
-
-    def header(segment: int) -> Header:
-        return Header(
-            wirecap_version=__version__,
-            created_ns=time.time_ns(),
-            host=host,
-            pid=os.getpid(),
-            segment=segment,
-            redaction=redaction,
-            listen=listen,
-        )
-
+    header = header_factory(redaction, listen=f"{config.listen_host}:{config.listen_port}")
     sink = SegmentSink(settings.out, header, prepare=redactor, level=settings.level)
     return CaptureWriter(
         sink,

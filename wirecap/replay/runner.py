@@ -11,16 +11,13 @@ import dataclasses
 import json
 import math
 import os
-import socket
-import time
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
 import trio
 
-from wirecap import __version__
-from wirecap.capture import BodyChunk, ExchangeEnd, Header, RequestReceived, ResponseHead
-from wirecap.capture.writer import CaptureWriter, SegmentSink
+from wirecap.capture import BodyChunk, ExchangeEnd, RequestReceived, ResponseHead
+from wirecap.capture.writer import CaptureWriter, SegmentSink, header_factory
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.proxy.upstream import ConnectionPool, UpstreamConnectError, UpstreamTimeout
 from wirecap.replay.client import Response, build_request, send
@@ -204,21 +201,9 @@ async def _replay_one(
 def _writer(out: Path, options: ReplayOptions) -> CaptureWriter:
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def header(segment: int) -> Header:
-        return Header(
-            wirecap_version=__version__,
-            created_ns=time.time_ns(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            segment=segment,
-            redaction={
-                "enabled": False,
-                "headers": [],
-                "body_patterns": [],
-                "note": "replay traffic",
-            },
-        )
-
+    header = header_factory(
+        {"enabled": False, "headers": [], "body_patterns": [], "note": "replay traffic"}
+    )
     return CaptureWriter(SegmentSink(out, header, prefix="replay"))
 
 
