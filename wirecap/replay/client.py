@@ -70,18 +70,30 @@ def build_request(
     elif exchange.upstream is None and request.upstream_url:
         url = urlsplit(request.upstream_url)
         path = url.path + (f"?{url.query}" if url.query else "")
-    override = {name.lower().encode() for name, _ in extra_headers}
-    headers: list[tuple[bytes, bytes]] = [(b"Host", base.host_header.encode())]
-    for name, value in head.headers:
-        raw = name.encode("latin-1")
-        if raw.lower() in _NOT_COPIED or raw.lower() in override:
-            continue
-        headers.append((raw, value.encode("latin-1")))
-    headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in extra_headers]
-    body = exchange.request_body
+    recorded = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in head.headers]
+    extra = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in extra_headers]
+    return prepare(method, base.base_path + path, recorded, exchange.request_body, base, extra)
+
+
+def prepare(
+    method: str,
+    target: str,
+    headers: Sequence[tuple[bytes, bytes]],
+    body: bytes,
+    base: Upstream,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
+) -> PreparedRequest:
+    """A request for ``base`` from headers seen elsewhere: Host set for ``base``, framing recomputed,
+    hop-by-hop and wirecap headers dropped, ``extra_headers`` replacing same-named ones."""
+    override = {name.lower() for name, _ in extra_headers}
+    out: list[tuple[bytes, bytes]] = [(b"Host", base.host_header.encode())]
+    out += [
+        (n, v) for n, v in headers if n.lower() not in _NOT_COPIED and n.lower() not in override
+    ]
+    out += extra_headers
     if body or method in ("POST", "PUT", "PATCH"):
-        headers.append((b"Content-Length", str(len(body)).encode()))
-    return PreparedRequest(method, base.base_path + path, tuple(headers), body)
+        out.append((b"Content-Length", str(len(body)).encode()))
+    return PreparedRequest(method, target, tuple(out), body)
 
 
 @dataclasses.dataclass(slots=True)

@@ -243,7 +243,7 @@ def _forwarder(proxy_url: str) -> Any:
     """A serve fallback that sends misses through the recording proxy and answers with its reply."""
     from wirecap.proxy.config import parse_upstream
     from wirecap.proxy.upstream import ConnectionPool
-    from wirecap.replay.client import PreparedRequest, send
+    from wirecap.replay.client import prepare, send
 
     target = parse_upstream(proxy_url + "/")
 
@@ -257,21 +257,7 @@ def _forwarder(proxy_url: str) -> Any:
             max_head=65536,
             max_idle_per_origin=1,
         )
-        kept = [
-            (k, v)
-            for k, v in headers
-            if k.lower() not in (b"host", b"content-length", b"transfer-encoding")
-        ]
-        prepared = PreparedRequest(
-            method,
-            path,
-            (
-                (b"Host", target.host_header.encode()),
-                *kept,
-                (b"Content-Length", str(len(body)).encode()),
-            ),
-            body,
-        )
+        prepared = prepare(method, path, headers, body, target)
         try:
             response = await send(pool, target, prepared, read_timeout=600)
         finally:
