@@ -154,6 +154,11 @@ class _Exchange:
     def now(self) -> int:
         return time.perf_counter_ns() - self.t0
 
+    async def request_data(self, data: bytes | bytearray) -> None:
+        """Count and record request body bytes on their way upstream."""
+        self.req_bytes += len(data)
+        await self.submit(BodyChunk(x=self.id, dir="req", ns=self.now(), data=data))
+
     def fail(
         self, outcome: Outcome, error: str, status: int = 502, kind: str = "upstream_error"
     ) -> None:
@@ -484,8 +489,7 @@ class ProxyServer:
                         await client.read()
                     elif isinstance(event, h11.Data):
                         budget -= len(event.data)
-                        ex.req_bytes += len(event.data)
-                        await ex.submit(BodyChunk(x=ex.id, dir="req", ns=ex.now(), data=event.data))
+                        await ex.request_data(event.data)
                     else:
                         if isinstance(event, h11.EndOfMessage):
                             client.expect_next_head()
@@ -605,8 +609,7 @@ class ProxyServer:
         while True:
             event = conn.next_event()
             if isinstance(event, h11.Data):
-                ex.req_bytes += len(event.data)
-                await ex.submit(BodyChunk(x=ex.id, dir="req", ns=ex.now(), data=event.data))
+                await ex.request_data(event.data)
                 out.append(upstream.h11.send(event) or b"")
             elif isinstance(event, h11.EndOfMessage):
                 out.append(upstream.h11.send(h11.EndOfMessage()) or b"")
@@ -641,8 +644,7 @@ class ProxyServer:
                         await client.read()
                     continue
                 if isinstance(event, h11.Data):
-                    ex.req_bytes += len(event.data)
-                    await ex.submit(BodyChunk(x=ex.id, dir="req", ns=ex.now(), data=event.data))
+                    await ex.request_data(event.data)
                     if not ex.upstream_send_failed:
                         await self._send_upstream(upstream, event, ex)
                 elif isinstance(event, h11.EndOfMessage):
