@@ -1,9 +1,17 @@
-"""The reverse proxy: a trio listener, one task per client connection, one h11 machine per side.
+"""The reverse proxy: a trio listener, one task per client connection, bytes relayed as they arrive.
 
-Hot path per exchange: h11 frames the client's request; the head is rewritten for the upstream and
-sent; body bytes are relayed in both directions as they arrive (a task for each direction), and each
-read becomes one capture record handed to the writer's channel. Nothing parses a body, nothing touches
-the disk, and nothing waits for the end of a stream before forwarding it.
+Hot path per exchange: :mod:`wirecap.proxy.http1` finds the request head in the client's bytes; the
+head is rewritten for the upstream (Host, hop-by-hop headers) and goes out in one write with whatever
+body bytes already arrived; the upstream's answer goes back one write per read, its head edited line
+by line and its body bytes untouched (chunked stays chunked). Each read becomes one capture record
+appended to the writer's buffer. Nothing parses a body, nothing touches the disk, nothing waits for
+the end of a stream before forwarding it, and sockets are driven directly
+(:class:`~wirecap.proxy.transport.SocketTransport`) rather than through trio's stream layer.
+
+Tasks: one per client connection. An exchange adds one only when its request body is still arriving
+(it relays the rest and then watches the client) or when the upstream keeps the relay waiting for
+more than :data:`WATCH_CLIENT_AFTER` (a task then watches the client, so that a client hanging up
+aborts a long generation at once instead of at its next chunk).
 """
 
 from __future__ import annotations
@@ -20,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, TextIO
 
-import h11
 import trio
 
 from wirecap.capture.records import (
@@ -33,12 +40,13 @@ from wirecap.capture.records import (
     UpstreamRequest,
 )
 from wirecap.proxy import headers as hdr
+from wirecap.proxy import http1
 from wirecap.proxy.console import ExchangeSummary, format_json, format_text
 from wirecap.proxy.routing import Router
+from wirecap.proxy.transport import StreamTransport, Transport, transport_for
 from wirecap.proxy.upstream import (
     ConnectionPool,
     UpstreamConnectError,
-    UpstreamConnection,
     UpstreamTimeout,
     make_ssl_context,
 )
@@ -58,6 +66,7 @@ CLIENT_CLOSE_GRACE: Final = 1.0
 #: How long the relay waits on the upstream before it starts a task to watch the client for an abort
 #: (quick answers never need one; an LLM thinking for seconds does).
 WATCH_CLIENT_AFTER: Final = 0.05
+_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 async def _discard(record: Record) -> None:
@@ -73,61 +82,71 @@ class ClientGone(Exception):
     """The client closed its connection or stopped reading."""
 
 
-class _ClientConnection:
-    """The client side of a connection: a stream, an h11 server machine, and raw head tracking."""
+class _Client:
+    """The client side of a connection: its transport and the bytes received but not yet relayed."""
 
-    def __init__(self, stream: trio.abc.Stream, *, read_size: int, max_head: int) -> None:
-        self.stream = stream
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+    __slots__ = ("addr", "buf", "eof", "head_started_ns", "head_wall_ns", "read_size", "transport")
+
+    def __init__(self, transport: Transport, addr: str, read_size: int) -> None:
+        self.transport = transport
+        self.addr = addr
         self.read_size = read_size
-        self.head_buf = bytearray()
-        self.want_head = True
+        self.buf = bytearray()
+        self.eof = False
         # When the first byte of the current head arrived: an exchange's clocks start there, not
         # while the connection sat idle between keep-alive requests.
         self.head_started_ns = 0
         self.head_wall_ns = 0
 
-    def _mark_head_start(self) -> None:
+    def mark_head_start(self) -> None:
         self.head_started_ns = time.perf_counter_ns()
         self.head_wall_ns = time.time_ns()
 
-    async def read(self) -> None:
-        data = await self.stream.receive_some(self.read_size)
-        if self.want_head:
-            if data and not self.head_buf:
-                self._mark_head_start()
-            self.head_buf += data
-        self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
+    async def read(self) -> bool:
+        """Read once into the buffer; False at end of stream."""
+        data = await self.transport.receive(self.read_size)
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
 
-    def take_head(self) -> bytes:
-        """The raw bytes of the request head just parsed."""
-        cut = len(self.head_buf) - len(self.h11.trailing_data[0])
-        raw = bytes(self.head_buf[:cut])
-        self.head_buf = bytearray()
-        self.want_head = False
-        return raw
+    def take(self) -> bytes:
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
 
-    def expect_next_head(self) -> None:
-        """The request body is over: whatever h11 still buffers begins the next head."""
-        self.want_head = True
-        self.head_buf = bytearray(self.h11.trailing_data[0])
-        if self.head_buf:
-            self._mark_head_start()  # a pipelined request: it is already here
 
-    async def send(self, event: h11.Event) -> bytes:
-        data = self.h11.send(event)
-        if data:
-            await self.stream.send_all(data)
-        return data or b""
+class _Upstream:
+    """A pooled connection to an upstream, as the relay uses it: a transport, no HTTP state between
+    exchanges (each response is framed from its own head)."""
 
-    @property
-    def can_respond(self) -> bool:
-        return self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+    __slots__ = ("idle_since", "origin", "reusable", "transport")
+
+    def __init__(self, stream: trio.abc.Stream, origin: tuple[str, str, int]) -> None:
+        self.transport: Transport = transport_for(stream)
+        self.origin = origin
+        self.idle_since = 0.0
+        self.reusable = False
+
+    def start_next_cycle(self) -> None:
+        self.reusable = False
+
+    def looks_alive(self) -> bool:
+        """False when the idle socket is readable: the upstream closed it (or sent junk)."""
+        return not self.transport.readable_now()
+
+    async def aclose(self) -> None:
+        transport = self.transport
+        if isinstance(transport, StreamTransport):
+            await trio.aclose_forcefully(transport.stream)
+        else:
+            transport.close()
 
 
 @dataclasses.dataclass(slots=True)
 class _Exchange:
-    """Mutable state of one exchange, shared by its two relay tasks."""
+    """Mutable state of one exchange, shared by its relay tasks."""
 
     id: str
     t0: int  # perf_counter_ns at the start
@@ -135,6 +154,7 @@ class _Exchange:
     method: str
     target: str
     submit: Submit
+    head: http1.RequestHead | None = None
     upstream_url: str | None = None
     status: int | None = None
     ttfb_ns: int | None = None
@@ -142,7 +162,9 @@ class _Exchange:
     req_bytes: int = 0
     res_bytes: int = 0
     request_done: bool = False
-    response_started: bool = False
+    response_started: bool = False  # a final head went (or is going) to the client
+    response_complete: bool = False  # ...and all of its body
+    close_client: bool = False  # the response's framing ends with the connection
     upstream_send_failed: bool = False
     client_eof: bool = False
     response_done: trio.Event = dataclasses.field(default_factory=trio.Event)
@@ -154,7 +176,7 @@ class _Exchange:
     def now(self) -> int:
         return time.perf_counter_ns() - self.t0
 
-    async def request_data(self, data: bytes | bytearray) -> None:
+    async def request_data(self, data: bytes) -> None:
         """Count and record request body bytes on their way upstream."""
         self.req_bytes += len(data)
         await self.submit(BodyChunk(x=self.id, dir="req", ns=self.now(), data=data))
@@ -193,13 +215,14 @@ class ProxyServer:
         self.config = config
         self.writer = writer
         self.router = Router(config.routes)
-        self.pool = ConnectionPool(
+        self.pool: ConnectionPool[_Upstream] = ConnectionPool(
             connect_timeout=config.timeouts.connect,
             idle_timeout=config.timeouts.pool_idle,
             read_size=config.limits.read_size,
             max_head=config.limits.max_head,
             max_idle_per_origin=config.limits.pool_size,
             ssl_context=make_ssl_context(config.upstream_ca) if config.upstream_ca else None,
+            factory=_Upstream,
         )
         self.console = console if console is not None else sys.stdout
         self.stats = ProxyStatistics()
@@ -209,6 +232,8 @@ class ProxyServer:
         self._stopped = trio.Event()
         self._idle_scopes: set[trio.CancelScope] = set()
         self._listeners: list[trio.SocketListener] = []
+        self._read_size = config.limits.read_size
+        self._max_head = config.limits.max_head
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -276,119 +301,96 @@ class ProxyServer:
             client_addr = f"{peer[0]}:{peer[1]}"
         except OSError:
             client_addr = ""
-        client = _ClientConnection(
-            stream, read_size=self.config.limits.read_size, max_head=self.config.limits.max_head
-        )
+        transport = transport_for(stream)
+        client = _Client(transport, client_addr, self._read_size)
         try:
-            await self._serve_client(client, client_addr)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
+            await self._serve_client(client)
+        except (*_BROKEN, ClientGone):
             pass
         except Exception:
             self.stats.errors += 1
             logger.exception("unexpected error on a client connection")
         finally:
-            await trio.aclose_forcefully(stream)
+            transport.close()
 
     # -- per connection -----------------------------------------------------------------------------
 
-    async def _serve_client(self, client: _ClientConnection, client_addr: str) -> None:
+    async def _serve_client(self, client: _Client) -> None:
         first = True
         while True:
             try:
-                event = await self._receive_head(client, first)
-            except (h11.RemoteProtocolError, _HeadTimeout) as exc:
-                t0, started_ns = self._head_clock(client)
-                if isinstance(exc, _HeadTimeout):
-                    if exc.partial:
-                        await self._reject(
-                            client,
-                            client_addr,
-                            t0,
-                            started_ns,
-                            408,
-                            f"request head not completed within {self.config.timeouts.client_head:g}s",
-                            outcome="timeout",
-                        )
-                    return
-                await self._reject(
-                    client, client_addr, t0, started_ns, exc.error_status_hint, str(exc)
-                )
+                head = await self._receive_head(client, first)
+            except _HeadTimeout as exc:
+                if exc.partial:
+                    await self._reject(
+                        client,
+                        408,
+                        f"request head not completed within {self.config.timeouts.client_head:g}s",
+                        outcome="timeout",
+                    )
                 return
-            if not isinstance(event, h11.Request):
-                return  # ConnectionClosed between requests: a normal end of keep-alive
-            t0, started_ns = self._head_clock(client)
+            except http1.ProtocolError as exc:
+                await self._reject(client, exc.status, str(exc))
+                return
+            if head is None:
+                return  # the client closed between requests: a normal end of keep-alive
             first = False
-            raw_head = client.take_head()
-            if len(raw_head) > self.config.limits.max_head:
-                # h11 bounds only heads that arrive in pieces; one that arrives whole is checked here.
-                client.head_buf = bytearray(raw_head)
-                await self._reject(
-                    client,
-                    client_addr,
-                    t0,
-                    started_ns,
-                    431,
-                    f"request head is {len(raw_head)} bytes; the limit is {self.config.limits.max_head}",
-                )
-                return
-            await self._exchange(client, event, raw_head, client_addr, t0, started_ns)
-            if (
-                client.h11.our_state is h11.DONE
-                and client.h11.their_state is h11.DONE
-                and not self.shutting_down
-            ):
-                client.h11.start_next_cycle()
-            else:
+            if not await self._exchange(client, head) or self.shutting_down:
                 return
 
-    @staticmethod
-    def _head_clock(client: _ClientConnection) -> tuple[int, int]:
+    def _head_clock(self, client: _Client) -> tuple[int, int]:
         """(perf_counter_ns, wall ns) of the current head's first byte, or now if none arrived."""
-        if client.head_buf and client.head_started_ns:
+        if client.buf and client.head_started_ns:
             return client.head_started_ns, client.head_wall_ns
         return time.perf_counter_ns(), time.time_ns()
 
-    async def _receive_head(self, client: _ClientConnection, first: bool) -> h11.Event:
+    async def _receive_head(self, client: _Client, first: bool) -> http1.RequestHead | None:
+        """The next request head; None when the client closed the connection cleanly between
+        requests. Raises :class:`_HeadTimeout` or :class:`http1.ProtocolError`."""
         timeouts = self.config.timeouts
+        client.head_started_ns = 0
+        if client.buf:
+            client.mark_head_start()  # pipelined: it is already here
+        head_deadline = math.inf
         idle_deadline = trio.current_time() + (
             timeouts.client_head if first else timeouts.keepalive
         )
-        head_deadline = math.inf
         while True:
-            event = client.h11.next_event()
-            if event is h11.PAUSED:
-                return h11.ConnectionClosed()
-            if event is not h11.NEED_DATA:
-                assert not isinstance(event, type)
-                return event
-            if client.head_buf and head_deadline == math.inf:
-                head_deadline = trio.current_time() + timeouts.client_head
-            idle = not client.head_buf
+            if client.buf:
+                http1.skip_empty_lines(client.buf)
+                head = http1.parse_request_head(client.buf, self._max_head)
+                if head is not None:
+                    del client.buf[: len(head.raw)]
+                    return head
+                if head_deadline == math.inf:
+                    head_deadline = trio.current_time() + timeouts.client_head
+            if client.eof:
+                if client.buf:
+                    raise http1.ProtocolError("the client closed the connection mid-head")
+                return None
+            idle = not client.buf
             if idle and self.shutting_down:
-                return h11.ConnectionClosed()
-            with trio.move_on_at(head_deadline if not idle else idle_deadline) as scope:
+                return None
+            with trio.move_on_at(idle_deadline if idle else head_deadline) as scope:
                 if idle:
                     self._idle_scopes.add(scope)  # shutdown() closes idle keep-alive connections
                 try:
                     await client.read()
                 finally:
-                    self._idle_scopes.discard(scope)
+                    if idle:
+                        self._idle_scopes.discard(scope)
             if scope.cancelled_caught:
                 if idle and self.shutting_down:
-                    return h11.ConnectionClosed()
-                raise _HeadTimeout(bool(client.head_buf))
+                    return None
+                raise _HeadTimeout(not idle)
+            if idle and client.buf:
+                client.mark_head_start()
 
     async def _reject(
-        self,
-        client: _ClientConnection,
-        client_addr: str,
-        t0: int,
-        started_ns: int,
-        status: int,
-        reason: str,
-        outcome: Outcome = "protocol_error",
+        self, client: _Client, status: int, reason: str, outcome: Outcome = "protocol_error"
     ) -> None:
         """Answer a request we cannot parse (400, 431, 408...), record it, and close."""
+        t0, started_ns = self._head_clock(client)
         ex = _Exchange(
             id=new_exchange_id(),
             t0=t0,
@@ -397,10 +399,10 @@ class ProxyServer:
             target="-",
             submit=self._submit(),
         )
-        raw = bytes(client.head_buf[:MAX_BAD_HEAD_RECORDED])
+        raw = bytes(client.buf[:MAX_BAD_HEAD_RECORDED])
         await ex.submit(
             RequestReceived(
-                x=ex.id, wall_ns=started_ns, method="-", target="-", head=raw, client=client_addr
+                x=ex.id, wall_ns=started_ns, method="-", target="-", head=raw, client=client.addr
             )
         )
         kinds = {408: "request_timeout", 431: "request_header_fields_too_large"}
@@ -410,18 +412,12 @@ class ProxyServer:
 
     # -- per exchange ---------------------------------------------------------------------------------
 
-    async def _exchange(
-        self,
-        client: _ClientConnection,
-        request: h11.Request,
-        raw_head: bytes,
-        client_addr: str,
-        t0: int,
-        started_ns: int,
-    ) -> None:
-        method = request.method.decode("ascii", "replace")
-        target = request.target.decode("latin-1")
-        host_header = _header(request, b"host")
+    async def _exchange(self, client: _Client, head: http1.RequestHead) -> bool:
+        """Relay one exchange; True when the client connection can carry the next request."""
+        t0, started_ns = self._head_clock(client)
+        method = head.method.decode("ascii")
+        target = head.target.decode("latin-1")
+        host_header = head.host
         match = self.router.match(
             method, host_header.decode("latin-1") if host_header else None, target
         )
@@ -434,6 +430,7 @@ class ProxyServer:
             method=method,
             target=target,
             submit=self._submit() if captured else _discard,
+            head=head,
             upstream_url=match.upstream_url if match else None,
         )
         self.stats.exchanges += 1
@@ -446,18 +443,17 @@ class ProxyServer:
                     wall_ns=started_ns,
                     method=method,
                     target=target,
-                    head=raw_head,
-                    client=client_addr,
+                    head=head.raw,
+                    client=client.addr,
                     proxy_url=proxy_url,
                     route=route.prefix if route else None,
                     upstream_url=ex.upstream_url,
                 )
             )
-            problem = hdr.framing_error(request.headers.raw_items())
-            if problem is not None:
-                ex.fail("protocol_error", problem)
-                await self._respond_error(client, ex, 400, "bad_request", problem)
-                return
+            if head.framing_problem is not None:
+                ex.fail("protocol_error", head.framing_problem)
+                await self._respond_error(client, ex, 400, "bad_request", head.framing_problem)
+                return False
             if match is None or route is None:
                 await self._read_request_body(client, ex)
                 await self._respond_error(
@@ -468,76 +464,97 @@ class ProxyServer:
                     f"no route for {target.partition('?')[0]}",
                     routes=[r.prefix for r in self.router.routes],
                 )
-                return
-            await self._forward(client, request, ex, route, match.upstream_target, proxy_url)
+            else:
+                await self._forward(client, ex, route, match.upstream_target, proxy_url)
         finally:
             self.stats.active -= 1
             with trio.CancelScope(shield=True):
                 await self._finish(ex, captured)
+        return (
+            ex.request_done
+            and ex.response_complete
+            and head.keep_alive
+            and not ex.close_client
+            and not client.eof
+        )
 
-    async def _read_request_body(self, client: _ClientConnection, ex: _Exchange) -> None:
+    async def _read_request_body(
+        self, client: _Client, ex: _Exchange, *, wait: bool = True
+    ) -> None:
         """Read (and record) a small request body the proxy answers itself, so the connection can be
-        reused; give up quietly on a large, slow or 100-continue body (the connection then closes)."""
-        if client.h11.they_are_waiting_for_100_continue:
+        reused; give up quietly on a large, slow or 100-continue body (the connection then closes).
+        With ``wait=False`` only the bytes already received are used."""
+        head = ex.head
+        assert head is not None
+        body = head.body()
+        if body.done:
+            ex.request_done = True
             return
-        budget = self.config.limits.max_head
+        if head.expect_continue and not client.buf:
+            return
+        budget = self._max_head
         with trio.move_on_after(self.config.timeouts.client_head):
             try:
                 while budget > 0:
-                    event = client.h11.next_event()
-                    if event is h11.NEED_DATA:
-                        await client.read()
-                    elif isinstance(event, h11.Data):
-                        budget -= len(event.data)
-                        await ex.request_data(event.data)
-                    else:
-                        if isinstance(event, h11.EndOfMessage):
-                            client.expect_next_head()
+                    if client.buf:
+                        data = client.take()
+                        used, payload = body.feed(data)
+                        client.buf += data[used:]
+                        budget -= used
+                        if payload:
+                            await ex.request_data(payload)
+                        if body.done:
+                            ex.request_done = True
+                            return
+                    if not wait or not await client.read():
                         return
-            except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (http1.ProtocolError, *_BROKEN):
                 return
 
     async def _forward(
         self,
-        client: _ClientConnection,
-        request: h11.Request,
+        client: _Client,
         ex: _Exchange,
         route: Route,
         upstream_target: str,
         proxy_url: str,
     ) -> None:
+        head = ex.head
+        assert head is not None
         timeouts = self.config.timeouts
         try:
             upstream = await self.pool.acquire(route.upstream, route.connect_timeout)
         except UpstreamTimeout as exc:
             ex.fail("timeout", str(exc), 504, "upstream_timeout")
+            await self._read_request_body(client, ex, wait=False)
             await self._respond_error(
                 client, ex, 504, "upstream_timeout", str(exc), upstream=ex.upstream_url
             )
             return
         except UpstreamConnectError as exc:
             ex.fail("upstream_error", str(exc), 502, "upstream_unreachable")
+            await self._read_request_body(client, ex, wait=False)
             await self._respond_error(
                 client, ex, 502, "upstream_unreachable", str(exc), upstream=ex.upstream_url
             )
             return
         proxy_url_bytes = proxy_url.encode("latin-1", "replace")
-        up_request = h11.Request(
-            method=request.method,
-            target=upstream_target.encode("latin-1"),
-            headers=hdr.upstream_request_headers(
-                request.headers.raw_items(),
+        up_head = http1.serialize_head(
+            head.method + b" " + upstream_target.encode("latin-1") + b" HTTP/1.1",
+            hdr.upstream_request_headers(
+                head.headers,
                 route.upstream.host_header.encode("ascii"),
                 proxy_url_bytes if route.forward_proxy_path else None,
             ),
         )
-        released = False
+        body = head.body()
+        reusable = False
         try:
             try:
-                body_done = await self._send_request(
-                    client, upstream, ex, up_request, route, proxy_url_bytes
+                await self._send_request(
+                    client, upstream, ex, body, up_head, route, proxy_url_bytes
                 )
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            except (*_BROKEN, trio.TooSlowError) as exc:
                 ex.fail("upstream_error", f"sending the request upstream failed: {_describe(exc)}")
                 await self._respond_error(
                     client,
@@ -548,21 +565,19 @@ class ProxyServer:
                     upstream=ex.upstream_url,
                 )
                 return
-            except h11.RemoteProtocolError as exc:
+            except http1.ProtocolError as exc:
                 ex.fail("protocol_error", f"bad request body: {exc}", 400, "bad_request")
                 await self._respond_error(client, ex, 400, "bad_request", ex.error or "")
                 return
-            except ClientGone as exc:
-                ex.fail("client_abort", str(exc))
-                return
             read_timeout = route.read_timeout or timeouts.read
+            body_pending = not body.done
             async with trio.open_nursery() as nursery:
-                if not body_done:
+                if body_pending:
                     nursery.start_soon(
-                        self._relay_request_body, client, upstream, ex, nursery.cancel_scope
+                        self._relay_request_body, client, upstream, ex, body, nursery.cancel_scope
                     )
-                await self._relay_response(
-                    client, upstream, ex, read_timeout, nursery, watching=not body_done
+                reusable = await self._relay_response(
+                    client, upstream, ex, read_timeout, nursery, watching=body_pending
                 )
                 nursery.cancel_scope.cancel()
             if ex.outcome != "ok" and not ex.response_started:
@@ -574,88 +589,82 @@ class ProxyServer:
                     ex.error or "",
                     upstream=ex.upstream_url,
                 )
-            if ex.outcome == "ok":
-                released = True
-                await self.pool.release(upstream)
         finally:
-            if not released:
+            if reusable and ex.outcome == "ok" and ex.request_done and not ex.upstream_send_failed:
+                upstream.reusable = True
+                await self.pool.release(upstream)
+            else:
                 await upstream.aclose()
 
     async def _send_request(
         self,
-        client: _ClientConnection,
-        upstream: UpstreamConnection,
+        client: _Client,
+        upstream: _Upstream,
         ex: _Exchange,
-        up_request: h11.Request,
+        body: http1.LengthBody | http1.ChunkedBody,
+        up_head: bytes,
         route: Route,
         proxy_url_bytes: bytes,
-    ) -> bool:
-        """Send the head and whatever body h11 already holds, in one write. True when the whole
-        request went (the usual case for LLM calls: the body arrives with the head)."""
-        head = upstream.h11.send(up_request) or b""
+    ) -> None:
+        """Send the head and whatever body bytes already arrived, in one write (for LLM calls the
+        whole body usually arrives with the head)."""
         await ex.submit(
             UpstreamRequest(
                 x=ex.id,
                 ns=ex.now(),
-                head=head
+                head=up_head
                 if route.forward_proxy_path
-                else hdr.add_proxy_path_line(head, proxy_url_bytes),
+                else hdr.add_proxy_path_line(up_head, proxy_url_bytes),
                 proxy_path="forwarded" if route.forward_proxy_path else "added",
             )
         )
-        out = [head]
-        done = False
-        conn = client.h11
-        while True:
-            event = conn.next_event()
-            if isinstance(event, h11.Data):
-                await ex.request_data(event.data)
-                out.append(upstream.h11.send(event) or b"")
-            elif isinstance(event, h11.EndOfMessage):
-                out.append(upstream.h11.send(h11.EndOfMessage()) or b"")
-                done = True
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise ClientGone("client closed the connection while sending the request body")
-            else:
-                break  # NEED_DATA: the rest of the body is still on its way
-        with trio.fail_after(self.config.timeouts.write):
-            await upstream.stream.send_all(b"".join(out))
-        if done:
+        out = up_head
+        if client.buf and not body.done:
+            data = client.take()
+            used, payload = body.feed(data)
+            if used < len(data):
+                client.buf += data[used:]  # a pipelined request after this one
+                data = data[:used]
+            if payload:
+                await ex.request_data(payload)
+            out += data
+        if body.done:
             ex.request_done = True
-            client.expect_next_head()
-        return done
+        await _send(upstream.transport, out, self.config.timeouts.write)
 
     async def _relay_request_body(
         self,
-        client: _ClientConnection,
-        upstream: UpstreamConnection,
+        client: _Client,
+        upstream: _Upstream,
         ex: _Exchange,
+        body: http1.LengthBody | http1.ChunkedBody,
         scope: trio.CancelScope,
     ) -> None:
         """Client -> upstream: the rest of the body as it arrives; then watch the client."""
         timeouts = self.config.timeouts
-        conn = client.h11
         try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    with trio.fail_after(timeouts.read):
-                        await client.read()
-                    continue
-                if isinstance(event, h11.Data):
-                    await ex.request_data(event.data)
-                    if not ex.upstream_send_failed:
-                        await self._send_upstream(upstream, event, ex)
-                elif isinstance(event, h11.EndOfMessage):
-                    if not ex.upstream_send_failed:
-                        await self._send_upstream(upstream, h11.EndOfMessage(), ex)
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise ClientGone("client closed the connection while sending the request body")
+            while not body.done:
+                with trio.fail_after(timeouts.read):
+                    if not await client.read():
+                        raise ClientGone(
+                            "client closed the connection while sending the request body"
+                        )
+                data = client.take()
+                used, payload = body.feed(data)
+                if used < len(data):
+                    client.buf += data[used:]
+                    data = data[:used]
+                if payload:
+                    await ex.request_data(payload)
+                if not ex.upstream_send_failed:
+                    try:
+                        await _send(upstream.transport, data, timeouts.write)
+                    except (*_BROKEN, trio.TooSlowError):
+                        # The upstream stopped reading (it may already be answering, e.g. 413):
+                        # keep reading its response; the connection will not be reused.
+                        ex.upstream_send_failed = True
             ex.request_done = True
-            client.expect_next_head()
-        except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (ClientGone, *_BROKEN) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
             scope.cancel()
             return
@@ -668,25 +677,22 @@ class ProxyServer:
             )
             scope.cancel()
             return
-        except h11.RemoteProtocolError as exc:
+        except http1.ProtocolError as exc:
             ex.fail("protocol_error", f"bad request body: {exc}", 400, "bad_request")
             scope.cancel()
             return
         await self._watch_client(client, ex, scope)
 
-    async def _watch_client(
-        self, client: _ClientConnection, ex: _Exchange, scope: trio.CancelScope
-    ) -> None:
+    async def _watch_client(self, client: _Client, ex: _Exchange, scope: trio.CancelScope) -> None:
         """While the response is on its way: a read returns only when the client sends more
-        (pipelining, kept in h11's buffer) or goes away, which aborts the exchange at once instead of
+        (pipelining, kept in the buffer) or goes away, which aborts the exchange at once instead of
         at the next chunk of a long stream."""
-        max_pipelined = self.config.limits.max_head
+        max_pipelined = self._max_head
         try:
             while True:
-                if len(client.head_buf) > max_pipelined:
+                if len(client.buf) > max_pipelined:
                     await trio.sleep_forever()  # enough buffered for the next request; stop reading
-                await client.read()
-                if client.h11.trailing_data[1]:
+                if not await client.read():
                     # Clients often hang up the moment they have what they need (an SDK stops at
                     # "data: [DONE]" before the chunked terminator): give the relay a moment to see
                     # the upstream end; it reports an abort if any body byte was still to come.
@@ -696,148 +702,139 @@ class ProxyServer:
                     if not ex.response_done.is_set():
                         raise ClientGone("client closed the connection before the response ended")
                     return
-        except (ClientGone, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except (ClientGone, *_BROKEN) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
             scope.cancel()
 
-    async def _send_upstream(
-        self, upstream: UpstreamConnection, event: h11.Event, ex: _Exchange
-    ) -> None:
-        try:
-            with trio.fail_after(self.config.timeouts.write):
-                await upstream.send(event)
-        except (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio.TooSlowError,
-            h11.LocalProtocolError,
-        ):
-            # The upstream stopped reading (it may already be answering, e.g. 413): keep reading its
-            # response; the connection will not be reused.
-            ex.upstream_send_failed = True
-
     async def _relay_response(
         self,
-        client: _ClientConnection,
-        upstream: UpstreamConnection,
+        client: _Client,
+        upstream: _Upstream,
         ex: _Exchange,
         read_timeout: float,
         nursery: trio.Nursery,
         *,
         watching: bool,
-    ) -> None:
-        """Upstream -> client: heads and body chunks forwarded as soon as they arrive.
+    ) -> bool:
+        """Upstream -> client: heads and body bytes forwarded as soon as they arrive.
 
-        Everything one upstream read produced goes to the client in one write, just before the relay
-        waits for the next read, so nothing is held back and small answers cost one send. When the
-        upstream keeps the relay waiting, a task starts watching the client for an abort.
+        Everything one upstream read produced goes to the client in one write, so nothing is held
+        back and small answers cost one send. Returns True when the upstream connection can be
+        reused (its response ended by its framing, with nothing after it).
         """
+        head = ex.head
+        assert head is not None
         write_timeout = self.config.timeouts.write
         submit = ex.submit
-        send = client.h11.send
-        out: list[bytes] = []
+        receive = upstream.transport.receive
+        read_size = self._read_size
+        http10_client = head.version == b"1.0"
+        buf = bytearray()  # upstream bytes before the final head is complete
+        body: http1.LengthBody | http1.ChunkedBody | http1.UntilClose | None = None
+        response: http1.ResponseHead | None = None
+        dechunk = False
         reading = True
         with trio.CancelScope() as scope:
             try:
                 while True:
-                    event, raw = upstream.next_event_nowait()
-                    if event is h11.NEED_DATA:
-                        if out:
-                            reading = False
-                            scope.deadline = trio.current_time() + write_timeout
-                            await client.stream.send_all(b"".join(out))
-                            out = []
-                        reading = True
-                        scope.deadline = trio.current_time() + read_timeout
-                        if not watching:
-                            with trio.move_on_after(WATCH_CLIENT_AFTER):
-                                await upstream.receive()
-                                continue
+                    reading = True
+                    scope.deadline = trio.current_time() + read_timeout
+                    if watching:
+                        data = await receive(read_size)
+                    else:
+                        data = None
+                        with trio.move_on_after(WATCH_CLIENT_AFTER):
+                            data = await receive(read_size)
+                        if data is None:
                             nursery.start_soon(self._watch_client, client, ex, nursery.cancel_scope)
                             watching = True
-                        await upstream.receive()
-                        continue
-                    now = ex.now()
+                            data = await receive(read_size)
                     reading = False
-                    if isinstance(event, h11.Data):
-                        if ex.ttft_ns is None:
-                            ex.ttft_ns = now
-                        ex.res_bytes += len(event.data)
-                        await submit(BodyChunk(x=ex.id, dir="res", ns=now, data=event.data))
-                        if ex.client_eof:
-                            ex.fail(
-                                "client_abort",
-                                "client closed the connection before the response ended",
-                            )
-                            return
-                        out.append(send(h11.Data(data=event.data)) or b"")
-                    elif isinstance(event, h11.Response):
-                        if ex.ttfb_ns is None:
-                            ex.ttfb_ns = now
-                        ex.status = event.status_code
-                        await submit(
-                            ResponseHead(x=ex.id, ns=now, status=event.status_code, head=raw)
-                        )
-                        ex.response_started = True
-                        out.append(
-                            send(
-                                h11.Response(
-                                    status_code=event.status_code,
-                                    headers=hdr.response_headers(event.headers.raw_items()),
-                                    reason=event.reason,
+                    now = ex.now()
+                    out: list[bytes] = []
+                    if not data:
+                        problem = body.eof() if body is not None else "the connection closed"
+                        if problem is not None:
+                            where = "mid-response" if ex.response_started else "before responding"
+                            ex.fail("upstream_error", f"upstream failed {where}: {problem}")
+                            return False
+                    elif body is None:
+                        buf += data
+                        while body is None:
+                            response = http1.parse_response_head(buf, head.method, self._max_head)
+                            if response is None:
+                                break
+                            del buf[: len(response.raw)]
+                            if ex.ttfb_ns is None:
+                                ex.ttfb_ns = now
+                            await submit(
+                                ResponseHead(
+                                    x=ex.id, ns=now, status=response.status, head=response.raw
                                 )
                             )
-                            or b""
-                        )
-                    elif isinstance(event, h11.InformationalResponse):
-                        if ex.ttfb_ns is None:
-                            ex.ttfb_ns = now
-                        await submit(
-                            ResponseHead(x=ex.id, ns=now, status=event.status_code, head=raw)
-                        )
-                        if event.status_code != 101 and client.can_respond:
+                            if response.informational:
+                                if response.status == 101:
+                                    raise http1.ProtocolError("upstream switched protocols")
+                                if not http10_client and not ex.response_started:
+                                    out.append(http1.client_response_head(response, close=False))
+                                continue
+                            ex.status = response.status
+                            ex.response_started = True
+                            dechunk = response.chunked and http10_client
+                            ex.close_client = (
+                                not head.keep_alive
+                                or (response.length is None and not response.chunked)
+                            ) or dechunk
                             out.append(
-                                send(
-                                    h11.InformationalResponse(
-                                        status_code=event.status_code,
-                                        headers=hdr.response_headers(event.headers.raw_items()),
-                                        reason=event.reason,
-                                    )
+                                http1.client_response_head(
+                                    response,
+                                    close=ex.close_client or self.shutting_down,
+                                    dechunk=dechunk,
                                 )
-                                or b""
                             )
-                    elif isinstance(event, h11.EndOfMessage):
+                            body = response.body()
+                        data = bytes(buf) if body is not None else b""
+                        buf.clear()
+                    if data and body is not None:
+                        used, payload = body.feed(data)
+                        if payload:
+                            if ex.ttft_ns is None:
+                                ex.ttft_ns = now
+                            ex.res_bytes += len(payload)
+                            await submit(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
+                            if ex.client_eof:
+                                ex.fail(
+                                    "client_abort",
+                                    "client closed the connection before the response ended",
+                                )
+                                return False
+                        if dechunk:
+                            out.append(payload)
+                        else:
+                            out.append(data if used == len(data) else data[:used])
+                        if used < len(data):
+                            assert body.done  # bytes after the end of the response
+                            response = None
+                    finished = body is not None and body.done
+                    if finished:
                         ex.response_done.set()
                         if ex.client_eof:
-                            return  # every body byte reached the client; only framing is left
-                        out.append(send(h11.EndOfMessage()) or b"")
-                        scope.deadline = trio.current_time() + write_timeout
-                        await client.stream.send_all(b"".join(out))
-                        return
-                    elif isinstance(event, h11.ConnectionClosed):
-                        reading = True
-                        raise trio.BrokenResourceError("upstream closed the connection")
-            except (
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-                h11.RemoteProtocolError,
-            ) as exc:
-                if reading:
-                    if out and not ex.client_eof:
-                        # Deliver what did arrive before the upstream broke off.
-                        with (
-                            trio.move_on_after(write_timeout),
-                            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-                        ):
-                            await client.stream.send_all(b"".join(out))
+                            return False  # every body byte reached the client; only framing is left
+                    if out:
+                        await _send(client.transport, b"".join(out), write_timeout)
+                    if finished:
+                        ex.response_complete = True
+                        return response is not None and response.keep_alive
+            except (*_BROKEN, http1.ProtocolError) as exc:
+                if reading or isinstance(exc, http1.ProtocolError):
                     where = "mid-response" if ex.response_started else "before responding"
                     ex.fail("upstream_error", f"upstream failed {where}: {_describe(exc)}")
                 else:
                     ex.fail("client_abort", "client connection lost while receiving the response")
-                return
-            except h11.LocalProtocolError as exc:
-                ex.fail("upstream_error", f"upstream response cannot be relayed: {exc}")
-                return
+                return False
+            except trio.TooSlowError:
+                ex.fail("client_abort", f"client stopped reading for {write_timeout:g}s")
+                return False
         if scope.cancelled_caught:
             if reading:
                 where = "mid-response" if ex.response_started else "before responding"
@@ -849,10 +846,11 @@ class ProxyServer:
                 )
             else:
                 ex.fail("client_abort", f"client stopped reading for {write_timeout:g}s")
+        return False
 
     async def _respond_error(
         self,
-        client: _ClientConnection,
+        client: _Client,
         ex: _Exchange,
         status: int,
         kind: str,
@@ -860,32 +858,27 @@ class ProxyServer:
         **extra: object,
     ) -> None:
         """Send a JSON error the proxy made itself, and record it as the exchange's response."""
-        if not client.can_respond:
+        if ex.response_started:
             return
         headers, body = hdr.error_body(status, kind, message, exchange=ex.id, **extra)
+        keep = ex.request_done and status not in (400, 408, 431) and not self.shutting_down
+        if ex.head is None or not ex.head.keep_alive or not keep:
+            headers.append((b"Connection", b"close"))
+            ex.close_client = True
+        head = http1.serialize_head(
+            b"HTTP/1.1 %d %s" % (status, HTTPStatus(status).phrase.encode()), headers
+        )
         ex.status = status
-        try:
-            with trio.fail_after(self.config.timeouts.write):
-                head = await client.send(
-                    h11.Response(
-                        status_code=status, headers=headers, reason=HTTPStatus(status).phrase
-                    )
-                )
-                now = ex.now()
-                if ex.ttfb_ns is None:
-                    ex.ttfb_ns = now
-                await ex.submit(ResponseHead(x=ex.id, ns=now, status=status, head=head, by="proxy"))
-                ex.res_bytes += len(body)
-                await ex.submit(BodyChunk(x=ex.id, dir="res", ns=now, data=body))
-                await client.send(h11.Data(data=body))
-                await client.send(h11.EndOfMessage())
-        except (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio.TooSlowError,
-            h11.LocalProtocolError,
-        ):
-            pass
+        ex.response_started = True
+        now = ex.now()
+        if ex.ttfb_ns is None:
+            ex.ttfb_ns = now
+        await ex.submit(ResponseHead(x=ex.id, ns=now, status=status, head=head, by="proxy"))
+        ex.res_bytes += len(body)
+        await ex.submit(BodyChunk(x=ex.id, dir="res", ns=now, data=body))
+        with contextlib.suppress(*_BROKEN, trio.TooSlowError):
+            await _send(client.transport, head + body, self.config.timeouts.write)
+            ex.response_complete = True
 
     async def _finish(self, ex: _Exchange, captured: bool) -> None:
         duration = ex.now()
@@ -944,11 +937,12 @@ class _HeadTimeout(Exception):
         self.partial = partial
 
 
-def _header(request: h11.Request, name: bytes) -> bytes | None:
-    for key, value in request.headers:
-        if key == name:
-            return bytes(value)
-    return None
+async def _send(transport: Transport, data: bytes, timeout: float) -> None:
+    """Send ``data``; only when the kernel cannot take it all at once does a timeout scope start."""
+    sent = transport.send_nowait(data)
+    if sent < len(data):
+        with trio.fail_after(timeout):
+            await transport.send_all(memoryview(data)[sent:])
 
 
 def _describe(exc: BaseException) -> str:

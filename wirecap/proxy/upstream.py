@@ -6,7 +6,8 @@ import logging
 import os
 import select
 import ssl
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import h11
 import trio
@@ -132,8 +133,33 @@ def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
     return context
 
 
-class ConnectionPool:
-    """Idle upstream connections kept per origin (scheme, host, port), reused in LIFO order."""
+class PooledConnection(Protocol):
+    """What :class:`ConnectionPool` needs from the connections it keeps."""
+
+    origin: tuple[str, str, int]
+    idle_since: float
+
+    @property
+    def reusable(self) -> bool: ...
+
+    def start_next_cycle(self) -> None: ...
+
+    def looks_alive(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+C = TypeVar("C", bound=PooledConnection)
+#: Makes a pooled connection from a freshly connected stream and its origin.
+Factory = Callable[[trio.abc.Stream, tuple[str, str, int]], C]
+
+
+class ConnectionPool(Generic[C]):
+    """Idle upstream connections kept per origin (scheme, host, port), reused in LIFO order.
+
+    Connections are h11 :class:`UpstreamConnection` objects unless ``factory`` makes something else
+    (the proxy's relay uses raw transports).
+    """
 
     def __init__(
         self,
@@ -144,14 +170,16 @@ class ConnectionPool:
         max_head: int,
         max_idle_per_origin: int,
         ssl_context: ssl.SSLContext | None = None,
+        factory: Factory[C] | None = None,
     ) -> None:
+        self._factory = factory
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.read_size = read_size
         self.max_head = max_head
         self.max_idle = max_idle_per_origin
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[tuple[str, str, int], list[C]] = {}
         self.connections_opened = 0
 
     @property
@@ -160,9 +188,7 @@ class ConnectionPool:
             self._ssl_context = make_ssl_context()
         return self._ssl_context
 
-    async def acquire(
-        self, upstream: Upstream, connect_timeout: float | None = None
-    ) -> UpstreamConnection:
+    async def acquire(self, upstream: Upstream, connect_timeout: float | None = None) -> C:
         """A live idle connection to ``upstream``, or a new one.
 
         Raises :class:`UpstreamConnectError` or :class:`UpstreamTimeout`.
@@ -176,7 +202,7 @@ class ConnectionPool:
             await conn.aclose()
         return await self._connect(upstream, connect_timeout or self.connect_timeout)
 
-    async def _connect(self, upstream: Upstream, timeout: float) -> UpstreamConnection:
+    async def _connect(self, upstream: Upstream, timeout: float) -> C:
         try:
             with trio.fail_after(timeout):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(upstream.host, upstream.port)
@@ -207,11 +233,13 @@ class ConnectionPool:
                 f"cannot connect to {upstream.host}:{upstream.port}: {_describe(reason)}"
             ) from exc
         self.connections_opened += 1
-        return UpstreamConnection(
+        if self._factory is not None:
+            return self._factory(stream, upstream.origin)
+        return UpstreamConnection(  # type: ignore[return-value]  # C is UpstreamConnection here
             stream, upstream.origin, read_size=self.read_size, max_head=self.max_head
         )
 
-    async def release(self, conn: UpstreamConnection) -> None:
+    async def release(self, conn: C) -> None:
         """Return ``conn`` to the pool if its exchange finished cleanly; close it otherwise."""
         if not conn.reusable:
             await conn.aclose()

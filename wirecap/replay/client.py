@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from wirecap.capture import Exchange
     from wirecap.proxy.config import Upstream
-    from wirecap.proxy.upstream import ConnectionPool
+    from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection
 
 #: Headers never copied from a recording: the target's own, framing (recomputed), and wirecap's.
 _NOT_COPIED = HOP_BY_HOP | {
@@ -121,7 +121,11 @@ class Response:
 
 
 async def send(
-    pool: ConnectionPool, base: Upstream, request: PreparedRequest, *, read_timeout: float
+    pool: ConnectionPool[UpstreamConnection],
+    base: Upstream,
+    request: PreparedRequest,
+    *,
+    read_timeout: float,
 ) -> Response:
     """Send ``request`` and read the whole answer, chunk by chunk with arrival times.
 

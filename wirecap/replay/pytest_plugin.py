@@ -242,7 +242,7 @@ def _store_single(recorded: Path, path: Path, *, append: bool) -> None:
 def _forwarder(proxy_url: str) -> Any:
     """A serve fallback that sends misses through the recording proxy and answers with its reply."""
     from wirecap.proxy.config import parse_upstream
-    from wirecap.proxy.upstream import ConnectionPool
+    from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection
     from wirecap.replay.client import prepare, send
 
     target = parse_upstream(proxy_url + "/")
@@ -250,7 +250,7 @@ def _forwarder(proxy_url: str) -> Any:
     async def forward(
         method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        pool = ConnectionPool(
+        pool: ConnectionPool[UpstreamConnection] = ConnectionPool(
             connect_timeout=10,
             idle_timeout=1,
             read_size=65536,

@@ -19,7 +19,12 @@ import trio
 from wirecap.capture import BodyChunk, ExchangeEnd, RequestReceived, ResponseHead
 from wirecap.capture.writer import CaptureWriter, SegmentSink, header_factory
 from wirecap.inspect.select import analyzed_exchanges
-from wirecap.proxy.upstream import ConnectionPool, UpstreamConnectError, UpstreamTimeout
+from wirecap.proxy.upstream import (
+    ConnectionPool,
+    UpstreamConnectError,
+    UpstreamConnection,
+    UpstreamTimeout,
+)
 from wirecap.replay.client import Response, build_request, send
 from wirecap.replay.compare import Mode, Verdict, compare
 
@@ -91,7 +96,7 @@ async def replay(
     """Replay every selected exchange; results come back in recorded order."""
     from wirecap.proxy.upstream import make_ssl_context
 
-    pool = ConnectionPool(
+    pool: ConnectionPool[UpstreamConnection] = ConnectionPool(
         connect_timeout=options.connect_timeout,
         idle_timeout=60.0,
         read_size=64 * 1024,
@@ -159,7 +164,10 @@ async def _feed(
 
 
 async def _replay_one(
-    pool: ConnectionPool, analyzed: Analyzed, options: ReplayOptions, writer: CaptureWriter | None
+    pool: ConnectionPool[UpstreamConnection],
+    analyzed: Analyzed,
+    options: ReplayOptions,
+    writer: CaptureWriter | None,
 ) -> Result:
     exchange = analyzed.exchange
     request = build_request(

@@ -1,0 +1,435 @@
+"""HTTP/1.1 message framing for the relay: heads parsed, bodies delimited, bytes left as they are. Sans-IO.
+
+The proxy forwards what it receives: a body's bytes go on exactly as they arrived (chunked stays
+chunked, chunk extensions and trailers included), and heads are edited line by line rather than
+rebuilt. So the relay needs only three things from a parser, all here: where a head ends and what it
+says (:func:`parse_request_head`, :func:`parse_response_head`), and where a body ends
+(:class:`LengthBody`, :class:`ChunkedBody`, :class:`UntilClose`), with the payload bytes for the
+capture.
+
+Why not h11 here: h11 drives a full state machine per event, which costs about 100 us per message
+side on the benchmark machine, more than the whole per-request budget of the proxy (see
+docs/PERFORMANCE.md). This module does the same checks where they matter for a proxy: the request
+line, status line and header lines against RFC 9110/9112 grammar, one Host for HTTP/1.1, and
+rejection of every ambiguous framing (Content-Length with Transfer-Encoding, conflicting lengths,
+codings other than chunked, malformed chunk sizes), so that the proxy and the upstream can never
+disagree on where a message ends. tests/proxy/test_http1.py checks it against h11 on the same inputs.
+h11 stays the HTTP engine of the replay client, the mock server and the tests' upstream.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+Headers = list[tuple[bytes, bytes]]
+
+_TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
+_STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+# field-value: visible characters, obs-text, spaces and tabs inside; no CR, LF or NUL anywhere.
+_HEADER_LINE: Final = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*)?)"
+)
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
+_LINE_BREAK: Final = re.compile(rb"\r?\n")
+_CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+_DIGITS: Final = re.compile(rb"[0-9]{1,19}")
+
+#: Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection and are never forwarded.
+HOP_BY_HOP: Final = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
+)
+#: Longest chunk-size line (with extensions) or trailer section accepted.
+MAX_CHUNK_LINE: Final = 4096
+
+
+class ProtocolError(Exception):
+    """A message the proxy will not relay; ``status`` is the answer a client deserves (400, 431)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestHead:
+    """A parsed request head. ``raw`` is the exact bytes received; ``headers`` keep order and case."""
+
+    __slots__ = (
+        "body_length",
+        "chunked",
+        "expect_continue",
+        "framing_problem",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "raw",
+        "target",
+        "version",
+    )
+
+    def __init__(
+        self, raw: bytes, method: bytes, target: bytes, minor: bytes, headers: Headers
+    ) -> None:
+        self.raw = raw
+        self.method = method
+        self.target = target
+        self.version = b"1." + minor
+        self.headers = headers
+        self.host: bytes | None = None
+        lengths: set[bytes] = set()
+        codings: list[bytes] = []
+        connection: list[bytes] = []
+        expect = b""
+        hosts = 0
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+                self.host = value
+            elif lower == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            elif lower == b"transfer-encoding":
+                codings.extend(v.strip().lower() for v in value.split(b","))
+            elif lower == b"connection":
+                connection.extend(v.strip().lower() for v in value.split(b","))
+            elif lower == b"expect":
+                expect = value.lower()
+        if hosts > 1:
+            raise ProtocolError("request has more than one Host header")
+        if hosts == 0 and minor == b"1":
+            raise ProtocolError("HTTP/1.1 request without a Host header")
+        #: Why the body's framing is unsafe to forward (the exchange is recorded, then answered 400).
+        self.framing_problem = _request_framing_problem(lengths, codings, minor)
+        self.chunked = bool(codings) and self.framing_problem is None
+        self.body_length = (
+            int(next(iter(lengths))) if lengths and self.framing_problem is None else 0
+        )
+        self.keep_alive = minor == b"1" and b"close" not in connection
+        self.expect_continue = minor == b"1" and expect == b"100-continue"
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.body_length > 0
+
+    def body(self) -> LengthBody | ChunkedBody:
+        """A reader for this request's body (a zero-length one when it has none)."""
+        return ChunkedBody() if self.chunked else LengthBody(self.body_length)
+
+
+class ResponseHead:
+    """A parsed response head (final or 1xx). ``raw`` is the exact bytes received."""
+
+    __slots__ = ("chunked", "headers", "keep_alive", "length", "raw", "reason", "status", "version")
+
+    def __init__(
+        self,
+        raw: bytes,
+        minor: bytes,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        request_method: bytes,
+    ) -> None:
+        self.raw = raw
+        self.version = b"1." + minor
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        lengths: set[bytes] = set()
+        codings: list[bytes] = []
+        connection: list[bytes] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                lengths.update(v.strip() for v in value.split(b","))
+            elif lower == b"transfer-encoding":
+                codings.extend(v.strip().lower() for v in value.split(b","))
+            elif lower == b"connection":
+                connection.extend(v.strip().lower() for v in value.split(b","))
+        self.keep_alive = minor == b"1" and b"close" not in connection
+        #: None: delimited by the connection closing.
+        self.length: int | None = None
+        self.chunked = False
+        if status < 200 or status in (204, 304) or request_method == b"HEAD":
+            self.length = 0
+        elif codings:
+            if lengths:
+                raise ProtocolError("response has both Content-Length and Transfer-Encoding")
+            # RFC 9112 6.3: chunked last means chunked; any other coding runs to the close.
+            self.chunked = codings[-1] == b"chunked"
+        elif lengths:
+            if len(lengths) > 1:
+                raise ProtocolError("response has conflicting Content-Length values")
+            value = next(iter(lengths))
+            if not _DIGITS.fullmatch(value):
+                raise ProtocolError("response has a malformed Content-Length")
+            self.length = int(value)
+        if self.length is None and not self.chunked:
+            self.keep_alive = False
+
+    @property
+    def informational(self) -> bool:
+        return self.status < 200
+
+    def body(self) -> LengthBody | ChunkedBody | UntilClose:
+        if self.chunked:
+            return ChunkedBody()
+        if self.length is None:
+            return UntilClose()
+        return LengthBody(self.length)
+
+
+def _request_framing_problem(lengths: set[bytes], codings: list[bytes], minor: bytes) -> str | None:
+    """The request-smuggling shapes (RFC 9112 6.1, 6.3): the proxy and the upstream could disagree on
+    where such a body ends, so the request is refused rather than forwarded."""
+    if lengths and codings:
+        return "request has both Content-Length and Transfer-Encoding"
+    if len(lengths) > 1:
+        return "request has conflicting Content-Length values"
+    if lengths and not _DIGITS.fullmatch(next(iter(lengths))):
+        return "request has a malformed Content-Length"
+    if codings and codings != [b"chunked"]:
+        return "request Transfer-Encoding must be exactly 'chunked'"
+    if codings and minor == b"0":
+        return "HTTP/1.0 request with Transfer-Encoding"
+    return None
+
+
+def _find_head(buf: bytes | bytearray, max_head: int) -> int:
+    """Length of the complete head at the start of ``buf``, or 0 when more bytes are needed.
+
+    The head ends at the first empty line; lines may end in CRLF or, leniently, in a bare LF.
+    """
+    match = _HEAD_END.search(buf)
+    if match is None:
+        if len(buf) > max_head:
+            raise ProtocolError(f"head is longer than {max_head} bytes", 431)
+        return 0
+    size = match.end()
+    if size > max_head:
+        raise ProtocolError(f"head is {size} bytes; the limit is {max_head}", 431)
+    return size
+
+
+def _split_head(raw: bytes) -> tuple[bytes, Headers]:
+    """The start line and the header fields of a complete head."""
+    text = raw[: -4 if raw.endswith(b"\r\n\r\n") else len(raw.rstrip(b"\r\n")) - len(raw)]
+    lines = _LINE_BREAK.split(text)
+    headers: Headers = []
+    match_line = _HEADER_LINE.fullmatch
+    for line in lines[1:]:
+        match = match_line(line)
+        if match is None:
+            if line[:1] in (b" ", b"\t"):
+                raise ProtocolError("obsolete line folding in a header")
+            raise ProtocolError(f"malformed header line {line[:60]!r}")
+        headers.append((match[1], match[2].rstrip(b" \t")))
+    return lines[0], headers
+
+
+def skip_empty_lines(buf: bytearray) -> None:
+    """Drop CRLFs before a request line (RFC 9112 2.2: a server should ignore at least one)."""
+    while buf[:2] == b"\r\n":
+        del buf[:2]
+    while buf[:1] == b"\n":
+        del buf[:1]
+
+
+def parse_request_head(buf: bytes | bytearray, max_head: int) -> RequestHead | None:
+    """The request head at the start of ``buf``, or None when it is not complete yet.
+
+    Raises :class:`ProtocolError` (400, or 431 past ``max_head`` bytes) for a malformed head.
+    The caller removes ``len(head.raw)`` bytes from its buffer.
+    """
+    size = _find_head(buf, max_head)
+    if not size:
+        return None
+    raw = bytes(buf[:size])
+    start, headers = _split_head(raw)
+    match = _REQUEST_LINE.fullmatch(start)
+    if match is None:
+        raise ProtocolError(f"malformed request line {start[:80]!r}")
+    return RequestHead(raw, match[1], match[2], match[3], headers)
+
+
+def parse_response_head(
+    buf: bytes | bytearray, request_method: bytes, max_head: int
+) -> ResponseHead | None:
+    """The response head at the start of ``buf``, or None when it is not complete yet.
+
+    Raises :class:`ProtocolError` for a malformed or oversize head.
+    """
+    size = _find_head(buf, max_head)
+    if not size:
+        return None
+    raw = bytes(buf[:size])
+    start, headers = _split_head(raw)
+    match = _STATUS_LINE.fullmatch(start)
+    if match is None:
+        raise ProtocolError(f"malformed status line {start[:80]!r}")
+    return ResponseHead(raw, match[1], int(match[2]), match[3] or b"", headers, request_method)
+
+
+# -- bodies ------------------------------------------------------------------------------------------
+
+
+class LengthBody:
+    """A body of a known length."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+    def feed(self, data: bytes) -> tuple[int, bytes]:
+        """Take the prefix of ``data`` that belongs to the body: (bytes used, payload in them)."""
+        if len(data) <= self.remaining:
+            self.remaining -= len(data)
+            return len(data), data
+        used = self.remaining
+        self.remaining = 0
+        return used, data[:used]
+
+    def eof(self) -> str | None:
+        """The connection closed: why the body is incomplete, or None when it is not."""
+        return f"{self.remaining} body bytes never arrived" if self.remaining else None
+
+
+class UntilClose:
+    """A response body delimited by the connection closing (HTTP/1.0 style)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[int, bytes]:
+        return len(data), data
+
+    def eof(self) -> str | None:
+        self.done = True
+        return None
+
+
+class ChunkedBody:
+    """A chunked body, followed byte by byte so that raw bytes can be forwarded as they come.
+
+    :meth:`feed` reports how many bytes of the input belong to the body (all of them until the last
+    chunk and the trailer section end) and the chunk payload they carried. Partial chunk-size lines
+    are kept between calls; a malformed one raises :class:`ProtocolError`.
+    """
+
+    __slots__ = ("_line", "_remaining", "_state", "done")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = b""
+        self.done = False
+
+    def eof(self) -> str | None:
+        return None if self.done else "the chunked body ended before its last chunk"
+
+    def feed(self, data: bytes) -> tuple[int, bytes]:
+        pos = 0
+        end = len(data)
+        payload: list[bytes] = []
+        while pos < end and not self.done:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._remaining, end - pos)
+                payload.append(data[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = self._DATA_END
+            elif state == self._DATA_END:
+                need = 2 - len(self._line)
+                self._line += data[pos : pos + need]
+                pos += min(need, end - pos)
+                if len(self._line) == 2:
+                    if self._line != b"\r\n":
+                        raise ProtocolError("chunk data is not followed by CRLF")
+                    self._line = b""
+                    self._state = self._SIZE
+            else:
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    self._line += data[pos:]
+                    pos = end
+                    if len(self._line) > MAX_CHUNK_LINE:
+                        raise ProtocolError("chunk-size line too long")
+                    continue
+                line = self._line + data[pos : newline + 1]
+                self._line = b""
+                pos = newline + 1
+                if not line.endswith(b"\r\n"):
+                    raise ProtocolError("chunk line does not end with CRLF")
+                if state == self._SIZE:
+                    self._size_line(line[:-2])
+                elif line == b"\r\n":
+                    self.done = True
+                elif len(line) > MAX_CHUNK_LINE or not _HEADER_LINE.fullmatch(line[:-2]):
+                    raise ProtocolError("malformed trailer line")
+        return pos, payload[0] if len(payload) == 1 else b"".join(payload)
+
+    def _size_line(self, line: bytes) -> None:
+        match = _CHUNK_SIZE.fullmatch(line)
+        if match is None:
+            raise ProtocolError(f"malformed chunk size {line[:40]!r}")
+        size = int(match[1], 16)
+        if size:
+            self._remaining = size
+            self._state = self._DATA
+        else:
+            self._state = self._TRAILER
+
+
+# -- heads going out ---------------------------------------------------------------------------------
+
+
+def connection_tokens(headers: Headers) -> set[bytes]:
+    """Header names listed in Connection (they are hop-by-hop too)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def serialize_head(start_line: bytes, headers: Headers) -> bytes:
+    """``start_line`` CRLF, one ``Name: value`` CRLF per header, CRLF."""
+    parts = [start_line, b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def client_response_head(head: ResponseHead, *, close: bool, dechunk: bool = False) -> bytes:
+    """The upstream's response head as the proxy sends it to its client.
+
+    Same status, reason and header lines in the same order and case, minus hop-by-hop headers; the
+    status line says HTTP/1.1 (the proxy's own version on this connection), and ``Connection: close``
+    is added when the proxy will close the client connection after this response. ``dechunk`` drops
+    Transfer-Encoding for an HTTP/1.0 client, which gets the payload delimited by the close.
+    """
+    drop = HOP_BY_HOP
+    if any(name.lower() == b"connection" for name, _ in head.headers):
+        drop = drop | connection_tokens(head.headers)
+    headers = [(n, v) for n, v in head.headers if n.lower() not in drop]
+    if dechunk:
+        headers = [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]
+    if close and not head.informational:
+        headers.append((b"Connection", b"close"))
+    status = b"%d" % head.status
+    start = b"HTTP/1.1 " + status + (b" " + head.reason if head.reason else b" ")
+    return serialize_head(start, headers)
