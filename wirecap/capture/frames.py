@@ -169,6 +169,11 @@ def new_compressor(level: int = 3) -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
 
 
+def encode_record(record: Record) -> bytes:
+    """The CBOR encoding of one record."""
+    return cbor2.dumps(record.to_map())
+
+
 def encode_records(records: Iterable[Record]) -> bytes:
     """The CBOR sequence of ``records``."""
     dumps = cbor2.dumps

@@ -2,8 +2,12 @@
 
 Every record in a capture file is a CBOR map with text keys. The key ``"t"`` names the record type;
 exchange records carry the exchange id under ``"x"``. This module converts between those maps and
-small frozen dataclasses, and validates maps read from untrusted files: a map that does not have the
+small dataclasses, and validates maps read from untrusted files: a map that does not have the
 documented shape raises :class:`RecordError` instead of producing a half-built object.
+
+Records are values: nothing changes one after it is made (``dataclasses.replace`` makes a new one).
+The five exchange records are not declared frozen only because a frozen dataclass's ``__init__``
+costs three times as much, and the proxy makes several per exchange.
 
 docs/FORMAT.md is the normative description; keep the two in step.
 """
@@ -100,7 +104,7 @@ class Header:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class RequestReceived:
     """The client's request head exactly as received (after redaction), and where it was routed."""
 
@@ -147,7 +151,7 @@ class RequestReceived:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class UpstreamRequest:
     """The request head exactly as sent upstream, plus the X-Proxy-Path line (see FORMAT.md)."""
 
@@ -182,7 +186,7 @@ class UpstreamRequest:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class ResponseHead:
     """A response head exactly as received from upstream, or as made by the proxy (``by="proxy"``).
 
@@ -220,7 +224,7 @@ class ResponseHead:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class BodyChunk:
     """Body bytes (after transfer-coding removal, content-coding untouched) as they arrived."""
 
@@ -263,7 +267,7 @@ class BodyChunk:
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class ExchangeEnd:
     """Last record of an exchange: how it ended and the byte counts that crossed the wire."""
 

@@ -1,4 +1,4 @@
-"""Redaction of secrets in records, at capture time, in the writer's worker thread. Sans-IO.
+"""Redaction of secrets in records, as they are handed to the capture writer. Sans-IO.
 
 Credential headers keep their name (and the auth scheme, e.g. ``Bearer``) and lose their value to a
 placeholder with a short fingerprint, ``[redacted sha256:1a2b3c4d]``, so two keys can be told apart
@@ -13,6 +13,7 @@ on its own, to keep memory bounded); headers are always whole.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 from typing import TYPE_CHECKING, Any, Final
@@ -39,7 +40,9 @@ def fingerprint(secret: bytes) -> str:
     return hashlib.sha256(secret).hexdigest()[:8]
 
 
+@functools.lru_cache(maxsize=1024)
 def placeholder(secret: bytes) -> tuple[bytes, str]:
+    """The placeholder and fingerprint for ``secret`` (cached: one API key is seen on every request)."""
     fp = fingerprint(secret)
     return PLACEHOLDER_PREFIX + fp.encode() + b"]", fp
 
@@ -49,11 +52,19 @@ class Rules:
     headers: frozenset[bytes]
     patterns: tuple[re.Pattern[bytes], ...]
     header_line: re.Pattern[bytes] = dataclasses.field(init=False, compare=False)
+    #: All body patterns in one alternation: one scan tells whether any of them is present.
+    any_pattern: re.Pattern[bytes] | None = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         names = b"|".join(re.escape(h) for h in sorted(self.headers)) or b"(?!)"
         line = re.compile(rb"\r\n(" + names + rb")[ \t]*:([^\r\n]*)", re.IGNORECASE)
         object.__setattr__(self, "header_line", line)
+        combined = (
+            re.compile(b"|".join(b"(?:" + p.pattern + b")" for p in self.patterns))
+            if self.patterns
+            else None
+        )
+        object.__setattr__(self, "any_pattern", combined)
 
     @classmethod
     def compile(cls, headers: Iterable[str], patterns: Iterable[str]) -> Rules:
@@ -77,7 +88,7 @@ def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
     """Replace credential header values (and pattern matches) in a serialized head.
 
     One regular expression finds the credential header lines (heads are redacted for every request,
-    in the writer thread, so this stays off any per-line Python loop).
+    so this stays off any per-line Python loop).
     """
     found: list[Redaction] = []
 
@@ -103,6 +114,8 @@ def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
 def redact_patterns(data: bytes, rules: Rules, where: str) -> tuple[bytes, list[Redaction]]:
     """Replace every match of the body patterns in ``data``."""
     found: list[Redaction] = []
+    if rules.any_pattern is None or rules.any_pattern.search(data) is None:
+        return data, found
     for pattern in rules.patterns:
         if pattern.search(data) is None:
             continue
@@ -129,7 +142,7 @@ class Redactor:
     """The writer's ``prepare`` hook: returns each record with its secrets replaced.
 
     Route-specific rules apply to the exchanges of that route; the route is learned from each
-    exchange's first record. Runs in one worker thread at a time.
+    exchange's first record. Called from one thread at a time (the proxy's event loop).
     """
 
     def __init__(self, rules: Rules, route_rules: Mapping[str, Rules] | None = None) -> None:
@@ -137,10 +150,13 @@ class Redactor:
         self._route_rules = dict(route_rules or {})
         self._exchange_rules: dict[str, Rules] = {}
 
+    def _rules_for(self, x: str) -> Rules:
+        return self._exchange_rules.get(x, self.rules) if self._exchange_rules else self.rules
+
     def __call__(self, record: Record) -> Record:
         if isinstance(record, BodyChunk):
-            rules = self._exchange_rules.get(record.x, self.rules)
-            if not rules.patterns:
+            rules = self._rules_for(record.x)
+            if rules.any_pattern is None or rules.any_pattern.search(record.data) is None:
                 return record
             data, found = redact_patterns(bytes(record.data), rules, "body")
             return (
@@ -151,20 +167,21 @@ class Redactor:
             if rules is not self.rules:
                 self._exchange_rules[record.x] = rules
             head, found = redact_head(record.head, rules)
-            return dataclasses.replace(
-                record,
-                head=head,
-                target=redact_text(record.target, rules) or "",
-                proxy_url=redact_text(record.proxy_url, rules) or "",
-                upstream_url=redact_text(record.upstream_url, rules),
-                redactions=tuple(found),
-            )
+            changes: dict[str, object] = {}
+            if found:
+                changes.update(head=head, redactions=tuple(found))
+            if rules.any_pattern is not None:
+                for name in ("target", "proxy_url", "upstream_url"):
+                    value = getattr(record, name)
+                    redacted = redact_text(value, rules)
+                    if redacted != value:
+                        changes[name] = redacted
+            return dataclasses.replace(record, **changes) if changes else record  # type: ignore[arg-type]
         if isinstance(record, UpstreamRequest | ResponseHead):
-            rules = self._exchange_rules.get(record.x, self.rules)
-            head, found = redact_head(record.head, rules)
+            head, found = redact_head(record.head, self._rules_for(record.x))
             return (
                 dataclasses.replace(record, head=head, redactions=tuple(found)) if found else record
             )
-        if isinstance(record, ExchangeEnd):
+        if isinstance(record, ExchangeEnd) and self._exchange_rules:
             self._exchange_rules.pop(record.x, None)
         return record

@@ -73,6 +73,11 @@ async def _discard(record: Record) -> None:
     """Submit function for exchanges that are not captured."""
 
 
+def _take_all(record: Record) -> bool:
+    """Offer function for exchanges that are not captured."""
+    return True
+
+
 def new_exchange_id() -> str:
     """12 hex digits: unique enough across millions of exchanges, short enough for a console line."""
     return os.urandom(6).hex()
@@ -154,6 +159,7 @@ class _Exchange:
     method: str
     target: str
     submit: Submit
+    offer: Callable[[Record], bool]
     head: http1.RequestHead | None = None
     upstream_url: str | None = None
     status: int | None = None
@@ -176,10 +182,15 @@ class _Exchange:
     def now(self) -> int:
         return time.perf_counter_ns() - self.t0
 
+    async def record(self, record: Record) -> None:
+        """Hand ``record`` to the capture writer (waiting only when its buffer is full)."""
+        if not self.offer(record):
+            await self.submit(record)
+
     async def request_data(self, data: bytes) -> None:
         """Count and record request body bytes on their way upstream."""
         self.req_bytes += len(data)
-        await self.submit(BodyChunk(x=self.id, dir="req", ns=self.now(), data=data))
+        await self.record(BodyChunk(x=self.id, dir="req", ns=self.now(), data=data))
 
     def fail(
         self, outcome: Outcome, error: str, status: int = 502, kind: str = "upstream_error"
@@ -398,9 +409,10 @@ class ProxyServer:
             method="-",
             target="-",
             submit=self._submit(),
+            offer=self.writer.offer if self.writer is not None else _take_all,
         )
         raw = bytes(client.buf[:MAX_BAD_HEAD_RECORDED])
-        await ex.submit(
+        await ex.record(
             RequestReceived(
                 x=ex.id, wall_ns=started_ns, method="-", target="-", head=raw, client=client.addr
             )
@@ -430,6 +442,7 @@ class ProxyServer:
             method=method,
             target=target,
             submit=self._submit() if captured else _discard,
+            offer=self.writer.offer if captured and self.writer is not None else _take_all,
             head=head,
             upstream_url=match.upstream_url if match else None,
         )
@@ -437,7 +450,7 @@ class ProxyServer:
         self.stats.active += 1
         try:
             proxy_url = hdr.proxy_url(self.listen_host, self.listen_port, host_header, target)
-            await ex.submit(
+            await ex.record(
                 RequestReceived(
                     x=ex.id,
                     wall_ns=started_ns,
@@ -608,7 +621,7 @@ class ProxyServer:
     ) -> None:
         """Send the head and whatever body bytes already arrived, in one write (for LLM calls the
         whole body usually arrives with the head)."""
-        await ex.submit(
+        await ex.record(
             UpstreamRequest(
                 x=ex.id,
                 ns=ex.now(),
@@ -725,7 +738,6 @@ class ProxyServer:
         head = ex.head
         assert head is not None
         write_timeout = self.config.timeouts.write
-        submit = ex.submit
         receive = upstream.transport.receive
         read_size = self._read_size
         http10_client = head.version == b"1.0"
@@ -767,7 +779,7 @@ class ProxyServer:
                             del buf[: len(response.raw)]
                             if ex.ttfb_ns is None:
                                 ex.ttfb_ns = now
-                            await submit(
+                            await ex.record(
                                 ResponseHead(
                                     x=ex.id, ns=now, status=response.status, head=response.raw
                                 )
@@ -801,7 +813,7 @@ class ProxyServer:
                             if ex.ttft_ns is None:
                                 ex.ttft_ns = now
                             ex.res_bytes += len(payload)
-                            await submit(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
+                            await ex.record(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
                             if ex.client_eof:
                                 ex.fail(
                                     "client_abort",
@@ -873,16 +885,16 @@ class ProxyServer:
         now = ex.now()
         if ex.ttfb_ns is None:
             ex.ttfb_ns = now
-        await ex.submit(ResponseHead(x=ex.id, ns=now, status=status, head=head, by="proxy"))
+        await ex.record(ResponseHead(x=ex.id, ns=now, status=status, head=head, by="proxy"))
         ex.res_bytes += len(body)
-        await ex.submit(BodyChunk(x=ex.id, dir="res", ns=now, data=body))
+        await ex.record(BodyChunk(x=ex.id, dir="res", ns=now, data=body))
         with contextlib.suppress(*_BROKEN, trio.TooSlowError):
             await _send(client.transport, head + body, self.config.timeouts.write)
             ex.response_complete = True
 
     async def _finish(self, ex: _Exchange, captured: bool) -> None:
         duration = ex.now()
-        await ex.submit(
+        await ex.record(
             ExchangeEnd(
                 x=ex.id,
                 ns=duration,
