@@ -15,6 +15,7 @@ SANS_IO = [
     "proxy/config.py",
     "proxy/routing.py",
     "proxy/headers.py",
+    "proxy/http1.py",
     "proxy/redact.py",
     "proxy/console.py",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wirecap.proxy.config import ConfigError, build_config, parse_route_spec, parse_upstream
-from wirecap.proxy.headers import framing_error, upstream_request_headers
+from wirecap.proxy.headers import upstream_request_headers
 from wirecap.proxy.routing import Router
 
 
@@ -100,23 +100,6 @@ def test_route_spec_and_upstream_parsing():
     assert route.upstream == parse_upstream("https://example.com:8443/base")
     assert route.upstream.host_header == "example.com:8443"
     assert parse_upstream("https://api.openai.com").host_header == "api.openai.com"
-
-
-@pytest.mark.parametrize(
-    ("headers", "problem"),
-    [
-        ([(b"Content-Length", b"5")], None),
-        ([(b"Transfer-Encoding", b"chunked")], None),
-        ([(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")], "both"),
-        ([(b"Content-Length", b"5"), (b"Content-Length", b"6")], "conflicting"),
-        ([(b"Content-Length", b"5"), (b"Content-Length", b"5")], None),
-        ([(b"Content-Length", b"-1")], "malformed"),
-        ([(b"Transfer-Encoding", b"gzip, chunked")], "exactly"),
-    ],
-)
-def test_framing_checks(headers, problem):
-    result = framing_error(headers)
-    assert (result is None) if problem is None else (problem in result)
 
 
 def test_upstream_headers_keep_order_and_case_and_drop_hop_by_hop():

@@ -1,55 +1,18 @@
-"""Header rewriting between client and upstream, framing checks, and proxy-made responses. Sans-IO."""
+"""Header rewriting between client and upstream, and the responses the proxy makes. Sans-IO."""
 
 from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Final
 
+from wirecap.proxy.http1 import HOP_BY_HOP, connection_tokens
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable
 
 HeaderList = list[tuple[bytes, bytes]]
 
-#: Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection and are never forwarded.
-HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
-)
 PROXY_PATH: Final = b"X-Proxy-Path"
-
-
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    """Header names listed in Connection (they are hop-by-hop too)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return tokens
-
-
-def framing_error(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """Why a request's body framing is unsafe to forward, or None when it is fine.
-
-    Rejects the request-smuggling shapes: Content-Length together with Transfer-Encoding, several
-    different Content-Length values, a Content-Length that is not a number, and any Transfer-Encoding
-    other than a single ``chunked``.
-    """
-    lengths: set[bytes] = set()
-    encodings: list[bytes] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"content-length":
-            lengths.update(v.strip() for v in value.split(b","))
-        elif lower == b"transfer-encoding":
-            encodings.extend(v.strip().lower() for v in value.split(b","))
-    if lengths and encodings:
-        return "request has both Content-Length and Transfer-Encoding"
-    if len(lengths) > 1:
-        return "request has conflicting Content-Length values"
-    if lengths and not next(iter(lengths)).isdigit():
-        return "request has a malformed Content-Length"
-    if encodings and encodings != [b"chunked"]:
-        return "request Transfer-Encoding must be exactly 'chunked'"
-    return None
 
 
 def upstream_request_headers(
@@ -77,16 +40,6 @@ def upstream_request_headers(
     if proxy_url is not None:
         out.append((PROXY_PATH, proxy_url))
     return out
-
-
-def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> HeaderList:
-    """The upstream's response headers as they go to the client: hop-by-hop headers removed.
-
-    Content-Length and Transfer-Encoding stay; h11 checks them against the body it frames.
-    """
-    headers = list(headers)
-    drop = HOP_BY_HOP | connection_tokens(headers)
-    return [(n, v) for n, v in headers if n.lower() not in drop]
 
 
 def add_proxy_path_line(head: bytes, proxy_url: bytes) -> bytes:

@@ -25,12 +25,15 @@ from typing import Final
 Headers = list[tuple[bytes, bytes]]
 
 _TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
+_REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])")
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-# field-value: visible characters, obs-text, spaces and tabs inside; no CR, LF or NUL anywhere.
-_HEADER_LINE: Final = re.compile(
-    rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*)?)"
-)
+# field-value: visible characters and obs-text, with spaces and tabs only inside; no CR, LF or NUL.
+_VALUE: Final = rb"(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?"
+_FIELD: Final = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r?\n"
+#: One header line with its line break; findall over a block that _FIELDS matched gives every field.
+_HEADER_FIELD: Final = re.compile(_FIELD)
+_HEADER_FIELDS: Final = re.compile(rb"(?:" + _FIELD + rb")*")
+_HEADER_LINE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _LINE_BREAK: Final = re.compile(rb"\r?\n")
 _CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
@@ -152,13 +155,15 @@ class ResponseHead:
         #: None: delimited by the connection closing.
         self.length: int | None = None
         self.chunked = False
-        if status < 200 or status in (204, 304) or request_method == b"HEAD":
-            self.length = 0
-        elif codings:
+        # Framing headers are checked even where they do not apply (1xx, 204, 304, HEAD), as h11
+        # does: a response that lies about its framing is not relayed.
+        if codings:
             if lengths:
                 raise ProtocolError("response has both Content-Length and Transfer-Encoding")
-            # RFC 9112 6.3: chunked last means chunked; any other coding runs to the close.
-            self.chunked = codings[-1] == b"chunked"
+            # RFC 9112 6.3 would read other codings to the close; like h11, the relay refuses them.
+            if codings != [b"chunked"]:
+                raise ProtocolError("response Transfer-Encoding must be exactly 'chunked'")
+            self.chunked = True
         elif lengths:
             if len(lengths) > 1:
                 raise ProtocolError("response has conflicting Content-Length values")
@@ -166,6 +171,8 @@ class ResponseHead:
             if not _DIGITS.fullmatch(value):
                 raise ProtocolError("response has a malformed Content-Length")
             self.length = int(value)
+        if status < 200 or status in (204, 304) or request_method == b"HEAD":
+            self.length, self.chunked = 0, False
         if self.length is None and not self.chunked:
             self.keep_alive = False
 
@@ -214,19 +221,24 @@ def _find_head(buf: bytes | bytearray, max_head: int) -> int:
 
 
 def _split_head(raw: bytes) -> tuple[bytes, Headers]:
-    """The start line and the header fields of a complete head."""
-    text = raw[: -4 if raw.endswith(b"\r\n\r\n") else len(raw.rstrip(b"\r\n")) - len(raw)]
-    lines = _LINE_BREAK.split(text)
-    headers: Headers = []
-    match_line = _HEADER_LINE.fullmatch
-    for line in lines[1:]:
-        match = match_line(line)
-        if match is None:
-            if line[:1] in (b" ", b"\t"):
-                raise ProtocolError("obsolete line folding in a header")
-            raise ProtocolError(f"malformed header line {line[:60]!r}")
-        headers.append((match[1], match[2].rstrip(b" \t")))
-    return lines[0], headers
+    """The start line and the header fields of a complete head.
+
+    Two passes in C over the header block: one regular expression checks every line, another
+    extracts the fields; Python only looks at the lines when the block is malformed.
+    """
+    first_break = raw.find(b"\n")
+    start = raw[:first_break]
+    if start.endswith(b"\r"):
+        start = start[:-1]
+    block = raw[first_break + 1 : -2 if raw.endswith(b"\r\n") else -1]
+    if _HEADER_FIELDS.fullmatch(block) is None:
+        for line in _LINE_BREAK.split(block):
+            if line and _HEADER_LINE.fullmatch(line) is None:
+                if line[:1] in (b" ", b"\t"):
+                    raise ProtocolError("obsolete line folding in a header")
+                raise ProtocolError(f"malformed header line {line[:60]!r}")
+        raise ProtocolError("malformed header section")
+    return start, _HEADER_FIELD.findall(block)
 
 
 def skip_empty_lines(buf: bytearray) -> None:

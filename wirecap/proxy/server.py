@@ -78,9 +78,13 @@ def _take_all(record: Record) -> bool:
     return True
 
 
+_ids = random.Random(os.urandom(16))
+
+
 def new_exchange_id() -> str:
-    """12 hex digits: unique enough across millions of exchanges, short enough for a console line."""
-    return os.urandom(6).hex()
+    """12 hex digits: unique enough across millions of exchanges, short enough for a console line.
+    (Seeded once from the OS; a system call per exchange bought nothing.)"""
+    return f"{_ids.getrandbits(48):012x}"
 
 
 class ClientGone(Exception):
@@ -90,10 +94,23 @@ class ClientGone(Exception):
 class _Client:
     """The client side of a connection: its transport and the bytes received but not yet relayed."""
 
-    __slots__ = ("addr", "buf", "eof", "head_started_ns", "head_wall_ns", "read_size", "transport")
+    __slots__ = (
+        "addr",
+        "buf",
+        "eof",
+        "head_started_ns",
+        "head_wall_ns",
+        "nursery",
+        "read_size",
+        "transport",
+    )
 
-    def __init__(self, transport: Transport, addr: str, read_size: int) -> None:
+    def __init__(
+        self, transport: Transport, addr: str, read_size: int, nursery: trio.Nursery
+    ) -> None:
         self.transport = transport
+        #: Where an exchange's helper tasks run (a request body still arriving, a client watcher).
+        self.nursery = nursery
         self.addr = addr
         self.read_size = read_size
         self.buf = bytearray()
@@ -149,7 +166,7 @@ class _Upstream:
             transport.close()
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class _Exchange:
     """Mutable state of one exchange, shared by its relay tasks."""
 
@@ -174,6 +191,12 @@ class _Exchange:
     upstream_send_failed: bool = False
     client_eof: bool = False
     response_done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    #: Cancelled by a timeout, or by a helper task when the client goes away.
+    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    reading: bool = False  # the relay is waiting on the upstream (else writing to the client)
+    relay_started: float = 0.0
+    helper: trio.CancelScope | None = None  # the helper task's scope, while one runs
+    helper_done: trio.Event | None = None
     outcome: Outcome = "ok"
     error: str | None = None
     failure_status: int = 502
@@ -242,6 +265,8 @@ class ProxyServer:
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
         self._idle_scopes: set[trio.CancelScope] = set()
+        #: Exchanges whose response is being relayed, for the watchdog (insertion order = age).
+        self._relaying: dict[_Exchange, _Client] = {}
         self._listeners: list[trio.SocketListener] = []
         self._read_size = config.limits.read_size
         self._max_head = config.limits.max_head
@@ -253,16 +278,19 @@ class ProxyServer:
     ) -> None:
         listeners = self._listeners or await self.bind()
         try:
-            async with trio.open_nursery() as handlers:
-                async with trio.open_nursery() as accept:
-                    for listener in listeners:
-                        accept.start_soon(self._accept_loop, listener, handlers)
-                    task_status.started((self.listen_host, self.listen_port))
-                    await self._shutdown.wait()
-                    accept.cancel_scope.cancel()
-                handlers.cancel_scope.deadline = (
-                    trio.current_time() + self.config.timeouts.shutdown_grace
-                )
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._watchdog)
+                async with trio.open_nursery() as handlers:
+                    async with trio.open_nursery() as accept:
+                        for listener in listeners:
+                            accept.start_soon(self._accept_loop, listener, handlers)
+                        task_status.started((self.listen_host, self.listen_port))
+                        await self._shutdown.wait()
+                        accept.cancel_scope.cancel()
+                    handlers.cancel_scope.deadline = (
+                        trio.current_time() + self.config.timeouts.shutdown_grace
+                    )
+                outer.cancel_scope.cancel()
         finally:
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
@@ -305,6 +333,55 @@ class ProxyServer:
                 continue
             handlers.start_soon(self._handle_client, stream)
 
+    async def _watchdog(self) -> None:
+        """Start a client watcher for every exchange whose response has taken longer than
+        :data:`WATCH_CLIENT_AFTER` (a long generation or stream): one task for the whole proxy instead
+        of a timer per exchange."""
+        while True:
+            await trio.sleep(WATCH_CLIENT_AFTER / 2)
+            if not self._relaying:
+                continue
+            due = trio.current_time() - WATCH_CLIENT_AFTER
+            for ex, client in list(self._relaying.items()):
+                if ex.relay_started > due:
+                    break  # the rest started later
+                del self._relaying[ex]
+                if ex.helper is None and not ex.response_done.is_set():
+                    self._start_helper(client, ex, self._watch_client, client, ex)
+
+    def _start_helper(
+        self,
+        client: _Client,
+        ex: _Exchange,
+        fn: Callable[..., Awaitable[None]],
+        *args: object,
+    ) -> None:
+        """Run ``fn(*args)`` beside the exchange, in the connection's nursery; the exchange cancels
+        it and waits for it before it ends (see :meth:`_stop_helper`)."""
+        scope = trio.CancelScope()
+        done = trio.Event()
+        ex.helper, ex.helper_done = scope, done
+
+        async def helper() -> None:
+            try:
+                with scope:
+                    await fn(*args)
+            except Exception:
+                self.stats.errors += 1
+                logger.exception("unexpected error beside an exchange")
+            finally:
+                done.set()
+
+        client.nursery.start_soon(helper)
+
+    async def _stop_helper(self, ex: _Exchange) -> None:
+        self._relaying.pop(ex, None)
+        if ex.helper is not None and ex.helper_done is not None:
+            ex.helper.cancel()
+            with trio.CancelScope(shield=True):
+                await ex.helper_done.wait()
+            ex.helper = ex.helper_done = None
+
     async def _handle_client(self, stream: trio.SocketStream) -> None:
         self.stats.connections += 1
         try:
@@ -313,14 +390,16 @@ class ProxyServer:
         except OSError:
             client_addr = ""
         transport = transport_for(stream)
-        client = _Client(transport, client_addr, self._read_size)
         try:
-            await self._serve_client(client)
-        except (*_BROKEN, ClientGone):
-            pass
-        except Exception:
-            self.stats.errors += 1
-            logger.exception("unexpected error on a client connection")
+            async with trio.open_nursery() as nursery:
+                client = _Client(transport, client_addr, self._read_size, nursery)
+                try:
+                    await self._serve_client(client)
+                except (*_BROKEN, ClientGone):
+                    pass
+                except Exception:
+                    self.stats.errors += 1
+                    logger.exception("unexpected error on a client connection")
         finally:
             transport.close()
 
@@ -382,7 +461,7 @@ class ProxyServer:
             idle = not client.buf
             if idle and self.shutting_down:
                 return None
-            with trio.move_on_at(idle_deadline if idle else head_deadline) as scope:
+            with trio.CancelScope(deadline=idle_deadline if idle else head_deadline) as scope:
                 if idle:
                     self._idle_scopes.add(scope)  # shutdown() closes idle keep-alive connections
                 try:
@@ -481,8 +560,7 @@ class ProxyServer:
                 await self._forward(client, ex, route, match.upstream_target, proxy_url)
         finally:
             self.stats.active -= 1
-            with trio.CancelScope(shield=True):
-                await self._finish(ex, captured)
+            await self._finish(ex, captured)
         return (
             ex.request_done
             and ex.response_complete
@@ -583,16 +661,23 @@ class ProxyServer:
                 await self._respond_error(client, ex, 400, "bad_request", ex.error or "")
                 return
             read_timeout = route.read_timeout or timeouts.read
-            body_pending = not body.done
-            async with trio.open_nursery() as nursery:
-                if body_pending:
-                    nursery.start_soon(
-                        self._relay_request_body, client, upstream, ex, body, nursery.cancel_scope
+            if not body.done:
+                self._start_helper(client, ex, self._relay_request_body, client, upstream, ex, body)
+            with ex.scope:
+                reusable = await self._relay_response(client, upstream, ex, read_timeout)
+            if ex.scope.cancelled_caught:
+                reusable = False
+                if ex.reading:
+                    where = "mid-response" if ex.response_started else "before responding"
+                    ex.fail(
+                        "timeout",
+                        f"upstream sent nothing for {read_timeout:g}s {where}",
+                        504,
+                        "upstream_timeout",
                     )
-                reusable = await self._relay_response(
-                    client, upstream, ex, read_timeout, nursery, watching=body_pending
-                )
-                nursery.cancel_scope.cancel()
+                else:
+                    ex.fail("client_abort", f"client stopped reading for {timeouts.write:g}s")
+            await self._stop_helper(ex)
             if ex.outcome != "ok" and not ex.response_started:
                 await self._respond_error(
                     client,
@@ -603,6 +688,7 @@ class ProxyServer:
                     upstream=ex.upstream_url,
                 )
         finally:
+            await self._stop_helper(ex)
             if reusable and ex.outcome == "ok" and ex.request_done and not ex.upstream_send_failed:
                 upstream.reusable = True
                 await self.pool.release(upstream)
@@ -651,9 +737,9 @@ class ProxyServer:
         upstream: _Upstream,
         ex: _Exchange,
         body: http1.LengthBody | http1.ChunkedBody,
-        scope: trio.CancelScope,
     ) -> None:
         """Client -> upstream: the rest of the body as it arrives; then watch the client."""
+        scope = ex.scope
         timeouts = self.config.timeouts
         try:
             while not body.done:
@@ -694,9 +780,9 @@ class ProxyServer:
             ex.fail("protocol_error", f"bad request body: {exc}", 400, "bad_request")
             scope.cancel()
             return
-        await self._watch_client(client, ex, scope)
+        await self._watch_client(client, ex)
 
-    async def _watch_client(self, client: _Client, ex: _Exchange, scope: trio.CancelScope) -> None:
+    async def _watch_client(self, client: _Client, ex: _Exchange) -> None:
         """While the response is on its way: a read returns only when the client sends more
         (pipelining, kept in the buffer) or goes away, which aborts the exchange at once instead of
         at the next chunk of a long stream."""
@@ -717,23 +803,17 @@ class ProxyServer:
                     return
         except (ClientGone, *_BROKEN) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
-            scope.cancel()
+            ex.scope.cancel()
 
     async def _relay_response(
-        self,
-        client: _Client,
-        upstream: _Upstream,
-        ex: _Exchange,
-        read_timeout: float,
-        nursery: trio.Nursery,
-        *,
-        watching: bool,
+        self, client: _Client, upstream: _Upstream, ex: _Exchange, read_timeout: float
     ) -> bool:
         """Upstream -> client: heads and body bytes forwarded as soon as they arrive.
 
         Everything one upstream read produced goes to the client in one write, so nothing is held
-        back and small answers cost one send. Returns True when the upstream connection can be
-        reused (its response ended by its framing, with nothing after it).
+        back and small answers cost one send. Runs inside ``ex.scope``, whose deadline follows the
+        phase (reading from the upstream, writing to the client). Returns True when the upstream
+        connection can be reused (its response ended by its framing, with nothing after it).
         """
         head = ex.head
         assert head is not None
@@ -745,120 +825,99 @@ class ProxyServer:
         body: http1.LengthBody | http1.ChunkedBody | http1.UntilClose | None = None
         response: http1.ResponseHead | None = None
         dechunk = False
-        reading = True
-        with trio.CancelScope() as scope:
-            try:
-                while True:
-                    reading = True
-                    scope.deadline = trio.current_time() + read_timeout
-                    if watching:
-                        data = await receive(read_size)
-                    else:
-                        data = None
-                        with trio.move_on_after(WATCH_CLIENT_AFTER):
-                            data = await receive(read_size)
-                        if data is None:
-                            nursery.start_soon(self._watch_client, client, ex, nursery.cancel_scope)
-                            watching = True
-                            data = await receive(read_size)
-                    reading = False
-                    now = ex.now()
-                    out: list[bytes] = []
-                    if not data:
-                        problem = body.eof() if body is not None else "the connection closed"
-                        if problem is not None:
-                            where = "mid-response" if ex.response_started else "before responding"
-                            ex.fail("upstream_error", f"upstream failed {where}: {problem}")
-                            return False
-                    elif body is None:
-                        buf += data
-                        while body is None:
-                            response = http1.parse_response_head(buf, head.method, self._max_head)
-                            if response is None:
-                                break
-                            del buf[: len(response.raw)]
-                            if ex.ttfb_ns is None:
-                                ex.ttfb_ns = now
-                            await ex.record(
-                                ResponseHead(
-                                    x=ex.id, ns=now, status=response.status, head=response.raw
-                                )
+        scope = ex.scope
+        if ex.helper is None:
+            ex.relay_started = trio.current_time()
+            self._relaying[ex] = client  # the watchdog adds a client watcher if this takes long
+        try:
+            while True:
+                ex.reading = True
+                scope.deadline = trio.current_time() + read_timeout
+                data = await receive(read_size)
+                ex.reading = False
+                now = ex.now()
+                out: list[bytes] = []
+                if not data:
+                    problem = body.eof() if body is not None else "the connection closed"
+                    if problem is not None:
+                        where = "mid-response" if ex.response_started else "before responding"
+                        ex.fail("upstream_error", f"upstream failed {where}: {problem}")
+                        return False
+                elif body is None:
+                    buf += data
+                    while body is None:
+                        response = http1.parse_response_head(buf, head.method, self._max_head)
+                        if response is None:
+                            break
+                        del buf[: len(response.raw)]
+                        if ex.ttfb_ns is None:
+                            ex.ttfb_ns = now
+                        await ex.record(
+                            ResponseHead(x=ex.id, ns=now, status=response.status, head=response.raw)
+                        )
+                        if response.informational:
+                            if response.status == 101:
+                                raise http1.ProtocolError("upstream switched protocols")
+                            if not http10_client and not ex.response_started:
+                                out.append(http1.client_response_head(response, close=False))
+                            continue
+                        ex.status = response.status
+                        ex.response_started = True
+                        dechunk = response.chunked and http10_client
+                        ex.close_client = (
+                            not head.keep_alive
+                            or (response.length is None and not response.chunked)
+                        ) or dechunk
+                        out.append(
+                            http1.client_response_head(
+                                response,
+                                close=ex.close_client or self.shutting_down,
+                                dechunk=dechunk,
                             )
-                            if response.informational:
-                                if response.status == 101:
-                                    raise http1.ProtocolError("upstream switched protocols")
-                                if not http10_client and not ex.response_started:
-                                    out.append(http1.client_response_head(response, close=False))
-                                continue
-                            ex.status = response.status
-                            ex.response_started = True
-                            dechunk = response.chunked and http10_client
-                            ex.close_client = (
-                                not head.keep_alive
-                                or (response.length is None and not response.chunked)
-                            ) or dechunk
-                            out.append(
-                                http1.client_response_head(
-                                    response,
-                                    close=ex.close_client or self.shutting_down,
-                                    dechunk=dechunk,
-                                )
-                            )
-                            body = response.body()
-                        data = bytes(buf) if body is not None else b""
-                        buf.clear()
-                    if data and body is not None:
-                        used, payload = body.feed(data)
-                        if payload:
-                            if ex.ttft_ns is None:
-                                ex.ttft_ns = now
-                            ex.res_bytes += len(payload)
-                            await ex.record(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
-                            if ex.client_eof:
-                                ex.fail(
-                                    "client_abort",
-                                    "client closed the connection before the response ended",
-                                )
-                                return False
-                        if dechunk:
-                            out.append(payload)
-                        else:
-                            out.append(data if used == len(data) else data[:used])
-                        if used < len(data):
-                            assert body.done  # bytes after the end of the response
-                            response = None
-                    finished = body is not None and body.done
-                    if finished:
-                        ex.response_done.set()
+                        )
+                        body = response.body()
+                    data = bytes(buf) if body is not None else b""
+                    buf.clear()
+                if data and body is not None:
+                    used, payload = body.feed(data)
+                    if payload:
+                        if ex.ttft_ns is None:
+                            ex.ttft_ns = now
+                        ex.res_bytes += len(payload)
+                        await ex.record(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
                         if ex.client_eof:
-                            return False  # every body byte reached the client; only framing is left
-                    if out:
-                        await _send(client.transport, b"".join(out), write_timeout)
-                    if finished:
-                        ex.response_complete = True
-                        return response is not None and response.keep_alive
-            except (*_BROKEN, http1.ProtocolError) as exc:
-                if reading or isinstance(exc, http1.ProtocolError):
-                    where = "mid-response" if ex.response_started else "before responding"
-                    ex.fail("upstream_error", f"upstream failed {where}: {_describe(exc)}")
-                else:
-                    ex.fail("client_abort", "client connection lost while receiving the response")
-                return False
-            except trio.TooSlowError:
-                ex.fail("client_abort", f"client stopped reading for {write_timeout:g}s")
-                return False
-        if scope.cancelled_caught:
-            if reading:
+                            ex.fail(
+                                "client_abort",
+                                "client closed the connection before the response ended",
+                            )
+                            return False
+                    if dechunk:
+                        out.append(payload)
+                    else:
+                        out.append(data if used == len(data) else data[:used])
+                    if used < len(data):
+                        assert body.done  # bytes after the end of the response
+                        response = None
+                finished = body is not None and body.done
+                if finished:
+                    ex.response_done.set()
+                    if ex.client_eof:
+                        return False  # every body byte reached the client; only framing is left
+                if out:
+                    await _send(client.transport, b"".join(out), write_timeout)
+                if finished:
+                    ex.response_complete = True
+                    return response is not None and response.keep_alive
+        except (*_BROKEN, http1.ProtocolError) as exc:
+            if ex.reading or isinstance(exc, http1.ProtocolError):
                 where = "mid-response" if ex.response_started else "before responding"
-                ex.fail(
-                    "timeout",
-                    f"upstream sent nothing for {read_timeout:g}s {where}",
-                    504,
-                    "upstream_timeout",
-                )
+                ex.fail("upstream_error", f"upstream failed {where}: {_describe(exc)}")
             else:
-                ex.fail("client_abort", f"client stopped reading for {write_timeout:g}s")
-        return False
+                ex.fail("client_abort", "client connection lost while receiving the response")
+            return False
+        except trio.TooSlowError:
+            ex.fail("client_abort", f"client stopped reading for {write_timeout:g}s")
+            return False
 
     async def _respond_error(
         self,
@@ -893,19 +952,22 @@ class ProxyServer:
             ex.response_complete = True
 
     async def _finish(self, ex: _Exchange, captured: bool) -> None:
+        """Record the end of the exchange (even while the connection is being cancelled) and print
+        its console line."""
         duration = ex.now()
-        await ex.record(
-            ExchangeEnd(
-                x=ex.id,
-                ns=duration,
-                outcome=ex.outcome,
-                status=ex.status,
-                error=ex.error,
-                req_bytes=ex.req_bytes,
-                res_bytes=ex.res_bytes,
-                ttfb_ns=ex.ttfb_ns,
-            )
+        end = ExchangeEnd(
+            x=ex.id,
+            ns=duration,
+            outcome=ex.outcome,
+            status=ex.status,
+            error=ex.error,
+            req_bytes=ex.req_bytes,
+            res_bytes=ex.res_bytes,
+            ttfb_ns=ex.ttfb_ns,
         )
+        if not ex.offer(end):
+            with trio.CancelScope(shield=True):
+                await ex.submit(end)
         if self.config.log_format == "quiet":
             return
         summary = ExchangeSummary(

@@ -15,7 +15,7 @@ import h11
 import trio
 
 from wirecap.llm import ExchangeInput, parse_head
-from wirecap.proxy.headers import HOP_BY_HOP
+from wirecap.proxy.http1 import HOP_BY_HOP
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
