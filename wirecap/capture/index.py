@@ -204,8 +204,19 @@ class IndexBuilder:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def observe(self, record: Record, frame_offset: int) -> None:
-        """Account for ``record``, stored in the frame that starts at ``frame_offset``."""
+    def observe(self, record: Record | str, frame_offset: int) -> None:
+        """Account for ``record``, stored in the frame that starts at ``frame_offset``.
+
+        A bare exchange id stands for a body chunk of that exchange: all the index needs of one, and
+        the capture writer keeps only that much of a body record once it is encoded.
+        """
+        if type(record) is str:
+            entry = self._entries.get(record)
+            if entry is None:
+                entry = self._entries[record] = IndexEntry(x=record)
+            if not entry.frames or entry.frames[-1] != frame_offset:
+                entry.frames.append(frame_offset)
+            return
         if isinstance(record, Gap):
             self._gaps.append(record)
             return
@@ -241,7 +252,7 @@ class IndexBuilder:
             if record.ttfb_ns is not None:
                 entry.ttfb_ns = record.ttfb_ns
 
-    def observe_all(self, records: Iterable[Record], frame_offset: int) -> None:
+    def observe_all(self, records: Iterable[Record | str], frame_offset: int) -> None:
         for record in records:
             self.observe(record, frame_offset)
 

@@ -169,7 +169,7 @@ class SegmentSink:
             parts.append(data)
         return self.write_encoded(prepared, b"".join(parts))
 
-    def write_encoded(self, records: Sequence[Record], payload: bytes) -> int:
+    def write_encoded(self, records: Sequence[Record | str], payload: bytes) -> int:
         """Compress and append one frame: ``payload`` is the encoding of ``records`` (from
         :meth:`encode`). Returns the frame's size."""
         compressor = (
@@ -231,7 +231,7 @@ class WriterStatistics:
 class _Batch:
     """The records of one frame and their encodings."""
 
-    records: list[Record]
+    records: list[Record | str]  # what the index needs: a body chunk is just its exchange id
     encoded: list[bytes]
 
 
@@ -272,7 +272,7 @@ class CaptureWriter:
         self.on_full = on_full
         self._limit_records = channel_records
         self._limit_bytes = channel_bytes
-        self._pending: list[Record] = []
+        self._pending: list[Record | str] = []
         self._encoded: list[bytes] = []
         self._pending_bytes = 0
         self._encode = sink.encode
@@ -300,7 +300,8 @@ class CaptureWriter:
     def _append(self, record: Record) -> None:
         record, data = self._encode(record)
         pending = self._pending
-        pending.append(record)
+        # Once encoded, a body chunk's bytes are not needed twice: the index only wants its exchange.
+        pending.append(record.x if type(record) is BodyChunk else record)
         self._encoded.append(data)
         self._pending_bytes += len(data)
         if len(pending) == 1 or self._pending_bytes >= self._frame_bytes or self._full():
