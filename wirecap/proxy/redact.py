@@ -93,22 +93,35 @@ def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
     found: list[Redaction] = []
 
     def replace(match: re.Match[bytes]) -> bytes:
-        name, value = match.group(1), match.group(2).strip()
-        if not value or value.startswith(PLACEHOLDER_PREFIX):
+        name = match.group(1)
+        redacted = _redacted_value(name.lower(), match.group(2).strip())
+        if redacted is None:
             return match.group(0)
-        scheme = b""
-        lower = name.lower()
-        if lower in (b"authorization", b"proxy-authorization"):
-            auth = _AUTH_SCHEME.match(value)
-            if auth:
-                scheme, value = auth.group(1) + b" ", auth.group(2)
-        replacement, fp = placeholder(value)
-        found.append(Redaction(where="head", name=lower.decode("latin-1"), fingerprint=fp))
-        return b"\r\n" + name + b": " + scheme + replacement
+        value, redaction = redacted
+        found.append(redaction)
+        return b"\r\n" + name + b": " + value
 
     out = rules.header_line.sub(replace, head) if rules.headers else head
+    if rules.any_pattern is None or rules.any_pattern.search(out) is None:
+        return out, found
     out, more = redact_patterns(out, rules, "head")
     return out, found + more
+
+
+@functools.lru_cache(maxsize=1024)
+def _redacted_value(lower_name: bytes, value: bytes) -> tuple[bytes, Redaction] | None:
+    """A credential header's stored value (its auth scheme kept) and the redaction it makes; None
+    for an empty or already redacted value. Cached: the same key comes with every request."""
+    if not value or value.startswith(PLACEHOLDER_PREFIX):
+        return None
+    scheme = b""
+    if lower_name in (b"authorization", b"proxy-authorization"):
+        auth = _AUTH_SCHEME.match(value)
+        if auth:
+            scheme, value = auth.group(1) + b" ", auth.group(2)
+    replacement, fp = placeholder(value)
+    redaction = Redaction(where="head", name=lower_name.decode("latin-1"), fingerprint=fp)
+    return scheme + replacement, redaction
 
 
 def redact_patterns(data: bytes, rules: Rules, where: str) -> tuple[bytes, list[Redaction]]:
@@ -170,7 +183,10 @@ class Redactor:
             changes: dict[str, object] = {}
             if found:
                 changes.update(head=head, redactions=tuple(found))
-            if rules.any_pattern is not None:
+            texts = f"{record.target}\n{record.proxy_url}\n{record.upstream_url}"
+            if rules.any_pattern is not None and rules.any_pattern.search(
+                texts.encode("utf-8", "surrogateescape")
+            ):
                 for name in ("target", "proxy_url", "upstream_url"):
                     value = getattr(record, name)
                     redacted = redact_text(value, rules)

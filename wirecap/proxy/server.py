@@ -177,6 +177,7 @@ class _Exchange:
     target: str
     submit: Submit
     offer: Callable[[Record], bool]
+    captured: bool = True
     head: http1.RequestHead | None = None
     upstream_url: str | None = None
     status: int | None = None
@@ -197,6 +198,8 @@ class _Exchange:
     relay_started: float = 0.0
     helper: trio.CancelScope | None = None  # the helper task's scope, while one runs
     helper_done: trio.Event | None = None
+    #: Records of bytes not yet forwarded: handed to the writer right after the forwarding write.
+    deferred: list[Record] = dataclasses.field(default_factory=list)
     outcome: Outcome = "ok"
     error: str | None = None
     failure_status: int = 502
@@ -205,15 +208,34 @@ class _Exchange:
     def now(self) -> int:
         return time.perf_counter_ns() - self.t0
 
-    async def record(self, record: Record) -> None:
-        """Hand ``record`` to the capture writer (waiting only when its buffer is full)."""
-        if not self.offer(record):
-            await self.submit(record)
+    def defer(self, record: Record) -> None:
+        """Keep ``record`` until the bytes it describes have been forwarded: capture work happens
+        after each forwarding write, never between a read and the write that relays it."""
+        if self.captured:
+            self.deferred.append(record)
 
-    async def request_data(self, data: bytes) -> None:
-        """Count and record request body bytes on their way upstream."""
+    def flush_nowait(self) -> bool:
+        """Offer the deferred records to the writer; False when its buffer is full (or it closed)
+        and some are left for :meth:`flush`."""
+        deferred = self.deferred
+        for i, record in enumerate(deferred):
+            if not self.offer(record):
+                del deferred[:i]
+                return False
+        deferred.clear()
+        return True
+
+    async def flush(self) -> None:
+        """Hand the deferred records to the writer, waiting for room if its buffer is full."""
+        if self.deferred and not self.flush_nowait():
+            deferred, self.deferred = self.deferred, []
+            for record in deferred:
+                await self.submit(record)
+
+    def request_data(self, data: bytes) -> None:
+        """Count request body bytes on their way upstream, and defer their record."""
         self.req_bytes += len(data)
-        await self.record(BodyChunk(x=self.id, dir="req", ns=self.now(), data=data))
+        self.defer(BodyChunk(x=self.id, dir="req", ns=self.now(), data=data))
 
     def fail(
         self, outcome: Outcome, error: str, status: int = 502, kind: str = "upstream_error"
@@ -491,7 +513,7 @@ class ProxyServer:
             offer=self.writer.offer if self.writer is not None else _take_all,
         )
         raw = bytes(client.buf[:MAX_BAD_HEAD_RECORDED])
-        await ex.record(
+        ex.defer(
             RequestReceived(
                 x=ex.id, wall_ns=started_ns, method="-", target="-", head=raw, client=client.addr
             )
@@ -522,6 +544,7 @@ class ProxyServer:
             target=target,
             submit=self._submit() if captured else _discard,
             offer=self.writer.offer if captured and self.writer is not None else _take_all,
+            captured=captured,
             head=head,
             upstream_url=match.upstream_url if match else None,
         )
@@ -529,7 +552,7 @@ class ProxyServer:
         self.stats.active += 1
         try:
             proxy_url = hdr.proxy_url(self.listen_host, self.listen_port, host_header, target)
-            await ex.record(
+            ex.defer(
                 RequestReceived(
                     x=ex.id,
                     wall_ns=started_ns,
@@ -593,7 +616,7 @@ class ProxyServer:
                         client.buf += data[used:]
                         budget -= used
                         if payload:
-                            await ex.request_data(payload)
+                            ex.request_data(payload)
                         if body.done:
                             ex.request_done = True
                             return
@@ -707,7 +730,7 @@ class ProxyServer:
     ) -> None:
         """Send the head and whatever body bytes already arrived, in one write (for LLM calls the
         whole body usually arrives with the head)."""
-        await ex.record(
+        ex.defer(
             UpstreamRequest(
                 x=ex.id,
                 ns=ex.now(),
@@ -725,11 +748,12 @@ class ProxyServer:
                 client.buf += data[used:]  # a pipelined request after this one
                 data = data[:used]
             if payload:
-                await ex.request_data(payload)
+                ex.request_data(payload)
             out += data
         if body.done:
             ex.request_done = True
         await _send(upstream.transport, out, self.config.timeouts.write)
+        await ex.flush()
 
     async def _relay_request_body(
         self,
@@ -754,7 +778,7 @@ class ProxyServer:
                     client.buf += data[used:]
                     data = data[:used]
                 if payload:
-                    await ex.request_data(payload)
+                    ex.request_data(payload)
                 if not ex.upstream_send_failed:
                     try:
                         await _send(upstream.transport, data, timeouts.write)
@@ -762,6 +786,7 @@ class ProxyServer:
                         # The upstream stopped reading (it may already be answering, e.g. 413):
                         # keep reading its response; the connection will not be reused.
                         ex.upstream_send_failed = True
+                await ex.flush()
             ex.request_done = True
         except (ClientGone, *_BROKEN) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
@@ -852,7 +877,7 @@ class ProxyServer:
                         del buf[: len(response.raw)]
                         if ex.ttfb_ns is None:
                             ex.ttfb_ns = now
-                        await ex.record(
+                        ex.defer(
                             ResponseHead(x=ex.id, ns=now, status=response.status, head=response.raw)
                         )
                         if response.informational:
@@ -884,7 +909,7 @@ class ProxyServer:
                         if ex.ttft_ns is None:
                             ex.ttft_ns = now
                         ex.res_bytes += len(payload)
-                        await ex.record(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
+                        ex.defer(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
                         if ex.client_eof:
                             ex.fail(
                                 "client_abort",
@@ -905,6 +930,7 @@ class ProxyServer:
                         return False  # every body byte reached the client; only framing is left
                 if out:
                     await _send(client.transport, b"".join(out), write_timeout)
+                await ex.flush()
                 if finished:
                     ex.response_complete = True
                     return response is not None and response.keep_alive
@@ -944,12 +970,13 @@ class ProxyServer:
         now = ex.now()
         if ex.ttfb_ns is None:
             ex.ttfb_ns = now
-        await ex.record(ResponseHead(x=ex.id, ns=now, status=status, head=head, by="proxy"))
+        ex.defer(ResponseHead(x=ex.id, ns=now, status=status, head=head, by="proxy"))
         ex.res_bytes += len(body)
-        await ex.record(BodyChunk(x=ex.id, dir="res", ns=now, data=body))
+        ex.defer(BodyChunk(x=ex.id, dir="res", ns=now, data=body))
         with contextlib.suppress(*_BROKEN, trio.TooSlowError):
             await _send(client.transport, head + body, self.config.timeouts.write)
             ex.response_complete = True
+        await ex.flush()
 
     async def _finish(self, ex: _Exchange, captured: bool) -> None:
         """Record the end of the exchange (even while the connection is being cancelled) and print
@@ -965,9 +992,10 @@ class ProxyServer:
             res_bytes=ex.res_bytes,
             ttfb_ns=ex.ttfb_ns,
         )
-        if not ex.offer(end):
+        ex.defer(end)
+        if not ex.flush_nowait():
             with trio.CancelScope(shield=True):
-                await ex.submit(end)
+                await ex.flush()
         if self.config.log_format == "quiet":
             return
         summary = ExchangeSummary(
