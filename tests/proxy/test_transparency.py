@@ -403,3 +403,99 @@ async def test_exchange_clock_starts_at_the_request_not_the_idle_connection(
         first, second = list(capture.exchanges())
     assert second.duration_ns is not None and second.duration_ns < 0.4e9
     assert second.wall_ns - first.wall_ns >= 0.5e9
+
+
+async def test_http10_client_gets_a_chunked_answer_unchunked_and_a_close(
+    start_upstream, start_proxy
+):
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_raw(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"7\r\ndata: 1\r\n7\r\ndata: 2\r\n0\r\n\r\n"
+        )
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    raw = await raw_request(proxy.port, b"GET /old HTTP/1.0\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    assert body == b"data: 1data: 2"  # the payload, delimited by the close
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.outcome == "ok" and exchange.response_body == b"data: 1data: 2"
+
+
+async def test_chunked_answer_is_forwarded_with_its_framing_untouched(start_upstream, start_proxy):
+    chunked = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    raw = await raw_request(proxy.port, b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert raw.endswith(b"\r\n\r\n" + chunked)  # extensions and trailer as the upstream sent them
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.response_body == b"hello world"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 2OO OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    ],
+)
+async def test_malformed_upstream_answers_are_a_502(start_upstream, start_proxy, answer):
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_raw(answer)
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        r = await client.get(f"{proxy.url}/bad")
+    assert r.status_code == 502 and r.json()["error"]["source"] == "wirecap"
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.outcome == "upstream_error"
+
+
+async def test_malformed_chunk_after_the_head_cuts_the_client_connection(
+    start_upstream, start_proxy
+):
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_raw(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+        )
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    raw = await raw_request(proxy.port, b"GET /t HTTP/1.1\r\nHost: x\r\n\r\n")
+    # The head and the good chunk were relayed; then the connection closes without a last chunk.
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"5\r\nhello\r\n")
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.outcome == "upstream_error" and "chunk" in (exchange.end.error or "")
+
+
+async def test_upstream_answering_before_reading_the_body_is_relayed(start_upstream, start_proxy):
+    async def handler(ex):
+        # Answer first, then drain the body (a lingering close, as real servers do).
+        await ex.send_raw(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
+            b"too large"
+        )
+        await ex.read_body()
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"{proxy.url}/upload", content=b"x" * (8 * 1024 * 1024))
+    assert r.status_code == 413 and r.text == "too large"

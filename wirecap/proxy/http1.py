@@ -334,10 +334,12 @@ class ChunkedBody:
 
     :meth:`feed` reports how many bytes of the input belong to the body (all of them until the last
     chunk and the trailer section end) and the chunk payload they carried. Partial chunk-size lines
-    are kept between calls; a malformed one raises :class:`ProtocolError`.
+    are kept between calls. Malformed framing raises :class:`ProtocolError`, but only once the bytes
+    before it have been reported: ``feed`` then returns that valid prefix and sets :attr:`error`
+    (the relay forwards every good byte, then fails), and raises on the next call.
     """
 
-    __slots__ = ("_line", "_remaining", "_state", "done")
+    __slots__ = ("_line", "_remaining", "_state", "done", "error")
 
     _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
@@ -346,52 +348,65 @@ class ChunkedBody:
         self._remaining = 0
         self._line = b""
         self.done = False
+        self.error: ProtocolError | None = None
 
     def eof(self) -> str | None:
         return None if self.done else "the chunked body ended before its last chunk"
 
     def feed(self, data: bytes) -> tuple[int, bytes]:
+        if self.error is not None:
+            raise self.error
+        payload: list[bytes] = []
         pos = 0
         end = len(data)
-        payload: list[bytes] = []
         while pos < end and not self.done:
-            state = self._state
-            if state == self._DATA:
-                take = min(self._remaining, end - pos)
-                payload.append(data[pos : pos + take])
-                pos += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._state = self._DATA_END
-            elif state == self._DATA_END:
-                need = 2 - len(self._line)
-                self._line += data[pos : pos + need]
-                pos += min(need, end - pos)
-                if len(self._line) == 2:
-                    if self._line != b"\r\n":
-                        raise ProtocolError("chunk data is not followed by CRLF")
-                    self._line = b""
-                    self._state = self._SIZE
-            else:
-                newline = data.find(b"\n", pos)
-                if newline < 0:
-                    self._line += data[pos:]
-                    pos = end
-                    if len(self._line) > MAX_CHUNK_LINE:
-                        raise ProtocolError("chunk-size line too long")
-                    continue
-                line = self._line + data[pos : newline + 1]
-                self._line = b""
-                pos = newline + 1
-                if not line.endswith(b"\r\n"):
-                    raise ProtocolError("chunk line does not end with CRLF")
-                if state == self._SIZE:
-                    self._size_line(line[:-2])
-                elif line == b"\r\n":
-                    self.done = True
-                elif len(line) > MAX_CHUNK_LINE or not _HEADER_LINE.fullmatch(line[:-2]):
-                    raise ProtocolError("malformed trailer line")
+            good = pos  # where the element being read starts: the valid prefix if it is malformed
+            try:
+                pos = self._step(data, pos, end, payload)
+            except ProtocolError as exc:
+                self.error = exc
+                if not good:
+                    raise
+                pos = good
+                break
         return pos, payload[0] if len(payload) == 1 else b"".join(payload)
+
+    def _step(self, data: bytes, pos: int, end: int, payload: list[bytes]) -> int:
+        """Read one element (a size line, chunk data, its CRLF, a trailer line) from ``pos``."""
+        state = self._state
+        if state == self._DATA:
+            take = min(self._remaining, end - pos)
+            payload.append(data[pos : pos + take])
+            self._remaining -= take
+            if not self._remaining:
+                self._state = self._DATA_END
+            return pos + take
+        if state == self._DATA_END:
+            need = 2 - len(self._line)
+            self._line += data[pos : pos + need]
+            if len(self._line) == 2:
+                if self._line != b"\r\n":
+                    raise ProtocolError("chunk data is not followed by CRLF")
+                self._line = b""
+                self._state = self._SIZE
+            return pos + min(need, end - pos)
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            self._line += data[pos:]
+            if len(self._line) > MAX_CHUNK_LINE:
+                raise ProtocolError("chunk-size line too long")
+            return end
+        line = self._line + data[pos : newline + 1]
+        self._line = b""
+        if not line.endswith(b"\r\n"):
+            raise ProtocolError("chunk line does not end with CRLF")
+        if state == self._SIZE:
+            self._size_line(line[:-2])
+        elif line == b"\r\n":
+            self.done = True
+        elif len(line) > MAX_CHUNK_LINE or not _HEADER_LINE.fullmatch(line[:-2]):
+            raise ProtocolError("malformed trailer line")
+        return newline + 1
 
     def _size_line(self, line: bytes) -> None:
         match = _CHUNK_SIZE.fullmatch(line)

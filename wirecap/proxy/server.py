@@ -613,6 +613,8 @@ class ProxyServer:
                     if client.buf:
                         data = client.take()
                         used, payload = body.feed(data)
+                        if isinstance(body, http1.ChunkedBody) and body.error is not None:
+                            return
                         client.buf += data[used:]
                         budget -= used
                         if payload:
@@ -744,6 +746,8 @@ class ProxyServer:
         if client.buf and not body.done:
             data = client.take()
             used, payload = body.feed(data)
+            if isinstance(body, http1.ChunkedBody) and body.error is not None:
+                raise body.error
             if used < len(data):
                 client.buf += data[used:]  # a pipelined request after this one
                 data = data[:used]
@@ -774,6 +778,8 @@ class ProxyServer:
                         )
                 data = client.take()
                 used, payload = body.feed(data)
+                if isinstance(body, http1.ChunkedBody) and body.error is not None:
+                    raise body.error
                 if used < len(data):
                     client.buf += data[used:]
                     data = data[:used]
@@ -920,9 +926,12 @@ class ProxyServer:
                         out.append(payload)
                     else:
                         out.append(data if used == len(data) else data[:used])
+                    if isinstance(body, http1.ChunkedBody) and body.error is not None:
+                        # Malformed framing after good bytes: the good ones go, then the relay fails.
+                        await _send(client.transport, b"".join(out), write_timeout)
+                        raise body.error
                     if used < len(data):
-                        assert body.done  # bytes after the end of the response
-                        response = None
+                        response = None  # bytes after the end of the response: not reusable
                 finished = body is not None and body.done
                 if finished:
                     ex.response_done.set()
