@@ -1,4 +1,4 @@
-"""The recording reverse proxy (trio + h11). Imports wirecap.capture only."""
+"""The recording reverse proxy (trio; HTTP/1.1 framing in http1.py). Imports wirecap.capture only."""
 
 from wirecap.proxy.app import make_redactor, make_writer, run_proxy
 from wirecap.proxy.config import ConfigError, ProxyConfig, Route, build_config

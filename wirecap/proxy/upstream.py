@@ -1,4 +1,4 @@
-"""Connections to upstreams: one h11 client state machine per connection, pooled per origin."""
+"""Connections to upstreams, pooled per origin; the h11 client connection the replay tools use."""
 
 from __future__ import annotations
 

@@ -1,0 +1,137 @@
+"""A/B the proxy's CPU per request under workload A, alternating configurations.
+
+    python scripts/bench_cpu.py --rounds 5 -- "--no-capture" "--out /tmp/abcap"
+    python scripts/bench_cpu.py -- "ENV:NAME=1 --out /tmp/abcap"   # with an environment variable
+
+Each configuration is a string of extra ``wirecap proxy`` arguments (optionally starting with
+``ENV:NAME=VALUE``). Every round starts each configuration in a fresh process, warms it up with one
+second of wrk at concurrency 32, then measures three seconds: requests per second and the proxy's CPU
+time per request (from /proc). Rounds alternate the configurations, and the medians are printed: on a
+shared two-core machine single runs move by 20%, so decisions need several rounds. Needs ``wrk``.
+Capture directories given with --out are removed after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUEST_BODY = json.dumps(
+    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello world " * 80}]}
+)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def wrk(url: str, lua: Path, seconds: int) -> tuple[int, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    requests = re.search(r"(\d+) requests in", out)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if requests is None or rate is None:
+        raise SystemExit(f"cannot read wrk's output:\n{out}")
+    return int(requests.group(1)), float(rate.group(1))
+
+
+def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float]:
+    env = dict(os.environ)
+    args = config.split()
+    if args and args[0].startswith("ENV:"):
+        name, _, value = args.pop(0)[4:].partition("=")
+        env[name] = value
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "wirecap", "proxy", "--quiet"),
+            *("--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{upstream_port}/"),
+            *args,
+        ],
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        wait_port(port)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        wrk(url, lua, 1)
+        before = cpu_seconds(process.pid)
+        requests, rate = wrk(url, lua, 3)
+        used = cpu_seconds(process.pid) - before
+    finally:
+        process.terminate()
+        process.wait()
+        if "--out" in args:
+            shutil.rmtree(args[args.index("--out") + 1], ignore_errors=True)
+    return used / requests * 1e6, rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("configs", nargs="+", help='extra proxy arguments, e.g. "--no-capture"')
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed (apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        lua = Path(tmp) / "post.lua"
+        lua.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(REQUEST_BODY)}\n"
+        )
+        upstream = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "bench_upstream.py")], stdout=subprocess.PIPE
+        )
+        assert upstream.stdout is not None
+        upstream_port = int(upstream.stdout.readline().split()[1])
+        results: dict[str, list[tuple[float, float]]] = {c: [] for c in args.configs}
+        try:
+            for _ in range(args.rounds):
+                for config in args.configs:
+                    results[config].append(run_once(config, upstream_port, lua))
+        finally:
+            upstream.terminate()
+    width = max(len(c) for c in args.configs)
+    for config, runs in results.items():
+        cpu = statistics.median(r[0] for r in runs)
+        rate = statistics.median(r[1] for r in runs)
+        every = ", ".join(f"{r[0]:.0f}" for r in runs)
+        print(f"{config:{width}}  CPU/request {cpu:5.0f} us  req/s {rate:7.0f}   (CPU: {every})")
+
+
+if __name__ == "__main__":
+    main()
