@@ -492,10 +492,31 @@ async def test_upstream_answering_before_reading_the_body_is_relayed(start_upstr
             b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
             b"too large"
         )
+        await trio.sleep(2)  # not reading: the client cannot finish sending meanwhile
         await ex.read_body()
 
     upstream = await start_upstream(handler)
     proxy = await start_proxy(upstream=upstream.url)
-    async with httpx.AsyncClient() as client:
-        r = await client.post(f"{proxy.url}/upload", content=b"x" * (8 * 1024 * 1024))
-    assert r.status_code == 413 and r.text == "too large"
+    size = 32 * 1024 * 1024
+    received = bytearray()
+    body_sent = trio.Event()
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream, trio.open_nursery() as nursery:
+
+            async def send_body() -> None:
+                await stream.send_all(
+                    b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+                )
+                for _ in range(size // 65536):
+                    await stream.send_all(b"x" * 65536)
+                body_sent.set()
+
+            nursery.start_soon(send_body)
+            while not received.endswith(b"too large"):
+                chunk = await stream.receive_some(65536)
+                assert chunk, f"connection closed after {bytes(received)!r}"
+                received += chunk
+            assert not body_sent.is_set()  # the answer came while the body was still on its way
+            nursery.cancel_scope.cancel()
+    assert received.startswith(b"HTTP/1.1 413 Payload Too Large\r\n")
