@@ -207,8 +207,9 @@ class IndexBuilder:
     def observe(self, record: Record | str, frame_offset: int) -> None:
         """Account for ``record``, stored in the frame that starts at ``frame_offset``.
 
-        A bare exchange id stands for a body chunk of that exchange: all the index needs of one, and
-        the capture writer keeps only that much of a body record once it is encoded.
+        A bare exchange id stands for a record that only tells the exchange has bytes in this frame
+        (a body chunk, an upstream head): all the index needs of one, and all the capture writer
+        keeps of it once it is encoded.
         """
         if type(record) is str:
             entry = self._entries.get(record)
@@ -253,7 +254,12 @@ class IndexBuilder:
                 entry.ttfb_ns = record.ttfb_ns
 
     def observe_all(self, records: Iterable[Record | str], frame_offset: int) -> None:
+        seen: set[str] = set()  # exchanges already marked present in this frame
         for record in records:
+            if type(record) is str:
+                if record in seen:
+                    continue
+                seen.add(record)
             self.observe(record, frame_offset)
 
     def build(self, damage: Iterable[Mapping[str, Any]] = ()) -> Index:

@@ -300,8 +300,9 @@ class CaptureWriter:
     def _append(self, record: Record) -> None:
         record, data = self._encode(record)
         pending = self._pending
-        # Once encoded, a body chunk's bytes are not needed twice: the index only wants its exchange.
-        pending.append(record.x if type(record) is BodyChunk else record)
+        # Once encoded, a body chunk's bytes (or an upstream head) are not needed twice: the index only
+        # wants to know which exchange has a record in the frame.
+        pending.append(record.x if isinstance(record, BodyChunk | UpstreamRequest) else record)
         self._encoded.append(data)
         self._pending_bytes += len(data)
         if len(pending) == 1 or self._pending_bytes >= self._frame_bytes or self._full():

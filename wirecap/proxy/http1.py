@@ -29,10 +29,9 @@ _REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.(
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 # field-value: visible characters and obs-text, with spaces and tabs only inside; no CR, LF or NUL.
 _VALUE: Final = rb"(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?"
-_FIELD: Final = rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r?\n"
-#: One header line with its line break; findall over a block that _FIELDS matched gives every field.
-_HEADER_FIELD: Final = re.compile(_FIELD)
-_HEADER_FIELDS: Final = re.compile(rb"(?:" + _FIELD + rb")*")
+#: A header block of CRLF lines, each ``name: value`` with no control character in the value (the
+#: usual case, checked in one pass; the value's surrounding whitespace is stripped afterwards).
+_CRLF_FIELDS: Final = re.compile(rb"(?:" + _TOKEN + rb":[ \t]*[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _HEADER_LINE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _LINE_BREAK: Final = re.compile(rb"\r?\n")
@@ -42,6 +41,10 @@ _DIGITS: Final = re.compile(rb"[0-9]{1,19}")
 #: Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection and are never forwarded.
 HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
+)
+#: The header fields the framing reads; the others are skipped after one set lookup.
+_FRAMING_FIELDS: Final = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
 )
 #: Longest chunk-size line (with extensions) or trailer section accepted.
 MAX_CHUNK_LINE: Final = 4096
@@ -88,6 +91,8 @@ class RequestHead:
         hosts = 0
         for name, value in headers:
             lower = name.lower()
+            if lower not in _FRAMING_FIELDS:
+                continue
             if lower == b"host":
                 hosts += 1
                 self.host = value
@@ -145,6 +150,8 @@ class ResponseHead:
         connection: list[bytes] = []
         for name, value in headers:
             lower = name.lower()
+            if lower not in _FRAMING_FIELDS:
+                continue
             if lower == b"content-length":
                 lengths.update(v.strip() for v in value.split(b","))
             elif lower == b"transfer-encoding":
@@ -223,22 +230,32 @@ def _find_head(buf: bytes | bytearray, max_head: int) -> int:
 def _split_head(raw: bytes) -> tuple[bytes, Headers]:
     """The start line and the header fields of a complete head.
 
-    Two passes in C over the header block: one regular expression checks every line, another
-    extracts the fields; Python only looks at the lines when the block is malformed.
+    The usual head (CRLF lines) is checked by one regular expression over the whole header block and
+    then split; a head with bare-LF lines, or a malformed one, goes line by line.
     """
     first_break = raw.find(b"\n")
     start = raw[:first_break]
     if start.endswith(b"\r"):
         start = start[:-1]
     block = raw[first_break + 1 : -2 if raw.endswith(b"\r\n") else -1]
-    if _HEADER_FIELDS.fullmatch(block) is None:
-        for line in _LINE_BREAK.split(block):
-            if line and _HEADER_LINE.fullmatch(line) is None:
-                if line[:1] in (b" ", b"\t"):
-                    raise ProtocolError("obsolete line folding in a header")
-                raise ProtocolError(f"malformed header line {line[:60]!r}")
-        raise ProtocolError("malformed header section")
-    return start, _HEADER_FIELD.findall(block)
+    if _CRLF_FIELDS.fullmatch(block) is not None:
+        headers: Headers = []
+        if block:
+            for line in block[:-2].split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                headers.append((name, value.strip(b" \t")))
+        return start, headers
+    headers = []
+    for line in _LINE_BREAK.split(block):
+        if not line:
+            continue
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            if line[:1] in (b" ", b"\t"):
+                raise ProtocolError("obsolete line folding in a header")
+            raise ProtocolError(f"malformed header line {line[:60]!r}")
+        headers.append((match[1], match[2]))
+    return start, headers
 
 
 def skip_empty_lines(buf: bytearray) -> None:
