@@ -183,6 +183,40 @@ async def test_client_disconnect_mid_stream_is_client_abort(start_upstream, star
     assert aborted.response_body.startswith(b"data: 0\n\n")
 
 
+async def test_client_hanging_up_while_the_upstream_is_silent_drops_the_upstream(
+    start_upstream, start_proxy
+):
+    """A long generation with nothing to relay: only the watcher the proxy starts for slow exchanges
+    can see the client leave (there is no write to fail)."""
+    upstream_dropped = trio.Event()
+
+    async def thinking(ex):
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Type", "text/event-stream")])
+        assert (
+            await ex.stream.receive_some(1) == b""
+        )  # silent until the proxy closes the connection
+        upstream_dropped.set()
+
+    upstream = await start_upstream(thinking)
+    proxy = await start_proxy(upstream=upstream.url)
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await stream.send_all(b"GET /v1/think HTTP/1.1\r\nHost: x\r\n\r\n")
+        seen = b""
+        while b"\r\n\r\n" not in seen:
+            seen += await stream.receive_some(65536)
+        await trio.sleep(0.2)  # longer than the watcher delay
+        started = trio.current_time()
+        await stream.aclose()
+        await upstream_dropped.wait()
+        # One second of grace for a client that hangs up right after the last byte, then the abort.
+        assert trio.current_time() - started < 3
+    with await proxy.capture() as capture:
+        [aborted] = list(capture.exchanges())
+    assert aborted.outcome == "client_abort"
+
+
 async def test_unknown_route_is_a_404_naming_the_routes(start_upstream, start_proxy):
     upstream = await start_upstream(ok_handler)
     proxy = await start_proxy(routes=[f"/openai={upstream.url}"])

@@ -289,6 +289,7 @@ class ProxyServer:
         self._idle_scopes: set[trio.CancelScope] = set()
         #: Exchanges whose response is being relayed, for the watchdog (insertion order = age).
         self._relaying: dict[_Exchange, _Client] = {}
+        self._relay_started = trio.Event()  # wakes the watchdog when there is something to watch
         self._listeners: list[trio.SocketListener] = []
         self._read_size = config.limits.read_size
         self._max_head = config.limits.max_head
@@ -360,9 +361,10 @@ class ProxyServer:
         :data:`WATCH_CLIENT_AFTER` (a long generation or stream): one task for the whole proxy instead
         of a timer per exchange."""
         while True:
-            await trio.sleep(WATCH_CLIENT_AFTER / 2)
             if not self._relaying:
-                continue
+                self._relay_started = trio.Event()
+                await self._relay_started.wait()  # an idle proxy does not tick
+            await trio.sleep(WATCH_CLIENT_AFTER / 2)
             due = trio.current_time() - WATCH_CLIENT_AFTER
             for ex, client in list(self._relaying.items()):
                 if ex.relay_started > due:
@@ -859,6 +861,8 @@ class ProxyServer:
         scope = ex.scope
         if ex.helper is None:
             ex.relay_started = trio.current_time()
+            if not self._relaying:
+                self._relay_started.set()
             self._relaying[ex] = client  # the watchdog adds a client watcher if this takes long
         try:
             while True:
