@@ -45,9 +45,8 @@ class Transport(Protocol):
 
 
 def _broken(exc: OSError) -> trio.BrokenResourceError:
-    err = trio.BrokenResourceError(f"socket connection broken: {exc.strerror or exc}")
-    err.__cause__ = exc
-    return err
+    """trio's error for a dead connection; the OSError stays its cause (which says why)."""
+    return trio.BrokenResourceError("socket connection broken")
 
 
 class SocketTransport:
@@ -85,7 +84,7 @@ class SocketTransport:
             except OSError as exc:
                 if exc.errno == errno.EBADF:
                     raise trio.ClosedResourceError("the connection was closed") from None
-                raise _broken(exc) from None
+                raise _broken(exc) from exc
             await self._pace()
             return data
 
@@ -97,7 +96,7 @@ class SocketTransport:
         except OSError as exc:
             if exc.errno == errno.EBADF:
                 raise trio.ClosedResourceError("the connection was closed") from None
-            raise _broken(exc) from None
+            raise _broken(exc) from exc
 
     async def send_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -112,7 +111,7 @@ class SocketTransport:
             except OSError as exc:
                 if exc.errno == errno.EBADF:
                     raise trio.ClosedResourceError("the connection was closed") from None
-                raise _broken(exc) from None
+                raise _broken(exc) from exc
             view = view[sent:]
         await self._pace()
 
