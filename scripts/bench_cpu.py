@@ -2,9 +2,11 @@
 
     python scripts/bench_cpu.py --rounds 5 -- "--no-capture" "--out /tmp/abcap"
     python scripts/bench_cpu.py -- "ENV:NAME=1 --out /tmp/abcap"   # with an environment variable
+    python scripts/bench_cpu.py -- "--no-capture" "AT:/tmp/old-checkout --no-capture"  # two builds
 
-Each configuration is a string of extra ``wirecap proxy`` arguments (optionally starting with
-``ENV:NAME=VALUE``). Every round starts each configuration in a fresh process, warms it up with one
+Each configuration is a string of extra ``wirecap proxy`` arguments, optionally starting with
+``ENV:NAME=VALUE`` (an environment variable) and/or ``AT:DIR`` (run the wirecap of another checkout,
+e.g. a ``git worktree`` of an earlier commit). Every round starts each configuration in a fresh process, warms it up with one
 second of wrk at concurrency 32, then measures three seconds: requests per second and the proxy's CPU
 time per request (from /proc). Rounds alternate the configurations, and the medians are printed: on a
 shared two-core machine single runs move by 20%, so decisions need several rounds. Needs ``wrk``.
@@ -71,9 +73,14 @@ def wrk(url: str, lua: Path, seconds: int) -> tuple[int, float]:
 def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float]:
     env = dict(os.environ)
     args = config.split()
-    if args and args[0].startswith("ENV:"):
-        name, _, value = args.pop(0)[4:].partition("=")
-        env[name] = value
+    checkout = ROOT
+    while args and args[0].startswith(("ENV:", "AT:")):
+        option = args.pop(0)
+        if option.startswith("AT:"):
+            checkout = Path(option[3:])
+        else:
+            name, _, value = option[4:].partition("=")
+            env[name] = value
     port = free_port()
     process = subprocess.Popen(
         [
@@ -83,7 +90,7 @@ def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float]:
         ],
         stderr=subprocess.DEVNULL,
         env=env,
-        cwd=ROOT,
+        cwd=checkout,  # python -m wirecap imports the package of the working directory
     )
     try:
         wait_port(port)
