@@ -3,15 +3,18 @@
 Hot path per exchange: :mod:`wirecap.proxy.http1` finds the request head in the client's bytes; the
 head is rewritten for the upstream (Host, hop-by-hop headers) and goes out in one write with whatever
 body bytes already arrived; the upstream's answer goes back one write per read, its head edited line
-by line and its body bytes untouched (chunked stays chunked). Each read becomes one capture record
-appended to the writer's buffer. Nothing parses a body, nothing touches the disk, nothing waits for
-the end of a stream before forwarding it, and sockets are driven directly
+by line and its body bytes untouched (chunked stays chunked). Each read becomes one capture record,
+handed to the writer right after the write that forwards its bytes, so capture work never sits
+between a read and its write. Nothing parses a body, nothing touches the disk, nothing waits for the
+end of a stream before forwarding it, and sockets are driven directly
 (:class:`~wirecap.proxy.transport.SocketTransport`) rather than through trio's stream layer.
 
-Tasks: one per client connection. An exchange adds one only when its request body is still arriving
-(it relays the rest and then watches the client) or when the upstream keeps the relay waiting for
-more than :data:`WATCH_CLIENT_AFTER` (a task then watches the client, so that a client hanging up
-aborts a long generation at once instead of at its next chunk).
+Tasks: one per client connection, plus one watchdog for the proxy. An exchange adds a helper task
+(in its connection's nursery) only when its request body is still arriving (the helper relays the
+rest and then watches the client) or when its response takes longer than :data:`WATCH_CLIENT_AFTER`
+(the watchdog starts a helper that watches the client, so that a client hanging up aborts a long
+generation at once instead of at its next chunk). Each exchange has one cancel scope; its deadline
+follows the phase (reading the upstream, writing to the client).
 """
 
 from __future__ import annotations
