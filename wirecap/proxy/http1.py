@@ -1,11 +1,11 @@
 """HTTP/1.1 message framing for the relay: heads parsed, bodies delimited, bytes left as they are. Sans-IO.
 
 The proxy forwards what it receives: a body's bytes go on exactly as they arrived (chunked stays
-chunked, chunk extensions and trailers included), and heads are edited line by line rather than
-rebuilt. So the relay needs only three things from a parser, all here: where a head ends and what it
-says (:func:`parse_request_head`, :func:`parse_response_head`), and where a body ends
-(:class:`LengthBody`, :class:`ChunkedBody`, :class:`UntilClose`), with the payload bytes for the
-capture.
+chunked, chunk extensions and trailers included), and a head keeps its header lines (order, casing,
+values) minus what a proxy must change (Host, hop-by-hop headers). So the relay needs only three
+things from a parser, all here: where a head ends and what it says (:func:`parse_request_head`,
+:func:`parse_response_head`), and where a body ends (:class:`LengthBody`, :class:`ChunkedBody`,
+:class:`UntilClose`), with the payload bytes for the capture.
 
 Why not h11 here: h11 drives a full state machine per event, which costs about 100 us per message
 side on the benchmark machine, more than the whole per-request budget of the proxy (see
