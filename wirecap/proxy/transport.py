@@ -44,9 +44,28 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
-def _broken(exc: OSError) -> trio.BrokenResourceError:
-    """trio's error for a dead connection; the OSError stays its cause (which says why)."""
+def _trio_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+    """trio's error for a failed socket call: closed by us, or a dead connection (raise it ``from``
+    the OSError, which says why)."""
+    if exc.errno == errno.EBADF:
+        return trio.ClosedResourceError("the connection was closed")
     return trio.BrokenResourceError("socket connection broken")
+
+
+def socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under ``stream`` (through any TLS layers), or None for other streams."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None
+
+
+def readable_now(sock: socket.socket | trio.socket.SocketType) -> bool:
+    """True when a read would not block (data, end of stream, or an error is pending)."""
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class SocketTransport:
@@ -82,9 +101,7 @@ class SocketTransport:
                 await wait_readable(sock)
                 continue
             except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("the connection was closed") from None
-                raise _broken(exc) from exc
+                raise _trio_error(exc) from exc
             await self._pace()
             return data
 
@@ -94,9 +111,7 @@ class SocketTransport:
         except BlockingIOError:
             return 0
         except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise trio.ClosedResourceError("the connection was closed") from None
-            raise _broken(exc) from exc
+            raise _trio_error(exc) from exc
 
     async def send_all(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -109,18 +124,12 @@ class SocketTransport:
                 await wait_writable(sock)
                 continue
             except OSError as exc:
-                if exc.errno == errno.EBADF:
-                    raise trio.ClosedResourceError("the connection was closed") from None
-                raise _broken(exc) from exc
+                raise _trio_error(exc) from exc
             view = view[sent:]
         await self._pace()
 
     def readable_now(self) -> bool:
-        try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+        return readable_now(self.sock)
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
@@ -135,10 +144,7 @@ class StreamTransport:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        inner = stream
-        while isinstance(inner, trio.SSLStream):
-            inner = inner.transport_stream
-        self._sock = inner.socket if isinstance(inner, trio.SocketStream) else None
+        self._sock = socket_of(stream)
 
     async def receive(self, max_bytes: int) -> bytes:
         return bytes(await self.stream.receive_some(max_bytes))
@@ -150,13 +156,7 @@ class StreamTransport:
         await self.stream.send_all(data)
 
     def readable_now(self) -> bool:
-        if self._sock is None:
-            return False
-        try:
-            readable, _, _ = select.select([self._sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+        return self._sock is not None and readable_now(self._sock)
 
     def close(self) -> None:
         # Closing a TLS stream politely needs I/O; the relay only closes what it gives up on.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import h11
 import trio
+
+from wirecap.proxy.transport import readable_now, socket_of
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -106,23 +107,11 @@ class UpstreamConnection:
 
     def looks_alive(self) -> bool:
         """False when the idle socket is readable: the upstream closed it (or sent junk)."""
-        sock = _socket_of(self.stream)
-        if sock is None:
-            return True
-        try:
-            readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+        sock = socket_of(self.stream)
+        return sock is None or not readable_now(sock)
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
-
-
-def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    while isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    return stream.socket if isinstance(stream, trio.SocketStream) else None
 
 
 def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
