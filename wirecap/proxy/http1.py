@@ -83,43 +83,24 @@ class RequestHead:
         self.target = target
         self.version = b"1." + minor
         self.headers = headers
-        self.host: bytes | None = None
-        lengths: set[bytes] = set()
-        codings: list[bytes] = []
-        connection: list[bytes] = []
-        expect = b""
-        hosts = 0
-        for name, value in headers:
-            lower = name.lower()
-            if lower not in _FRAMING_FIELDS:
-                continue
-            if lower == b"host":
-                hosts += 1
-                self.host = value
-            elif lower == b"content-length":
-                lengths.update(v.strip() for v in value.split(b","))
-            elif lower == b"transfer-encoding":
-                codings.extend(v.strip().lower() for v in value.split(b","))
-            elif lower == b"connection":
-                connection.extend(v.strip().lower() for v in value.split(b","))
-            elif lower == b"expect":
-                expect = value.lower()
-        if hosts > 1:
+        f = _FramingFields(headers)
+        if len(f.hosts) > 1:
             raise ProtocolError("request has more than one Host header")
-        if hosts == 0 and minor == b"1":
+        if not f.hosts and minor == b"1":
             raise ProtocolError("HTTP/1.1 request without a Host header")
-        #: Why the body's framing is unsafe to forward (the exchange is recorded, then answered 400).
-        self.framing_problem = _request_framing_problem(lengths, codings, minor)
-        self.chunked = bool(codings) and self.framing_problem is None
+        self.host = f.hosts[0] if f.hosts else None
+        #: Why the body's framing is unsafe to forward (the exchange is recorded, then answered 400):
+        #: the request-smuggling shapes, where the proxy and the upstream could disagree on where
+        #: the body ends (RFC 9112 6.1, 6.3).
+        self.framing_problem = f.problem("request")
+        if self.framing_problem is None and f.codings and minor == b"0":
+            self.framing_problem = "HTTP/1.0 request with Transfer-Encoding"
+        self.chunked = bool(f.codings) and self.framing_problem is None
         self.body_length = (
-            int(next(iter(lengths))) if lengths and self.framing_problem is None else 0
+            int(next(iter(f.lengths))) if f.lengths and self.framing_problem is None else 0
         )
-        self.keep_alive = minor == b"1" and b"close" not in connection
-        self.expect_continue = minor == b"1" and expect == b"100-continue"
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or self.body_length > 0
+        self.keep_alive = minor == b"1" and b"close" not in f.connection
+        self.expect_continue = minor == b"1" and f.expect == b"100-continue"
 
     def body(self) -> LengthBody | ChunkedBody:
         """A reader for this request's body (a zero-length one when it has none)."""
@@ -145,39 +126,17 @@ class ResponseHead:
         self.status = status
         self.reason = reason
         self.headers = headers
-        lengths: set[bytes] = set()
-        codings: list[bytes] = []
-        connection: list[bytes] = []
-        for name, value in headers:
-            lower = name.lower()
-            if lower not in _FRAMING_FIELDS:
-                continue
-            if lower == b"content-length":
-                lengths.update(v.strip() for v in value.split(b","))
-            elif lower == b"transfer-encoding":
-                codings.extend(v.strip().lower() for v in value.split(b","))
-            elif lower == b"connection":
-                connection.extend(v.strip().lower() for v in value.split(b","))
-        self.keep_alive = minor == b"1" and b"close" not in connection
-        #: None: delimited by the connection closing.
-        self.length: int | None = None
-        self.chunked = False
+        f = _FramingFields(headers)
+        self.keep_alive = minor == b"1" and b"close" not in f.connection
         # Framing headers are checked even where they do not apply (1xx, 204, 304, HEAD), as h11
-        # does: a response that lies about its framing is not relayed.
-        if codings:
-            if lengths:
-                raise ProtocolError("response has both Content-Length and Transfer-Encoding")
-            # RFC 9112 6.3 would read other codings to the close; like h11, the relay refuses them.
-            if codings != [b"chunked"]:
-                raise ProtocolError("response Transfer-Encoding must be exactly 'chunked'")
-            self.chunked = True
-        elif lengths:
-            if len(lengths) > 1:
-                raise ProtocolError("response has conflicting Content-Length values")
-            value = next(iter(lengths))
-            if not _DIGITS.fullmatch(value):
-                raise ProtocolError("response has a malformed Content-Length")
-            self.length = int(value)
+        # does: a response that lies about its framing is not relayed. (RFC 9112 6.3 would read
+        # codings other than chunked to the close; like h11, the relay refuses them.)
+        problem = f.problem("response")
+        if problem is not None:
+            raise ProtocolError(problem)
+        self.chunked = bool(f.codings)
+        #: None: delimited by the connection closing.
+        self.length: int | None = int(next(iter(f.lengths))) if f.lengths else None
         if status < 200 or status in (204, 304) or request_method == b"HEAD":
             self.length, self.chunked = 0, False
         if self.length is None and not self.chunked:
@@ -195,20 +154,50 @@ class ResponseHead:
         return LengthBody(self.length)
 
 
-def _request_framing_problem(lengths: set[bytes], codings: list[bytes], minor: bytes) -> str | None:
-    """The request-smuggling shapes (RFC 9112 6.1, 6.3): the proxy and the upstream could disagree on
-    where such a body ends, so the request is refused rather than forwarded."""
-    if lengths and codings:
-        return "request has both Content-Length and Transfer-Encoding"
-    if len(lengths) > 1:
-        return "request has conflicting Content-Length values"
-    if lengths and not _DIGITS.fullmatch(next(iter(lengths))):
-        return "request has a malformed Content-Length"
-    if codings and codings != [b"chunked"]:
-        return "request Transfer-Encoding must be exactly 'chunked'"
-    if codings and minor == b"0":
-        return "HTTP/1.0 request with Transfer-Encoding"
-    return None
+class _FramingFields:
+    """The header fields that decide a message's framing, gathered in one pass over the headers."""
+
+    __slots__ = ("codings", "connection", "expect", "hosts", "lengths")
+
+    def __init__(self, headers: Headers) -> None:
+        self.lengths: set[bytes] = set()  # every Content-Length value (a set: repeats agree)
+        self.codings: list[bytes] = []  # Transfer-Encoding codings, lower case, in order
+        self.connection: list[bytes] = []  # Connection tokens, lower case
+        self.hosts: list[bytes] = []
+        self.expect = b""
+        for name, value in headers:
+            lower = name.lower()
+            if lower not in _FRAMING_FIELDS:
+                continue
+            if lower == b"host":
+                self.hosts.append(value)
+            elif lower == b"content-length":
+                self.lengths.update(v.strip() for v in value.split(b","))
+            elif lower == b"transfer-encoding":
+                # Empty items are kept: "chunked," is not exactly chunked, and is refused.
+                self.codings.extend(v.strip().lower() for v in value.split(b","))
+            elif lower == b"connection":
+                self.connection.extend(_tokens(value))
+            elif lower == b"expect":
+                self.expect = value.lower()
+
+    def problem(self, what: str) -> str | None:
+        """Why the framing is ambiguous (``what`` names the message), or None when it is sound."""
+        lengths, codings = self.lengths, self.codings
+        if lengths and codings:
+            return f"{what} has both Content-Length and Transfer-Encoding"
+        if len(lengths) > 1:
+            return f"{what} has conflicting Content-Length values"
+        if lengths and not _DIGITS.fullmatch(next(iter(lengths))):
+            return f"{what} has a malformed Content-Length"
+        if codings and codings != [b"chunked"]:
+            return f"{what} Transfer-Encoding must be exactly 'chunked'"
+        return None
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    """The non-empty items of a comma-separated header value, stripped and in lower case."""
+    return [t for t in (v.strip().lower() for v in value.split(b",")) if t]
 
 
 def _find_head(buf: bytes | bytearray, max_head: int) -> int:
@@ -445,7 +434,7 @@ def connection_tokens(headers: Headers) -> set[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            tokens.update(_tokens(value))
     return tokens
 
 
