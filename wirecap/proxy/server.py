@@ -27,7 +27,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final, TextIO
 
@@ -55,12 +54,13 @@ from wirecap.proxy.upstream import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from wirecap.capture.writer import CaptureWriter
     from wirecap.proxy.config import ProxyConfig, Route
 
 logger = logging.getLogger("wirecap.proxy")
 
-Submit = Callable[[Record], Awaitable[None]]
 #: Bytes of a malformed or oversize head kept in its capture record (the rest is not needed to see why).
 MAX_BAD_HEAD_RECORDED: Final = 64 * 1024
 #: After a client closes its connection mid-response, how long the relay may still finish reading the
@@ -70,15 +70,6 @@ CLIENT_CLOSE_GRACE: Final = 1.0
 #: (quick answers never need one; an LLM thinking for seconds does).
 WATCH_CLIENT_AFTER: Final = 0.05
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-async def _discard(record: Record) -> None:
-    """Submit function for exchanges that are not captured."""
-
-
-def _take_all(record: Record) -> bool:
-    """Offer function for exchanges that are not captured."""
-    return True
 
 
 _ids = random.Random(os.urandom(16))
@@ -178,9 +169,7 @@ class _Exchange:
     wall_ns: int
     method: str
     target: str
-    submit: Submit
-    offer: Callable[[Record], bool]
-    captured: bool = True
+    writer: CaptureWriter | None  # None: this exchange is not captured
     head: http1.RequestHead | None = None
     upstream_url: str | None = None
     status: int | None = None
@@ -214,15 +203,19 @@ class _Exchange:
     def defer(self, record: Record) -> None:
         """Keep ``record`` until the bytes it describes have been forwarded: capture work happens
         after each forwarding write, never between a read and the write that relays it."""
-        if self.captured:
+        if self.writer is not None:
             self.deferred.append(record)
 
     def flush_nowait(self) -> bool:
         """Offer the deferred records to the writer; False when its buffer is full (or it closed)
         and some are left for :meth:`flush`."""
         deferred = self.deferred
+        if not deferred:
+            return True
+        assert self.writer is not None  # only captured exchanges defer records
+        offer = self.writer.offer
         for i, record in enumerate(deferred):
-            if not self.offer(record):
+            if not offer(record):
                 del deferred[:i]
                 return False
         deferred.clear()
@@ -231,9 +224,10 @@ class _Exchange:
     async def flush(self) -> None:
         """Hand the deferred records to the writer, waiting for room if its buffer is full."""
         if self.deferred and not self.flush_nowait():
+            assert self.writer is not None
             deferred, self.deferred = self.deferred, []
             for record in deferred:
-                await self.submit(record)
+                await self.writer.submit(record)
 
     def request_data(self, data: bytes) -> None:
         """Count request body bytes on their way upstream, and defer their record."""
@@ -514,8 +508,7 @@ class ProxyServer:
             wall_ns=started_ns,
             method="-",
             target="-",
-            submit=self._submit(),
-            offer=self.writer.offer if self.writer is not None else _take_all,
+            writer=self.writer,
         )
         raw = bytes(client.buf[:MAX_BAD_HEAD_RECORDED])
         ex.defer(
@@ -526,7 +519,7 @@ class ProxyServer:
         kinds = {408: "request_timeout", 431: "request_header_fields_too_large"}
         ex.fail(outcome, reason)
         await self._respond_error(client, ex, status, kinds.get(status, "bad_request"), reason)
-        await self._finish(ex, captured=self.writer is not None)
+        await self._finish(ex)
 
     # -- per exchange ---------------------------------------------------------------------------------
 
@@ -540,16 +533,13 @@ class ProxyServer:
             method, host_header.decode("latin-1") if host_header else None, target
         )
         route = match.route if match else None
-        captured = self._should_capture(route)
         ex = _Exchange(
             id=new_exchange_id(),
             t0=t0,
             wall_ns=started_ns,
             method=method,
             target=target,
-            submit=self._submit() if captured else _discard,
-            offer=self.writer.offer if captured and self.writer is not None else _take_all,
-            captured=captured,
+            writer=self.writer if self._should_capture(route) else None,
             head=head,
             upstream_url=match.upstream_url if match else None,
         )
@@ -588,7 +578,7 @@ class ProxyServer:
                 await self._forward(client, ex, route, match.upstream_target, proxy_url)
         finally:
             self.stats.active -= 1
-            await self._finish(ex, captured)
+            await self._finish(ex)
         return (
             ex.request_done
             and ex.response_complete
@@ -994,7 +984,7 @@ class ProxyServer:
             ex.response_complete = True
         await ex.flush()
 
-    async def _finish(self, ex: _Exchange, captured: bool) -> None:
+    async def _finish(self, ex: _Exchange) -> None:
         """Record the end of the exchange (even while the connection is being cancelled) and print
         its console line."""
         duration = ex.now()
@@ -1027,7 +1017,7 @@ class ProxyServer:
             ttft_ns=ex.ttft_ns,
             req_bytes=ex.req_bytes,
             res_bytes=ex.res_bytes,
-            captured=captured,
+            captured=ex.writer is not None,
             error=ex.error,
         )
         line = format_json(summary) if self.config.log_format == "json" else format_text(summary)
@@ -1044,9 +1034,6 @@ class ProxyServer:
         if not route.capture:
             return False
         return route.sample >= 1.0 or random.random() < route.sample
-
-    def _submit(self) -> Submit:
-        return self.writer.submit if self.writer is not None else _discard
 
 
 class _HeadTimeout(Exception):
