@@ -31,8 +31,7 @@ import samples  # noqa: E402  (the same documented wire samples the tests use)
 
 from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer  # noqa: E402
 from wirecap.proxy.config import parse_upstream  # noqa: E402
-from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection  # noqa: E402
-from wirecap.replay.client import PreparedRequest, send  # noqa: E402
+from wirecap.replay.client import PreparedRequest, client_pool, send  # noqa: E402
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -216,13 +215,7 @@ async def make(out: Path) -> None:
                 (b"X-Fixture", name.encode()),
                 (b"Content-Length", str(len(body)).encode()),
             )
-            pool: ConnectionPool[UpstreamConnection] = ConnectionPool(
-                connect_timeout=5,
-                idle_timeout=5,
-                read_size=65536,
-                max_head=65536,
-                max_idle_per_origin=1,
-            )
+            pool = client_pool(connect_timeout=5, idle_timeout=5, max_idle=1)
             await send(pool, target, PreparedRequest("POST", path, headers, body), read_timeout=10)
             await pool.aclose()
             proxy.shutdown()

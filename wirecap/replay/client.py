@@ -16,13 +16,14 @@ import trio
 
 from wirecap.llm import ExchangeInput, parse_head
 from wirecap.proxy.http1 import HOP_BY_HOP
+from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Sequence
 
     from wirecap.capture import Exchange
     from wirecap.proxy.config import Upstream
-    from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection
 
 #: Headers never copied from a recording: the target's own, framing (recomputed), and wirecap's.
 _NOT_COPIED = HOP_BY_HOP | {
@@ -118,6 +119,24 @@ class Response:
             response_chunks=tuple(self.chunks),
             complete=self.error is None,
         )
+
+
+def client_pool(
+    *,
+    connect_timeout: float,
+    idle_timeout: float,
+    max_idle: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ConnectionPool[UpstreamConnection]:
+    """A pool of h11 client connections for :func:`send` (64 KiB reads and heads)."""
+    return ConnectionPool(
+        connect_timeout=connect_timeout,
+        idle_timeout=idle_timeout,
+        read_size=64 * 1024,
+        max_head=64 * 1024,
+        max_idle_per_origin=max_idle,
+        ssl_context=ssl_context,
+    )
 
 
 async def send(

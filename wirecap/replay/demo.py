@@ -22,8 +22,7 @@ from wirecap.inspect.select import analyzed_exchanges
 from wirecap.inspect.views import findings_lines, table_lines
 from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer
 from wirecap.proxy.config import parse_upstream
-from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection
-from wirecap.replay.client import build_request, send
+from wirecap.replay.client import build_request, client_pool, send
 from wirecap.replay.serve import MockServer, load_catalog
 
 if TYPE_CHECKING:
@@ -73,13 +72,7 @@ async def _demo(files: list[Path], workdir: Path, echo: Callable[[str], object])
             f"2. wirecap proxy on http://127.0.0.1:{port} -> {mock.url}, capturing to a temporary directory"
         )
         target = parse_upstream(f"http://127.0.0.1:{port}/")
-        pool: ConnectionPool[UpstreamConnection] = ConnectionPool(
-            connect_timeout=5,
-            idle_timeout=30,
-            read_size=65536,
-            max_head=65536,
-            max_idle_per_origin=4,
-        )
+        pool = client_pool(connect_timeout=5, idle_timeout=30, max_idle=4)
         sent = 0
         for exchange in exchanges:
             request = build_request(exchange, target, via_proxy=True)

@@ -242,21 +242,14 @@ def _store_single(recorded: Path, path: Path, *, append: bool) -> None:
 def _forwarder(proxy_url: str) -> Any:
     """A serve fallback that sends misses through the recording proxy and answers with its reply."""
     from wirecap.proxy.config import parse_upstream
-    from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection
-    from wirecap.replay.client import prepare, send
+    from wirecap.replay.client import client_pool, prepare, send
 
     target = parse_upstream(proxy_url + "/")
 
     async def forward(
         method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        pool: ConnectionPool[UpstreamConnection] = ConnectionPool(
-            connect_timeout=10,
-            idle_timeout=1,
-            read_size=65536,
-            max_head=65536,
-            max_idle_per_origin=1,
-        )
+        pool = client_pool(connect_timeout=10, idle_timeout=1, max_idle=1)
         prepared = prepare(method, path, headers, body, target)
         try:
             response = await send(pool, target, prepared, read_timeout=600)

@@ -25,7 +25,7 @@ from wirecap.proxy.upstream import (
     UpstreamConnection,
     UpstreamTimeout,
 )
-from wirecap.replay.client import Response, build_request, send
+from wirecap.replay.client import Response, build_request, client_pool, send
 from wirecap.replay.compare import Mode, Verdict, compare
 
 if TYPE_CHECKING:
@@ -96,12 +96,10 @@ async def replay(
     """Replay every selected exchange; results come back in recorded order."""
     from wirecap.proxy.upstream import make_ssl_context
 
-    pool: ConnectionPool[UpstreamConnection] = ConnectionPool(
+    pool = client_pool(
         connect_timeout=options.connect_timeout,
         idle_timeout=60.0,
-        read_size=64 * 1024,
-        max_head=64 * 1024,
-        max_idle_per_origin=max(options.concurrency, 1),
+        max_idle=max(options.concurrency, 1),
         ssl_context=make_ssl_context(options.ca_file) if options.ca_file else None,
     )
     writer = _writer(out, options) if out is not None else None
