@@ -311,12 +311,7 @@ class CaptureWriter:
     def offer(self, record: Record) -> bool:
         """Queue ``record`` at once when there is room (the usual case); False when the caller must
         ``await submit(record)`` instead (the buffer is full, or the writer closed or failed)."""
-        if (
-            len(self._pending) >= self._limit_records
-            or self._pending_bytes >= self._limit_bytes
-            or self._closed
-            or self._failed is not None
-        ):
+        if self._closed or self._failed is not None or self._full():
             return False
         self._append(record)
         return True

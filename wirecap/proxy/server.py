@@ -850,6 +850,7 @@ class ProxyServer:
         buf = bytearray()  # upstream bytes before the final head is complete
         body: http1.LengthBody | http1.ChunkedBody | http1.UntilClose | None = None
         response: http1.ResponseHead | None = None
+        trailing_junk = False  # the upstream sent more than its response: not reusable
         dechunk = False
         scope = ex.scope
         if ex.helper is None:
@@ -928,7 +929,7 @@ class ProxyServer:
                         await _send(client.transport, b"".join(out), write_timeout)
                         raise body.error
                     if used < len(data):
-                        response = None  # bytes after the end of the response: not reusable
+                        trailing_junk = True  # bytes after the end of the response
                 finished = body is not None and body.done
                 if finished:
                     ex.response_done.set()
@@ -939,7 +940,7 @@ class ProxyServer:
                 await ex.flush()
                 if finished:
                     ex.response_complete = True
-                    return response is not None and response.keep_alive
+                    return response is not None and response.keep_alive and not trailing_junk
         except (*_BROKEN, http1.ProtocolError) as exc:
             if ex.reading or isinstance(exc, http1.ProtocolError):
                 where = "mid-response" if ex.response_started else "before responding"
