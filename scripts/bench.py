@@ -96,7 +96,7 @@ class Running:
             self.cleanup()
 
 
-def _wait_port(port: int, timeout: float = 20) -> None:
+def wait_port(port: int, timeout: float = 20) -> None:
     import socket
 
     deadline = time.time() + timeout
@@ -108,7 +108,7 @@ def _wait_port(port: int, timeout: float = 20) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
@@ -128,7 +128,7 @@ def start_upstream() -> tuple[subprocess.Popen[bytes], int]:
 def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | None) -> Running:
     if name == "direct":
         return Running(name, upstream_port, [], None)
-    port = _free_port()
+    port = free_port()
     if name.startswith("wirecap"):
         capture = name == "wirecap"
         out = workdir / f"cap-{time.time_ns()}"
@@ -145,7 +145,7 @@ def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | 
         ]
         args += ["--out", str(out)] if capture else ["--no-capture"]
         process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
-        _wait_port(port)
+        wait_port(port)
         return Running(name, port, [process.pid], process, out if capture else None)
     if name == "mitmdump":
         assert mitmdump is not None
@@ -167,7 +167,7 @@ def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | 
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(port, 60)
+        wait_port(port, 60)
         return Running(name, port, [process.pid], process, flows)
     if name == "nginx":
         conf_dir = Path(tempfile.mkdtemp(prefix="wirecap-nginx-"))
@@ -190,7 +190,7 @@ http {{ access_log off; client_body_temp_path {conf_dir}; proxy_temp_path {conf_
             ],
             stderr=subprocess.DEVNULL,
         )
-        _wait_port(port)
+        wait_port(port)
         time.sleep(0.2)
         children = subprocess.run(
             ["pgrep", "-P", str(process.pid)], capture_output=True, text=True

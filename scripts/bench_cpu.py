@@ -16,44 +16,17 @@ Capture directories given with --out are removed after each run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-REQUEST_BODY = json.dumps(
-    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello world " * 80}]}
-)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int) -> None:
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
+# The benchmark's workload A: the same request body, upstream and process helpers.
+from bench import LUA, ROOT, Running, free_port, start_upstream, wait_port
 
 
 def wrk(url: str, lua: Path, seconds: int) -> tuple[int, float]:
@@ -95,10 +68,11 @@ def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float]:
     try:
         wait_port(port)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        running = Running(config, port, [process.pid], process)
         wrk(url, lua, 1)
-        before = cpu_seconds(process.pid)
+        before = running.cpu_seconds()
         requests, rate = wrk(url, lua, 3)
-        used = cpu_seconds(process.pid) - before
+        used = running.cpu_seconds() - before
     finally:
         process.terminate()
         process.wait()
@@ -116,15 +90,8 @@ def main() -> None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
         lua = Path(tmp) / "post.lua"
-        lua.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(REQUEST_BODY)}\n"
-        )
-        upstream = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "bench_upstream.py")], stdout=subprocess.PIPE
-        )
-        assert upstream.stdout is not None
-        upstream_port = int(upstream.stdout.readline().split()[1])
+        lua.write_text(LUA)
+        upstream, upstream_port = start_upstream()
         results: dict[str, list[tuple[float, float]]] = {c: [] for c in args.configs}
         try:
             for _ in range(args.rounds):
