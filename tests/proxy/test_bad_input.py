@@ -22,6 +22,16 @@ async def assert_still_serving(proxy):
     assert r.status_code == 200 and r.text == "fine"
 
 
+async def read_until(port: int, request: bytes, marker: bytes) -> trio.SocketStream:
+    """Send ``request`` to the proxy and read until ``marker`` arrives; the stream stays open."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(request)
+    seen = b""
+    while marker not in seen:
+        seen += await stream.receive_some(65536)
+    return stream
+
+
 def json_error(raw: bytes) -> tuple[int, dict]:
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -169,11 +179,9 @@ async def test_client_disconnect_mid_stream_is_client_abort(start_upstream, star
     upstream = await start_upstream(endless)
     proxy = await start_proxy(upstream=upstream.url)
     with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
-        await stream.send_all(b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        seen = b""
-        while b"data: 0" not in seen:
-            seen += await stream.receive_some(65536)
+        stream = await read_until(
+            proxy.port, b"GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n", b"data: 0"
+        )
         await stream.aclose()
         await upstream_done.wait()  # the proxy dropped the upstream too, promptly
     await assert_still_serving(proxy)
@@ -193,19 +201,16 @@ async def test_client_hanging_up_while_the_upstream_is_silent_drops_the_upstream
     async def thinking(ex):
         await ex.read_body()
         await ex.send_head(200, [("Content-Type", "text/event-stream")])
-        assert (
-            await ex.stream.receive_some(1) == b""
-        )  # silent until the proxy closes the connection
+        # Silent until the proxy closes the connection.
+        assert await ex.stream.receive_some(1) == b""
         upstream_dropped.set()
 
     upstream = await start_upstream(thinking)
     proxy = await start_proxy(upstream=upstream.url)
     with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
-        await stream.send_all(b"GET /v1/think HTTP/1.1\r\nHost: x\r\n\r\n")
-        seen = b""
-        while b"\r\n\r\n" not in seen:
-            seen += await stream.receive_some(65536)
+        stream = await read_until(
+            proxy.port, b"GET /v1/think HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n\r\n"
+        )
         await trio.sleep(0.2)  # longer than the watcher delay
         started = trio.current_time()
         await stream.aclose()
