@@ -255,20 +255,32 @@ def skip_empty_lines(buf: bytearray) -> None:
         del buf[:1]
 
 
+def _read_head(
+    buf: bytes | bytearray, max_head: int, start_line: re.Pattern[bytes], what: str
+) -> tuple[bytes, re.Match[bytes], Headers] | None:
+    """The raw bytes, start-line match and header fields of the head at the start of ``buf``; None
+    when it is not complete yet."""
+    size = _find_head(buf, max_head)
+    if not size:
+        return None
+    raw = bytes(buf[:size])
+    start, headers = _split_head(raw)
+    match = start_line.fullmatch(start)
+    if match is None:
+        raise ProtocolError(f"malformed {what} {start[:80]!r}")
+    return raw, match, headers
+
+
 def parse_request_head(buf: bytes | bytearray, max_head: int) -> RequestHead | None:
     """The request head at the start of ``buf``, or None when it is not complete yet.
 
     Raises :class:`ProtocolError` (400, or 431 past ``max_head`` bytes) for a malformed head.
     The caller removes ``len(head.raw)`` bytes from its buffer.
     """
-    size = _find_head(buf, max_head)
-    if not size:
+    head = _read_head(buf, max_head, _REQUEST_LINE, "request line")
+    if head is None:
         return None
-    raw = bytes(buf[:size])
-    start, headers = _split_head(raw)
-    match = _REQUEST_LINE.fullmatch(start)
-    if match is None:
-        raise ProtocolError(f"malformed request line {start[:80]!r}")
+    raw, match, headers = head
     return RequestHead(raw, match[1], match[2], match[3], headers)
 
 
@@ -279,14 +291,10 @@ def parse_response_head(
 
     Raises :class:`ProtocolError` for a malformed or oversize head.
     """
-    size = _find_head(buf, max_head)
-    if not size:
+    head = _read_head(buf, max_head, _STATUS_LINE, "status line")
+    if head is None:
         return None
-    raw = bytes(buf[:size])
-    start, headers = _split_head(raw)
-    match = _STATUS_LINE.fullmatch(start)
-    if match is None:
-        raise ProtocolError(f"malformed status line {start[:80]!r}")
+    raw, match, headers = head
     return ResponseHead(raw, match[1], int(match[2]), match[3] or b"", headers, request_method)
 
 
