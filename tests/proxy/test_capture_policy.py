@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import time
 
 import httpx
@@ -206,6 +208,44 @@ async def test_disk_full_stops_capture_but_traffic_continues(start_upstream, sta
     stats = writer.statistics()
     assert stats.failed is not None and stats.records_lost > 0
     assert len([r for r in caplog.records if "CAPTURE STOPPED" in r.getMessage()]) == 1
+
+
+async def test_a_write_error_in_the_writer_process_stops_capture_not_traffic(
+    start_upstream, start_proxy, caplog
+):
+    """The writer process cannot create its next segment (its directory is gone): capture stops,
+    loudly and once, the records after it are counted as lost, and every request still works."""
+    upstream = await start_upstream(echo_cookie)
+    proxy = await start_proxy(upstream=upstream.url, rotate_bytes=1)  # a new segment per frame
+    async with httpx.AsyncClient() as client:
+        for i in range(6):
+            if i == 2:
+                await trio.sleep(0.3)  # the first frames are written...
+                shutil.rmtree(proxy.out)  # ...then the directory for the next segment vanishes
+            r = await client.post(f"{proxy.url}/v1/x", content=json.dumps({"i": i}).encode())
+            assert r.status_code == 200 and r.json() == {"i": i}
+            await trio.sleep(0.3)
+    await proxy.stop()
+    stats = proxy.writer.statistics()
+    assert stats.failed is not None and "FileNotFoundError" in stats.failed
+    assert stats.records_written > 0 and stats.records_lost > 0
+    assert len([r for r in caplog.records if "CAPTURE STOPPED" in r.getMessage()]) == 1
+
+
+async def test_a_dead_writer_process_stops_capture_not_traffic(start_upstream, start_proxy, caplog):
+    upstream = await start_upstream(echo_cookie)
+    proxy = await start_proxy(upstream=upstream.url)
+    os.kill(proxy.writer.pid, signal.SIGKILL)
+    async with httpx.AsyncClient() as client:
+        for i in range(20):
+            r = await client.post(f"{proxy.url}/v1/x", content=json.dumps({"i": i}).encode())
+            assert r.status_code == 200 and r.json() == {"i": i}
+            await trio.sleep(0.01)
+    await proxy.stop()
+    stats = proxy.writer.statistics()
+    assert stats.failed is not None and stats.records_lost > 0
+    [stopped] = [r.getMessage() for r in caplog.records if "CAPTURE STOPPED" in r.getMessage()]
+    assert "capture process" in stopped
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "quiet"])

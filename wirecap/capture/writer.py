@@ -1,215 +1,95 @@
-"""Writing capture files: a blocking segment sink and the trio task that feeds it.
+"""Writing capture files: the bounded buffer the proxy hands records to, and its two consumers.
 
-The proxy hands records to :class:`CaptureWriter` and never waits on disk. Each record is prepared
-(redaction) and CBOR-encoded as it is submitted, in the submitting task: a few microseconds of work
-that would otherwise run in the worker thread under the GIL, where handing the GIL back and forth
-with the event loop cost more than the work itself (measured: 60-100 us per proxied request). The
-writer's collector task batches the encoded records into frames (closed 250 ms after their first
-record or at 1 MiB), and its flusher task runs :class:`SegmentSink` in a worker thread, which only
-compresses and writes (both release the GIL) and keeps the timing index. Collecting the next frame
-overlaps writing the last one.
+The proxy hands records to a writer and never waits on disk. Both writers share the producer side
+(:class:`RecordBuffer`): a plain list bounded in records and bytes, with the ``block`` or ``drop``
+policy when it is full, and no task switch per record.
+
+- :class:`ProcessCaptureWriter` (what ``wirecap proxy`` uses) packs each record into a tuple and
+  sends batches through a pipe to a writer process (child.py), which redacts, encodes, compresses,
+  indexes and writes. In the proxy process that work held the GIL the event loop needs (about
+  100 us per exchange of workload A, see docs/PERFORMANCE.md); in its own process it runs on the
+  other core.
+- :class:`CaptureWriter` does the same work in the proxy's own process (replay captures, tests): each
+  record is redacted and CBOR-encoded as it is submitted, a collector task batches encoded records
+  into frames (closed 250 ms after their first record or at 1 MiB), and a flusher task runs
+  :class:`SegmentSink` in a worker thread, which compresses and writes (both release the GIL) and
+  keeps the timing index.
 
 A write error (a full disk) never reaches traffic: the writer logs it once, loudly, stops writing, and
-keeps draining the channel so the proxy never blocks on it; :meth:`CaptureWriter.statistics` counts
-what was lost.
+keeps draining the buffer so the proxy never blocks on it; ``statistics()`` counts what was lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import marshal
 import math
 import os
-import socket
+import pickle
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import trio
 
-from wirecap import __version__
-from wirecap.capture import frames
-from wirecap.capture.index import IndexBuilder
-from wirecap.capture.records import (
-    BodyChunk,
-    Gap,
-    Header,
-    Record,
-    RequestReceived,
-    ResponseHead,
-    UpstreamRequest,
+from wirecap.capture.child import WriterSpec, message, pack_record
+from wirecap.capture.records import BodyChunk, Gap, Record, UpstreamRequest
+from wirecap.capture.sink import (
+    FRAME_MAX_BYTES,
+    FRAME_MAX_SECONDS,
+    SMALL_FRAME_BYTES,
+    SMALL_FRAME_LEVEL,
+    Opener,
+    Prepare,
+    SegmentHeader,
+    SegmentSink,
+    header_factory,
+    open_exclusive,
+    record_size,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "DEFAULT_CHANNEL_BYTES",
+    "DEFAULT_CHANNEL_RECORDS",
+    "FRAME_MAX_BYTES",
+    "FRAME_MAX_SECONDS",
+    "SMALL_FRAME_BYTES",
+    "SMALL_FRAME_LEVEL",
+    "CaptureWriter",
+    "OnFull",
+    "Opener",
+    "Prepare",
+    "ProcessCaptureWriter",
+    "RecordBuffer",
+    "SegmentHeader",
+    "SegmentSink",
+    "WriterSpec",
+    "WriterStatistics",
+    "header_factory",
+    "open_exclusive",
+]
 
 logger = logging.getLogger("wirecap.capture")
 
-FRAME_MAX_BYTES: Final = 1024 * 1024
-FRAME_MAX_SECONDS: Final = 0.25
-#: Frames smaller than this are compressed at SMALL_FRAME_LEVEL (at least): see SegmentSink.
-SMALL_FRAME_BYTES: Final = 256 * 1024
-SMALL_FRAME_LEVEL: Final = 9
 #: Records waiting between the proxy and the writer: at most this many records or this many bytes (a
 #: record holds at most one 64 KiB read). 4 MiB is four frames' worth: enough to keep the compressor
 #: busy; more only raises peak memory on large bodies (16 MiB gave 100 MB RSS on a 1 GiB stream).
 DEFAULT_CHANNEL_RECORDS: Final = 4096
 DEFAULT_CHANNEL_BYTES: Final = 4 * 1024 * 1024
+#: The process writer sends a batch when its first record is this old or the batch is this big:
+#: one pipe write per few exchanges under load, and never a large copy in the event loop.
+BATCH_SECONDS: Final = 0.002
+BATCH_BYTES: Final = 256 * 1024
 
 OnFull: TypeAlias = Literal["block", "drop"]
-Prepare: TypeAlias = Callable[[Record], Record]
-Opener: TypeAlias = Callable[[Path], BinaryIO]
-
-
-def header_factory(
-    redaction: Mapping[str, Any], listen: str | None = None
-) -> Callable[[int], Header]:
-    """The header of each new segment written by this process (its host, pid, and settings)."""
-    host = socket.gethostname()
-
-    def header(segment: int) -> Header:
-        return Header(
-            wirecap_version=__version__,
-            created_ns=time.time_ns(),
-            host=host,
-            pid=os.getpid(),
-            segment=segment,
-            redaction=redaction,
-            listen=listen,
-        )
-
-    return header
-
-
-def open_exclusive(path: Path) -> BinaryIO:
-    """Create ``path`` with mode 0600 (never overwriting) and open it for unbuffered writing.
-
-    Unbuffered so that every frame is handed to the kernel as soon as it is written: a process killed
-    with SIGKILL loses nothing that the writer finished writing.
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    return os.fdopen(fd, "wb", buffering=0)
-
-
-def record_size(record: Record) -> int:
-    """Approximate encoded size of ``record``, for frame and drop accounting."""
-    if isinstance(record, BodyChunk):
-        return len(record.data) + 48
-    if isinstance(record, RequestReceived | UpstreamRequest | ResponseHead):
-        return len(record.head) + 128
-    return 96
-
-
-class SegmentSink:
-    """Blocking writer of one capture segment at a time. Run its methods in a worker thread.
-
-    Not thread-safe: one thread at a time (the writer's flusher task guarantees it).
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        header: Callable[[int], Header],
-        *,
-        prepare: Prepare | None = None,
-        level: int = 3,
-        opener: Opener = open_exclusive,
-        prefix: str = "capture",
-    ) -> None:
-        self.directory = directory
-        self._header = header
-        self._prepare = prepare
-        self._level = level
-        self._compressor = frames.new_compressor(level)
-        # Small frames (quiet traffic, SSE) get a stronger level: cheap at their size, and it is where
-        # per-record overhead shows. Large frames keep ``level`` so big bodies stay fast.
-        self._small_compressor = frames.new_compressor(max(level, SMALL_FRAME_LEVEL))
-        self._opener = opener
-        self._prefix = prefix
-        self._file: BinaryIO | None = None
-        self._index = IndexBuilder()
-        self.path: Path | None = None
-        self.segment = -1
-        self.offset = 0
-        self.opened_at = 0.0
-        self.paths: list[Path] = []
-
-    def open(self) -> Path:
-        """Start the next segment: create the file and write its header frame."""
-        self.segment += 1
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        path = (
-            self.directory
-            / f"{self._prefix}-{stamp}-{os.getpid()}-{self.segment:04d}{frames.SEGMENT_SUFFIX}"
-        )
-        self._file = self._opener(path)
-        self.path = path
-        self.paths.append(path)
-        self.offset = 0
-        self.opened_at = time.monotonic()
-        self._index = IndexBuilder()
-        self._write(frames.encode_data_frame([self._header(self.segment)], self._compressor))
-        return path
-
-    def encode(self, record: Record) -> tuple[Record, bytes]:
-        """``record`` prepared (redacted) and its CBOR encoding, for :meth:`write_encoded`.
-
-        Any thread may call it, one at a time (the redactor keeps per-exchange state).
-        """
-        if self._prepare is not None:
-            record = self._prepare(record)
-        return record, frames.encode_record(record)
-
-    def write_frame(self, records: Sequence[Record]) -> int:
-        """Prepare, encode, compress and append ``records`` as one frame; returns the frame's size."""
-        prepared: list[Record] = []
-        parts: list[bytes] = []
-        for record in records:
-            record, data = self.encode(record)
-            prepared.append(record)
-            parts.append(data)
-        return self.write_encoded(prepared, b"".join(parts))
-
-    def write_encoded(self, records: Sequence[Record | str], payload: bytes) -> int:
-        """Compress and append one frame: ``payload`` is the encoding of ``records`` (from
-        :meth:`encode`). Returns the frame's size."""
-        compressor = (
-            self._small_compressor if len(payload) < SMALL_FRAME_BYTES else self._compressor
-        )
-        frame = bytes(compressor.compress(payload))
-        at = self.offset
-        self._write(frame)
-        self._index.observe_all(records, at)
-        return len(frame)
-
-    def close(self) -> None:
-        """Append the index and footer, flush to disk, and close the segment."""
-        if self._file is None:
-            return
-        index_frame = frames.encode_index_frame(self._index.build().to_map(), self._level)
-        index_at = self.offset
-        self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
-        file, self._file = self._file, None
-        # Not every file object has a real descriptor (tests); the data is written either way.
-        with contextlib.suppress(OSError, ValueError):
-            os.fsync(file.fileno())
-        file.close()
-
-    def abandon(self) -> None:
-        """Close the file without an index, after a write error."""
-        file, self._file = self._file, None
-        if file is not None:
-            with contextlib.suppress(OSError):
-                file.close()
-
-    def _write(self, data: bytes) -> None:
-        assert self._file is not None
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            if written is None or written <= 0:
-                raise OSError("short write to the capture file")
-            view = view[written:]
-        self.offset += len(data)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -244,49 +124,33 @@ class _DropCounter:
         self.exchanges: set[str] = set()
 
 
-class CaptureWriter:
-    """The capture pipeline: a bounded buffer in, segment files out.
+class RecordBuffer:
+    """The producer side shared by both writers: a bounded buffer of records and its policy.
 
-    Start :meth:`run` in a nursery (``await nursery.start(writer.run)``), :meth:`submit` records from
-    any task, and call :meth:`aclose` to finish: the writer drains the buffer, writes the index and
-    footer, and :meth:`run` returns.
-
-    Producers append to a plain list (no task switch per record); the collector task is woken only
-    when a frame starts, fills up, or the buffer reaches its bound. The bound is ``channel_records``
-    records or ``channel_bytes`` bytes, whichever comes first.
+    Producers append to a plain list (no task switch per record); the consumer task is woken only
+    when the buffer gets its first record, reaches ``wake_bytes``, or reaches its bound. The bound is
+    ``channel_records`` records or ``channel_bytes`` bytes, whichever comes first. Subclasses say
+    what a record becomes in the buffer (:meth:`_append`) and consume it.
     """
 
     def __init__(
         self,
-        sink: SegmentSink,
         *,
-        on_full: OnFull = "block",
-        channel_records: int = DEFAULT_CHANNEL_RECORDS,
-        channel_bytes: int = DEFAULT_CHANNEL_BYTES,
-        frame_bytes: int = FRAME_MAX_BYTES,
-        frame_seconds: float = FRAME_MAX_SECONDS,
-        rotate_bytes: int | None = None,
-        rotate_seconds: float | None = None,
+        on_full: OnFull,
+        channel_records: int,
+        channel_bytes: int,
+        wake_bytes: int,
     ) -> None:
-        self.sink = sink
         self.on_full = on_full
         self._limit_records = channel_records
         self._limit_bytes = channel_bytes
-        self._pending: list[Record | str] = []
-        self._encoded: list[bytes] = []
+        self._wake_bytes = wake_bytes
+        self._pending: list[Any] = []
         self._pending_bytes = 0
-        self._encode = sink.encode
         self._wake = trio.Event()
         self._space = trio.Event()
-        self._frame_bytes = frame_bytes
-        self._frame_seconds = frame_seconds
-        self._rotate_bytes = rotate_bytes
-        self._rotate_seconds = rotate_seconds
         self._dropped = _DropCounter()
         self._records_dropped = 0
-        self._records_written = 0
-        self._frames_written = 0
-        self._bytes_written = 0
         self._records_lost = 0
         self._failed: str | None = None
         self._closed = False
@@ -298,15 +162,24 @@ class CaptureWriter:
         return len(self._pending) >= self._limit_records or self._pending_bytes >= self._limit_bytes
 
     def _append(self, record: Record) -> None:
-        record, data = self._encode(record)
+        raise NotImplementedError
+
+    def statistics(self) -> WriterStatistics:
+        raise NotImplementedError
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write until :meth:`aclose` (start it with ``nursery.start``: it reports the first file)."""
+        raise NotImplementedError
+
+    def _queue(self, item: object, size: int) -> None:
+        """Put ``item`` (what ``record`` became) in the buffer, waking the consumer when it has work."""
         pending = self._pending
-        # Once encoded, a body chunk's bytes (or an upstream head) are not needed twice: the index only
-        # wants to know which exchange has a record in the frame.
-        pending.append(record.x if isinstance(record, BodyChunk | UpstreamRequest) else record)
-        self._encoded.append(data)
-        self._pending_bytes += len(data)
-        if len(pending) == 1 or self._pending_bytes >= self._frame_bytes or self._full():
-            self._wake.set()  # a frame starts, or is full: the collector has work
+        pending.append(item)
+        self._pending_bytes += size
+        if len(pending) == 1 or self._pending_bytes >= self._wake_bytes or self._full():
+            self._wake.set()
 
     def offer(self, record: Record) -> bool:
         """Queue ``record`` at once when there is room (the usual case); False when the caller must
@@ -356,6 +229,111 @@ class CaptureWriter:
         self._wake.set()
         self._space.set()
 
+    @property
+    def failed(self) -> str | None:
+        return self._failed
+
+    async def wait_finished(self) -> None:
+        """Wait until ``run`` has written the index and closed the file (after :meth:`aclose`)."""
+        await self._finished.wait()
+
+    # -- consumer side ------------------------------------------------------------------------------
+
+    def _take(self) -> list[Any]:
+        taken = self._pending
+        self._pending, self._pending_bytes = [], 0
+        self._space.set()
+        return taken
+
+    async def _wait_for_work(self, linger: float, enough: int) -> None:
+        """Sleep until the buffer has records, then up to ``linger`` seconds more for it to reach
+        ``enough`` bytes or its bound (returns at once when closed)."""
+        if not self._pending and not self._closed:
+            self._wake = trio.Event()
+            await self._wake.wait()
+        if self._pending and not self._closed:
+            deadline = trio.current_time() + linger
+            while (
+                self._pending_bytes < enough
+                and not self._full()
+                and not self._closed
+                and trio.current_time() < deadline
+            ):
+                self._wake = trio.Event()
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
+
+    def _take_gap(self) -> Gap | None:
+        """A gap record for the records dropped since the last one, if any."""
+        dropped = self._dropped
+        if not dropped.records:
+            return None
+        self._dropped = _DropCounter()
+        return Gap(
+            wall_ns=time.time_ns(),
+            records=dropped.records,
+            bytes=dropped.bytes,
+            exchanges=tuple(sorted(dropped.exchanges)),
+        )
+
+    def _fail(self, reason: str, path: Path | None) -> None:
+        if self._failed is not None:
+            return
+        self._failed = reason
+        logger.error(
+            "CAPTURE STOPPED: writing %s failed (%s). Traffic continues uncaptured; "
+            "records from now on are counted as lost.",
+            path,
+            reason,
+        )
+
+
+class CaptureWriter(RecordBuffer):
+    """The capture pipeline in this process: a bounded buffer in, segment files out.
+
+    Start :meth:`run` in a nursery (``await nursery.start(writer.run)``), :meth:`submit` records from
+    any task, and call :meth:`aclose` to finish: the writer drains the buffer, writes the index and
+    footer, and :meth:`run` returns.
+    """
+
+    def __init__(
+        self,
+        sink: SegmentSink,
+        *,
+        on_full: OnFull = "block",
+        channel_records: int = DEFAULT_CHANNEL_RECORDS,
+        channel_bytes: int = DEFAULT_CHANNEL_BYTES,
+        frame_bytes: int = FRAME_MAX_BYTES,
+        frame_seconds: float = FRAME_MAX_SECONDS,
+        rotate_bytes: int | None = None,
+        rotate_seconds: float | None = None,
+    ) -> None:
+        super().__init__(
+            on_full=on_full,
+            channel_records=channel_records,
+            channel_bytes=channel_bytes,
+            wake_bytes=frame_bytes,
+        )
+        self.sink = sink
+        self._encoded: list[bytes] = []
+        self._encode = sink.encode
+        self._frame_bytes = frame_bytes
+        self._frame_seconds = frame_seconds
+        self._rotate_bytes = rotate_bytes
+        self._rotate_seconds = rotate_seconds
+        self._records_written = 0
+        self._frames_written = 0
+        self._bytes_written = 0
+
+    def _append(self, record: Record) -> None:
+        record, data = self._encode(record)
+        self._encoded.append(data)
+        # Once encoded, a body chunk's bytes (or an upstream head) are not needed twice: the index only
+        # wants to know which exchange has a record in the frame.
+        self._queue(
+            record.x if isinstance(record, BodyChunk | UpstreamRequest) else record, len(data)
+        )
+
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
             queued=len(self._pending),
@@ -368,12 +346,6 @@ class CaptureWriter:
             path=self.sink.path,
             paths=tuple(self.sink.paths),
         )
-
-    @property
-    def failed(self) -> str | None:
-        return self._failed
-
-    # -- consumer side ------------------------------------------------------------------------------
 
     async def run(
         self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
@@ -394,43 +366,27 @@ class CaptureWriter:
                 self.sink.abandon()
             self._finished.set()
 
-    async def wait_finished(self) -> None:
-        """Wait until :meth:`run` has written the index and closed the file (after :meth:`aclose`)."""
-        await self._finished.wait()
-
-    def _take(self) -> _Batch:
-        batch = _Batch(self._pending, self._encoded)
-        self._pending, self._encoded, self._pending_bytes = [], [], 0
-        self._space.set()
+    def _take_batch(self) -> _Batch:
+        batch = _Batch(self._take(), self._encoded)
+        self._encoded = []
+        gap = self._take_gap()
+        if gap is not None:
+            gap_record, data = self._encode(gap)
+            batch.records.append(gap_record)
+            batch.encoded.append(data)
         return batch
 
     async def _collector(self, batches: trio.MemorySendChannel[_Batch]) -> None:
         async with batches:
             rotate_deadline = self._next_rotation()
             while True:
-                if not self._pending and not self._closed:
-                    # Idle: sleep until a record arrives (or a time-based rotation is due).
-                    self._wake = trio.Event()
-                    with trio.move_on_at(rotate_deadline):
-                        await self._wake.wait()
-                if self._pending and not self._closed:
-                    # A frame has started: close it 250 ms later at the latest, sooner when full.
-                    deadline = trio.current_time() + self._frame_seconds
-                    while (
-                        self._pending_bytes < self._frame_bytes
-                        and not self._full()
-                        and not self._closed
-                        and trio.current_time() < deadline
-                    ):
-                        self._wake = trio.Event()
-                        with trio.move_on_at(deadline):
-                            await self._wake.wait()
+                with trio.move_on_at(rotate_deadline):  # idle: a time-based rotation may be due
+                    await self._wait_for_work(self._frame_seconds, self._frame_bytes)
                 if self._pending or self._dropped.records:
-                    batch = self._take()
+                    batch = self._take_batch()
                     if self._failed is not None:
                         self._records_lost += len(batch.records)
                     else:
-                        self._add_gap(batch)
                         await batches.send(batch)
                 elif trio.current_time() >= rotate_deadline and not self._closed:
                     await batches.send(_Batch([], []))  # an empty batch asks the flusher to rotate
@@ -443,22 +399,6 @@ class CaptureWriter:
         if self._rotate_seconds is None:
             return math.inf
         return trio.current_time() + self._rotate_seconds
-
-    def _add_gap(self, batch: _Batch) -> None:
-        dropped = self._dropped
-        if not dropped.records:
-            return
-        gap, data = self._encode(
-            Gap(
-                wall_ns=time.time_ns(),
-                records=dropped.records,
-                bytes=dropped.bytes,
-                exchanges=tuple(sorted(dropped.exchanges)),
-            )
-        )
-        batch.records.append(gap)
-        batch.encoded.append(data)
-        self._dropped = _DropCounter()
 
     async def _flusher(self, batches: trio.MemoryReceiveChannel[_Batch]) -> None:
         async with batches:
@@ -474,13 +414,8 @@ class CaptureWriter:
             self._bytes_written += self.sink.write_encoded(batch.records, b"".join(batch.encoded))
             self._frames_written += 1
             self._records_written += len(batch.records)
-        rotate = (self._rotate_bytes is not None and self.sink.offset >= self._rotate_bytes) or (
-            self._rotate_seconds is not None
-            and time.monotonic() - self.sink.opened_at >= self._rotate_seconds
-        )
-        if rotate:
-            self.sink.close()
-            self.sink.open()
+        if self.sink.rotation_due(self._rotate_bytes, self._rotate_seconds):
+            self.sink.rotate()
 
     async def _in_thread(self, fn: Callable[..., object], *args: object) -> None:
         if self._failed is not None:
@@ -488,17 +423,184 @@ class CaptureWriter:
         try:
             await trio.to_thread.run_sync(fn, *args)
         except OSError as exc:
-            self._fail(exc, args)
+            for arg in args:
+                if isinstance(arg, _Batch):
+                    self._records_lost += len(arg.records)
+            self._fail(f"{type(exc).__name__}: {exc}", self.sink.path)
+            self.sink.abandon()
 
-    def _fail(self, exc: OSError, args: Iterable[object]) -> None:
-        self._failed = f"{type(exc).__name__}: {exc}"
-        for arg in args:
-            if isinstance(arg, _Batch):
-                self._records_lost += len(arg.records)
-        logger.error(
-            "CAPTURE STOPPED: writing %s failed (%s). Traffic continues uncaptured; "
-            "records from now on are counted as lost.",
-            self.sink.path,
-            self._failed,
+
+class ProcessCaptureWriter(RecordBuffer):
+    """The capture pipeline of ``wirecap proxy``: records packed here, written by a child process.
+
+    Same interface as :class:`CaptureWriter`. The event loop's share of capture is packing each
+    record (:func:`child.pack_record`) and, once per batch (a few milliseconds or 256 KiB), one
+    ``marshal.dumps`` and one pipe write; everything else runs in ``python -m wirecap.capture.child``
+    with its own GIL. The pipe and this buffer are both bounded, so a slow disk makes the buffer fill
+    and the ``block``/``drop`` policy apply, as in the in-process writer.
+
+    The child outlives a killed proxy just long enough to finish the file. If the child itself dies,
+    capture stops as it does on a write error: loudly, counting what is lost, traffic untouched.
+    """
+
+    def __init__(
+        self,
+        spec: WriterSpec,
+        *,
+        on_full: OnFull = "block",
+        channel_records: int = DEFAULT_CHANNEL_RECORDS,
+        channel_bytes: int = DEFAULT_CHANNEL_BYTES,
+        batch_seconds: float = BATCH_SECONDS,
+        batch_bytes: int = BATCH_BYTES,
+        python: str = sys.executable,
+    ) -> None:
+        super().__init__(
+            on_full=on_full,
+            channel_records=channel_records,
+            channel_bytes=channel_bytes,
+            wake_bytes=batch_bytes,
         )
-        self.sink.abandon()
+        self.spec = spec
+        self._batch_seconds = batch_seconds
+        self._batch_bytes = batch_bytes
+        self._command = [python, "-m", "wirecap.capture.child"]
+        self._path: Path | None = None
+        self._paths: list[Path] = []
+        self._written = (0, 0, 0)  # records, frames, bytes: the child's totals
+        self._sent = 0
+        self._done = False
+        self.pid: int | None = None  # the writer process's, once started
+
+    def _append(self, record: Record) -> None:
+        self._queue(pack_record(record), record_size(record))
+
+    def statistics(self) -> WriterStatistics:
+        records, frames, size = self._written
+        return WriterStatistics(
+            queued=len(self._pending),
+            records_written=records,
+            frames_written=frames,
+            bytes_written=size,
+            records_dropped=self._records_dropped,
+            records_lost=self._records_lost,
+            failed=self._failed,
+            path=self._path,
+            paths=tuple(self._paths),
+        )
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the writer process and feed it until :meth:`aclose`; returns when the file is
+        complete (or, when cancelled, at once: the process then finishes the file alone)."""
+        try:
+            process = await trio.lowlevel.open_process(
+                self._command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C for the proxy is not one for its writer
+                env=_child_environment(),
+            )
+        except OSError as exc:
+            self._fail(f"cannot start the capture process: {exc}", None)
+            task_status.started(None)
+            await self._drain()
+            return
+        self.pid = process.pid
+        assert process.stdin is not None
+        assert process.stdout is not None
+        stdin, statuses = process.stdin, _StatusReader(process.stdout)
+        try:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stdin.send_all(message(pickle.dumps(self.spec)))
+            status = await statuses.next()  # the first segment opened, or not
+            if status is not None:
+                self._apply(status)
+            task_status.started(self._path)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_statuses, statuses, process)
+                await self._pump(stdin)
+                await stdin.aclose()  # end of input: the child writes its index and exits
+        finally:
+            with trio.CancelScope(shield=True), contextlib.suppress(trio.ClosedResourceError):
+                await stdin.aclose()  # cancelled: the child finishes the file alone
+            self._finished.set()
+
+    async def _drain(self) -> None:
+        """Without a writer process: take records as they come and count them as lost."""
+        while True:
+            await self._wait_for_work(0, 0)
+            self._records_lost += len(self._take())
+            self._take_gap()
+            if self._closed and not self._pending:
+                return
+
+    async def _pump(self, stdin: trio.abc.SendStream) -> None:
+        while True:
+            await self._wait_for_work(self._batch_seconds, self._batch_bytes)
+            batch = self._take()
+            gap = self._take_gap()
+            if gap is not None:
+                batch.append(pack_record(gap))
+            if batch and self._failed is not None:
+                self._records_lost += len(batch)
+            elif batch:
+                try:
+                    await stdin.send_all(message(marshal.dumps(batch)))
+                    self._sent += len(batch)
+                except trio.BrokenResourceError:
+                    self._records_lost += len(batch)
+                    self._fail("the capture process ended", self._path)
+            if self._closed and not self._pending:
+                return
+
+    async def _read_statuses(self, statuses: _StatusReader, process: trio.Process) -> None:
+        while (status := await statuses.next()) is not None:
+            self._apply(status)
+        code = await process.wait()
+        if not self._done:
+            # Whatever was sent and not reported written died with the process.
+            self._records_lost += max(0, self._sent - self._written[0])
+            self._fail(f"the capture process exited with status {code}", self._path)
+
+    def _apply(self, status: dict[str, Any]) -> None:
+        if "path" in status:
+            self._path = Path(status["path"])
+            self._paths.append(self._path)
+        if "written" in status:
+            records, frames, size = status["written"]
+            self._written = (records, frames, size)
+        if "failed" in status:
+            self._fail(status["failed"], self._path)
+        if status.get("done"):
+            self._done = True
+            self._records_lost += status.get("lost", 0)
+
+
+def _child_environment() -> dict[str, str]:
+    """This environment, with the directory wirecap was imported from first on the child's path (it
+    may not be installed: run from a checkout, or from tests)."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+class _StatusReader:
+    """The writer process's status lines (JSON objects), one at a time."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def next(self) -> dict[str, Any] | None:
+        """The next status, or None at end of input."""
+        while (end := self._buffer.find(b"\n")) < 0:
+            data = await self._stream.receive_some(65536)
+            if not data:
+                return None
+            self._buffer += data
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        status: dict[str, Any] = json.loads(line)
+        return status

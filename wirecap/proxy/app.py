@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 import trio
 
 from wirecap import __version__
-from wirecap.capture.writer import CaptureWriter, SegmentSink, header_factory
+from wirecap.capture.writer import ProcessCaptureWriter, WriterSpec, header_factory
 from wirecap.proxy.redact import Redactor, Rules
 from wirecap.proxy.server import ProxyServer
 
@@ -37,8 +37,11 @@ def make_redactor(config: ProxyConfig) -> Redactor | None:
     return Redactor(rules, per_route)
 
 
-def make_writer(config: ProxyConfig, redactor: Redactor | None) -> CaptureWriter:
-    """A capture writer for ``config`` (the output directory is created with mode 0700)."""
+def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessCaptureWriter:
+    """A capture writer for ``config`` (the output directory is created with mode 0700).
+
+    The writer runs in its own process (see ProcessCaptureWriter): the redactor goes with it.
+    """
     settings = config.capture
     settings.out.mkdir(parents=True, exist_ok=True, mode=0o700)
     redaction = (
@@ -47,13 +50,16 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> CaptureWriter
         else {"enabled": False, "headers": [], "body_patterns": []}
     )
     header = header_factory(redaction, listen=f"{config.listen_host}:{config.listen_port}")
-    sink = SegmentSink(settings.out, header, prepare=redactor, level=settings.level)
-    return CaptureWriter(
-        sink,
-        on_full=settings.on_full,
-        channel_records=settings.channel_records,
+    spec = WriterSpec(
+        directory=settings.out,
+        header=header,
+        prepare=redactor,
+        level=settings.level,
         rotate_bytes=settings.rotate_bytes,
         rotate_seconds=settings.rotate_seconds,
+    )
+    return ProcessCaptureWriter(
+        spec, on_full=settings.on_full, channel_records=settings.channel_records
     )
 
 

@@ -56,7 +56,7 @@ from wirecap.proxy.upstream import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from wirecap.capture.writer import CaptureWriter
+    from wirecap.capture.writer import RecordBuffer
     from wirecap.proxy.config import ProxyConfig, Route
 
 logger = logging.getLogger("wirecap.proxy")
@@ -169,7 +169,7 @@ class _Exchange:
     wall_ns: int
     method: str
     target: str
-    writer: CaptureWriter | None  # None: this exchange is not captured
+    writer: RecordBuffer | None  # None: this exchange is not captured
     head: http1.RequestHead | None = None
     upstream_url: str | None = None
     status: int | None = None
@@ -261,7 +261,7 @@ class ProxyServer:
     def __init__(
         self,
         config: ProxyConfig,
-        writer: CaptureWriter | None = None,
+        writer: RecordBuffer | None = None,
         *,
         console: TextIO | None = None,
     ) -> None:

@@ -1,0 +1,153 @@
+"""The capture writer process: its pipe protocol, and files as good as the in-process writer's."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wirecap.capture import (
+    BodyChunk,
+    ExchangeEnd,
+    Gap,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+    open_capture,
+)
+from wirecap.capture.child import MessageReader, WriterSpec, message, pack_record, unpack_record
+from wirecap.capture.writer import (
+    CaptureWriter,
+    ProcessCaptureWriter,
+    SegmentHeader,
+    SegmentSink,
+)
+from wirecap.proxy.redact import Redactor, Rules
+
+RECORDS = [
+    RequestReceived(
+        x="a1",
+        wall_ns=time.time_ns(),
+        method="POST",
+        target="/openai/v1/chat/completions?x=1",
+        head=b"POST /openai/v1/chat/completions?x=1 HTTP/1.1\r\nAuthorization: Bearer sk-1\r\n\r\n",
+        client="127.0.0.1:5",
+        proxy_url="http://127.0.0.1:8080/openai/v1/chat/completions?x=1",
+        route="/openai/",
+        upstream_url="https://api.openai.com/v1/chat/completions?x=1",
+    ),
+    UpstreamRequest(x="a1", ns=10, head=b"POST /v1 HTTP/1.1\r\n\r\n", proxy_path="forwarded"),
+    BodyChunk(x="a1", dir="req", ns=11, data=b'{"model": "m"}'),
+    ResponseHead(x="a1", ns=20, status=200, head=b"HTTP/1.1 200 OK\r\n\r\n", by="proxy"),
+    BodyChunk(x="a1", dir="res", ns=21, data=bytearray(b"data: 1\n\n")),
+    ExchangeEnd(
+        x="a1", ns=30, outcome="client_abort", status=200, error="gone", req_bytes=14, res_bytes=9
+    ),
+    Gap(wall_ns=5, records=3, bytes=300, exchanges=("b", "c"), reason="channel full"),
+]
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
+def test_every_record_type_crosses_the_pipe_unchanged(record):
+    import marshal
+
+    [back] = marshal.loads(marshal.dumps([pack_record(record)]))
+    assert unpack_record(back) == record
+
+
+@given(
+    st.lists(st.binary(max_size=40), max_size=8),
+    st.lists(st.integers(min_value=1, max_value=50), min_size=1),
+)
+def test_messages_split_anywhere_come_back_whole(payloads, cuts):
+    wire = b"".join(message(p) for p in payloads)
+    reader = MessageReader()
+    found: list[bytes] = []
+    at = 0
+    for cut in cuts * (len(wire) // sum(cuts) + 1):
+        found += reader.feed(wire[at : at + cut])
+        at += cut
+    assert found == payloads and reader.pending == 0
+
+
+def test_the_redactor_pickles_to_the_writer_process():
+    rules = Rules.compile(["x-secret"], [r"sk-[A-Za-z0-9]{8,}"])
+    redactor = Redactor(rules, {"/a/": rules.merged(["x-other"], [])})
+    spec = WriterSpec(
+        directory=__import__("pathlib").Path("/x"), header=SegmentHeader({}), prepare=redactor
+    )
+    copy = pickle.loads(pickle.dumps(spec))
+    body = BodyChunk(x="z", dir="req", ns=1, data=b'{"key": "sk-abcdefghijkl"}')
+    assert copy.prepare(body) == redactor(body) != body
+
+
+def exchanges(n: int) -> list:
+    out: list = []
+    for i in range(n):
+        x = f"x{i:03d}"
+        out += [
+            RequestReceived(
+                x=x, wall_ns=i, method="POST", target="/v1/c", head=b"POST /v1/c HTTP/1.1\r\n\r\n"
+            ),
+            UpstreamRequest(x=x, ns=1, head=b"POST /c HTTP/1.1\r\n\r\n"),
+            BodyChunk(x=x, dir="req", ns=2, data=b'{"i": %d}' % i),
+            ResponseHead(x=x, ns=3, status=200, head=b"HTTP/1.1 200 OK\r\n\r\n"),
+            BodyChunk(x=x, dir="res", ns=4, data=b"answer %d " % i * 50),
+            ExchangeEnd(x=x, ns=5, outcome="ok", status=200, req_bytes=8, res_bytes=400),
+        ]
+    return out
+
+
+async def test_process_writer_writes_what_the_in_process_writer_writes(tmp_path):
+    header = SegmentHeader({"enabled": False}, listen="127.0.0.1:1")
+    records = exchanges(300)
+    thread_writer = CaptureWriter(SegmentSink(tmp_path / "thread", header))
+    process_writer = ProcessCaptureWriter(WriterSpec(directory=tmp_path / "process", header=header))
+    for writer, out in ((thread_writer, "thread"), (process_writer, "process")):
+        (tmp_path / out).mkdir()
+        async with trio.open_nursery() as nursery:
+            path = await nursery.start(writer.run)
+            assert path is not None and path.parent == tmp_path / out
+            for record in records:
+                await writer.submit(record)
+            await writer.aclose()
+        await writer.wait_finished()
+        assert writer.statistics().records_written == len(records)
+
+    def contents(out: str) -> tuple:
+        with open_capture(tmp_path / out) as capture:
+            [file] = capture.files
+            assert file.indexed and file.header.pid == os.getpid()
+            assert oct(file.path.stat().st_mode & 0o777) == "0o600"
+            assert f"-{os.getpid()}-" in file.path.name  # named after the proxy, not the child
+            found = [
+                (e.request, e.upstream, e.responses, e.chunks, e.end) for e in capture.exchanges()
+            ]
+            return found, [(e.x, e.status, e.req_bytes) for e in file.index().entries]
+
+    assert contents("process") == contents("thread")
+    assert len(contents("process")[0]) == 300
+
+
+async def test_process_writer_closes_frames_within_250ms_and_rotates(tmp_path):
+    header = SegmentHeader({})
+    writer = ProcessCaptureWriter(WriterSpec(directory=tmp_path, header=header, rotate_seconds=0.6))
+    async with trio.open_nursery() as nursery:
+        first = await nursery.start(writer.run)
+        for record in exchanges(1):
+            await writer.submit(record)
+        await trio.sleep(0.45)
+        with open_capture(first) as capture:  # still open, and the exchange is on disk
+            assert [e.id for e in capture.exchanges() if e.complete] == ["x000"]
+        await trio.sleep(0.6)
+        await writer.aclose()
+    stats = writer.statistics()
+    assert stats.paths[0] == first and len(stats.paths) >= 2
+    with open_capture(tmp_path) as capture:
+        assert all(f.indexed for f in capture.files)
+        assert [e.id for e in capture.exchanges()] == ["x000"]

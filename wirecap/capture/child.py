@@ -1,0 +1,305 @@
+"""The capture writer process: packed records in through a pipe, segment files out.
+
+``wirecap proxy`` writes its capture here (the parent side is :class:`writer.ProcessCaptureWriter`)
+so that redacting, CBOR-encoding, compressing and indexing, about 100 us of CPU for a typical
+exchange and mostly holding the GIL, run beside the event loop on another core instead of inside
+it. The event loop only packs each record into a tuple and, every few milliseconds, writes a batch
+to the pipe. It also makes files safer: when the proxy dies, even by SIGKILL, this process sees its
+input end and still writes the last frame, the index and the footer.
+
+The pipe protocol is private to this module and writer.py, with the same interpreter at both ends:
+
+- to the child (its stdin): a message holding the pickled :class:`WriterSpec`, then one message per
+  batch. A message is a 4-byte little-endian length and that many bytes; a batch is the ``marshal``
+  of a list of packed records (:func:`pack_record`), the cheapest serialisation Python has.
+- from the child (its stdout), one JSON object per line: ``{"path": P}`` each time a segment opens,
+  ``{"written": [records, frames, bytes]}`` (totals) after each frame, ``{"failed": TEXT}`` once if
+  writing fails (the child then reads and counts what it can no longer write, so the proxy never
+  blocks on it), and ``{"done": true, "lost": N}`` last.
+
+This module imports no trio, so the process starts quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import marshal
+import math
+import operator
+import os
+import pickle
+import select
+import signal
+import struct
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+from wirecap.capture.records import (
+    BodyChunk,
+    ExchangeEnd,
+    Gap,
+    Record,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+)
+from wirecap.capture.sink import (
+    FRAME_MAX_BYTES,
+    FRAME_MAX_SECONDS,
+    Prepare,
+    SegmentHeader,
+    SegmentSink,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+#: The fields a packed record carries, in order. ``redactions`` is left out: records are packed
+#: before redaction, which runs in the child.
+RECORD_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
+    RequestReceived: (
+        *("x", "wall_ns", "method", "target", "head"),
+        *("client", "proxy_url", "route", "upstream_url"),
+    ),
+    UpstreamRequest: ("x", "ns", "head", "proxy_path"),
+    ResponseHead: ("x", "ns", "status", "head", "by"),
+    BodyChunk: ("x", "dir", "ns", "data"),
+    ExchangeEnd: ("x", "ns", "outcome", "status", "error", "req_bytes", "res_bytes", "ttfb_ns"),
+    Gap: ("wall_ns", "records", "bytes", "exchanges", "reason"),
+}
+_KINDS: Final = tuple(RECORD_FIELDS)
+_GETTERS: Final = {
+    kind: (code, operator.attrgetter(*names))
+    for code, (kind, names) in enumerate(RECORD_FIELDS.items())
+}
+
+PackedRecord: TypeAlias = tuple[int, tuple[Any, ...]]
+
+_LENGTH: Final = struct.Struct("<I")
+READ_SIZE: Final = 1024 * 1024
+
+
+def pack_record(record: Record) -> PackedRecord:
+    """``record`` as a tuple of plain values that ``marshal`` can carry (well under a microsecond)."""
+    code, getter = _GETTERS[type(record)]
+    return code, getter(record)
+
+
+def unpack_record(packed: PackedRecord) -> Record:
+    """The record :func:`pack_record` packed."""
+    code, values = packed
+    kind = _KINDS[code]
+    record: Record = kind(**dict(zip(RECORD_FIELDS[kind], values, strict=True)))
+    return record
+
+
+def message(payload: bytes) -> bytes:
+    """``payload`` framed for the pipe: its length, then itself."""
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class MessageReader:
+    """Splits the bytes read from the pipe back into messages."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the messages it completed, in order."""
+        buffer = self._buffer
+        buffer += data
+        found: list[bytes] = []
+        at = 0
+        while len(buffer) - at >= 4:
+            (size,) = _LENGTH.unpack_from(buffer, at)
+            if len(buffer) - at - 4 < size:
+                break
+            found.append(bytes(buffer[at + 4 : at + 4 + size]))
+            at += 4 + size
+        del buffer[:at]
+        return found
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete message (not zero at end of input means the input was cut)."""
+        return len(self._buffer)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class WriterSpec:
+    """Everything the writer process needs to build its :class:`SegmentSink` (pickled to it)."""
+
+    directory: Path
+    header: SegmentHeader
+    prepare: Prepare | None = None  # the redactor; it must pickle
+    level: int = 3
+    prefix: str = "capture"
+    frame_bytes: int = FRAME_MAX_BYTES
+    frame_seconds: float = FRAME_MAX_SECONDS
+    rotate_bytes: int | None = None
+    rotate_seconds: float | None = None
+
+    def sink(self) -> SegmentSink:
+        return SegmentSink(
+            self.directory,
+            self.header,
+            prepare=self.prepare,
+            level=self.level,
+            prefix=self.prefix,
+            pid=self.header.pid,
+        )
+
+
+class FrameWriter:
+    """The writer process's work, without the process: records in, frames on disk, status out.
+
+    Frames close 250 ms (``frame_seconds``) after their first record or at ``frame_bytes``, like the
+    in-process writer's; segments rotate by size and age.
+    """
+
+    def __init__(self, spec: WriterSpec, report: Callable[[dict[str, Any]], None]) -> None:
+        self.spec = spec
+        self.sink = spec.sink()
+        self.report = report
+        self.failed: str | None = None
+        self.lost = 0
+        self._records: list[Record | str] = []
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.deadline = math.inf  # when the open frame must be written
+        self._written = [0, 0, 0]  # records, frames, bytes
+
+    def open(self) -> None:
+        self._guard(self._open)
+
+    def _open(self) -> None:
+        self.report({"path": str(self.sink.open())})
+
+    def add_batch(self, packed: list[PackedRecord]) -> None:
+        """Redact, encode and queue a batch of records; write a frame when one is full."""
+        if self.failed is not None:
+            self.lost += len(packed)
+            return
+        encode = self.sink.encode
+        records, parts = self._records, self._parts
+        if not records:
+            self.deadline = time.monotonic() + self.spec.frame_seconds
+        for item in packed:
+            record, data = encode(unpack_record(item))
+            # The index only needs to know which exchange a body chunk or upstream head belongs to.
+            records.append(record.x if isinstance(record, BodyChunk | UpstreamRequest) else record)
+            parts.append(data)
+            self._size += len(data)
+            if self._size >= self.spec.frame_bytes:
+                self.write_frame()
+                records, parts = self._records, self._parts
+                self.deadline = time.monotonic() + self.spec.frame_seconds
+
+    def write_frame(self) -> None:
+        """Write the open frame (if any), then rotate the segment if it is due."""
+        records, parts = self._records, self._parts
+        self._records, self._parts, self._size, self.deadline = [], [], 0, math.inf
+        if not records:
+            return
+        if self.failed is not None:
+            self.lost += len(records)
+            return
+
+        def write() -> None:
+            written = self.sink.write_encoded(records, b"".join(parts))
+            self._written[0] += len(records)
+            self._written[1] += 1
+            self._written[2] += written
+            self.report({"written": self._written})
+
+        if not self._guard(write, lost=len(records)):
+            return
+        self.rotate_if_due()
+
+    def rotate_if_due(self) -> None:
+        if self.failed is None and self.sink.rotation_due(
+            self.spec.rotate_bytes, self.spec.rotate_seconds
+        ):
+            self._guard(lambda: self.report({"path": str(self.sink.rotate())}))
+
+    def next_rotation(self) -> float:
+        """When the open segment becomes due for rotation by age (monotonic clock)."""
+        if self.spec.rotate_seconds is None or self.failed is not None:
+            return math.inf
+        return self.sink.opened_at + self.spec.rotate_seconds
+
+    def close(self) -> None:
+        """Write what is left, then the index and footer."""
+        self.write_frame()
+        if self.failed is None:
+            self._guard(self.sink.close)
+        self.report({"done": True, "lost": self.lost})
+
+    def _guard(self, work: Callable[[], object], lost: int = 0) -> bool:
+        """Run ``work``; on a write error stop writing for good and say so. Returns success."""
+        try:
+            work()
+        except OSError as exc:
+            self.failed = f"{type(exc).__name__}: {exc}"
+            self.lost += lost
+            self.sink.abandon()
+            self.report({"failed": self.failed})
+            return False
+        return True
+
+    def serve(self, fd: int, reader: MessageReader) -> None:
+        """Read batches from ``fd`` until end of input, writing frames as they fill or age."""
+        while True:
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.write_frame()
+            if now >= self.next_rotation():
+                self.write_frame()
+                self.rotate_if_due()
+            wait = min(self.deadline, self.next_rotation()) - time.monotonic()
+            if wait > 0:
+                ready, _, _ = select.select([fd], [], [], None if wait == math.inf else wait)
+                if not ready:
+                    continue
+            data = os.read(fd, READ_SIZE)
+            if not data:
+                break
+            for payload in reader.feed(data):
+                self.add_batch(marshal.loads(payload))
+        self.close()
+
+
+def main() -> None:
+    """Entry point of ``python -m wirecap.capture.child`` (started by ProcessCaptureWriter)."""
+    # The proxy decides when capture ends, by closing our input: a Ctrl-C in the terminal or a
+    # SIGTERM to the process group must not cut the file short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    out = sys.stdout
+
+    def report(status: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # the proxy is gone: finish the file all the same
+            out.write(json.dumps(status) + "\n")
+            out.flush()
+
+    fd = sys.stdin.fileno()
+    reader = MessageReader()
+    first: list[bytes] = []
+    while not first:  # the spec comes first
+        data = os.read(fd, READ_SIZE)
+        if not data:
+            return
+        first = reader.feed(data)
+    writer = FrameWriter(pickle.loads(first[0]), report)
+    writer.open()
+    for payload in first[1:]:
+        writer.add_batch(marshal.loads(payload))
+    writer.serve(fd, reader)
+
+
+if __name__ == "__main__":
+    main()

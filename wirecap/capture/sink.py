@@ -1,0 +1,210 @@
+"""A capture segment on disk: blocking code that compresses frames, writes them and keeps the index.
+
+:class:`SegmentSink` is the end of both capture pipelines: the trio writer (writer.py) runs it in a
+worker thread, the writer process (child.py) runs it in its own process. It imports no trio, so the
+writer process starts without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Final, TypeAlias
+
+from wirecap import __version__
+from wirecap.capture import frames
+from wirecap.capture.index import IndexBuilder
+from wirecap.capture.records import (
+    BodyChunk,
+    Header,
+    Record,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+)
+
+FRAME_MAX_BYTES: Final = 1024 * 1024
+FRAME_MAX_SECONDS: Final = 0.25
+#: Frames smaller than this are compressed at SMALL_FRAME_LEVEL (at least): see SegmentSink.
+SMALL_FRAME_BYTES: Final = 256 * 1024
+SMALL_FRAME_LEVEL: Final = 9
+Prepare: TypeAlias = Callable[[Record], Record]
+Opener: TypeAlias = Callable[[Path], BinaryIO]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    """Makes the header record of each new segment: what wrote it (host and pid of the process that
+    captured, which is not the writer process's) and its settings. A value, so it can be pickled to
+    the writer process."""
+
+    redaction: Mapping[str, Any]
+    listen: str | None = None
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    pid: int = dataclasses.field(default_factory=os.getpid)
+
+    def __call__(self, segment: int) -> Header:
+        return Header(
+            wirecap_version=__version__,
+            created_ns=time.time_ns(),
+            host=self.host,
+            pid=self.pid,
+            segment=segment,
+            redaction=self.redaction,
+            listen=self.listen,
+        )
+
+
+def header_factory(redaction: Mapping[str, Any], listen: str | None = None) -> SegmentHeader:
+    """The header of each new segment written for this process (its host, pid, and settings)."""
+    return SegmentHeader(dict(redaction), listen)
+
+
+def open_exclusive(path: Path) -> BinaryIO:
+    """Create ``path`` with mode 0600 (never overwriting) and open it for unbuffered writing.
+
+    Unbuffered so that every frame is handed to the kernel as soon as it is written: a process killed
+    with SIGKILL loses nothing that the writer finished writing.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+def record_size(record: Record) -> int:
+    """Approximate encoded size of ``record``, for frame and drop accounting."""
+    if isinstance(record, BodyChunk):
+        return len(record.data) + 48
+    if isinstance(record, RequestReceived | UpstreamRequest | ResponseHead):
+        return len(record.head) + 128
+    return 96
+
+
+class SegmentSink:
+    """Blocking writer of one capture segment at a time. Run its methods in a worker thread.
+
+    Not thread-safe: one thread at a time (the writer's flusher task guarantees it).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        header: Callable[[int], Header],
+        *,
+        prepare: Prepare | None = None,
+        level: int = 3,
+        opener: Opener = open_exclusive,
+        prefix: str = "capture",
+        pid: int | None = None,
+    ) -> None:
+        self.directory = directory
+        self._header = header
+        self._prepare = prepare
+        self._level = level
+        self._compressor = frames.new_compressor(level)
+        # Small frames (quiet traffic, SSE) get a stronger level: cheap at their size, and it is where
+        # per-record overhead shows. Large frames keep ``level`` so big bodies stay fast.
+        self._small_compressor = frames.new_compressor(max(level, SMALL_FRAME_LEVEL))
+        self._opener = opener
+        self._prefix = prefix
+        self._pid = os.getpid() if pid is None else pid  # in file names: the capturing process
+        self._file: BinaryIO | None = None
+        self._index = IndexBuilder()
+        self.path: Path | None = None
+        self.segment = -1
+        self.offset = 0
+        self.opened_at = 0.0
+        self.paths: list[Path] = []
+
+    def open(self) -> Path:
+        """Start the next segment: create the file and write its header frame."""
+        self.segment += 1
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = (
+            self.directory
+            / f"{self._prefix}-{stamp}-{self._pid}-{self.segment:04d}{frames.SEGMENT_SUFFIX}"
+        )
+        self._file = self._opener(path)
+        self.path = path
+        self.paths.append(path)
+        self.offset = 0
+        self.opened_at = time.monotonic()
+        self._index = IndexBuilder()
+        self._write(frames.encode_data_frame([self._header(self.segment)], self._compressor))
+        return path
+
+    def encode(self, record: Record) -> tuple[Record, bytes]:
+        """``record`` prepared (redacted) and its CBOR encoding, for :meth:`write_encoded`.
+
+        Any thread may call it, one at a time (the redactor keeps per-exchange state).
+        """
+        if self._prepare is not None:
+            record = self._prepare(record)
+        return record, frames.encode_record(record)
+
+    def write_frame(self, records: Sequence[Record]) -> int:
+        """Prepare, encode, compress and append ``records`` as one frame; returns the frame's size."""
+        prepared: list[Record] = []
+        parts: list[bytes] = []
+        for record in records:
+            record, data = self.encode(record)
+            prepared.append(record)
+            parts.append(data)
+        return self.write_encoded(prepared, b"".join(parts))
+
+    def write_encoded(self, records: Sequence[Record | str], payload: bytes) -> int:
+        """Compress and append one frame: ``payload`` is the encoding of ``records`` (from
+        :meth:`encode`). Returns the frame's size."""
+        compressor = (
+            self._small_compressor if len(payload) < SMALL_FRAME_BYTES else self._compressor
+        )
+        frame = bytes(compressor.compress(payload))
+        at = self.offset
+        self._write(frame)
+        self._index.observe_all(records, at)
+        return len(frame)
+
+    def close(self) -> None:
+        """Append the index and footer, flush to disk, and close the segment."""
+        if self._file is None:
+            return
+        index_frame = frames.encode_index_frame(self._index.build().to_map(), self._level)
+        index_at = self.offset
+        self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
+        file, self._file = self._file, None
+        # Not every file object has a real descriptor (tests); the data is written either way.
+        with contextlib.suppress(OSError, ValueError):
+            os.fsync(file.fileno())
+        file.close()
+
+    def rotation_due(self, max_bytes: int | None, max_seconds: float | None) -> bool:
+        """Whether the open segment has reached ``max_bytes`` or is ``max_seconds`` old."""
+        return (max_bytes is not None and self.offset >= max_bytes) or (
+            max_seconds is not None and time.monotonic() - self.opened_at >= max_seconds
+        )
+
+    def rotate(self) -> Path:
+        """Close the open segment (index and footer) and start the next one."""
+        self.close()
+        return self.open()
+
+    def abandon(self) -> None:
+        """Close the file without an index, after a write error."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+
+    def _write(self, data: bytes) -> None:
+        assert self._file is not None
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            if written is None or written <= 0:
+                raise OSError("short write to the capture file")
+            view = view[written:]
+        self.offset += len(data)
