@@ -64,9 +64,24 @@ class Running:
     capture_dir: Path | None = None
     cleanup: Any = None
 
-    def cpu_seconds(self) -> float:
+    def process_tree(self) -> list[int]:
+        """The subject's processes and their descendants (wirecap's capture writer process)."""
+        found: list[int] = []
+        todo = list(self.pids)
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    todo += [int(child) for child in task.read_text().split()]
+                except OSError:
+                    continue
+        return found
+
+    def cpu_seconds(self, *, children: bool = True) -> float:
+        """CPU time used so far by the subject's processes, their children included unless not."""
         total = 0.0
-        for pid in self.pids:
+        for pid in self.process_tree() if children else self.pids:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
@@ -75,8 +90,9 @@ class Running:
         return total
 
     def peak_rss_mib(self) -> float:
+        """The sum of the peak RSS of the subject's processes, children included."""
         peak = 0
-        for pid in self.pids:
+        for pid in self.process_tree():
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):

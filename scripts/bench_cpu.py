@@ -43,7 +43,7 @@ def wrk(url: str, lua: Path, seconds: int) -> tuple[int, float]:
     return int(requests.group(1)), float(rate.group(1))
 
 
-def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float]:
+def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float, float]:
     env = dict(os.environ)
     args = config.split()
     checkout = ROOT
@@ -70,15 +70,17 @@ def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float]:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         running = Running(config, port, [process.pid], process)
         wrk(url, lua, 1)
-        before = running.cpu_seconds()
+        main_only = Running(config, port, [process.pid], None)
+        before, before_main = running.cpu_seconds(), main_only.cpu_seconds(children=False)
         requests, rate = wrk(url, lua, 3)
         used = running.cpu_seconds() - before
+        used_main = main_only.cpu_seconds(children=False) - before_main
     finally:
         process.terminate()
         process.wait()
         if "--out" in args:
             shutil.rmtree(args[args.index("--out") + 1], ignore_errors=True)
-    return used / requests * 1e6, rate
+    return used / requests * 1e6, rate, used_main / requests * 1e6
 
 
 def main() -> None:
@@ -92,7 +94,7 @@ def main() -> None:
         lua = Path(tmp) / "post.lua"
         lua.write_text(LUA)
         upstream, upstream_port = start_upstream()
-        results: dict[str, list[tuple[float, float]]] = {c: [] for c in args.configs}
+        results: dict[str, list[tuple[float, float, float]]] = {c: [] for c in args.configs}
         try:
             for _ in range(args.rounds):
                 for config in args.configs:
@@ -103,8 +105,12 @@ def main() -> None:
     for config, runs in results.items():
         cpu = statistics.median(r[0] for r in runs)
         rate = statistics.median(r[1] for r in runs)
+        main = statistics.median(r[2] for r in runs)
         every = ", ".join(f"{r[0]:.0f}" for r in runs)
-        print(f"{config:{width}}  CPU/request {cpu:5.0f} us  req/s {rate:7.0f}   (CPU: {every})")
+        print(
+            f"{config:{width}}  CPU/request {cpu:5.0f} us (proxy process {main:3.0f})"
+            f"  req/s {rate:7.0f}   (CPU: {every})"
+        )
 
 
 if __name__ == "__main__":

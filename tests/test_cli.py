@@ -65,7 +65,7 @@ async def test_sigkill_mid_stream_the_writer_process_still_finishes_the_file(
             seen = b""
             while b"data: 9\n" not in seen:
                 seen += await stream.receive_some(65536)
-            await trio.sleep(0.1)  # records wait at most 2 ms in the proxy before the pipe
+            await trio.sleep(0.1)  # records wait at most 5 ms in the proxy before the pipe
             process.send_signal(signal.SIGKILL)
     finally:
         with trio.fail_after(10):

@@ -30,10 +30,12 @@ import math
 import operator
 import os
 import pickle
+import queue
 import select
 import signal
 import struct
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -72,29 +74,72 @@ RECORD_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
     Gap: ("wall_ns", "records", "bytes", "exchanges", "reason"),
 }
 _KINDS: Final = tuple(RECORD_FIELDS)
-_GETTERS: Final = {
-    kind: (code, operator.attrgetter(*names))
-    for code, (kind, names) in enumerate(RECORD_FIELDS.items())
+
+
+def _packing(names: tuple[str, ...]) -> tuple[operator.attrgetter[Any], int]:
+    """A getter of the fields, and the position of the one that holds the bytes (or -1)."""
+    big = [i for i, name in enumerate(names) if name in ("head", "data")]
+    return operator.attrgetter(*names), big[0] if big else -1
+
+
+#: Per record type: its code, the getter of its fields, where its bytes are (see pack_sized).
+PACKING: Final = {
+    kind: (code, *_packing(names)) for code, (kind, names) in enumerate(RECORD_FIELDS.items())
 }
+#: The constructors of unpack_record: explicit keywords are twice as fast as ``kind(**dict(...))``
+#: in the writer process's hottest loop. Their order must follow RECORD_FIELDS (tested).
+_BUILDERS: Final[tuple[Callable[[tuple[Any, ...]], Record], ...]] = (
+    lambda v: RequestReceived(
+        x=v[0],
+        wall_ns=v[1],
+        method=v[2],
+        target=v[3],
+        head=v[4],
+        client=v[5],
+        proxy_url=v[6],
+        route=v[7],
+        upstream_url=v[8],
+    ),
+    lambda v: UpstreamRequest(x=v[0], ns=v[1], head=v[2], proxy_path=v[3]),
+    lambda v: ResponseHead(x=v[0], ns=v[1], status=v[2], head=v[3], by=v[4]),
+    lambda v: BodyChunk(x=v[0], dir=v[1], ns=v[2], data=v[3]),
+    lambda v: ExchangeEnd(
+        x=v[0],
+        ns=v[1],
+        outcome=v[2],
+        status=v[3],
+        error=v[4],
+        req_bytes=v[5],
+        res_bytes=v[6],
+        ttfb_ns=v[7],
+    ),
+    lambda v: Gap(wall_ns=v[0], records=v[1], bytes=v[2], exchanges=v[3], reason=v[4]),
+)
 
 PackedRecord: TypeAlias = tuple[int, tuple[Any, ...]]
 
 _LENGTH: Final = struct.Struct("<I")
 READ_SIZE: Final = 1024 * 1024
+#: What a packed record costs beyond its bytes, for the buffer's byte bound (an estimate).
+RECORD_OVERHEAD: Final = 64
 
 
 def pack_record(record: Record) -> PackedRecord:
     """``record`` as a tuple of plain values that ``marshal`` can carry (well under a microsecond)."""
-    code, getter = _GETTERS[type(record)]
-    return code, getter(record)
+    return pack_sized(record)[0]
+
+
+def pack_sized(record: Record) -> tuple[PackedRecord, int]:
+    """``record`` packed, and about how many bytes it holds."""
+    code, getter, big = PACKING[type(record)]
+    values = getter(record)
+    return (code, values), RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
 
 
 def unpack_record(packed: PackedRecord) -> Record:
     """The record :func:`pack_record` packed."""
     code, values = packed
-    kind = _KINDS[code]
-    record: Record = kind(**dict(zip(RECORD_FIELDS[kind], values, strict=True)))
-    return record
+    return _BUILDERS[code](values)
 
 
 def message(payload: bytes) -> bytes:
@@ -158,31 +203,42 @@ class FrameWriter:
     """The writer process's work, without the process: records in, frames on disk, status out.
 
     Frames close 250 ms (``frame_seconds``) after their first record or at ``frame_bytes``, like the
-    in-process writer's; segments rotate by size and age.
+    in-process writer's; segments rotate by size and age. The calling thread reads, redacts and
+    encodes; a worker thread compresses, writes and indexes (zstd and the write release the GIL, so
+    the two overlap: a 1 GiB body is read and compressed at the same time). At most
+    ``QUEUED_FRAMES`` frames wait for the worker, which bounds memory and pushes back on the pipe.
     """
+
+    QUEUED_FRAMES: Final = 2
 
     def __init__(self, spec: WriterSpec, report: Callable[[dict[str, Any]], None]) -> None:
         self.spec = spec
         self.sink = spec.sink()
         self.report = report
-        self.failed: str | None = None
-        self.lost = 0
+        self.failed: str | None = None  # set by the worker thread, read by both
+        self._lost_reading = 0  # records not even encoded because writing had failed
+        self._lost_writing = 0  # records the worker could not write
         self._records: list[Record | str] = []
         self._parts: list[bytes] = []
         self._size = 0
         self.deadline = math.inf  # when the open frame must be written
         self._written = [0, 0, 0]  # records, frames, bytes
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(self.QUEUED_FRAMES)
+        self._worker = threading.Thread(target=self._work, name="wirecap-frames", daemon=True)
+
+    @property
+    def lost(self) -> int:
+        return self._lost_reading + self._lost_writing
 
     def open(self) -> None:
-        self._guard(self._open)
-
-    def _open(self) -> None:
-        self.report({"path": str(self.sink.open())})
+        """Create the first segment, then start the worker thread."""
+        self._guard(lambda: self.report({"path": str(self.sink.open())}))
+        self._worker.start()
 
     def add_batch(self, packed: list[PackedRecord]) -> None:
-        """Redact, encode and queue a batch of records; write a frame when one is full."""
+        """Redact, encode and queue a batch of records; hand a frame over when one is full."""
         if self.failed is not None:
-            self.lost += len(packed)
+            self._lost_reading += len(packed)
             return
         encode = self.sink.encode
         records, parts = self._records, self._parts
@@ -200,13 +256,32 @@ class FrameWriter:
                 self.deadline = time.monotonic() + self.spec.frame_seconds
 
     def write_frame(self) -> None:
-        """Write the open frame (if any), then rotate the segment if it is due."""
+        """Hand the open frame (if any) to the worker, which then rotates the segment if due."""
         records, parts = self._records, self._parts
         self._records, self._parts, self._size, self.deadline = [], [], 0, math.inf
-        if not records:
-            return
+        if records:
+            self._jobs.put(lambda: self._write(records, parts))
+
+    def rotate_if_due(self) -> None:
+        self._jobs.put(self._rotate_if_due)
+
+    def close(self) -> None:
+        """Write what is left, then the index and footer; wait for the worker to finish."""
+        self.write_frame()
+        self._jobs.put(self._close)
+        self._jobs.put(None)
+        self._worker.join()
+        self.report({"done": True, "lost": self.lost})
+
+    # -- the worker thread --------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+    def _write(self, records: list[Record | str], parts: list[bytes]) -> None:
         if self.failed is not None:
-            self.lost += len(records)
+            self._lost_writing += len(records)
             return
 
         def write() -> None:
@@ -216,28 +291,18 @@ class FrameWriter:
             self._written[2] += written
             self.report({"written": self._written})
 
-        if not self._guard(write, lost=len(records)):
-            return
-        self.rotate_if_due()
+        if self._guard(write, lost=len(records)):
+            self._rotate_if_due()
 
-    def rotate_if_due(self) -> None:
+    def _close(self) -> None:
+        if self.failed is None:
+            self._guard(self.sink.close)
+
+    def _rotate_if_due(self) -> None:
         if self.failed is None and self.sink.rotation_due(
             self.spec.rotate_bytes, self.spec.rotate_seconds
         ):
             self._guard(lambda: self.report({"path": str(self.sink.rotate())}))
-
-    def next_rotation(self) -> float:
-        """When the open segment becomes due for rotation by age (monotonic clock)."""
-        if self.spec.rotate_seconds is None or self.failed is not None:
-            return math.inf
-        return self.sink.opened_at + self.spec.rotate_seconds
-
-    def close(self) -> None:
-        """Write what is left, then the index and footer."""
-        self.write_frame()
-        if self.failed is None:
-            self._guard(self.sink.close)
-        self.report({"done": True, "lost": self.lost})
 
     def _guard(self, work: Callable[[], object], lost: int = 0) -> bool:
         """Run ``work``; on a write error stop writing for good and say so. Returns success."""
@@ -245,7 +310,7 @@ class FrameWriter:
             work()
         except OSError as exc:
             self.failed = f"{type(exc).__name__}: {exc}"
-            self.lost += lost
+            self._lost_writing += lost
             self.sink.abandon()
             self.report({"failed": self.failed})
             return False
@@ -253,18 +318,22 @@ class FrameWriter:
 
     def serve(self, fd: int, reader: MessageReader) -> None:
         """Read batches from ``fd`` until end of input, writing frames as they fill or age."""
+        every = self.spec.rotate_seconds
+        rotation = self.sink.opened_at + every if every is not None else math.inf
         while True:
             now = time.monotonic()
             if now >= self.deadline:
                 self.write_frame()
-            if now >= self.next_rotation():
+            if every is not None and now >= rotation:
                 self.write_frame()
                 self.rotate_if_due()
-            wait = min(self.deadline, self.next_rotation()) - time.monotonic()
-            if wait > 0:
-                ready, _, _ = select.select([fd], [], [], None if wait == math.inf else wait)
-                if not ready:
-                    continue
+                # The worker rotates in a moment: look again soon, then a period after the new
+                # segment opened.
+                rotation = max(self.sink.opened_at + every, now + 0.01)
+            wait = min(self.deadline, rotation) - time.monotonic()
+            timeout = None if wait == math.inf else max(wait, 0.0)
+            if not select.select([fd], [], [], timeout)[0]:
+                continue
             data = os.read(fd, READ_SIZE)
             if not data:
                 break

@@ -213,13 +213,12 @@ class _Exchange:
         if not deferred:
             return True
         assert self.writer is not None  # only captured exchanges defer records
-        offer = self.writer.offer
-        for i, record in enumerate(deferred):
-            if not offer(record):
-                del deferred[:i]
-                return False
-        deferred.clear()
-        return True
+        taken = self.writer.offer_all(deferred)
+        if taken == len(deferred):
+            deferred.clear()
+            return True
+        del deferred[:taken]
+        return False
 
     async def flush(self) -> None:
         """Hand the deferred records to the writer, waiting for room if its buffer is full."""
