@@ -73,11 +73,43 @@ async def fetch(port: int, path: str) -> tuple[int, float]:
     return received, time.perf_counter() - start
 
 
-def vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return -1
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the proxy and its capture writer process)."""
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        for task in Path(f"/proc/{found[-1]}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def vm_hwm_kib(pid: int, *, children: bool = True) -> int:
+    """Peak resident memory of ``pid`` and (unless not) its descendants, summed."""
+    total = 0
+    for member in process_tree(pid) if children else [pid]:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def cpu_seconds(pid: int) -> list[float]:
+    """CPU time of ``pid`` and of each descendant."""
+    clock = os.sysconf("SC_CLK_TCK")
+    found = []
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found.append((int(fields[11]) + int(fields[12])) / clock)
+    return found
 
 
 async def through_proxy(up_port: int, size: int, capture: bool, out: Path) -> dict[str, float]:
@@ -105,6 +137,13 @@ async def through_proxy(up_port: int, size: int, capture: bool, out: Path) -> di
         rss_before = vm_hwm_kib(process.pid)
         received, seconds = await fetch(port, "/big")
         rss_peak = vm_hwm_kib(process.pid)
+        cpu = cpu_seconds(process.pid)
+        peaks = [vm_hwm_kib(pid, children=False) / 1024 for pid in process_tree(process.pid)]
+        print(
+            f"capture {'on' if capture else 'off'}, per process (the proxy first): "
+            f"CPU seconds {cpu}, peak RSS MiB {[round(p, 1) for p in peaks]}",
+            file=sys.stderr,
+        )
     finally:
         process.terminate()
         await process.wait()

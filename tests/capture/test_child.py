@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wirecap.capture import (
@@ -20,7 +21,13 @@ from wirecap.capture import (
     UpstreamRequest,
     open_capture,
 )
-from wirecap.capture.child import MessageReader, WriterSpec, message, pack_record, unpack_record
+from wirecap.capture.child import (
+    MessageReader,
+    WriterSpec,
+    message_head,
+    pack_record,
+    unpack_record,
+)
 from wirecap.capture.writer import (
     CaptureWriter,
     ProcessCaptureWriter,
@@ -60,19 +67,41 @@ def test_every_record_type_crosses_the_pipe_unchanged(record):
     assert unpack_record(back) == record
 
 
+@settings(max_examples=50, deadline=None)
 @given(
-    st.lists(st.binary(max_size=40), max_size=8),
-    st.lists(st.integers(min_value=1, max_value=50), min_size=1),
+    st.lists(st.binary(max_size=3000), max_size=6),
+    st.lists(st.integers(min_value=1, max_value=700), min_size=1),
 )
-def test_messages_split_anywhere_come_back_whole(payloads, cuts):
-    wire = b"".join(message(p) for p in payloads)
-    reader = MessageReader()
-    found: list[bytes] = []
-    at = 0
-    for cut in cuts * (len(wire) // sum(cuts) + 1):
-        found += reader.feed(wire[at : at + cut])
-        at += cut
-    assert found == payloads and reader.pending == 0
+def test_messages_written_in_any_pieces_are_read_back_whole(payloads, cuts):
+    wire = b"".join(message_head(p) + p for p in payloads)
+    read_fd, write_fd = os.pipe()
+
+    def write_in_pieces() -> None:
+        at, i = 0, 0
+        while at < len(wire):
+            os.write(write_fd, wire[at : at + cuts[i % len(cuts)]])
+            at += cuts[i % len(cuts)]
+            i += 1
+        os.close(write_fd)
+
+    writer = threading.Thread(target=write_in_pieces)
+    writer.start()
+    reader = MessageReader(read_fd)
+    found = []
+    while (payload := reader.read()) is not None:
+        found.append(bytes(payload))
+    writer.join()
+    os.close(read_fd)
+    assert found == payloads and not reader.cut
+
+
+def test_a_message_cut_short_is_reported():
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, message_head(b"x" * 10) + b"x" * 4)
+    os.close(write_fd)
+    reader = MessageReader(read_fd)
+    assert reader.read() is None and reader.cut
+    os.close(read_fd)
 
 
 def test_the_redactor_pickles_to_the_writer_process():
@@ -97,7 +126,10 @@ def exchanges(n: int) -> list:
             UpstreamRequest(x=x, ns=1, head=b"POST /c HTTP/1.1\r\n\r\n"),
             BodyChunk(x=x, dir="req", ns=2, data=b'{"i": %d}' % i),
             ResponseHead(x=x, ns=3, status=200, head=b"HTTP/1.1 200 OK\r\n\r\n"),
-            BodyChunk(x=x, dir="res", ns=4, data=b"answer %d " % i * 50),
+            # Every 100th answer is big enough to cross the pipe as a message of its own.
+            BodyChunk(
+                x=x, dir="res", ns=4, data=b"answer %d " % i * (9000 if i % 100 == 7 else 50)
+            ),
             ExchangeEnd(x=x, ns=5, outcome="ok", status=200, req_bytes=8, res_bytes=400),
         ]
     return out

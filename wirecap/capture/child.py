@@ -11,7 +11,9 @@ The pipe protocol is private to this module and writer.py, with the same interpr
 
 - to the child (its stdin): a message holding the pickled :class:`WriterSpec`, then one message per
   batch. A message is a 4-byte little-endian length and that many bytes; a batch is the ``marshal``
-  of a list of packed records (:func:`pack_record`), the cheapest serialisation Python has.
+  of a list of packed records (:func:`pack_record`), the cheapest serialisation Python has. The
+  data of each body chunk of 16 KiB or more follows its batch as a message of its own (the record
+  holds its length instead): written from the proxy's own bytes, read into a buffer of its size.
 - from the child (its stdout), one JSON object per line: ``{"path": P}`` each time a segment opens,
   ``{"written": [records, frames, bytes]}`` (totals) after each frame, ``{"failed": TEXT}`` once if
   writing fails (the child then reads and counts what it can no longer write, so the proxy never
@@ -119,9 +121,12 @@ _BUILDERS: Final[tuple[Callable[[tuple[Any, ...]], Record], ...]] = (
 PackedRecord: TypeAlias = tuple[int, tuple[Any, ...]]
 
 _LENGTH: Final = struct.Struct("<I")
-READ_SIZE: Final = 1024 * 1024
 #: What a packed record costs beyond its bytes, for the buffer's byte bound (an estimate).
 RECORD_OVERHEAD: Final = 64
+#: Body chunks at least this big travel as messages of their own, after their batch (see
+#: split_blobs): marshal would copy them twice more on their way.
+BLOB_BYTES: Final = 16 * 1024
+_BODY: Final = list(RECORD_FIELDS).index(BodyChunk)
 
 
 def pack_record(record: Record) -> PackedRecord:
@@ -136,42 +141,68 @@ def pack_sized(record: Record) -> tuple[PackedRecord, int]:
     return (code, values), RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
 
 
+def split_blobs(batch: list[PackedRecord]) -> list[bytes]:
+    """Take the data of big body chunks out of ``batch`` (in place: their length stays in its
+    slot) and return it, in order: it is sent as one message each after the batch's."""
+    blobs: list[bytes] = []
+    for i, (code, values) in enumerate(batch):
+        if code == _BODY and len(values[3]) >= BLOB_BYTES:
+            blobs.append(values[3])
+            batch[i] = (code, (*values[:3], len(values[3])))
+    return blobs
+
+
+def join_blobs(batch: list[PackedRecord], read: Callable[[], bytearray | None]) -> bool:
+    """Put back into ``batch`` the data :func:`split_blobs` took out, reading each with ``read``.
+    False if the input ended first (those records are left out)."""
+    for i, (code, values) in enumerate(batch):
+        if code == _BODY and type(values[3]) is int:
+            data = read()
+            if data is None:
+                del batch[i:]
+                return False
+            batch[i] = (code, (*values[:3], data))
+    return True
+
+
 def unpack_record(packed: PackedRecord) -> Record:
     """The record :func:`pack_record` packed."""
     code, values = packed
     return _BUILDERS[code](values)
 
 
-def message(payload: bytes) -> bytes:
-    """``payload`` framed for the pipe: its length, then itself."""
-    return _LENGTH.pack(len(payload)) + payload
+def message_head(payload: bytes) -> bytes:
+    """What goes before ``payload`` on the pipe: its length."""
+    return _LENGTH.pack(len(payload))
 
 
 class MessageReader:
-    """Splits the bytes read from the pipe back into messages."""
+    """Reads the messages of a pipe, each straight into a buffer of its size (no copy but the
+    kernel's: a 1 GiB body crosses the pipe once)."""
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.cut = False  # the input ended inside a message
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the messages it completed, in order."""
-        buffer = self._buffer
-        buffer += data
-        found: list[bytes] = []
-        at = 0
-        while len(buffer) - at >= 4:
-            (size,) = _LENGTH.unpack_from(buffer, at)
-            if len(buffer) - at - 4 < size:
-                break
-            found.append(bytes(buffer[at + 4 : at + 4 + size]))
-            at += 4 + size
-        del buffer[:at]
-        return found
+    def read(self) -> bytearray | None:
+        """The next message (blocks until it is whole), or None at the end of the input."""
+        head = self._read_exactly(_LENGTH.size)
+        if head is None:
+            return None
+        (size,) = _LENGTH.unpack(head)
+        return self._read_exactly(size) if size else bytearray()
 
-    @property
-    def pending(self) -> int:
-        """Bytes of an incomplete message (not zero at end of input means the input was cut)."""
-        return len(self._buffer)
+    def _read_exactly(self, size: int) -> bytearray | None:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            n = os.readv(self.fd, [view[got:]])
+            if n == 0:
+                self.cut = got > 0 or size != _LENGTH.size
+                return None
+            got += n
+        return buffer
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,8 +347,9 @@ class FrameWriter:
             return False
         return True
 
-    def serve(self, fd: int, reader: MessageReader) -> None:
-        """Read batches from ``fd`` until end of input, writing frames as they fill or age."""
+    def serve(self, reader: MessageReader) -> None:
+        """Read batches until the end of the input, writing frames as they fill or age."""
+        fd = reader.fd
         every = self.spec.rotate_seconds
         rotation = self.sink.opened_at + every if every is not None else math.inf
         while True:
@@ -334,11 +366,14 @@ class FrameWriter:
             timeout = None if wait == math.inf else max(wait, 0.0)
             if not select.select([fd], [], [], timeout)[0]:
                 continue
-            data = os.read(fd, READ_SIZE)
-            if not data:
+            message = reader.read()
+            if message is None:
                 break
-            for payload in reader.feed(data):
-                self.add_batch(marshal.loads(payload))
+            batch = marshal.loads(message)
+            complete = join_blobs(batch, reader.read)
+            self.add_batch(batch)
+            if not complete:
+                break
         self.close()
 
 
@@ -355,19 +390,13 @@ def main() -> None:
             out.write(json.dumps(status) + "\n")
             out.flush()
 
-    fd = sys.stdin.fileno()
-    reader = MessageReader()
-    first: list[bytes] = []
-    while not first:  # the spec comes first
-        data = os.read(fd, READ_SIZE)
-        if not data:
-            return
-        first = reader.feed(data)
-    writer = FrameWriter(pickle.loads(first[0]), report)
+    reader = MessageReader(sys.stdin.fileno())
+    spec = reader.read()  # the spec comes first
+    if spec is None:
+        return
+    writer = FrameWriter(pickle.loads(spec), report)
     writer.open()
-    for payload in first[1:]:
-        writer.add_batch(marshal.loads(payload))
-    writer.serve(fd, reader)
+    writer.serve(reader)
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ class BodyChunk:
             "x": self.x,
             "dir": self.dir,
             "ns": self.ns,
-            "data": bytes(self.data),
+            "data": self.data,  # cbor2 encodes a bytearray as a byte string, without a copy
         }
         if self.redactions:
             m["redactions"] = [r.to_map() for r in self.redactions]
