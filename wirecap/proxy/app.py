@@ -106,8 +106,9 @@ async def run_proxy(
                     server.shutdown()
 
             async def serve() -> None:
-                path = await nursery.start(writer.run) if writer is not None else None
+                # Accept at once: records queue in the writer's buffer while its process starts.
                 host, port = await nursery.start(server.run)
+                path = await nursery.start(writer.run) if writer is not None else None
                 if banner is not None:
                     print(_banner(server, host, port, path), file=banner, flush=True)
 
