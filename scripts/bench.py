@@ -50,6 +50,7 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = {json.dumps(REQUEST_BODY.decode())}
 """
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_SECONDS = 0.5
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -434,6 +435,9 @@ def main() -> None:
             for workload in ("A", "B", "C"):
                 for name in subjects:
                     run = start_subject(name, up_port, workdir, mitmdump)
+                    # Measure a running proxy, not its start-up (wirecap's writer process is still
+                    # importing when the port opens): the same pause for every subject.
+                    time.sleep(SETTLE_SECONDS)
                     try:
                         if workload == "A":
                             row = workload_a(run, a_seconds, lua)
