@@ -56,11 +56,13 @@ from wirecap.capture.sink import (
     Prepare,
     SegmentHeader,
     SegmentSink,
+    sync_and_close,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+    from typing import BinaryIO
 
 #: The fields a packed record carries, in order. ``redactions`` is left out: records are packed
 #: before redaction, which runs in the child.
@@ -256,6 +258,7 @@ class FrameWriter:
         self._written = [0, 0, 0]  # records, frames, bytes
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(self.QUEUED_FRAMES)
         self._worker = threading.Thread(target=self._work, name="wirecap-frames", daemon=True)
+        self._syncers: list[threading.Thread] = []
 
     @property
     def lost(self) -> int:
@@ -302,6 +305,8 @@ class FrameWriter:
         self._jobs.put(self._close)
         self._jobs.put(None)
         self._worker.join()
+        for syncer in self._syncers:
+            syncer.join()
         self.report({"done": True, "lost": self.lost})
 
     # -- the worker thread --------------------------------------------------------------------------
@@ -333,7 +338,13 @@ class FrameWriter:
         if self.failed is None and self.sink.rotation_due(
             self.spec.rotate_bytes, self.spec.rotate_seconds
         ):
-            self._guard(lambda: self.report({"path": str(self.sink.rotate())}))
+            self._guard(lambda: self.report({"path": str(self.sink.rotate(self._sync_later))}))
+
+    def _sync_later(self, file: BinaryIO) -> None:
+        """Sync and close a finished segment in another thread: the next one is being written."""
+        syncer = threading.Thread(target=sync_and_close, args=(file,), name="wirecap-sync")
+        syncer.start()
+        self._syncers = [*(t for t in self._syncers if t.is_alive()), syncer]
 
     def _guard(self, work: Callable[[], object], lost: int = 0) -> bool:
         """Run ``work``; on a write error stop writing for good and say so. Returns success."""

@@ -65,6 +65,14 @@ def header_factory(redaction: Mapping[str, Any], listen: str | None = None) -> S
     return SegmentHeader(dict(redaction), listen)
 
 
+def sync_and_close(file: BinaryIO) -> None:
+    """Flush ``file`` to disk, then close it."""
+    # Not every file object has a real descriptor (tests); the data is written either way.
+    with contextlib.suppress(OSError, ValueError):
+        os.fsync(file.fileno())
+    file.close()
+
+
 def open_exclusive(path: Path) -> BinaryIO:
     """Create ``path`` with mode 0600 (never overwriting) and open it for unbuffered writing.
 
@@ -170,16 +178,19 @@ class SegmentSink:
 
     def close(self) -> None:
         """Append the index and footer, flush to disk, and close the segment."""
+        file = self._finish()
+        if file is not None:
+            sync_and_close(file)
+
+    def _finish(self) -> BinaryIO | None:
+        """Append the index and footer; return the file, still to be synced and closed."""
         if self._file is None:
-            return
+            return None
         index_frame = frames.encode_index_frame(self._index.build().to_map(), self._level)
         index_at = self.offset
         self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
         file, self._file = self._file, None
-        # Not every file object has a real descriptor (tests); the data is written either way.
-        with contextlib.suppress(OSError, ValueError):
-            os.fsync(file.fileno())
-        file.close()
+        return file
 
     def rotation_due(self, max_bytes: int | None, max_seconds: float | None) -> bool:
         """Whether the open segment has reached ``max_bytes`` or is ``max_seconds`` old."""
@@ -187,9 +198,15 @@ class SegmentSink:
             max_seconds is not None and time.monotonic() - self.opened_at >= max_seconds
         )
 
-    def rotate(self) -> Path:
-        """Close the open segment (index and footer) and start the next one."""
-        self.close()
+    def rotate(self, sync: Callable[[BinaryIO], None] = sync_and_close) -> Path:
+        """Close the open segment (index and footer) and start the next one.
+
+        ``sync`` flushes the finished file to disk and closes it; pass one that does it in another
+        thread so that writing goes on meanwhile (fsync of a 256 MiB segment can take seconds).
+        """
+        file = self._finish()
+        if file is not None:
+            sync(file)
         return self.open()
 
     def abandon(self) -> None:
