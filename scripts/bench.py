@@ -56,6 +56,46 @@ SETTLE_SECONDS = 0.5
 # -- processes ---------------------------------------------------------------------------------------
 
 
+def process_tree(pids: list[int]) -> list[int]:
+    """``pids`` and all their descendants, from /proc."""
+    found: list[int] = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) used so far by ``pids``, summed."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def peak_rss_kib(pids: list[int]) -> int:
+    """The peak resident memory (VmHWM) of ``pids``, summed."""
+    peak = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak += int(line.split()[1])
+        except OSError:
+            continue
+    return peak
+
+
 @dataclasses.dataclass
 class Running:
     name: str
@@ -67,40 +107,15 @@ class Running:
 
     def process_tree(self) -> list[int]:
         """The subject's processes and their descendants (wirecap's capture writer process)."""
-        found: list[int] = []
-        todo = list(self.pids)
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            for task in Path(f"/proc/{pid}/task").glob("*/children"):
-                try:
-                    todo += [int(child) for child in task.read_text().split()]
-                except OSError:
-                    continue
-        return found
+        return process_tree(self.pids)
 
     def cpu_seconds(self, *, children: bool = True) -> float:
         """CPU time used so far by the subject's processes, their children included unless not."""
-        total = 0.0
-        for pid in self.process_tree() if children else self.pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-        return total
+        return cpu_seconds(self.process_tree() if children else self.pids)
 
     def peak_rss_mib(self) -> float:
         """The sum of the peak RSS of the subject's processes, children included."""
-        peak = 0
-        for pid in self.process_tree():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak += int(line.split()[1])
-            except OSError:
-                continue
-        return peak / 1024
+        return peak_rss_kib(self.process_tree()) / 1024
 
     def stop(self) -> None:
         if self.process is not None:

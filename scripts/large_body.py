@@ -5,7 +5,8 @@
 An upstream in this process sends SIZE bytes of varied text (base64 of random bytes, like LLM output it
 does not repeat within a frame) with a Content-Length; a client in this process reads and discards it.
 The same transfer is made directly and through the proxy (capture on, then off), in the same run. The
-proxy's peak resident memory is VmHWM from /proc/PID/status after the transfer. Loopback only.
+proxy's peak resident memory is VmHWM from /proc/PID/status after the transfer, summed over the proxy and
+its capture writer process. Loopback only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import trio
+from bench import cpu_seconds, peak_rss_kib, process_tree
 
 BLOCK = base64.b64encode(os.urandom(3 * 1024 * 1024 // 4 * 1))[
     : 1024 * 1024
@@ -73,45 +75,6 @@ async def fetch(port: int, path: str) -> tuple[int, float]:
     return received, time.perf_counter() - start
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the proxy and its capture writer process)."""
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        for task in Path(f"/proc/{found[-1]}/task").glob("*/children"):
-            try:
-                todo += [int(child) for child in task.read_text().split()]
-            except OSError:
-                continue
-    return found
-
-
-def vm_hwm_kib(pid: int, *, children: bool = True) -> int:
-    """Peak resident memory of ``pid`` and (unless not) its descendants, summed."""
-    total = 0
-    for member in process_tree(pid) if children else [pid]:
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
-def cpu_seconds(pid: int) -> list[float]:
-    """CPU time of ``pid`` and of each descendant."""
-    clock = os.sysconf("SC_CLK_TCK")
-    found = []
-    for member in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found.append((int(fields[11]) + int(fields[12])) / clock)
-    return found
-
-
 async def through_proxy(up_port: int, size: int, capture: bool, out: Path) -> dict[str, float]:
     args = [
         sys.executable,
@@ -134,14 +97,14 @@ async def through_proxy(up_port: int, size: int, capture: bool, out: Path) -> di
         banner += chunk
     port = int(match.group(1))
     try:
-        rss_before = vm_hwm_kib(process.pid)
+        rss_before = peak_rss_kib(process_tree([process.pid]))
         received, seconds = await fetch(port, "/big")
-        rss_peak = vm_hwm_kib(process.pid)
-        cpu = cpu_seconds(process.pid)
-        peaks = [vm_hwm_kib(pid, children=False) / 1024 for pid in process_tree(process.pid)]
+        tree = process_tree([process.pid])  # the proxy and its capture writer process
+        rss_peak = peak_rss_kib(tree)
         print(
             f"capture {'on' if capture else 'off'}, per process (the proxy first): "
-            f"CPU seconds {cpu}, peak RSS MiB {[round(p, 1) for p in peaks]}",
+            f"CPU seconds {[cpu_seconds([pid]) for pid in tree]}, "
+            f"peak RSS KiB {[peak_rss_kib([pid]) for pid in tree]}",
             file=sys.stderr,
         )
     finally:
