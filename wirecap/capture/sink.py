@@ -95,7 +95,8 @@ def record_size(record: Record) -> int:
 class SegmentSink:
     """Blocking writer of one capture segment at a time. Run its methods in a worker thread.
 
-    Not thread-safe: one thread at a time (the writer's flusher task guarantees it).
+    Not thread-safe, in two halves: :meth:`encode` (redaction and CBOR) touches no file state, so one
+    thread may encode while another writes; each half is called from one thread at a time.
     """
 
     def __init__(

@@ -200,7 +200,8 @@ class Redactor:
     """The writer's ``prepare`` hook: returns each record with its secrets replaced.
 
     Route-specific rules apply to the exchanges of that route; the route is learned from each
-    exchange's first record. Called from one thread at a time (the proxy's event loop).
+    exchange's first record. Called from one thread at a time: the capture writer process's (it is
+    pickled there), or the event loop that encodes for the in-process writer.
     """
 
     def __init__(self, rules: Rules, route_rules: Mapping[str, Rules] | None = None) -> None:
