@@ -183,3 +183,37 @@ async def test_process_writer_closes_frames_within_250ms_and_rotates(tmp_path):
     with open_capture(tmp_path) as capture:
         assert all(f.indexed for f in capture.files)
         assert [e.id for e in capture.exchanges()] == ["x000"]
+
+
+async def test_process_writer_drop_policy_writes_a_gap_record(tmp_path):
+    writer = ProcessCaptureWriter(
+        WriterSpec(directory=tmp_path, header=SegmentHeader({})), on_full="drop", channel_records=2
+    )
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(writer.run)
+        for record in exchanges(50):  # no checkpoint in between: the buffer fills, records drop
+            writer.submit_nowait(record)
+        await writer.aclose()
+    stats = writer.statistics()
+    assert stats.records_dropped > 0
+    assert stats.records_written == 50 * 6 - stats.records_dropped + 1  # and one gap record
+    with open_capture(path) as capture:
+        gaps = list(capture.gaps())
+    assert sum(g.records for g in gaps) == stats.records_dropped
+    assert gaps[0].exchanges
+
+
+async def test_process_writer_blocks_when_full_and_loses_nothing(tmp_path):
+    writer = ProcessCaptureWriter(
+        WriterSpec(directory=tmp_path, header=SegmentHeader({})), channel_records=3
+    )
+    records = exchanges(200)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for record in records:
+            if not writer.offer(record):
+                await writer.submit(record)  # waits for room
+        await writer.aclose()
+    assert writer.statistics().records_written == len(records)
+    with open_capture(tmp_path) as capture:
+        assert len([e for e in capture.exchanges() if e.complete]) == 200
