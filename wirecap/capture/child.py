@@ -41,6 +41,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
+from wirecap.capture.index import index_item
 from wirecap.capture.records import (
     BodyChunk,
     ExchangeEnd,
@@ -280,8 +281,7 @@ class FrameWriter:
             self.deadline = time.monotonic() + self.spec.frame_seconds
         for item in packed:
             record, data = encode(unpack_record(item))
-            # The index only needs to know which exchange a body chunk or upstream head belongs to.
-            records.append(record.x if isinstance(record, BodyChunk | UpstreamRequest) else record)
+            records.append(index_item(record))
             parts.append(data)
             self._size += len(data)
             if self._size >= self.spec.frame_bytes:

@@ -194,6 +194,13 @@ class Index:
         return cls(columns=columns, gaps=[Gap.from_map(g) for g in gaps], damage=damage)
 
 
+def index_item(record: Record) -> Record | str:
+    """What :meth:`IndexBuilder.observe` needs of ``record`` once it is encoded: a body chunk or an
+    upstream head only says that its exchange has bytes in the frame, so its exchange id stands for
+    it (the writers keep that instead of the record's bytes until the frame is written)."""
+    return record.x if isinstance(record, BodyChunk | UpstreamRequest) else record
+
+
 class IndexBuilder:
     """Accumulates index entries from records and the offsets of the frames that hold them."""
 

@@ -47,7 +47,8 @@ from wirecap.capture.child import (
     pack_sized,
     split_blobs,
 )
-from wirecap.capture.records import BodyChunk, Gap, Record, UpstreamRequest
+from wirecap.capture.index import index_item
+from wirecap.capture.records import Gap, Record
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
@@ -347,11 +348,7 @@ class CaptureWriter(RecordBuffer):
     def _append(self, record: Record) -> None:
         record, data = self._encode(record)
         self._encoded.append(data)
-        # Once encoded, a body chunk's bytes (or an upstream head) are not needed twice: the index only
-        # wants to know which exchange has a record in the frame.
-        self._queue(
-            record.x if isinstance(record, BodyChunk | UpstreamRequest) else record, len(data)
-        )
+        self._queue(index_item(record), len(data))
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
