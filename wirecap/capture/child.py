@@ -276,18 +276,15 @@ class FrameWriter:
             self._lost_reading += len(packed)
             return
         encode = self.sink.encode
-        records, parts = self._records, self._parts
-        if not records:
-            self.deadline = time.monotonic() + self.spec.frame_seconds
         for item in packed:
             record, data = encode(unpack_record(item))
-            records.append(index_item(record))
-            parts.append(data)
+            if not self._records:  # a frame starts
+                self.deadline = time.monotonic() + self.spec.frame_seconds
+            self._records.append(index_item(record))
+            self._parts.append(data)
             self._size += len(data)
             if self._size >= self.spec.frame_bytes:
                 self.write_frame()
-                records, parts = self._records, self._parts
-                self.deadline = time.monotonic() + self.spec.frame_seconds
 
     def write_frame(self) -> None:
         """Hand the open frame (if any) to the worker, which then rotates the segment if due."""
