@@ -164,6 +164,9 @@ class RecordBuffer:
         self._dropped = _DropCounter()
         self._records_dropped = 0
         self._records_lost = 0
+        self._records_written = 0
+        self._frames_written = 0
+        self._bytes_written = 0
         self._failed: str | None = None
         self._closed = False
         self._finished = trio.Event()
@@ -177,6 +180,21 @@ class RecordBuffer:
         raise NotImplementedError
 
     def statistics(self) -> WriterStatistics:
+        path, paths = self._files()
+        return WriterStatistics(
+            queued=len(self._pending),
+            records_written=self._records_written,
+            frames_written=self._frames_written,
+            bytes_written=self._bytes_written,
+            records_dropped=self._records_dropped,
+            records_lost=self._records_lost,
+            failed=self._failed,
+            path=path,
+            paths=paths,
+        )
+
+    def _files(self) -> tuple[Path | None, tuple[Path, ...]]:
+        """The segment being written, and every segment so far."""
         raise NotImplementedError
 
     async def run(
@@ -265,16 +283,16 @@ class RecordBuffer:
         self._space.set()
         return taken
 
-    async def _wait_for_work(self, linger: float, enough: int) -> None:
+    async def _wait_for_work(self, linger: float) -> None:
         """Sleep until the buffer has records, then up to ``linger`` seconds more for it to reach
-        ``enough`` bytes or its bound (returns at once when closed)."""
+        ``wake_bytes`` or its bound (returns at once when closed)."""
         if not self._pending and not self._closed:
             self._wake = trio.Event()
             await self._wake.wait()
         if self._pending and not self._closed:
             deadline = trio.current_time() + linger
             while (
-                self._pending_bytes < enough
+                self._pending_bytes < self._wake_bytes
                 and not self._full()
                 and not self._closed
                 and trio.current_time() < deadline
@@ -337,31 +355,17 @@ class CaptureWriter(RecordBuffer):
         self.sink = sink
         self._encoded: list[bytes] = []
         self._encode = sink.encode
-        self._frame_bytes = frame_bytes
         self._frame_seconds = frame_seconds
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
-        self._records_written = 0
-        self._frames_written = 0
-        self._bytes_written = 0
 
     def _append(self, record: Record) -> None:
         record, data = self._encode(record)
         self._encoded.append(data)
         self._queue(index_item(record), len(data))
 
-    def statistics(self) -> WriterStatistics:
-        return WriterStatistics(
-            queued=len(self._pending),
-            records_written=self._records_written,
-            frames_written=self._frames_written,
-            bytes_written=self._bytes_written,
-            records_dropped=self._records_dropped,
-            records_lost=self._records_lost,
-            failed=self._failed,
-            path=self.sink.path,
-            paths=tuple(self.sink.paths),
-        )
+    def _files(self) -> tuple[Path | None, tuple[Path, ...]]:
+        return self.sink.path, tuple(self.sink.paths)
 
     async def run(
         self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
@@ -397,7 +401,7 @@ class CaptureWriter(RecordBuffer):
             rotate_deadline = self._next_rotation()
             while True:
                 with trio.move_on_at(rotate_deadline):  # idle: a time-based rotation may be due
-                    await self._wait_for_work(self._frame_seconds, self._frame_bytes)
+                    await self._wait_for_work(self._frame_seconds)
                 if self._pending or self._dropped.records:
                     batch = self._take_batch()
                     if self._failed is not None:
@@ -478,11 +482,9 @@ class ProcessCaptureWriter(RecordBuffer):
         )
         self.spec = spec
         self._batch_seconds = batch_seconds
-        self._batch_bytes = batch_bytes
         self._command = [python, "-m", "wirecap.capture.child"]
         self._path: Path | None = None
         self._paths: list[Path] = []
-        self._written = (0, 0, 0)  # records, frames, bytes: the child's totals
         self._sent = 0
         self._done = False
         self.pid: int | None = None  # the writer process's, once started
@@ -513,19 +515,8 @@ class ProcessCaptureWriter(RecordBuffer):
             self._wake.set()
         return taken
 
-    def statistics(self) -> WriterStatistics:
-        records, frames, size = self._written
-        return WriterStatistics(
-            queued=len(self._pending),
-            records_written=records,
-            frames_written=frames,
-            bytes_written=size,
-            records_dropped=self._records_dropped,
-            records_lost=self._records_lost,
-            failed=self._failed,
-            path=self._path,
-            paths=tuple(self._paths),
-        )
+    def _files(self) -> tuple[Path | None, tuple[Path, ...]]:
+        return self._path, tuple(self._paths)
 
     async def run(
         self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
@@ -569,7 +560,7 @@ class ProcessCaptureWriter(RecordBuffer):
     async def _drain(self) -> None:
         """Without a writer process: take records as they come and count them as lost."""
         while True:
-            await self._wait_for_work(0, 0)
+            await self._wait_for_work(0)
             self._records_lost += len(self._take())
             self._take_gap()
             if self._closed and not self._pending:
@@ -577,7 +568,7 @@ class ProcessCaptureWriter(RecordBuffer):
 
     async def _pump(self, stdin: trio.lowlevel.FdStream) -> None:
         while True:
-            await self._wait_for_work(self._batch_seconds, self._batch_bytes)
+            await self._wait_for_work(self._batch_seconds)
             batch = self._take()
             gap = self._take_gap()
             if gap is not None:
@@ -601,16 +592,15 @@ class ProcessCaptureWriter(RecordBuffer):
         code = await process.wait()
         if not self._done:
             # Whatever was sent and not reported written died with the process.
-            self._records_lost += max(0, self._sent - self._written[0])
+            self._records_lost += max(0, self._sent - self._records_written)
             self._fail(f"the capture process exited with status {code}", self._path)
 
     def _apply(self, status: dict[str, Any]) -> None:
         if "path" in status:
             self._path = Path(status["path"])
             self._paths.append(self._path)
-        if "written" in status:
-            records, frames, size = status["written"]
-            self._written = (records, frames, size)
+        if "written" in status:  # the child's totals
+            self._records_written, self._frames_written, self._bytes_written = status["written"]
         if "failed" in status:
             self._fail(status["failed"], self._path)
         if status.get("done"):
