@@ -88,7 +88,7 @@ def _packing(names: tuple[str, ...]) -> tuple[operator.attrgetter[Any], int]:
 
 
 #: Per record type: its code, the getter of its fields, where its bytes are (see pack_sized).
-PACKING: Final = {
+_PACKING: Final = {
     kind: (code, *_packing(names)) for code, (kind, names) in enumerate(RECORD_FIELDS.items())
 }
 #: The constructors of unpack_record: explicit keywords are twice as fast as ``kind(**dict(...))``
@@ -139,7 +139,7 @@ def pack_record(record: Record) -> PackedRecord:
 
 def pack_sized(record: Record) -> tuple[PackedRecord, int]:
     """``record`` packed, and about how many bytes it holds."""
-    code, getter, big = PACKING[type(record)]
+    code, getter, big = _PACKING[type(record)]
     values = getter(record)
     return (code, values), RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
 

@@ -39,8 +39,6 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 import trio
 
 from wirecap.capture.child import (
-    PACKING,
-    RECORD_OVERHEAD,
     WriterSpec,
     message_head,
     pack_record,
@@ -493,8 +491,8 @@ class ProcessCaptureWriter(RecordBuffer):
         self._queue(*pack_sized(record))
 
     def offer_all(self, records: Sequence[Record]) -> int:
-        # The proxy's one call per forwarding write: pack_sized and _queue inlined (6 records per
-        # exchange of workload A; this halves the event loop's share of capture).
+        # The proxy's one call per forwarding write: _queue's work done once for the lot (6 records
+        # per exchange of workload A).
         if self._closed or self._failed is not None:
             return 0
         pending = self._pending
@@ -505,10 +503,9 @@ class ProcessCaptureWriter(RecordBuffer):
         for record in records:
             if len(pending) >= limit_records or size >= limit_bytes:
                 break
-            code, getter, big = PACKING[type(record)]
-            values = getter(record)
-            pending.append((code, values))
-            size += RECORD_OVERHEAD + len(values[big]) if big >= 0 else RECORD_OVERHEAD
+            packed, packed_size = pack_sized(record)
+            pending.append(packed)
+            size += packed_size
             taken += 1
         self._pending_bytes = size
         if taken and (was_empty or size >= self._wake_bytes or self._full()):
