@@ -536,7 +536,7 @@ class ProcessCaptureWriter(RecordBuffer):
         self.pid = process.pid
         assert isinstance(process.stdin, trio.lowlevel.FdStream)  # a pipe, on POSIX
         assert process.stdout is not None
-        _widen_pipe(process.stdin)
+        _widen_pipe(process.stdin.fileno())
         stdin, statuses = process.stdin, _StatusReader(process.stdout)
         try:
             with contextlib.suppress(trio.BrokenResourceError):
@@ -627,14 +627,13 @@ async def _send_messages(stream: trio.lowlevel.FdStream, payloads: list[bytes]) 
     await trio.lowlevel.checkpoint()
 
 
-def _widen_pipe(stream: trio.abc.SendStream) -> None:
+def _widen_pipe(fd: int) -> None:
     """Give the pipe to the writer process 1 MiB instead of Linux's 64 KiB: fewer writes, fewer
     wake-ups on large bodies. Best effort (other systems, or a lower pipe-max-size)."""
-    fileno = getattr(stream, "fileno", None)
-    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if fileno is not None and set_size is not None:
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if set_size is not None:
         with contextlib.suppress(OSError):
-            fcntl.fcntl(fileno(), set_size, PIPE_BYTES)
+            fcntl.fcntl(fd, set_size, PIPE_BYTES)
 
 
 def _child_environment() -> dict[str, str]:
