@@ -56,6 +56,14 @@ SETTLE_SECONDS = 0.5
 # -- processes ---------------------------------------------------------------------------------------
 
 
+def wirecap_command(listen: str, upstream_port: int, *extra: str) -> list[str]:
+    """``wirecap proxy`` in quiet mode, in front of the benchmark's upstream, plus ``extra``."""
+    return [
+        *(sys.executable, "-m", "wirecap", "proxy", "--quiet", "--listen", listen),
+        *("--upstream", f"http://127.0.0.1:{upstream_port}/", *extra),
+    ]
+
+
 def process_tree(pids: list[int]) -> list[int]:
     """``pids`` and all their descendants, from /proc."""
     found: list[int] = []
@@ -109,9 +117,9 @@ class Running:
         """The subject's processes and their descendants (wirecap's capture writer process)."""
         return process_tree(self.pids)
 
-    def cpu_seconds(self, *, children: bool = True) -> float:
-        """CPU time used so far by the subject's processes, their children included unless not."""
-        return cpu_seconds(self.process_tree() if children else self.pids)
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the subject's processes, their children included."""
+        return cpu_seconds(self.process_tree())
 
     def peak_rss_mib(self) -> float:
         """The sum of the peak RSS of the subject's processes, children included."""
@@ -164,18 +172,11 @@ def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | 
     if name.startswith("wirecap"):
         capture = name == "wirecap"
         out = workdir / f"cap-{time.time_ns()}"
-        args = [
-            sys.executable,
-            "-m",
-            "wirecap",
-            "proxy",
-            "--listen",
+        args = wirecap_command(
             f"127.0.0.1:{port}",
-            "--upstream",
-            f"http://127.0.0.1:{upstream_port}/",
-            "--quiet",
-        ]
-        args += ["--out", str(out)] if capture else ["--no-capture"]
+            upstream_port,
+            *(("--out", str(out)) if capture else ("--no-capture",)),
+        )
         process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
         wait_port(port)
         return Running(name, port, [process.pid], process, out if capture else None)

@@ -21,12 +21,20 @@ import re
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 # The benchmark's workload A: the same request body, upstream and process helpers.
-from bench import LUA, ROOT, Running, free_port, start_upstream, wait_port
+from bench import (
+    LUA,
+    ROOT,
+    Running,
+    cpu_seconds,
+    free_port,
+    start_upstream,
+    wait_port,
+    wirecap_command,
+)
 
 
 def wrk(url: str, lua: Path, seconds: int) -> tuple[int, float]:
@@ -56,11 +64,7 @@ def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float, 
             env[name] = value
     port = free_port()
     process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "wirecap", "proxy", "--quiet"),
-            *("--listen", f"127.0.0.1:{port}", "--upstream", f"http://127.0.0.1:{upstream_port}/"),
-            *args,
-        ],
+        wirecap_command(f"127.0.0.1:{port}", upstream_port, *args),
         stderr=subprocess.DEVNULL,
         env=env,
         cwd=checkout,  # python -m wirecap imports the package of the working directory
@@ -70,11 +74,10 @@ def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float, 
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         running = Running(config, port, [process.pid], process)
         wrk(url, lua, 1)
-        main_only = Running(config, port, [process.pid], None)
-        before, before_main = running.cpu_seconds(), main_only.cpu_seconds(children=False)
+        before, before_main = running.cpu_seconds(), cpu_seconds([process.pid])
         requests, rate = wrk(url, lua, 3)
         used = running.cpu_seconds() - before
-        used_main = main_only.cpu_seconds(children=False) - before_main
+        used_main = cpu_seconds([process.pid]) - before_main
     finally:
         process.terminate()
         process.wait()

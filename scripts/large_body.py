@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import trio
-from bench import cpu_seconds, peak_rss_kib, process_tree
+from bench import cpu_seconds, peak_rss_kib, process_tree, wirecap_command
 
 BLOCK = base64.b64encode(os.urandom(3 * 1024 * 1024 // 4 * 1))[
     : 1024 * 1024
@@ -76,18 +76,9 @@ async def fetch(port: int, path: str) -> tuple[int, float]:
 
 
 async def through_proxy(up_port: int, size: int, capture: bool, out: Path) -> dict[str, float]:
-    args = [
-        sys.executable,
-        "-m",
-        "wirecap",
-        "proxy",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        f"http://127.0.0.1:{up_port}/",
-        "--quiet",
-    ]
-    args += ["--out", str(out)] if capture else ["--no-capture"]
+    args = wirecap_command(
+        "127.0.0.1:0", up_port, *(("--out", str(out)) if capture else ("--no-capture",))
+    )
     process = await trio.lowlevel.open_process(args, stderr=subprocess.PIPE)
     banner = b""
     while (match := re.search(rb"listening on http://127\.0\.0\.1:(\d+)", banner)) is None:
