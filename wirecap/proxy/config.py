@@ -168,6 +168,10 @@ class CaptureSettings:
     redact_body: tuple[str, ...] = DEFAULT_REDACT_BODY
 
 
+#: The defaults of the [capture] table, stated once (in CaptureSettings).
+_CAPTURE_DEFAULTS: Final = CaptureSettings()
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     listen_host: str = DEFAULT_LISTEN[0]
@@ -361,7 +365,7 @@ def build_config(
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"timeout {key!r} must be a positive number of seconds")
 
-    on_full_value = on_full or cap.get("on_full", "block")
+    on_full_value = on_full or cap.get("on_full", _CAPTURE_DEFAULTS.on_full)
     if on_full_value not in ("block", "drop"):
         raise ConfigError(f"on_full must be 'block' or 'drop', not {on_full_value!r}")
     on_full_policy: Literal["block", "drop"] = "drop" if on_full_value == "drop" else "block"
@@ -371,7 +375,7 @@ def build_config(
     fmt: Literal["text", "json", "quiet"] = (
         "json" if fmt_value == "json" else "quiet" if fmt_value == "quiet" else "text"
     )
-    level = cap.get("level", 1)
+    level = cap.get("level", _CAPTURE_DEFAULTS.level)
     if not isinstance(level, int) or not 1 <= level <= 19:
         raise ConfigError("capture level must be an integer from 1 to 19")
 
@@ -380,17 +384,19 @@ def build_config(
     )
     extra_body = (*_opt_list(cap, "redact_body", "capture"), *redact_body)
     settings = CaptureSettings(
-        enabled=capture if capture is not None else bool(cap.get("enabled", True)),
-        out=out or Path(str(cap.get("out", DEFAULT_OUT))),
+        enabled=capture
+        if capture is not None
+        else bool(cap.get("enabled", _CAPTURE_DEFAULTS.enabled)),
+        out=out or Path(str(cap.get("out", _CAPTURE_DEFAULTS.out))),
         on_full=on_full_policy,
         rotate_bytes=rotate_bytes
         if rotate_bytes is not None
-        else cap.get("rotate_bytes", 256 * 1024 * 1024),
+        else cap.get("rotate_bytes", _CAPTURE_DEFAULTS.rotate_bytes),
         rotate_seconds=rotate_seconds
         if rotate_seconds is not None
-        else cap.get("rotate_seconds", 3600.0),
+        else cap.get("rotate_seconds", _CAPTURE_DEFAULTS.rotate_seconds),
         level=level,
-        redact=redact if redact is not None else bool(cap.get("redact", True)),
+        redact=redact if redact is not None else bool(cap.get("redact", _CAPTURE_DEFAULTS.redact)),
         redact_headers=DEFAULT_REDACT_HEADERS + extra_headers,
         redact_body=DEFAULT_REDACT_BODY + tuple(extra_body),
     )
