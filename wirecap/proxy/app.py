@@ -63,8 +63,9 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessCaptur
     )
 
 
-#: How long the event loop may wait for the GIL while the capture thread holds it (Python's default
-#: is 5 ms, which showed as the p99 of the stream relay delay).
+#: How long the event loop may wait for the GIL while another thread holds it (Python's default is
+#: 5 ms, which showed as the p99 of the stream relay delay when the capture ran in a thread here; it
+#: runs in the writer process now, and the threads left are trio's, e.g. for DNS).
 SWITCH_INTERVAL: Final = 0.0005
 
 
