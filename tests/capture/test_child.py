@@ -6,6 +6,7 @@ import os
 import pickle
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -107,9 +108,7 @@ def test_a_message_cut_short_is_reported():
 def test_the_redactor_pickles_to_the_writer_process():
     rules = Rules.compile(["x-secret"], [r"sk-[A-Za-z0-9]{8,}"])
     redactor = Redactor(rules, {"/a/": rules.merged(["x-other"], [])})
-    spec = WriterSpec(
-        directory=__import__("pathlib").Path("/x"), header=SegmentHeader({}), prepare=redactor
-    )
+    spec = WriterSpec(directory=Path("/x"), header=SegmentHeader({}), prepare=redactor)
     copy = pickle.loads(pickle.dumps(spec))
     body = BodyChunk(x="z", dir="req", ns=1, data=b'{"key": "sk-abcdefghijkl"}')
     assert copy.prepare(body) == redactor(body) != body

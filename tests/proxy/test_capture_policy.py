@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -194,9 +195,7 @@ async def test_disk_full_stops_capture_but_traffic_continues(start_upstream, sta
         )
 
     writer = CaptureWriter(
-        SegmentSink(
-            __import__("pathlib").Path("/nonexistent"), header, opener=lambda p: FailingFile(400)
-        ),
+        SegmentSink(Path("/nonexistent"), header, opener=lambda p: FailingFile(400)),
         channel_records=8,
     )
     proxy = await start_proxy(upstream=upstream.url, writer=writer)
