@@ -60,11 +60,6 @@ class SegmentHeader:
         )
 
 
-def header_factory(redaction: Mapping[str, Any], listen: str | None = None) -> SegmentHeader:
-    """The header of each new segment written for this process (its host, pid, and settings)."""
-    return SegmentHeader(dict(redaction), listen)
-
-
 def sync_and_close(file: BinaryIO) -> None:
     """Flush ``file`` to disk, then close it."""
     # Not every file object has a real descriptor (tests); the data is written either way.

@@ -56,7 +56,6 @@ from wirecap.capture.sink import (
     Prepare,
     SegmentHeader,
     SegmentSink,
-    header_factory,
     open_exclusive,
     record_size,
 )
@@ -81,7 +80,6 @@ __all__ = [
     "SegmentSink",
     "WriterSpec",
     "WriterStatistics",
-    "header_factory",
     "open_exclusive",
 ]
 

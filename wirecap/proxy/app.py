@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 import trio
 
 from wirecap import __version__
-from wirecap.capture.writer import ProcessCaptureWriter, WriterSpec, header_factory
+from wirecap.capture.writer import ProcessCaptureWriter, SegmentHeader, WriterSpec
 from wirecap.proxy.redact import Redactor, Rules
 from wirecap.proxy.server import ProxyServer
 
@@ -49,7 +49,7 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessCaptur
         if redactor is not None
         else {"enabled": False, "headers": [], "body_patterns": []}
     )
-    header = header_factory(redaction, listen=f"{config.listen_host}:{config.listen_port}")
+    header = SegmentHeader(redaction, listen=f"{config.listen_host}:{config.listen_port}")
     spec = WriterSpec(
         directory=settings.out,
         header=header,

@@ -17,7 +17,7 @@ from xml.etree import ElementTree as ET
 import trio
 
 from wirecap.capture import BodyChunk, ExchangeEnd, RequestReceived, ResponseHead
-from wirecap.capture.writer import CaptureWriter, SegmentSink, header_factory
+from wirecap.capture.writer import CaptureWriter, SegmentHeader, SegmentSink
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.proxy.upstream import (
     ConnectionPool,
@@ -207,7 +207,7 @@ async def _replay_one(
 def _writer(out: Path, options: ReplayOptions) -> CaptureWriter:
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    header = header_factory(
+    header = SegmentHeader(
         {"enabled": False, "headers": [], "body_patterns": [], "note": "replay traffic"}
     )
     return CaptureWriter(SegmentSink(out, header, prefix="replay"))
