@@ -78,7 +78,6 @@ RECORD_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
     ExchangeEnd: ("x", "ns", "outcome", "status", "error", "req_bytes", "res_bytes", "ttfb_ns"),
     Gap: ("wall_ns", "records", "bytes", "exchanges", "reason"),
 }
-_KINDS: Final = tuple(RECORD_FIELDS)
 
 
 def _packing(names: tuple[str, ...]) -> tuple[operator.attrgetter[Any], int]:
