@@ -22,6 +22,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 # The benchmark's workload A: the same request body, upstream and process helpers.
@@ -37,9 +38,16 @@ from bench import (
 )
 
 
-def wrk(url: str, lua: Path, seconds: int) -> tuple[int, float]:
+def pin(pid: int, cpu: int) -> None:
+    """Run every thread of ``pid`` on ``cpu`` only."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {cpu})
+
+
+def wrk(url: str, lua: Path, seconds: int, cpu: int | None = None) -> tuple[int, float]:
+    taskset = ["taskset", "-c", str(cpu)] if cpu is not None else []
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(lua), url],
+        [*taskset, "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(lua), url],
         capture_output=True,
         text=True,
         check=True,
@@ -51,7 +59,9 @@ def wrk(url: str, lua: Path, seconds: int) -> tuple[int, float]:
     return int(requests.group(1)), float(rate.group(1))
 
 
-def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float, float]:
+def run_once(
+    config: str, upstream_port: int, lua: Path, pinned: bool
+) -> tuple[float, float, float]:
     env = dict(os.environ)
     args = config.split()
     checkout = ROOT
@@ -73,9 +83,15 @@ def run_once(config: str, upstream_port: int, lua: Path) -> tuple[float, float, 
         wait_port(port)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         running = Running(config, port, [process.pid], process)
-        wrk(url, lua, 1)
+        load_cpu = None
+        if pinned:  # the proxy alone on CPU 1; its writer process, wrk and the upstream on CPU 0
+            time.sleep(0.3)  # the writer process has started
+            load_cpu = 0
+            for pid in running.process_tree():
+                pin(pid, 1 if pid == process.pid else 0)
+        wrk(url, lua, 1, load_cpu)
         before, before_main = running.cpu_seconds(), cpu_seconds([process.pid])
-        requests, rate = wrk(url, lua, 3)
+        requests, rate = wrk(url, lua, 3, load_cpu)
         used = running.cpu_seconds() - before
         used_main = cpu_seconds([process.pid]) - before_main
     finally:
@@ -90,6 +106,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="+", help='extra proxy arguments, e.g. "--no-capture"')
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="proxy process alone on CPU 1, everything else on CPU 0: its cost shows as its "
+        "throughput, without other processes' noise (A/B of the relay; needs 2 CPUs)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
@@ -97,11 +119,13 @@ def main() -> None:
         lua = Path(tmp) / "post.lua"
         lua.write_text(LUA)
         upstream, upstream_port = start_upstream()
+        if args.pin:
+            pin(upstream.pid, 0)
         results: dict[str, list[tuple[float, float, float]]] = {c: [] for c in args.configs}
         try:
             for _ in range(args.rounds):
                 for config in args.configs:
-                    results[config].append(run_once(config, upstream_port, lua))
+                    results[config].append(run_once(config, upstream_port, lua, args.pin))
         finally:
             upstream.terminate()
     width = max(len(c) for c in args.configs)

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wirecap.proxy.config import DEFAULT_REDACT_BODY
-from wirecap.proxy.redact import Rules, literal_prefix
+from wirecap.proxy.redact import Rules, literal_prefix, rarest_byte
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,11 @@ def test_may_match_agrees_with_the_regular_expression(patterns, pieces):
     assert rules.any_pattern is not None
     assert rules.may_match(data) == (rules.any_pattern.search(data) is not None)
     assert rules.may_match(bytearray(data)) == rules.may_match(data)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "byte"),
+    [(b"sk-", b"-"), (b"sk-ant-", b"-"), (b"AKIA", b"A"), (b"ghp_", b"_"), (b"xy", b"y")],
+)
+def test_the_first_search_is_for_a_byte_that_plain_text_and_base64_rarely_hold(prefix, byte):
+    assert rarest_byte(prefix) == byte

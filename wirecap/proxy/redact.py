@@ -77,6 +77,17 @@ def literal_prefix(pattern: re.Pattern[bytes]) -> bytes:
     return bytes(prefix)
 
 
+#: Bytes that turn up everywhere in JSON and text bodies: a poor first test for a pattern's presence.
+_COMMON_BYTES: Final = frozenset(b' "\':,.{}[]\n\\_0123456789') | frozenset(range(ord("a"), ord("z") + 1))
+
+
+def rarest_byte(prefix: bytes) -> bytes:
+    """The byte of ``prefix`` least likely to occur in a body (punctuation and capitals before
+    lower case and JSON syntax): absent from the data, it rules the pattern out at memchr speed."""
+    rare = [b for b in prefix if b not in _COMMON_BYTES]
+    return bytes([rare[-1] if rare else prefix[-1]])
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rules:
     headers: frozenset[bytes]
@@ -86,6 +97,8 @@ class Rules:
     any_pattern: re.Pattern[bytes] | None = dataclasses.field(init=False, compare=False)
     #: The literal text each body pattern's matches start with, or None when one has none.
     prefixes: tuple[bytes, ...] | None = dataclasses.field(init=False, compare=False)
+    #: One byte of each prefix, searched first (see :func:`rarest_byte`).
+    rare_bytes: tuple[bytes, ...] = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         names = b"|".join(re.escape(h) for h in sorted(self.headers)) or b"(?!)"
@@ -100,14 +113,22 @@ class Rules:
         prefixes = tuple(literal_prefix(p) for p in self.patterns)
         usable = bool(prefixes) and all(len(prefix) >= 2 for prefix in prefixes)
         object.__setattr__(self, "prefixes", prefixes if usable else None)
+        rare = tuple(rarest_byte(prefix) for prefix in prefixes) if usable else ()
+        object.__setattr__(self, "rare_bytes", rare)
 
     def may_match(self, data: bytes | bytearray) -> bool:
         """Whether some body pattern matches in ``data``. When every pattern starts with literal
-        text (the default ``sk-``), a substring search (memchr speed) rules most data out before
-        the regular expression runs: 0.1 ms instead of 0.7 ms per MiB of body."""
+        text (the default ``sk-``), substring searches rule most data out before the regular
+        expression runs: first one byte of each prefix (memchr: 0.02 ms per MiB; ``-`` never occurs
+        in base64, the usual big body), then the whole prefix (0.1 to 0.9 ms per MiB), against
+        0.7 to 2 ms for the expression."""
         if self.any_pattern is None:
             return False
-        if self.prefixes is not None and not any(prefix in data for prefix in self.prefixes):
+        prefixes = self.prefixes
+        if prefixes is not None and not any(
+            rare in data and prefix in data
+            for rare, prefix in zip(self.rare_bytes, prefixes, strict=True)
+        ):
             return False
         return self.any_pattern.search(data) is not None
 
