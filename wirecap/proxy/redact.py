@@ -78,7 +78,9 @@ def literal_prefix(pattern: re.Pattern[bytes]) -> bytes:
 
 
 #: Bytes that turn up everywhere in JSON and text bodies: a poor first test for a pattern's presence.
-_COMMON_BYTES: Final = frozenset(b' "\':,.{}[]\n\\_0123456789') | frozenset(range(ord("a"), ord("z") + 1))
+_COMMON_BYTES: Final = frozenset(b" \"':,.{}[]\n\\_0123456789") | frozenset(
+    range(ord("a"), ord("z") + 1)
+)
 
 
 def rarest_byte(prefix: bytes) -> bytes:
