@@ -130,6 +130,68 @@ async def test_upstream_timeout_is_a_504(start_upstream, start_proxy):
     assert exchange.outcome == "timeout"
 
 
+async def test_upstream_silent_mid_response_times_out(start_upstream, start_proxy):
+    """The read timeout runs from the last byte received: an upstream that goes quiet after the
+    head is cut off, the client's response ends short, and the exchange is a timeout."""
+
+    async def stalls(ex):
+        if ex.request.target == "/after":
+            return await ok_handler(ex)
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Type", "text/event-stream")])
+        for n in range(3):
+            await ex.send_data(b'data: {"n": %d}\n\n' % n)
+            await trio.sleep(0.2)  # under the read timeout each time
+        await trio.sleep(10)
+
+    upstream = await start_upstream(stalls)
+    proxy = await start_proxy(upstream=upstream.url, timeouts={"read": 0.5})
+    got = b""
+    with trio.fail_after(10):
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                async with client.stream("POST", f"{proxy.url}/v1/chat", json={}) as r:
+                    async for data in r.aiter_raw():
+                        got += data
+    assert got.count(b"data:") == 3
+    await assert_still_serving(proxy)
+    with await proxy.capture() as capture:
+        stalled = next(e for e in capture.exchanges() if e.target == "/v1/chat")
+    assert stalled.outcome == "timeout"
+    assert stalled.end is not None
+    assert stalled.end.error == "upstream sent nothing for 0.5s mid-response"
+
+
+async def test_idle_keepalive_connection_is_closed_after_its_timeout(start_upstream, start_proxy):
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(upstream=upstream.url, timeouts={"keepalive": 0.4})
+    request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    with trio.fail_after(10):
+        stream = await read_until(proxy.port, request, b"fine")
+        await trio.sleep(0.2)  # idle, but within the timeout: still served
+        await stream.send_all(request)
+        seen = b""
+        while b"fine" not in seen:
+            seen += await stream.receive_some(65536)
+        started = trio.current_time()
+        assert await stream.receive_some(65536) == b""  # the proxy closed it
+        assert trio.current_time() - started >= 0.3
+    await assert_still_serving(proxy)
+    with await proxy.capture() as capture:
+        assert [e.outcome for e in capture.exchanges()] == ["ok"] * 3  # the close is no exchange
+
+
+async def test_shutdown_closes_idle_keepalive_connections_at_once(start_upstream, start_proxy):
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(upstream=upstream.url)  # keep-alive timeout: minutes
+    with trio.fail_after(5):
+        stream = await read_until(
+            proxy.port, b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n", b"fine"
+        )
+        await proxy.stop()
+        assert await stream.receive_some(65536) == b""
+
+
 async def test_upstream_reset_mid_stream_ends_client_response(start_upstream, start_proxy):
     async def resets(ex):
         if ex.request.target == "/after":

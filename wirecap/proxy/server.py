@@ -13,8 +13,13 @@ Tasks: one per client connection, plus one watchdog for the proxy. An exchange a
 (in its connection's nursery) only when its request body is still arriving (the helper relays the
 rest and then watches the client) or when its response takes longer than :data:`WATCH_CLIENT_AFTER`
 (the watchdog starts a helper that watches the client, so that a client hanging up aborts a long
-generation at once instead of at its next chunk). Each exchange has one cancel scope; its deadline
-follows the phase (reading the upstream, writing to the client).
+generation at once instead of at its next chunk).
+
+Timeouts on the hot path are not cancel scopes (see :mod:`wirecap.proxy.deadlines`): an idle
+keep-alive connection and an exchange waiting on its upstream store a deadline that the watchdog
+checks, and when it passes the watchdog closes the socket the wait is parked on. A helper that sees
+the client go away stops the relay the same way (:meth:`ProxyServer._interrupt`). Rare waits (a
+head arriving in pieces, a blocked send, a streamed request body) keep trio's scopes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from wirecap.capture.records import (
 from wirecap.proxy import headers as hdr
 from wirecap.proxy import http1
 from wirecap.proxy.console import ExchangeSummary, format_json, format_text
+from wirecap.proxy.deadlines import Deadlines
 from wirecap.proxy.routing import Router
 from wirecap.proxy.transport import StreamTransport, Transport, transport_for
 from wirecap.proxy.upstream import (
@@ -96,6 +102,7 @@ class _Client:
         "head_wall_ns",
         "nursery",
         "read_size",
+        "timed_out",
         "transport",
     )
 
@@ -113,6 +120,11 @@ class _Client:
         # while the connection sat idle between keep-alive requests.
         self.head_started_ns = 0
         self.head_wall_ns = 0
+        self.timed_out = False  # its keep-alive wait expired (see Deadlines)
+
+    def expire(self) -> None:
+        self.timed_out = True
+        self.transport.close()
 
     def mark_head_start(self) -> None:
         self.head_started_ns = time.perf_counter_ns()
@@ -184,9 +196,10 @@ class _Exchange:
     upstream_send_failed: bool = False
     client_eof: bool = False
     response_done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    #: Cancelled by a timeout, or by a helper task when the client goes away.
-    scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
+    upstream: _Upstream | None = None  # while the exchange holds one
     reading: bool = False  # the relay is waiting on the upstream (else writing to the client)
+    timed_out: bool = False  # the upstream sent nothing for the read timeout (see expire)
+    interrupted: bool = False  # a helper stopped the relay (see ProxyServer._interrupt)
     relay_started: float = 0.0
     helper: trio.CancelScope | None = None  # the helper task's scope, while one runs
     helper_done: trio.Event | None = None
@@ -199,6 +212,14 @@ class _Exchange:
 
     def now(self) -> int:
         return time.perf_counter_ns() - self.t0
+
+    def expire(self) -> None:
+        """The read deadline passed: if the relay still waits on the upstream, close that
+        connection (the relay wakes and reports the timeout). A relay that is writing to its client
+        instead is bounded by the write timeout."""
+        if self.reading and self.upstream is not None:
+            self.timed_out = True
+            self.upstream.transport.close()
 
     def defer(self, record: Record) -> None:
         """Keep ``record`` until the bytes it describes have been forwarded: capture work happens
@@ -282,10 +303,13 @@ class ProxyServer:
         self.listen_port = config.listen_port
         self._shutdown = trio.Event()
         self._stopped = trio.Event()
-        self._idle_scopes: set[trio.CancelScope] = set()
+        #: Connections waiting for their next request: shutdown() closes them.
+        self._idle_clients: set[_Client] = set()
+        #: Keep-alive and upstream-read deadlines, enforced by the watchdog.
+        self._deadlines = Deadlines()
         #: Exchanges whose response is being relayed, for the watchdog (insertion order = age).
         self._relaying: dict[_Exchange, _Client] = {}
-        self._relay_started = trio.Event()  # wakes the watchdog when there is something to watch
+        self._wake_watchdog = trio.Event()  # set when there is something new to watch
         self._listeners: list[trio.SocketListener] = []
         self._read_size = config.limits.read_size
         self._max_head = config.limits.max_head
@@ -331,8 +355,8 @@ class ProxyServer:
         """Begin a graceful shutdown (idempotent): stop accepting, close idle connections, and let
         exchanges in flight finish within the grace period."""
         self._shutdown.set()
-        for scope in list(self._idle_scopes):
-            scope.cancel()
+        for client in list(self._idle_clients):
+            client.transport.close()  # its _receive_head returns None
 
     @property
     def shutting_down(self) -> bool:
@@ -353,21 +377,41 @@ class ProxyServer:
             handlers.start_soon(self._handle_client, stream)
 
     async def _watchdog(self) -> None:
-        """Start a client watcher for every exchange whose response has taken longer than
-        :data:`WATCH_CLIENT_AFTER` (a long generation or stream): one task for the whole proxy instead
-        of a timer per exchange."""
+        """One task for the whole proxy instead of a timer per exchange: it enforces the
+        :class:`Deadlines`, and starts a client watcher for every exchange whose response has taken
+        longer than :data:`WATCH_CLIENT_AFTER` (a long generation or stream)."""
+        deadlines = self._deadlines
         while True:
-            if not self._relaying:
-                self._relay_started = trio.Event()
-                await self._relay_started.wait()  # an idle proxy does not tick
-            await trio.sleep(WATCH_CLIENT_AFTER / 2)
-            due = trio.current_time() - WATCH_CLIENT_AFTER
-            for ex, client in list(self._relaying.items()):
-                if ex.relay_started > due:
-                    break  # the rest started later
-                del self._relaying[ex]
-                if ex.helper is None and not ex.response_done.is_set():
-                    self._start_helper(client, ex, self._watch_client, client, ex)
+            now = trio.current_time()
+            deadlines.expire(now)
+            wake_at = deadlines.next_due
+            if self._relaying:
+                due = now - WATCH_CLIENT_AFTER
+                for ex, client in list(self._relaying.items()):
+                    if ex.relay_started > due:
+                        break  # the rest started later
+                    del self._relaying[ex]
+                    if ex.helper is None and not ex.response_done.is_set():
+                        self._start_helper(client, ex, self._watch_client, client, ex)
+                if self._relaying:
+                    wake_at = min(wake_at, now + WATCH_CLIENT_AFTER / 2)
+            self._wake_watchdog = trio.Event()
+            with trio.move_on_at(wake_at):  # an idle proxy without deadlines does not tick
+                await self._wake_watchdog.wait()
+
+    def _set_deadline(self, item: _Client | _Exchange, deadline: float) -> None:
+        if self._deadlines.set(item, deadline):
+            self._wake_watchdog.set()  # earlier than the watchdog planned to look
+
+    def _interrupt(self, ex: _Exchange, client: _Client | None = None) -> None:
+        """Stop the relay of ``ex`` from a helper task (which has recorded why): close its upstream
+        connection, and the client's when the client is gone. The relay, parked on either socket,
+        wakes with ClosedResourceError; the upstream connection is not reused."""
+        ex.interrupted = True
+        if ex.upstream is not None:
+            ex.upstream.transport.close()
+        if client is not None:
+            client.transport.close()
 
     def _start_helper(
         self,
@@ -478,22 +522,27 @@ class ProxyServer:
                 if client.buf:
                     raise http1.ProtocolError("the client closed the connection mid-head")
                 return None
-            idle = not client.buf
-            if idle and self.shutting_down:
-                return None
-            with trio.CancelScope(deadline=idle_deadline if idle else head_deadline) as scope:
-                if idle:
-                    self._idle_scopes.add(scope)  # shutdown() closes idle keep-alive connections
-                try:
+            if client.buf:  # part of a head: rare enough for a cancel scope
+                with trio.CancelScope(deadline=head_deadline) as scope:
                     await client.read()
-                finally:
-                    if idle:
-                        self._idle_scopes.discard(scope)
-            if scope.cancelled_caught:
-                if idle and self.shutting_down:
+                if scope.cancelled_caught:
+                    raise _HeadTimeout(True)
+                continue
+            if self.shutting_down:
+                return None
+            # Idle between requests: the deadline is the watchdog's, which closes the connection.
+            self._set_deadline(client, idle_deadline)
+            self._idle_clients.add(client)
+            try:
+                await client.read()
+            except _BROKEN:
+                if client.timed_out or self.shutting_down:
                     return None
-                raise _HeadTimeout(not idle)
-            if idle and client.buf:
+                raise
+            finally:
+                self._deadlines.clear(client)
+                self._idle_clients.discard(client)
+            if client.buf:
                 client.mark_head_start()
 
     async def _reject(
@@ -648,6 +697,7 @@ class ProxyServer:
                 client, ex, 502, "upstream_unreachable", str(exc), upstream=ex.upstream_url
             )
             return
+        ex.upstream = upstream
         proxy_url_bytes = proxy_url.encode("latin-1", "replace")
         up_head = http1.serialize_head(
             head.method + b" " + upstream_target.encode("latin-1") + b" HTTP/1.1",
@@ -682,20 +732,10 @@ class ProxyServer:
             read_timeout = route.read_timeout or timeouts.read
             if not body.done:
                 self._start_helper(client, ex, self._relay_request_body, client, upstream, ex, body)
-            with ex.scope:
+            try:
                 reusable = await self._relay_response(client, upstream, ex, read_timeout)
-            if ex.scope.cancelled_caught:
-                reusable = False
-                if ex.reading:
-                    where = "mid-response" if ex.response_started else "before responding"
-                    ex.fail(
-                        "timeout",
-                        f"upstream sent nothing for {read_timeout:g}s {where}",
-                        504,
-                        "upstream_timeout",
-                    )
-                else:
-                    ex.fail("client_abort", f"client stopped reading for {timeouts.write:g}s")
+            finally:
+                self._deadlines.clear(ex)
             await self._stop_helper(ex)
             if ex.outcome != "ok" and not ex.response_started:
                 await self._respond_error(
@@ -708,7 +748,14 @@ class ProxyServer:
                 )
         finally:
             await self._stop_helper(ex)
-            if reusable and ex.outcome == "ok" and ex.request_done and not ex.upstream_send_failed:
+            ex.upstream = None
+            if (
+                reusable
+                and ex.outcome == "ok"
+                and ex.request_done
+                and not ex.upstream_send_failed
+                and not ex.interrupted
+            ):
                 upstream.reusable = True
                 await self.pool.release(upstream)
             else:
@@ -761,7 +808,6 @@ class ProxyServer:
         body: http1.LengthBody | http1.ChunkedBody,
     ) -> None:
         """Client -> upstream: the rest of the body as it arrives; then watch the client."""
-        scope = ex.scope
         timeouts = self.config.timeouts
         try:
             while not body.done:
@@ -790,7 +836,7 @@ class ProxyServer:
             ex.request_done = True
         except (ClientGone, *_BROKEN) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
-            scope.cancel()
+            self._interrupt(ex, client)
             return
         except trio.TooSlowError:
             ex.fail(
@@ -799,11 +845,11 @@ class ProxyServer:
                 408,
                 "request_timeout",
             )
-            scope.cancel()
+            self._interrupt(ex)  # the client gets the 408
             return
         except http1.ProtocolError as exc:
             ex.fail("protocol_error", f"bad request body: {exc}", 400, "bad_request")
-            scope.cancel()
+            self._interrupt(ex)  # the client gets the 400
             return
         await self._watch_client(client, ex)
 
@@ -828,7 +874,7 @@ class ProxyServer:
                     return
         except (ClientGone, *_BROKEN) as exc:
             ex.fail("client_abort", str(exc) or "client connection lost")
-            ex.scope.cancel()
+            self._interrupt(ex, client)
 
     async def _relay_response(
         self, client: _Client, upstream: _Upstream, ex: _Exchange, read_timeout: float
@@ -836,9 +882,10 @@ class ProxyServer:
         """Upstream -> client: heads and body bytes forwarded as soon as they arrive.
 
         Everything one upstream read produced goes to the client in one write, so nothing is held
-        back and small answers cost one send. Runs inside ``ex.scope``, whose deadline follows the
-        phase (reading from the upstream, writing to the client). Returns True when the upstream
-        connection can be reused (its response ended by its framing, with nothing after it).
+        back and small answers cost one send. Each upstream read has the read timeout (a deadline
+        the watchdog enforces, see :meth:`_Exchange.expire`), each blocked send the write timeout.
+        Returns True when the upstream connection can be reused (its response ended by its
+        framing, with nothing after it).
         """
         head = ex.head
         assert head is not None
@@ -851,16 +898,15 @@ class ProxyServer:
         response: http1.ResponseHead | None = None
         trailing_junk = False  # the upstream sent more than its response: not reusable
         dechunk = False
-        scope = ex.scope
         if ex.helper is None:
             ex.relay_started = trio.current_time()
             if not self._relaying:
-                self._relay_started.set()
+                self._wake_watchdog.set()
             self._relaying[ex] = client  # the watchdog adds a client watcher if this takes long
         try:
             while True:
                 ex.reading = True
-                scope.deadline = trio.current_time() + read_timeout
+                self._set_deadline(ex, trio.current_time() + read_timeout)
                 data = await receive(read_size)
                 ex.reading = False
                 now = ex.now()
@@ -941,8 +987,15 @@ class ProxyServer:
                     ex.response_complete = True
                     return response is not None and response.keep_alive and not trailing_junk
         except (*_BROKEN, http1.ProtocolError) as exc:
-            if ex.reading or isinstance(exc, http1.ProtocolError):
-                where = "mid-response" if ex.response_started else "before responding"
+            where = "mid-response" if ex.response_started else "before responding"
+            if ex.timed_out:
+                ex.fail(
+                    "timeout",
+                    f"upstream sent nothing for {read_timeout:g}s {where}",
+                    504,
+                    "upstream_timeout",
+                )
+            elif ex.reading or isinstance(exc, http1.ProtocolError):
                 ex.fail("upstream_error", f"upstream failed {where}: {_describe(exc)}")
             else:
                 ex.fail("client_abort", "client connection lost while receiving the response")
