@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import copy
 import os
 import pickle
 import threading
@@ -23,6 +25,7 @@ from wirecap.capture import (
     open_capture,
 )
 from wirecap.capture.child import (
+    FrameWriter,
     MessageReader,
     WriterSpec,
     message_head,
@@ -216,3 +219,34 @@ async def test_process_writer_blocks_when_full_and_loses_nothing(tmp_path):
     assert writer.statistics().records_written == len(records)
     with open_capture(tmp_path) as capture:
         assert len([e for e in capture.exchanges() if e.complete]) == 200
+
+
+@pytest.mark.parametrize("adapt", [True, False])
+def test_a_frame_that_finds_the_compressor_behind_is_written_in_a_hurry(tmp_path, adapt):
+    """Three big frames of base64 (level 1 stores it at 75%) while the compressing thread is held:
+    the third finds its queue full and, with ``adapt``, is stored at zstd's fastest setting (100%)
+    rather than waiting for level 1. Every byte reads back either way."""
+    reports: list[dict] = []
+    spec = WriterSpec(
+        directory=tmp_path, header=SegmentHeader({}), level=1, adapt=adapt, frame_bytes=256 * 1024
+    )
+    writer = FrameWriter(spec, lambda report: reports.append(copy.deepcopy(report)))
+    writer.open()
+    gate = threading.Event()
+    writer._jobs.put(gate.wait)  # the worker thread is busy until the gate opens
+    while not writer._jobs.empty():
+        time.sleep(0.01)
+    bodies = [base64.b64encode(os.urandom(300 * 1024)) for _ in range(3)]
+    writer.add_batch([pack_record(BodyChunk(x="a", dir="res", ns=1, data=bodies[0]))])
+    writer.add_batch([pack_record(BodyChunk(x="a", dir="res", ns=2, data=bodies[1]))])
+    threading.Timer(0.2, gate.set).start()
+    writer.add_batch([pack_record(BodyChunk(x="a", dir="res", ns=3, data=bodies[2]))])
+    writer.close()
+    totals = [r["written"][2] for r in reports if "written" in r]
+    sizes = [b - a for a, b in zip([0, *totals], totals, strict=False)]
+    ratios = [size / len(body) for size, body in zip(sizes, bodies, strict=True)]
+    assert ratios[0] < 0.8 and ratios[1] < 0.8
+    assert (ratios[2] > 0.95) is adapt
+    with open_capture(tmp_path) as capture:
+        [exchange] = list(capture.exchanges())
+        assert [c.data for c in exchange.chunks] == bodies

@@ -86,12 +86,19 @@ def test_most_specific_route_wins_and_method_host_narrow():
         ),
         ({"redact_body": ["(unclosed"]}, "bad redaction pattern"),
         ({"timeouts": {"read": -1}}, "positive"),
+        ({"doc": {"capture": {"adapt": "yes"}}}, "adapt must be true or false"),
+        ({"doc": {"capture": {"level": 0}}}, "level must be an integer"),
     ],
 )
 def test_config_errors_are_one_clear_line(kwargs, message):
     with pytest.raises(ConfigError, match=message) as info:
         build_config(**kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_capture_adapts_by_default_and_can_be_told_not_to():
+    assert build_config().capture.adapt is True
+    assert build_config(doc={"capture": {"adapt": False}}).capture.adapt is False
 
 
 def test_route_spec_and_upstream_parsing():

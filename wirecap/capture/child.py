@@ -215,6 +215,8 @@ class WriterSpec:
     header: SegmentHeader
     prepare: Prepare | None = None  # the redactor; it must pickle
     level: int = 3
+    #: Compress large frames faster while the compressing thread is behind (see write_frame).
+    adapt: bool = False
     prefix: str = "capture"
     frame_bytes: int = FRAME_MAX_BYTES
     frame_seconds: float = FRAME_MAX_SECONDS
@@ -286,11 +288,19 @@ class FrameWriter:
                 self.write_frame()
 
     def write_frame(self) -> None:
-        """Hand the open frame (if any) to the worker, which then rotates the segment if due."""
+        """Hand the open frame (if any) to the worker, which then rotates the segment if due.
+
+        With ``spec.adapt``, a frame that finds the worker's queue full (the worker compresses
+        slower than the traffic arrives: a big body of base64, ~800 MiB/s a core at level 1) is
+        written in a hurry (:data:`~wirecap.capture.sink.HURRIED_LEVEL`, ~4 GB/s), like zstd's
+        ``--adapt``: the file grows (base64 is stored at 100% instead of 75%) instead of the
+        traffic slowing down to the compressor's pace.
+        """
         records, parts = self._records, self._parts
         self._records, self._parts, self._size, self.deadline = [], [], 0, math.inf
         if records:
-            self._jobs.put(lambda: self._write(records, parts))
+            hurry = self.spec.adapt and self._jobs.full()
+            self._jobs.put(lambda: self._write(records, parts, hurry))
 
     def rotate_if_due(self) -> None:
         self._jobs.put(self._rotate_if_due)
@@ -311,13 +321,13 @@ class FrameWriter:
         while (job := self._jobs.get()) is not None:
             job()
 
-    def _write(self, records: list[Record | str], parts: list[bytes]) -> None:
+    def _write(self, records: list[Record | str], parts: list[bytes], hurry: bool) -> None:
         if self.failed is not None:
             self._lost_writing += len(records)
             return
 
         def write() -> None:
-            written = self.sink.write_encoded(records, b"".join(parts))
+            written = self.sink.write_encoded(records, b"".join(parts), hurry=hurry)
             self._written[0] += len(records)
             self._written[1] += 1
             self._written[2] += written

@@ -55,6 +55,7 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessCaptur
         header=header,
         prepare=redactor,
         level=settings.level,
+        adapt=settings.adapt,
         rotate_bytes=settings.rotate_bytes,
         rotate_seconds=settings.rotate_seconds,
     )

@@ -163,6 +163,9 @@ class CaptureSettings:
     #: 1 keeps up with a 1 GB body (about 750 MiB/s a core here, 580 at level 3) and costs JSON
     #: traffic under a point of ratio (16% of the raw bytes against 15%).
     level: int = 1
+    #: Compress large frames with zstd's fastest setting while the writer falls behind the traffic
+    #: (a bigger file instead of slower traffic; see capture/child.py FrameWriter.write_frame).
+    adapt: bool = True
     redact: bool = True
     redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
     redact_body: tuple[str, ...] = DEFAULT_REDACT_BODY
@@ -378,6 +381,9 @@ def build_config(
     level = cap.get("level", _CAPTURE_DEFAULTS.level)
     if not isinstance(level, int) or not 1 <= level <= 19:
         raise ConfigError("capture level must be an integer from 1 to 19")
+    adapt = cap.get("adapt", _CAPTURE_DEFAULTS.adapt)
+    if not isinstance(adapt, bool):
+        raise ConfigError("capture adapt must be true or false")
 
     extra_headers = tuple(
         h.lower() for h in (*_opt_list(cap, "redact_headers", "capture"), *redact_headers)
@@ -396,6 +402,7 @@ def build_config(
         if rotate_seconds is not None
         else cap.get("rotate_seconds", _CAPTURE_DEFAULTS.rotate_seconds),
         level=level,
+        adapt=adapt,
         redact=redact if redact is not None else bool(cap.get("redact", _CAPTURE_DEFAULTS.redact)),
         redact_headers=DEFAULT_REDACT_HEADERS + extra_headers,
         redact_body=DEFAULT_REDACT_BODY + tuple(extra_body),
