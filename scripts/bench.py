@@ -463,8 +463,9 @@ def main() -> None:
                             row = workload_c(run, c_size)
                     finally:
                         run.stop()
-                    if workload in ("A", "B") and run.capture_dir is not None:
-                        row["capture_ratio"] = capture_size(run) / row["raw_bytes"]
+                    if run.capture_dir is not None:
+                        raw = row["raw_bytes"] if workload in ("A", "B") else c_size
+                        row["capture_ratio"] = capture_size(run) / raw
                     results.setdefault((workload, name), []).append(row)
                     print(
                         f"round {round_no + 1} {workload} {name}: {json.dumps({k: round(v, 3) for k, v in row.items()})}",
@@ -539,13 +540,15 @@ def render(
         "",
         f"## C. One {c_size // 2**20} MiB streamed response",
         "",
-        "| subject | MiB/s | peak RSS, VmHWM (MiB) |",
-        "|---|---|---|",
+        "| subject | MiB/s | peak RSS, VmHWM (MiB) | capture / body |",
+        "|---|---|---|---|",
     ]
     for name in subjects:
         rss = m("C", name, "peak_rss_mib")
+        kept = m("C", name, "capture_ratio")
+        ratio = "-" if kept != kept else f"{kept:.0%}"  # NaN: nothing captured
         lines.append(
-            f"| {name} | {m('C', name, 'mib_s'):.0f} | {'-' if name == 'direct' else format(rss, '.1f')} |"
+            f"| {name} | {m('C', name, 'mib_s'):.0f} | {'-' if name == 'direct' else format(rss, '.1f')} | {ratio} |"
         )
     if "wirecap-nocapture" in subjects:
         lines += [
@@ -554,7 +557,7 @@ def render(
             "",
             f"- A: {m('A', 'wirecap', 'rps') / m('A', 'wirecap-nocapture', 'rps'):.2f}x the requests per second;",
             f"- C: {m('C', 'wirecap', 'mib_s') / m('C', 'wirecap-nocapture', 'mib_s'):.2f}x the throughput;",
-            f"- capture files: {m('A', 'wirecap', 'capture_ratio'):.0%} of the raw bytes for A, {m('B', 'wirecap', 'capture_ratio'):.0%} for B.",
+            f"- capture files: {m('A', 'wirecap', 'capture_ratio'):.1%} of the raw bytes for A, {m('B', 'wirecap', 'capture_ratio'):.1%} for B.",
         ]
     lines += [
         "",
