@@ -176,6 +176,7 @@ async def test_idle_keepalive_connection_is_closed_after_its_timeout(start_upstr
         started = trio.current_time()
         assert await stream.receive_some(65536) == b""  # the proxy closed it
         assert trio.current_time() - started >= 0.3
+        await stream.aclose()
     await assert_still_serving(proxy)
     with await proxy.capture() as capture:
         assert [e.outcome for e in capture.exchanges()] == ["ok"] * 3  # the close is no exchange
@@ -190,6 +191,7 @@ async def test_shutdown_closes_idle_keepalive_connections_at_once(start_upstream
         )
         await proxy.stop()
         assert await stream.receive_some(65536) == b""
+        await stream.aclose()
 
 
 async def test_upstream_reset_mid_stream_ends_client_response(start_upstream, start_proxy):
