@@ -239,7 +239,7 @@ def test_a_frame_that_finds_the_compressor_behind_is_written_in_a_hurry(tmp_path
     bodies = [base64.b64encode(os.urandom(300 * 1024)) for _ in range(3)]
     writer.add_batch([pack_record(BodyChunk(x="a", dir="res", ns=1, data=bodies[0]))])
     writer.add_batch([pack_record(BodyChunk(x="a", dir="res", ns=2, data=bodies[1]))])
-    threading.Timer(0.2, gate.set).start()
+    threading.Timer(1.0, gate.set).start()  # long after the third frame is handed over
     writer.add_batch([pack_record(BodyChunk(x="a", dir="res", ns=3, data=bodies[2]))])
     writer.close()
     totals = [r["written"][2] for r in reports if "written" in r]
