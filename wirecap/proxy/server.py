@@ -474,14 +474,13 @@ class ProxyServer:
         while True:
             try:
                 head = await self._receive_head(client, first)
-            except _HeadTimeout as exc:
-                if exc.partial:
-                    await self._reject(
-                        client,
-                        408,
-                        f"request head not completed within {self.config.timeouts.client_head:g}s",
-                        outcome="timeout",
-                    )
+            except _HeadTimeout:
+                await self._reject(
+                    client,
+                    408,
+                    f"request head not completed within {self.config.timeouts.client_head:g}s",
+                    outcome="timeout",
+                )
                 return
             except http1.ProtocolError as exc:
                 await self._reject(client, exc.status, str(exc))
@@ -526,7 +525,7 @@ class ProxyServer:
                 with trio.CancelScope(deadline=head_deadline) as scope:
                     await client.read()
                 if scope.cancelled_caught:
-                    raise _HeadTimeout(True)
+                    raise _HeadTimeout
                 continue
             if self.shutting_down:
                 return None
@@ -1090,9 +1089,8 @@ class ProxyServer:
 
 
 class _HeadTimeout(Exception):
-    def __init__(self, partial: bool) -> None:
-        super().__init__("request head timeout")
-        self.partial = partial
+    """Part of a request head arrived, and not the rest within the client-head timeout (an idle
+    connection that times out just closes)."""
 
 
 async def _send(transport: Transport, data: bytes, timeout: float) -> None:
