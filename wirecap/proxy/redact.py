@@ -170,8 +170,6 @@ def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
         return b"\r\n" + name + b": " + value
 
     out = rules.header_line.sub(replace, head) if rules.headers else head
-    if rules.any_pattern is None or rules.any_pattern.search(out) is None:
-        return out, found
     out, more = redact_patterns(out, rules, "head")
     return out, found + more
 
@@ -195,7 +193,7 @@ def _redacted_value(lower_name: bytes, value: bytes) -> tuple[bytes, Redaction] 
 def redact_patterns(data: bytes, rules: Rules, where: str) -> tuple[bytes, list[Redaction]]:
     """Replace every match of the body patterns in ``data``."""
     found: list[Redaction] = []
-    if rules.any_pattern is None or rules.any_pattern.search(data) is None:
+    if not rules.may_match(data):
         return data, found
     for pattern in rules.patterns:
         if pattern.search(data) is None:
