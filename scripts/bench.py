@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -546,7 +547,7 @@ def render(
     for name in subjects:
         rss = m("C", name, "peak_rss_mib")
         kept = m("C", name, "capture_ratio")
-        ratio = "-" if kept != kept else f"{kept:.0%}"  # NaN: nothing captured
+        ratio = "-" if math.isnan(kept) else f"{kept:.0%}"  # NaN: nothing captured
         lines.append(
             f"| {name} | {m('C', name, 'mib_s'):.0f} | {'-' if name == 'direct' else format(rss, '.1f')} | {ratio} |"
         )
