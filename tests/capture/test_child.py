@@ -24,14 +24,8 @@ from wirecap.capture import (
     UpstreamRequest,
     open_capture,
 )
-from wirecap.capture.child import (
-    FrameWriter,
-    MessageReader,
-    WriterSpec,
-    message_head,
-    pack_record,
-    unpack_record,
-)
+from wirecap.capture.child import FrameWriter, MessageReader, WriterSpec, message_head
+from wirecap.capture.packing import pack_record, unpack_record
 from wirecap.capture.writer import (
     CaptureWriter,
     ProcessCaptureWriter,

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import marshal
 import math
-import operator
 import os
 import pickle
 import queue
@@ -39,18 +38,9 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final
 
-from wirecap.capture.index import index_item
-from wirecap.capture.records import (
-    BodyChunk,
-    ExchangeEnd,
-    Gap,
-    Record,
-    RequestReceived,
-    ResponseHead,
-    UpstreamRequest,
-)
+from wirecap.capture.packing import BODY, PackedRecord
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
@@ -65,82 +55,12 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import BinaryIO
 
-#: The fields a packed record carries, in order. ``redactions`` is left out: records are packed
-#: before redaction, which runs in the child.
-RECORD_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
-    RequestReceived: (
-        *("x", "wall_ns", "method", "target", "head"),
-        *("client", "proxy_url", "route", "upstream_url"),
-    ),
-    UpstreamRequest: ("x", "ns", "head", "proxy_path"),
-    ResponseHead: ("x", "ns", "status", "head", "by"),
-    BodyChunk: ("x", "dir", "ns", "data"),
-    ExchangeEnd: ("x", "ns", "outcome", "status", "error", "req_bytes", "res_bytes", "ttfb_ns"),
-    Gap: ("wall_ns", "records", "bytes", "exchanges", "reason"),
-}
+    from wirecap.capture.index import IndexItem
 
-
-def _packing(names: tuple[str, ...]) -> tuple[operator.attrgetter[Any], int]:
-    """A getter of the fields, and the position of the one that holds the bytes (or -1)."""
-    big = [i for i, name in enumerate(names) if name in ("head", "data")]
-    return operator.attrgetter(*names), big[0] if big else -1
-
-
-#: Per record type: its code, the getter of its fields, where its bytes are (see pack_sized).
-_PACKING: Final = {
-    kind: (code, *_packing(names)) for code, (kind, names) in enumerate(RECORD_FIELDS.items())
-}
-#: The constructors of unpack_record: explicit keywords are twice as fast as ``kind(**dict(...))``
-#: in the writer process's hottest loop. Their order must follow RECORD_FIELDS (tested).
-_BUILDERS: Final[tuple[Callable[[tuple[Any, ...]], Record], ...]] = (
-    lambda v: RequestReceived(
-        x=v[0],
-        wall_ns=v[1],
-        method=v[2],
-        target=v[3],
-        head=v[4],
-        client=v[5],
-        proxy_url=v[6],
-        route=v[7],
-        upstream_url=v[8],
-    ),
-    lambda v: UpstreamRequest(x=v[0], ns=v[1], head=v[2], proxy_path=v[3]),
-    lambda v: ResponseHead(x=v[0], ns=v[1], status=v[2], head=v[3], by=v[4]),
-    lambda v: BodyChunk(x=v[0], dir=v[1], ns=v[2], data=v[3]),
-    lambda v: ExchangeEnd(
-        x=v[0],
-        ns=v[1],
-        outcome=v[2],
-        status=v[3],
-        error=v[4],
-        req_bytes=v[5],
-        res_bytes=v[6],
-        ttfb_ns=v[7],
-    ),
-    lambda v: Gap(wall_ns=v[0], records=v[1], bytes=v[2], exchanges=v[3], reason=v[4]),
-)
-
-PackedRecord: TypeAlias = tuple[int, tuple[Any, ...]]
-
-_LENGTH: Final = struct.Struct("<I")
-#: What a packed record costs beyond its bytes, for the buffer's byte bound (an estimate).
-RECORD_OVERHEAD: Final = 64
 #: Body chunks at least this big travel as messages of their own, after their batch (see
 #: split_blobs): marshal would copy them twice more on their way.
 BLOB_BYTES: Final = 16 * 1024
-_BODY: Final = list(RECORD_FIELDS).index(BodyChunk)
-
-
-def pack_record(record: Record) -> PackedRecord:
-    """``record`` as a tuple of plain values that ``marshal`` can carry (well under a microsecond)."""
-    return pack_sized(record)[0]
-
-
-def pack_sized(record: Record) -> tuple[PackedRecord, int]:
-    """``record`` packed, and about how many bytes it holds."""
-    code, getter, big = _PACKING[type(record)]
-    values = getter(record)
-    return (code, values), RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
+_LENGTH: Final = struct.Struct("<I")
 
 
 def split_blobs(batch: list[PackedRecord]) -> list[bytes]:
@@ -148,7 +68,7 @@ def split_blobs(batch: list[PackedRecord]) -> list[bytes]:
     slot) and return it, in order: it is sent as one message each after the batch's."""
     blobs: list[bytes] = []
     for i, (code, values) in enumerate(batch):
-        if code == _BODY and len(values[3]) >= BLOB_BYTES:
+        if code == BODY and len(values[3]) >= BLOB_BYTES:
             blobs.append(values[3])
             batch[i] = (code, (*values[:3], len(values[3])))
     return blobs
@@ -158,19 +78,13 @@ def join_blobs(batch: list[PackedRecord], read: Callable[[], bytearray | None]) 
     """Put back into ``batch`` the data :func:`split_blobs` took out, reading each with ``read``.
     False if the input ended first (those records are left out)."""
     for i, (code, values) in enumerate(batch):
-        if code == _BODY and type(values[3]) is int:
+        if code == BODY and type(values[3]) is int:
             data = read()
             if data is None:
                 del batch[i:]
                 return False
             batch[i] = (code, (*values[:3], data))
     return True
-
-
-def unpack_record(packed: PackedRecord) -> Record:
-    """The record :func:`pack_record` packed."""
-    code, values = packed
-    return _BUILDERS[code](values)
 
 
 def message_head(payload: bytes) -> bytes:
@@ -253,7 +167,7 @@ class FrameWriter:
         self.failed: str | None = None  # set by the worker thread, read by both
         self._lost_reading = 0  # records not even encoded because writing had failed
         self._lost_writing = 0  # records the worker could not write
-        self._records: list[Record | str] = []
+        self._records: list[IndexItem] = []  # what the index needs of each encoded record
         self._parts: list[bytes] = []
         self._size = 0
         self.deadline = math.inf  # when the open frame must be written
@@ -276,12 +190,12 @@ class FrameWriter:
         if self.failed is not None:
             self._lost_reading += len(packed)
             return
-        encode = self.sink.encode
+        encode = self.sink.encode_packed
         for item in packed:
-            record, data = encode(unpack_record(item))
+            index_item, data = encode(item)
             if not self._records:  # a frame starts
                 self.deadline = time.monotonic() + self.spec.frame_seconds
-            self._records.append(index_item(record))
+            self._records.append(index_item)
             self._parts.append(data)
             self._size += len(data)
             if self._size >= self.spec.frame_bytes:
@@ -321,7 +235,7 @@ class FrameWriter:
         while (job := self._jobs.get()) is not None:
             job()
 
-    def _write(self, records: list[Record | str], parts: list[bytes], hurry: bool) -> None:
+    def _write(self, records: list[IndexItem], parts: list[bytes], hurry: bool) -> None:
         if self.failed is not None:
             self._lost_writing += len(records)
             return

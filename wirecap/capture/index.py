@@ -8,8 +8,10 @@ entries into the index frame. The reader rebuilds the same entries by one scan w
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
+from wirecap.capture import packing
+from wirecap.capture.packing import unpack_record
 from wirecap.capture.records import (
     BodyChunk,
     ExchangeEnd,
@@ -23,6 +25,8 @@ from wirecap.capture.records import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
+
+    from wirecap.capture.packing import PackedRecord
 
 INDEX_VERSION: Final = 1
 
@@ -194,6 +198,18 @@ class Index:
         return cls(columns=columns, gaps=[Gap.from_map(g) for g in gaps], damage=damage)
 
 
+#: What a capture writer keeps of an encoded record for the index (see :meth:`IndexBuilder.observe`).
+IndexItem: TypeAlias = "Record | str | PackedRecord"
+
+
+def packed_index_item(packed: PackedRecord) -> IndexItem:
+    """:func:`index_item` for a record still packed (its target and URLs as they will be stored)."""
+    code, values = packed
+    if code == packing.BODY or code == packing.UPSTREAM:
+        return values[0]  # type: ignore[no-any-return]
+    return unpack_record(packed) if code == packing.GAP else packed
+
+
 def index_item(record: Record) -> Record | str:
     """What :meth:`IndexBuilder.observe` needs of ``record`` once it is encoded: a body chunk or an
     upstream head only says that its exchange has bytes in the frame, so its exchange id stands for
@@ -211,7 +227,7 @@ class IndexBuilder:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def observe(self, record: Record | str, frame_offset: int) -> None:
+    def observe(self, record: IndexItem, frame_offset: int) -> None:
         """Account for ``record``, stored in the frame that starts at ``frame_offset``.
 
         A bare exchange id stands for a record that only tells the exchange has bytes in this frame
@@ -224,6 +240,9 @@ class IndexBuilder:
                 entry = self._entries[record] = IndexEntry(x=record)
             if not entry.frames or entry.frames[-1] != frame_offset:
                 entry.frames.append(frame_offset)
+            return
+        if type(record) is tuple:
+            self._observe_packed(record, frame_offset)
             return
         if isinstance(record, Gap):
             self._gaps.append(record)
@@ -260,7 +279,31 @@ class IndexBuilder:
             if record.ttfb_ns is not None:
                 entry.ttfb_ns = record.ttfb_ns
 
-    def observe_all(self, records: Iterable[Record | str], frame_offset: int) -> None:
+    def _observe_packed(self, packed: PackedRecord, frame_offset: int) -> None:
+        """:meth:`observe` for a request head, response head or end still packed (see
+        :func:`packed_index_item`): the same entries, without building the record."""
+        code, v = packed
+        entry = self._entries.get(v[0])
+        if entry is None:
+            entry = self._entries[v[0]] = IndexEntry(x=v[0])
+        if not entry.frames or entry.frames[-1] != frame_offset:
+            entry.frames.append(frame_offset)
+        if code == packing.REQUEST:
+            entry.wall_ns, entry.method, entry.target = v[1], v[2], v[3]
+            entry.route, entry.upstream_url = v[7], v[8]
+        elif code == packing.RESPONSE:
+            if v[2] >= 200 and entry.status is None:
+                entry.status = v[2]
+            if entry.ttfb_ns is None:
+                entry.ttfb_ns = v[1]
+        else:  # an end
+            _, entry.dur_ns, entry.outcome, status, _, entry.req_bytes, entry.res_bytes, ttfb = v
+            if status is not None:
+                entry.status = status
+            if ttfb is not None:
+                entry.ttfb_ns = ttfb
+
+    def observe_all(self, records: Iterable[IndexItem], frame_offset: int) -> None:
         seen: set[str] = set()  # exchanges already marked present in this frame
         for record in records:
             if type(record) is str:

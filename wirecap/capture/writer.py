@@ -38,14 +38,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import trio
 
-from wirecap.capture.child import (
-    WriterSpec,
-    message_head,
-    pack_record,
-    pack_sized,
-    split_blobs,
-)
+from wirecap.capture.child import WriterSpec, message_head, split_blobs
 from wirecap.capture.index import index_item
+from wirecap.capture.packing import pack_record, pack_sized
 from wirecap.capture.records import Gap, Record
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
@@ -450,7 +445,7 @@ class ProcessCaptureWriter(RecordBuffer):
     """The capture pipeline of ``wirecap proxy``: records packed here, written by a child process.
 
     Same interface as :class:`CaptureWriter`. The event loop's share of capture is packing each
-    record (:func:`child.pack_record`) and, once per batch (a few milliseconds or 256 KiB), one
+    record (:func:`packing.pack_record`) and, once per batch (a few milliseconds or 256 KiB), one
     ``marshal.dumps`` and one pipe write; everything else runs in ``python -m wirecap.capture.child``
     with its own GIL. The pipe and this buffer are both bounded, so a slow disk makes the buffer fill
     and the ``block``/``drop`` policy apply, as in the in-process writer.

@@ -1,0 +1,204 @@
+"""The writer process's fast lane: packed records encoded, redacted and indexed without being built,
+with the same bytes and the same index as the record path."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wirecap.capture import packing
+from wirecap.capture.index import IndexBuilder, index_item, packed_index_item
+from wirecap.capture.packing import encode_packed, pack_record, unpack_record
+from wirecap.capture.records import (
+    OUTCOMES,
+    BodyChunk,
+    ExchangeEnd,
+    Gap,
+    Redaction,
+    RequestReceived,
+    ResponseHead,
+    UpstreamRequest,
+)
+from wirecap.proxy.redact import Redactor, Rules
+
+# Integers around every CBOR head size, and beyond 64 bits (cbor2 then decides: a bignum tag).
+ints = st.one_of(
+    st.integers(min_value=0, max_value=30),
+    st.sampled_from([23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, 2**64]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+)
+texts = st.text(max_size=300)  # lengths across the 1- and 2-byte length heads, any code point
+opt_texts = st.none() | texts
+blobs = st.binary(max_size=300)
+redactions = st.lists(
+    st.builds(Redaction, where=st.sampled_from(["head", "body"]), name=texts, fingerprint=texts),
+    max_size=2,
+).map(tuple)
+
+records = st.one_of(
+    st.builds(
+        RequestReceived,
+        x=texts,
+        wall_ns=ints,
+        method=texts,
+        target=texts,
+        head=blobs,
+        client=texts,
+        proxy_url=texts,
+        route=opt_texts,
+        upstream_url=opt_texts,
+    ),
+    st.builds(
+        UpstreamRequest,
+        x=texts,
+        ns=ints,
+        head=blobs,
+        proxy_path=st.sampled_from(["added", "forwarded"]),
+    ),
+    st.builds(ResponseHead, x=texts, ns=ints, status=ints, head=blobs, by=texts),
+    st.builds(
+        BodyChunk,
+        x=texts,
+        dir=st.sampled_from(["req", "res"]),
+        ns=ints,
+        data=blobs | blobs.map(bytearray),
+    ),
+    st.builds(
+        ExchangeEnd,
+        x=texts,
+        ns=ints,
+        outcome=st.sampled_from(sorted(OUTCOMES)),
+        status=st.none() | ints,
+        error=opt_texts,
+        req_bytes=ints,
+        res_bytes=ints,
+        ttfb_ns=st.none() | ints,
+    ),
+    st.builds(
+        Gap,
+        wall_ns=ints,
+        records=ints,
+        bytes=ints,
+        exchanges=st.lists(texts, max_size=3).map(tuple),
+        reason=texts,
+    ),
+)
+
+
+def test_type_codes_follow_the_field_table():
+    kinds = list(packing.RECORD_FIELDS)
+    codes = (packing.REQUEST, packing.UPSTREAM, packing.RESPONSE, packing.BODY, packing.END)
+    expected = (RequestReceived, UpstreamRequest, ResponseHead, BodyChunk, ExchangeEnd)
+    assert [kinds[code] for code in (*codes, packing.GAP)] == [*expected, Gap]
+
+
+@settings(max_examples=400, deadline=None)
+@given(records, redactions)
+def test_a_packed_record_encodes_to_the_bytes_cbor2_makes_of_its_map(record, found):
+    if found and not isinstance(record, ExchangeEnd | Gap):
+        record.redactions = found
+    else:
+        found = ()
+    packed = pack_record(record)
+    try:
+        expected = cbor2.dumps(record.to_map())
+    except UnicodeEncodeError:  # a lone surrogate (the test below)
+        with pytest.raises(UnicodeEncodeError):
+            encode_packed(packed, found)
+        return
+    assert encode_packed(packed, found) == expected
+
+
+def test_a_lone_surrogate_fails_as_cbor2_fails():
+    record = BodyChunk(x="\ud800", dir="req", ns=1, data=b"")
+    with pytest.raises(UnicodeEncodeError):
+        cbor2.dumps(record.to_map())
+    with pytest.raises(UnicodeEncodeError):
+        encode_packed(pack_record(record))
+
+
+KEY = "sk-proj-" + "a1B2c3D4" * 4
+RULES = Rules.compile(["authorization", "x-api-key"], [r"sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"])
+ROUTE_RULES = {"/other/": RULES.merged(["x-other-key"], [r"tok_[0-9]{6}"])}
+
+heads = st.lists(
+    st.sampled_from(
+        [
+            b"Authorization: Bearer " + KEY.encode(),
+            b"x-api-key: " + KEY.encode(),
+            b"X-Other-Key: hunter2",
+            b"X-Note: tok_123456",
+            b"Content-Type: application/json",
+            b"X-Model: gpt-4o-mini",
+            b"Authorization: ",
+        ]
+    ),
+    max_size=4,
+).map(lambda lines: b"POST /v1 HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n")
+bodies = st.sampled_from(
+    [
+        b'{"model": "gpt-4o-mini", "messages": []}',
+        b'{"key": "' + KEY.encode() + b'"}',
+        b"tok_654321 and more",
+        b"QUJDREVGR0g=" * 10,
+        b"",
+    ]
+)
+targets = st.sampled_from(["/v1/chat", f"/v1/chat?key={KEY}", "/other/v1?t=tok_000111"])
+
+
+@st.composite
+def exchanges(draw: st.DrawFn, x: str) -> list[object]:
+    target = draw(targets)
+    route = draw(st.sampled_from([None, "/other/"]))
+    return [
+        RequestReceived(
+            x=x,
+            wall_ns=1,
+            method="POST",
+            target=target,
+            head=draw(heads),
+            client="127.0.0.1:1",
+            proxy_url="http://127.0.0.1:8080" + target,
+            route=route,
+            upstream_url="http://127.0.0.1:9" + target,
+        ),
+        UpstreamRequest(x=x, ns=2, head=draw(heads)),
+        BodyChunk(x=x, dir="req", ns=3, data=draw(bodies)),
+        ResponseHead(x=x, ns=4, status=200, head=draw(heads).replace(b"POST /v1", b"HTTP/1.1 200")),
+        BodyChunk(x=x, dir="res", ns=5, data=draw(bodies)),
+        ExchangeEnd(x=x, ns=6, outcome="ok", status=200, req_bytes=1, res_bytes=2),
+    ]
+
+
+def fast_lane(redactor: Redactor, packed: packing.PackedRecord) -> tuple[object, bytes]:
+    """What the writer process does with a packed record (SegmentSink.encode_packed's steps)."""
+    done = redactor.redact_packed(packed)
+    if done is None:
+        record = redactor(unpack_record(packed))
+        return index_item(record), cbor2.dumps(record.to_map())
+    packed, found = done
+    return packed_index_item(packed), encode_packed(packed, found)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=4).flatmap(
+        lambda ids: st.tuples(*(exchanges(f"{x}{i}") for i, x in enumerate(ids)))
+    )
+)
+def test_the_fast_lane_stores_what_the_record_path_stores(groups):
+    interleaved = [record for step in zip(*groups, strict=True) for record in step]
+    by_record, by_packed = Redactor(RULES, ROUTE_RULES), Redactor(RULES, ROUTE_RULES)
+    index_by_record, index_by_packed = IndexBuilder(), IndexBuilder()
+    for at, record in enumerate(interleaved):
+        redacted = by_record(record)
+        item, data = fast_lane(by_packed, pack_record(record))
+        assert data == cbor2.dumps(redacted.to_map())
+        assert KEY.encode() not in data
+        index_by_record.observe_all([index_item(redacted)], at // 7)
+        index_by_packed.observe_all([item], at // 7)
+    assert index_by_packed.build().to_map() == index_by_record.build().to_map()
+    assert not by_packed._exchange_rules  # every exchange's state is gone with its end
