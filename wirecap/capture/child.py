@@ -168,7 +168,7 @@ class FrameWriter:
         self._lost_reading = 0  # records not even encoded because writing had failed
         self._lost_writing = 0  # records the worker could not write
         self._records: list[IndexItem] = []  # what the index needs of each encoded record
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
         self._size = 0
         self.deadline = math.inf  # when the open frame must be written
         self._written = [0, 0, 0]  # records, frames, bytes
@@ -192,12 +192,15 @@ class FrameWriter:
             return
         encode = self.sink.encode_packed
         for item in packed:
-            index_item, data = encode(item)
+            index_item, data, more = encode(item)
             if not self._records:  # a frame starts
                 self.deadline = time.monotonic() + self.spec.frame_seconds
             self._records.append(index_item)
             self._parts.append(data)
             self._size += len(data)
+            if more:  # a big body's data: copied once, when the frame is joined
+                self._parts.append(more)
+                self._size += len(more)
             if self._size >= self.spec.frame_bytes:
                 self.write_frame()
 
@@ -235,7 +238,7 @@ class FrameWriter:
         while (job := self._jobs.get()) is not None:
             job()
 
-    def _write(self, records: list[IndexItem], parts: list[bytes], hurry: bool) -> None:
+    def _write(self, records: list[IndexItem], parts: list[bytes | bytearray], hurry: bool) -> None:
         if self.failed is not None:
             self._lost_writing += len(records)
             return

@@ -279,6 +279,10 @@ _K_DATA: Final = _key("data")
 
 
 def _encode_body(v: tuple[Any, ...], redactions: tuple[Redaction, ...]) -> bytes:
+    return b"".join(_body_parts(v, redactions))
+
+
+def _body_parts(v: tuple[Any, ...], redactions: tuple[Redaction, ...]) -> list[Any]:
     x, direction, ns, data = v
     middle = _DIRECTIONS.get(direction)
     if middle is None:
@@ -287,7 +291,7 @@ def _encode_body(v: tuple[Any, ...], redactions: tuple[Redaction, ...]) -> bytes
     parts += (_K_DATA, _bytes_head(data), data)
     if redactions:
         parts.append(_redactions(redactions))
-    return b"".join(parts)
+    return parts
 
 
 _END: Final = _start(ExchangeEnd, 9)
@@ -339,3 +343,19 @@ def encode_packed(packed: PackedRecord, redactions: tuple[Redaction, ...] = ()) 
     ``cbor2.dumps(record.to_map())`` makes (an exchange end has no redactions, and takes none)."""
     code, values = packed
     return _ENCODERS[code](values, redactions)
+
+
+#: Body data at least this big is left out of :func:`encode_packed_split`'s first part.
+SPLIT_BYTES: Final = 16 * 1024
+
+
+def encode_packed_split(
+    packed: PackedRecord, redactions: tuple[Redaction, ...] = ()
+) -> tuple[bytes, bytes | bytearray]:
+    """:func:`encode_packed` in two parts whose concatenation is the encoding: a big body chunk's
+    data is the second part, as it is, so that it is copied once, into its frame, rather than once
+    more into its record (~0.2 s per GiB here); the second part is empty for everything else."""
+    code, values = packed
+    if code == BODY and not redactions and len(values[3]) >= SPLIT_BYTES:
+        return b"".join(_body_parts(values, ())[:-1]), values[3]
+    return _ENCODERS[code](values, redactions), b""

@@ -162,22 +162,22 @@ class SegmentSink:
             record = self._prepare(record)
         return record, frames.encode_record(record)
 
-    def encode_packed(self, packed: packing.PackedRecord) -> tuple[IndexItem, bytes]:
+    def encode_packed(
+        self, packed: packing.PackedRecord
+    ) -> tuple[IndexItem, bytes, bytes | bytearray]:
         """:meth:`encode` for a packed record (the writer process's input): what the index needs of
-        it and its CBOR encoding. Without a secret in it, the record is redacted and encoded as it
-        is packed (:func:`packing.encode_packed`); otherwise it is unpacked and goes the record's
-        way."""
-        prepare = self._prepare
-        if prepare is None:
-            return packed_index_item(packed), packing.encode_packed(packed)
+        it and its CBOR encoding, in two parts (see :func:`packing.encode_packed_split`). Without a
+        secret in it, the record is redacted and encoded as it is packed; otherwise it is unpacked
+        and goes the record's way."""
         redact_packed = self._redact_packed
-        if redact_packed is not None:
-            done = redact_packed(packed)
+        if self._prepare is None or redact_packed is not None:
+            done = (packed, ()) if redact_packed is None else redact_packed(packed)
             if done is not None:
                 packed, redactions = done
-                return packed_index_item(packed), packing.encode_packed(packed, redactions)
-        record, data = self.encode(packing.unpack_record(packed))
-        return index_item(record), data
+                head, data = packing.encode_packed_split(packed, redactions)
+                return packed_index_item(packed), head, data
+        record, encoded = self.encode(packing.unpack_record(packed))
+        return index_item(record), encoded, b""
 
     def write_frame(self, records: Sequence[Record]) -> int:
         """Prepare, encode, compress and append ``records`` as one frame; returns the frame's size."""
