@@ -1,10 +1,11 @@
 """The capture writer process: packed records in through a pipe, segment files out.
 
 ``wirecap proxy`` writes its capture here (the parent side is :class:`writer.ProcessCaptureWriter`)
-so that redacting, CBOR-encoding, compressing and indexing, about 100 us of CPU for a typical
-exchange and mostly holding the GIL, run beside the event loop on another core instead of inside
-it. The event loop only packs each record into a tuple and, every few milliseconds, writes a batch
-to the pipe. It also makes files safer: when the proxy dies, even by SIGKILL, this process sees its
+so that redacting, CBOR-encoding, compressing and indexing (40 to 80 us of CPU for a typical
+exchange, mostly holding the GIL) run beside the event loop on another core instead of inside it.
+Records stay packed here unless a body pattern matches (see :mod:`wirecap.capture.packing`). The
+event loop only packs each record into a tuple and, every few milliseconds, writes a batch to the
+pipe. It also makes files safer: when the proxy dies, even by SIGKILL, this process sees its
 input end and still writes the last frame, the index and the footer.
 
 The pipe protocol is private to this module and writer.py, with the same interpreter at both ends:
