@@ -112,13 +112,13 @@ def test_a_packed_record_encodes_to_the_bytes_cbor2_makes_of_its_map(record, fou
     assert b"".join(encode_packed_split(packed, found)) == expected
 
 
-@pytest.mark.parametrize("size", [packing.SPLIT_BYTES - 1, packing.SPLIT_BYTES, 70_000])
+@pytest.mark.parametrize("size", [packing.BIG_BODY_BYTES - 1, packing.BIG_BODY_BYTES, 70_000])
 def test_a_big_body_is_split_from_its_record_without_a_copy(size):
     data = bytearray(b"d" * size)
     packed = pack_record(BodyChunk(x="a", dir="res", ns=1, data=data))
     head, tail = encode_packed_split(packed)
     assert head + tail == encode_packed(packed)
-    assert (tail is data) == (size >= packing.SPLIT_BYTES)
+    assert (tail is data) == (size >= packing.BIG_BODY_BYTES)
 
 
 def test_a_lone_surrogate_fails_as_cbor2_fails():

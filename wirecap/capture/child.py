@@ -12,7 +12,7 @@ The pipe protocol is private to this module and writer.py, with the same interpr
 
 - to the child (its stdin): a message holding the pickled :class:`WriterSpec`, then one message per
   batch. A message is a 4-byte little-endian length and that many bytes; a batch is the ``marshal``
-  of a list of packed records (:func:`pack_record`), the cheapest serialisation Python has. The
+  of a list of packed records (:func:`packing.pack_record`), the cheapest serialisation Python has. The
   data of each body chunk of 16 KiB or more follows its batch as a message of its own (the record
   holds its length instead): written from the proxy's own bytes, read into a buffer of its size.
 - from the child (its stdout), one JSON object per line: ``{"path": P}`` each time a segment opens,
@@ -41,7 +41,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from wirecap.capture.packing import BODY, PackedRecord
+from wirecap.capture.packing import BIG_BODY_BYTES, BODY, PackedRecord
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
@@ -58,18 +58,16 @@ if TYPE_CHECKING:
 
     from wirecap.capture.index import IndexItem
 
-#: Body chunks at least this big travel as messages of their own, after their batch (see
-#: split_blobs): marshal would copy them twice more on their way.
-BLOB_BYTES: Final = 16 * 1024
 _LENGTH: Final = struct.Struct("<I")
 
 
 def split_blobs(batch: list[PackedRecord]) -> list[bytes]:
     """Take the data of big body chunks out of ``batch`` (in place: their length stays in its
-    slot) and return it, in order: it is sent as one message each after the batch's."""
+    slot) and return it, in order: it is sent as one message each after the batch's (marshal
+    would copy it twice more on its way)."""
     blobs: list[bytes] = []
     for i, (code, values) in enumerate(batch):
-        if code == BODY and len(values[3]) >= BLOB_BYTES:
+        if code == BODY and len(values[3]) >= BIG_BODY_BYTES:
             blobs.append(values[3])
             batch[i] = (code, (*values[:3], len(values[3])))
     return blobs

@@ -50,6 +50,10 @@ PackedRecord: TypeAlias = tuple[int, tuple[Any, ...]]
 
 #: What a packed record costs beyond its bytes, for the buffer's byte bound (an estimate).
 RECORD_OVERHEAD: Final = 64
+#: A body chunk's data at least this big is never copied by wirecap's own code on its way to the
+#: file: it crosses the pipe to the writer process as a message of its own (child.split_blobs) and
+#: joins its frame as a part of its own (:func:`encode_packed_split`).
+BIG_BODY_BYTES: Final = 16 * 1024
 
 
 def _packing(names: tuple[str, ...]) -> tuple[operator.attrgetter[Any], int]:
@@ -345,10 +349,6 @@ def encode_packed(packed: PackedRecord, redactions: tuple[Redaction, ...] = ()) 
     return _ENCODERS[code](values, redactions)
 
 
-#: Body data at least this big is left out of :func:`encode_packed_split`'s first part.
-SPLIT_BYTES: Final = 16 * 1024
-
-
 def encode_packed_split(
     packed: PackedRecord, redactions: tuple[Redaction, ...] = ()
 ) -> tuple[bytes, bytes | bytearray]:
@@ -356,6 +356,6 @@ def encode_packed_split(
     data is the second part, as it is, so that it is copied once, into its frame, rather than once
     more into its record (~0.2 s per GiB here); the second part is empty for everything else."""
     code, values = packed
-    if code == BODY and not redactions and len(values[3]) >= SPLIT_BYTES:
+    if code == BODY and not redactions and len(values[3]) >= BIG_BODY_BYTES:
         return b"".join(_body_parts(values, ())[:-1]), values[3]
     return _ENCODERS[code](values, redactions), b""

@@ -172,13 +172,16 @@ class SegmentSink:
         it and its CBOR encoding, in two parts (see :func:`packing.encode_packed_split`). Without a
         secret in it, the record is redacted and encoded as it is packed; otherwise it is unpacked
         and goes the record's way."""
-        redact_packed = self._redact_packed
-        if self._prepare is None or redact_packed is not None:
-            done = (packed, ()) if redact_packed is None else redact_packed(packed)
-            if done is not None:
-                packed, redactions = done
-                head, data = packing.encode_packed_split(packed, redactions)
-                return packed_index_item(packed), head, data
+        if self._prepare is None:
+            done: tuple[packing.PackedRecord, tuple[Redaction, ...]] | None = (packed, ())
+        elif self._redact_packed is not None:
+            done = self._redact_packed(packed)
+        else:
+            done = None  # a hook that only knows records
+        if done is not None:
+            packed, redactions = done
+            head, data = packing.encode_packed_split(packed, redactions)
+            return packed_index_item(packed), head, data
         record, encoded = self.encode(packing.unpack_record(packed))
         return index_item(record), encoded, b""
 
