@@ -11,7 +11,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from wirecap.capture import packing
-from wirecap.capture.packing import unpack_record
+from wirecap.capture.packing import pack_record, unpack_record
 from wirecap.capture.records import (
     BodyChunk,
     ExchangeEnd,
@@ -232,62 +232,35 @@ class IndexBuilder:
 
         A bare exchange id stands for a record that only tells the exchange has bytes in this frame
         (a body chunk, an upstream head): all the index needs of one, and all the capture writer
-        keeps of it once it is encoded.
+        keeps of it once it is encoded. A request head, response head or end may come packed (the
+        writer process's form); as a record it is packed here, so that one method
+        (:meth:`_observe_packed`) says what the index takes of each.
         """
         if type(record) is str:
-            entry = self._entries.get(record)
-            if entry is None:
-                entry = self._entries[record] = IndexEntry(x=record)
-            if not entry.frames or entry.frames[-1] != frame_offset:
-                entry.frames.append(frame_offset)
-            return
-        if type(record) is tuple:
+            self._entry_in_frame(record, frame_offset)
+        elif type(record) is tuple:
             self._observe_packed(record, frame_offset)
-            return
-        if isinstance(record, Gap):
+        elif isinstance(record, BodyChunk | UpstreamRequest):
+            self._entry_in_frame(record.x, frame_offset)
+        elif isinstance(record, RequestReceived | ResponseHead | ExchangeEnd):
+            self._observe_packed(pack_record(record), frame_offset)
+        elif isinstance(record, Gap):
             self._gaps.append(record)
-            return
-        if not isinstance(
-            record, RequestReceived | UpstreamRequest | ResponseHead | BodyChunk | ExchangeEnd
-        ):
-            return
-        entry = self._entries.get(record.x)
+
+    def _entry_in_frame(self, x: str, frame_offset: int) -> IndexEntry:
+        """The entry of exchange ``x``, noted as having records in the frame at ``frame_offset``."""
+        entry = self._entries.get(x)
         if entry is None:
-            entry = self._entries[record.x] = IndexEntry(x=record.x)
+            entry = self._entries[x] = IndexEntry(x=x)
         if not entry.frames or entry.frames[-1] != frame_offset:
             entry.frames.append(frame_offset)
-        if isinstance(record, BodyChunk):
-            return
-        if isinstance(record, RequestReceived):
-            entry.wall_ns = record.wall_ns
-            entry.method = record.method
-            entry.target = record.target
-            entry.route = record.route
-            entry.upstream_url = record.upstream_url
-        elif isinstance(record, ResponseHead):
-            if record.status >= 200 and entry.status is None:
-                entry.status = record.status
-            if entry.ttfb_ns is None:
-                entry.ttfb_ns = record.ns
-        elif isinstance(record, ExchangeEnd):
-            entry.dur_ns = record.ns
-            entry.outcome = record.outcome
-            entry.req_bytes = record.req_bytes
-            entry.res_bytes = record.res_bytes
-            if record.status is not None:
-                entry.status = record.status
-            if record.ttfb_ns is not None:
-                entry.ttfb_ns = record.ttfb_ns
+        return entry
 
     def _observe_packed(self, packed: PackedRecord, frame_offset: int) -> None:
-        """:meth:`observe` for a request head, response head or end still packed (see
-        :func:`packed_index_item`): the same entries, without building the record."""
+        """What the index takes of a request head, response head or end (packed, see
+        :func:`packed_index_item`)."""
         code, v = packed
-        entry = self._entries.get(v[0])
-        if entry is None:
-            entry = self._entries[v[0]] = IndexEntry(x=v[0])
-        if not entry.frames or entry.frames[-1] != frame_offset:
-            entry.frames.append(frame_offset)
+        entry = self._entry_in_frame(v[0], frame_offset)
         if code == packing.REQUEST:
             entry.wall_ns, entry.method, entry.target = v[1], v[2], v[3]
             entry.route, entry.upstream_url = v[7], v[8]
