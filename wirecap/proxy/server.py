@@ -653,14 +653,7 @@ class ProxyServer:
             try:
                 while budget > 0:
                     if client.buf:
-                        data = client.take()
-                        used, payload = body.feed(data)
-                        if isinstance(body, http1.ChunkedBody) and body.error is not None:
-                            return
-                        client.buf += data[used:]
-                        budget -= used
-                        if payload:
-                            ex.request_data(payload)
+                        budget -= len(_take_request_body(client, ex, body))
                         if body.done:
                             ex.request_done = True
                             return
@@ -784,16 +777,7 @@ class ProxyServer:
         )
         out = up_head
         if client.buf and not body.done:
-            data = client.take()
-            used, payload = body.feed(data)
-            if isinstance(body, http1.ChunkedBody) and body.error is not None:
-                raise body.error
-            if used < len(data):
-                client.buf += data[used:]  # a pipelined request after this one
-                data = data[:used]
-            if payload:
-                ex.request_data(payload)
-            out += data
+            out += _take_request_body(client, ex, body)
         if body.done:
             ex.request_done = True
         await _send(upstream.transport, out, self.config.timeouts.write)
@@ -815,15 +799,7 @@ class ProxyServer:
                         raise ClientGone(
                             "client closed the connection while sending the request body"
                         )
-                data = client.take()
-                used, payload = body.feed(data)
-                if isinstance(body, http1.ChunkedBody) and body.error is not None:
-                    raise body.error
-                if used < len(data):
-                    client.buf += data[used:]
-                    data = data[:used]
-                if payload:
-                    ex.request_data(payload)
+                data = _take_request_body(client, ex, body)
                 if not ex.upstream_send_failed:
                     try:
                         await _send(upstream.transport, data, timeouts.write)
@@ -1086,6 +1062,24 @@ class ProxyServer:
         if not route.capture:
             return False
         return route.sample >= 1.0 or random.random() < route.sample
+
+
+def _take_request_body(
+    client: _Client, ex: _Exchange, body: http1.LengthBody | http1.ChunkedBody
+) -> bytes:
+    """Feed the client's buffered bytes to the request body's framing and return the ones that
+    belong to it (raw, as they go upstream); bytes after its end stay buffered (a pipelined
+    request), and its payload is counted and recorded. Raises the framing's ProtocolError."""
+    data = client.take()
+    used, payload = body.feed(data)
+    if isinstance(body, http1.ChunkedBody) and body.error is not None:
+        raise body.error
+    if used < len(data):
+        client.buf += data[used:]
+        data = data[:used]
+    if payload:
+        ex.request_data(payload)
+    return data
 
 
 class _HeadTimeout(Exception):
