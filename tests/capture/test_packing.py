@@ -203,11 +203,19 @@ def test_the_fast_lane_stores_what_the_record_path_stores(groups):
     interleaved = [record for step in zip(*groups, strict=True) for record in step]
     by_record, by_packed = Redactor(RULES, ROUTE_RULES), Redactor(RULES, ROUTE_RULES)
     index_by_record, index_by_packed = IndexBuilder(), IndexBuilder()
+    routes: dict[str, str | None] = {}  # each exchange's request comes first
     for at, record in enumerate(interleaved):
+        if isinstance(record, RequestReceived):
+            routes[record.x] = record.route
         redacted = by_record(record)
         item, data = fast_lane(by_packed, pack_record(record))
         assert data == cbor2.dumps(redacted.to_map())
         assert KEY.encode() not in data
+        # The route's own rules apply to all of its exchange's records, and only to those.
+        other_route = routes[record.x] == "/other/"
+        for route_secret in (b"hunter2", b"tok_123456", b"tok_654321", b"tok_000111"):
+            if route_secret in encode_packed(pack_record(record)):
+                assert (route_secret in data) != other_route
         index_by_record.observe_all([index_item(redacted)], at // 7)
         index_by_packed.observe_all([item], at // 7)
     assert index_by_packed.build().to_map() == index_by_record.build().to_map()
