@@ -19,9 +19,9 @@ import re
 from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.capture import packing
+from wirecap.capture.packing import pack_record, unpack_record
 from wirecap.capture.records import (
     BodyChunk,
-    ExchangeEnd,
     Record,
     Redaction,
     RequestReceived,
@@ -239,59 +239,41 @@ class Redactor:
         return self._exchange_rules.get(x, self.rules) if self._exchange_rules else self.rules
 
     def __call__(self, record: Record) -> Record:
+        """``record`` with its secrets replaced: :meth:`redact_packed`'s work on the record's
+        packed form, and, when a body pattern matches a body or a URL, the pattern replacements
+        that only the record path makes."""
+        if type(record) not in packing.RECORD_FIELDS:
+            return record  # a segment header: nothing in it is traffic
+        done = self.redact_packed(pack_record(record))
+        if done is None:
+            return self._redact_matches(record)
+        packed, found = done
+        if not found:
+            return record
+        # Only a head was redacted: the record is a request, upstream or response head.
+        redacted = unpack_record(packed)
+        assert isinstance(redacted, RequestReceived | UpstreamRequest | ResponseHead)
+        assert isinstance(record, RequestReceived | UpstreamRequest | ResponseHead)
+        return dataclasses.replace(redacted, redactions=(*record.redactions, *found))
+
+    def _redact_matches(self, record: Record) -> Record:
+        """A body chunk or a request whose body or URLs a body pattern matches (rare)."""
         if isinstance(record, BodyChunk):
-            rules = self._rules_for(record.x)
-            if not rules.may_match(record.data):
-                return record
-            data, found = redact_patterns(bytes(record.data), rules, "body")
+            data, found = redact_patterns(bytes(record.data), self._rules_for(record.x), "body")
             return (
                 dataclasses.replace(record, data=data, redactions=tuple(found)) if found else record
             )
-        if isinstance(record, RequestReceived):
-            rules = self._route_rules.get(record.route or "", self.rules)
-            if rules is not self.rules:
-                self._exchange_rules[record.x] = rules
-            head, found = redact_head(record.head, rules)
-            target, proxy_url, upstream_url = record.target, record.proxy_url, record.upstream_url
-            texts = f"{target}\n{proxy_url}\n{upstream_url}"
-            if rules.may_match(texts.encode("utf-8", "surrogateescape")):
-                target = redact_text(target, rules) or ""
-                proxy_url = redact_text(proxy_url, rules) or ""
-                upstream_url = redact_text(upstream_url, rules)
-            elif not found:
-                return record
-            # Built directly: dataclasses.replace costs twice as much, on every request.
-            return RequestReceived(
-                x=record.x,
-                wall_ns=record.wall_ns,
-                method=record.method,
-                target=target,
-                head=head,
-                client=record.client,
-                proxy_url=proxy_url,
-                route=record.route,
-                upstream_url=upstream_url,
-                redactions=(*record.redactions, *found),
-            )
-        if isinstance(record, UpstreamRequest):
-            head, found = redact_head(record.head, self._rules_for(record.x))
-            if not found:
-                return record
-            return UpstreamRequest(
-                x=record.x,
-                ns=record.ns,
-                head=head,
-                proxy_path=record.proxy_path,
-                redactions=(*record.redactions, *found),
-            )
-        if isinstance(record, ResponseHead):
-            head, found = redact_head(record.head, self._rules_for(record.x))
-            return (
-                dataclasses.replace(record, head=head, redactions=tuple(found)) if found else record
-            )
-        if isinstance(record, ExchangeEnd) and self._exchange_rules:
-            self._exchange_rules.pop(record.x, None)
-        return record
+        assert isinstance(record, RequestReceived)  # redact_packed handles every other record
+        rules = self._rules_for(record.x)  # the route's, kept by redact_packed
+        head, found = redact_head(record.head, rules)
+        return dataclasses.replace(
+            record,
+            head=head,
+            target=redact_text(record.target, rules) or "",
+            proxy_url=redact_text(record.proxy_url, rules) or "",
+            upstream_url=redact_text(record.upstream_url, rules),
+            redactions=(*record.redactions, *found),
+        )
 
     def redact_packed(
         self, packed: PackedRecord
