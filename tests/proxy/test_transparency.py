@@ -32,6 +32,17 @@ async def raw_request(
             return bytes(received)
 
 
+async def proxy_before_raw_answer(start_upstream, start_proxy, answer: bytes):
+    """A proxy in front of an upstream that reads each request and sends ``answer`` as it is."""
+
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_raw(answer)
+
+    upstream = await start_upstream(handler)
+    return await start_proxy(upstream=upstream.url)
+
+
 async def test_json_round_trip_is_byte_exact_and_captured(start_upstream, start_proxy):
     response_body = json.dumps(
         {"id": "chatcmpl-1", "choices": [{"message": {"content": "héllo"}}]}
@@ -408,15 +419,11 @@ async def test_exchange_clock_starts_at_the_request_not_the_idle_connection(
 async def test_http10_client_gets_a_chunked_answer_unchunked_and_a_close(
     start_upstream, start_proxy
 ):
-    async def handler(ex):
-        await ex.read_body()
-        await ex.send_raw(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"7\r\ndata: 1\r\n7\r\ndata: 2\r\n0\r\n\r\n"
-        )
-
-    upstream = await start_upstream(handler)
-    proxy = await start_proxy(upstream=upstream.url)
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"7\r\ndata: 1\r\n7\r\ndata: 2\r\n0\r\n\r\n"
+    )
+    proxy = await proxy_before_raw_answer(start_upstream, start_proxy, answer)
     raw = await raw_request(proxy.port, b"GET /old HTTP/1.0\r\n\r\n")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
@@ -430,12 +437,8 @@ async def test_http10_client_gets_a_chunked_answer_unchunked_and_a_close(
 async def test_chunked_answer_is_forwarded_with_its_framing_untouched(start_upstream, start_proxy):
     chunked = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
 
-    async def handler(ex):
-        await ex.read_body()
-        await ex.send_raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked)
-
-    upstream = await start_upstream(handler)
-    proxy = await start_proxy(upstream=upstream.url)
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    proxy = await proxy_before_raw_answer(start_upstream, start_proxy, answer)
     raw = await raw_request(proxy.port, b"GET /t HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert raw.endswith(b"\r\n\r\n" + chunked)  # extensions and trailer as the upstream sent them
     with await proxy.capture() as capture:
@@ -452,12 +455,7 @@ async def test_chunked_answer_is_forwarded_with_its_framing_untouched(start_upst
     ],
 )
 async def test_malformed_upstream_answers_are_a_502(start_upstream, start_proxy, answer):
-    async def handler(ex):
-        await ex.read_body()
-        await ex.send_raw(answer)
-
-    upstream = await start_upstream(handler)
-    proxy = await start_proxy(upstream=upstream.url)
+    proxy = await proxy_before_raw_answer(start_upstream, start_proxy, answer)
     async with httpx.AsyncClient() as client:
         r = await client.get(f"{proxy.url}/bad")
     assert r.status_code == 502 and r.json()["error"]["source"] == "wirecap"
@@ -469,14 +467,8 @@ async def test_malformed_upstream_answers_are_a_502(start_upstream, start_proxy,
 async def test_malformed_chunk_after_the_head_cuts_the_client_connection(
     start_upstream, start_proxy
 ):
-    async def handler(ex):
-        await ex.read_body()
-        await ex.send_raw(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
-        )
-
-    upstream = await start_upstream(handler)
-    proxy = await start_proxy(upstream=upstream.url)
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+    proxy = await proxy_before_raw_answer(start_upstream, start_proxy, answer)
     raw = await raw_request(proxy.port, b"GET /t HTTP/1.1\r\nHost: x\r\n\r\n")
     # The head and the good chunk were relayed; then the connection closes without a last chunk.
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n") and raw.endswith(b"5\r\nhello\r\n")
