@@ -94,6 +94,25 @@ def test_type_codes_follow_the_field_table():
     assert [kinds[code] for code in (*codes, packing.GAP)] == [*expected, Gap]
 
 
+PACKED_BUILDERS = {
+    RequestReceived: packing.packed_request,
+    UpstreamRequest: packing.packed_upstream,
+    ResponseHead: packing.packed_response,
+    BodyChunk: packing.packed_body,
+    ExchangeEnd: packing.packed_end,
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(records.filter(lambda record: type(record) in PACKED_BUILDERS))
+def test_the_proxys_packed_builders_pack_what_pack_record_packs(record):
+    fields = {name: getattr(record, name) for name in packing.RECORD_FIELDS[type(record)]}
+    packed = PACKED_BUILDERS[type(record)](**fields)
+    assert packed == pack_record(record)
+    assert packing.packed_size(packed) == packing.pack_sized(record)[1]
+    assert unpack_record(packed) == record
+
+
 @settings(max_examples=400, deadline=None)
 @given(records, redactions)
 def test_a_packed_record_encodes_to_the_bytes_cbor2_makes_of_its_map(record, found):

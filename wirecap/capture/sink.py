@@ -102,7 +102,6 @@ def release_pages(fd: int, offset: int, length: int) -> None:
             advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
-
 def open_exclusive(path: Path) -> BinaryIO:
     """Create ``path`` with mode 0600 (never overwriting) and open it for unbuffered writing.
 

@@ -40,7 +40,13 @@ import trio
 
 from wirecap.capture.child import WriterSpec, message_head, split_blobs
 from wirecap.capture.index import index_item
-from wirecap.capture.packing import pack_record, pack_sized
+from wirecap.capture.packing import (
+    PackedRecord,
+    pack_record,
+    pack_sized,
+    packed_size,
+    unpack_record,
+)
 from wirecap.capture.records import Gap, Record
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
@@ -66,6 +72,7 @@ __all__ = [
     "SMALL_FRAME_BYTES",
     "SMALL_FRAME_LEVEL",
     "CaptureWriter",
+    "Item",
     "OnFull",
     "Opener",
     "Prepare",
@@ -93,6 +100,9 @@ PIPE_BYTES: Final = 1024 * 1024
 _IOV_MAX: Final = 1024  # Linux's limit on buffers per writev
 
 OnFull: TypeAlias = Literal["block", "drop"]
+#: What producers hand a writer: a record, or a record already packed (packing.packed_request and
+#: its siblings: the proxy's hot path builds no record objects).
+Item: TypeAlias = Record | PackedRecord
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +139,8 @@ class _DropCounter:
 
 class RecordBuffer:
     """The producer side shared by both writers: a bounded buffer of records and its policy.
+
+    Records come as objects or packed (:data:`Item`); each writer takes both.
 
     Producers append to a plain list (no task switch per record); the consumer task is woken only
     when the buffer gets its first record, reaches ``wake_bytes``, or reaches its bound. The bound is
@@ -167,7 +179,7 @@ class RecordBuffer:
     def _full(self) -> bool:
         return len(self._pending) >= self._limit_records or self._pending_bytes >= self._limit_bytes
 
-    def _append(self, record: Record) -> None:
+    def _append(self, record: Item) -> None:
         raise NotImplementedError
 
     def statistics(self) -> WriterStatistics:
@@ -202,7 +214,7 @@ class RecordBuffer:
         if len(pending) == 1 or self._pending_bytes >= self._wake_bytes or self._full():
             self._wake.set()
 
-    def offer(self, record: Record) -> bool:
+    def offer(self, record: Item) -> bool:
         """Queue ``record`` at once when there is room (the usual case); False when the caller must
         ``await submit(record)`` instead (the buffer is full, or the writer closed or failed)."""
         if self._closed or self._failed is not None or self._full():
@@ -210,7 +222,7 @@ class RecordBuffer:
         self._append(record)
         return True
 
-    def offer_all(self, records: Sequence[Record]) -> int:
+    def offer_all(self, records: Sequence[Item]) -> int:
         """:meth:`offer` each of ``records`` in order while there is room; returns how many were
         queued (the rest, if any, are for :meth:`submit`)."""
         for i, record in enumerate(records):
@@ -218,7 +230,7 @@ class RecordBuffer:
                 return i
         return len(records)
 
-    async def submit(self, record: Record) -> None:
+    async def submit(self, record: Item) -> None:
         """Queue ``record``. Under ``block`` waits for room; under ``drop`` never waits."""
         if self._closed or self._failed is not None:
             self._records_lost += 1
@@ -233,7 +245,7 @@ class RecordBuffer:
                 await self._space.wait()
         self._append(record)
 
-    def submit_nowait(self, record: Record) -> bool:
+    def submit_nowait(self, record: Item) -> bool:
         """Queue ``record`` if there is room; count it as dropped otherwise. Returns whether queued."""
         if self._closed or self._failed is not None:
             self._records_lost += 1
@@ -244,7 +256,9 @@ class RecordBuffer:
         self._append(record)
         return True
 
-    def _count_drop(self, record: Record) -> None:
+    def _count_drop(self, record: Item) -> None:
+        if isinstance(record, tuple):
+            record = unpack_record(record)
         self._records_dropped += 1
         self._dropped.records += 1
         self._dropped.bytes += record_size(record)
@@ -350,7 +364,9 @@ class CaptureWriter(RecordBuffer):
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
 
-    def _append(self, record: Record) -> None:
+    def _append(self, record: Item) -> None:
+        if isinstance(record, tuple):
+            record = unpack_record(record)
         record, data = self._encode(record)
         self._encoded.append(data)
         self._queue(index_item(record), len(data))
@@ -480,10 +496,13 @@ class ProcessCaptureWriter(RecordBuffer):
         self._done = False
         self.pid: int | None = None  # the writer process's, once started
 
-    def _append(self, record: Record) -> None:
-        self._queue(*pack_sized(record))
+    def _append(self, record: Item) -> None:
+        if isinstance(record, tuple):
+            self._queue(record, packed_size(record))
+        else:
+            self._queue(*pack_sized(record))
 
-    def offer_all(self, records: Sequence[Record]) -> int:
+    def offer_all(self, records: Sequence[Item]) -> int:
         # The proxy's one call per forwarding write: _queue's work done once for the lot (6 records
         # per exchange of workload A).
         if self._closed or self._failed is not None:
@@ -496,9 +515,13 @@ class ProcessCaptureWriter(RecordBuffer):
         for record in records:
             if len(pending) >= limit_records or size >= limit_bytes:
                 break
-            packed, packed_size = pack_sized(record)
-            pending.append(packed)
-            size += packed_size
+            if isinstance(record, tuple):
+                pending.append(record)
+                size += packed_size(record)
+            else:
+                packed, nbytes = pack_sized(record)
+                pending.append(packed)
+                size += nbytes
             taken += 1
         self._pending_bytes = size
         if taken and (was_empty or size >= self._wake_bytes or self._full()):

@@ -37,15 +37,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 
 import trio
 
-from wirecap.capture.records import (
-    BodyChunk,
-    ExchangeEnd,
-    Outcome,
-    Record,
-    RequestReceived,
-    ResponseHead,
-    UpstreamRequest,
-)
+from wirecap.capture import packing
 from wirecap.proxy import headers as hdr
 from wirecap.proxy import http1
 from wirecap.proxy.console import ExchangeSummary, format_json, format_text
@@ -62,6 +54,7 @@ from wirecap.proxy.upstream import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from wirecap.capture.records import Outcome
     from wirecap.capture.writer import RecordBuffer
     from wirecap.proxy.config import ProxyConfig, Route
 
@@ -204,7 +197,7 @@ class _Exchange:
     helper: trio.CancelScope | None = None  # the helper task's scope, while one runs
     helper_done: trio.Event | None = None
     #: Records of bytes not yet forwarded: handed to the writer right after the forwarding write.
-    deferred: list[Record] = dataclasses.field(default_factory=list)
+    deferred: list[packing.PackedRecord] = dataclasses.field(default_factory=list)
     outcome: Outcome = "ok"
     error: str | None = None
     failure_status: int = 502
@@ -221,7 +214,7 @@ class _Exchange:
             self.timed_out = True
             self.upstream.transport.close()
 
-    def defer(self, record: Record) -> None:
+    def defer(self, record: packing.PackedRecord) -> None:
         """Keep ``record`` until the bytes it describes have been forwarded: capture work happens
         after each forwarding write, never between a read and the write that relays it."""
         if self.writer is not None:
@@ -252,7 +245,7 @@ class _Exchange:
     def request_data(self, data: bytes) -> None:
         """Count request body bytes on their way upstream, and defer their record."""
         self.req_bytes += len(data)
-        self.defer(BodyChunk(x=self.id, dir="req", ns=self.now(), data=data))
+        self.defer(packing.packed_body(x=self.id, dir="req", ns=self.now(), data=data))
 
     def fail(
         self, outcome: Outcome, error: str, status: int = 502, kind: str = "upstream_error"
@@ -559,8 +552,16 @@ class ProxyServer:
         )
         raw = bytes(client.buf[:MAX_BAD_HEAD_RECORDED])
         ex.defer(
-            RequestReceived(
-                x=ex.id, wall_ns=started_ns, method="-", target="-", head=raw, client=client.addr
+            packing.packed_request(
+                x=ex.id,
+                wall_ns=started_ns,
+                method="-",
+                target="-",
+                head=raw,
+                client=client.addr,
+                proxy_url="",
+                route=None,
+                upstream_url=None,
             )
         )
         kinds = {408: "request_timeout", 431: "request_header_fields_too_large"}
@@ -595,7 +596,7 @@ class ProxyServer:
         try:
             proxy_url = hdr.proxy_url(self.listen_host, self.listen_port, host_header, target)
             ex.defer(
-                RequestReceived(
+                packing.packed_request(
                     x=ex.id,
                     wall_ns=started_ns,
                     method=method,
@@ -766,7 +767,7 @@ class ProxyServer:
         """Send the head and whatever body bytes already arrived, in one write (for LLM calls the
         whole body usually arrives with the head)."""
         ex.defer(
-            UpstreamRequest(
+            packing.packed_upstream(
                 x=ex.id,
                 ns=ex.now(),
                 head=up_head
@@ -902,7 +903,13 @@ class ProxyServer:
                         if ex.ttfb_ns is None:
                             ex.ttfb_ns = now
                         ex.defer(
-                            ResponseHead(x=ex.id, ns=now, status=response.status, head=response.raw)
+                            packing.packed_response(
+                                x=ex.id,
+                                ns=now,
+                                status=response.status,
+                                head=response.raw,
+                                by="upstream",
+                            )
                         )
                         if response.informational:
                             if response.status == 101:
@@ -933,7 +940,7 @@ class ProxyServer:
                         if ex.ttft_ns is None:
                             ex.ttft_ns = now
                         ex.res_bytes += len(payload)
-                        ex.defer(BodyChunk(x=ex.id, dir="res", ns=now, data=payload))
+                        ex.defer(packing.packed_body(x=ex.id, dir="res", ns=now, data=payload))
                         if ex.client_eof:
                             ex.fail(
                                 "client_abort",
@@ -1004,9 +1011,9 @@ class ProxyServer:
         now = ex.now()
         if ex.ttfb_ns is None:
             ex.ttfb_ns = now
-        ex.defer(ResponseHead(x=ex.id, ns=now, status=status, head=head, by="proxy"))
+        ex.defer(packing.packed_response(x=ex.id, ns=now, status=status, head=head, by="proxy"))
         ex.res_bytes += len(body)
-        ex.defer(BodyChunk(x=ex.id, dir="res", ns=now, data=body))
+        ex.defer(packing.packed_body(x=ex.id, dir="res", ns=now, data=body))
         with contextlib.suppress(*_BROKEN, trio.TooSlowError):
             await _send(client.transport, head + body, self.config.timeouts.write)
             ex.response_complete = True
@@ -1016,7 +1023,7 @@ class ProxyServer:
         """Record the end of the exchange (even while the connection is being cancelled) and print
         its console line."""
         duration = ex.now()
-        end = ExchangeEnd(
+        end = packing.packed_end(
             x=ex.id,
             ns=duration,
             outcome=ex.outcome,
