@@ -26,6 +26,7 @@ from wirecap.capture import (
 )
 from wirecap.capture.child import FrameWriter, MessageReader, WriterSpec, message_head
 from wirecap.capture.packing import pack_record, unpack_record
+from wirecap.capture.ring import RING_BYTES
 from wirecap.capture.writer import (
     CaptureWriter,
     ProcessCaptureWriter,
@@ -131,11 +132,16 @@ def exchanges(n: int) -> list:
     return out
 
 
-async def test_process_writer_writes_what_the_in_process_writer_writes(tmp_path):
+# Big chunks through the shared ring (the default), through the pipe only, and through a ring that
+# holds one of them at a time (the others take the pipe while it is in use).
+@pytest.mark.parametrize("ring_bytes", [RING_BYTES, 0, 100_000])
+async def test_process_writer_writes_what_the_in_process_writer_writes(tmp_path, ring_bytes):
     header = SegmentHeader({"enabled": False}, listen="127.0.0.1:1")
     records = exchanges(300)
     thread_writer = CaptureWriter(SegmentSink(tmp_path / "thread", header))
-    process_writer = ProcessCaptureWriter(WriterSpec(directory=tmp_path / "process", header=header))
+    process_writer = ProcessCaptureWriter(
+        WriterSpec(directory=tmp_path / "process", header=header), ring_bytes=ring_bytes
+    )
     for writer, out in ((thread_writer, "thread"), (process_writer, "process")):
         (tmp_path / out).mkdir()
         async with trio.open_nursery() as nursery:

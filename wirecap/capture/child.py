@@ -13,8 +13,10 @@ The pipe protocol is private to this module and writer.py, with the same interpr
 - to the child (its stdin): a message holding the pickled :class:`WriterSpec`, then one message per
   batch. A message is a 4-byte little-endian length and that many bytes; a batch is the ``marshal``
   of a list of packed records (:func:`packing.pack_record`), the cheapest serialisation Python has. The
-  data of each body chunk of 16 KiB or more follows its batch as a message of its own (the record
-  holds its length instead): written from the proxy's own bytes, read into a buffer of its size.
+  data of each body chunk of 16 KiB or more is in the shared ring (ring.py; the record holds its
+  position and length instead) or, when the ring has no room or there is none, follows its batch as
+  a message of its own (the record holds its length): written from the proxy's own bytes, read into
+  a buffer of its size.
 - from the child (its stdout), one JSON object per line: ``{"path": P}`` each time a segment opens,
   ``{"written": [records, frames, bytes]}`` (totals) after each frame, ``{"failed": TEXT}`` once if
   writing fails (the child then reads and counts what it can no longer write, so the proxy never
@@ -42,6 +44,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.capture.packing import BIG_BODY_BYTES, BODY, PackedRecord
+from wirecap.capture.ring import BodyRing
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
@@ -61,28 +64,46 @@ if TYPE_CHECKING:
 _LENGTH: Final = struct.Struct("<I")
 
 
-def split_blobs(batch: list[PackedRecord]) -> list[bytes]:
-    """Take the data of big body chunks out of ``batch`` (in place: their length stays in its
-    slot) and return it, in order: it is sent as one message each after the batch's (marshal
-    would copy it twice more on its way)."""
+def split_blobs(batch: list[PackedRecord], ring: BodyRing | None = None) -> list[bytes]:
+    """Take the data of big body chunks out of ``batch`` (in place; marshal would copy it twice
+    more on its way): into ``ring`` where it has room (the slot then holds the data's position and
+    length), else into the returned list, in order, sent as one message each after the batch's (the
+    slot holds its length)."""
     blobs: list[bytes] = []
     for i, (code, values) in enumerate(batch):
         if code == BODY and len(values[3]) >= BIG_BODY_BYTES:
-            blobs.append(values[3])
-            batch[i] = (code, (*values[:3], len(values[3])))
+            data = values[3]
+            start = ring.put(data) if ring is not None else None
+            if start is None:
+                blobs.append(data)
+                batch[i] = (code, (*values[:3], len(data)))
+            else:
+                batch[i] = (code, (*values[:3], (start, len(data))))
     return blobs
 
 
-def join_blobs(batch: list[PackedRecord], read: Callable[[], bytearray | None]) -> bool:
-    """Put back into ``batch`` the data :func:`split_blobs` took out, reading each with ``read``.
-    False if the input ended first (those records are left out)."""
+def join_blobs(
+    batch: list[PackedRecord],
+    read: Callable[[], bytearray | None],
+    ring: BodyRing | None = None,
+) -> bool:
+    """Put back into ``batch`` the data :func:`split_blobs` took out, from ``ring`` or read with
+    ``read``. False if the input ended first (those records are left out)."""
     for i, (code, values) in enumerate(batch):
-        if code == BODY and type(values[3]) is int:
+        if code != BODY:
+            continue
+        where = values[3]
+        if type(where) is tuple:
+            assert ring is not None, "a chunk in a ring that is not there"
+            data: bytes | bytearray | None = ring.take(*where)
+        elif type(where) is int:
             data = read()
             if data is None:
                 del batch[i:]
                 return False
-            batch[i] = (code, (*values[:3], data))
+        else:
+            continue
+        batch[i] = (code, (*values[:3], data))
     return True
 
 
@@ -135,6 +156,9 @@ class WriterSpec:
     frame_seconds: float = FRAME_MAX_SECONDS
     rotate_bytes: int | None = None
     rotate_seconds: float | None = None
+    #: The shared ring of big body chunks (ring.py): its inherited descriptor and size, if any.
+    ring_fd: int = -1
+    ring_bytes: int = 0
 
     def sink(self) -> SegmentSink:
         return SegmentSink(
@@ -280,7 +304,7 @@ class FrameWriter:
             return False
         return True
 
-    def serve(self, reader: MessageReader) -> None:
+    def serve(self, reader: MessageReader, ring: BodyRing | None = None) -> None:
         """Read batches until the end of the input, writing frames as they fill or age."""
         fd = reader.fd
         every = self.spec.rotate_seconds
@@ -303,7 +327,7 @@ class FrameWriter:
             if message is None:
                 break
             batch = marshal.loads(message)
-            complete = join_blobs(batch, reader.read)
+            complete = join_blobs(batch, reader.read, ring)
             self.add_batch(batch)
             if not complete:
                 break
@@ -324,12 +348,14 @@ def main() -> None:
             out.flush()
 
     reader = MessageReader(sys.stdin.fileno())
-    spec = reader.read()  # the spec comes first
-    if spec is None:
+    message = reader.read()  # the spec comes first
+    if message is None:
         return
-    writer = FrameWriter(pickle.loads(spec), report)
+    spec: WriterSpec = pickle.loads(message)
+    ring = BodyRing(spec.ring_fd, spec.ring_bytes) if spec.ring_fd >= 0 else None
+    writer = FrameWriter(spec, report)
     writer.open()
-    writer.serve(reader)
+    writer.serve(reader, ring)
 
 
 if __name__ == "__main__":

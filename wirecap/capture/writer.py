@@ -48,6 +48,7 @@ from wirecap.capture.packing import (
     unpack_record,
 )
 from wirecap.capture.records import Gap, Record
+from wirecap.capture.ring import RING_BYTES, BodyRing
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
@@ -479,6 +480,7 @@ class ProcessCaptureWriter(RecordBuffer):
         channel_bytes: int = DEFAULT_CHANNEL_BYTES,
         batch_seconds: float = BATCH_SECONDS,
         batch_bytes: int = BATCH_BYTES,
+        ring_bytes: int = RING_BYTES,
         python: str = sys.executable,
     ) -> None:
         super().__init__(
@@ -489,6 +491,7 @@ class ProcessCaptureWriter(RecordBuffer):
         )
         self.spec = spec
         self._batch_seconds = batch_seconds
+        self._ring_bytes = ring_bytes  # 0: big body chunks always take the pipe
         self._command = [python, "-m", "wirecap.capture.child"]
         self._path: Path | None = None
         self._paths: list[Path] = []
@@ -536,6 +539,10 @@ class ProcessCaptureWriter(RecordBuffer):
     ) -> None:
         """Start the writer process and feed it until :meth:`aclose`; returns when the file is
         complete (or, when cancelled, at once: the process then finishes the file alone)."""
+        ring = BodyRing.create(self._ring_bytes) if self._ring_bytes else None
+        spec = self.spec
+        if ring is not None:
+            spec = dataclasses.replace(spec, ring_fd=ring.fd, ring_bytes=ring.capacity)
         try:
             process = await trio.lowlevel.open_process(
                 self._command,
@@ -543,8 +550,11 @@ class ProcessCaptureWriter(RecordBuffer):
                 stdout=subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C for the proxy is not one for its writer
                 env=_child_environment(),
+                pass_fds=(ring.fd,) if ring is not None else (),
             )
         except OSError as exc:
+            if ring is not None:
+                ring.close()
             self._fail(f"cannot start the capture process: {exc}", None)
             task_status.started(None)
             await self._drain()
@@ -556,18 +566,20 @@ class ProcessCaptureWriter(RecordBuffer):
         stdin, statuses = process.stdin, _StatusReader(process.stdout)
         try:
             with contextlib.suppress(trio.BrokenResourceError):
-                await _send_messages(stdin, [pickle.dumps(self.spec)])
+                await _send_messages(stdin, [pickle.dumps(spec)])
             status = await statuses.next()  # the first segment opened, or not
             if status is not None:
                 self._apply(status)
             task_status.started(self._path)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_statuses, statuses, process)
-                await self._pump(stdin)
+                await self._pump(stdin, ring)
                 await stdin.aclose()  # end of input: the child writes its index and exits
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(trio.ClosedResourceError):
                 await stdin.aclose()  # cancelled: the child finishes the file alone
+            if ring is not None:
+                ring.close()  # the child keeps its own mapping
             self._finished.set()
 
     async def _drain(self) -> None:
@@ -579,7 +591,7 @@ class ProcessCaptureWriter(RecordBuffer):
             if self._closed and not self._pending:
                 return
 
-    async def _pump(self, stdin: trio.lowlevel.FdStream) -> None:
+    async def _pump(self, stdin: trio.lowlevel.FdStream, ring: BodyRing | None) -> None:
         while True:
             await self._wait_for_work(self._batch_seconds)
             batch = self._take()
@@ -590,7 +602,7 @@ class ProcessCaptureWriter(RecordBuffer):
                 self._records_lost += len(batch)
             elif batch:
                 try:
-                    blobs = split_blobs(batch)
+                    blobs = split_blobs(batch, ring)
                     await _send_messages(stdin, [marshal.dumps(batch), *blobs])
                     self._sent += len(batch)
                 except trio.BrokenResourceError:
