@@ -4,9 +4,10 @@ The proxy hands records to a writer and never waits on disk. Both writers share 
 (:class:`RecordBuffer`): a plain list bounded in records and bytes, with the ``block`` or ``drop``
 policy when it is full, and no task switch per record.
 
-- :class:`ProcessCaptureWriter` (what ``wirecap proxy`` uses) packs each record into a tuple and
-  sends batches through a pipe to a writer process (child.py), which redacts, encodes, compresses,
-  indexes and writes. In the proxy process that work held the GIL the event loop needs (about
+- :class:`ProcessCaptureWriter` (what ``wirecap proxy`` uses) takes records packed into tuples
+  (the proxy builds them so) and sends batches through a pipe to a writer process (child.py), which
+  redacts, encodes, compresses, indexes and writes; big body chunks go through a shared-memory ring
+  (ring.py) beside the pipe. In the proxy process that work held the GIL the event loop needs (about
   100 us per exchange of workload A, see docs/PERFORMANCE.md); in its own process it runs on the
   other core.
 - :class:`CaptureWriter` does the same work in the proxy's own process (replay captures, tests): each
@@ -461,11 +462,13 @@ class CaptureWriter(RecordBuffer):
 class ProcessCaptureWriter(RecordBuffer):
     """The capture pipeline of ``wirecap proxy``: records packed here, written by a child process.
 
-    Same interface as :class:`CaptureWriter`. The event loop's share of capture is packing each
-    record (:func:`packing.pack_record`) and, once per batch (a few milliseconds or 256 KiB), one
-    ``marshal.dumps`` and one pipe write; everything else runs in ``python -m wirecap.capture.child``
-    with its own GIL. The pipe and this buffer are both bounded, so a slow disk makes the buffer fill
-    and the ``block``/``drop`` policy apply, as in the in-process writer.
+    Same interface as :class:`CaptureWriter`. The event loop's share of capture is building each
+    record packed (:func:`packing.packed_request` and its siblings; record objects are packed here)
+    and, once per batch (a few milliseconds or 256 KiB), one ``marshal.dumps``, a copy of each big
+    body chunk into the shared ring (ring.py) and one pipe write; everything else runs in
+    ``python -m wirecap.capture.child`` with its own GIL. The pipe, the ring and this buffer are all
+    bounded, so a slow disk makes the buffer fill and the ``block``/``drop`` policy apply, as in the
+    in-process writer.
 
     The child outlives a killed proxy just long enough to finish the file. If the child itself dies,
     capture stops as it does on a write error: loudly, counting what is lost, traffic untouched.
