@@ -56,18 +56,19 @@ RECORD_OVERHEAD: Final = 64
 BIG_BODY_BYTES: Final = 16 * 1024
 
 
-def _packing(names: tuple[str, ...]) -> tuple[operator.attrgetter[Any], int]:
-    """A getter of the fields, and the position of the one that holds the bytes (or -1)."""
+def _big_field(names: tuple[str, ...]) -> int:
+    """The position of the field that holds a record's bytes, or -1."""
     big = [i for i, name in enumerate(names) if name in ("head", "data")]
-    return operator.attrgetter(*names), big[0] if big else -1
+    return big[0] if big else -1
 
 
-#: Per record type: its code, the getter of its fields, where its bytes are (see pack_sized).
+#: Per record type: its code and the getter of its fields.
 _PACKING: Final = {
-    kind: (code, *_packing(names)) for code, (kind, names) in enumerate(RECORD_FIELDS.items())
+    kind: (code, operator.attrgetter(*names))
+    for code, (kind, names) in enumerate(RECORD_FIELDS.items())
 }
 #: Per type code: the position of the field that holds the record's bytes (or -1).
-_BIG_FIELD: Final = tuple(big for _code, _getter, big in _PACKING.values())
+_BIG_FIELD: Final = tuple(_big_field(names) for names in RECORD_FIELDS.values())
 #: The constructors of unpack_record: explicit keywords are twice as fast as ``kind(**dict(...))``.
 #: Their order must follow RECORD_FIELDS (tested).
 _BUILDERS: Final[tuple[Callable[[tuple[Any, ...]], Record], ...]] = (
@@ -158,14 +159,14 @@ def packed_size(packed: PackedRecord) -> int:
 
 def pack_record(record: Record) -> PackedRecord:
     """``record`` as a tuple of plain values that ``marshal`` can carry (well under a microsecond)."""
-    return pack_sized(record)[0]
+    code, getter = _PACKING[type(record)]
+    return code, getter(record)
 
 
 def pack_sized(record: Record) -> tuple[PackedRecord, int]:
     """``record`` packed, and about how many bytes it holds."""
-    code, getter, big = _PACKING[type(record)]
-    values = getter(record)
-    return (code, values), RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
+    packed = pack_record(record)
+    return packed, packed_size(packed)
 
 
 def unpack_record(packed: PackedRecord) -> Record:

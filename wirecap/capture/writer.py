@@ -258,9 +258,8 @@ class RecordBuffer:
         self._append(record)
         return True
 
-    def _count_drop(self, record: Item) -> None:
-        if isinstance(record, tuple):
-            record = unpack_record(record)
+    def _count_drop(self, item: Item) -> None:
+        record = _unpacked(item)
         self._records_dropped += 1
         self._dropped.records += 1
         self._dropped.bytes += record_size(record)
@@ -367,9 +366,7 @@ class CaptureWriter(RecordBuffer):
         self._rotate_seconds = rotate_seconds
 
     def _append(self, record: Item) -> None:
-        if isinstance(record, tuple):
-            record = unpack_record(record)
-        record, data = self._encode(record)
+        record, data = self._encode(_unpacked(record))
         self._encoded.append(data)
         self._queue(index_item(record), len(data))
 
@@ -503,10 +500,7 @@ class ProcessCaptureWriter(RecordBuffer):
         self.pid: int | None = None  # the writer process's, once started
 
     def _append(self, record: Item) -> None:
-        if isinstance(record, tuple):
-            self._queue(record, packed_size(record))
-        else:
-            self._queue(*pack_sized(record))
+        self._queue(*_packed_sized(record))
 
     def offer_all(self, records: Sequence[Item]) -> int:
         # The proxy's one call per forwarding write: _queue's work done once for the lot (6 records
@@ -521,13 +515,9 @@ class ProcessCaptureWriter(RecordBuffer):
         for record in records:
             if len(pending) >= limit_records or size >= limit_bytes:
                 break
-            if isinstance(record, tuple):
-                pending.append(record)
-                size += packed_size(record)
-            else:
-                packed, nbytes = pack_sized(record)
-                pending.append(packed)
-                size += nbytes
+            packed, nbytes = _packed_sized(record)
+            pending.append(packed)
+            size += nbytes
             taken += 1
         self._pending_bytes = size
         if taken and (was_empty or size >= self._wake_bytes or self._full()):
@@ -634,6 +624,18 @@ class ProcessCaptureWriter(RecordBuffer):
         if status.get("done"):
             self._done = True
             self._records_lost += status.get("lost", 0)
+
+
+def _unpacked(item: Item) -> Record:
+    """``item`` as a record object."""
+    return unpack_record(item) if isinstance(item, tuple) else item
+
+
+def _packed_sized(item: Item) -> tuple[PackedRecord, int]:
+    """``item`` packed, and about how many bytes it holds (see packing.pack_sized)."""
+    if isinstance(item, tuple):
+        return item, packed_size(item)
+    return pack_sized(item)
 
 
 async def _send_messages(stream: trio.lowlevel.FdStream, payloads: list[bytes]) -> None:
