@@ -57,9 +57,13 @@ class BodyRing:
             return None
         try:
             fd = memfd_create("wirecap-ring")  # close-on-exec: the writer gets it by pass_fds
+        except OSError:
+            return None
+        try:
             os.ftruncate(fd, DATA_OFFSET + capacity)
             return cls(fd, capacity)
         except OSError:
+            os.close(fd)
             return None
 
     @property
