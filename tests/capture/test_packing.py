@@ -140,6 +140,22 @@ def test_a_big_body_is_split_from_its_record_without_a_copy(size):
     assert (tail is data) == (size >= packing.BIG_BODY_BYTES)
 
 
+def test_encoded_strings_are_remembered_within_a_bound():
+    """Exchange ids repeat in each record of their exchange, then never again: the cache of encoded
+    strings stays bounded, and a string encodes the same whether remembered or not."""
+    ends = [ExchangeEnd(x=f"{n:012x}", ns=n, outcome="ok") for n in range(3 * packing._TEXTS_MAX)]
+    for end in ends:
+        expected = cbor2.dumps(end.to_map())
+        assert encode_packed(pack_record(end)) == expected  # first: encoded
+        assert encode_packed(pack_record(end)) == expected  # again: remembered
+        assert len(packing._TEXTS) <= packing._TEXTS_MAX
+    long_target = "/" + "t" * packing._TEXT_CACHED_LENGTH
+    encode_packed(
+        pack_record(RequestReceived(x="a", wall_ns=1, method="GET", target=long_target, head=b""))
+    )
+    assert long_target not in packing._TEXTS
+
+
 def test_a_lone_surrogate_fails_as_cbor2_fails():
     record = BodyChunk(x="\ud800", dir="req", ns=1, data=b"")
     with pytest.raises(UnicodeEncodeError):

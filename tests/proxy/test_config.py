@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from wirecap.proxy import http1
 from wirecap.proxy.config import ConfigError, build_config, parse_route_spec, parse_upstream
 from wirecap.proxy.headers import upstream_request_headers
 from wirecap.proxy.routing import Router
@@ -109,21 +112,40 @@ def test_route_spec_and_upstream_parsing():
     assert parse_upstream("https://api.openai.com").host_header == "api.openai.com"
 
 
-def test_upstream_headers_keep_order_and_case_and_drop_hop_by_hop():
-    out = upstream_request_headers(
-        [
-            (b"Host", b"127.0.0.1:5601"),
-            (b"Connection", b"keep-alive, X-Private"),
-            (b"X-Private", b"1"),
-            (b"Authorization", b"Bearer k"),
-            (b"Keep-Alive", b"timeout=5"),
-            (b"X-Proxy-Path", b"spoofed"),
-            (b"content-type", b"application/json"),
-        ],
-        b"api.openai.com",
+def test_upstream_derived_fields_follow_its_address():
+    ipv6 = parse_upstream("http://[::1]:8080/v1")
+    assert ipv6.origin == ("http", "::1", 8080)
+    assert (ipv6.host_header, ipv6.host_header_bytes) == ("[::1]:8080", b"[::1]:8080")
+    assert (ipv6.origin_url, ipv6.url) == ("http://[::1]:8080", "http://[::1]:8080/v1")
+    moved = dataclasses.replace(ipv6, port=80)  # derived again, not copied
+    assert (moved.host_header, moved.url) == ("[::1]", "http://[::1]/v1")
+    assert moved != ipv6 and ipv6 == parse_upstream("http://[::1]:8080/v1")
+    assert (
+        Router([parse_route_spec("/=http://[::1]:8080/v1")])
+        .match("GET", None, "/models?x=1")
+        .upstream_url
+        == "http://[::1]:8080/v1/models?x=1"
     )
+
+
+def test_upstream_headers_keep_order_and_case_and_drop_hop_by_hop():
+    fields = [
+        (b"Host", b"127.0.0.1:5601"),
+        (b"Connection", b"keep-alive, X-Private"),
+        (b"X-Private", b"1"),
+        (b"Authorization", b"Bearer k"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"X-Proxy-Path", b"spoofed"),
+        (b"content-type", b"application/json"),
+    ]
+    out = upstream_request_headers(fields, b"api.openai.com")
     assert out == [
         (b"Host", b"api.openai.com"),
         (b"Authorization", b"Bearer k"),
         (b"content-type", b"application/json"),
     ]
+    # The relay passes the names its parser found (the same set): the same headers go upstream.
+    raw = b"".join(b"%s: %s\r\n" % field for field in fields)
+    head = http1.parse_request_head(b"GET / HTTP/1.1\r\n" + raw + b"\r\n", 1 << 16)
+    assert head is not None and head.hop_by_hop == http1.HOP_BY_HOP | {b"x-private"}
+    assert upstream_request_headers(fields, b"api.openai.com", hop_by_hop=head.hop_by_hop) == out

@@ -213,13 +213,28 @@ def _opt_uint(n: Any) -> bytes:
     return _NULL if n is None else _uint(n)
 
 
+#: Encoded text strings, by string: an exchange's id comes back in each of its records, and a
+#: method, target, route or outcome with most exchanges. Emptied when full (unique ids fill it).
+_TEXTS: Final[dict[str, bytes]] = {}
+_TEXTS_MAX: Final = 512
+_TEXT_CACHED_LENGTH: Final = 256  # longer strings are encoded every time
+
+
 def _text(s: Any) -> bytes:
     if type(s) is str:
+        encoded = _TEXTS.get(s)
+        if encoded is not None:
+            return encoded
         try:
             data = s.encode()
         except UnicodeEncodeError:  # a lone surrogate: cbor2 raises its own error for it
             return cbor2.dumps(s)
-        return _head(_TEXT, len(data)) + data
+        encoded = _head(_TEXT, len(data)) + data
+        if len(s) <= _TEXT_CACHED_LENGTH:
+            if len(_TEXTS) >= _TEXTS_MAX:
+                _TEXTS.clear()
+            _TEXTS[s] = encoded
+        return encoded
     return cbor2.dumps(s)
 
 

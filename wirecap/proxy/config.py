@@ -52,21 +52,31 @@ class Upstream:
     host: str
     port: int
     base_path: str = ""
+    # Derived once, used by every exchange (see __post_init__).
+    #: The key of this upstream's connection pool.
+    origin: tuple[str, str, int] = dataclasses.field(init=False, repr=False, compare=False)
+    #: The Host header requests to it carry (the port only when it is not the scheme's default).
+    host_header: str = dataclasses.field(init=False, repr=False, compare=False)
+    host_header_bytes: bytes = dataclasses.field(init=False, repr=False, compare=False)
+    #: ``scheme://host[:port]``, which the upstream target follows in a URL.
+    origin_url: str = dataclasses.field(init=False, repr=False, compare=False)
 
-    @property
-    def origin(self) -> tuple[str, str, int]:
-        """The key of this upstream's connection pool."""
-        return (self.scheme, self.host, self.port)
-
-    @property
-    def host_header(self) -> str:
+    def __post_init__(self) -> None:
         default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
+        host_header = host if self.port == default else f"{host}:{self.port}"
+        derived = {
+            "origin": (self.scheme, self.host, self.port),
+            "host_header": host_header,
+            "host_header_bytes": host_header.encode("ascii"),
+            "origin_url": f"{self.scheme}://{host_header}",
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.host_header}{self.base_path or '/'}"
+        return f"{self.origin_url}{self.base_path or '/'}"
 
 
 def parse_upstream(url: str) -> Upstream:

@@ -13,21 +13,29 @@ if TYPE_CHECKING:
 HeaderList = list[tuple[bytes, bytes]]
 
 PROXY_PATH: Final = b"X-Proxy-Path"
+_PROXY_PATH_SET: Final = frozenset({PROXY_PATH.lower()})  # a client's own is never forwarded
 
 
 def upstream_request_headers(
-    headers: Iterable[tuple[bytes, bytes]], host: bytes, proxy_url: bytes | None = None
+    headers: Iterable[tuple[bytes, bytes]],
+    host: bytes,
+    proxy_url: bytes | None = None,
+    *,
+    hop_by_hop: frozenset[bytes] | None = None,
 ) -> HeaderList:
     """The client's headers as they go upstream: same order and casing, Host replaced, hop-by-hop
     headers removed, and ``X-Proxy-Path`` appended last when ``proxy_url`` is given (routes with
-    ``forward_proxy_path``)."""
+    ``forward_proxy_path``). ``hop_by_hop``: the names to drop, when the parser already knows them
+    (:attr:`RequestHead.hop_by_hop <wirecap.proxy.http1.RequestHead.hop_by_hop>`)."""
     headers = list(headers)
-    drop = HOP_BY_HOP | connection_tokens(headers)
+    if hop_by_hop is None:
+        hop_by_hop = HOP_BY_HOP | connection_tokens(headers)
+    drop = hop_by_hop | _PROXY_PATH_SET
     out: HeaderList = []
     saw_host = False
     for name, value in headers:
         lower = name.lower()
-        if lower in drop or lower == PROXY_PATH.lower():
+        if lower in drop:
             continue
         if lower == b"host":
             if saw_host:

@@ -42,6 +42,7 @@ _DIGITS: Final = re.compile(rb"[0-9]{1,19}")
 HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
 )
+_TRANSFER_ENCODING: Final = frozenset({b"transfer-encoding"})
 #: The header fields the framing reads; the others are skipped after one set lookup.
 _FRAMING_FIELDS: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
@@ -67,6 +68,7 @@ class RequestHead:
         "expect_continue",
         "framing_problem",
         "headers",
+        "hop_by_hop",
         "host",
         "keep_alive",
         "method",
@@ -100,6 +102,7 @@ class RequestHead:
             int(next(iter(f.lengths))) if f.lengths and self.framing_problem is None else 0
         )
         self.keep_alive = minor == b"1" and b"close" not in f.connection
+        self.hop_by_hop = f.hop_by_hop()
         self.expect_continue = minor == b"1" and f.expect == b"100-continue"
 
     def body(self) -> LengthBody | ChunkedBody:
@@ -110,7 +113,17 @@ class RequestHead:
 class ResponseHead:
     """A parsed response head (final or 1xx). ``raw`` is the exact bytes received."""
 
-    __slots__ = ("chunked", "headers", "keep_alive", "length", "raw", "reason", "status", "version")
+    __slots__ = (
+        "chunked",
+        "headers",
+        "hop_by_hop",
+        "keep_alive",
+        "length",
+        "raw",
+        "reason",
+        "status",
+        "version",
+    )
 
     def __init__(
         self,
@@ -128,6 +141,7 @@ class ResponseHead:
         self.headers = headers
         f = _FramingFields(headers)
         self.keep_alive = minor == b"1" and b"close" not in f.connection
+        self.hop_by_hop = f.hop_by_hop()
         # Framing headers are checked even where they do not apply (1xx, 204, 304, HEAD), as h11
         # does: a response that lies about its framing is not relayed. (RFC 9112 6.3 would read
         # codings other than chunked to the close; like h11, the relay refuses them.)
@@ -180,6 +194,11 @@ class _FramingFields:
                 self.connection.extend(_tokens(value))
             elif lower == b"expect":
                 self.expect = value.lower()
+
+    def hop_by_hop(self) -> frozenset[bytes]:
+        """The header names (lower case) not to forward: the standard hop-by-hop ones and those
+        the Connection header lists."""
+        return HOP_BY_HOP.union(self.connection) if self.connection else HOP_BY_HOP
 
     def problem(self, what: str) -> str | None:
         """Why the framing is ambiguous (``what`` names the message), or None when it is sound."""
@@ -463,12 +482,8 @@ def client_response_head(head: ResponseHead, *, close: bool, dechunk: bool = Fal
     is added when the proxy will close the client connection after this response. ``dechunk`` drops
     Transfer-Encoding for an HTTP/1.0 client, which gets the payload delimited by the close.
     """
-    drop = HOP_BY_HOP
-    if any(name.lower() == b"connection" for name, _ in head.headers):
-        drop = drop | connection_tokens(head.headers)
+    drop = head.hop_by_hop | _TRANSFER_ENCODING if dechunk else head.hop_by_hop
     headers = [(n, v) for n, v in head.headers if n.lower() not in drop]
-    if dechunk:
-        headers = [(n, v) for n, v in headers if n.lower() != b"transfer-encoding"]
     if close and not head.informational:
         headers.append((b"Connection", b"close"))
     status = b"%d" % head.status

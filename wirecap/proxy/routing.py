@@ -15,15 +15,17 @@ if TYPE_CHECKING:
     from wirecap.proxy.config import Route
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class RouteMatch:
+    """A request's route (not frozen: built for every exchange, and a frozen dataclass's
+    ``__init__`` costs twice as much)."""
+
     route: Route
     upstream_target: str  # path and query to send upstream
 
     @property
     def upstream_url(self) -> str:
-        up = self.route.upstream
-        return f"{up.scheme}://{up.host_header}{self.upstream_target}"
+        return self.route.upstream.origin_url + self.upstream_target
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -123,9 +123,11 @@ class _Client:
         self.head_started_ns = time.perf_counter_ns()
         self.head_wall_ns = time.time_ns()
 
-    async def read(self) -> bool:
-        """Read once into the buffer; False at end of stream."""
-        data = await self.transport.receive(self.read_size)
+    async def read(self, *, later: bool = False) -> bool:
+        """Read once into the buffer; False at end of stream. ``later``: the client cannot have
+        sent anything yet (it is reading a response just sent), so wait before reading."""
+        transport = self.transport
+        data = await (transport.receive_later if later else transport.receive)(self.read_size)
         if not data:
             self.eof = True
             return False
@@ -526,7 +528,7 @@ class ProxyServer:
             self._set_deadline(client, idle_deadline)
             self._idle_clients.add(client)
             try:
-                await client.read()
+                await client.read(later=not first)
             except _BROKEN:
                 if client.timed_out or self.shutting_down:
                     return None
@@ -696,8 +698,9 @@ class ProxyServer:
             head.method + b" " + upstream_target.encode("latin-1") + b" HTTP/1.1",
             hdr.upstream_request_headers(
                 head.headers,
-                route.upstream.host_header.encode("ascii"),
+                route.upstream.host_header_bytes,
                 proxy_url_bytes if route.forward_proxy_path else None,
+                hop_by_hop=head.hop_by_hop,
             ),
         )
         body = head.body()
@@ -866,7 +869,7 @@ class ProxyServer:
         head = ex.head
         assert head is not None
         write_timeout = self.config.timeouts.write
-        receive = upstream.transport.receive
+        receive = upstream.transport.receive_later  # the request has just gone out
         read_size = self._read_size
         http10_client = head.version == b"1.0"
         buf = bytearray()  # upstream bytes before the final head is complete
@@ -884,6 +887,7 @@ class ProxyServer:
                 ex.reading = True
                 self._set_deadline(ex, trio.current_time() + read_timeout)
                 data = await receive(read_size)
+                receive = upstream.transport.receive
                 ex.reading = False
                 now = ex.now()
                 out: list[bytes] = []

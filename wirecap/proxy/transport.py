@@ -31,6 +31,11 @@ class Transport(Protocol):
         """Bytes from the peer; ``b""`` at end of stream."""
         ...
 
+    async def receive_later(self, max_bytes: int) -> bytes:
+        """:meth:`receive` when the peer cannot have answered yet (a request just went out, a
+        response was just sent): wait first, instead of a read that would fail."""
+        ...
+
     def send_nowait(self, data: bytes) -> int:
         """Send what the kernel takes at once without waiting; returns how many bytes went."""
         ...
@@ -105,6 +110,15 @@ class SocketTransport:
             await self._pace()
             return data
 
+    async def receive_later(self, max_bytes: int) -> bytes:
+        # Skips a recv that fails with EAGAIN and the exception it raises: two per exchange in a
+        # keep-alive request/response loop, ~2-3% of the proxy's CPU there.
+        sock = self.sock
+        if sock.fileno() >= 0:  # closed: receive() raises the right error
+            self._unyielded = 0
+            await wait_readable(sock)
+        return await self.receive(max_bytes)
+
     def send_nowait(self, data: bytes) -> int:
         try:
             return self.sock.send(data)
@@ -148,6 +162,9 @@ class StreamTransport:
 
     async def receive(self, max_bytes: int) -> bytes:
         return bytes(await self.stream.receive_some(max_bytes))
+
+    async def receive_later(self, max_bytes: int) -> bytes:
+        return await self.receive(max_bytes)
 
     def send_nowait(self, data: bytes) -> int:
         return 0  # a TLS stream cannot send part of a record synchronously
