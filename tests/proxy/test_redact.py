@@ -60,4 +60,4 @@ def test_may_match_agrees_with_the_regular_expression(patterns, pieces):
     [(b"sk-", b"-"), (b"sk-ant-", b"-"), (b"AKIA", b"A"), (b"ghp_", b"_"), (b"xy", b"y")],
 )
 def test_the_first_search_is_for_a_byte_that_plain_text_and_base64_rarely_hold(prefix, byte):
-    assert rarest_byte(prefix) == byte
+    assert bytes([rarest_byte(prefix)]) == byte

@@ -86,11 +86,13 @@ _COMMON_BYTES: Final = frozenset(b" \"':,.{}[]\n\\_0123456789") | frozenset(
 )
 
 
-def rarest_byte(prefix: bytes) -> bytes:
+def rarest_byte(prefix: bytes) -> int:
     """The byte of ``prefix`` least likely to occur in a body (punctuation and capitals before
-    lower case and JSON syntax): absent from the data, it rules the pattern out at memchr speed."""
+    lower case and JSON syntax): absent from the data, it rules the pattern out at memchr speed.
+    An int, because ``int in data`` is a plain memchr while ``bytes in data`` first tries the
+    needle as an int and formats the TypeError it raises (0.04 against 0.23 us)."""
     rare = [b for b in prefix if b not in _COMMON_BYTES]
-    return bytes([rare[-1] if rare else prefix[-1]])
+    return rare[-1] if rare else prefix[-1]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,7 +105,7 @@ class Rules:
     #: The literal text each body pattern's matches start with, or None when one has none.
     prefixes: tuple[bytes, ...] | None = dataclasses.field(init=False, compare=False)
     #: One byte of each prefix, searched first (see :func:`rarest_byte`).
-    rare_bytes: tuple[bytes, ...] = dataclasses.field(init=False, compare=False)
+    rare_bytes: tuple[int, ...] = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         names = b"|".join(re.escape(h) for h in sorted(self.headers)) or b"(?!)"
@@ -132,7 +134,7 @@ class Rules:
         prefixes = self.prefixes
         if prefixes is not None:
             for rare, prefix in zip(self.rare_bytes, prefixes, strict=True):
-                if rare in data and prefix in data:
+                if rare in data and data.find(prefix) != -1:  # find: no TypeError made first
                     break
             else:
                 return False
