@@ -5,9 +5,10 @@ trio stream (TLS).
 scheduler round trip even when the kernel has the bytes ready) and wraps each call in a context
 manager; here a ``recv`` or ``send`` is tried first and the task parks in ``wait_readable`` /
 ``wait_writable`` only when the kernel says it would block (or, with :meth:`receive_later`, when
-the peer cannot have answered yet: parking at once saves a failing ``recv``). A transport that keeps succeeding
-without waiting yields to the scheduler every :data:`YIELD_EVERY` calls, so that a fast stream
-cannot starve the other connections (or the capture writer) and cancellation still gets through.
+the peer cannot have answered yet: parking at once saves a failing ``recv``). A transport that
+keeps succeeding without waiting yields to the scheduler every :data:`YIELD_EVERY` calls, so that a
+fast stream cannot starve the other connections (or the capture writer) and cancellation still
+gets through.
 """
 
 from __future__ import annotations
