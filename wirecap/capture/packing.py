@@ -215,6 +215,7 @@ def _opt_uint(n: Any) -> bytes:
 
 #: Encoded text strings, by string: an exchange's id comes back in each of its records, and a
 #: method, target, route or outcome with most exchanges. Emptied when full (unique ids fill it).
+#: Threads may share it: an entry never changes, and one lost to a race is encoded again.
 _TEXTS: Final[dict[str, bytes]] = {}
 _TEXTS_MAX: Final = 512
 _TEXT_CACHED_LENGTH: Final = 256  # longer strings are encoded every time
