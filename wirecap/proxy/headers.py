@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Final
 
-from wirecap.proxy.http1 import HOP_BY_HOP, connection_tokens
-
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -21,15 +19,12 @@ def upstream_request_headers(
     host: bytes,
     proxy_url: bytes | None = None,
     *,
-    hop_by_hop: frozenset[bytes] | None = None,
+    hop_by_hop: frozenset[bytes],
 ) -> HeaderList:
     """The client's headers as they go upstream: same order and casing, Host replaced, hop-by-hop
     headers removed, and ``X-Proxy-Path`` appended last when ``proxy_url`` is given (routes with
-    ``forward_proxy_path``). ``hop_by_hop``: the names to drop, when the parser already knows them
+    ``forward_proxy_path``). ``hop_by_hop``: the names to drop, as the parser found them
     (:attr:`RequestHead.hop_by_hop <wirecap.proxy.http1.RequestHead.hop_by_hop>`)."""
-    headers = list(headers)
-    if hop_by_hop is None:
-        hop_by_hop = HOP_BY_HOP | connection_tokens(headers)
     drop = hop_by_hop | _PROXY_PATH_SET
     out: HeaderList = []
     saw_host = False

@@ -456,15 +456,6 @@ class ChunkedBody:
 # -- heads going out ---------------------------------------------------------------------------------
 
 
-def connection_tokens(headers: Headers) -> set[bytes]:
-    """Header names listed in Connection (they are hop-by-hop too)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(_tokens(value))
-    return tokens
-
-
 def serialize_head(start_line: bytes, headers: Headers) -> bytes:
     """``start_line`` CRLF, one ``Name: value`` CRLF per header, CRLF."""
     parts = [start_line, b"\r\n"]
