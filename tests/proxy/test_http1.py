@@ -202,10 +202,10 @@ def test_client_response_head_drops_hop_by_hop_and_says_when_it_closes():
         1 << 16,
     )
     assert head is not None
-    assert http1.client_response_head(head, close=False) == (
+    assert head.client_head(close=False) == (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    assert http1.client_response_head(head, close=True, dechunk=True) == (
+    assert head.client_head(close=True, dechunk=True) == (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
     )
 
@@ -299,3 +299,94 @@ def test_length_and_close_delimited_bodies():
     until = http1.UntilClose()
     assert until.feed(b"abc") == (3, b"abc") and not until.done
     assert until.eof() is None and until.done
+
+
+# Header names that the edits care about, mixed with ordinary ones, in any case.
+_NOTABLE = [b"Connection", b"keep-alive", b"TE", b"Trailer", b"Upgrade", b"Proxy-Connection"]
+_NOTABLE += [b"X-Proxy-Path", b"x-private", b"Content-Type", b"Authorization"]
+edited_fields = st.lists(
+    st.tuples(
+        st.sampled_from(_NOTABLE) | tokens,
+        st.sampled_from([b"1", b"keep-alive", b"close, X-Private", b"", b" padded \t"]) | values,
+    ),
+    max_size=8,
+)
+
+
+def _line_name(line: bytes) -> bytes:
+    return line.partition(b":")[0].lower()
+
+
+def _dropped(lines: list[bytes], standard: frozenset[bytes]) -> set[bytes]:
+    """The reference rule: hop-by-hop names, plus what Connection lists (but framing fields)."""
+    listed = {
+        token.strip().lower()
+        for line in lines
+        if _line_name(line) == b"connection"
+        for token in line.partition(b":")[2].split(b",")
+    }
+    return standard | (listed - {b"", b"host", b"content-length", b"transfer-encoding"})
+
+
+@settings(max_examples=300)
+@given(fields=edited_fields, host_first=st.booleans(), proxy_path=st.booleans())
+def test_upstream_head_cuts_lines_and_keeps_the_others_byte_for_byte(
+    fields, host_first, proxy_path
+):
+    lines = [name + b":" + value for name, value in fields]
+    lines.insert(0 if host_first else len(lines), b"HOST:  client.test ")
+    raw = b"POST /a HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    try:
+        head = http1.parse_request_head(raw, 1 << 16)
+    except http1.ProtocolError:
+        return  # e.g. a value with a control character: not this test's subject
+    assert head is not None
+    drop = _dropped(lines, http1.HOP_BY_HOP | {b"x-proxy-path"})
+    expected = [
+        b"Host: up.test" if _line_name(line) == b"host" else line
+        for line in lines
+        if _line_name(line) not in drop or _line_name(line) == b"host"
+    ]
+    if proxy_path:
+        expected.append(b"X-Proxy-Path: http://proxy/a")
+    out = head.upstream_head(b"/b", b"up.test", b"http://proxy/a" if proxy_path else None)
+    assert out == b"POST /b HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in expected) + b"\r\n"
+    assert _h11_request(out) is not None
+
+
+@settings(max_examples=300)
+@given(fields=edited_fields, close=st.booleans(), dechunk=st.booleans(), minor=st.sampled_from("01"))
+def test_client_head_cuts_lines_and_keeps_the_others_byte_for_byte(fields, close, dechunk, minor):
+    lines = [name + b":" + value for name, value in fields] + [b"Transfer-Encoding: chunked"]
+    raw = b"HTTP/1.%s 200 OK\r\n" % minor.encode()
+    raw += b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    try:
+        head = http1.parse_response_head(raw, b"GET", 1 << 16)
+    except http1.ProtocolError:
+        return
+    assert head is not None
+    drop = _dropped(lines, http1.HOP_BY_HOP | ({b"transfer-encoding"} if dechunk else set()))
+    expected = [line for line in lines if _line_name(line) not in drop]
+    if close:
+        expected.append(b"Connection: close")
+    out = head.client_head(close=close, dechunk=dechunk)
+    assert out == b"HTTP/1.1 200 OK\r\n" + b"".join(line + b"\r\n" for line in expected) + b"\r\n"
+    if out == raw:
+        assert out is head.raw  # nothing to change: the received bytes themselves go on
+
+
+def test_bare_lf_heads_are_forwarded_with_crlf_lines():
+    head = http1.parse_request_head(b"GET /x HTTP/1.1\nHost: a\nX-A:  1 \n\n", 1024)
+    assert head is not None and head.raw == b"GET /x HTTP/1.1\nHost: a\nX-A:  1 \n\n"
+    assert head.upstream_head(b"/x", b"b") == b"GET /x HTTP/1.1\r\nHost: b\r\nX-A: 1\r\n\r\n"
+    assert head.headers == [(b"Host", b"a"), (b"X-A", b"1")]
+    # A CRLF empty line after a bare LF one: the head ends at the first.
+    head = http1.parse_request_head(b"GET / HTTP/1.0\n\nGET / HTTP/1.0\r\n\r\n", 1024)
+    assert head is not None and head.raw == b"GET / HTTP/1.0\n\n"
+
+
+def test_connection_cannot_take_framing_lines_off_a_forwarded_head():
+    raw = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host\r\nContent-Length: 2\r\n\r\n"
+    head = http1.parse_request_head(raw, 1024)
+    assert head is not None and head.body_length == 2
+    assert head.upstream_head(b"/", b"b") == b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\n"

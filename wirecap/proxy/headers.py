@@ -1,48 +1,13 @@
-"""Header rewriting between client and upstream, and the responses the proxy makes. Sans-IO."""
+"""What the proxy adds to traffic: the X-Proxy-Path line, the URL it records, and the responses the
+proxy makes itself. Sans-IO. (Heads are edited for forwarding in :mod:`wirecap.proxy.http1`.)"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Final
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from wirecap.proxy.http1 import PROXY_PATH
 
 HeaderList = list[tuple[bytes, bytes]]
-
-PROXY_PATH: Final = b"X-Proxy-Path"
-_PROXY_PATH_SET: Final = frozenset({PROXY_PATH.lower()})  # a client's own is never forwarded
-
-
-def upstream_request_headers(
-    headers: Iterable[tuple[bytes, bytes]],
-    host: bytes,
-    proxy_url: bytes | None = None,
-    *,
-    hop_by_hop: frozenset[bytes],
-) -> HeaderList:
-    """The client's headers as they go upstream: same order and casing, Host replaced, hop-by-hop
-    headers removed, and ``X-Proxy-Path`` appended last when ``proxy_url`` is given (routes with
-    ``forward_proxy_path``). ``hop_by_hop``: the names to drop, as the parser found them
-    (:attr:`RequestHead.hop_by_hop <wirecap.proxy.http1.RequestHead.hop_by_hop>`)."""
-    drop = hop_by_hop | _PROXY_PATH_SET
-    out: HeaderList = []
-    saw_host = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower in drop:
-            continue
-        if lower == b"host":
-            if saw_host:
-                continue
-            saw_host = True
-            value = host
-        out.append((name, value))
-    if not saw_host:
-        out.insert(0, (b"Host", host))
-    if proxy_url is not None:
-        out.append((PROXY_PATH, proxy_url))
-    return out
 
 
 def add_proxy_path_line(head: bytes, proxy_url: bytes) -> bytes:

@@ -1,11 +1,20 @@
 """HTTP/1.1 message framing for the relay: heads parsed, bodies delimited, bytes left as they are. Sans-IO.
 
 The proxy forwards what it receives: a body's bytes go on exactly as they arrived (chunked stays
-chunked, chunk extensions and trailers included), and a head keeps its header lines (order, casing,
-values) minus what a proxy must change (Host, hop-by-hop headers). So the relay needs only three
-things from a parser, all here: where a head ends and what it says (:func:`parse_request_head`,
+chunked, chunk extensions and trailers included), and a head keeps its header lines byte for byte
+minus what a proxy must change (Host, hop-by-hop headers). So the relay needs only three things
+from a parser, all here: where a head ends and what it says (:func:`parse_request_head`,
 :func:`parse_response_head`), and where a body ends (:class:`LengthBody`, :class:`ChunkedBody`,
 :class:`UntilClose`), with the payload bytes for the capture.
+
+Heads are not split into fields on the way through. A head whose lines all end in CRLF (what
+clients and servers send) is checked by a few scans of its bytes in C, and one regular expression
+over its lower-cased copy finds the lines the relay reads or edits (framing, Host, hop-by-hop);
+the head that goes on is the received one with those lines cut or replaced
+(:meth:`RequestHead.upstream_head`, :meth:`ResponseHead.client_head`), usually the received bytes
+as they are on the way back. The other lines are never looked at one by one: a head costs about
+the same with 3 header lines or with the 16 an SDK sends. A head with bare-LF line ends is
+checked line by line and forwarded rewritten with CRLFs.
 
 Why not h11 here: h11 drives a full state machine per event, which costs about 100 us per message
 side on the benchmark machine, more than the whole per-request budget of the proxy (see
@@ -29,9 +38,12 @@ _REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.(
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 # field-value: visible characters and obs-text, with spaces and tabs only inside; no CR, LF or NUL.
 _VALUE: Final = rb"(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?"
-#: A header block of CRLF lines, each ``name: value`` with no control character in the value (the
-#: usual case, checked in one pass; the value's surrounding whitespace is stripped afterwards).
-_CRLF_FIELDS: Final = re.compile(rb"(?:" + _TOKEN + rb":[ \t]*[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+#: Every byte allowed in a head but CR and LF, which may only come as CRLF: all but the control
+#: characters other than tab (``head.replace(b"\r\n", b"").translate(None, _FIELD_BYTES)`` is
+#: empty for a good one).
+_FIELD_BYTES: Final = bytes(b for b in range(256) if b == 9 or 0x20 <= b != 0x7F)
+#: A line break not followed by ``name:`` (a malformed line, or obsolete line folding).
+_BAD_LINE_START: Final = re.compile(rb"\n(?!" + _TOKEN + rb":|\Z)")
 _HEADER_LINE: Final = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _LINE_BREAK: Final = re.compile(rb"\r?\n")
@@ -42,11 +54,17 @@ _DIGITS: Final = re.compile(rb"[0-9]{1,19}")
 HOP_BY_HOP: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
 )
-_TRANSFER_ENCODING: Final = frozenset({b"transfer-encoding"})
-#: The header fields the framing reads; the others are skipped after one set lookup.
-_FRAMING_FIELDS: Final = frozenset(
-    {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
+#: Names a Connection header may not take off a forwarded head: the relay frames and routes by them.
+_NEVER_CONNECTION_LISTED: Final = HOP_BY_HOP | {b"host", b"content-length", b"transfer-encoding"}
+#: A header line the relay reads or edits, in a lower-cased head with CRLF lines: the CRLF before
+#: it, its name, and its value up to the end of the line (trailing whitespace included).
+_NOTABLE_LINE: Final = re.compile(
+    rb"\r\n(host|content-length|transfer-encoding|expect|x-proxy-path|"
+    + b"|".join(sorted(HOP_BY_HOP))
+    + rb"):[ \t]*([^\r]*)"
 )
+#: Added by the proxy to a request that goes upstream, when its route asks for it (see FORMAT.md).
+PROXY_PATH: Final = b"X-Proxy-Path"
 #: Longest chunk-size line (with extensions) or trailer section accepted.
 MAX_CHUNK_LINE: Final = 4096
 
@@ -59,98 +77,184 @@ class ProtocolError(Exception):
         self.status = status
 
 
-class RequestHead:
-    """A parsed request head. ``raw`` is the exact bytes received; ``headers`` keep order and case."""
+class _Head:
+    """What request and response heads share: the bytes received and their canonical form."""
+
+    __slots__ = ("_connection", "_cut", "_lower", "_start_end", "canonical", "raw")
+
+    raw: bytes  #: the exact bytes received (what the capture records)
+    #: ``raw`` when its lines end in CRLF (the usual case), else the same head rewritten with CRLF
+    #: lines: what header edits cut and splice.
+    canonical: bytes
+    _lower: bytes  # ``canonical`` in lower case, where lines are searched by name
+    _start_end: int  # where the start line's CRLF is in ``canonical``
+    _cut: list[bytes]  # names of lines not forwarded (hop-by-hop, a client's X-Proxy-Path)
+    _connection: list[bytes]  # the Connection header's tokens, lower case
+
+    @property
+    def headers(self) -> Headers:
+        """The header fields, in order and case, values without surrounding whitespace. Built on
+        demand: the relay edits the canonical bytes instead."""
+        block = self.canonical[self._start_end + 2 : -4]
+        if not block:
+            return []
+        fields = (line.partition(b":") for line in block.split(b"\r\n"))
+        return [(name, value.strip(b" \t")) for name, _, value in fields]
+
+    def _cut_spans(self, *more: bytes) -> list[tuple[int, int]]:
+        """Where the lines not to forward are, in order: those in :attr:`_cut`, those Connection
+        lists, and those named ``more``. A span goes from the CRLF before its line to the CRLF
+        after it, so that cutting it removes the whole line."""
+        lower, start_end = self._lower, self._start_end
+        names = {*self._cut, *more}
+        names.update(t for t in self._connection if t not in _NEVER_CONNECTION_LISTED)
+        spans = []
+        for name in names:
+            needle = b"\r\n" + name + b":"
+            at = lower.find(needle, start_end)
+            while at >= 0:
+                end = lower.find(b"\r", at + len(needle))
+                spans.append((at, end))
+                at = lower.find(needle, end)
+        spans.sort()
+        return spans
+
+
+class RequestHead(_Head):
+    """A parsed request head."""
 
     __slots__ = (
+        "_host_span",
         "body_length",
         "chunked",
         "expect_continue",
         "framing_problem",
-        "headers",
-        "hop_by_hop",
         "host",
         "keep_alive",
         "method",
-        "raw",
         "target",
         "version",
     )
 
-    def __init__(
-        self, raw: bytes, method: bytes, target: bytes, minor: bytes, headers: Headers
-    ) -> None:
+    def __init__(self, raw: bytes, canonical: bytes, start: re.Match[bytes]) -> None:
         self.raw = raw
-        self.method = method
-        self.target = target
+        self.canonical = canonical
+        self._start_end = start_end = start.end()
+        self.method, self.target, minor = start.groups()
         self.version = b"1." + minor
-        self.headers = headers
-        f = _FramingFields(headers)
-        if len(f.hosts) > 1:
+        self._lower = lower = canonical.lower()
+        hosts = 0
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        connection: list[bytes] = []
+        expect = b""
+        cut: list[bytes] = []
+        for name, value in _NOTABLE_LINE.findall(lower, start_end, len(canonical) - 2):
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                codings.append(value)
+            elif name == b"expect":
+                expect = value.rstrip(b" \t")
+            else:
+                cut.append(name)
+                if name == b"connection":
+                    connection += _tokens(value)
+        if hosts > 1:
             raise ProtocolError("request has more than one Host header")
-        if not f.hosts and minor == b"1":
+        if not hosts and minor == b"1":
             raise ProtocolError("HTTP/1.1 request without a Host header")
-        self.host = f.hosts[0] if f.hosts else None
+        self.host: bytes | None = None
+        self._host_span: tuple[int, int] | None = None
+        if hosts:  # its value as received (lower case is for finding it)
+            at = lower.find(b"\r\nhost:", start_end)
+            end = lower.find(b"\r", at + 7)
+            self.host = canonical[at + 7 : end].strip(b" \t")
+            self._host_span = (at, end)
+        self._cut = cut
+        self._connection = connection
         #: Why the body's framing is unsafe to forward (the exchange is recorded, then answered 400):
         #: the request-smuggling shapes, where the proxy and the upstream could disagree on where
         #: the body ends (RFC 9112 6.1, 6.3).
-        self.framing_problem = f.problem("request")
-        if self.framing_problem is None and f.codings and minor == b"0":
+        self.framing_problem, length, chunked = _framing("request", lengths, codings)
+        if self.framing_problem is None and chunked and minor == b"0":
             self.framing_problem = "HTTP/1.0 request with Transfer-Encoding"
-        self.chunked = bool(f.codings) and self.framing_problem is None
-        self.body_length = (
-            int(next(iter(f.lengths))) if f.lengths and self.framing_problem is None else 0
-        )
-        self.keep_alive = minor == b"1" and b"close" not in f.connection
-        self.hop_by_hop = f.hop_by_hop()
-        self.expect_continue = minor == b"1" and f.expect == b"100-continue"
+        self.chunked = chunked and self.framing_problem is None
+        self.body_length = length if length is not None and self.framing_problem is None else 0
+        self.keep_alive = minor == b"1" and b"close" not in connection
+        self.expect_continue = minor == b"1" and expect == b"100-continue"
 
     def body(self) -> LengthBody | ChunkedBody:
         """A reader for this request's body (a zero-length one when it has none)."""
         return ChunkedBody() if self.chunked else LengthBody(self.body_length)
 
+    def upstream_head(self, target: bytes, host: bytes, proxy_url: bytes | None = None) -> bytes:
+        """This head as it goes upstream: the request line for ``target`` in HTTP/1.1, the Host
+        line's value replaced by ``host`` (a Host line is added first if there was none), every
+        other line as received except the hop-by-hop ones and a client's own ``X-Proxy-Path``,
+        and ``X-Proxy-Path: proxy_url`` last when ``proxy_url`` is given."""
+        host_line = b"\r\nHost: " + host
+        host_span = self._host_span
+        edits: list[tuple[int, int, bytes]] = []
+        if self._cut:
+            cut = self._cut_spans()
+            if host_span in cut:  # Connection names Host: the upstream's goes first
+                host_span = None
+            edits = [(s, e, b"") for s, e in cut]
+        if host_span is None:
+            edits.insert(0, (self._start_end, self._start_end, host_line))
+        else:
+            edits.append((*host_span, host_line))
+            if len(edits) > 1:
+                edits.sort()
+        start = self.method + b" " + target + b" HTTP/1.1"
+        last = b"" if proxy_url is None else PROXY_PATH + b": " + proxy_url + b"\r\n"
+        return _spliced(self.canonical, start, self._start_end, edits, last)
 
-class ResponseHead:
-    """A parsed response head (final or 1xx). ``raw`` is the exact bytes received."""
 
-    __slots__ = (
-        "chunked",
-        "headers",
-        "hop_by_hop",
-        "keep_alive",
-        "length",
-        "raw",
-        "reason",
-        "status",
-        "version",
-    )
+class ResponseHead(_Head):
+    """A parsed response head (final or 1xx)."""
+
+    __slots__ = ("chunked", "keep_alive", "length", "reason", "status", "version")
 
     def __init__(
-        self,
-        raw: bytes,
-        minor: bytes,
-        status: int,
-        reason: bytes,
-        headers: Headers,
-        request_method: bytes,
+        self, raw: bytes, canonical: bytes, start: re.Match[bytes], request_method: bytes
     ) -> None:
         self.raw = raw
+        self.canonical = canonical
+        self._start_end = start_end = start.end()
+        minor, status, reason = start.groups()
         self.version = b"1." + minor
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        f = _FramingFields(headers)
-        self.keep_alive = minor == b"1" and b"close" not in f.connection
-        self.hop_by_hop = f.hop_by_hop()
+        self.status = status = int(status)
+        self.reason = reason or b""
+        self._lower = lower = canonical.lower()
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        connection: list[bytes] = []
+        cut: list[bytes] = []
+        for name, value in _NOTABLE_LINE.findall(lower, start_end, len(canonical) - 2):
+            if name == b"content-length":
+                lengths.append(value)
+            elif name == b"transfer-encoding":
+                codings.append(value)
+            elif name in HOP_BY_HOP:
+                cut.append(name)
+                if name == b"connection":
+                    connection += _tokens(value)
+        self._cut = cut
+        self._connection = connection
+        self.keep_alive = minor == b"1" and b"close" not in connection
         # Framing headers are checked even where they do not apply (1xx, 204, 304, HEAD), as h11
         # does: a response that lies about its framing is not relayed. (RFC 9112 6.3 would read
         # codings other than chunked to the close; like h11, the relay refuses them.)
-        problem = f.problem("response")
+        problem, length, chunked = _framing("response", lengths, codings)
         if problem is not None:
             raise ProtocolError(problem)
-        self.chunked = bool(f.codings)
+        self.chunked = chunked
         #: None: delimited by the connection closing.
-        self.length: int | None = int(next(iter(f.lengths))) if f.lengths else None
+        self.length: int | None = length
         if status < 200 or status in (204, 304) or request_method == b"HEAD":
             self.length, self.chunked = 0, False
         if self.length is None and not self.chunked:
@@ -167,51 +271,68 @@ class ResponseHead:
             return UntilClose()
         return LengthBody(self.length)
 
+    def client_head(self, *, close: bool, dechunk: bool = False) -> bytes:
+        """This head as the proxy sends it to its client: every line as received except the
+        hop-by-hop ones, the status line in HTTP/1.1 (the proxy's version on this connection), and
+        ``Connection: close`` last when the proxy will close the client connection after this
+        response. ``dechunk`` drops Transfer-Encoding for an HTTP/1.0 client, which gets the payload
+        delimited by the close. Usually the received bytes as they are."""
+        last = b"Connection: close\r\n" if close and self.status >= 200 else b""
+        canonical = self.canonical
+        if not self._cut and not dechunk and not last and self.version == b"1.1":
+            return canonical
+        cut = self._cut_spans(b"transfer-encoding") if dechunk else self._cut_spans()
+        edits = [(s, e, b"") for s, e in cut]
+        start = b"HTTP/1.1" + canonical[8 : self._start_end]
+        return _spliced(canonical, start, self._start_end, edits, last)
 
-class _FramingFields:
-    """The header fields that decide a message's framing, gathered in one pass over the headers."""
 
-    __slots__ = ("codings", "connection", "expect", "hosts", "lengths")
+def _framing(
+    what: str, length_values: list[bytes], coding_values: list[bytes]
+) -> tuple[str | None, int | None, bool]:
+    """From a message's Content-Length and Transfer-Encoding values (lower case): why its framing
+    is ambiguous (or None when it is sound), its length and whether it is chunked."""
+    if not coding_values:
+        if not length_values:
+            return None, None, False
+        if len(length_values) == 1:  # the usual case
+            value = length_values[0].strip()
+            if value.isdigit() and len(value) <= 19:
+                return None, int(value), False
+    lengths = {v.strip() for value in length_values for v in value.split(b",")}
+    # Empty items are kept: "chunked," is not exactly chunked, and is refused.
+    codings = [v.strip() for value in coding_values for v in value.split(b",")]
+    length = next(iter(lengths)) if lengths else None
+    problem = None
+    if lengths and codings:
+        problem = f"{what} has both Content-Length and Transfer-Encoding"
+    elif len(lengths) > 1:
+        problem = f"{what} has conflicting Content-Length values"
+    elif length is not None and not _DIGITS.fullmatch(length):
+        problem = f"{what} has a malformed Content-Length"
+    elif codings and codings != [b"chunked"]:
+        problem = f"{what} Transfer-Encoding must be exactly 'chunked'"
+    if problem is not None:
+        return problem, None, bool(codings)
+    return None, int(length) if length is not None else None, bool(codings)
 
-    def __init__(self, headers: Headers) -> None:
-        self.lengths: set[bytes] = set()  # every Content-Length value (a set: repeats agree)
-        self.codings: list[bytes] = []  # Transfer-Encoding codings, lower case, in order
-        self.connection: list[bytes] = []  # Connection tokens, lower case
-        self.hosts: list[bytes] = []
-        self.expect = b""
-        for name, value in headers:
-            lower = name.lower()
-            if lower not in _FRAMING_FIELDS:
-                continue
-            if lower == b"host":
-                self.hosts.append(value)
-            elif lower == b"content-length":
-                self.lengths.update(v.strip() for v in value.split(b","))
-            elif lower == b"transfer-encoding":
-                # Empty items are kept: "chunked," is not exactly chunked, and is refused.
-                self.codings.extend(v.strip().lower() for v in value.split(b","))
-            elif lower == b"connection":
-                self.connection.extend(_tokens(value))
-            elif lower == b"expect":
-                self.expect = value.lower()
 
-    def hop_by_hop(self) -> frozenset[bytes]:
-        """The header names (lower case) not to forward: the standard hop-by-hop ones and those
-        the Connection header lists."""
-        return HOP_BY_HOP.union(self.connection) if self.connection else HOP_BY_HOP
-
-    def problem(self, what: str) -> str | None:
-        """Why the framing is ambiguous (``what`` names the message), or None when it is sound."""
-        lengths, codings = self.lengths, self.codings
-        if lengths and codings:
-            return f"{what} has both Content-Length and Transfer-Encoding"
-        if len(lengths) > 1:
-            return f"{what} has conflicting Content-Length values"
-        if lengths and not _DIGITS.fullmatch(next(iter(lengths))):
-            return f"{what} has a malformed Content-Length"
-        if codings and codings != [b"chunked"]:
-            return f"{what} Transfer-Encoding must be exactly 'chunked'"
-        return None
+def _spliced(
+    canonical: bytes,
+    start: bytes,
+    start_end: int,
+    edits: list[tuple[int, int, bytes]],
+    last: bytes,
+) -> bytes:
+    """``canonical`` with ``start`` as its start line, each ``(s, e, text)`` span (in order, not
+    overlapping) replaced by ``text``, and ``last`` (whole CRLF lines) after the last header line."""
+    parts = [start]
+    at = start_end
+    for s, e, text in edits:
+        parts += (canonical[at:s], text)
+        at = e
+    parts += (canonical[at:-2], last, b"\r\n")
+    return b"".join(parts)
 
 
 def _tokens(value: bytes) -> list[bytes]:
@@ -235,25 +356,16 @@ def _find_head(buf: bytes | bytearray, max_head: int) -> int:
     return size
 
 
-def _split_head(raw: bytes) -> tuple[bytes, Headers]:
-    """The start line and the header fields of a complete head.
-
-    The usual head (CRLF lines) is checked by one regular expression over the whole header block and
-    then split; a head with bare-LF lines, or a malformed one, goes line by line.
-    """
+def _canonical_head(raw: bytes) -> bytes:
+    """``raw`` checked line by line and rewritten with CRLF lines, values without surrounding
+    whitespace: for heads with bare LF line ends or anything the fast check did not accept, which
+    this either accepts or rejects with the reason (:class:`ProtocolError`)."""
     first_break = raw.find(b"\n")
     start = raw[:first_break]
     if start.endswith(b"\r"):
         start = start[:-1]
     block = raw[first_break + 1 : -2 if raw.endswith(b"\r\n") else -1]
-    if _CRLF_FIELDS.fullmatch(block) is not None:
-        headers: Headers = []
-        if block:
-            for line in block[:-2].split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                headers.append((name, value.strip(b" \t")))
-        return start, headers
-    headers = []
+    headers: Headers = []
     for line in _LINE_BREAK.split(block):
         if not line:
             continue
@@ -263,7 +375,7 @@ def _split_head(raw: bytes) -> tuple[bytes, Headers]:
                 raise ProtocolError("obsolete line folding in a header")
             raise ProtocolError(f"malformed header line {line[:60]!r}")
         headers.append((match[1], match[2]))
-    return start, headers
+    return serialize_head(start, headers)
 
 
 def skip_empty_lines(buf: bytearray) -> None:
@@ -276,18 +388,37 @@ def skip_empty_lines(buf: bytearray) -> None:
 
 def _read_head(
     buf: bytes | bytearray, max_head: int, start_line: re.Pattern[bytes], what: str
-) -> tuple[bytes, re.Match[bytes], Headers] | None:
-    """The raw bytes, start-line match and header fields of the head at the start of ``buf``; None
-    when it is not complete yet."""
-    size = _find_head(buf, max_head)
-    if not size:
-        return None
-    raw = bytes(buf[:size])
-    start, headers = _split_head(raw)
-    match = start_line.fullmatch(start)
+) -> tuple[bytes, bytes, re.Match[bytes]] | None:
+    """The raw bytes, canonical form and start-line match of the head at the start of ``buf``;
+    None when it is not complete yet.
+
+    A head with CRLF lines (every client and server in practice) is checked by a few scans of its
+    bytes in C (no control character and no bare CR or LF; each line a token and a colon) and kept
+    as it is; any other goes line by line (:func:`_canonical_head`).
+    """
+    end = buf.find(b"\r\n\r\n")
+    if 0 <= end <= max_head - 4:
+        raw = bytes(buf[: end + 4])
+        start_end = raw.find(b"\r\n")
+        if (
+            not raw.replace(b"\r\n", b"").translate(None, _FIELD_BYTES)
+            and _BAD_LINE_START.search(raw, start_end + 1, end + 2) is None
+        ):
+            # No bare LF, so no earlier empty line: the head ends here.
+            canonical = raw
+        else:
+            end = -1
+    if end < 0 or end > max_head - 4:
+        size = _find_head(buf, max_head)
+        if not size:
+            return None
+        raw = bytes(buf[:size])
+        canonical = _canonical_head(raw)
+        start_end = canonical.find(b"\r\n")
+    match = start_line.fullmatch(canonical, 0, start_end)
     if match is None:
-        raise ProtocolError(f"malformed {what} {start[:80]!r}")
-    return raw, match, headers
+        raise ProtocolError(f"malformed {what} {canonical[: min(start_end, 80)]!r}")
+    return raw, canonical, match
 
 
 def parse_request_head(buf: bytes | bytearray, max_head: int) -> RequestHead | None:
@@ -297,10 +428,7 @@ def parse_request_head(buf: bytes | bytearray, max_head: int) -> RequestHead | N
     The caller removes ``len(head.raw)`` bytes from its buffer.
     """
     head = _read_head(buf, max_head, _REQUEST_LINE, "request line")
-    if head is None:
-        return None
-    raw, match, headers = head
-    return RequestHead(raw, match[1], match[2], match[3], headers)
+    return None if head is None else RequestHead(*head)
 
 
 def parse_response_head(
@@ -311,10 +439,7 @@ def parse_response_head(
     Raises :class:`ProtocolError` for a malformed or oversize head.
     """
     head = _read_head(buf, max_head, _STATUS_LINE, "status line")
-    if head is None:
-        return None
-    raw, match, headers = head
-    return ResponseHead(raw, match[1], int(match[2]), match[3] or b"", headers, request_method)
+    return None if head is None else ResponseHead(*head, request_method)
 
 
 # -- bodies ------------------------------------------------------------------------------------------
@@ -463,20 +588,3 @@ def serialize_head(start_line: bytes, headers: Headers) -> bytes:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def client_response_head(head: ResponseHead, *, close: bool, dechunk: bool = False) -> bytes:
-    """The upstream's response head as the proxy sends it to its client.
-
-    Same status, reason and header lines in the same order and case, minus hop-by-hop headers; the
-    status line says HTTP/1.1 (the proxy's own version on this connection), and ``Connection: close``
-    is added when the proxy will close the client connection after this response. ``dechunk`` drops
-    Transfer-Encoding for an HTTP/1.0 client, which gets the payload delimited by the close.
-    """
-    drop = head.hop_by_hop | _TRANSFER_ENCODING if dechunk else head.hop_by_hop
-    headers = [(n, v) for n, v in head.headers if n.lower() not in drop]
-    if close and not head.informational:
-        headers.append((b"Connection", b"close"))
-    status = b"%d" % head.status
-    start = b"HTTP/1.1 " + status + (b" " + head.reason if head.reason else b" ")
-    return serialize_head(start, headers)

@@ -694,14 +694,10 @@ class ProxyServer:
             return
         ex.upstream = upstream
         proxy_url_bytes = proxy_url.encode("latin-1", "replace")
-        up_head = http1.serialize_head(
-            head.method + b" " + upstream_target.encode("latin-1") + b" HTTP/1.1",
-            hdr.upstream_request_headers(
-                head.headers,
-                route.upstream.host_header_bytes,
-                proxy_url_bytes if route.forward_proxy_path else None,
-                hop_by_hop=head.hop_by_hop,
-            ),
+        up_head = head.upstream_head(
+            upstream_target.encode("latin-1"),
+            route.upstream.host_header_bytes,
+            proxy_url_bytes if route.forward_proxy_path else None,
         )
         body = head.body()
         reusable = False
@@ -919,7 +915,7 @@ class ProxyServer:
                             if response.status == 101:
                                 raise http1.ProtocolError("upstream switched protocols")
                             if not http10_client and not ex.response_started:
-                                out.append(http1.client_response_head(response, close=False))
+                                out.append(response.client_head(close=False))
                             continue
                         ex.status = response.status
                         ex.response_started = True
@@ -929,10 +925,8 @@ class ProxyServer:
                             or (response.length is None and not response.chunked)
                         ) or dechunk
                         out.append(
-                            http1.client_response_head(
-                                response,
-                                close=ex.close_client or self.shutting_down,
-                                dechunk=dechunk,
+                            response.client_head(
+                                close=ex.close_client or self.shutting_down, dechunk=dechunk
                             )
                         )
                         body = response.body()
