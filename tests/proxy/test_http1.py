@@ -355,7 +355,9 @@ def test_upstream_head_cuts_lines_and_keeps_the_others_byte_for_byte(
 
 
 @settings(max_examples=300)
-@given(fields=edited_fields, close=st.booleans(), dechunk=st.booleans(), minor=st.sampled_from("01"))
+@given(
+    fields=edited_fields, close=st.booleans(), dechunk=st.booleans(), minor=st.sampled_from("01")
+)
 def test_client_head_cuts_lines_and_keeps_the_others_byte_for_byte(fields, close, dechunk, minor):
     lines = [name + b":" + value for name, value in fields] + [b"Transfer-Encoding: chunked"]
     raw = b"HTTP/1.%s 200 OK\r\n" % minor.encode()
@@ -389,4 +391,6 @@ def test_connection_cannot_take_framing_lines_off_a_forwarded_head():
     raw = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host\r\nContent-Length: 2\r\n\r\n"
     head = http1.parse_request_head(raw, 1024)
     assert head is not None and head.body_length == 2
-    assert head.upstream_head(b"/", b"b") == b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\n"
+    assert (
+        head.upstream_head(b"/", b"b") == b"POST / HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\n"
+    )

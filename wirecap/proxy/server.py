@@ -962,10 +962,10 @@ class ProxyServer:
                         return False  # every body byte reached the client; only framing is left
                 if out:
                     await _send(client.transport, b"".join(out), write_timeout)
-                await ex.flush()
-                if finished:
+                if finished:  # its records go with the exchange's end, in one offer (_finish)
                     ex.response_complete = True
                     return response is not None and response.keep_alive and not trailing_junk
+                await ex.flush()
         except (*_BROKEN, http1.ProtocolError) as exc:
             where = "mid-response" if ex.response_started else "before responding"
             if ex.timed_out:
