@@ -198,11 +198,8 @@ class RequestHead(_Head):
         host_line = b"\r\nHost: " + host
         host_span = self._host_span
         edits: list[tuple[int, int, bytes]] = []
-        if self._cut:
-            cut = self._cut_spans()
-            if host_span in cut:  # Connection names Host: the upstream's goes first
-                host_span = None
-            edits = [(s, e, b"") for s, e in cut]
+        if self._cut:  # (never the Host line: see _NEVER_CONNECTION_LISTED)
+            edits = [(s, e, b"") for s, e in self._cut_spans()]
         if host_span is None:
             edits.insert(0, (self._start_end, self._start_end, host_line))
         else:
