@@ -67,9 +67,8 @@ _PACKING: Final = {
     kind: (code, operator.attrgetter(*names))
     for code, (kind, names) in enumerate(RECORD_FIELDS.items())
 }
-#: Per type code: the position of the field that holds the record's bytes (or -1); packed_size and
-#: the proxy's offer_all (inlined there) size records with it.
-BIG_FIELD: Final = tuple(_big_field(names) for names in RECORD_FIELDS.values())
+#: Per type code: the position of the field that holds the record's bytes (or -1).
+_BIG_FIELD: Final = tuple(_big_field(names) for names in RECORD_FIELDS.values())
 #: The constructors of unpack_record: explicit keywords are twice as fast as ``kind(**dict(...))``.
 #: Their order must follow RECORD_FIELDS (tested).
 _BUILDERS: Final[tuple[Callable[[tuple[Any, ...]], Record], ...]] = (
@@ -154,7 +153,7 @@ def packed_end(
 def packed_size(packed: PackedRecord) -> int:
     """About how many bytes ``packed`` holds (what :func:`pack_sized` says of its record)."""
     code, values = packed
-    big = BIG_FIELD[code]
+    big = _BIG_FIELD[code]
     return RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
 
 

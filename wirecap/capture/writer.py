@@ -42,8 +42,6 @@ import trio
 from wirecap.capture.child import WriterSpec, message_head, split_blobs
 from wirecap.capture.index import index_item
 from wirecap.capture.packing import (
-    BIG_FIELD,
-    RECORD_OVERHEAD,
     PackedRecord,
     pack_record,
     pack_sized,
@@ -513,20 +511,13 @@ class ProcessCaptureWriter(RecordBuffer):
         was_empty = not pending
         size = self._pending_bytes
         limit_records, limit_bytes = self._limit_records, self._limit_bytes
-        big_field = BIG_FIELD
         taken = 0
         for record in records:
             if len(pending) >= limit_records or size >= limit_bytes:
                 break
-            if isinstance(record, tuple):  # packed by the proxy: packed_size, inline
-                code, values = record
-                big = big_field[code]
-                size += RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
-                pending.append(record)
-            else:
-                packed, nbytes = pack_sized(record)
-                pending.append(packed)
-                size += nbytes
+            packed, nbytes = _packed_sized(record)
+            pending.append(packed)
+            size += nbytes
             taken += 1
         self._pending_bytes = size
         if taken and (was_empty or size >= self._wake_bytes or self._full()):
