@@ -11,12 +11,13 @@ import dataclasses
 import mmap
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Self
 
 from wirecap.capture import frames
 from wirecap.capture.frames import Damage, FrameInfo
 from wirecap.capture.index import Index, IndexBuilder, IndexEntry
 from wirecap.capture.records import (
+    PROXY_PATH_HEADER,
     BodyChunk,
     ExchangeEnd,
     Gap,
@@ -30,8 +31,6 @@ from wirecap.capture.records import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-
-PROXY_PATH_HEADER: Final = b"X-Proxy-Path"
 
 
 def _int_or(value: object, default: int) -> int:

@@ -31,6 +31,14 @@ OUTCOMES: Final[frozenset[str]] = frozenset(
 #: Where the X-Proxy-Path line of an upstream head came from: ``"added"`` means the line exists only in
 #: the stored copy (strip it to get the wire bytes); ``"forwarded"`` means it was sent upstream too.
 PROXY_PATH_MODES: Final[frozenset[str]] = frozenset({"added", "forwarded"})
+#: The line's name (FORMAT.md): the proxy writes it with :func:`proxy_path_line`; readers find it
+#: by this name in any case.
+PROXY_PATH_HEADER: Final = b"X-Proxy-Path"
+
+
+def proxy_path_line(proxy_url: bytes) -> bytes:
+    """The X-Proxy-Path header line for ``proxy_url``, with its CRLF."""
+    return PROXY_PATH_HEADER + b": " + proxy_url + b"\r\n"
 
 
 class RecordError(ValueError):

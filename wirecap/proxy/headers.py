@@ -4,17 +4,19 @@ proxy makes itself. Sans-IO. (Heads are edited for forwarding in :mod:`wirecap.p
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from wirecap.proxy.http1 import PROXY_PATH
+from wirecap.capture.records import proxy_path_line
 
-HeaderList = list[tuple[bytes, bytes]]
+if TYPE_CHECKING:
+    from wirecap.proxy.http1 import Headers
 
 
 def add_proxy_path_line(head: bytes, proxy_url: bytes) -> bytes:
     """Insert ``X-Proxy-Path: URL`` as the last header line of a serialized head (see FORMAT.md)."""
     if not head.endswith(b"\r\n\r\n"):
         raise ValueError("not a complete HTTP head")
-    return head[:-2] + PROXY_PATH + b": " + proxy_url + b"\r\n\r\n"
+    return head[:-2] + proxy_path_line(proxy_url) + b"\r\n"
 
 
 def proxy_url(listen_host: str, listen_port: int, host_header: bytes | None, target: str) -> str:
@@ -33,7 +35,7 @@ def proxy_url(listen_host: str, listen_port: int, host_header: bytes | None, tar
     return f"http://{authority}{target}"
 
 
-def error_body(status: int, kind: str, message: str, **extra: object) -> tuple[HeaderList, bytes]:
+def error_body(status: int, kind: str, message: str, **extra: object) -> tuple[Headers, bytes]:
     """Headers and JSON body of a response the proxy makes itself (400, 404, 431, 502, 504...).
 
     The shape follows the OpenAI-style ``{"error": {...}}`` that LLM clients already know how to print.
@@ -50,7 +52,7 @@ def error_body(status: int, kind: str, message: str, **extra: object) -> tuple[H
         },
         separators=(",", ":"),
     ).encode()
-    headers: HeaderList = [
+    headers: Headers = [
         (b"Content-Type", b"application/json"),
         (b"Content-Length", str(len(body)).encode()),
         (b"X-Wirecap-Error", kind.encode()),

@@ -31,6 +31,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from wirecap.capture.records import proxy_path_line
+
 Headers = list[tuple[bytes, bytes]]
 
 _TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -63,8 +65,6 @@ _NOTABLE_LINE: Final = re.compile(
     + b"|".join(sorted(HOP_BY_HOP))
     + rb"):[ \t]*([^\r]*)"
 )
-#: Added by the proxy to a request that goes upstream, when its route asks for it (see FORMAT.md).
-PROXY_PATH: Final = b"X-Proxy-Path"
 #: Longest chunk-size line (with extensions) or trailer section accepted.
 MAX_CHUNK_LINE: Final = 4096
 
@@ -207,7 +207,7 @@ class RequestHead(_Head):
             if len(edits) > 1:
                 edits.sort()
         start = self.method + b" " + target + b" HTTP/1.1"
-        last = b"" if proxy_url is None else PROXY_PATH + b": " + proxy_url + b"\r\n"
+        last = b"" if proxy_url is None else proxy_path_line(proxy_url)
         return _spliced(self.canonical, start, self._start_end, edits, last)
 
 
