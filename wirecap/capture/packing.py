@@ -50,9 +50,9 @@ PackedRecord: TypeAlias = tuple[int, tuple[Any, ...]]
 
 #: What a packed record costs beyond its bytes, for the buffer's byte bound (an estimate).
 RECORD_OVERHEAD: Final = 64
-#: A body chunk's data at least this big is never copied by wirecap's own code on its way to the
-#: file: it crosses the pipe to the writer process as a message of its own (child.split_blobs) and
-#: joins its frame as a part of its own (:func:`encode_packed_split`).
+#: A body chunk's data at least this big goes to the writer process beside its batch, through the
+#: shared ring or as a pipe message of its own (child.split_blobs), and joins its frame as a part of
+#: its own (:func:`encode_packed_split`): marshal and the record's encoding never copy it.
 BIG_BODY_BYTES: Final = 16 * 1024
 
 

@@ -170,8 +170,8 @@ class CaptureSettings:
     rotate_bytes: int | None = 256 * 1024 * 1024
     rotate_seconds: float | None = 3600.0
     #: zstd level of frames of 256 KiB and more (smaller ones use at least SMALL_FRAME_LEVEL, see
-    #: capture/sink.py). 1 keeps up with a 1 GB body (about 750 MiB/s a core here, 580 at level 3) and costs JSON
-    #: traffic under a point of ratio (16% of the raw bytes against 15%).
+    #: capture/sink.py). 1 keeps up with a 1 GB body (about 750 MiB/s a core here, 580 at level 3)
+    #: and costs JSON traffic under a point of ratio (16% of the raw bytes against 15%).
     level: int = 1
     #: Compress large frames with zstd's fastest setting while the writer falls behind the traffic
     #: (a bigger file instead of slower traffic; see capture/child.py FrameWriter.write_frame).
