@@ -37,6 +37,10 @@ from bench import (
     wirecap_command,
 )
 
+#: An OpenAI-style key in every request (``--authorization``): the capture then redacts a
+#: credential line in two heads per exchange, as it does for real clients.
+AUTHORIZATION_LUA = 'wrk.headers["Authorization"] = "Bearer sk-proj-' + "k" * 40 + '"\n'
+
 
 def pin(pid: int, cpu: int) -> None:
     """Run every thread of ``pid`` on ``cpu`` only."""
@@ -107,6 +111,11 @@ def main() -> None:
     parser.add_argument("configs", nargs="+", help='extra proxy arguments, e.g. "--no-capture"')
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--authorization",
+        action="store_true",
+        help="send an API key header with every request, as real clients do (redacted in captures)",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="proxy process alone on CPU 1, everything else on CPU 0: its cost shows as its "
@@ -117,7 +126,7 @@ def main() -> None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
         lua = Path(tmp) / "post.lua"
-        lua.write_text(LUA)
+        lua.write_text(LUA + (AUTHORIZATION_LUA if args.authorization else ""))
         upstream, upstream_port = start_upstream()
         if args.pin:
             pin(upstream.pid, 0)

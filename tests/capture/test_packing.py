@@ -3,13 +3,16 @@ with the same bytes and the same index as the record path."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wirecap.capture import packing
-from wirecap.capture.index import IndexBuilder, index_item, packed_index_item
+from wirecap.capture.index import IndexBuilder, index_item
 from wirecap.capture.packing import encode_packed, encode_packed_split, pack_record, unpack_record
 from wirecap.capture.records import (
     OUTCOMES,
@@ -21,7 +24,8 @@ from wirecap.capture.records import (
     ResponseHead,
     UpstreamRequest,
 )
-from wirecap.proxy.redact import Redactor, Rules
+from wirecap.capture.sink import SegmentHeader, SegmentSink
+from wirecap.proxy.redact import Redactor, Rules, redact_head, redact_patterns, redact_text
 
 # Integers around every CBOR head size, and beyond 64 bits (cbor2 then decides: a bignum tag).
 ints = st.one_of(
@@ -218,40 +222,76 @@ def exchanges(draw: st.DrawFn, x: str) -> list[object]:
     ]
 
 
-def fast_lane(redactor: Redactor, packed: packing.PackedRecord) -> tuple[object, bytes]:
-    """What the writer process does with a packed record (SegmentSink.encode_packed's steps)."""
-    done = redactor.redact_packed(packed)
-    if done is None:
-        record = redactor(unpack_record(packed))
-        return index_item(record), cbor2.dumps(record.to_map())
-    packed, found = done
-    return packed_index_item(packed), encode_packed(packed, found)
+def reference(record: object, rules: Rules) -> object:
+    """What redaction means, record by record, from the module's primitives."""
+    if isinstance(record, RequestReceived):
+        head, found = redact_head(record.head, rules)
+        return dataclasses.replace(
+            record,
+            head=head,
+            target=redact_text(record.target, rules),
+            proxy_url=redact_text(record.proxy_url, rules),
+            upstream_url=redact_text(record.upstream_url, rules),
+            redactions=tuple(found),
+        )
+    if isinstance(record, UpstreamRequest | ResponseHead):
+        head, found = redact_head(record.head, rules)
+        return dataclasses.replace(record, head=head, redactions=tuple(found))
+    if isinstance(record, BodyChunk):
+        data, found = redact_patterns(record.data, rules, "body")
+        return dataclasses.replace(record, data=data, redactions=tuple(found))
+    return record
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=4).flatmap(
         lambda ids: st.tuples(*(exchanges(f"{x}{i}") for i, x in enumerate(ids)))
-    )
+    ),
+    st.lists(st.integers(min_value=1, max_value=8), min_size=1),
 )
-def test_the_fast_lane_stores_what_the_record_path_stores(groups):
+def test_batches_of_packed_records_store_what_redacting_each_record_means(groups, sizes):
     interleaved = [record for step in zip(*groups, strict=True) for record in step]
-    by_record, by_packed = Redactor(RULES, ROUTE_RULES), Redactor(RULES, ROUTE_RULES)
-    index_by_record, index_by_packed = IndexBuilder(), IndexBuilder()
-    routes: dict[str, str | None] = {}  # each exchange's request comes first
-    for at, record in enumerate(interleaved):
-        if isinstance(record, RequestReceived):
-            routes[record.x] = record.route
-        redacted = by_record(record)
-        item, data = fast_lane(by_packed, pack_record(record))
-        assert data == cbor2.dumps(redacted.to_map())
-        assert KEY.encode() not in data
-        # The route's own rules apply to all of its exchange's records, and only to those.
-        other_route = routes[record.x] == "/other/"
-        for route_secret in (b"hunter2", b"tok_123456", b"tok_654321", b"tok_000111"):
-            if route_secret in encode_packed(pack_record(record)):
-                assert (route_secret in data) != other_route
-        index_by_record.observe_all([index_item(redacted)], at // 7)
-        index_by_packed.observe_all([item], at // 7)
-    assert index_by_packed.build().to_map() == index_by_record.build().to_map()
-    assert not by_packed._exchange_rules  # every exchange's state is gone with its end
+    routes = {r.x: r.route for r in interleaved if isinstance(r, RequestReceived)}
+    expected = [
+        reference(r, ROUTE_RULES["/other/"] if routes[r.x] == "/other/" else RULES)
+        for r in interleaved
+    ]
+    sink = SegmentSink(
+        Path("unused"), SegmentHeader(redaction={}), prepare=Redactor(RULES, ROUTE_RULES)
+    )
+    by_record = Redactor(RULES, ROUTE_RULES)
+    packed = [pack_record(r) for r in interleaved]
+    encoded = []
+    at = 0
+    while at < len(packed):  # batches of the drawn sizes, as the writer process reads them
+        size = sizes[len(encoded) % len(sizes)]
+        encoded += sink.encode_batch(packed[at : at + size])
+        at += size
+    index_by_reference, index_by_batch = IndexBuilder(), IndexBuilder()
+    for at, (record, want, (item, head, data)) in enumerate(
+        zip(interleaved, expected, encoded, strict=True)
+    ):
+        assert head + data == cbor2.dumps(want.to_map())
+        assert KEY.encode() not in head + data
+        assert by_record(record) == want  # the in-process writer's hook, record by record
+        index_by_reference.observe_all([index_item(want)], at // 7)
+        index_by_batch.observe_all([item], at // 7)
+    assert index_by_batch.build().to_map() == index_by_reference.build().to_map()
+    assert not sink._prepare._exchange_rules  # every exchange's state is gone with its end
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [rb"^tok_[0-9]{6}", rb"(?<![a-z])tok_[0-9]{6}", rb"\btok_[0-9]{6}\b", rb"tok_[0-9]{6}$"],
+)
+def test_patterns_that_look_around_their_match_are_searched_record_by_record(pattern):
+    rules = Rules.compile(["authorization"], [pattern.decode()])
+    assert not rules.joinable
+    bodies = [b"xtok_000000", b"tok_123456", b"abc", b"tok_654321"]
+    batch = [pack_record(BodyChunk(x="a", dir="res", ns=i, data=d)) for i, d in enumerate(bodies)]
+    done = Redactor(rules).redact_batch(batch)
+    want = [reference(unpack_record(p), rules) for p in batch]
+    got = [d if isinstance(d, BodyChunk) else unpack_record(d[0]) for d in done]
+    assert [g.data for g in got] == [w.data for w in want]
+    assert sum(b"tok_" in g.data for g in got) < len(bodies) - 1  # some were redacted

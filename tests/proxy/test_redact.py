@@ -1,4 +1,5 @@
-"""The body-pattern prefilter: a substring search must never hide a match from the redactor."""
+"""Redaction's searches: a faster search (a prefilter, records searched together) must never hide a
+match from the redactor."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wirecap.proxy.config import DEFAULT_REDACT_BODY
-from wirecap.proxy.redact import Rules, literal_prefix, rarest_byte
+from wirecap.proxy.redact import (
+    Rules,
+    context_free,
+    literal_prefix,
+    rarest_byte,
+    redact_header_lines,
+    redact_header_lines_joined,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,3 +69,47 @@ def test_may_match_agrees_with_the_regular_expression(patterns, pieces):
 )
 def test_the_first_search_is_for_a_byte_that_plain_text_and_base64_rarely_hold(prefix, byte):
     assert bytes([rarest_byte(prefix)]) == byte
+
+
+HEAD_PIECES = [
+    b"POST /v1 HTTP/1.1",
+    b"\r\n",
+    b"\r",
+    b"\n",
+    b"Authorization: Bearer sk-a",
+    b"authorization:\tBearer sk-b ",
+    b"X-Api-Key: k1",
+    b"Cookie: c=1",
+    b"Cookie:",
+    b"Authorization: [redacted sha256:00000000]",
+    b"X-Model: m",
+]
+
+
+@given(st.lists(st.lists(st.sampled_from(HEAD_PIECES), max_size=8).map(b"".join), max_size=6))
+def test_credential_lines_searched_over_joined_heads_are_those_of_each_head(heads):
+    rules = Rules.compile(["authorization", "x-api-key", "cookie"], [])
+    assert redact_header_lines_joined(heads, rules) == [
+        redact_header_lines(head, rules) for head in heads
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "joinable"),
+    [
+        (DEFAULT_REDACT_BODY[0], True),
+        (r"AKIA[0-9A-Z]{16}", True),
+        (r"(?i)tok_(\d+)-\1", True),
+        (r"^tok", False),
+        (r"tok$", False),
+        (r"\Atok", False),
+        (r"\btok", False),
+        (r"to\Bk", False),
+        (r"tok(?=_)", False),
+        (r"(?<!x)tok", False),
+        (r"a|(?:b|^c)", False),
+    ],
+)
+def test_patterns_that_look_past_their_match_are_not_searched_joined(pattern, joinable):
+    assert context_free(re.compile(pattern.encode())) is joinable
+    assert Rules.compile([], [DEFAULT_REDACT_BODY[0], pattern]).joinable is joinable

@@ -213,9 +213,7 @@ class FrameWriter:
         if self.failed is not None:
             self._lost_reading += len(packed)
             return
-        encode = self.sink.encode_packed
-        for item in packed:
-            index_item, data, more = encode(item)
+        for index_item, data, more in self.sink.encode_batch(packed):
             if not self._records:  # a frame starts
                 self.deadline = time.monotonic() + self.spec.frame_seconds
             self._records.append(index_item)

@@ -10,6 +10,7 @@ per exchange). Values of an unexpected type are left to cbor2, so the output is 
 
 from __future__ import annotations
 
+import functools
 import operator
 import struct
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
@@ -47,6 +48,9 @@ RECORD_FIELDS: Final[dict[type[Any], tuple[str, ...]]] = {
 REQUEST, UPSTREAM, RESPONSE, BODY, END, GAP = range(6)
 
 PackedRecord: TypeAlias = tuple[int, tuple[Any, ...]]
+#: A packed record redacted (see sink.SegmentSink.encode_batch): packed, with the redactions made,
+#: or, when the redactor had to build it, the redacted record.
+Redacted: TypeAlias = tuple[PackedRecord, tuple[Redaction, ...]] | Record
 
 #: What a packed record costs beyond its bytes, for the buffer's byte bound (an estimate).
 RECORD_OVERHEAD: Final = 64
@@ -266,6 +270,12 @@ _K_X, _K_NS, _K_HEAD = _key("x"), _key("ns"), _key("head")
 def _redactions(redactions: tuple[Redaction, ...]) -> bytes:
     if not redactions:
         return _NO_REDACTIONS
+    return _encoded_redactions(redactions)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_redactions(redactions: tuple[Redaction, ...]) -> bytes:
+    """The ``redactions`` entry of a record (cached: one API key is redacted in every request)."""
     return _key("redactions") + cbor2.dumps([r.to_map() for r in redactions])
 
 

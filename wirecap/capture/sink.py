@@ -23,7 +23,6 @@ from wirecap.capture.records import (
     BodyChunk,
     Header,
     Record,
-    Redaction,
     RequestReceived,
     ResponseHead,
     UpstreamRequest,
@@ -52,10 +51,8 @@ TINY_FRAME_LEVEL: Final = 15
 RELEASE_STEP: Final = 4 * 1024 * 1024
 RELEASE_WINDOW: Final = 16 * 1024 * 1024
 Prepare: TypeAlias = Callable[[Record], Record]
-#: A Prepare hook's optional method for packed records (see Redactor.redact_packed).
-RedactPacked: TypeAlias = Callable[
-    [packing.PackedRecord], tuple[packing.PackedRecord, tuple[Redaction, ...]] | None
-]
+#: A Prepare hook's optional method for batches of packed records (see Redactor.redact_batch).
+RedactBatch: TypeAlias = Callable[[Sequence[packing.PackedRecord]], Sequence[packing.Redacted]]
 Opener: TypeAlias = Callable[[Path], BinaryIO]
 
 
@@ -147,8 +144,8 @@ class SegmentSink:
         self.directory = directory
         self._header = header
         self._prepare = prepare
-        #: The redactor's fast lane for packed records, when the hook has one (see encode_packed).
-        self._redact_packed: RedactPacked | None = getattr(prepare, "redact_packed", None)
+        #: The redactor's way with packed records, when the hook has one (see encode_batch).
+        self._redact_batch: RedactBatch | None = getattr(prepare, "redact_batch", None)
         self._level = level
         self._compressor = frames.new_compressor(level)
         # Small frames (quiet traffic, SSE) get a stronger level: cheap at their size, and it is where
@@ -200,25 +197,31 @@ class SegmentSink:
             record = self._prepare(record)
         return record, frames.encode_record(record)
 
-    def encode_packed(
-        self, packed: packing.PackedRecord
-    ) -> tuple[IndexItem, bytes, bytes | bytearray]:
-        """:meth:`encode` for a packed record (the writer process's input): what the index needs of
-        it and its CBOR encoding, in two parts (see :func:`packing.encode_packed_split`). Without a
-        secret in it, the record is redacted and encoded as it is packed; otherwise it is unpacked
-        and goes the record's way."""
+    def encode_batch(
+        self, batch: Sequence[packing.PackedRecord]
+    ) -> list[tuple[IndexItem, bytes, bytes | bytearray]]:
+        """:meth:`encode` for packed records (the writer process's input), a batch at a time: for
+        each, what the index needs of it and its CBOR encoding, in two parts (see
+        :func:`packing.encode_packed_split`). Records are redacted (a batch at a time, see
+        ``Redactor.redact_batch``) and encoded as they are packed; one that a body pattern matches
+        in a body or URL comes back from the redactor as a record object and goes the record's way.
+        """
         if self._prepare is None:
-            done: tuple[packing.PackedRecord, tuple[Redaction, ...]] | None = (packed, ())
-        elif self._redact_packed is not None:
-            done = self._redact_packed(packed)
-        else:
-            done = None  # a hook that only knows records
-        if done is not None:
-            packed, redactions = done
-            head, data = packing.encode_packed_split(packed, redactions)
-            return packed_index_item(packed), head, data
-        record, encoded = self.encode(packing.unpack_record(packed))
-        return index_item(record), encoded, b""
+            done: Sequence[packing.Redacted] = [(packed, ()) for packed in batch]
+        elif self._redact_batch is not None:
+            done = self._redact_batch(batch)
+        else:  # a hook that only knows records
+            done = [self._prepare(packing.unpack_record(packed)) for packed in batch]
+        encoded: list[tuple[IndexItem, bytes, bytes | bytearray]] = []
+        for item in done:
+            if type(item) is tuple:
+                packed, redactions = item
+                head, data = packing.encode_packed_split(packed, redactions)
+                encoded.append((packed_index_item(packed), head, data))
+            else:
+                assert not isinstance(item, tuple)
+                encoded.append((index_item(item), frames.encode_record(item), b""))
+        return encoded
 
     def write_frame(self, records: Sequence[Record]) -> int:
         """Prepare, encode, compress and append ``records`` as one frame; returns the frame's size."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import re
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,9 +31,9 @@ from wirecap.capture.records import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
-    from wirecap.capture.packing import PackedRecord
+    from wirecap.capture.packing import PackedRecord, Redacted
 
 _AUTH_SCHEME: Final = re.compile(rb"^([A-Za-z][A-Za-z0-9._~+/-]*)\s+(\S.*)$", re.DOTALL)
 PLACEHOLDER_PREFIX: Final = b"[redacted sha256:"
@@ -80,6 +81,28 @@ def literal_prefix(pattern: re.Pattern[bytes]) -> bytes:
     return bytes(prefix)
 
 
+def context_free(pattern: re.Pattern[bytes]) -> bool:
+    """Whether ``pattern`` has no anchor (``^``, ``$``, ``\\A``, ``\\Z``), word boundary (``\\b``,
+    ``\\B``) or lookaround: then whether it matches at a position depends only on the bytes it
+    consumes, and a match in some bytes is a match in any text that holds them (False if unsure)."""
+    try:
+        from re import _parser  # type: ignore[attr-defined]  # the stdlib's own parser
+
+        parsed = _parser.parse(pattern.pattern.decode("latin-1"), pattern.flags)
+    except Exception:  # a private module: any surprise means no
+        return False
+    looks_around = {_parser.AT, _parser.ASSERT, _parser.ASSERT_NOT}
+
+    def free(node: object) -> bool:
+        if isinstance(node, _parser.SubPattern):
+            return all(op not in looks_around and free(value) for op, value in node)
+        if isinstance(node, tuple | list):
+            return all(free(part) for part in node)
+        return True
+
+    return free(parsed)
+
+
 #: Bytes that turn up everywhere in JSON and text bodies: a poor first test for a pattern's presence.
 _COMMON_BYTES: Final = frozenset(b" \"':,.{}[]\n\\_0123456789") | frozenset(
     range(ord("a"), ord("z") + 1)
@@ -105,6 +128,9 @@ class Rules:
     #: One byte of the literal text each body pattern's matches start with, searched first (see
     #: :func:`rarest_byte`); empty when some pattern has no such text.
     rare_bytes: tuple[int, ...] = dataclasses.field(init=False, compare=False)
+    #: Whether a search over records joined by newlines finds a match wherever one record alone has
+    #: one: true when no pattern looks at what is around its match (see :func:`context_free`).
+    joinable: bool = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         names = b"|".join(re.escape(h) for h in sorted(self.headers)) or b"(?!)"
@@ -119,6 +145,7 @@ class Rules:
         prefixes = tuple(literal_prefix(p) for p in self.patterns)
         rare = tuple(rarest_byte(prefix) for prefix in prefixes) if all(prefixes) else ()
         object.__setattr__(self, "rare_bytes", rare)
+        object.__setattr__(self, "joinable", all(context_free(p) for p in self.patterns))
 
     def may_match(self, data: bytes | bytearray) -> bool:
         """Whether some body pattern matches in ``data``. When every pattern starts with literal
@@ -158,34 +185,85 @@ class Rules:
 
 
 def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
-    """Replace credential header values (and pattern matches) in a serialized head.
-
-    One regular expression finds the credential header lines (heads are redacted for every request,
-    so this stays off any per-line Python loop).
-    """
-    found: list[Redaction] = []
-
-    def replace(match: re.Match[bytes]) -> bytes:
-        name = match.group(1)
-        redacted = _redacted_value(name.lower(), match.group(2).strip())
-        if redacted is None:
-            return match.group(0)
-        value, redaction = redacted
-        found.append(redaction)
-        return b"\r\n" + name + b": " + value
-
-    line = rules.header_line
-    out = line.sub(replace, head) if rules.headers and line.search(head) is not None else head
+    """Replace credential header values (and pattern matches) in a serialized head."""
+    out, found = redact_header_lines(head, rules)
     out, more = redact_patterns(out, rules, "head")
     return out, found + more if more else found
 
 
+def redact_header_lines(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
+    """Replace credential header values in a serialized head (body patterns are not applied).
+
+    One regular expression finds the credential header lines (heads are redacted for every request,
+    so this stays off any per-line Python loop), and each line found is looked up whole: a client
+    sends the same key line with every request.
+    """
+    found: list[Redaction] = []
+    if not rules.headers:
+        return head, found
+    pieces: list[bytes] = []
+    last = 0
+    for match in rules.header_line.finditer(head):
+        done = _redacted_line(match.group())
+        if done is not None:
+            line, redaction = done
+            pieces += (head[last : match.start()], line)
+            last = match.end()
+            found.append(redaction)
+    if not found:
+        return head, found
+    pieces.append(head[last:])
+    return b"".join(pieces), found
+
+
+def redact_header_lines_joined(
+    heads: Sequence[bytes], rules: Rules
+) -> list[tuple[bytes, list[Redaction]]]:
+    """:func:`redact_header_lines` for each of ``heads``, with one search over them all joined by
+    newlines. It finds the same lines: a credential line has no CR or LF after its leading CRLF, so
+    it never reaches into the next head, and none hides another. The one match of the joined text
+    that no head holds, a head's final bare CR with the newline after it, is skipped.
+    """
+    done: list[tuple[bytes, list[Redaction]]] = [(head, []) for head in heads]
+    if not rules.headers or not heads:
+        return done
+    joined = b"\n".join(heads)
+    ends = list(itertools.accumulate(len(head) + 1 for head in heads))  # each head's end, + 1
+    edits: dict[int, list[tuple[int, int, bytes]]] = {}
+    i = 0
+    for match in rules.header_line.finditer(joined):
+        start, end = match.span()
+        while ends[i] <= start:
+            i += 1
+        if end >= ends[i]:  # a bare CR at a head's end and the joining newline: no head's line
+            continue
+        redacted = _redacted_line(match.group())
+        if redacted is not None:
+            offset = ends[i] - len(heads[i]) - 1
+            edits.setdefault(i, []).append((start - offset, end - offset, redacted[0]))
+            done[i][1].append(redacted[1])
+    for i, spans in edits.items():
+        head, last = heads[i], 0
+        pieces: list[bytes] = []
+        for start, end, line in spans:
+            pieces += (head[last:start], line)
+            last = end
+        pieces.append(head[last:])
+        done[i] = (b"".join(pieces), done[i][1])
+    return done
+
+
 @functools.lru_cache(maxsize=1024)
-def _redacted_value(lower_name: bytes, value: bytes) -> tuple[bytes, Redaction] | None:
-    """A credential header's stored value (its auth scheme kept) and the redaction it makes; None
-    for an empty or already redacted value. Cached: the same key comes with every request."""
+def _redacted_line(line: bytes) -> tuple[bytes, Redaction] | None:
+    """A credential header line as ``Rules.header_line`` finds it (CRLF, name, colon, value) as it
+    is stored, its auth scheme kept, and the redaction it makes; None for an empty or already
+    redacted value. Cached: the same key line comes with every request."""
+    name, _, value = line[2:].partition(b":")
+    name = name.rstrip(b" \t")
+    value = value.strip()
     if not value or value.startswith(PLACEHOLDER_PREFIX):
         return None
+    lower_name = name.lower()
     scheme = b""
     if lower_name in (b"authorization", b"proxy-authorization"):
         auth = _AUTH_SCHEME.match(value)
@@ -193,7 +271,7 @@ def _redacted_value(lower_name: bytes, value: bytes) -> tuple[bytes, Redaction] 
             scheme, value = auth.group(1) + b" ", auth.group(2)
     replacement, fp = placeholder(value)
     redaction = Redaction(where="head", name=lower_name.decode("latin-1"), fingerprint=fp)
-    return scheme + replacement, redaction
+    return b"\r\n" + name + b": " + scheme + replacement, redaction
 
 
 def redact_patterns(data: bytes, rules: Rules, where: str) -> tuple[bytes, list[Redaction]]:
@@ -240,14 +318,17 @@ class Redactor:
         return self._exchange_rules.get(x, self.rules) if self._exchange_rules else self.rules
 
     def __call__(self, record: Record) -> Record:
-        """``record`` with its secrets replaced: :meth:`redact_packed`'s work on the record's
-        packed form, and, when a body pattern matches a body or a URL, the pattern replacements
-        that only the record path makes."""
+        """``record`` with its secrets replaced (:meth:`redact_batch`'s work on its packed form);
+        the redactions it already listed are kept."""
         if type(record) not in packing.RECORD_FIELDS:
             return record  # a segment header: nothing in it is traffic
-        done = self.redact_packed(pack_record(record))
-        if done is None:
-            return self._redact_matches(record)
+        (done,) = self.redact_batch((pack_record(record),))
+        if not isinstance(done, tuple):  # a body pattern matched a body or a URL
+            assert isinstance(done, BodyChunk | RequestReceived)
+            assert isinstance(record, BodyChunk | RequestReceived)
+            if record.redactions:
+                return dataclasses.replace(done, redactions=(*record.redactions, *done.redactions))
+            return done
         packed, found = done
         if not found:
             return record
@@ -257,54 +338,121 @@ class Redactor:
         assert isinstance(record, RequestReceived | UpstreamRequest | ResponseHead)
         return dataclasses.replace(redacted, redactions=(*record.redactions, *found))
 
-    def _redact_matches(self, record: Record) -> Record:
-        """A body chunk or a request whose body or URLs a body pattern matches (rare)."""
-        if isinstance(record, BodyChunk):
-            data, found = redact_patterns(bytes(record.data), self._rules_for(record.x), "body")
-            return (
-                dataclasses.replace(record, data=data, redactions=tuple(found)) if found else record
-            )
-        assert isinstance(record, RequestReceived)  # redact_packed handles every other record
-        rules = self._rules_for(record.x)  # the route's, kept by redact_packed
-        head, found = redact_head(record.head, rules)
-        return dataclasses.replace(
-            record,
-            head=head,
-            target=redact_text(record.target, rules) or "",
-            proxy_url=redact_text(record.proxy_url, rules) or "",
-            upstream_url=redact_text(record.upstream_url, rules),
-            redactions=(*record.redactions, *found),
-        )
+    def redact_batch(self, batch: Sequence[PackedRecord]) -> list[Redacted]:
+        """``batch``'s records with their secrets replaced, in order: each packed, with the
+        redactions made (the usual case: no record object is built), or, where a body pattern
+        matches a body or a URL, as the redacted record object.
 
-    def redact_packed(
-        self, packed: PackedRecord
-    ) -> tuple[PackedRecord, tuple[Redaction, ...]] | None:
-        """The writer process's fast lane (see :mod:`wirecap.capture.packing`): ``packed`` with
-        its heads redacted, and the redactions made, without building the record. None when a body
-        pattern matches a body or a URL: :meth:`__call__` then redacts the unpacked record (it
-        keeps the same per-exchange state, so either may see any record)."""
-        code, values = packed
+        Each search has a fixed cost, so the records are searched together, joined by newlines:
+        once for credential header lines over the heads (:func:`redact_header_lines_joined`), and
+        once for body patterns over the bodies, URLs and heads (their credential lines replaced).
+        Only where that second search finds something (rare: a key in a body) are the records
+        searched one by one. A record that a pattern matches alone makes the joined text match too
+        when the patterns hold no anchor, word boundary or lookaround (:attr:`Rules.joinable`);
+        otherwise, and for routes with rules of their own, each record is searched alone.
+        """
+        default = self.rules
+        # 1. Each record's rules, in order (requests name their route), and where its head is.
+        rules_of: list[Rules | None] = []  # None: nothing to search (an exchange's end)
+        head_at: list[int] = []  # the field holding the record's head, or -1
+        for code, values in batch:
+            at = -1
+            if code == packing.BODY:
+                rules: Rules | None = self._rules_for(values[0])
+            elif code == packing.REQUEST:
+                rules = self._route_rules.get(values[7] or "", default)
+                if rules is not default:
+                    self._exchange_rules[values[0]] = rules
+                at = 4
+            elif code == packing.UPSTREAM or code == packing.RESPONSE:
+                rules = self._rules_for(values[0])
+                at = 2 if code == packing.UPSTREAM else 3
+            else:
+                rules = None
+                if code == packing.END and self._exchange_rules:
+                    self._exchange_rules.pop(values[0], None)
+            rules_of.append(rules)
+            head_at.append(at)
+        # 2. Credential header lines: the default rules' heads in one search, others alone.
+        stored = list(batch)
+        found_of: list[list[Redaction]] = [[] for _ in batch]
+        joint = [i for i, at in enumerate(head_at) if at >= 0 and rules_of[i] is default]
+        heads = [batch[i][1][head_at[i]] for i in joint]
+        for i, (head, found) in zip(joint, redact_header_lines_joined(heads, default), strict=True):
+            if found:
+                stored[i] = _with_field(batch[i], head_at[i], head)
+                found_of[i] = found
+        for i, at in enumerate(head_at):
+            rules = rules_of[i]
+            if at >= 0 and rules is not default and rules is not None:
+                head, found_of[i] = redact_header_lines(batch[i][1][at], rules)
+                stored[i] = _with_field(batch[i], at, head)
+        # 3. Body patterns: one search over what the default rules cover, unless it finds something.
+        searched = [i for i, rules in enumerate(rules_of) if rules is default and default.joinable]
+        if searched:
+            texts: list[bytes | bytearray] = []
+            for i in searched:
+                code, values = stored[i]
+                if code == packing.REQUEST:
+                    texts.append(_urls(values))
+                texts.append(values[3] if code == packing.BODY else values[head_at[i]])
+            if not default.may_match(b"\n".join(texts)):
+                for i in searched:
+                    rules_of[i] = None
+        return [
+            (stored[i], tuple(found_of[i]))
+            if rules is None
+            else self._search_alone(batch[i], stored[i], rules, found_of[i])
+            for i, rules in enumerate(rules_of)
+        ]
+
+    def _search_alone(
+        self, packed: PackedRecord, stored: PackedRecord, rules: Rules, found: list[Redaction]
+    ) -> Redacted:
+        """A record of :meth:`redact_batch` (``stored``: its credential lines replaced) with body
+        patterns replaced where they match: in a head, in place; in a body or a URL, by building
+        the record (rare)."""
+        code, values = stored
         if code == packing.BODY:
-            return None if self._rules_for(values[0]).may_match(values[3]) else (packed, ())
+            if not rules.may_match(values[3]):
+                return stored, ()
+            record = unpack_record(packed)
+            assert isinstance(record, BodyChunk)
+            data, more = redact_patterns(bytes(record.data), rules, "body")
+            return (
+                dataclasses.replace(record, data=data, redactions=tuple(more)) if more else record
+            )
         if code == packing.REQUEST:
-            x, _, _, target, head, _, proxy_url, route, upstream_url = values
-            rules = self._route_rules.get(route or "", self.rules)
-            if rules is not self.rules:
-                self._exchange_rules[x] = rules
-            if rules.may_match(
-                f"{target}\n{proxy_url}\n{upstream_url}".encode("utf-8", "surrogateescape")
-            ):
-                return None
-            new_head, found = redact_head(head, rules)
-            if found:
-                packed = (code, (*values[:4], new_head, *values[5:]))
-            return packed, tuple(found)
-        if code == packing.UPSTREAM or code == packing.RESPONSE:
+            if rules.may_match(_urls(values)):
+                request = unpack_record(packed)
+                assert isinstance(request, RequestReceived)
+                head, found = redact_head(request.head, rules)
+                return dataclasses.replace(
+                    request,
+                    head=head,
+                    target=redact_text(request.target, rules) or "",
+                    proxy_url=redact_text(request.proxy_url, rules) or "",
+                    upstream_url=redact_text(request.upstream_url, rules),
+                    redactions=tuple(found),
+                )
+            at = 4
+        else:
             at = 2 if code == packing.UPSTREAM else 3
-            new_head, found = redact_head(values[at], self._rules_for(values[0]))
-            if found:
-                packed = (code, (*values[:at], new_head, *values[at + 1 :]))
-            return packed, tuple(found)
-        if code == packing.END and self._exchange_rules:
-            self._exchange_rules.pop(values[0], None)
-        return packed, ()
+        head, more = redact_patterns(values[at], rules, "head")
+        if more:
+            stored = (code, (*values[:at], head, *values[at + 1 :]))
+        return stored, (*found, *more)
+
+
+def _urls(values: tuple[Any, ...]) -> bytes:
+    """The URLs of a packed request (target, proxy and upstream URL), for the body patterns."""
+    _, _, _, target, _, _, proxy_url, _, upstream_url = values
+    return f"{target}\n{proxy_url}\n{upstream_url}".encode("utf-8", "surrogateescape")
+
+
+def _with_field(packed: PackedRecord, at: int, value: object) -> PackedRecord:
+    """``packed`` with field ``at`` replaced by ``value`` (``packed`` itself if it is the same)."""
+    code, values = packed
+    if values[at] is value:
+        return packed
+    return code, (*values[:at], value, *values[at + 1 :])
