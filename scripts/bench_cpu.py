@@ -6,11 +6,13 @@
 
 Each configuration is a string of extra ``wirecap proxy`` arguments, optionally starting with
 ``ENV:NAME=VALUE`` (an environment variable) and/or ``AT:DIR`` (run the wirecap of another checkout,
-e.g. a ``git worktree`` of an earlier commit). Every round starts each configuration in a fresh process, warms it up with one
-second of wrk at concurrency 32, then measures three seconds: requests per second and the proxy's CPU
-time per request (from /proc). Rounds alternate the configurations, and the medians are printed: on a
-shared two-core machine single runs move by 20%, so decisions need several rounds. Needs ``wrk``.
-Capture directories given with --out are removed after each run.
+e.g. a ``git worktree`` of an earlier commit). Every round starts each configuration in a fresh
+process, warms it up with one second of wrk at concurrency 32, then measures three seconds: requests
+per second and the proxy's CPU time per request (from /proc). Rounds alternate the configurations,
+in turned order every other round, and the medians are printed: on a shared two-core machine single
+runs move by 20%, so decisions need several rounds. ``--authorization`` adds an API key header to
+every request, as real clients send. Needs ``wrk``. Capture directories given with --out are removed
+after each run.
 """
 
 from __future__ import annotations
@@ -132,8 +134,11 @@ def main() -> None:
             pin(upstream.pid, 0)
         results: dict[str, list[tuple[float, float, float]]] = {c: [] for c in args.configs}
         try:
-            for _ in range(args.rounds):
-                for config in args.configs:
+            for round_no in range(args.rounds):
+                # The order turns each round: whatever runs later in a round measured a few us more
+                # (session 10: 5-16 us in three runs, and the sign followed the order when swapped).
+                order = args.configs if round_no % 2 == 0 else args.configs[::-1]
+                for config in order:
                     results[config].append(run_once(config, upstream_port, lua, args.pin))
         finally:
             upstream.terminate()
