@@ -192,37 +192,20 @@ def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
 
 
 def redact_header_lines(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
-    """Replace credential header values in a serialized head (body patterns are not applied).
-
-    One regular expression finds the credential header lines (heads are redacted for every request,
-    so this stays off any per-line Python loop), and each line found is looked up whole: a client
-    sends the same key line with every request.
-    """
-    found: list[Redaction] = []
-    if not rules.headers:
-        return head, found
-    pieces: list[bytes] = []
-    last = 0
-    for match in rules.header_line.finditer(head):
-        done = _redacted_line(match.group())
-        if done is not None:
-            line, redaction = done
-            pieces += (head[last : match.start()], line)
-            last = match.end()
-            found.append(redaction)
-    if not found:
-        return head, found
-    pieces.append(head[last:])
-    return b"".join(pieces), found
+    """Replace credential header values in a serialized head (body patterns are not applied)."""
+    return redact_header_lines_joined((head,), rules)[0]
 
 
 def redact_header_lines_joined(
     heads: Sequence[bytes], rules: Rules
 ) -> list[tuple[bytes, list[Redaction]]]:
     """:func:`redact_header_lines` for each of ``heads``, with one search over them all joined by
-    newlines. It finds the same lines: a credential line has no CR or LF after its leading CRLF, so
-    it never reaches into the next head, and none hides another. The one match of the joined text
-    that no head holds, a head's final bare CR with the newline after it, is skipped.
+    newlines (heads are redacted for every request: one regular expression finds the credential
+    lines, and each line found is looked up whole, as a client sends the same key line with every
+    request). It finds the same lines as a search of each head: a credential line has no CR or LF
+    after its leading CRLF, so it never reaches into the next head, and none hides another. The one
+    match of the joined text that no head holds, a head's final bare CR with the newline after it,
+    is skipped.
     """
     done: list[tuple[bytes, list[Redaction]]] = [(head, []) for head in heads]
     if not rules.headers or not heads:
@@ -416,16 +399,21 @@ class Redactor:
         return [
             (stored[i], tuple(found_of[i]))
             if rules is None
-            else self._search_alone(batch[i], stored[i], rules, found_of[i])
+            else self._search_alone(batch[i], stored[i], head_at[i], rules, found_of[i])
             for i, rules in enumerate(rules_of)
         ]
 
     def _search_alone(
-        self, packed: PackedRecord, stored: PackedRecord, rules: Rules, found: list[Redaction]
+        self,
+        packed: PackedRecord,
+        stored: PackedRecord,
+        at: int,
+        rules: Rules,
+        found: list[Redaction],
     ) -> Redacted:
-        """A record of :meth:`redact_batch` (``stored``: its credential lines replaced) with body
-        patterns replaced where they match: in a head, in place; in a body or a URL, by building
-        the record (rare)."""
+        """A record of :meth:`redact_batch` (``stored``: its credential lines replaced; ``at``: the
+        field of its head, or -1) with body patterns replaced where they match: in a head, in place;
+        in a body or a URL, by building the record (rare)."""
         code, values = stored
         if code == packing.BODY:
             if not rules.may_match(values[3]):
@@ -436,26 +424,20 @@ class Redactor:
             return (
                 dataclasses.replace(record, data=data, redactions=tuple(more)) if more else record
             )
-        if code == packing.REQUEST:
-            if rules.may_match(_urls(values)):
-                request = unpack_record(packed)
-                assert isinstance(request, RequestReceived)
-                head, found = redact_head(request.head, rules)
-                return dataclasses.replace(
-                    request,
-                    head=head,
-                    target=redact_text(request.target, rules) or "",
-                    proxy_url=redact_text(request.proxy_url, rules) or "",
-                    upstream_url=redact_text(request.upstream_url, rules),
-                    redactions=tuple(found),
-                )
-            at = 4
-        else:
-            at = 2 if code == packing.UPSTREAM else 3
+        if code == packing.REQUEST and rules.may_match(_urls(values)):
+            request = unpack_record(packed)  # its head as received, redacted afresh below
+            assert isinstance(request, RequestReceived)
+            head, in_head = redact_head(request.head, rules)
+            return dataclasses.replace(
+                request,
+                head=head,
+                target=redact_text(request.target, rules) or "",
+                proxy_url=redact_text(request.proxy_url, rules) or "",
+                upstream_url=redact_text(request.upstream_url, rules),
+                redactions=tuple(in_head),
+            )
         head, more = redact_patterns(values[at], rules, "head")
-        if more:
-            stored = (code, (*values[:at], head, *values[at + 1 :]))
-        return stored, (*found, *more)
+        return _with_field(stored, at, head), (*found, *more)
 
 
 def _urls(values: tuple[Any, ...]) -> bytes:
