@@ -11,7 +11,8 @@ it a *floor process* does only what any capture must do with the bytes, nothing 
 
 - C: from the moment the transfer starts, it writes ``--size`` bytes into a file in the capture's
   directory at the rate the same proxy last reached alone, 1 MiB per ``write`` from one ready buffer
-  (no copy out of the proxy, no framing, no compression: the file as big as the body);
+  (no copy out of the proxy, no framing, no compression: the file as big as the body), giving its
+  pages back to the kernel as it grows, as the capture sink does (``--no-release``: not);
 - A: at the request rate the same proxy last reached alone, it compresses the CBOR records of
   A's exchanges (encoded once beforehand, every answer different, as ``bench_writer.py`` builds
   them) in 1 MiB zstd frames at the fastest level that keeps them under 20% of the wire bytes, and
@@ -51,6 +52,7 @@ from bench_writer import exchange_records
 from large_body import parse_size
 
 from wirecap.capture import frames
+from wirecap.capture.sink import RELEASE_STEP, RELEASE_WINDOW, release_pages
 
 FRAME_BYTES = 1024 * 1024
 #: The file-size target of D for A and B, against the bytes that crossed the wire.
@@ -92,31 +94,56 @@ def fastest_level(stream: bytes, wire: int) -> tuple[int, float]:
 # -- the floor process --------------------------------------------------------------------------------
 
 
-def floor_c(directory: Path, size: int, rate: float) -> None:
+class FloorFile:
+    """A new file written the way the capture sink writes (sink.SegmentSink._write): as it grows,
+    its last pages go back to the kernel (posix_fadvise), so that new writes reuse warm pages
+    instead of touching fresh memory, which costs several times more on this project's VMs."""
+
+    def __init__(self, path: Path, release: bool) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.offset = self.released_at = 0
+        self.release = release
+
+    def write(self, data: bytes) -> int:
+        written = os.write(self.fd, data)
+        self.offset += written
+        if self.release and self.offset - self.released_at >= RELEASE_STEP:
+            start = max(0, self.offset - RELEASE_WINDOW)
+            release_pages(self.fd, start, self.offset - start)
+            self.released_at = self.offset
+        return written
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def floor_c(directory: Path, size: int, rate: float, release: bool) -> None:
     """Write ``size`` bytes to a new file in ``directory`` at ``rate`` bytes a second, 1 MiB a
     ``write`` (sleeping until the next MiB is due, as a writer waits for its data)."""
     block = os.urandom(FRAME_BYTES)
-    fd = os.open(directory / "floor-c", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    file = FloorFile(directory / "floor-c", release)
     start = time.monotonic()
     try:
         written = 0
         while written < size:
             due = min(size, int((time.monotonic() - start) * rate))
             while written + FRAME_BYTES <= due or (due == size and written < size):
-                written += os.write(fd, block[: min(FRAME_BYTES, size - written)])
+                written += file.write(block[: min(FRAME_BYTES, size - written)])
             if written < size:
                 next_at = start + (written + FRAME_BYTES) / rate
                 time.sleep(max(0.0, next_at - time.monotonic()))
     finally:
-        os.close(fd)
+        file.close()
 
 
-def floor_a(directory: Path, stream: bytes, rate: float, seconds: float, level: int) -> None:
+def floor_a(
+    directory: Path, stream: bytes, rate: float, seconds: float, level: int, release: bool
+) -> None:
     """Compress and write ``stream`` (:func:`a_stream`) at ``rate`` exchanges a second for
     ``seconds``: a frame each time 1 MiB of records is due, or 250 ms after the last one."""
     per_exchange = len(stream) / 4000
     compressor = frames.new_compressor(level)
-    fd = os.open(directory / "floor-a", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    file = FloorFile(directory / "floor-a", release)
     start = last = time.monotonic()
     done = 0  # bytes of the stream compressed so far (it wraps around)
     try:
@@ -125,14 +152,14 @@ def floor_a(directory: Path, stream: bytes, rate: float, seconds: float, level: 
             if due >= FRAME_BYTES or (due > 0 and now - last >= 0.25):
                 at = done % len(stream)
                 piece = stream[at : at + min(due, FRAME_BYTES)]
-                os.write(fd, compressor.compress(piece))
+                file.write(compressor.compress(piece))
                 done += len(piece)
                 last = now
             else:  # sleep until a frame is due
                 wait = (FRAME_BYTES - max(due, 0)) / (rate * per_exchange)
                 time.sleep(max(0.001, min(wait, 0.25 - (now - last))))
     finally:
-        os.close(fd)
+        file.close()
 
 
 def start_floor(*args: str) -> subprocess.Popen[bytes]:
@@ -152,15 +179,15 @@ def go(process: subprocess.Popen[bytes]) -> None:
 
 
 def floor_main(argv: list[str]) -> None:
-    kind, directory = argv[0], Path(argv[1])
+    kind, directory, release = argv[0], Path(argv[1]), argv[-1] == "release"
     stream = a_stream()[0] if kind == "a" else b""  # before the measured run
     print("ready", flush=True)
     sys.stdin.readline()
     before = resource.getrusage(resource.RUSAGE_SELF)
     if kind == "c":
-        floor_c(directory, int(argv[2]), float(argv[3]))
+        floor_c(directory, int(argv[2]), float(argv[3]), release)
     else:
-        floor_a(directory, stream, float(argv[2]), float(argv[3]), int(argv[4]))
+        floor_a(directory, stream, float(argv[2]), float(argv[3]), int(argv[4]), release)
     after = resource.getrusage(resource.RUSAGE_SELF)
     used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     print(f"{used:.3f}", flush=True)  # the CPU seconds of the floor's work, start-up left out
@@ -176,7 +203,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", default="1GiB", help="C's response size")
     parser.add_argument("--seconds", type=int, default=4, help="A's wrk run at concurrency 32")
+    parser.add_argument(
+        "--no-release", action="store_true", help="keep the floor's file in the page cache"
+    )
     args = parser.parse_args()
+    release = "keep" if args.no_release else "release"
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
     size = parse_size(args.size)
@@ -203,9 +234,11 @@ def main() -> None:
         try:
             if which == "floor":
                 floor = (
-                    start_floor("c", str(workdir), str(size), str(rate))
+                    start_floor("c", str(workdir), str(size), str(rate), release)
                     if workload == "C"
-                    else start_floor("a", str(workdir), str(rate), str(args.seconds), str(level))
+                    else start_floor(
+                        "a", str(workdir), str(rate), str(args.seconds), str(level), release
+                    )
                 )
                 go(floor)
             if workload == "C":

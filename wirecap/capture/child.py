@@ -228,16 +228,18 @@ class FrameWriter:
     def write_frame(self) -> None:
         """Hand the open frame (if any) to the worker, which then rotates the segment if due.
 
-        With ``spec.adapt``, a frame that finds the worker's queue full (the worker compresses
-        slower than the traffic arrives: a big body of base64, ~800 MiB/s a core at level 1) is
-        written in a hurry (:data:`~wirecap.capture.sink.HURRIED_LEVEL`, ~4 GB/s), like zstd's
-        ``--adapt``: the file grows (base64 is stored at 100% instead of 75%) instead of the
-        traffic slowing down to the compressor's pace.
+        With ``spec.adapt``, a frame that finds another still waiting for the worker (the worker
+        compresses slower than the traffic arrives: a big body of base64, ~700 MiB/s a core at
+        level 1) is written in a hurry (:data:`~wirecap.capture.sink.HURRIED_LEVEL`, ~3.5 GB/s),
+        like zstd's ``--adapt``: the file grows (base64 is stored at 100% instead of 75%) instead
+        of the traffic slowing down to the compressor's pace. Waiting for a full queue before
+        hurrying cost a 1 GiB body ~9% of its speed on two cores (docs/PERFORMANCE.md, session
+        12): the frames compressed hard meanwhile take the CPU the traffic needs.
         """
         records, parts = self._records, self._parts
         self._records, self._parts, self._size, self.deadline = [], [], 0, math.inf
         if records:
-            hurry = self.spec.adapt and self._jobs.full()
+            hurry = self.spec.adapt and not self._jobs.empty()
             self._jobs.put(lambda: self._write(records, parts, hurry))
 
     def rotate_if_due(self) -> None:
