@@ -22,9 +22,9 @@ Both paces are the proxy's rate alone, which beside the floor process it does no
 floor is overstated by that much, never understated. Each round measures the proxy alone and with
 the floor process beside it, in turned order every other round, each in a fresh proxy process, after
 one uncounted run alone that sets the first pace; the medians are printed, with the floor process's
-own CPU time. A throughput ratio below 0.90
-means no capture that stores the bytes can meet D on this machine, whatever its design. Needs
-``wrk``; everything on 127.0.0.1, files in a temporary directory that is removed.
+own CPU time. A throughput ratio below 0.90 means no capture that stores the bytes can meet D on
+this machine, whatever its design. Needs ``wrk``; everything on 127.0.0.1, files in a temporary
+directory that is removed.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def floor_a(
     """Compress and write ``stream`` (:func:`a_stream`) at ``rate`` exchanges a second for
     ``seconds``: a frame each time 1 MiB of records is due, or 250 ms after the last one."""
     per_exchange = len(stream) / 4000
+    view = memoryview(stream)  # frames compressed from where they lie: no copy, no fresh memory
     compressor = frames.new_compressor(level)
     file = FloorFile(directory / "floor-a", release)
     start = last = time.monotonic()
@@ -151,7 +152,7 @@ def floor_a(
             due = int((now - start) * rate * per_exchange) - done
             if due >= FRAME_BYTES or (due > 0 and now - last >= 0.25):
                 at = done % len(stream)
-                piece = stream[at : at + min(due, FRAME_BYTES)]
+                piece = view[at : at + min(due, FRAME_BYTES)]
                 file.write(compressor.compress(piece))
                 done += len(piece)
                 last = now
