@@ -52,7 +52,7 @@ from bench_writer import exchange_records
 from large_body import parse_size
 
 from wirecap.capture import frames
-from wirecap.capture.sink import RELEASE_STEP, RELEASE_WINDOW, release_pages
+from wirecap.capture.sink import RELEASE_STEP, release_window
 
 FRAME_BYTES = 1024 * 1024
 #: The file-size target of D for A and B, against the bytes that crossed the wire.
@@ -95,9 +95,10 @@ def fastest_level(stream: bytes, wire: int) -> tuple[int, float]:
 
 
 class FloorFile:
-    """A new file written the way the capture sink writes (sink.SegmentSink._write): as it grows,
-    its last pages go back to the kernel (posix_fadvise), so that new writes reuse warm pages
-    instead of touching fresh memory, which costs several times more on this project's VMs."""
+    """A new file written the way the capture sink writes (sink.SegmentSink._write): every
+    RELEASE_STEP bytes its last pages go back to the kernel (sink.release_window), so that new
+    writes reuse warm pages instead of touching fresh memory, which costs several times more on
+    this project's VMs."""
 
     def __init__(self, path: Path, release: bool) -> None:
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -108,8 +109,7 @@ class FloorFile:
         written = os.write(self.fd, data)
         self.offset += written
         if self.release and self.offset - self.released_at >= RELEASE_STEP:
-            start = max(0, self.offset - RELEASE_WINDOW)
-            release_pages(self.fd, start, self.offset - start)
+            release_window(self.fd, self.offset)
             self.released_at = self.offset
         return written
 

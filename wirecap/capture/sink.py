@@ -45,7 +45,7 @@ SMALL_FRAME_LEVEL: Final = 12
 #: bytes against 19.4% at level 12.
 TINY_FRAME_BYTES: Final = 64 * 1024
 TINY_FRAME_LEVEL: Final = 15
-#: The capture file's pages leave the page cache as the file grows (see SegmentSink._release):
+#: The capture file's pages leave the page cache as the file grows (see release_window):
 #: every RELEASE_STEP bytes, the last RELEASE_WINDOW bytes are handed to posix_fadvise(DONTNEED),
 #: which starts writing back the dirty ones and drops those already on disk.
 RELEASE_STEP: Final = 4 * 1024 * 1024
@@ -102,6 +102,15 @@ def release_pages(fd: int, offset: int, length: int) -> None:
     if advise is not None:
         with contextlib.suppress(OSError):
             advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def release_window(fd: int, offset: int) -> None:
+    """Give back the page cache of the RELEASE_WINDOW bytes of ``fd`` before ``offset``, for a file
+    that grows by appends and calls this every RELEASE_STEP bytes: each page is in four windows,
+    so the first call starts its writeback and a later one, once it is on disk, drops it. Pages
+    still being written back stay in the cache, as without this (a slow disk)."""
+    start = max(0, offset - RELEASE_WINDOW)
+    release_pages(fd, start, offset - start)
 
 
 def open_exclusive(path: Path) -> BinaryIO:
@@ -305,9 +314,5 @@ class SegmentSink:
             self._release()
 
     def _release(self) -> None:
-        """Give back the page cache of the file's last RELEASE_WINDOW bytes: each page is in four
-        windows, so the first call starts its writeback and a later one, once it is on disk, drops
-        it. Pages still being written back stay in the cache, as without this (a slow disk)."""
-        start = max(0, self.offset - RELEASE_WINDOW)
-        release_pages(self._fd, start, self.offset - start)
+        release_window(self._fd, self.offset)
         self._released_at = self.offset
