@@ -58,32 +58,34 @@ FRAME_BYTES = 1024 * 1024
 #: The file-size target of D for A and B, against the bytes that crossed the wire.
 SIZE_TARGET = 0.20
 LEVELS = (-5, -3, -1, 1, 2, 3)
+#: Exchanges of workload A encoded for the floor (their stream wraps around while it runs).
+A_EXCHANGES = 4000
 
 
-def a_stream(exchanges: int = 4000) -> tuple[bytes, int]:
-    """The CBOR records of ``exchanges`` exchanges of workload A, and the bytes they carried on the
+def a_stream() -> tuple[bytes, int]:
+    """The CBOR records of A_EXCHANGES exchanges of workload A, and the bytes they carried on the
     wire (request and response, heads and bodies)."""
     rng = random.Random(1)
     parts: list[bytes] = []
     wire = 0
-    for n in range(exchanges):
+    for n in range(A_EXCHANGES):
         records = exchange_records(n, rng, authorization=False)
         parts += [frames.encode_record(r) for r in records]
+        # request, upstream, request body, response head, response body, end
         request, _, request_body, response, response_body, _ = records
-        wire += sum(
-            len(r.head) if hasattr(r, "head") else len(r.data)  # type: ignore[union-attr]
-            for r in (request, request_body, response, response_body)
-        )
+        wire += len(request.head) + len(request_body.data) + len(response.head)
+        wire += len(response_body.data)
     return b"".join(parts), wire
 
 
 def fastest_level(stream: bytes, wire: int) -> tuple[int, float]:
     """The lowest zstd level whose 1 MiB frames of ``stream`` stay under the size target, and its
     ratio to the wire bytes."""
+    view = memoryview(stream)
     for level in LEVELS:
         compressor = frames.new_compressor(level)
         size = sum(
-            len(compressor.compress(stream[i : i + FRAME_BYTES]))
+            len(compressor.compress(view[i : i + FRAME_BYTES]))
             for i in range(0, len(stream), FRAME_BYTES)
         )
         if size / wire <= SIZE_TARGET:
@@ -141,7 +143,7 @@ def floor_a(
 ) -> None:
     """Compress and write ``stream`` (:func:`a_stream`) at ``rate`` exchanges a second for
     ``seconds``: a frame each time 1 MiB of records is due, or 250 ms after the last one."""
-    per_exchange = len(stream) / 4000
+    per_exchange = len(stream) / A_EXCHANGES
     view = memoryview(stream)  # frames compressed from where they lie: no copy, no fresh memory
     compressor = frames.new_compressor(level)
     file = FloorFile(directory / "floor-a", release)
@@ -215,7 +217,8 @@ def main() -> None:
     stream, wire = a_stream()
     level, ratio = fastest_level(stream, wire)
     print(
-        f"A's records: {len(stream) / 4000:.0f} bytes an exchange ({wire / 4000:.0f} on the wire); "
+        f"A's records: {len(stream) / A_EXCHANGES:.0f} bytes an exchange "
+        f"({wire / A_EXCHANGES:.0f} on the wire); "
         f"zstd level {level} keeps 1 MiB frames at {ratio:.1%} of the wire bytes",
         file=sys.stderr,
     )
@@ -261,11 +264,11 @@ def main() -> None:
             order = ("alone", "floor") if round_no % 2 == 0 else ("floor", "alone")
             for workload in ("A", "C"):
                 got = {}
+                unit = 2**20 if workload == "C" else 1
                 for which in order:
                     got[which] = measure(workload, which, rates[workload])
                     if which == "alone":
                         rates[workload] = got[which]
-                    unit = 2**20 if workload == "C" else 1
                     results[f"{workload} {which}"].append(got[which] / unit)
                 print(
                     f"round {round_no + 1} {workload}: alone {got['alone'] / unit:.0f}, "
