@@ -12,7 +12,7 @@ it a *floor process* does only what any capture must do with the bytes, nothing 
 - C: from the moment the transfer starts, it writes ``--size`` bytes into a file in the capture's
   directory at the rate the same proxy last reached alone, 1 MiB per ``write`` from one ready buffer
   (no copy out of the proxy, no framing, no compression: the file as big as the body), giving its
-  pages back to the kernel as it grows, as the capture sink does (``--no-release``: not);
+  pages back to the kernel as it grows, as the capture sink does (``--write``: other ways);
 - A: at the request rate the same proxy last reached alone, it compresses the CBOR records of
   A's exchanges (encoded once beforehand, every answer different, as ``bench_writer.py`` builds
   them) in 1 MiB zstd frames at the fastest level that keeps them under 20% of the wire bytes, and
@@ -30,6 +30,7 @@ directory that is removed.
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import random
 import resource
@@ -55,6 +56,8 @@ from wirecap.capture import frames
 from wirecap.capture.sink import RELEASE_STEP, release_window
 
 FRAME_BYTES = 1024 * 1024
+#: O_DIRECT's alignment of offsets, lengths and memory (the logical block size, at most a page).
+DIRECT_BLOCK = 4096
 #: The file-size target of D for A and B, against the bytes that crossed the wire.
 SIZE_TARGET = 0.20
 LEVELS = (-5, -3, -1, 1, 2, 3)
@@ -97,33 +100,60 @@ def fastest_level(stream: bytes, wire: int) -> tuple[int, float]:
 
 
 class FloorFile:
-    """A new file written the way the capture sink writes (sink.SegmentSink._write): every
-    RELEASE_STEP bytes its last pages go back to the kernel (sink.release_window), so that new
-    writes reuse warm pages instead of touching fresh memory, which costs several times more on
-    this project's VMs."""
+    """A new file written the way a capture sink writes one frame after another.
 
-    def __init__(self, path: Path, release: bool) -> None:
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    ``mode`` ``release`` (sink.SegmentSink._write): every RELEASE_STEP bytes its last pages go back
+    to the kernel (sink.release_window), so that new writes reuse warm pages instead of touching
+    fresh memory, which costs several times more on this project's VMs; ``keep``: the pages stay in
+    the page cache; ``direct``: ``O_DIRECT`` writes from an aligned staging buffer, no page cache at
+    all: each frame's whole blocks, then its last partial block padded (as a skippable frame would
+    pad it), which the next frame writes again with its own bytes after it.
+    """
+
+    def __init__(self, path: Path, mode: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (os.O_DIRECT if mode == "direct" else 0)
+        self.fd = os.open(path, flags, 0o600)
         self.offset = self.released_at = 0
-        self.release = release
+        self.mode = mode
+        if mode == "direct":
+            self.stage = mmap.mmap(-1, 2 * FRAME_BYTES + DIRECT_BLOCK)
+            self.staged = 0  # bytes in the stage: the last partial block, then the new frame
+            self.stage_at = 0  # the file offset of the stage's first byte (block-aligned)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
+        if self.mode == "direct":
+            return self._write_direct(data)
         written = os.write(self.fd, data)
         self.offset += written
-        if self.release and self.offset - self.released_at >= RELEASE_STEP:
+        if self.mode == "release" and self.offset - self.released_at >= RELEASE_STEP:
             release_window(self.fd, self.offset)
             self.released_at = self.offset
         return written
+
+    def _write_direct(self, data: bytes | memoryview) -> int:
+        size = len(data)
+        self.stage[self.staged : self.staged + size] = data
+        self.staged += size
+        whole = self.staged - self.staged % DIRECT_BLOCK
+        padded = whole + (DIRECT_BLOCK if whole < self.staged else 0)
+        os.pwrite(self.fd, memoryview(self.stage)[:padded], self.stage_at)
+        tail = self.staged - whole
+        if whole:
+            self.stage.move(0, whole, tail)
+            self.stage_at += whole
+        self.staged = tail
+        self.offset += size
+        return size
 
     def close(self) -> None:
         os.close(self.fd)
 
 
-def floor_c(directory: Path, size: int, rate: float, release: bool) -> None:
+def floor_c(directory: Path, size: int, rate: float, mode: str) -> None:
     """Write ``size`` bytes to a new file in ``directory`` at ``rate`` bytes a second, 1 MiB a
     ``write`` (sleeping until the next MiB is due, as a writer waits for its data)."""
     block = os.urandom(FRAME_BYTES)
-    file = FloorFile(directory / "floor-c", release)
+    file = FloorFile(directory / "floor-c", mode)
     start = time.monotonic()
     try:
         written = 0
@@ -139,14 +169,14 @@ def floor_c(directory: Path, size: int, rate: float, release: bool) -> None:
 
 
 def floor_a(
-    directory: Path, stream: bytes, rate: float, seconds: float, level: int, release: bool
+    directory: Path, stream: bytes, rate: float, seconds: float, level: int, mode: str
 ) -> None:
     """Compress and write ``stream`` (:func:`a_stream`) at ``rate`` exchanges a second for
     ``seconds``: a frame each time 1 MiB of records is due, or 250 ms after the last one."""
     per_exchange = len(stream) / A_EXCHANGES
     view = memoryview(stream)  # frames compressed from where they lie: no copy, no fresh memory
     compressor = frames.new_compressor(level)
-    file = FloorFile(directory / "floor-a", release)
+    file = FloorFile(directory / "floor-a", mode)
     start = last = time.monotonic()
     done = 0  # bytes of the stream compressed so far (it wraps around)
     try:
@@ -182,15 +212,15 @@ def go(process: subprocess.Popen[bytes]) -> None:
 
 
 def floor_main(argv: list[str]) -> None:
-    kind, directory, release = argv[0], Path(argv[1]), argv[-1] == "release"
+    kind, directory, mode = argv[0], Path(argv[1]), argv[-1]
     stream = a_stream()[0] if kind == "a" else b""  # before the measured run
     print("ready", flush=True)
     sys.stdin.readline()
     before = resource.getrusage(resource.RUSAGE_SELF)
     if kind == "c":
-        floor_c(directory, int(argv[2]), float(argv[3]), release)
+        floor_c(directory, int(argv[2]), float(argv[3]), mode)
     else:
-        floor_a(directory, stream, float(argv[2]), float(argv[3]), int(argv[4]), release)
+        floor_a(directory, stream, float(argv[2]), float(argv[3]), int(argv[4]), mode)
     after = resource.getrusage(resource.RUSAGE_SELF)
     used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     print(f"{used:.3f}", flush=True)  # the CPU seconds of the floor's work, start-up left out
@@ -207,10 +237,15 @@ def main() -> None:
     parser.add_argument("--size", default="1GiB", help="C's response size")
     parser.add_argument("--seconds", type=int, default=4, help="A's wrk run at concurrency 32")
     parser.add_argument(
-        "--no-release", action="store_true", help="keep the floor's file in the page cache"
+        "--write",
+        choices=("release", "keep", "direct"),
+        default="release",
+        help="how the floor writes its file: pages released as the sink does (default), kept in "
+        "the page cache, or O_DIRECT from an aligned buffer",
     )
+    parser.add_argument("--only", choices=("A", "C"), help="measure one workload")
     args = parser.parse_args()
-    release = "keep" if args.no_release else "release"
+    release = args.write
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
     size = parse_size(args.size)
@@ -222,6 +257,7 @@ def main() -> None:
         f"zstd level {level} keeps 1 MiB frames at {ratio:.1%} of the wire bytes",
         file=sys.stderr,
     )
+    workloads = (args.only,) if args.only else ("A", "C")
     workdir = Path(tempfile.mkdtemp(prefix="wirecap-floor-"))
     lua = workdir / "post.lua"
     lua.write_text(LUA)
@@ -259,10 +295,10 @@ def main() -> None:
 
     try:
         # The floor's pace: the latest rate measured alone (first from a run not counted).
-        rates = {workload: measure(workload, "alone", 0.0) for workload in ("A", "C")}
+        rates = {workload: measure(workload, "alone", 0.0) for workload in workloads}
         for round_no in range(args.rounds):
             order = ("alone", "floor") if round_no % 2 == 0 else ("floor", "alone")
-            for workload in ("A", "C"):
+            for workload in workloads:
                 got = {}
                 unit = 2**20 if workload == "C" else 1
                 for which in order:
@@ -286,6 +322,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|")
     for workload, unit in (("A", "req/s"), ("C", "MiB/s")):
+        if workload not in workloads:
+            continue
         alone = statistics.median(results[f"{workload} alone"])
         floor = statistics.median(results[f"{workload} floor"])
         ratios = [
