@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 ZSTD_MAGIC: Final = 0xFD2FB528
 SKIPPABLE_MAGIC_MIN: Final = 0x184D2A50
 SKIPPABLE_MAGIC_MAX: Final = 0x184D2A5F
+#: Skippable frame that pads a file being written to the end of its last block (direct.py); the
+#: next frame overwrites it, and a closed file holds none.
+PAD_MAGIC: Final = 0x184D2A50
 #: Skippable frame holding the timing index (payload: b"WCIX" + a zstd frame of one CBOR map).
 INDEX_MAGIC: Final = 0x184D2A5E
 #: Skippable frame holding the footer (payload: b"WCFT", version, index offset and length).

@@ -501,9 +501,13 @@ def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
             if cf.index_from_file:
                 return IndexRepair(path, True, len(index))
         builder = IndexBuilder()
-        last_end = 0
+        last_end = padded_to = 0
         for item in frames.iter_frames(cf._buf):
             if isinstance(item, Damage):
+                continue
+            if item.kind == "skippable" and item.magic == frames.PAD_MAGIC:
+                if item.offset == last_end:  # a file being written ends so: not part of its tail
+                    padded_to = item.end
                 continue
             last_end = item.end
             if item.kind == "data":
@@ -515,7 +519,8 @@ def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
             if d.end <= last_end
         ]
         size = cf.size
-        tail = bytes(cf._buf[last_end:size]) if last_end < size else b""
+        tail_from = max(last_end, padded_to)
+        tail = bytes(cf._buf[tail_from:size]) if tail_from < size else b""
     tail_path: Path | None = None
     if tail:
         tail_path = path.with_name(path.name + ".tail")

@@ -18,6 +18,7 @@ from typing import Any, BinaryIO, Final, TypeAlias
 
 from wirecap import __version__
 from wirecap.capture import frames, packing
+from wirecap.capture.direct import DirectAppender, enable_direct
 from wirecap.capture.index import IndexBuilder, IndexItem, index_item, packed_index_item
 from wirecap.capture.records import (
     BodyChunk,
@@ -149,6 +150,7 @@ class SegmentSink:
         opener: Opener = open_exclusive,
         prefix: str = "capture",
         pid: int | None = None,
+        direct: bool = True,
     ) -> None:
         self.directory = directory
         self._header = header
@@ -167,6 +169,9 @@ class SegmentSink:
         self._pid = os.getpid() if pid is None else pid  # in file names: the capturing process
         self._file: BinaryIO | None = None
         self._fd = -1  # the file's descriptor, when it has one (see _release)
+        #: ``O_DIRECT`` writes where the filesystem has them (direct.py): no page cache at all.
+        self._direct = direct
+        self._appender: DirectAppender | None = None
         self._released_at = 0  # the offset of the last page cache release
         self._index = IndexBuilder()
         self.path: Path | None = None
@@ -188,6 +193,8 @@ class SegmentSink:
             self._fd = self._file.fileno()
         except (OSError, ValueError):  # a file object without a descriptor (tests)
             self._fd = -1
+        if self._direct and self._fd >= 0 and enable_direct(self._fd):
+            self._appender = DirectAppender(self._fd)
         self.path = path
         self.paths.append(path)
         self.offset = 0
@@ -274,6 +281,9 @@ class SegmentSink:
         index_frame = frames.encode_index_frame(self._index.build().to_map(), self._level)
         index_at = self.offset
         self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
+        if self._appender is not None:
+            self._appender.finish()  # the last block without padding: the file ends with the footer
+            self._drop_appender()
         file, self._file = self._file, None
         return file
 
@@ -296,13 +306,26 @@ class SegmentSink:
 
     def abandon(self) -> None:
         """Close the file without an index, after a write error."""
+        self._drop_appender()
         file, self._file = self._file, None
         if file is not None:
             with contextlib.suppress(OSError):
                 file.close()
 
+    def _drop_appender(self) -> None:
+        if self._appender is not None:
+            self._appender.close()
+            self._appender = None
+
     def _write(self, data: bytes) -> None:
         assert self._file is not None
+        appender = self._appender
+        if appender is not None:
+            appender.append(data)
+            self.offset += len(data)
+            if not appender.direct and self.offset - self._released_at >= RELEASE_STEP:
+                self._release()
+            return
         view = memoryview(data)
         while view:
             written = self._file.write(view)
