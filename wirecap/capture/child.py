@@ -267,7 +267,9 @@ class FrameWriter:
             return
 
         def write() -> None:
-            written = self.sink.write_encoded(records, b"".join(parts), hurry=hurry)
+            payload = b"".join(parts)
+            parts.clear()  # the chunks' own bytes go before the frame is compressed: 1 MiB less at peak
+            written = self.sink.write_encoded(records, payload, hurry=hurry)
             self._written[0] += len(records)
             self._written[1] += 1
             self._written[2] += written

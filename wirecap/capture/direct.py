@@ -37,7 +37,7 @@ from wirecap.capture.frames import PAD_MAGIC
 #: size in use (512 or 4096 bytes).
 BLOCK: Final = 4096
 #: Staging buffer: a frame of up to this much goes out in one write; bigger ones in several.
-STAGE_BYTES: Final = 1024 * 1024
+STAGE_BYTES: Final = 256 * 1024
 _SKIPPABLE_HEAD: Final = struct.Struct("<II")
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
