@@ -19,7 +19,7 @@ closed file holds no padding at all.
 Where the filesystem refuses ``O_DIRECT`` (tmpfs on older kernels, some network filesystems),
 :func:`enable_direct` says so and the sink writes through the page cache as before; if it accepted
 the flag but then rejects a write, :class:`DirectAppender` clears the flag and carries on buffered.
-Sans-IO in spirit: no trio, only ``os`` calls on a descriptor the caller owns.
+No trio: blocking ``os`` calls on a descriptor the caller owns, made from the sink's thread.
 """
 
 from __future__ import annotations

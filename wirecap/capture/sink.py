@@ -136,6 +136,9 @@ def record_size(record: Record) -> int:
 class SegmentSink:
     """Blocking writer of one capture segment at a time. Run its methods in a worker thread.
 
+    ``direct``: write with ``O_DIRECT`` where the filesystem has it (direct.py), bypassing the page
+    cache; otherwise, and with ``direct=False``, through it, giving its pages back as the file grows.
+
     Not thread-safe, in two halves: :meth:`encode` (redaction and CBOR) touches no file state, so one
     thread may encode while another writes; each half is called from one thread at a time.
     """
