@@ -30,7 +30,6 @@ directory that is removed.
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import random
 import resource
@@ -53,11 +52,10 @@ from bench_writer import exchange_records
 from large_body import parse_size
 
 from wirecap.capture import frames
+from wirecap.capture.direct import DirectAppender, enable_direct
 from wirecap.capture.sink import RELEASE_STEP, release_window
 
 FRAME_BYTES = 1024 * 1024
-#: O_DIRECT's alignment of offsets, lengths and memory (the logical block size, at most a page).
-DIRECT_BLOCK = 4096
 #: The file-size target of D for A and B, against the bytes that crossed the wire.
 SIZE_TARGET = 0.20
 LEVELS = (-5, -3, -1, 1, 2, 3)
@@ -102,27 +100,28 @@ def fastest_level(stream: bytes, wire: int) -> tuple[int, float]:
 class FloorFile:
     """A new file written the way a capture sink writes one frame after another.
 
-    ``mode`` ``release`` (sink.SegmentSink._write): every RELEASE_STEP bytes its last pages go back
-    to the kernel (sink.release_window), so that new writes reuse warm pages instead of touching
-    fresh memory, which costs several times more on this project's VMs; ``keep``: the pages stay in
-    the page cache; ``direct``: ``O_DIRECT`` writes from an aligned staging buffer, no page cache at
-    all: each frame's whole blocks, then its last partial block padded (as a skippable frame would
-    pad it), which the next frame writes again with its own bytes after it.
+    ``mode`` ``direct`` (the sink's way where the filesystem has O_DIRECT): through the sink's own
+    ``direct.DirectAppender``, from an aligned staging buffer, no page cache at all; ``release``
+    (the sink's way elsewhere, sink.SegmentSink._write): every RELEASE_STEP bytes its last pages go
+    back to the kernel (sink.release_window), so that new writes reuse warm pages instead of
+    touching fresh memory, which costs several times more on this project's VMs; ``keep``: the
+    pages stay in the page cache.
     """
 
     def __init__(self, path: Path, mode: str) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (os.O_DIRECT if mode == "direct" else 0)
-        self.fd = os.open(path, flags, 0o600)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self.offset = self.released_at = 0
         self.mode = mode
+        self.appender: DirectAppender | None = None
         if mode == "direct":
-            self.stage = mmap.mmap(-1, 2 * FRAME_BYTES + DIRECT_BLOCK)
-            self.staged = 0  # bytes in the stage: the last partial block, then the new frame
-            self.stage_at = 0  # the file offset of the stage's first byte (block-aligned)
+            if not enable_direct(self.fd):
+                raise SystemExit("no O_DIRECT for files in the temporary directory")
+            self.appender = DirectAppender(self.fd)
 
     def write(self, data: bytes | memoryview) -> int:
-        if self.mode == "direct":
-            return self._write_direct(data)
+        if self.appender is not None:
+            self.appender.append(data)
+            return len(data)
         written = os.write(self.fd, data)
         self.offset += written
         if self.mode == "release" and self.offset - self.released_at >= RELEASE_STEP:
@@ -130,22 +129,9 @@ class FloorFile:
             self.released_at = self.offset
         return written
 
-    def _write_direct(self, data: bytes | memoryview) -> int:
-        size = len(data)
-        self.stage[self.staged : self.staged + size] = data
-        self.staged += size
-        whole = self.staged - self.staged % DIRECT_BLOCK
-        padded = whole + (DIRECT_BLOCK if whole < self.staged else 0)
-        os.pwrite(self.fd, memoryview(self.stage)[:padded], self.stage_at)
-        tail = self.staged - whole
-        if whole:
-            self.stage.move(0, whole, tail)
-            self.stage_at += whole
-        self.staged = tail
-        self.offset += size
-        return size
-
     def close(self) -> None:
+        if self.appender is not None:
+            self.appender.close()
         os.close(self.fd)
 
 
@@ -245,7 +231,7 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=("A", "C"), help="measure one workload")
     args = parser.parse_args()
-    release = args.write
+    write_mode = args.write
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed (apt-get install wrk)")
     size = parse_size(args.size)
@@ -274,10 +260,10 @@ def main() -> None:
         try:
             if which == "floor":
                 floor = (
-                    start_floor("c", str(workdir), str(size), str(rate), release)
+                    start_floor("c", str(workdir), str(size), str(rate), write_mode)
                     if workload == "C"
                     else start_floor(
-                        "a", str(workdir), str(rate), str(args.seconds), str(level), release
+                        "a", str(workdir), str(rate), str(args.seconds), str(level), write_mode
                     )
                 )
                 go(floor)

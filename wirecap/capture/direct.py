@@ -28,17 +28,15 @@ import errno
 import fcntl
 import mmap
 import os
-import struct
 from typing import Final
 
-from wirecap.capture.frames import PAD_MAGIC
+from wirecap.capture.frames import PAD_MAGIC, skippable_frame
 
 #: Alignment of offsets, lengths and memory for O_DIRECT: the page size covers every logical block
 #: size in use (512 or 4096 bytes).
 BLOCK: Final = 4096
 #: Staging buffer: a frame of up to this much goes out in one write; bigger ones in several.
 STAGE_BYTES: Final = 256 * 1024
-_SKIPPABLE_HEAD: Final = struct.Struct("<II")
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
 
@@ -61,24 +59,21 @@ def _disable_direct(fd: int) -> None:
 
 def padding(size: int) -> bytes:
     """A skippable frame of exactly ``size`` bytes (at least 8: its magic and length)."""
-    return _SKIPPABLE_HEAD.pack(PAD_MAGIC, size - 8) + bytes(size - 8)
+    return skippable_frame(PAD_MAGIC, bytes(size - 8))
 
 
 class DirectAppender:
-    """Appends to ``fd`` (opened for writing, ``O_DIRECT`` on) from ``offset`` (block-aligned)."""
+    """Appends to ``fd``: a new, empty file opened for writing, with ``O_DIRECT`` on."""
 
-    def __init__(self, fd: int, offset: int = 0) -> None:
-        if offset % BLOCK:
-            raise ValueError(f"offset {offset} is not a multiple of {BLOCK}")
+    def __init__(self, fd: int) -> None:
         self.fd = fd
         self.direct = True  # False once the filesystem refused a direct write
         # Room for a partial block, a full stage, and the padding of its tail.
         self._stage = mmap.mmap(-1, STAGE_BYTES + 2 * BLOCK)
         self._view = memoryview(self._stage)
-        self._at = offset  # file offset of the stage's first byte
-        self._held = (
-            0  # bytes in the stage: the file's last partial block (already on disk, padded)
-        )
+        self._at = 0  # file offset of the stage's first byte (block-aligned)
+        # Bytes in the stage: the file's last partial block (already on disk, padded), then new data.
+        self._held = 0
 
     @property
     def end(self) -> int:
@@ -94,7 +89,7 @@ class DirectAppender:
             self._view[self._held : self._held + take] = view[:take]
             self._held += take
             view = view[take:]
-            self._flush(pad=True)
+            self._flush()
 
     def finish(self) -> None:
         """Write the last partial block as it is and cut the file there: no padding is left."""
@@ -110,11 +105,12 @@ class DirectAppender:
         self._view.release()
         self._stage.close()
 
-    def _flush(self, *, pad: bool) -> None:
+    def _flush(self) -> None:
+        """Write the stage's whole blocks and its last partial block, padded; keep that block."""
         held = self._held
         whole = held - held % BLOCK
         length = whole
-        if held > whole and pad:
+        if held > whole:
             room = BLOCK - (held - whole)
             if room < 8:  # a skippable frame needs 8 bytes: pad into the next block as well
                 room += BLOCK
