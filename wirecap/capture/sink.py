@@ -325,18 +325,16 @@ class SegmentSink:
         appender = self._appender
         if appender is not None:
             appender.append(data)
-            self.offset += len(data)
-            if not appender.direct and self.offset - self._released_at >= RELEASE_STEP:
-                self._release()
-            return
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            if written is None or written <= 0:
-                raise OSError("short write to the capture file")
-            view = view[written:]
+        else:
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                if written is None or written <= 0:
+                    raise OSError("short write to the capture file")
+                view = view[written:]
         self.offset += len(data)
-        if self.offset - self._released_at >= RELEASE_STEP and self._fd >= 0:
+        through_cache = appender is None or not appender.direct
+        if through_cache and self.offset - self._released_at >= RELEASE_STEP and self._fd >= 0:
             self._release()
 
     def _release(self) -> None:
