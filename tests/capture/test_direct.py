@@ -55,6 +55,7 @@ def test_open_file_is_the_appended_bytes_then_padding_closed_file_exactly_them(t
             frame = padding(size + 8)
             appender.append(frame)
             written += frame
+            appender.wait()
             data = path.read_bytes()
             assert data[: len(written)] == written  # the frames so far, byte for byte
             assert len(data) % BLOCK == 0  # whole blocks only...
@@ -85,6 +86,22 @@ def test_a_frame_bigger_than_the_stage_goes_out_in_pieces(tmp_path):
     assert path.read_bytes() == b"x" * 100 + payload
 
 
+def test_a_failed_write_in_the_background_is_raised_by_the_next_call(tmp_path):
+    path = tmp_path / "read-only"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    appender = DirectAppender(fd)  # every write fails: the descriptor is not open for writing
+    try:
+        appender.append(b"x" * 5000)  # handed to the writing thread
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            appender.wait()
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            appender.append(b"y" * 5000)
+    finally:
+        appender.close()
+        os.close(fd)
+
+
 def test_segment_written_direct_reads_back_like_one_written_through_the_cache(tmp_path):
     def write(directory, direct):
         directory.mkdir()
@@ -97,6 +114,7 @@ def test_segment_written_direct_reads_back_like_one_written_through_the_cache(tm
         return sink, path
 
     sink, path = write(tmp_path / "direct", True)
+    sink.flush()
     # Open, it reads as it stands (the index is rebuilt by a scan): a kill -9 loses nothing written.
     with open_capture(path) as capture:
         assert len([e for e in capture.exchanges() if e.complete]) == 20
@@ -121,6 +139,7 @@ def test_repair_after_a_crash_drops_the_padding_and_saves_no_tail(tmp_path):
         pytest.skip("no O_DIRECT here")
     for i in range(3):
         sink.write_frame(exchange_records(f"ex{i:04d}", b"x" * 1000))
+    sink.flush()
     assert PAD_MAGIC in {f.magic for f in skippable_frames(path.read_bytes())}
     sink.abandon()  # as a killed writer leaves it: no index, the padding at the end
     result = repair_index(path)

@@ -30,9 +30,12 @@ def test_a_chunk_put_by_one_side_is_taken_by_the_other(rings):
     at_first, at_second = writer.put(first), writer.put(bytearray(second))
     assert (at_first, at_second) == (0, 30_000)
     assert reader.take(at_first, len(first)) == first
-    assert writer.released == 30_000
     assert reader.take(at_second, len(second)) == second
-    assert writer.released == 70_000
+    assert writer.released == 0  # taking copies; the space goes back when released
+    reader.release(30_000)
+    assert writer.released == 30_000
+    reader.release(10_000)  # never backwards
+    assert writer.released == 30_000
 
 
 def test_no_room_until_the_reader_gives_it_back(rings):
@@ -40,20 +43,53 @@ def test_no_room_until_the_reader_gives_it_back(rings):
     at = writer.put(b"a" * 60_000)
     assert at == 0
     assert writer.put(b"b" * 60_000) is None  # 120,000 bytes in a 100,000-byte ring
+    assert writer.reserve(60_000) is None
     assert writer.put(b"c" * 200_000) is None  # bigger than the ring: never
     reader.take(at, 60_000)
+    reader.release(60_000)
     assert writer.put(b"b" * 60_000) is not None
 
 
 def test_a_chunk_never_lies_across_the_end(rings):
     writer, reader = rings
     reader.take(writer.put(b"a" * 70_000), 70_000)
+    reader.release(70_000)
     data = os.urandom(50_000)
     at = writer.put(data)  # 30,000 bytes left before the end: the next lap
     assert at == 100_000
     assert reader.take(at, len(data)) == data
-    assert writer.released == 150_000  # the skipped bytes are given back with the chunk
+    reader.release(at + len(data))  # the skipped bytes go back with the chunk after them
     assert writer.put(b"x" * 50_000) == 150_000
+
+
+def test_the_skipped_end_of_a_lap_is_released_before_the_chunk_after_it_is_there(rings):
+    writer, reader = rings
+    assert writer.put(b"a" * 70_000) == 0
+    assert writer.reserve(50_000) is None  # 30,000 bytes to the end: the next lap, no room yet
+    assert writer.written == 100_000  # the skipped end counts as written...
+    reader.release(writer.written)  # ...so the reader can give it back with what came before it
+    slot = writer.reserve(50_000)
+    assert slot is not None and slot[0] == 100_000
+
+
+def test_a_reserved_slot_is_filled_in_place_and_shrinks_to_what_was_used(rings):
+    writer, reader = rings
+    slot = writer.reserve(40_000)
+    assert slot is not None
+    start, view = slot
+    data = os.urandom(25_000)
+    view[: len(data)] = data  # what recv_into does
+    writer.shrink(start, 40_000, len(data))
+    assert writer.written == 25_000  # the unused 15,000 bytes are free again
+    assert reader.take(start, len(data)) == data
+    assert writer.put(b"z" * 10) == 25_000
+    # Shrinking a slot that is no longer the last one changes nothing (its tail stays a hole that
+    # a later release gives back).
+    second = writer.reserve(1000)
+    assert second is not None
+    writer.put(b"y")
+    writer.shrink(second[0], 1000, 0)
+    assert writer.written == 25_010 + 1000 + 1
 
 
 def body(x: str, data: bytes) -> tuple:
@@ -76,7 +112,29 @@ def test_split_and_join_use_the_ring_where_it_has_room_and_the_pipe_otherwise(ri
     messages = iter(bytearray(data) for data in pipe)
     assert join_blobs(batch, lambda: next(messages), reader)
     assert batch == original
-    assert writer.released == len(big[0]) + len(big[1])
+
+
+def test_split_forgets_the_chunks_the_relay_received_into_the_ring(rings):
+    writer, reader = rings
+    received: dict[int, None] = {}
+    slots = []
+    for size in (20_000, 30_000):
+        slot = writer.reserve(size)
+        assert slot is not None
+        slot[1][:] = os.urandom(size)
+        received[slot[0]] = None
+        slots.append((slot[0], size))
+    big = os.urandom(BIG_BODY_BYTES)
+    # The second slot's record went into a batch before the first's: the oldest one still to come
+    # is what the writer process may not release.
+    batch = [body("a", slots[1]), body("b", big)]
+    assert split_blobs(batch, writer, received) == []
+    assert list(received) == [slots[0][0]]
+    assert batch[1][1][3] == (50_000, len(big))  # the pump's copy goes after the slots
+    assert join_blobs(batch, lambda: None, reader)
+    assert batch[1] == body("b", big)
+    split_blobs([body("a", slots[0])], writer, received)
+    assert received == {}
 
 
 def test_join_stops_where_the_pipe_ended(rings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import ssl
 
 import h11
@@ -12,7 +13,8 @@ import pytest
 import trio
 import trustme
 
-from wirecap.capture import strip_proxy_path
+from wirecap.capture import open_capture, strip_proxy_path
+from wirecap.capture.writer import ProcessCaptureWriter, SegmentHeader, WriterSpec
 
 
 async def raw_request(
@@ -512,3 +514,61 @@ async def test_upstream_answering_before_reading_the_body_is_relayed(start_upstr
             assert not body_sent.is_set()  # the answer came while the body was still on its way
             nursery.cancel_scope.cancel()
     assert received.startswith(b"HTTP/1.1 413 Payload Too Large\r\n")
+
+
+async def test_big_bodies_go_through_the_capture_ring_whole_several_at_once(
+    start_upstream, start_proxy, tmp_path
+):
+    """Big response bodies (with a length, or ending with the connection) are received from the
+    upstream straight into the capture writer's shared ring and sent to the client from there.
+    Four at once through a ring of four slots, the clients reading at different paces: the chunks'
+    records reach the writer process out of the order their slots were filled in, and still the
+    client and the capture get every byte."""
+    bodies = {f"/b{i}": os.urandom(2 * 2**20 + i * 7777) for i in range(4)}
+
+    async def handler(ex):
+        await ex.read_body()
+        body = bodies[ex.request.target]
+        if ex.request.target != "/b3":
+            await ex.respond(200, body)
+            return
+        await ex.send_raw(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")  # no length
+        for i in range(0, len(body), 50_000):
+            await ex.send_raw(body[i : i + 50_000])
+        await ex.stream.aclose()
+
+    out = tmp_path / "ring"
+    out.mkdir()
+    spec = WriterSpec(directory=out, header=SegmentHeader({}))
+    writer = ProcessCaptureWriter(spec, ring_bytes=4 * 65536)
+    slots = []
+    ring_slot = writer.ring_slot
+
+    def counted_ring_slot(size: int):
+        slot = ring_slot(size)
+        slots.append(slot is not None)
+        return slot
+
+    writer.ring_slot = counted_ring_slot  # type: ignore[method-assign]
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url, writer=writer)
+    received = {}
+
+    async def fetch(client: httpx.AsyncClient, path: str, pause: float) -> None:
+        async with client.stream("GET", f"{proxy.url}{path}") as r:
+            data = bytearray()
+            async for chunk in r.aiter_raw():
+                data += chunk
+                await trio.sleep(pause)
+        received[path] = bytes(data)
+
+    with trio.fail_after(60):
+        async with httpx.AsyncClient() as client, trio.open_nursery() as nursery:
+            for i, path in enumerate(bodies):
+                nursery.start_soon(fetch, client, path, i * 0.0005)
+        await proxy.stop()
+    assert received == bodies
+    assert slots.count(True) >= 20  # of ~140 reads (the others found the small ring full)
+    with open_capture(out) as capture:
+        captured = {e.target: e.response_body for e in capture.exchanges()}
+    assert captured == bodies

@@ -11,12 +11,13 @@ input end and still writes the last frame, the index and the footer.
 The pipe protocol is private to this module and writer.py, with the same interpreter at both ends:
 
 - to the child (its stdin): a message holding the pickled :class:`WriterSpec`, then one message per
-  batch. A message is a 4-byte little-endian length and that many bytes; a batch is the ``marshal``
-  of a list of packed records (:func:`packing.pack_record`), the cheapest serialisation Python has. The
-  data of each body chunk of 16 KiB or more is in the shared ring (ring.py; the record holds its
-  position and length instead) or, when the ring has no room or there is none, follows its batch as
-  a message of its own (the record holds its length): written from the proxy's own bytes, read into
-  a buffer of its size.
+  batch. A message is a 4-byte little-endian length and that many bytes; a batch's is the
+  ``marshal`` (the cheapest serialisation Python has) of ``(release, records)``: a list of packed
+  records (:func:`packing.pack_record`) and the ring position before which the ring's space is free
+  once the batch's chunks are copied out (see ring.py). The data of each body chunk of 16 KiB or
+  more is in the shared ring (ring.py; the record holds its position and length instead) or, when
+  the ring has no room or there is none, follows its batch as a message of its own (the record
+  holds its length): written from the proxy's own bytes, read into a buffer of its size.
 - from the child (its stdout), one JSON object per line: ``{"path": P}`` each time a segment opens,
   ``{"written": [records, frames, bytes]}`` (totals) after each frame, ``{"failed": TEXT}`` once if
   writing fails (the child then reads and counts what it can no longer write, so the proxy never
@@ -64,15 +65,25 @@ if TYPE_CHECKING:
 _LENGTH: Final = struct.Struct("<I")
 
 
-def split_blobs(batch: list[PackedRecord], ring: BodyRing | None = None) -> list[bytes]:
+def split_blobs(
+    batch: list[PackedRecord],
+    ring: BodyRing | None = None,
+    received: dict[int, None] | None = None,
+) -> list[bytes]:
     """Take the data of big body chunks out of ``batch`` (in place; marshal would copy it twice
     more on its way): into ``ring`` where it has room (the slot then holds the data's position and
     length), else into the returned list, in order, sent as one message each after the batch's (the
-    slot holds its length)."""
+    slot holds its length). A chunk the relay received into the ring already holds its position:
+    it is taken out of ``received`` (the positions of those not yet in a batch)."""
     blobs: list[bytes] = []
     for i, (code, values) in enumerate(batch):
-        if code == BODY and len(values[3]) >= BIG_BODY_BYTES:
-            data = values[3]
+        if code != BODY:
+            continue
+        data = values[3]
+        if type(data) is tuple:
+            if received is not None:
+                received.pop(data[0], None)
+        elif len(data) >= BIG_BODY_BYTES:
             start = ring.put(data) if ring is not None else None
             if start is None:
                 blobs.append(data)
@@ -86,9 +97,21 @@ def join_blobs(
     batch: list[PackedRecord],
     read: Callable[[], bytearray | None],
     ring: BodyRing | None = None,
+    release: int = 0,
 ) -> bool:
     """Put back into ``batch`` the data :func:`split_blobs` took out, from ``ring`` or read with
-    ``read``. False if the input ended first (those records are left out)."""
+    ``read``. False if the input ended first (those records are left out).
+
+    The ring's space is given back as the chunks are copied out, up to ``release`` (the batch's
+    word on what may be freed) and never past a chunk of the batch still to be copied (chunks the
+    relay received into the ring lie in the order their slots were claimed, not the batch's)."""
+    if ring is not None:
+        starts = [v[3][0] for c, v in batch if c == BODY and type(v[3]) is tuple]
+        # From each chunk on, the lowest position still to be copied: what bounds the release.
+        free_to = [release] * (len(starts) + 1)
+        for k in range(len(starts) - 1, -1, -1):
+            free_to[k] = min(starts[k], free_to[k + 1])
+        taken = 0
     for i, (code, values) in enumerate(batch):
         if code != BODY:
             continue
@@ -96,6 +119,8 @@ def join_blobs(
         if type(where) is tuple:
             assert ring is not None, "a chunk in a ring that is not there"
             data: bytes | bytearray | None = ring.take(*where)
+            taken += 1
+            ring.release(free_to[taken])
         elif type(where) is int:
             data = read()
             if data is None:
@@ -104,6 +129,8 @@ def join_blobs(
         else:
             continue
         batch[i] = (code, (*values[:3], data))
+    if ring is not None:
+        ring.release(release)
     return True
 
 
@@ -156,9 +183,11 @@ class WriterSpec:
     frame_seconds: float = FRAME_MAX_SECONDS
     rotate_bytes: int | None = None
     rotate_seconds: float | None = None
-    #: The shared ring of big body chunks (ring.py): its inherited descriptor and size, if any.
+    #: The shared ring of big body chunks (ring.py): its inherited descriptor and size, if any, and
+    #: the eventfd by which it says when it released space the proxy waits for.
     ring_fd: int = -1
     ring_bytes: int = 0
+    ring_event_fd: int = -1
 
     def sink(self) -> SegmentSink:
         return SegmentSink(
@@ -193,6 +222,7 @@ class FrameWriter:
         self._records: list[IndexItem] = []  # what the index needs of each encoded record
         self._parts: list[bytes | bytearray] = []
         self._size = 0
+        self._bulk = 0  # of which big body chunks
         self.deadline = math.inf  # when the open frame must be written
         self._written = [0, 0, 0]  # records, frames, bytes
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(self.QUEUED_FRAMES)
@@ -222,6 +252,7 @@ class FrameWriter:
             if more:  # a big body's data: copied once, when the frame is joined
                 self._parts.append(more)
                 self._size += len(more)
+                self._bulk += len(more)
             if self._size >= self.spec.frame_bytes:
                 self.write_frame()
 
@@ -235,11 +266,18 @@ class FrameWriter:
         of the traffic slowing down to the compressor's pace. Waiting for a full queue before
         hurrying cost a 1 GiB body ~9% of its speed on two cores (docs/PERFORMANCE.md, session
         12): the frames compressed hard meanwhile take the CPU the traffic needs.
+
+        A frame made mostly (over half its bytes) of big body chunks is always written in a hurry
+        with ``spec.adapt``: such bodies (downloads, uploads, media) are base64 or compressed
+        already as a rule, where level 1 saves a quarter of the bytes at four times the CPU (1.0
+        against 0.23 ms a MiB of base64 on this project's machines), and on two cores that CPU is
+        the traffic's (docs/PERFORMANCE.md, session 14). JSON and SSE frames keep their levels.
         """
-        records, parts = self._records, self._parts
-        self._records, self._parts, self._size, self.deadline = [], [], 0, math.inf
+        records, parts, bulk = self._records, self._parts, self._bulk * 2 > self._size
+        self._records, self._parts, self._size, self._bulk = [], [], 0, 0
+        self.deadline = math.inf
         if records:
-            hurry = self.spec.adapt and not self._jobs.empty()
+            hurry = self.spec.adapt and (bulk or not self._jobs.empty())
             self._jobs.put(lambda: self._write(records, parts, hurry))
 
     def rotate_if_due(self) -> None:
@@ -328,8 +366,8 @@ class FrameWriter:
             message = reader.read()
             if message is None:
                 break
-            batch = marshal.loads(message)
-            complete = join_blobs(batch, reader.read, ring)
+            release, batch = marshal.loads(message)
+            complete = join_blobs(batch, reader.read, ring, release)
             self.add_batch(batch)
             if not complete:
                 break
@@ -354,7 +392,9 @@ def main() -> None:
     if message is None:
         return
     spec: WriterSpec = pickle.loads(message)
-    ring = BodyRing(spec.ring_fd, spec.ring_bytes) if spec.ring_fd >= 0 else None
+    ring = (
+        BodyRing(spec.ring_fd, spec.ring_bytes, spec.ring_event_fd) if spec.ring_fd >= 0 else None
+    )
     writer = FrameWriter(spec, report)
     writer.open()
     writer.serve(reader, ring)

@@ -135,8 +135,14 @@ def packed_response(x: str, ns: int, status: int, head: bytes, by: str) -> Packe
     return RESPONSE, (x, ns, status, head, by)
 
 
-def packed_body(x: str, dir: str, ns: int, data: bytes | bytearray) -> PackedRecord:  # noqa: A002 (the field's name)
-    """A :class:`BodyChunk`, packed."""
+def packed_body(
+    x: str,
+    dir: str,  # noqa: A002 (the field's name)
+    ns: int,
+    data: bytes | bytearray | tuple[int, int],
+) -> PackedRecord:
+    """A :class:`BodyChunk`, packed; its data may be a ``(position, length)`` pair in the capture's
+    shared ring (see writer.ProcessCaptureWriter.ring_slot)."""
     return BODY, (x, dir, ns, data)
 
 
@@ -155,10 +161,14 @@ def packed_end(
 
 
 def packed_size(packed: PackedRecord) -> int:
-    """About how many bytes ``packed`` holds (what :func:`pack_sized` says of its record)."""
+    """About how many bytes ``packed`` holds (what :func:`pack_sized` says of its record); a body
+    chunk in the capture's shared ring (its data a ``(position, length)`` pair) counts its length."""
     code, values = packed
     big = _BIG_FIELD[code]
-    return RECORD_OVERHEAD + (len(values[big]) if big >= 0 else 0)
+    if big < 0:
+        return RECORD_OVERHEAD
+    data = values[big]
+    return RECORD_OVERHEAD + (data[1] if type(data) is tuple else len(data))
 
 
 def pack_record(record: Record) -> PackedRecord:

@@ -2,56 +2,75 @@
 
 Through the pipe, each byte of a big body cost two kernel copies (the proxy's write, the writer
 process's read) and a pipe page allocated and freed per 4 KiB: 0.74 CPU seconds per GiB on this
-project's machines, against 0.06 for a copy into memory both processes map. So the proxy copies a
-big chunk's data into the ring and sends only where it lies (:meth:`BodyRing.put`); the writer
-process copies it out into a bytes object of its own and gives the space back at once
-(:meth:`BodyRing.take`), so a chunk never stays in the ring while it waits for its frame, and the
-ring can stay small (it only covers the batches in the pipe).
+project's machines, against 0.06 for a copy into memory both processes map. So big chunks go
+through memory both processes map, and the pipe carries only where they lie. They get there two
+ways: the relay receives a big response chunk straight from the upstream's socket into a slot of
+the ring (:meth:`BodyRing.reserve`, then ``recv_into``; the client is sent the slot's bytes, so
+the proxy never copies them), or the capture pump copies a chunk it was handed into the ring
+(:meth:`BodyRing.put`). The writer process copies a chunk out into its frame (:meth:`BodyRing.take`)
+and, after each batch, gives back the space up to the point the batch names
+(:meth:`BodyRing.release`). The proxy computes that point: the start of the oldest slot whose record
+has not yet gone out in a batch, or the end of the history when there is none. Slots are received
+into by many exchanges at once and their records reach the pipe in any order, so the reader must
+never release past a slot it has not yet been told of.
 
 The layout, private to this module: the first 8 bytes of the mapping hold how many bytes of the
 ring's history the reader has released (an unsigned 64-bit counter in the machine's order, written
 only by the reader, read and written through a ``Q`` memoryview: one aligned 8-byte load or store,
-never torn), the data follows from :data:`DATA_OFFSET`. Positions are counted from the start of
+never torn), the next 8 a flag by which the proxy asks to be woken when space is released, the
+data follows from :data:`DATA_OFFSET`. Positions are counted from the start of
 the history and never wrap; a chunk lies at ``position % capacity`` and never across the end (the
-writer skips to the next lap instead, and the reader releases the skipped bytes with the chunk).
-The writer only writes where the reader has released, the reader only reads what a message named,
-and the counter is written after the copy out: on x86-64 (the only place where wirecap has been
-measured) stores are seen in order, and each side reads the other's writes only after a pipe
-message or a system call.
+writer skips to the next lap instead, and the reader releases the skipped bytes with the chunk
+after them). The writer only writes where the reader has released, the reader only reads what a
+message named, and the counter is written after the copy out: on x86-64 (the only place where
+wirecap has been measured) stores are seen in order, and each side reads the other's writes only
+after a pipe message or a system call.
 
-When the ring has no room (the writer process is behind), :meth:`BodyRing.put` says so and the
-chunk goes through the pipe as before: the ring changes no behaviour, only the cost. It needs
-``os.memfd_create`` (Linux); elsewhere :func:`BodyRing.create` returns None and every chunk takes the
-pipe.
+When the ring has no room (the writer process is behind), :meth:`BodyRing.reserve` and
+:meth:`BodyRing.put` say so. The relay then waits for room, as it waits for a full capture buffer
+under the ``block`` policy: the writer process signals an eventfd when it releases space the proxy
+asked for (:meth:`BodyRing.want`). Under ``drop``, or without a ring, the chunk is received into a
+buffer of its own and goes through the pipe: the ring changes no behaviour, only the cost. It needs
+``os.memfd_create`` (Linux); elsewhere :func:`BodyRing.create` returns None and every chunk takes
+the pipe.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from typing import Final
 
-#: Bytes of the ring (the data area): what the batches in the pipe refer to. Each process maps it,
-#: so it counts twice in their summed peak RSS. At 1 MiB, 3 in 4 chunks of a 1 GiB body took the
-#: ring (the others found it full while the writer process was behind, and took the pipe).
-RING_BYTES: Final = 1024 * 1024
-DATA_OFFSET: Final = 64  # the released counter, then padding to a cache line
+#: Bytes of the ring (the data area): the chunks received or put but not yet copied out by the
+#: writer process. Each process maps it, so it counts twice in their summed peak RSS: 2 MiB held
+#: a 1 GiB body as fast as 4 MiB did, within the noise (docs/PERFORMANCE.md, session 14).
+RING_BYTES: Final = 2 * 1024 * 1024
+#: The most the relay receives into one slot: a quarter MiB a read where the socket has it costs a
+#: quarter of the system calls, records and batches of 64 KiB reads (a 1 GiB body: 499-537 MiB/s
+#: against 435-453, the proxy 1.3-1.6 CPU seconds against 1.7-1.8). The only records bigger than
+#: the proxy's read size.
+RING_SLOT_BYTES: Final = 256 * 1024
+DATA_OFFSET: Final = 64  # the released counter, the wanted flag, then padding to a cache line
 
 
 class BodyRing:
-    """One side of the ring: the proxy's (:meth:`put`) or the writer process's (:meth:`take`)."""
+    """One side of the ring: the proxy's (:meth:`put`, :meth:`reserve`) or the writer process's
+    (:meth:`take`, :meth:`release`). ``event_fd``: an eventfd the reader signals when it releases
+    space the proxy said it wanted (:meth:`want`); -1 without one."""
 
-    def __init__(self, fd: int, capacity: int) -> None:
+    def __init__(self, fd: int, capacity: int, event_fd: int = -1) -> None:
         self.fd = fd
         self.capacity = capacity
+        self.event_fd = event_fd
         self._map = mmap.mmap(fd, DATA_OFFSET + capacity)
         self._view = memoryview(self._map)
-        self._released = self._view[:8].cast("Q")
+        self._words = self._view[:16].cast("Q")  # released, wanted
         self._written = 0  # writer side: the end of the history so far
 
     @classmethod
     def create(cls, capacity: int = RING_BYTES) -> BodyRing | None:
-        """A new ring, its descriptor to be inherited by the writer process; None without memfd."""
+        """A new ring, its descriptors to be inherited by the writer process; None without memfd."""
         memfd_create = getattr(os, "memfd_create", None)
         if memfd_create is None:
             return None
@@ -61,43 +80,104 @@ class BodyRing:
             return None
         try:
             os.ftruncate(fd, DATA_OFFSET + capacity)
-            return cls(fd, capacity)
+            ring = cls(fd, capacity)
         except OSError:
             os.close(fd)
             return None
+        eventfd = getattr(os, "eventfd", None)
+        if eventfd is not None:
+            with contextlib.suppress(OSError):
+                ring.event_fd = eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        return ring
 
     @property
     def released(self) -> int:
         """How much of the history the reader has given back."""
-        value: int = self._released[0]
+        value: int = self._words[0]
         return value
+
+    def want(self) -> None:
+        """Ask the reader to signal ``event_fd`` when it next releases space (the proxy is
+        waiting for room). The flag and the counter are separate words that each side writes
+        and the other reads with no fence between: a signal can be missed, so whoever waits for
+        it waits with a timeout."""
+        self._words[1] = 1
 
     def put(self, data: bytes | bytearray | memoryview) -> int | None:
         """Copy ``data`` into the ring and return its position; None when there is no room."""
         size = len(data)
-        start = self._written
-        offset = start % self.capacity
-        if offset + size > self.capacity:  # not across the end: the next lap
-            start += self.capacity - offset
-            offset = 0
-        end = start + size
-        if end - self.released > self.capacity:
+        start = self._place(size)
+        if start is None:
             return None
-        self._view[DATA_OFFSET + offset : DATA_OFFSET + offset + size] = data
-        self._written = end
+        offset = DATA_OFFSET + start % self.capacity
+        self._view[offset : offset + size] = data
+        self._written = start + size
         return start
 
-    def take(self, start: int, size: int) -> bytes:
-        """The ``size`` bytes :meth:`put` placed at ``start``, copied out; their space (and any
-        skipped before them) is released."""
+    def _place(self, size: int) -> int | None:
+        """Where the next ``size`` bytes would go, or None when the reader has not released enough.
+        Never across the end: the rest of the lap is skipped then, for good (counted as written,
+        so that the reader may release it before the chunk that follows it is there)."""
+        if size > self.capacity:
+            return None
+        start = self._written
+        offset = start % self.capacity
+        if offset + size > self.capacity:
+            start += self.capacity - offset
+            self._written = start
+        if start + size - self.released > self.capacity:
+            return None
+        return start
+
+    def reserve(self, size: int) -> tuple[int, memoryview] | None:
+        """Claim ``size`` bytes for the caller to fill in place (a socket's ``recv_into``): their
+        position and a view of them, or None when there is no room. Give back what was not filled
+        with :meth:`shrink` before anything else is put."""
+        start = self._place(size)
+        if start is None:
+            return None
         offset = DATA_OFFSET + start % self.capacity
-        data = bytes(self._view[offset : offset + size])
-        self._released[0] = start + size
-        return data
+        self._written = start + size
+        return start, self._view[offset : offset + size]
+
+    def shrink(self, start: int, size: int, used: int) -> None:
+        """Only ``used`` bytes of the last reservation (``start``, ``size``) were filled: the rest is
+        free again."""
+        if self._written == start + size:
+            self._written = start + used
+
+    @property
+    def written(self) -> int:
+        """The end of the history so far: everything before it has been put or reserved."""
+        return self._written
+
+    def take(self, start: int, size: int) -> bytes:
+        """The ``size`` bytes :meth:`put` placed at ``start``, copied out (their space stays
+        held until :meth:`release`)."""
+        offset = DATA_OFFSET + start % self.capacity
+        return bytes(self._view[offset : offset + size])
+
+    def release(self, position: int) -> None:
+        """Give back everything before ``position`` of the history (the reader side; positions
+        only move forward)."""
+        words = self._words
+        if position > words[0]:
+            words[0] = position
+            if words[1]:
+                words[1] = 0
+                if self.event_fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.eventfd_write(self.event_fd, 1)
 
     def close(self) -> None:
-        """Unmap the ring and close its descriptor."""
-        self._released.release()
-        self._view.release()
-        self._map.close()
+        """Unmap the ring and close its descriptor (a view still held elsewhere, the mapping goes
+        with its last reference instead)."""
+        self._words.release()
+        if self.event_fd >= 0:
+            os.close(self.event_fd)
+        try:
+            self._view.release()
+            self._map.close()
+        except BufferError:
+            pass
         os.close(self.fd)

@@ -271,6 +271,12 @@ class SegmentSink:
         self._index.observe_all(records, at)
         return len(frame)
 
+    def flush(self) -> None:
+        """Return once every frame written so far is in the file (an ``O_DIRECT`` segment is
+        written by a thread of its appender's, a frame behind at most: see direct.py)."""
+        if self._appender is not None:
+            self._appender.wait()
+
     def close(self) -> None:
         """Append the index and footer, flush to disk, and close the segment."""
         file = self._finish()

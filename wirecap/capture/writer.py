@@ -42,6 +42,7 @@ import trio
 from wirecap.capture.child import WriterSpec, message_head, split_blobs
 from wirecap.capture.index import index_item
 from wirecap.capture.packing import (
+    BODY,
     PackedRecord,
     pack_record,
     pack_sized,
@@ -99,6 +100,9 @@ DEFAULT_CHANNEL_BYTES: Final = 4 * 1024 * 1024
 BATCH_SECONDS: Final = 0.005
 BATCH_BYTES: Final = 256 * 1024
 PIPE_BYTES: Final = 1024 * 1024
+#: How long a relay waits for ring space before it looks again (the writer process's signal can be
+#: missed, see BodyRing.want).
+RING_WAIT: Final = 0.002
 _IOV_MAX: Final = 1024  # Linux's limit on buffers per writev
 
 OnFull: TypeAlias = Literal["block", "drop"]
@@ -236,6 +240,7 @@ class RecordBuffer:
         """Queue ``record``. Under ``block`` waits for room; under ``drop`` never waits."""
         if self._closed or self._failed is not None:
             self._records_lost += 1
+            self._forget(record)
             return
         if self._full():
             if self.on_full == "drop":
@@ -251,6 +256,7 @@ class RecordBuffer:
         """Queue ``record`` if there is room; count it as dropped otherwise. Returns whether queued."""
         if self._closed or self._failed is not None:
             self._records_lost += 1
+            self._forget(record)
             return False
         if self._full():
             self._count_drop(record)
@@ -258,11 +264,37 @@ class RecordBuffer:
         self._append(record)
         return True
 
+    @property
+    def due(self) -> bool:
+        """A batch is ready for the consumer: a producer handing over many records without a pause
+        (a big body whose reads never wait) should let it run (the pump frees the shared ring)."""
+        return self._pending_bytes >= self._wake_bytes
+
+    def ring_slot(self, size: int) -> tuple[int, memoryview] | None:
+        """Room to receive up to ``size`` bytes of a body straight into, for a writer with a
+        shared ring (:class:`ProcessCaptureWriter`): the slot's position and a view of it, or None.
+        Say at once, before any other task runs, how much was filled (:meth:`ring_filled`); the
+        chunk's record then holds ``(position, length)`` as its data."""
+        return None
+
+    def ring_filled(self, start: int, size: int, used: int) -> None:
+        """``used`` bytes of the slot :meth:`ring_slot` gave were filled (0: none, the slot is
+        given back)."""
+
+    async def wait_for_ring(self) -> bool:
+        """:meth:`ring_slot` found no room: wait for some and return True, or return False when
+        there is none to wait for (the caller then receives the usual way)."""
+        return False
+
+    def _forget(self, item: Item) -> None:
+        """``item`` will never be written (dropped, or lost)."""
+
     def _count_drop(self, item: Item) -> None:
+        self._forget(item)
         record = _unpacked(item)
         self._records_dropped += 1
         self._dropped.records += 1
-        self._dropped.bytes += record_size(record)
+        self._dropped.bytes += packed_size(item) if isinstance(item, tuple) else record_size(record)
         x = getattr(record, "x", None)
         if x is not None:
             self._dropped.exchanges.add(x)
@@ -495,6 +527,11 @@ class ProcessCaptureWriter(RecordBuffer):
         self._command = [python, "-m", "wirecap.capture.child"]
         self._path: Path | None = None
         self._paths: list[Path] = []
+        self._ring: BodyRing | None = None  # while run() has one
+        #: Positions of the chunks received into the ring whose records have not yet gone out in a
+        #: batch, oldest first: the writer process must not be told to release them (ring.py).
+        self._received: dict[int, None] = {}
+        self._ring_freed = trio.Event()
         self._sent = 0
         self._done = False
         self.pid: int | None = None  # the writer process's, once started
@@ -527,6 +564,53 @@ class ProcessCaptureWriter(RecordBuffer):
     def _files(self) -> tuple[Path | None, tuple[Path, ...]]:
         return self._path, tuple(self._paths)
 
+    def ring_slot(self, size: int) -> tuple[int, memoryview] | None:
+        ring = self._ring
+        if ring is None or self._closed or self._failed is not None or self._full():
+            return None
+        slot = ring.reserve(min(size, ring.capacity // 4))  # a slot never waits for the whole ring
+        if slot is not None:
+            self._received[slot[0]] = None
+        return slot
+
+    def ring_filled(self, start: int, size: int, used: int) -> None:
+        assert self._ring is not None
+        self._ring.shrink(start, size, used)
+        if not used:
+            del self._received[start]
+
+    async def wait_for_ring(self) -> bool:
+        """The ring had no room for a slot: wait until the writer process releases some (or
+        :data:`RING_WAIT` seconds, in case its signal was missed) and return True to try again;
+        return False at once when waiting would not help (there is no ring, the writer is done
+        or failed, the buffer is full) or is not wanted (the ``drop`` policy never waits)."""
+        ring = self._ring
+        if (
+            ring is None
+            or self.on_full == "drop"
+            or self._closed
+            or self._failed is not None
+            or self._full()
+        ):
+            return False
+        ring.want()
+        with trio.move_on_after(RING_WAIT):
+            await self._ring_freed.wait()
+        return True
+
+    async def _watch_ring(self, event_fd: int) -> None:
+        """Wake the relays waiting for ring space whenever the writer process signals some."""
+        while True:
+            await trio.lowlevel.wait_readable(event_fd)
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(event_fd)
+            self._ring_freed.set()
+            self._ring_freed = trio.Event()
+
+    def _forget(self, item: Item) -> None:
+        if isinstance(item, tuple) and item[0] == BODY and type(item[1][3]) is tuple:
+            self._received.pop(item[1][3][0], None)
+
     async def run(
         self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -535,7 +619,9 @@ class ProcessCaptureWriter(RecordBuffer):
         ring = BodyRing.create(self._ring_bytes) if self._ring_bytes else None
         spec = self.spec
         if ring is not None:
-            spec = dataclasses.replace(spec, ring_fd=ring.fd, ring_bytes=ring.capacity)
+            spec = dataclasses.replace(
+                spec, ring_fd=ring.fd, ring_bytes=ring.capacity, ring_event_fd=ring.event_fd
+            )
         try:
             process = await trio.lowlevel.open_process(
                 self._command,
@@ -543,7 +629,7 @@ class ProcessCaptureWriter(RecordBuffer):
                 stdout=subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C for the proxy is not one for its writer
                 env=_child_environment(),
-                pass_fds=(ring.fd,) if ring is not None else (),
+                pass_fds=tuple(fd for fd in (ring.fd, ring.event_fd) if fd >= 0) if ring else (),
             )
         except OSError as exc:
             if ring is not None:
@@ -557,6 +643,7 @@ class ProcessCaptureWriter(RecordBuffer):
         assert process.stdout is not None
         _widen_pipe(process.stdin.fileno())
         stdin, statuses = process.stdin, _StatusReader(process.stdout)
+        self._ring = ring
         try:
             with contextlib.suppress(trio.BrokenResourceError):
                 await _send_messages(stdin, [pickle.dumps(spec)])
@@ -566,11 +653,16 @@ class ProcessCaptureWriter(RecordBuffer):
             task_status.started(self._path)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_statuses, statuses, process)
-                await self._pump(stdin, ring)
+                async with trio.open_nursery() as pumping:
+                    if ring is not None and ring.event_fd >= 0:
+                        pumping.start_soon(self._watch_ring, ring.event_fd)
+                    await self._pump(stdin, ring)
+                    pumping.cancel_scope.cancel()  # the ring's watcher
                 await stdin.aclose()  # end of input: the child writes its index and exits
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(trio.ClosedResourceError):
                 await stdin.aclose()  # cancelled: the child finishes the file alone
+            self._ring = None
             if ring is not None:
                 ring.close()  # the child keeps its own mapping
             self._finished.set()
@@ -595,8 +687,11 @@ class ProcessCaptureWriter(RecordBuffer):
                 self._records_lost += len(batch)
             elif batch:
                 try:
-                    blobs = split_blobs(batch, ring)
-                    await _send_messages(stdin, [marshal.dumps(batch), *blobs])
+                    blobs = split_blobs(batch, ring, self._received)
+                    # The ring is free up to the oldest chunk received into it whose record is
+                    # still to come (none: up to everything placed so far).
+                    release = next(iter(self._received), ring.written) if ring is not None else 0
+                    await _send_messages(stdin, [marshal.dumps((release, batch)), *blobs])
                     self._sent += len(batch)
                 except trio.BrokenResourceError:
                     self._records_lost += len(batch)
@@ -676,9 +771,12 @@ def _child_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     # glibc keeps freed 1 MiB frame buffers in per-thread arenas; with big bodies that doubled the
-    # process's peak RSS. One arena, and blocks from 256 KiB up given back to the system at once.
+    # process's peak RSS: one arena. Frames and chunks (up to ~1 MiB) come from the heap and stay
+    # there when freed, up to 16 MiB at its top: giving each back to the system and faulting its
+    # pages in again cost a 1 GiB body a fifth of the writer process's CPU (session 14).
     env.setdefault("MALLOC_ARENA_MAX", "1")
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(256 * 1024))
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * 1024 * 1024))
+    env.setdefault("MALLOC_TRIM_THRESHOLD_", str(16 * 1024 * 1024))
     return env
 
 

@@ -29,12 +29,15 @@ h11 stays the HTTP engine of the replay client, the mock server and the tests' u
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, TypeVar
 
 from wirecap.capture.records import proxy_path_line
 
 Headers = list[tuple[bytes, bytes]]
 
+#: What a body of plain payload (a length, or until close) is fed: bytes, or a view of the capture
+#: ring the relay received them into.
+_Bytes = TypeVar("_Bytes", bytes, memoryview)
 _TOKEN: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _REQUEST_LINE: Final = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])")
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
@@ -454,7 +457,7 @@ class LengthBody:
     def done(self) -> bool:
         return self.remaining == 0
 
-    def feed(self, data: bytes) -> tuple[int, bytes]:
+    def feed(self, data: _Bytes) -> tuple[int, _Bytes]:
         """Take the prefix of ``data`` that belongs to the body: (bytes used, payload in them)."""
         if len(data) <= self.remaining:
             self.remaining -= len(data)
@@ -476,7 +479,7 @@ class UntilClose:
     def __init__(self) -> None:
         self.done = False
 
-    def feed(self, data: bytes) -> tuple[int, bytes]:
+    def feed(self, data: _Bytes) -> tuple[int, _Bytes]:
         return len(data), data
 
     def eof(self) -> str | None:

@@ -38,12 +38,13 @@ from typing import TYPE_CHECKING, Final, TextIO
 import trio
 
 from wirecap.capture import packing
+from wirecap.capture.ring import RING_SLOT_BYTES
 from wirecap.proxy import headers as hdr
 from wirecap.proxy import http1
 from wirecap.proxy.console import ExchangeSummary, format_json, format_text
 from wirecap.proxy.deadlines import Deadlines
 from wirecap.proxy.routing import Router
-from wirecap.proxy.transport import StreamTransport, Transport, transport_for
+from wirecap.proxy.transport import SocketTransport, StreamTransport, Transport, transport_for
 from wirecap.proxy.upstream import (
     ConnectionPool,
     UpstreamConnectError,
@@ -237,12 +238,19 @@ class _Exchange:
         return False
 
     async def flush(self) -> None:
-        """Hand the deferred records to the writer, waiting for room if its buffer is full."""
-        if self.deferred and not self.flush_nowait():
-            assert self.writer is not None
+        """Hand the deferred records to the writer, waiting for room if its buffer is full, and
+        let the writer run when it has a batch ready (a relay whose reads and writes never wait
+        would otherwise keep it from running until the buffer is full)."""
+        if not self.deferred:
+            return
+        writer = self.writer
+        assert writer is not None  # only captured exchanges defer records
+        if not self.flush_nowait():
             deferred, self.deferred = self.deferred, []
             for record in deferred:
-                await self.writer.submit(record)
+                await writer.submit(record)
+        elif writer.due:
+            await trio.lowlevel.checkpoint()
 
     def request_data(self, data: bytes) -> None:
         """Count request body bytes on their way upstream, and defer their record."""
@@ -873,6 +881,9 @@ class ProxyServer:
         response: http1.ResponseHead | None = None
         trailing_junk = False  # the upstream sent more than its response: not reusable
         dechunk = False
+        # A captured body whose bytes are all payload is received straight into the capture
+        # writer's shared ring when it has one (see _receive_into_ring).
+        writer = ex.writer if type(upstream.transport) is SocketTransport else None
         if ex.helper is None:
             ex.relay_started = trio.current_time()
             if not self._relaying:
@@ -882,11 +893,16 @@ class ProxyServer:
             while True:
                 ex.reading = True
                 self._set_deadline(ex, trio.current_time() + read_timeout)
-                data = await receive(read_size)
+                in_ring = None
+                if writer is not None and body is not None and (size := _ring_size(body)):
+                    assert isinstance(upstream.transport, SocketTransport)
+                    in_ring = await _receive_into_ring(upstream.transport, writer, size)
+                data: bytes | memoryview
+                data = in_ring[0] if in_ring is not None else await receive(read_size)
                 receive = upstream.transport.receive
                 ex.reading = False
                 now = ex.now()
-                out: list[bytes] = []
+                out: list[bytes | memoryview] = []
                 if not data:
                     problem = body.eof() if body is not None else "the connection closed"
                     if problem is not None:
@@ -933,12 +949,21 @@ class ProxyServer:
                     data = bytes(buf) if body is not None else b""
                     buf.clear()
                 if data and body is not None:
-                    used, payload = body.feed(data)
+                    payload: bytes | memoryview
+                    recorded: bytes | tuple[int, int]
+                    if isinstance(data, memoryview):  # in the ring, all of it payload (_ring_size)
+                        assert in_ring is not None
+                        assert not isinstance(body, http1.ChunkedBody)
+                        used, payload = body.feed(data)
+                        recorded = in_ring[1]
+                    else:
+                        used, payload = body.feed(data)
+                        recorded = payload
                     if payload:
                         if ex.ttft_ns is None:
                             ex.ttft_ns = now
                         ex.res_bytes += len(payload)
-                        ex.defer(packing.packed_body(x=ex.id, dir="res", ns=now, data=payload))
+                        ex.defer(packing.packed_body(x=ex.id, dir="res", ns=now, data=recorded))
                         if ex.client_eof:
                             ex.fail(
                                 "client_abort",
@@ -951,7 +976,7 @@ class ProxyServer:
                         out.append(data if used == len(data) else data[:used])
                     if isinstance(body, http1.ChunkedBody) and body.error is not None:
                         # Malformed framing after good bytes: the good ones go, then the relay fails.
-                        await _send(client.transport, b"".join(out), write_timeout)
+                        await _send(client.transport, _joined(out), write_timeout)
                         raise body.error
                     if used < len(data):
                         trailing_junk = True  # bytes after the end of the response
@@ -961,7 +986,7 @@ class ProxyServer:
                     if ex.client_eof:
                         return False  # every body byte reached the client; only framing is left
                 if out:
-                    await _send(client.transport, b"".join(out), write_timeout)
+                    await _send(client.transport, _joined(out), write_timeout)
                 if finished:  # its records go with the exchange's end, in one offer (_finish)
                     ex.response_complete = True
                     return response is not None and response.keep_alive and not trailing_junk
@@ -1092,7 +1117,53 @@ class _HeadTimeout(Exception):
     connection that times out just closes)."""
 
 
-async def _send(transport: Transport, data: bytes, timeout: float) -> None:
+def _ring_size(body: http1.LengthBody | http1.ChunkedBody | http1.UntilClose) -> int:
+    """How much of ``body`` to receive into the capture ring next, or 0: only bodies whose every
+    byte is payload qualify (a chunked body's record holds the bytes without their framing), and
+    only big ones (small answers take the usual, cheaper way)."""
+    if type(body) is http1.LengthBody:
+        remaining = body.remaining
+        return min(RING_SLOT_BYTES, remaining) if remaining >= packing.BIG_BODY_BYTES else 0
+    return RING_SLOT_BYTES if type(body) is http1.UntilClose else 0
+
+
+async def _receive_into_ring(
+    transport: SocketTransport, writer: RecordBuffer, size: int
+) -> tuple[memoryview, tuple[int, int]] | None:
+    """Receive up to ``size`` bytes into a slot of ``writer``'s shared ring: the bytes (a view of
+    the slot, valid until the chunk's record has gone to the writer) and where they lie, for the
+    record. When the ring is full the relay waits for the writer process to free some, as it
+    would wait for a full capture buffer (``block``); None when there is no ring to wait for
+    (the caller receives the usual way).
+
+    The slot is claimed only once bytes are ready and filled without a task switch, so slots are
+    filled in the order they were claimed and none is left half-used. The proxy never copies
+    these bytes: the kernel puts them in the ring, and the client is sent them from there.
+    """
+    while True:
+        slot = writer.ring_slot(size)
+        if slot is None:
+            if await writer.wait_for_ring():
+                continue
+            return None
+        start, view = slot
+        try:
+            got = transport.receive_into_nowait(view)
+        except BaseException:
+            writer.ring_filled(start, size, 0)
+            raise
+        writer.ring_filled(start, size, got or 0)
+        if got is not None:
+            return view[:got], (start, got)
+        await transport.wait_readable()
+
+
+def _joined(parts: list[bytes | memoryview]) -> bytes | memoryview:
+    """``parts`` as one buffer, copied only when there are several."""
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _send(transport: Transport, data: bytes | memoryview, timeout: float) -> None:
     """Send ``data``; only when the kernel cannot take it all at once does a timeout scope start."""
     sent = transport.send_nowait(data)
     if sent < len(data):

@@ -38,7 +38,7 @@ class Transport(Protocol):
         response was just sent): wait first, instead of a read that would fail."""
         ...
 
-    def send_nowait(self, data: bytes) -> int:
+    def send_nowait(self, data: bytes | memoryview) -> int:
         """Send what the kernel takes at once without waiting; returns how many bytes went."""
         ...
 
@@ -121,7 +121,23 @@ class SocketTransport:
             await wait_readable(sock)
         return await self.receive(max_bytes)
 
-    def send_nowait(self, data: bytes) -> int:
+    def receive_into_nowait(self, buffer: memoryview) -> int | None:
+        """Receive into ``buffer`` without waiting (a capture ring's slot: the bytes are copied by
+        no one): how many bytes came, 0 at end of stream, None when none are ready (then
+        :meth:`wait_readable`)."""
+        try:
+            return self.sock.recv_into(buffer)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _trio_error(exc) from exc
+
+    async def wait_readable(self) -> None:
+        """Wait until a read would not block."""
+        self._unyielded = 0
+        await wait_readable(self.sock)
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
         try:
             return self.sock.send(data)
         except BlockingIOError:
@@ -168,7 +184,7 @@ class StreamTransport:
     async def receive_later(self, max_bytes: int) -> bytes:
         return await self.receive(max_bytes)
 
-    def send_nowait(self, data: bytes) -> int:
+    def send_nowait(self, data: bytes | memoryview) -> int:
         return 0  # a TLS stream cannot send part of a record synchronously
 
     async def send_all(self, data: bytes | memoryview) -> None:
