@@ -157,7 +157,9 @@ class Limits:
     max_head: int = (
         64 * 1024
     )  # request/response head; larger gets 431 (h11's own default is 16 KiB)
-    read_size: int = 64 * 1024  # bytes asked of a socket per read: one record at most this big
+    # Bytes asked of a socket per read: one record at most this big (but for a big response body
+    # received straight into the capture ring, ring.RING_SLOT_BYTES a read).
+    read_size: int = 64 * 1024
     pool_size: int = 32  # idle connections kept per upstream
 
 
