@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
+import trio
+import trio.testing
 
-from wirecap.capture.child import join_blobs, split_blobs
+from wirecap.capture.child import WriterSpec, join_blobs, split_blobs
 from wirecap.capture.packing import BIG_BODY_BYTES, BODY, REQUEST
 from wirecap.capture.ring import BodyRing
+from wirecap.capture.writer import ProcessCaptureWriter, SegmentHeader
+from wirecap.proxy.server import _receive_into_ring
+from wirecap.proxy.transport import SocketTransport
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="the ring needs memfd")
 
@@ -144,3 +150,35 @@ def test_join_stops_where_the_pipe_ended(rings):
     assert len(split_blobs(batch, writer)) == 1  # the second does not fit beside the first
     assert not join_blobs(batch, lambda: None, reader)  # ...and the pipe ends before it
     assert batch == [body("a", first)]
+
+
+async def test_the_relay_fills_a_slot_from_its_socket_and_gives_back_what_it_did_not_use(tmp_path):
+    """The proxy's side alone (no writer process): a slot is claimed for a read, filled by
+    ``recv_into``, shrunk to what came; with nothing to read it is given back before the relay
+    waits, so a slot is never held across a wait."""
+    ring = BodyRing.create(100_000)
+    assert ring is not None
+    writer = ProcessCaptureWriter(WriterSpec(directory=tmp_path, header=SegmentHeader({})))
+    writer._ring = ring  # as run() sets it
+    ours, theirs = socket.socketpair()
+    transport = SocketTransport(ours)
+    try:
+        received = []
+        async with trio.open_nursery() as nursery:
+
+            async def relay() -> None:
+                received.append(await _receive_into_ring(transport, writer, 256 * 1024))
+
+            nursery.start_soon(relay)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ring.written == 0 and not writer._received  # waiting, holding nothing
+            theirs.send(b"x" * 1000)
+        [(data, where)] = received
+        assert bytes(data) == b"x" * 1000 and where == (0, 1000)
+        # Asked 256 KiB, given a quarter of the ring (25,000 bytes), kept what came.
+        assert ring.written == 1000
+        assert list(writer._received) == [0]  # until its record goes out in a batch
+    finally:
+        transport.close()
+        theirs.close()
+        ring.close()

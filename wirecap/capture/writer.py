@@ -272,14 +272,15 @@ class RecordBuffer:
 
     def ring_slot(self, size: int) -> tuple[int, memoryview] | None:
         """Room to receive up to ``size`` bytes of a body straight into, for a writer with a
-        shared ring (:class:`ProcessCaptureWriter`): the slot's position and a view of it, or None.
-        Say at once, before any other task runs, how much was filled (:meth:`ring_filled`); the
-        chunk's record then holds ``(position, length)`` as its data."""
+        shared ring (:class:`ProcessCaptureWriter`): the slot's position and a view of it (of
+        ``size`` bytes or fewer), or None. Say at once, before any other task runs, how much was
+        filled (:meth:`ring_filled`); the chunk's record then holds ``(position, length)`` as its
+        data."""
         return None
 
     def ring_filled(self, start: int, size: int, used: int) -> None:
-        """``used`` bytes of the slot :meth:`ring_slot` gave were filled (0: none, the slot is
-        given back)."""
+        """``used`` bytes of the slot of ``size`` bytes that :meth:`ring_slot` gave were filled (0:
+        none, the slot is given back)."""
 
     async def wait_for_ring(self) -> bool:
         """:meth:`ring_slot` found no room: wait for some and return True, or return False when

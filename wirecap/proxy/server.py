@@ -1136,8 +1136,8 @@ async def _receive_into_ring(
     would wait for a full capture buffer (``block``); None when there is no ring to wait for
     (the caller receives the usual way).
 
-    The slot is claimed only once bytes are ready and filled without a task switch, so slots are
-    filled in the order they were claimed and none is left half-used. The proxy never copies
+    A slot is filled, or given back when no bytes are ready, before any other task runs, so slots
+    are filled in the order they were claimed and none is left half-used. The proxy never copies
     these bytes: the kernel puts them in the ring, and the client is sent them from there.
     """
     while True:
@@ -1146,13 +1146,13 @@ async def _receive_into_ring(
             if await writer.wait_for_ring():
                 continue
             return None
-        start, view = slot
+        start, view = slot  # the view may be smaller than asked (a small ring)
         try:
             got = transport.receive_into_nowait(view)
         except BaseException:
-            writer.ring_filled(start, size, 0)
+            writer.ring_filled(start, len(view), 0)
             raise
-        writer.ring_filled(start, size, got or 0)
+        writer.ring_filled(start, len(view), got or 0)
         if got is not None:
             return view[:got], (start, got)
         await transport.wait_readable()
