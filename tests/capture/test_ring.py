@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 
 import pytest
@@ -182,3 +183,40 @@ async def test_the_relay_fills_a_slot_from_its_socket_and_gives_back_what_it_did
         transport.close()
         theirs.close()
         ring.close()
+
+
+def test_the_reader_signals_released_space_only_when_the_proxy_asked_for_it(rings):
+    writer, _ = rings
+    assert writer.event_fd >= 0  # eventfd: Linux, like memfd
+    reader = BodyRing(os.dup(writer.fd), writer.capacity, os.dup(writer.event_fd))
+    try:
+        signalled = lambda: bool(select.select([writer.event_fd], [], [], 0)[0])  # noqa: E731
+        writer.put(b"a" * 60_000)
+        reader.release(30_000)
+        assert not signalled()  # nobody waits
+        writer.want()
+        reader.release(30_000)  # nothing new released: no signal
+        assert not signalled()
+        reader.release(60_000)
+        assert signalled()
+        os.eventfd_read(writer.event_fd)
+        reader.release(70_000)  # the wish was used up
+        assert not signalled()
+    finally:
+        reader.close()
+
+
+async def test_under_drop_a_full_ring_is_never_waited_for(tmp_path):
+    for on_full, waits in (("drop", False), ("block", True)):
+        ring = BodyRing.create(100_000)
+        assert ring is not None
+        spec = WriterSpec(directory=tmp_path, header=SegmentHeader({}))
+        writer = ProcessCaptureWriter(spec, on_full=on_full)
+        writer._ring = ring  # as run() sets it
+        try:
+            assert writer.ring_slot(100_000) is not None  # a quarter of the ring
+            ring.put(b"x" * 75_000)  # the rest
+            assert writer.ring_slot(1000) is None
+            assert await writer.wait_for_ring() is waits  # block: waited (RING_WAIT), try again
+        finally:
+            ring.close()
