@@ -7,9 +7,8 @@ through memory both processes map, and the pipe carries only where they lie. The
 ways: the relay receives a big response chunk straight from the upstream's socket into a slot of
 the ring (:meth:`BodyRing.reserve`, then ``recv_into``; the client is sent the slot's bytes, so
 the proxy never copies them), or the capture pump copies a chunk it was handed into the ring
-(:meth:`BodyRing.put`). The writer process copies a chunk out into its frame (:meth:`BodyRing.take`)
-and, after each batch, gives back the space up to the point the batch names
-(:meth:`BodyRing.release`). The proxy computes that point: the start of the oldest slot whose record
+(:meth:`BodyRing.put`). The writer process copies each chunk out (:meth:`BodyRing.take`) and gives
+its space back as it goes, never past the point the batch names (:meth:`BodyRing.release`). The proxy computes that point: the start of the oldest slot whose record
 has not yet gone out in a batch, or the end of the history when there is none. Slots are received
 into by many exchanges at once and their records reach the pipe in any order, so the reader must
 never release past a slot it has not yet been told of.
@@ -20,8 +19,8 @@ only by the reader, read and written through a ``Q`` memoryview: one aligned 8-b
 never torn), the next 8 a flag by which the proxy asks to be woken when space is released, the
 data follows from :data:`DATA_OFFSET`. Positions are counted from the start of
 the history and never wrap; a chunk lies at ``position % capacity`` and never across the end (the
-writer skips to the next lap instead, and the reader releases the skipped bytes with the chunk
-after them). The writer only writes where the reader has released, the reader only reads what a
+writer skips to the next lap instead; the skipped end counts as written, so the reader can release
+it before the chunk after it is there). The writer only writes where the reader has released, the reader only reads what a
 message named, and the counter is written after the copy out: on x86-64 (the only place where
 wirecap has been measured) stores are seen in order, and each side reads the other's writes only
 after a pipe message or a system call.
