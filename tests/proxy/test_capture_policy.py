@@ -247,6 +247,34 @@ async def test_a_dead_writer_process_stops_capture_not_traffic(start_upstream, s
     assert "capture process" in stopped
 
 
+async def test_a_writer_process_dying_mid_body_leaves_the_body_whole(start_upstream, start_proxy):
+    """A big body goes through the capture's shared ring; the writer process is killed halfway, so
+    nothing frees the ring again: the relay stops waiting for room once capture has stopped, and
+    the client gets every byte."""
+    body = os.urandom(24 * 1024 * 1024)
+
+    async def handler(ex):
+        await ex.read_body()
+        await ex.send_head(200, [("Content-Length", str(len(body)))])
+        for i in range(0, len(body), 1 << 20):
+            await ex.send_data(body[i : i + (1 << 20)])
+        await ex.end()
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    received = bytearray()
+    with trio.fail_after(30):
+        async with httpx.AsyncClient() as client, client.stream("GET", f"{proxy.url}/big") as r:
+            async for chunk in r.aiter_raw():
+                if len(received) < 4 << 20 <= len(received) + len(chunk):
+                    os.kill(proxy.writer.pid, signal.SIGKILL)
+                received += chunk
+                await trio.sleep(0.0005)  # a client slower than the proxy: the ring stays in use
+    assert received == body
+    await proxy.stop()
+    assert proxy.writer.statistics().failed is not None
+
+
 @pytest.mark.parametrize("fmt", ["text", "json", "quiet"])
 async def test_console_line_per_exchange(start_upstream, start_proxy, fmt):
     upstream = await start_upstream(echo_cookie)
