@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import os
 import pickle
+import random
 import threading
 import time
 from pathlib import Path
@@ -264,25 +266,41 @@ def test_a_frame_that_finds_the_compressor_behind_is_written_in_a_hurry(tmp_path
         assert [c.data for c in exchange.chunks] == [data for frame in answers for data in frame]
 
 
+def _json_rows(n: int, seed: int) -> bytes:
+    rng = random.Random(seed)
+    rows = (
+        json.dumps({"id": i, "user": f"u{rng.randint(0, 10**6)}", "score": rng.random()})
+        for i in range(n)
+    )
+    return "\n".join(rows).encode()
+
+
 @pytest.mark.parametrize("adapt", [True, False])
-def test_a_frame_of_big_body_chunks_is_written_in_a_hurry(tmp_path, adapt):
-    """A frame made mostly of big body chunks (base64: level 1 stores it at 75%) is stored at
-    zstd's fastest setting with ``adapt`` even when the compressor is idle: such bodies are
-    base64 or compressed as a rule, and the CPU level 1 would spend is the traffic's."""
+def test_a_frame_of_big_body_chunks_is_written_in_a_hurry_unless_they_compress(tmp_path, adapt):
+    """Frames made mostly of big body chunks, the compressor idle: with ``adapt``, base64 (level 1
+    stores it at 75%) is stored at zstd's fastest setting every time, since big bodies are base64
+    or compressed as a rule; a big JSON body, found to compress well by its first frame, gets
+    the configured level from its second frame on. Without ``adapt``, the level every time."""
     reports: list[dict] = []
     spec = WriterSpec(
         directory=tmp_path, header=SegmentHeader({}), level=1, adapt=adapt, frame_bytes=256 * 1024
     )
     writer = FrameWriter(spec, lambda report: reports.append(copy.deepcopy(report)))
     writer.open()
-    bodies = [base64.b64encode(os.urandom(300 * 1024)) for _ in range(2)]
+    base64s = [base64.b64encode(os.urandom(300 * 1024)) for _ in range(2)]
+    jsons = [_json_rows(6000, seed)[: 400 * 1024] for seed in range(3)]
+    bodies = [*base64s, *jsons]
     for n, body in enumerate(bodies):
         writer.add_batch([pack_record(BodyChunk(x="a", dir="res", ns=n, data=body))])
         time.sleep(0.2)  # the compressor idle again
     writer.close()
     ratios = _frame_ratios(reports, [len(body) for body in bodies])
-    assert all(ratio > 0.95 for ratio in ratios) is adapt
-    assert all(ratio < 0.8 for ratio in ratios) is not adapt
+    assert all(ratio > 0.95 for ratio in ratios[:2]) is adapt  # base64: hurried, or level 1
+    assert all(ratio < 0.8 for ratio in ratios[:2]) is not adapt
+    json_first, *json_rest = ratios[2:]
+    assert all(ratio < 0.5 for ratio in ratios[2:])  # JSON compresses either way...
+    # ...its first frame hurried (it follows base64), the others at level 1
+    assert (json_first > max(json_rest) * 1.2) is adapt
     with open_capture(tmp_path) as capture:
         [exchange] = list(capture.exchanges())
         assert [c.data for c in exchange.chunks] == bodies

@@ -49,6 +49,7 @@ from wirecap.capture.ring import BodyRing
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
+    SMALL_FRAME_BYTES,
     Prepare,
     SegmentHeader,
     SegmentSink,
@@ -63,6 +64,10 @@ if TYPE_CHECKING:
     from wirecap.capture.index import IndexItem
 
 _LENGTH: Final = struct.Struct("<I")
+#: A frame of big bodies that compresses to this share of its bytes or less is worth compressing at
+#: the configured level (JSON: ~0.2 at level 1, ~0.33 hurried); base64 (0.75 at level 1, 1.0
+#: hurried) and compressed media are not (see FrameWriter.write_frame).
+BULK_WORTH: Final = 0.6
 
 
 def split_blobs(
@@ -223,6 +228,8 @@ class FrameWriter:
         self._parts: list[bytes | bytearray] = []
         self._size = 0
         self._bulk = 0  # of which big body chunks
+        # Whether the last frame made mostly of big bodies compressed well (see write_frame).
+        self._bulk_compresses = False
         self.deadline = math.inf  # when the open frame must be written
         self._written = [0, 0, 0]  # records, frames, bytes
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(self.QUEUED_FRAMES)
@@ -267,18 +274,22 @@ class FrameWriter:
         hurrying cost a 1 GiB body ~9% of its speed on two cores (docs/PERFORMANCE.md, session
         12): the frames compressed hard meanwhile take the CPU the traffic needs.
 
-        A frame made mostly (over half its bytes) of big body chunks is always written in a hurry
-        with ``spec.adapt``: such bodies (downloads, uploads, media) are base64 or compressed
-        already as a rule, where level 1 saves a quarter of the bytes at four times the CPU (1.0
-        against 0.23 ms a MiB of base64 on this project's machines), and on two cores that CPU is
-        the traffic's (docs/PERFORMANCE.md, session 14). JSON and SSE frames keep their levels.
+        A frame made mostly (over half its bytes) of big body chunks is written in a hurry too with
+        ``spec.adapt``, unless the last such frame compressed to :data:`BULK_WORTH` or less: big
+        bodies (downloads, uploads, media) are base64 or compressed already as a rule, where level
+        1 saves a quarter of the bytes at four times the CPU (1.0 against 0.23 ms a MiB of base64
+        on this project's machines), and on two cores that CPU is the traffic's; a big JSON body
+        is worth its level (20% of its bytes at level 1 against 33% hurried, for 2.19 against 1.77
+        ms a MiB). docs/PERFORMANCE.md, session 14. JSON and SSE traffic keeps its levels.
         """
         records, parts, bulk = self._records, self._parts, self._bulk * 2 > self._size
         self._records, self._parts, self._size, self._bulk = [], [], 0, 0
         self.deadline = math.inf
         if records:
-            hurry = self.spec.adapt and (bulk or not self._jobs.empty())
-            self._jobs.put(lambda: self._write(records, parts, hurry))
+            hurry = self.spec.adapt and (
+                (bulk and not self._bulk_compresses) or not self._jobs.empty()
+            )
+            self._jobs.put(lambda: self._write(records, parts, hurry, bulk))
 
     def rotate_if_due(self) -> None:
         self._jobs.put(self._rotate_if_due)
@@ -299,7 +310,9 @@ class FrameWriter:
         while (job := self._jobs.get()) is not None:
             job()
 
-    def _write(self, records: list[IndexItem], parts: list[bytes | bytearray], hurry: bool) -> None:
+    def _write(
+        self, records: list[IndexItem], parts: list[bytes | bytearray], hurry: bool, bulk: bool
+    ) -> None:
         if self.failed is not None:
             self._lost_writing += len(records)
             return
@@ -308,6 +321,8 @@ class FrameWriter:
             payload = b"".join(parts)
             parts.clear()  # the chunks' own bytes go before the frame is compressed: 1 MiB less at peak
             written = self.sink.write_encoded(records, payload, hurry=hurry)
+            if bulk and len(payload) >= SMALL_FRAME_BYTES:  # at the frame's level or hurried
+                self._bulk_compresses = written <= BULK_WORTH * len(payload)
             self._written[0] += len(records)
             self._written[1] += 1
             self._written[2] += written
