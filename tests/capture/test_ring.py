@@ -206,17 +206,17 @@ def test_the_reader_signals_released_space_only_when_the_proxy_asked_for_it(ring
         reader.close()
 
 
-async def test_under_drop_a_full_ring_is_never_waited_for(tmp_path):
-    for on_full, waits in (("drop", False), ("block", True)):
-        ring = BodyRing.create(100_000)
-        assert ring is not None
-        spec = WriterSpec(directory=tmp_path, header=SegmentHeader({}))
-        writer = ProcessCaptureWriter(spec, on_full=on_full)
-        writer._ring = ring  # as run() sets it
-        try:
-            assert writer.ring_slot(100_000) is not None  # a quarter of the ring
-            ring.put(b"x" * 75_000)  # the rest
-            assert writer.ring_slot(1000) is None
-            assert await writer.wait_for_ring() is waits  # block: waited (RING_WAIT), try again
-        finally:
-            ring.close()
+@pytest.mark.parametrize(("on_full", "waits"), [("drop", False), ("block", True)])
+async def test_under_drop_a_full_ring_is_never_waited_for(tmp_path, on_full, waits):
+    ring = BodyRing.create(100_000)
+    assert ring is not None
+    spec = WriterSpec(directory=tmp_path, header=SegmentHeader({}))
+    writer = ProcessCaptureWriter(spec, on_full=on_full)
+    writer._ring = ring  # as run() sets it
+    try:
+        assert writer.ring_slot(100_000) is not None  # a quarter of the ring
+        ring.put(b"x" * 75_000)  # the rest
+        assert writer.ring_slot(1000) is None
+        assert await writer.wait_for_ring() is waits  # block: waited (RING_WAIT), try again
+    finally:
+        ring.close()

@@ -8,22 +8,23 @@ ways: the relay receives a big response chunk straight from the upstream's socke
 the ring (:meth:`BodyRing.reserve`, then ``recv_into``; the client is sent the slot's bytes, so
 the proxy never copies them), or the capture pump copies a chunk it was handed into the ring
 (:meth:`BodyRing.put`). The writer process copies each chunk out (:meth:`BodyRing.take`) and gives
-its space back as it goes, never past the point the batch names (:meth:`BodyRing.release`). The proxy computes that point: the start of the oldest slot whose record
-has not yet gone out in a batch, or the end of the history when there is none. Slots are received
-into by many exchanges at once and their records reach the pipe in any order, so the reader must
-never release past a slot it has not yet been told of.
+its space back as it goes, never past the point the batch names (:meth:`BodyRing.release`). The
+proxy computes that point: the start of the oldest slot whose record has not yet gone out in a
+batch, or the end of the history when there is none. Slots are received into by many exchanges at
+once and their records reach the pipe in any order, so the reader must never release past a slot
+it has not yet been told of.
 
 The layout, private to this module: the first 8 bytes of the mapping hold how many bytes of the
 ring's history the reader has released (an unsigned 64-bit counter in the machine's order, written
 only by the reader, read and written through a ``Q`` memoryview: one aligned 8-byte load or store,
 never torn), the next 8 a flag by which the proxy asks to be woken when space is released, the
-data follows from :data:`DATA_OFFSET`. Positions are counted from the start of
-the history and never wrap; a chunk lies at ``position % capacity`` and never across the end (the
-writer skips to the next lap instead; the skipped end counts as written, so the reader can release
-it before the chunk after it is there). The writer only writes where the reader has released, the reader only reads what a
-message named, and the counter is written after the copy out: on x86-64 (the only place where
-wirecap has been measured) stores are seen in order, and each side reads the other's writes only
-after a pipe message or a system call.
+data follows from :data:`DATA_OFFSET`. Positions are counted from the start of the history and
+never wrap; a chunk lies at ``position % capacity`` and never across the end (the writer skips to
+the next lap instead; the skipped end counts as written, so the reader can release it before the
+chunk after it is there). The writer only writes where the reader has released, the reader only
+reads what a message named, and the counter is written after the copy out: on x86-64 (the only
+place where wirecap has been measured) stores are seen in order, and each side reads the other's
+writes only after a pipe message or a system call.
 
 When the ring has no room (the writer process is behind), :meth:`BodyRing.reserve` and
 :meth:`BodyRing.put` say so. The relay then waits for room, as it waits for a full capture buffer
@@ -104,17 +105,18 @@ class BodyRing:
 
     def put(self, data: bytes | bytearray | memoryview) -> int | None:
         """Copy ``data`` into the ring and return its position; None when there is no room."""
-        size = len(data)
-        start = self._place(size)
-        if start is None:
+        slot = self.reserve(len(data))
+        if slot is None:
             return None
-        offset = DATA_OFFSET + start % self.capacity
-        self._view[offset : offset + size] = data
-        self._written = start + size
+        start, view = slot
+        view[:] = data
         return start
 
-    def _place(self, size: int) -> int | None:
-        """Where the next ``size`` bytes would go, or None when the reader has not released enough.
+    def reserve(self, size: int) -> tuple[int, memoryview] | None:
+        """Claim ``size`` bytes for the caller to fill in place (a socket's ``recv_into``): their
+        position and a view of them, or None when there is no room. Give back what was not filled
+        with :meth:`shrink` before anything else is put.
+
         Never across the end: the rest of the lap is skipped then, for good (counted as written,
         so that the reader may release it before the chunk that follows it is there)."""
         if size > self.capacity:
@@ -126,17 +128,8 @@ class BodyRing:
             self._written = start
         if start + size - self.released > self.capacity:
             return None
-        return start
-
-    def reserve(self, size: int) -> tuple[int, memoryview] | None:
-        """Claim ``size`` bytes for the caller to fill in place (a socket's ``recv_into``): their
-        position and a view of them, or None when there is no room. Give back what was not filled
-        with :meth:`shrink` before anything else is put."""
-        start = self._place(size)
-        if start is None:
-            return None
-        offset = DATA_OFFSET + start % self.capacity
         self._written = start + size
+        offset = DATA_OFFSET + start % self.capacity
         return start, self._view[offset : offset + size]
 
     def shrink(self, start: int, size: int, used: int) -> None:
@@ -151,8 +144,8 @@ class BodyRing:
         return self._written
 
     def take(self, start: int, size: int) -> bytes:
-        """The ``size`` bytes :meth:`put` placed at ``start``, copied out (their space stays
-        held until :meth:`release`)."""
+        """The ``size`` bytes put or received at ``start``, copied out (their space stays held
+        until :meth:`release`)."""
         offset = DATA_OFFSET + start % self.capacity
         return bytes(self._view[offset : offset + size])
 
@@ -174,9 +167,7 @@ class BodyRing:
         self._words.release()
         if self.event_fd >= 0:
             os.close(self.event_fd)
-        try:
+        with contextlib.suppress(BufferError):
             self._view.release()
             self._map.close()
-        except BufferError:
-            pass
         os.close(self.fd)

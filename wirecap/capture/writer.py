@@ -565,9 +565,15 @@ class ProcessCaptureWriter(RecordBuffer):
     def _files(self) -> tuple[Path | None, tuple[Path, ...]]:
         return self._path, tuple(self._paths)
 
+    def _open_ring(self) -> BodyRing | None:
+        """The ring, while chunks may go into it: the writer running, its buffer not full."""
+        if self._closed or self._failed is not None or self._full():
+            return None
+        return self._ring
+
     def ring_slot(self, size: int) -> tuple[int, memoryview] | None:
-        ring = self._ring
-        if ring is None or self._closed or self._failed is not None or self._full():
+        ring = self._open_ring()
+        if ring is None:
             return None
         slot = ring.reserve(min(size, ring.capacity // 4))  # a slot never waits for the whole ring
         if slot is not None:
@@ -585,14 +591,8 @@ class ProcessCaptureWriter(RecordBuffer):
         :data:`RING_WAIT` seconds, in case its signal was missed) and return True to try again;
         return False at once when waiting would not help (there is no ring, the writer is done
         or failed, the buffer is full) or is not wanted (the ``drop`` policy never waits)."""
-        ring = self._ring
-        if (
-            ring is None
-            or self.on_full == "drop"
-            or self._closed
-            or self._failed is not None
-            or self._full()
-        ):
+        ring = self._open_ring()
+        if ring is None or self.on_full == "drop":
             return False
         ring.want()
         with trio.move_on_after(RING_WAIT):
