@@ -181,6 +181,7 @@ heads = st.lists(
             b"x-api-key: " + KEY.encode(),
             b"X-Other-Key: hunter2",
             b"X-Note: tok_123456",
+            b"X-Debug: " + KEY.encode(),  # a key where no credential header is: a body pattern
             b"Content-Type: application/json",
             b"X-Model: gpt-4o-mini",
             b"Authorization: ",
@@ -254,17 +255,22 @@ def reference(record: object, rules: Rules) -> object:
     ),
     st.lists(st.integers(min_value=1, max_value=8), min_size=1),
 )
-def test_batches_of_packed_records_store_what_redacting_each_record_means(groups, sizes):
+@pytest.mark.parametrize("route_rules", [ROUTE_RULES, {}], ids=["route rules", "alike"])
+def test_batches_of_packed_records_store_what_redacting_each_record_means(
+    route_rules, groups, sizes
+):
+    """With a route of its own rules (each record's rules looked up) and without (every record
+    alike: Redactor._redact_batch_alike)."""
     interleaved = [record for step in zip(*groups, strict=True) for record in step]
     routes = {r.x: r.route for r in interleaved if isinstance(r, RequestReceived)}
     expected = [
-        reference(r, ROUTE_RULES["/other/"] if routes[r.x] == "/other/" else RULES)
+        reference(r, route_rules["/other/"] if routes[r.x] in route_rules else RULES)
         for r in interleaved
     ]
     sink = SegmentSink(
-        Path("unused"), SegmentHeader(redaction={}), prepare=Redactor(RULES, ROUTE_RULES)
+        Path("unused"), SegmentHeader(redaction={}), prepare=Redactor(RULES, route_rules)
     )
-    by_record = Redactor(RULES, ROUTE_RULES)
+    by_record = Redactor(RULES, route_rules)
     packed = [pack_record(r) for r in interleaved]
     encoded = []
     at = 0
@@ -283,6 +289,23 @@ def test_batches_of_packed_records_store_what_redacting_each_record_means(groups
         index_by_batch.observe_all([item], at // 7)
     assert index_by_batch.build().to_map() == index_by_reference.build().to_map()
     assert not sink._prepare._exchange_rules  # every exchange's state is gone with its end
+
+
+def test_a_key_in_every_request_head_keeps_the_batch_on_the_quick_way():
+    """Clients send their key with every request: the credential lines are replaced before the
+    body patterns are searched, so the key found there sends no batch the careful way."""
+    head = b"POST /v1 HTTP/1.1\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n"
+    records = [
+        RequestReceived(x="a", wall_ns=1, method="POST", target="/v1", head=head),
+        UpstreamRequest(x="a", ns=2, head=head),
+        BodyChunk(x="a", dir="req", ns=3, data=b'{"model": "gpt-4o-mini"}'),
+    ]
+    done = Redactor(RULES)._redact_batch_alike([pack_record(r) for r in records])
+    assert done is not None
+    assert [d if isinstance(d, BodyChunk) else unpack_record(d[0]) for d in done] == [
+        dataclasses.replace(reference(r, RULES), redactions=()) for r in records
+    ]
+    assert [len(d[1]) for d in done if isinstance(d, tuple)] == [1, 1, 0]
 
 
 @pytest.mark.parametrize(

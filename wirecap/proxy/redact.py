@@ -286,6 +286,11 @@ def redact_text(text: str | None, rules: Rules) -> str | None:
     return out.decode("utf-8", "surrogateescape") if found else text
 
 
+#: Per type code of a packed record: the field that holds its head, or -1.
+_HEAD_FIELD: Final = tuple(
+    names.index("head") if kind is not BodyChunk and "head" in names else -1
+    for kind, names in packing.RECORD_FIELDS.items()
+)
 #: Body chunks at least this big are searched for body patterns alone, not with their batch: a
 #: search's fixed cost is small beside theirs.
 JOINED_BODY_BYTES: Final = 4096
@@ -344,6 +349,10 @@ class Redactor:
         speed alone (see :meth:`Rules.may_match`; heads always hold its byte), and they are not
         copied.
         """
+        if not self._route_rules and self.rules.joinable:
+            done = self._redact_batch_alike(batch)
+            if done is not None:
+                return done
         default = self.rules
         # 1. Each record's rules, in order (requests name their route), and where its head is.
         rules_of: list[Rules | None] = []  # None: nothing to search (an exchange's end)
@@ -404,6 +413,52 @@ class Redactor:
             else self._search_alone(batch[i], stored[i], head_at[i], rules, found_of[i])
             for i, rules in enumerate(rules_of)
         ]
+
+    def _redact_batch_alike(self, batch: Sequence[PackedRecord]) -> list[Redacted] | None:
+        """:meth:`redact_batch` when every record has the same rules (no route has its own) and
+        they may be searched joined: one pass gathers the heads and the text for body patterns,
+        where :meth:`redact_batch` makes eight (workload A: 7.6 -> 6 us per exchange). None when a
+        body pattern matches the joined text (rare: a key in a body or URL), for the careful way
+        to find where."""
+        rules = self.rules
+        texts: list[bytes | bytearray] = []
+        heads: list[bytes] = []
+        where: list[tuple[int, int, int]] = []  # each head's record, field and place in texts
+        alone: list[int] = []  # big bodies: searched alone, at memchr speed
+        for i, (code, values) in enumerate(batch):
+            if code == packing.BODY:
+                data = values[3]
+                if len(data) < JOINED_BODY_BYTES:
+                    texts.append(data)
+                else:
+                    alone.append(i)
+            elif code != packing.END:
+                at = _HEAD_FIELD[code]
+                if at < 0:  # a gap
+                    continue
+                if code == packing.REQUEST:
+                    texts.append(_urls(values))
+                where.append((i, at, len(texts)))
+                heads.append(values[at])
+                texts.append(values[at])
+        stored = list(batch)
+        found: list[tuple[int, tuple[Redaction, ...]]] = []
+        if rules.headers and heads:
+            for (i, at, text), (head, in_head) in zip(
+                where, redact_header_lines_joined(heads, rules), strict=True
+            ):
+                if in_head:
+                    stored[i] = _with_field(batch[i], at, head)
+                    texts[text] = head
+                    found.append((i, tuple(in_head)))
+        if texts and rules.may_match(b"\n".join(texts)):
+            return None
+        done: list[Redacted] = [(packed, ()) for packed in stored]
+        for i, redactions in found:
+            done[i] = (stored[i], redactions)
+        for i in alone:
+            done[i] = self._search_alone(batch[i], stored[i], -1, rules, [])
+        return done
 
     def _search_alone(
         self,
