@@ -286,8 +286,7 @@ def redact_text(text: str | None, rules: Rules) -> str | None:
 
 #: Per type code of a packed record: the field that holds its head, or -1.
 _HEAD_FIELD: Final = tuple(
-    names.index("head") if kind is not BodyChunk and "head" in names else -1
-    for kind, names in packing.RECORD_FIELDS.items()
+    names.index("head") if "head" in names else -1 for names in packing.RECORD_FIELDS.values()
 )
 #: Body chunks at least this big are searched for body patterns alone, not with their batch: a
 #: search's fixed cost is small beside theirs.
@@ -345,7 +344,8 @@ class Redactor:
         otherwise, and for routes with rules of their own, each record is searched alone. So are
         bodies of :data:`JOINED_BODY_BYTES` or more: the prefilter rules most of them out at memchr
         speed alone (see :meth:`Rules.may_match`; heads always hold its byte), and they are not
-        copied.
+        copied. Without routes of their own rules, the usual case goes a quicker way
+        (:meth:`_redact_batch_alike`).
         """
         if not self._route_rules and self.rules.joinable:
             done = self._redact_batch_alike(batch)
