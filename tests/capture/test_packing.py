@@ -24,6 +24,7 @@ from wirecap.capture.records import (
     ResponseHead,
     UpstreamRequest,
 )
+from wirecap.capture.ring import BodyRing
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.proxy.redact import Redactor, Rules, redact_head, redact_patterns, redact_text
 
@@ -320,3 +321,33 @@ def test_patterns_that_look_around_their_match_are_searched_record_by_record(pat
     got = [d if isinstance(d, BodyChunk) else unpack_record(d[0]) for d in done]
     assert [g.data for g in got] == [w.data for w in want]
     assert sum(b"tok_" in g.data for g in got) < len(bodies) - 1  # some were redacted
+
+
+#: A big body chunk's worth of base64 (the writer process finds such chunks in the shared ring).
+BIG = b"QUJDREVGR0g=" * 2000
+
+
+@pytest.mark.parametrize("hook", ["redactor", "record hook", "none"])
+@pytest.mark.parametrize(
+    "data",
+    [BIG, b"-" + BIG, BIG + KEY.encode(), b'{"id": "chatcmpl-1", "n": 1},' * 800],
+    ids=["base64", "prefilter byte", "key", "json"],
+)
+def test_a_body_chunk_in_the_ring_is_stored_as_its_bytes_would_be(data, hook):
+    """A chunk left where it lies in the ring is redacted and encoded as the same bytes would be,
+    and copied out only to be redacted (or for a hook that only knows records)."""
+    ring = BodyRing.create(len(data) + 64)
+    assert ring is not None
+    at = ring.put(data)
+    assert at is not None
+    in_ring = ring.chunk(at, len(data))
+    prepare = {"redactor": Redactor(RULES), "record hook": Redactor(RULES).__call__, "none": None}
+    sink = SegmentSink(Path("unused"), SegmentHeader(redaction={}), prepare=prepare[hook])
+    ((item, head, tail),) = sink.encode_batch([(packing.BODY, ("a", "res", 5, in_ring))])
+    record = BodyChunk(x="a", dir="res", ns=5, data=data)
+    want = record if hook == "none" else reference(record, RULES)
+    assert head + bytes(tail) == cbor2.dumps(want.to_map())
+    assert item == "a"
+    left_in_ring = hook == "none" or (hook == "redactor" and KEY.encode() not in data)
+    assert (tail is in_ring) == left_in_ring
+    ring.close()

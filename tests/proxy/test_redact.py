@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wirecap.capture.ring import BodyRing
 from wirecap.proxy.config import DEFAULT_REDACT_BODY
 from wirecap.proxy.redact import (
     Rules,
@@ -61,6 +62,12 @@ def test_may_match_agrees_with_the_regular_expression(patterns, pieces):
     assert rules.any_pattern is not None
     assert rules.may_match(data) == (rules.any_pattern.search(data) is not None)
     assert rules.may_match(bytearray(data)) == rules.may_match(data)
+    ring = BodyRing.create(len(data) + 16)  # as a chunk in the capture's shared ring
+    assert ring is not None
+    at = ring.put(data)
+    assert at is not None
+    assert rules.may_match(ring.chunk(at, len(data))) == rules.may_match(data)
+    ring.close()
 
 
 @pytest.mark.parametrize(

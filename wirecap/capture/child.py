@@ -14,7 +14,7 @@ The pipe protocol is private to this module and writer.py, with the same interpr
   batch. A message is a 4-byte little-endian length and that many bytes; a batch's is the
   ``marshal`` (the cheapest serialisation Python has) of ``(release, records)``: a list of packed
   records (:func:`packing.pack_record`) and the ring position before which the ring's space is free
-  once the batch's chunks are copied out (see ring.py). The data of each body chunk of 16 KiB or
+  once the batch's chunks are in frames (see ring.py). The data of each body chunk of 16 KiB or
   more is in the shared ring (ring.py; the record holds its position and length instead) or, when
   the ring has no room or there is none, follows its batch as a message of its own (the record
   holds its length): written from the proxy's own bytes, read into a buffer of its size.
@@ -45,7 +45,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.capture.packing import BIG_BODY_BYTES, BODY, PackedRecord
-from wirecap.capture.ring import BodyRing
+from wirecap.capture.ring import RING_SLOT_BYTES, BodyRing, RingChunk
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
@@ -104,28 +104,31 @@ def join_blobs(
     ring: BodyRing | None = None,
     release: int = 0,
 ) -> bool:
-    """Put back into ``batch`` the data :func:`split_blobs` took out, from ``ring`` or read with
-    ``read``. False if the input ended first (those records are left out).
+    """Put back into ``batch`` the data :func:`split_blobs` took out: a big chunk in ``ring`` as a
+    :class:`~wirecap.capture.ring.RingChunk` where it lies (its frame copies it from there), a
+    small one copied out, the others read with ``read``. False if the input ended first (those
+    records are left out).
 
-    The ring's space is given back as the chunks are copied out, up to ``release`` (the batch's
-    word on what may be freed) and never past a chunk of the batch still to be copied (chunks the
-    relay received into the ring lie in the order their slots were claimed, not the batch's)."""
-    if ring is not None:
-        starts = [v[3][0] for c, v in batch if c == BODY and type(v[3]) is tuple]
-        # From each chunk on, the lowest position still to be copied: what bounds the release.
-        free_to = [release] * (len(starts) + 1)
-        for k in range(len(starts) - 1, -1, -1):
-            free_to[k] = min(starts[k], free_to[k + 1])
-        taken = 0
+    The ring's space is given back as the big chunks are copied into their frames, in the batch's
+    order (:meth:`RingChunk.copied`), up to ``release`` (the batch's word on what may be freed)
+    and never past a chunk of the batch still to be copied: chunks the relay received into the ring
+    lie in the order their slots were claimed, not the batch's. What none of them holds is given
+    back at once."""
+    held: list[RingChunk] = []
     for i, (code, values) in enumerate(batch):
         if code != BODY:
             continue
         where = values[3]
+        data: bytes | bytearray | RingChunk | None
         if type(where) is tuple:
             assert ring is not None, "a chunk in a ring that is not there"
-            data: bytes | bytearray | None = ring.take(*where)
-            taken += 1
-            ring.release(free_to[taken])
+            start, size = where
+            # A read into the ring may bring less than a big chunk: small ones go the usual way.
+            if size >= BIG_BODY_BYTES:
+                data = ring.chunk(start, size)
+                held.append(data)
+            else:
+                data = ring.take(start, size)
         elif type(where) is int:
             data = read()
             if data is None:
@@ -135,7 +138,11 @@ def join_blobs(
             continue
         batch[i] = (code, (*values[:3], data))
     if ring is not None:
-        ring.release(release)
+        low = release
+        for chunk in reversed(held):
+            chunk.release_to = low
+            low = min(low, chunk.position)
+        ring.release(low)
     return True
 
 
@@ -225,7 +232,15 @@ class FrameWriter:
         self._lost_reading = 0  # records not even encoded because writing had failed
         self._lost_writing = 0  # records the worker could not write
         self._records: list[IndexItem] = []  # what the index needs of each encoded record
-        self._parts: list[bytes | bytearray] = []
+        # The open frame's encoded records are copied into a buffer as they come (big body chunks
+        # straight from the ring), which the worker compresses as it is: no join. Buffers are
+        # reused (one filling, QUEUED_FRAMES waiting, one compressing): fresh memory is what costs.
+        self._spare: list[bytearray] = []
+        # Room for a full frame and the chunk that ends it (a ring slot at most, with its record's
+        # head): a buffer allocated once at its size does not grow, so it is not copied again and
+        # does not fragment the heap. (A bigger record, such as a 64 KiB head, grows it once.)
+        self._capacity = spec.frame_bytes + RING_SLOT_BYTES + 4096
+        self._frame = bytearray()  # allocated with the first frame: an idle writer holds none
         self._size = 0
         self._bulk = 0  # of which big body chunks
         # Whether the last frame made mostly of big bodies compressed well (see write_frame).
@@ -253,14 +268,23 @@ class FrameWriter:
         for index_item, data, more in self.sink.encode_batch(packed):
             if not self._records:  # a frame starts
                 self.deadline = time.monotonic() + self.spec.frame_seconds
+                if not self._frame:
+                    self._frame = self._spare.pop() if self._spare else bytearray(self._capacity)
             self._records.append(index_item)
-            self._parts.append(data)
-            self._size += len(data)
-            if more:  # a big body's data: copied once, when the frame is joined
-                self._parts.append(more)
-                self._size += len(more)
+            at = self._size
+            end = at + len(data)
+            self._frame[at:end] = data  # grows the buffer when it reaches past its end
+            if more:  # a big body's data, copied once: from the ring where it lies there
+                at, end = end, end + len(more)
+                if isinstance(more, RingChunk):
+                    with more.view() as view:
+                        self._frame[at:end] = view
+                    more.copied()
+                else:
+                    self._frame[at:end] = more
                 self._bulk += len(more)
-            if self._size >= self.spec.frame_bytes:
+            self._size = end
+            if end >= self.spec.frame_bytes:
                 self.write_frame()
 
     def write_frame(self) -> None:
@@ -282,14 +306,16 @@ class FrameWriter:
         is worth its level (20% of its bytes at level 1 against 33% hurried, for 2.19 against 1.77
         ms a MiB). docs/PERFORMANCE.md, session 14. JSON and SSE traffic keeps its levels.
         """
-        records, parts, bulk = self._records, self._parts, self._bulk * 2 > self._size
-        self._records, self._parts, self._size, self._bulk = [], [], 0, 0
+        records, frame, size = self._records, self._frame, self._size
+        bulk = self._bulk * 2 > size
+        self._records, self._size, self._bulk = [], 0, 0
         self.deadline = math.inf
         if records:
+            self._frame = bytearray()
             hurry = self.spec.adapt and (
                 (bulk and not self._bulk_compresses) or not self._jobs.empty()
             )
-            self._jobs.put(lambda: self._write(records, parts, hurry, bulk))
+            self._jobs.put(lambda: self._write(records, frame, size, hurry, bulk))
 
     def rotate_if_due(self) -> None:
         self._jobs.put(self._rotate_if_due)
@@ -311,18 +337,21 @@ class FrameWriter:
             job()
 
     def _write(
-        self, records: list[IndexItem], parts: list[bytes | bytearray], hurry: bool, bulk: bool
+        self, records: list[IndexItem], frame: bytearray, size: int, hurry: bool, bulk: bool
     ) -> None:
         if self.failed is not None:
             self._lost_writing += len(records)
+            self._spare.append(frame)
             return
 
         def write() -> None:
-            payload = b"".join(parts)
-            parts.clear()  # the chunks' own bytes go before the frame is compressed: 1 MiB less at peak
-            written = self.sink.write_encoded(records, payload, hurry=hurry)
-            if bulk and len(payload) >= SMALL_FRAME_BYTES:  # at the frame's level or hurried
-                self._bulk_compresses = written <= BULK_WORTH * len(payload)
+            try:
+                with memoryview(frame) as whole, whole[:size] as payload:
+                    written = self.sink.write_encoded(records, payload, hurry=hurry)
+            finally:
+                self._spare.append(frame)  # list.append is atomic: the reading thread pops
+            if bulk and size >= SMALL_FRAME_BYTES:  # at the frame's level or hurried
+                self._bulk_compresses = written <= BULK_WORTH * size
             self._written[0] += len(records)
             self._written[1] += 1
             self._written[2] += written
@@ -384,6 +413,9 @@ class FrameWriter:
             release, batch = marshal.loads(message)
             complete = join_blobs(batch, reader.read, ring, release)
             self.add_batch(batch)
+            del batch  # its ring chunks are in frames now
+            if ring is not None:
+                ring.release(release)  # chunks redaction copied out, or not written
             if not complete:
                 break
         self.close()

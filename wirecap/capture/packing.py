@@ -27,6 +27,7 @@ from wirecap.capture.records import (
     ResponseHead,
     UpstreamRequest,
 )
+from wirecap.capture.ring import RingChunk
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -269,7 +270,7 @@ def _opt_text(s: Any) -> bytes:
 
 def _bytes_head(data: Any) -> bytes:
     """The head of a byte string (its bytes follow as a part of their own: no copy here)."""
-    if type(data) is bytes or type(data) is bytearray:
+    if type(data) is bytes or type(data) is bytearray or type(data) is RingChunk:
         return _head(_BYTES, len(data))
     raise TypeError(f"expected bytes, got {type(data).__name__}")
 
@@ -457,10 +458,11 @@ def encode_packed(packed: PackedRecord, redactions: tuple[Redaction, ...] = ()) 
 
 def encode_packed_split(
     packed: PackedRecord, redactions: tuple[Redaction, ...] = ()
-) -> tuple[bytes, bytes | bytearray]:
+) -> tuple[bytes, bytes | bytearray | RingChunk]:
     """:func:`encode_packed` in two parts whose concatenation is the encoding: a big body chunk's
-    data is the second part, as it is, so that it is copied once, into its frame, rather than once
-    more into its record (~0.2 s per GiB here); the second part is empty for everything else."""
+    data is the second part, as it is (bytes, or where it lies in the capture's shared ring), so
+    that it is copied once, into its frame, rather than once more into its record (~0.2 s per GiB
+    here); the second part is empty for everything else."""
     code, values = packed
     if code == BODY and not redactions and len(values[3]) >= BIG_BODY_BYTES:
         return b"".join(_body_parts(values, ())[:-1]), values[3]

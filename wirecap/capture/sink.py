@@ -28,6 +28,7 @@ from wirecap.capture.records import (
     ResponseHead,
     UpstreamRequest,
 )
+from wirecap.capture.ring import RingChunk
 
 FRAME_MAX_BYTES: Final = 1024 * 1024
 FRAME_MAX_SECONDS: Final = 0.25
@@ -133,6 +134,14 @@ def record_size(record: Record) -> int:
     return 96
 
 
+def _in_memory(packed: packing.PackedRecord) -> packing.PackedRecord:
+    """``packed`` with a body chunk that lies in the capture's shared ring copied out."""
+    code, values = packed
+    if code == packing.BODY and type(values[3]) is RingChunk:
+        return code, (*values[:3], bytes(values[3]))
+    return packed
+
+
 class SegmentSink:
     """Blocking writer of one capture segment at a time. Run its methods in a worker thread.
 
@@ -218,7 +227,7 @@ class SegmentSink:
 
     def encode_batch(
         self, batch: Sequence[packing.PackedRecord]
-    ) -> list[tuple[IndexItem, bytes, bytes | bytearray]]:
+    ) -> list[tuple[IndexItem, bytes, bytes | bytearray | RingChunk]]:
         """:meth:`encode` for packed records (the writer process's input), a batch at a time: for
         each, what the index needs of it and its CBOR encoding, in two parts (see
         :func:`packing.encode_packed_split`). Records are redacted (a batch at a time, see
@@ -229,9 +238,9 @@ class SegmentSink:
             done: Sequence[packing.Redacted] = [(packed, ()) for packed in batch]
         elif self._redact_batch is not None:
             done = self._redact_batch(batch)
-        else:  # a hook that only knows records
-            done = [self._prepare(packing.unpack_record(packed)) for packed in batch]
-        encoded: list[tuple[IndexItem, bytes, bytes | bytearray]] = []
+        else:  # a hook that only knows records (and bytes)
+            done = [self._prepare(packing.unpack_record(_in_memory(packed))) for packed in batch]
+        encoded: list[tuple[IndexItem, bytes, bytes | bytearray | RingChunk]] = []
         for item in done:
             if type(item) is tuple:
                 packed, redactions = item
@@ -253,7 +262,11 @@ class SegmentSink:
         return self.write_encoded(prepared, b"".join(parts))
 
     def write_encoded(
-        self, records: Sequence[IndexItem], payload: bytes, *, hurry: bool = False
+        self,
+        records: Sequence[IndexItem],
+        payload: bytes | bytearray | memoryview,
+        *,
+        hurry: bool = False,
     ) -> int:
         """Compress and append one frame: ``payload`` is the encoding of ``records`` (from
         :meth:`encode`). Returns the frame's size. ``hurry``: the writer is falling behind the
