@@ -147,8 +147,7 @@ class BodyRing:
     def take(self, start: int, size: int) -> bytes:
         """The ``size`` bytes put or received at ``start``, copied out (their space stays held
         until :meth:`release`)."""
-        offset = DATA_OFFSET + start % self.capacity
-        return bytes(self._view[offset : offset + size])
+        return bytes(self.chunk(start, size))
 
     def chunk(self, start: int, size: int) -> RingChunk:
         """The ``size`` bytes put or received at ``start``, where they lie: valid until their space
@@ -192,11 +191,10 @@ class RingChunk:
     rare chunk that must be searched further. Once its frame has it, :meth:`copied` gives the ring's
     space back up to :attr:`release_to` (set by the reader: never past a chunk still to copy)."""
 
-    __slots__ = ("_end", "_map", "_ring", "_start", "position", "release_to")
+    __slots__ = ("_end", "_ring", "_start", "position", "release_to")
 
     def __init__(self, ring: BodyRing, position: int, start: int, end: int) -> None:
         self._ring = ring
-        self._map = ring._map
         self._start = start
         self._end = end
         self.position = position  # in the ring's history
@@ -206,17 +204,17 @@ class RingChunk:
         return self._end - self._start
 
     def __contains__(self, byte: int) -> bool:
-        return self._map.find(_BYTES[byte], self._start, self._end) >= 0
+        return self._ring._map.find(_BYTES[byte], self._start, self._end) >= 0
 
     def __bytes__(self) -> bytes:
-        return self._map[self._start : self._end]
+        return self._ring._map[self._start : self._end]
 
     def __repr__(self) -> str:
         return f"RingChunk({self.position}, {len(self)})"
 
     def view(self) -> memoryview:
         """The chunk's bytes, not copied (release the view before the ring is closed)."""
-        return memoryview(self._map)[self._start : self._end]
+        return self._ring._view[self._start : self._end]
 
     def copied(self) -> None:
         """The chunk is in its frame: give back the ring's space it allows."""

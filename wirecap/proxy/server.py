@@ -882,8 +882,9 @@ class ProxyServer:
         trailing_junk = False  # the upstream sent more than its response: not reusable
         dechunk = False
         # A captured body whose bytes are all payload is received straight into the capture
-        # writer's shared ring when it has one (see _receive_into_ring).
-        writer = ex.writer if type(upstream.transport) is SocketTransport else None
+        # writer's shared ring when it has one (see _receive_into_ring): from a plain socket.
+        writer = ex.writer
+        into_ring = upstream.transport if isinstance(upstream.transport, SocketTransport) else None
         if ex.helper is None:
             ex.relay_started = trio.current_time()
             if not self._relaying:
@@ -894,9 +895,13 @@ class ProxyServer:
                 ex.reading = True
                 self._set_deadline(ex, trio.current_time() + read_timeout)
                 in_ring = None
-                if writer is not None and body is not None and (size := _ring_size(body)):
-                    assert isinstance(upstream.transport, SocketTransport)
-                    in_ring = await _receive_into_ring(upstream.transport, writer, size)
+                if (
+                    writer is not None
+                    and into_ring is not None
+                    and body is not None
+                    and (size := _ring_size(body))
+                ):
+                    in_ring = await _receive_into_ring(into_ring, writer, size)
                 data: bytes | memoryview
                 data = in_ring[0] if in_ring is not None else await receive(read_size)
                 receive = upstream.transport.receive
