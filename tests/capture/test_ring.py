@@ -13,6 +13,7 @@ import trio.testing
 from wirecap.capture.child import WriterSpec, join_blobs, split_blobs
 from wirecap.capture.packing import BIG_BODY_BYTES, BODY, REQUEST
 from wirecap.capture.ring import BodyRing, RingChunk
+from wirecap.capture.sink import _in_memory
 from wirecap.capture.writer import ProcessCaptureWriter, SegmentHeader
 from wirecap.proxy.server import _receive_into_ring
 from wirecap.proxy.transport import SocketTransport
@@ -105,12 +106,7 @@ def body(x: str, data: bytes) -> tuple:
 
 def in_memory(batch: list) -> list:
     """``batch`` with the chunks join_blobs left in the ring copied out."""
-    return [
-        (code, (*values[:3], bytes(values[3])))
-        if code == BODY and isinstance(values[3], RingChunk)
-        else (code, values)
-        for code, values in batch
-    ]
+    return [_in_memory(packed) for packed in batch]
 
 
 def test_split_and_join_use_the_ring_where_it_has_room_and_the_pipe_otherwise(rings):
