@@ -96,9 +96,13 @@ logger = logging.getLogger("wirecap.capture")
 DEFAULT_CHANNEL_RECORDS: Final = 4096
 DEFAULT_CHANNEL_BYTES: Final = 4 * 1024 * 1024
 #: The process writer sends a batch when its first record is this old or the batch is this big:
-#: one pipe write per few exchanges under load, and never a large copy in the event loop.
+#: one pipe write per few exchanges under load. A big body's batch holds four ring slots (half the
+#: ring: the relay fills the other half while the writer process copies these out), not one: a
+#: quarter of the pipe writes and of the writer process's wake-ups, and 0.2 CPU s less per GiB in
+#: the two processes together (docs/PERFORMANCE.md, session 16). The copy this puts in the event
+#: loop is marshal's of the batch's small records, which the first bound keeps small.
 BATCH_SECONDS: Final = 0.005
-BATCH_BYTES: Final = 256 * 1024
+BATCH_BYTES: Final = 1024 * 1024
 PIPE_BYTES: Final = 1024 * 1024
 #: How long a relay waits for ring space before it looks again (the writer process's signal can be
 #: missed, see BodyRing.want).
@@ -494,7 +498,7 @@ class ProcessCaptureWriter(RecordBuffer):
 
     Same interface as :class:`CaptureWriter`. The event loop's share of capture is building each
     record packed (:func:`packing.packed_request` and its siblings; record objects are packed here)
-    and, once per batch (a few milliseconds or 256 KiB), one ``marshal.dumps``, a copy of each big
+    and, once per batch (a few milliseconds or 1 MiB), one ``marshal.dumps``, a copy of each big
     body chunk into the shared ring (ring.py) and one pipe write; everything else runs in
     ``python -m wirecap.capture.child`` with its own GIL. The pipe, the ring and this buffer are all
     bounded, so a slow disk makes the buffer fill and the ``block``/``drop`` policy apply, as in the
@@ -520,7 +524,8 @@ class ProcessCaptureWriter(RecordBuffer):
             on_full=on_full,
             channel_records=channel_records,
             channel_bytes=channel_bytes,
-            wake_bytes=batch_bytes,
+            # A batch is due before its ring chunks fill the ring: half of it stays for the relay.
+            wake_bytes=min(batch_bytes, ring_bytes // 2) if ring_bytes else batch_bytes,
         )
         self.spec = spec
         self._batch_seconds = batch_seconds
