@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from test_format import exchange_records, header
 
 from wirecap.capture import frames, open_capture, repair_index
+from wirecap.capture.child import FRAME_ROOM
 from wirecap.capture.direct import BLOCK, DirectAppender, enable_direct, padding
 from wirecap.capture.frames import PAD_MAGIC
+from wirecap.capture.sink import FRAME_MAX_BYTES, HURRIED_LEVEL
 from wirecap.capture.writer import SegmentSink
 
 _names = itertools.count()  # a new file for each example (hypothesis seeds random)
@@ -84,6 +86,39 @@ def test_a_frame_bigger_than_the_stage_goes_out_in_pieces(tmp_path):
         appender.close()
         os.close(fd)
     assert path.read_bytes() == b"x" * 100 + payload
+
+
+class CountingAppender(DirectAppender):
+    """Counts the writes it makes."""
+
+    writes = 0
+
+    def _pwrite(self, stage: int, length: int, at: int) -> None:
+        self.writes += 1
+        super()._pwrite(stage, length, at)
+
+
+def test_the_writer_processs_largest_frame_goes_out_in_one_write(tmp_path):
+    # A full frame of a big body that does not compress, and the ring slot that ends it, stored as
+    # it is (zstd's hurried level), after a file whose last block is nearly full.
+    content = os.urandom(FRAME_MAX_BYTES + FRAME_ROOM)
+    frame = frames.new_compressor(HURRIED_LEVEL).compress(content)
+    assert len(frame) > len(content)
+    path = tmp_path / "largest"
+    fd = open_direct(path)
+    appender = CountingAppender(fd)
+    try:
+        appender.append(padding(BLOCK - 1))
+        appender.wait()
+        appender.writes = 0
+        appender.append(frame)
+        appender.wait()
+        assert appender.writes == 1
+        appender.finish()
+    finally:
+        appender.close()
+        os.close(fd)
+    assert path.read_bytes() == padding(BLOCK - 1) + frame
 
 
 def test_a_failed_write_in_the_background_is_raised_by_the_next_call(tmp_path):

@@ -64,6 +64,9 @@ if TYPE_CHECKING:
     from wirecap.capture.index import IndexItem
 
 _LENGTH: Final = struct.Struct("<I")
+#: How far past ``frame_bytes`` a frame may reach: with the record that ends it, a ring slot at most
+#: and its record's head (a bigger record, such as a 64 KiB head, grows the frame's buffer once).
+FRAME_ROOM: Final = RING_SLOT_BYTES + 4096
 #: A frame of big bodies that compresses to this share of its bytes or less is worth compressing at
 #: the configured level (JSON: ~0.2 at level 1, ~0.33 hurried); base64 (0.75 at level 1, 1.0
 #: hurried) and compressed media are not (see FrameWriter.write_frame).
@@ -236,10 +239,9 @@ class FrameWriter:
         # straight from the ring), which the worker compresses as it is: no join. Buffers are
         # reused (one filling, QUEUED_FRAMES waiting, one compressing): fresh memory is what costs.
         self._spare: list[bytearray] = []
-        # Room for a full frame and the chunk that ends it (a ring slot at most, with its record's
-        # head): a buffer allocated once at its size does not grow, so it is not copied again and
-        # does not fragment the heap. (A bigger record, such as a 64 KiB head, grows it once.)
-        self._capacity = spec.frame_bytes + RING_SLOT_BYTES + 4096
+        # Room for a full frame and the record that ends it: a buffer allocated once at its size
+        # does not grow, so it is not copied again and does not fragment the heap.
+        self._capacity = spec.frame_bytes + FRAME_ROOM
         self._frame = bytearray()  # allocated with the first frame: an idle writer holds none
         self._size = 0
         self._bulk = 0  # of which big body chunks
