@@ -19,7 +19,8 @@ The pipe protocol is private to this module and writer.py, with the same interpr
   the ring has no room or there is none, follows its batch as a message of its own (the record
   holds its length): written from the proxy's own bytes, read into a buffer of its size.
 - from the child (its stdout), one JSON object per line: ``{"path": P}`` each time a segment opens,
-  ``{"written": [records, frames, bytes]}`` (totals) after each frame, ``{"failed": TEXT}`` once if
+  ``{"written": [records, frames, bytes]}`` (totals) after a frame, at most every
+  :data:`REPORT_SECONDS` (and once more before the end), ``{"failed": TEXT}`` once if
   writing fails (the child then reads and counts what it can no longer write, so the proxy never
   blocks on it), and ``{"done": true, "lost": N}`` last.
 
@@ -44,12 +45,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from wirecap.capture import frames
 from wirecap.capture.packing import BIG_BODY_BYTES, BODY, PackedRecord
 from wirecap.capture.ring import RING_SLOT_BYTES, BodyRing, RingChunk
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
+    HURRIED_LEVEL,
     SMALL_FRAME_BYTES,
+    Pace,
     Prepare,
     SegmentHeader,
     SegmentSink,
@@ -67,10 +71,20 @@ _LENGTH: Final = struct.Struct("<I")
 #: How far past ``frame_bytes`` a frame may reach: with the record that ends it, a ring slot at most
 #: and its record's head (a bigger record, such as a 64 KiB head, grows the frame's buffer once).
 FRAME_ROOM: Final = RING_SLOT_BYTES + 4096
-#: A frame of big bodies that compresses to this share of its bytes or less is worth compressing at
-#: the configured level (JSON: ~0.2 at level 1, ~0.33 hurried); base64 (0.75 at level 1, 1.0
-#: hurried) and compressed media are not (see FrameWriter.write_frame).
+#: A frame of big bodies whose sample compresses to this share of its bytes or less at the hurried
+#: level is worth compressing at the configured level (JSON: ~0.42 for a 32 KiB sample, ~0.2 for
+#: its frame at level 1); base64 (1.0 for a sample, 0.75 for its frame at level 1) and compressed
+#: media (1.0) are not, and are stored (see FrameWriter.write_frame).
 BULK_WORTH: Final = 0.6
+#: The writer process says how much it has written at most this often: after every frame, a 1 GiB
+#: body made ~900 reports, each a JSON line, a pipe write and a wake-up of the proxy's event loop
+#: (~3% of C's rate, docs/PERFORMANCE.md, session 16). Should the writer process die, the proxy
+#: counts as lost what it sent and was not told written: at most this long's worth too many.
+REPORT_SECONDS: Final = 0.1
+#: The sample of a frame of big bodies that says whether it compresses: from its middle, where a
+#: body's bytes are; ~20 us for base64 (and a stored frame then saves ~70 us a MiB), ~60 us for JSON
+#: (a frame of which takes ~2 ms at level 1).
+SAMPLE_BYTES: Final = 32 * 1024
 
 
 def split_blobs(
@@ -245,10 +259,12 @@ class FrameWriter:
         self._frame = bytearray()  # allocated with the first frame: an idle writer holds none
         self._size = 0
         self._bulk = 0  # of which big body chunks
-        # Whether the last frame made mostly of big bodies compressed well (see write_frame).
-        self._bulk_compresses = False
+        # Compresses the sample of a frame of big bodies (see write_frame); the worker's alone.
+        self._sampler = frames.new_compressor(HURRIED_LEVEL)
         self.deadline = math.inf  # when the open frame must be written
         self._written = [0, 0, 0]  # records, frames, bytes
+        self._reported_at = -math.inf  # when the worker last reported _written
+        self._unreported = False  # _written has changed since
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(self.QUEUED_FRAMES)
         self._worker = threading.Thread(target=self._work, name="wirecap-frames", daemon=True)
         self._syncers: list[threading.Thread] = []
@@ -300,24 +316,23 @@ class FrameWriter:
         hurrying cost a 1 GiB body ~9% of its speed on two cores (docs/PERFORMANCE.md, session
         12): the frames compressed hard meanwhile take the CPU the traffic needs.
 
-        A frame made mostly (over half its bytes) of big body chunks is written in a hurry too with
-        ``spec.adapt``, unless the last such frame compressed to :data:`BULK_WORTH` or less: big
-        bodies (downloads, uploads, media) are base64 or compressed already as a rule, where level
-        1 saves a quarter of the bytes at four times the CPU (1.0 against 0.23 ms a MiB of base64
-        on this project's machines), and on two cores that CPU is the traffic's; a big JSON body
-        is worth its level (20% of its bytes at level 1 against 33% hurried, for 2.19 against 1.77
-        ms a MiB). docs/PERFORMANCE.md, session 14. JSON and SSE traffic keeps its levels.
+        A large frame made mostly (over half its bytes) of big body chunks is stored
+        (:data:`~wirecap.capture.sink.STORED_LEVEL`) with ``spec.adapt`` unless a sample of it
+        compresses to :data:`BULK_WORTH` or less: big bodies (downloads, uploads, media) are base64
+        or compressed already as a rule, where level 1 saves a quarter of the bytes at four times
+        the CPU (1.0 against 0.23 ms a MiB of base64 on this project's machines), and on two cores
+        that CPU is the traffic's; a big JSON body is worth its level (20% of its bytes at level 1
+        against 33% hurried, for 2.19 against 1.77 ms a MiB). docs/PERFORMANCE.md, sessions 14 and
+        16. JSON and SSE traffic keeps its levels.
         """
         records, frame, size = self._records, self._frame, self._size
-        bulk = self._bulk * 2 > size
+        bulk = self.spec.adapt and self._bulk * 2 > size
         self._records, self._size, self._bulk = [], 0, 0
         self.deadline = math.inf
         if records:
             self._frame = bytearray()
-            hurry = self.spec.adapt and (
-                (bulk and not self._bulk_compresses) or not self._jobs.empty()
-            )
-            self._jobs.put(lambda: self._write(records, frame, size, hurry, bulk))
+            behind = self.spec.adapt and not self._jobs.empty()
+            self._jobs.put(lambda: self._write(records, frame, size, behind, bulk))
 
     def rotate_if_due(self) -> None:
         self._jobs.put(self._rotate_if_due)
@@ -335,11 +350,29 @@ class FrameWriter:
     # -- the worker thread --------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=REPORT_SECONDS if self._unreported else None)
+            except queue.Empty:  # quiet since a frame went unreported
+                self._report_written(due=True)
+                continue
+            if job is None:
+                if self._unreported:
+                    self._report_written(due=True)
+                return
             job()
 
+    def _report_written(self, due: bool = False) -> None:
+        """Report the totals written: now when ``due``, else if the last report is old enough
+        (else the worker reports them once it has been quiet that long, or at the end)."""
+        now = time.monotonic()
+        self._unreported = not due and now - self._reported_at < REPORT_SECONDS
+        if not self._unreported:
+            self._reported_at = now
+            self.report({"written": self._written})
+
     def _write(
-        self, records: list[IndexItem], frame: bytearray, size: int, hurry: bool, bulk: bool
+        self, records: list[IndexItem], frame: bytearray, size: int, behind: bool, bulk: bool
     ) -> None:
         if self.failed is not None:
             self._lost_writing += len(records)
@@ -349,18 +382,25 @@ class FrameWriter:
         def write() -> None:
             try:
                 with memoryview(frame) as whole, whole[:size] as payload:
-                    written = self.sink.write_encoded(records, payload, hurry=hurry)
+                    pace: Pace = "hurried" if behind else "level"
+                    if bulk and size >= SMALL_FRAME_BYTES and not self._compresses(payload):
+                        pace = "stored"
+                    written = self.sink.write_encoded(records, payload, pace=pace)
             finally:
                 self._spare.append(frame)  # list.append is atomic: the reading thread pops
-            if bulk and size >= SMALL_FRAME_BYTES:  # at the frame's level or hurried
-                self._bulk_compresses = written <= BULK_WORTH * size
             self._written[0] += len(records)
             self._written[1] += 1
             self._written[2] += written
-            self.report({"written": self._written})
+            self._report_written()
 
         if self._guard(write, lost=len(records)):
             self._rotate_if_due()
+
+    def _compresses(self, payload: memoryview) -> bool:
+        """Whether a sample of ``payload`` compresses to :data:`BULK_WORTH` or less."""
+        start = max(0, (len(payload) - SAMPLE_BYTES) // 2)
+        with payload[start : start + SAMPLE_BYTES] as sample:
+            return len(self._sampler.compress(sample)) <= BULK_WORTH * len(sample)
 
     def _close(self) -> None:
         if self.failed is None:
