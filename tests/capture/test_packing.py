@@ -118,6 +118,12 @@ def test_the_proxys_packed_builders_pack_what_pack_record_packs(record):
     assert unpack_record(packed) == record
 
 
+@settings(max_examples=100, deadline=None)
+@given(records)
+def test_a_packed_record_names_the_exchange_its_record_names(record):
+    assert packing.packed_exchange(pack_record(record)) == getattr(record, "x", None)
+
+
 @settings(max_examples=400, deadline=None)
 @given(records, redactions)
 def test_a_packed_record_encodes_to_the_bytes_cbor2_makes_of_its_map(record, found):

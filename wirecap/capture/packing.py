@@ -172,6 +172,12 @@ def packed_size(packed: PackedRecord) -> int:
     return RECORD_OVERHEAD + (data[1] if type(data) is tuple else len(data))
 
 
+def packed_exchange(packed: PackedRecord) -> str | None:
+    """The id of the exchange ``packed`` belongs to (None for a gap, which belongs to none)."""
+    code, values = packed
+    return None if code == GAP else values[0]
+
+
 def pack_record(record: Record) -> PackedRecord:
     """``record`` as a tuple of plain values that ``marshal`` can carry (well under a microsecond)."""
     code, getter = _PACKING[type(record)]

@@ -46,6 +46,7 @@ from wirecap.capture.packing import (
     PackedRecord,
     pack_record,
     pack_sized,
+    packed_exchange,
     packed_size,
     unpack_record,
 )
@@ -296,11 +297,14 @@ class RecordBuffer:
 
     def _count_drop(self, item: Item) -> None:
         self._forget(item)
-        record = _unpacked(item)
         self._records_dropped += 1
         self._dropped.records += 1
-        self._dropped.bytes += packed_size(item) if isinstance(item, tuple) else record_size(record)
-        x = getattr(record, "x", None)
+        if isinstance(item, tuple):  # packed: nothing is unpacked to count it
+            self._dropped.bytes += packed_size(item)
+            x = packed_exchange(item)
+        else:
+            self._dropped.bytes += record_size(item)
+            x = getattr(item, "x", None)
         if x is not None:
             self._dropped.exchanges.add(x)
 
