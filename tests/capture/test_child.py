@@ -266,8 +266,9 @@ def test_totals_written_are_reported_after_a_pause_and_before_the_end_not_every_
 def test_a_frame_that_finds_the_compressor_behind_is_written_in_a_hurry(tmp_path, adapt):
     """Three frames of small base64 answers (level 1 stores them at ~77%) while the compressing
     thread is held: the first finds nothing waiting and is compressed at level 1; the second and
-    third find a frame still waiting and, with ``adapt``, are stored at zstd's fastest setting
-    (~100%) rather than waiting for level 1. Every byte reads back either way."""
+    third find a frame still waiting and, with ``adapt``, are compressed at the hurried level (-1,
+    which stores base64 at ~100%) rather than waiting for level 1. Every byte reads back either
+    way."""
     reports: list[dict] = []
     spec = WriterSpec(
         directory=tmp_path, header=SegmentHeader({}), level=1, adapt=adapt, frame_bytes=512 * 1024

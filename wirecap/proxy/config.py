@@ -175,8 +175,9 @@ class CaptureSettings:
     #: capture/sink.py). 1 keeps up with a 1 GB body (about 750 MiB/s a core here, 580 at level 3)
     #: and costs JSON traffic under a point of ratio (16% of the raw bytes against 15%).
     level: int = 1
-    #: Compress large frames with zstd's fastest setting while the writer falls behind the traffic
-    #: (a bigger file instead of slower traffic; see capture/child.py FrameWriter.write_frame).
+    #: Compress large frames at a fast level while the writer falls behind the traffic, and store
+    #: frames of big bodies that do not compress (a bigger file instead of slower traffic; see
+    #: capture/child.py FrameWriter.write_frame).
     adapt: bool = True
     redact: bool = True
     redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
