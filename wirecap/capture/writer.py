@@ -100,8 +100,10 @@ DEFAULT_CHANNEL_BYTES: Final = 4 * 1024 * 1024
 #: one pipe write per few exchanges under load. A big body's batch holds four ring slots (half the
 #: ring: the relay fills the other half while the writer process copies these out), not one: a
 #: quarter of the pipe writes and of the writer process's wake-ups, and 0.2 CPU s less per GiB in
-#: the two processes together (docs/PERFORMANCE.md, session 16). The copy this puts in the event
-#: loop is marshal's of the batch's small records, which the first bound keeps small.
+#: the two processes together (docs/PERFORMANCE.md, session 16). The copies a batch makes in the
+#: event loop (marshal's of its small records; big chunks the relay did not receive into the ring,
+#: such as chunked bodies and uploads, copied into it) are a MiB or so, ~0.1 ms, while the writer
+#: process keeps up (behind it, a batch takes what the buffer holds, DEFAULT_CHANNEL_BYTES at most).
 BATCH_SECONDS: Final = 0.005
 BATCH_BYTES: Final = 1024 * 1024
 PIPE_BYTES: Final = 1024 * 1024
