@@ -11,8 +11,8 @@ import trio
 import trio.testing
 
 from wirecap.capture.child import WriterSpec, join_blobs, split_blobs
-from wirecap.capture.packing import BIG_BODY_BYTES, BODY, REQUEST
-from wirecap.capture.ring import BodyRing, RingChunk
+from wirecap.capture.packing import BIG_BODY_BYTES, BODY, REQUEST, packed_body
+from wirecap.capture.ring import RING_BYTES, BodyRing, RingChunk
 from wirecap.capture.sink import _in_memory
 from wirecap.capture.writer import ProcessCaptureWriter, SegmentHeader
 from wirecap.proxy.server import _receive_into_ring
@@ -191,6 +191,21 @@ async def test_the_relay_fills_a_slot_from_its_socket_and_gives_back_what_it_did
         transport.close()
         theirs.close()
         ring.close()
+
+
+@pytest.mark.parametrize("ring_bytes", [RING_BYTES, 256 * 1024])
+def test_a_batch_of_ring_chunks_is_due_before_it_holds_half_the_ring(tmp_path, ring_bytes):
+    """The relay lets the pump send once half the ring waits in records (a batch is then due),
+    so the other half is free to receive into meanwhile; with a ring smaller than two batches,
+    a batch that waited for its byte bound would hold the ring full until its time bound."""
+    spec = WriterSpec(directory=tmp_path, header=SegmentHeader({}))
+    writer = ProcessCaptureWriter(spec, ring_bytes=ring_bytes)
+    slot = 32 * 1024
+    held = 0
+    while not writer.due:
+        assert writer.offer(packed_body("a", "res", held, (held, slot)))
+        held += slot
+    assert ring_bytes // 4 < held <= ring_bytes // 2 + slot
 
 
 def test_the_reader_signals_released_space_only_when_the_proxy_asked_for_it(rings):
