@@ -30,7 +30,7 @@ from wirecap.capture import (
     ResponseHead,
     UpstreamRequest,
 )
-from wirecap.capture.writer import SegmentSink
+from wirecap.capture.sink import SegmentSink
 
 WORDS = [
     "the",

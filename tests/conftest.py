@@ -17,14 +17,14 @@ pytest_plugins = ["pytester"]
 from upstream import Handler, ScriptedUpstream
 
 from wirecap.capture import Capture, open_capture
-from wirecap.capture.writer import RecordBuffer
+from wirecap.capture.writer import CaptureWriter
 from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer
 
 
 @dataclasses.dataclass
 class RunningProxy:
     server: ProxyServer
-    writer: RecordBuffer | None
+    writer: CaptureWriter | None
     port: int
     out: Path
     console: io.StringIO
@@ -61,7 +61,7 @@ async def start_proxy(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Ca
     counter = 0
 
     async def start(
-        capture: bool = True, writer: RecordBuffer | None = None, **config_args: Any
+        capture: bool = True, writer: CaptureWriter | None = None, **config_args: Any
     ) -> RunningProxy:
         nonlocal counter
         counter += 1

@@ -22,7 +22,15 @@ from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import detail_lines, findings_lines, table_lines
 from wirecap.proxy import ConfigError, build_config, run_proxy
-from wirecap.proxy.config import load_toml, parse_listen, parse_upstream
+from wirecap.proxy.config import (
+    LOG_FORMATS,
+    MAX_LEVEL,
+    MIN_LEVEL,
+    ON_FULL_POLICIES,
+    load_toml,
+    parse_listen,
+    parse_upstream,
+)
 from wirecap.replay.compare import MODES, parse_ignores
 from wirecap.replay.demo import DemoError, run_demo
 from wirecap.replay.normalize import PathError
@@ -63,6 +71,12 @@ def main() -> None:
 
 @main.command("proxy")
 @click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML config file; each flag below is also a key there (dashes as underscores), and flags override it.",
+)
+@click.option(
     "--listen", metavar="HOST:PORT", help="Address to listen on [default: 127.0.0.1:5601]."
 )
 @click.option("--upstream", metavar="URL", help="Forward everything (route '/') to this base URL.")
@@ -71,30 +85,49 @@ def main() -> None:
     "routes",
     multiple=True,
     metavar="[METHOD] PREFIX=URL",
-    help="Add a route; repeatable. The longest matching prefix wins.",
+    help="Add a route ([[route]] in the config); repeatable. The longest matching prefix wins.",
 )
 @click.option(
-    "--config",
-    "config_path",
+    "--upstream-ca",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="TOML config file (flags override it).",
+    help="Extra CA bundle to trust for HTTPS upstreams.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    help="Line per exchange as text, as JSON, or none [default: text].",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No line per exchange (--log-format quiet).")
+@click.option(
+    "--max-head",
+    type=ByteSize(),
+    help="Largest request or response head; larger gets 431 [default: 64KiB].",
+)
+@click.option(
+    "--capture/--no-capture",
+    default=None,
+    help="Capture, or proxy only and write nothing [default: capture].",
 )
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory for capture files [default: ./captures].",
 )
-@click.option("--no-capture", is_flag=True, help="Proxy only; write no capture.")
 @click.option(
     "--on-full",
-    type=click.Choice(["block", "drop"]),
+    type=click.Choice(ON_FULL_POLICIES),
     help="When the capture channel is full: wait (lose nothing) or drop records (never slow traffic) [default: block].",
 )
 @click.option(
-    "--no-redact", is_flag=True, help="Store credentials too (the capture header says so)."
+    "--redact/--no-redact",
+    default=None,
+    help="Redact credentials, or store them too (the capture header says so) [default: redact].",
 )
 @click.option(
-    "--redact-header", multiple=True, metavar="NAME", help="Another header to redact; repeatable."
+    "--redact-headers",
+    multiple=True,
+    metavar="NAME",
+    help="Another header to redact; repeatable.",
 )
 @click.option(
     "--redact-body",
@@ -103,103 +136,80 @@ def main() -> None:
     help="Another pattern to redact in bodies, heads and targets; repeatable.",
 )
 @click.option(
-    "--rotate-size",
+    "--rotate-bytes",
     type=ByteSize(),
     help="Start a new segment after this many bytes [default: 256MiB].",
 )
 @click.option(
-    "--rotate-interval",
-    type=click.FloatRange(min=1),
+    "--rotate-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     help="Start a new segment after this many seconds [default: 3600].",
 )
 @click.option(
-    "--upstream-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Extra CA bundle to trust for HTTPS upstreams.",
+    "--compression-level",
+    type=click.IntRange(MIN_LEVEL, MAX_LEVEL),
+    metavar="LEVEL",
+    help="zstd level of large capture frames [default: 1].",
 )
 @click.option(
     "--connect-timeout",
     type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     help="Seconds to connect to an upstream [default: 10].",
 )
 @click.option(
     "--read-timeout",
     type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
     help="Longest upstream silence, in seconds, before 504 [default: 600].",
+)
+@click.option(
+    "--write-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Longest a send to the client or the upstream may block, in seconds [default: 60].",
 )
 @click.option(
     "--head-timeout",
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a client has to send a complete request head [default: 30].",
+    metavar="SECONDS",
+    help="Seconds a client has to send a complete request head before 408 [default: 30].",
 )
 @click.option(
-    "--max-head",
-    type=ByteSize(),
-    help="Largest request or response head; larger gets 431 [default: 64KiB].",
+    "--keepalive-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds an idle client connection is kept between requests [default: 120].",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No line per exchange.")
 @click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    help="Line per exchange as text or JSON [default: text].",
+    "--pool-idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds an idle upstream connection is kept in the pool [default: 60].",
 )
-def proxy_command(
-    listen: str | None,
-    upstream: str | None,
-    routes: tuple[str, ...],
-    config_path: Path | None,
-    out: Path | None,
-    no_capture: bool,
-    on_full: str | None,
-    no_redact: bool,
-    redact_header: tuple[str, ...],
-    redact_body: tuple[str, ...],
-    rotate_size: int | None,
-    rotate_interval: float | None,
-    upstream_ca: Path | None,
-    connect_timeout: float | None,
-    read_timeout: float | None,
-    head_timeout: float | None,
-    max_head: int | None,
-    quiet: bool,
-    log_format: str | None,
-) -> None:
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds exchanges in flight get to finish on SIGINT/SIGTERM [default: 5].",
+)
+def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> None:
     """Run the recording reverse proxy.
 
     With no arguments it listens on 127.0.0.1:5601 with the routes /openai/, /anthropic/, /ollama/ and
     /openrouter/ and writes to ./captures. Point your SDK's base URL at it, e.g.
     http://127.0.0.1:5601/openai/v1.
     """
-    timeouts = {
-        key: value
-        for key, value in (
-            ("connect", connect_timeout),
-            ("read", read_timeout),
-            ("client_head", head_timeout),
-        )
-        if value is not None
-    }
+    # Every other option is a setting that build_config takes by the same name.
+    if quiet:
+        settings["log_format"] = "quiet"
     try:
-        config = build_config(
-            doc=load_toml(config_path) if config_path else None,
-            listen=listen,
-            upstream=upstream,
-            routes=routes,
-            out=out,
-            capture=False if no_capture else None,
-            on_full=on_full,
-            redact=False if no_redact else None,
-            redact_headers=redact_header,
-            redact_body=redact_body,
-            rotate_bytes=rotate_size,
-            rotate_seconds=rotate_interval,
-            upstream_ca=upstream_ca,
-            log_format="quiet" if quiet else log_format,
-            timeouts=timeouts,
-            max_head=max_head,
-        )
+        config = build_config(doc=load_toml(config_path) if config_path else None, **settings)
     except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+        error = click.ClickException(str(exc))
+        error.exit_code = 2  # a usage error, told in one line (no usage text)
+        raise error from None
     logging.basicConfig(
         level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
     )
@@ -397,7 +407,7 @@ def _show_exchange(capture: Capture, exchange_id: str, raw: str | None, as_json:
     elif raw == "response":
         out.write(exchange.response_bytes())
     elif raw == "upstream":
-        out.write((exchange.upstream_wire_head or b"") + exchange.request_body)
+        out.write(exchange.upstream_request_bytes())
     elif as_json:
         record = next(jsonl_records([analyze_exchange(exchange)]))
         click.echo(json.dumps(record, ensure_ascii=False))

@@ -1,13 +1,24 @@
-"""Routes and configuration: sans-IO, table-driven."""
+"""Routes and configuration, sans-IO and table-driven; then `wirecap proxy` through CliRunner, never started."""
 
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 
 import pytest
+from click.testing import CliRunner
 
-from wirecap.proxy import http1
-from wirecap.proxy.config import ConfigError, build_config, parse_route_spec, parse_upstream
+from wirecap.proxy.config import (
+    ROUTE_KEYS,
+    SETTINGS,
+    TIMEOUT_FIELDS,
+    ConfigError,
+    Timeouts,
+    build_config,
+    parse_route_spec,
+    parse_size,
+    parse_upstream,
+)
 from wirecap.proxy.routing import Router
 
 
@@ -76,20 +87,36 @@ def test_most_specific_route_wins_and_method_host_narrow():
         ({"routes": ["a=http://x/"]}, "must start with '/'"),
         ({"upstream": "ftp://x/"}, "http:// or https://"),
         ({"upstream": "http://x/?q=1"}, "query"),
-        ({"listen": "localhost:http"}, "bad listen address"),
-        ({"on_full": "maybe"}, "on_full"),
+        ({"listen": "localhost:http"}, "listen: bad listen address"),
+        ({"on_full": "maybe"}, "on_full must be 'block' or 'drop', not 'maybe'"),
         (
             {"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "sample": 2}]}},
-            "sample must be between",
+            r"sample in \[\[route\]\] 1 must be a number from 0 to 1, not 2",
         ),
         (
-            {"doc": {"route": [{"prefix": "/a", "upstream": "http://x/", "bogus": 1}]}},
-            "unknown route keys bogus",
+            {"doc": {"route": [{"prefix": 1, "upstream": "http://x/"}]}},
+            r"\[\[route\]\] 1: route needs a text 'prefix'",
         ),
+        ({"doc": {"route": {"prefix": "/a"}}}, r"array of tables \(\[\[route\]\]\)"),
+        ({"doc": {"capture": []}}, r"\[capture\] must be a table"),
         ({"redact_body": ["(unclosed"]}, "bad redaction pattern"),
-        ({"timeouts": {"read": -1}}, "positive"),
-        ({"doc": {"capture": {"adapt": "yes"}}}, "adapt must be true or false"),
-        ({"doc": {"capture": {"level": 0}}}, "level must be an integer"),
+        ({"timeouts": {"read": -1}}, "read_timeout must be a positive number of seconds"),
+        ({"timeouts": {"client_head_x": 1}}, "unknown timeout 'client_head_x'"),
+        ({"head_timeout": float("nan")}, "head_timeout must be a positive number"),
+        (
+            {"doc": {"timeouts": {"head_timeout": "30s"}}},
+            r"head_timeout in \[timeouts\] must be a positive number of seconds, not '30s'",
+        ),
+        (
+            {"doc": {"capture": {"compression_level": 0}}},
+            r"compression_level in \[capture\] must be an integer from 1 to 19, not 0",
+        ),
+        ({"doc": {"capture": {"redact": "no"}}}, "redact in .* must be true or false"),
+        ({"doc": {"capture": {"redact_headers": "x-a"}}}, "must be a list of text"),
+        ({"doc": {"proxy": {"max_head": "64 KB please"}}}, "max_head in .* positive size"),
+        ({"max_head": 0}, "max_head must be a positive size in bytes"),
+        ({"rotate_bytes": "0MiB"}, "rotate_bytes must be a positive size"),
+        ({"doc": {"proxy": {"log_format": "xml"}}}, "'text' or 'json' or 'quiet'"),
     ],
 )
 def test_config_errors_are_one_clear_line(kwargs, message):
@@ -98,9 +125,103 @@ def test_config_errors_are_one_clear_line(kwargs, message):
     assert "\n" not in str(info.value)
 
 
-def test_capture_adapts_by_default_and_can_be_told_not_to():
-    assert build_config().capture.adapt is True
-    assert build_config(doc={"capture": {"adapt": False}}).capture.adapt is False
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"proxy": {"lisen": "x"}}, "unknown key 'lisen' in [proxy]; did you mean 'listen'?"),
+        (
+            {"proxy": {"upstream_cert": "x"}},
+            "unknown key 'upstream_cert' in [proxy]; did you mean 'upstream_ca'?",
+        ),
+        (
+            {"capture": {"on_ful": "drop"}},
+            "unknown key 'on_ful' in [capture]; did you mean 'on_full'?",
+        ),
+        (
+            {"timeouts": {"read": 5}},
+            "unknown key 'read' in [timeouts]; did you mean 'read_timeout'?",
+        ),
+        (
+            {"route": [{"prefix": "/a", "upstream": "http://x/", "metod": "POST"}]},
+            "unknown key 'metod' in [[route]] 1; did you mean 'method'?",
+        ),
+        # another name of the setting: its field in the Python API, or a former flag
+        (
+            {"timeouts": {"client_head": 5}},
+            "unknown key 'client_head' in [timeouts]; did you mean 'head_timeout'?",
+        ),
+        (
+            {"capture": {"level": 3}},
+            "unknown key 'level' in [capture]; did you mean 'compression_level'?",
+        ),
+        (
+            {"capture": {"rotate_size": 1}},
+            "unknown key 'rotate_size' in [capture]; did you mean 'rotate_bytes'?",
+        ),
+        # a key in the wrong table, or outside any
+        (
+            {"capture": {"listen": "x"}},
+            "unknown key 'listen' in [capture]; did you mean 'listen' in [proxy]?",
+        ),
+        (
+            {"capture": {"enabled": False}},
+            "unknown key 'enabled' in [capture]; did you mean 'capture' in [proxy]?",
+        ),
+        (
+            {"max_head": 1},
+            "unknown key 'max_head' outside any table; did you mean 'max_head' in [proxy]?",
+        ),
+        ({"captur": {"out": "x"}}, "unknown table [captur]; did you mean [capture]?"),
+        ({"routes": {}}, "unknown table [routes]; did you mean [route]?"),
+        ({"admin": {}}, "unknown table [admin]; tables: proxy, capture, timeouts, route"),
+        # nothing close: the valid keys
+        (
+            {"capture": {"adapt": False}},
+            "unknown key 'adapt' in [capture]; valid keys: out, on_full, redact, redact_headers, "
+            "redact_body, rotate_bytes, rotate_seconds, compression_level",
+        ),
+    ],
+)
+def test_unknown_keys_name_their_table_and_the_closest_key(doc, message):
+    with pytest.raises(ConfigError) as info:
+        build_config(doc=doc)
+    assert str(info.value) == message
+
+
+def test_setting_names_are_unique_across_tables_and_routes_reuse_them():
+    keys = [key for table in SETTINGS.values() for key in table]
+    assert len(keys) == len(set(keys))
+    assert set(TIMEOUT_FIELDS) == set(SETTINGS["timeouts"])
+    assert set(TIMEOUT_FIELDS.values()) == {f.name for f in dataclasses.fields(Timeouts)}
+    # a route's own settings share the global names
+    assert {"connect_timeout", "read_timeout", "redact_headers", "redact_body"} <= set(ROUTE_KEYS)
+
+
+def test_keywords_win_over_the_document_and_lists_add_to_it():
+    doc = {
+        "proxy": {"listen": ":7000", "upstream": "http://doc/"},
+        "capture": {"redact_headers": ["X-Doc"], "compression_level": 3},
+        "timeouts": {"head_timeout": 7, "read_timeout": 8},
+    }
+    config = build_config(
+        doc=doc,
+        listen=":7001",
+        upstream="http://flag/",
+        redact_headers=["X-Flag"],
+        head_timeout=9,
+        timeouts={"client_head": 1, "connect": 2},
+    )
+    assert (config.listen_host, config.listen_port) == ("127.0.0.1", 7001)
+    assert [r.upstream.url for r in config.routes] == ["http://flag/"]
+    assert config.capture.redact_headers[-2:] == ("x-doc", "x-flag")
+    assert config.capture.level == 3
+    assert (config.timeouts.client_head, config.timeouts.read, config.timeouts.connect) == (9, 8, 2)
+
+
+def test_sizes_read_as_integers_or_with_a_unit():
+    config = build_config(doc={"proxy": {"max_head": 4096}, "capture": {"rotate_bytes": "1.5 MiB"}})
+    assert (config.limits.max_head, config.capture.rotate_bytes) == (4096, 1536 * 1024)
+    assert build_config(max_head="16k").limits.max_head == 16 * 1024
 
 
 def test_route_spec_and_upstream_parsing():
@@ -127,23 +248,127 @@ def test_upstream_derived_fields_follow_its_address():
     )
 
 
-def test_upstream_head_keeps_lines_as_received_and_drops_hop_by_hop():
-    lines = [
-        b"Host: 127.0.0.1:5601",
-        b"Connection: keep-alive, X-Private",
-        b"X-Private: 1",
-        b"Authorization:Bearer k",  # no space after the colon: forwarded as it is
-        b"Keep-Alive: timeout=5",
-        b"X-Proxy-Path: spoofed",
-        b"content-type: application/json  ",
-    ]
-    raw = b"GET /v1/x?a=1 HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
-    head = http1.parse_request_head(raw, 1 << 16)
-    assert head is not None and head.canonical is head.raw  # CRLF lines: no rewrite
-    assert head.upstream_head(b"/x?a=1", b"api.openai.com") == (
-        b"GET /x?a=1 HTTP/1.1\r\nHost: api.openai.com\r\nAuthorization:Bearer k\r\n"
-        b"content-type: application/json  \r\n\r\n"
-    )
-    assert head.upstream_head(b"/", b"h", b"http://p/v1/x").endswith(
-        b"\r\nX-Proxy-Path: http://p/v1/x\r\n\r\n"
-    )
+# The command line: each flag of `wirecap proxy` is a setting of the same name.
+
+#: One example per setting: the flag's arguments, and the same value in a config file. Relative
+#: paths are those of the test's working directory, where ca.pem exists.
+EXAMPLES = {
+    "listen": (["--listen", "0.0.0.0:8080"], '[proxy]\nlisten = "0.0.0.0:8080"'),
+    "upstream": (["--upstream", "http://h:9/v1"], '[proxy]\nupstream = "http://h:9/v1"'),
+    "route": (
+        ["--route", "POST /a=http://x/"],
+        '[[route]]\nmethod = "POST"\nprefix = "/a"\nupstream = "http://x/"',
+    ),
+    "upstream_ca": (["--upstream-ca", "ca.pem"], '[proxy]\nupstream_ca = "ca.pem"'),
+    "log_format": (["--log-format", "json"], '[proxy]\nlog_format = "json"'),
+    "max_head": (["--max-head", "8KiB"], '[proxy]\nmax_head = "8KiB"'),
+    "capture": (["--no-capture"], "[proxy]\ncapture = false"),
+    "out": (["--out", "elsewhere"], '[capture]\nout = "elsewhere"'),
+    "on_full": (["--on-full", "drop"], '[capture]\non_full = "drop"'),
+    "redact": (["--no-redact"], "[capture]\nredact = false"),
+    "redact_headers": (
+        ["--redact-headers", "X-Team", "--redact-headers", "X-Org"],
+        '[capture]\nredact_headers = ["X-Team", "X-Org"]',
+    ),
+    "redact_body": (["--redact-body", "ghp_[a-z]{9}"], "[capture]\nredact_body = ['ghp_[a-z]{9}']"),
+    "rotate_bytes": (["--rotate-bytes", "1GiB"], '[capture]\nrotate_bytes = "1GiB"'),
+    "rotate_seconds": (["--rotate-seconds", "60"], "[capture]\nrotate_seconds = 60"),
+    "compression_level": (["--compression-level", "9"], "[capture]\ncompression_level = 9"),
+    "connect_timeout": (["--connect-timeout", "2.5"], "[timeouts]\nconnect_timeout = 2.5"),
+    "read_timeout": (["--read-timeout", "30"], "[timeouts]\nread_timeout = 30"),
+    "write_timeout": (["--write-timeout", "5"], "[timeouts]\nwrite_timeout = 5"),
+    "head_timeout": (["--head-timeout", "3"], "[timeouts]\nhead_timeout = 3"),
+    "keepalive_timeout": (["--keepalive-timeout", "1"], "[timeouts]\nkeepalive_timeout = 1"),
+    "pool_idle_timeout": (["--pool-idle-timeout", "4"], "[timeouts]\npool_idle_timeout = 4"),
+    "shutdown_timeout": (["--shutdown-timeout", "0.5"], "[timeouts]\nshutdown_timeout = 0.5"),
+}
+#: Options of `wirecap proxy` that are not settings.
+NOT_SETTINGS = {"config": "names the config file", "quiet": "shorthand for --log-format quiet"}
+
+
+class Built(Exception):
+    """Raised in place of running the proxy, carrying the config the command built."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path):
+    """The `wirecap` command line, with a proxy that is never started."""
+    import wirecap.cli
+
+    def no_proxy(config, banner=None):
+        raise AssertionError("the proxy was started")
+
+    monkeypatch.setattr(wirecap.cli, "run_proxy", no_proxy)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ca.pem").write_text("")
+    return wirecap.cli
+
+
+@pytest.fixture
+def built(cli, monkeypatch, tmp_path):
+    """``built(args, toml=None)``: the ProxyConfig that ``wirecap proxy ARGS`` would run."""
+    real = cli.build_config
+
+    def build_and_stop(**kwargs):
+        raise Built(real(**kwargs))
+
+    monkeypatch.setattr(cli, "build_config", build_and_stop)
+
+    def run(args, toml=None):
+        if toml is not None:
+            (tmp_path / "wirecap.toml").write_text(toml)
+            args = ["--config", "wirecap.toml", *args]
+        result = CliRunner().invoke(cli.main, ["proxy", *args])
+        assert isinstance(result.exception, Built), result.output
+        return result.exception.config
+
+    return run
+
+
+def option_name(param):
+    return max(param.opts, key=len).lstrip("-").replace("-", "_")
+
+
+def test_every_flag_is_a_setting_and_every_setting_a_flag(cli):
+    options = {option_name(p): p for p in cli.proxy_command.params}
+    settings = {key for table in SETTINGS.values() for key in table} | {"route"}
+    assert set(options) - set(NOT_SETTINGS) == settings == set(EXAMPLES)
+    for name in settings:
+        assert options[name].help and "--" + name.replace("_", "-") in options[name].opts
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_a_flag_and_its_toml_key_set_the_same(built, name):
+    args, toml = EXAMPLES[name]
+    doc = tomllib.loads(toml)
+    table = next((t for t, keys in SETTINGS.items() if name in keys), None)
+    if table is None:  # [[route]]: a top-level array of tables
+        assert list(doc) == [name]
+    else:
+        assert doc == {table: {name: doc[table][name]}}
+    by_flag, by_file = built(args), built([], toml)
+    assert by_flag == by_file
+    assert by_flag != built([])  # the example is not the default
+
+
+def test_flags_override_the_file_and_quiet_is_log_format_quiet(built):
+    toml = '[proxy]\nlisten = ":7000"\nlog_format = "json"'
+    config = built(["--listen", ":7001", "-q"], toml)
+    assert (config.listen_port, config.log_format) == (7001, "quiet")
+    assert built(["-q"]) == built(["--log-format", "quiet"])
+
+
+def test_a_bad_config_key_is_one_line_and_no_proxy_starts(cli, tmp_path):
+    (tmp_path / "bad.toml").write_text('[proxy]\nlisen = "127.0.0.1:0"\n')
+    result = CliRunner().invoke(cli.main, ["proxy", "--config", "bad.toml"])
+    assert result.exit_code == 2, result.output
+    assert result.output == "Error: unknown key 'lisen' in [proxy]; did you mean 'listen'?\n"
+
+
+@pytest.mark.parametrize("text", ["65536", "512KiB", "256MiB", "1G", "1.5k", "2 mb", " 3 "])
+def test_sizes_read_the_same_in_flags_and_in_the_file(cli, text):
+    assert cli.ByteSize().convert(text, None, None) == parse_size(text)

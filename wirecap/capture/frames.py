@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 import cbor2
 import zstandard
 
-from wirecap.capture.records import Record, RecordError, record_from_map
+from wirecap.capture.records import Record, RecordError, record_from_map, record_to_map
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 ZSTD_MAGIC: Final = 0xFD2FB528
 SKIPPABLE_MAGIC_MIN: Final = 0x184D2A50
 SKIPPABLE_MAGIC_MAX: Final = 0x184D2A5F
-#: Skippable frame that pads a file being written to the end of its last block (direct.py); the
-#: next frame overwrites it, and a closed file holds none.
+#: Skippable frame that padded files written with O_DIRECT to a block boundary; readers skip it.
 PAD_MAGIC: Final = 0x184D2A50
 #: Skippable frame holding the timing index (payload: b"WCIX" + a zstd frame of one CBOR map).
 INDEX_MAGIC: Final = 0x184D2A5E
@@ -174,13 +173,13 @@ def new_compressor(level: int = 3) -> zstandard.ZstdCompressor:
 
 def encode_record(record: Record) -> bytes:
     """The CBOR encoding of one record."""
-    return cbor2.dumps(record.to_map())
+    return cbor2.dumps(record_to_map(record))
 
 
 def encode_records(records: Iterable[Record]) -> bytes:
     """The CBOR sequence of ``records``."""
     dumps = cbor2.dumps
-    return b"".join([dumps(r.to_map()) for r in records])
+    return b"".join([dumps(record_to_map(r)) for r in records])
 
 
 def encode_data_frame(records: Iterable[Record], compressor: zstandard.ZstdCompressor) -> bytes:

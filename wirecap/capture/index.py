@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
-from wirecap.capture import packing
-from wirecap.capture.packing import pack_record, unpack_record
 from wirecap.capture.records import (
     BodyChunk,
     ExchangeEnd,
@@ -21,12 +19,12 @@ from wirecap.capture.records import (
     RequestReceived,
     ResponseHead,
     UpstreamRequest,
+    record_from_map,
+    record_to_map,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-
-    from wirecap.capture.packing import PackedRecord
 
 INDEX_VERSION: Final = 1
 
@@ -170,7 +168,7 @@ class Index:
             "t": "index",
             "version": INDEX_VERSION,
             "columns": {name: [getattr(e, name) for e in entries] for name in COLUMNS},
-            "gaps": [g.to_map() for g in self.gaps],
+            "gaps": [record_to_map(g) for g in self.gaps],
             "damage": [dict(d) for d in self.damage],
         }
 
@@ -195,25 +193,24 @@ class Index:
             raise RecordError("index columns have different lengths")
         if not all(isinstance(d, dict) for d in damage):
             raise RecordError("index damage entries must be maps")
-        return cls(columns=columns, gaps=[Gap.from_map(g) for g in gaps], damage=damage)
+        return cls(columns=columns, gaps=[_gap(g) for g in gaps], damage=damage)
+
+
+def _gap(item: Any) -> Gap:
+    record = record_from_map(item)
+    if not isinstance(record, Gap):
+        raise RecordError("index gaps must be gap records")
+    return record
 
 
 #: What a capture writer keeps of an encoded record for the index (see :meth:`IndexBuilder.observe`).
-IndexItem: TypeAlias = "Record | str | PackedRecord"
-
-
-def packed_index_item(packed: PackedRecord) -> IndexItem:
-    """:func:`index_item` for a record still packed (its target and URLs as they will be stored)."""
-    code, values = packed
-    if code == packing.BODY or code == packing.UPSTREAM:
-        return values[0]  # type: ignore[no-any-return]
-    return unpack_record(packed) if code == packing.GAP else packed
+IndexItem: TypeAlias = "Record | str"
 
 
 def index_item(record: Record) -> Record | str:
     """What :meth:`IndexBuilder.observe` needs of ``record`` once it is encoded: a body chunk or an
     upstream head only says that its exchange has bytes in the frame, so its exchange id stands for
-    it (the writers keep that instead of the record's bytes until the frame is written)."""
+    it (the writer keeps that instead of the record's bytes until the frame is written)."""
     return record.x if isinstance(record, BodyChunk | UpstreamRequest) else record
 
 
@@ -231,19 +228,30 @@ class IndexBuilder:
         """Account for ``record``, stored in the frame that starts at ``frame_offset``.
 
         A bare exchange id stands for a record that only tells the exchange has bytes in this frame
-        (a body chunk, an upstream head): all the index needs of one, and all the capture writer
-        keeps of it once it is encoded. A request head, response head or end may come packed (the
-        writer process's form); as a record it is packed here, so that one method
-        (:meth:`_observe_packed`) says what the index takes of each.
+        (a body chunk, an upstream head; see :func:`index_item`).
         """
-        if type(record) is str:
+        if isinstance(record, str):
             self._entry_in_frame(record, frame_offset)
-        elif type(record) is tuple:
-            self._observe_packed(record, frame_offset)
         elif isinstance(record, BodyChunk | UpstreamRequest):
             self._entry_in_frame(record.x, frame_offset)
-        elif isinstance(record, RequestReceived | ResponseHead | ExchangeEnd):
-            self._observe_packed(pack_record(record), frame_offset)
+        elif isinstance(record, RequestReceived):
+            entry = self._entry_in_frame(record.x, frame_offset)
+            entry.wall_ns, entry.method, entry.target = record.wall_ns, record.method, record.target
+            entry.route, entry.upstream_url = record.route, record.upstream_url
+        elif isinstance(record, ResponseHead):
+            entry = self._entry_in_frame(record.x, frame_offset)
+            if record.status >= 200 and entry.status is None:
+                entry.status = record.status
+            if entry.ttfb_ns is None:
+                entry.ttfb_ns = record.ns
+        elif isinstance(record, ExchangeEnd):
+            entry = self._entry_in_frame(record.x, frame_offset)
+            entry.dur_ns, entry.outcome = record.ns, record.outcome
+            entry.req_bytes, entry.res_bytes = record.req_bytes, record.res_bytes
+            if record.status is not None:
+                entry.status = record.status
+            if record.ttfb_ns is not None:
+                entry.ttfb_ns = record.ttfb_ns
         elif isinstance(record, Gap):
             self._gaps.append(record)
 
@@ -255,26 +263,6 @@ class IndexBuilder:
         if not entry.frames or entry.frames[-1] != frame_offset:
             entry.frames.append(frame_offset)
         return entry
-
-    def _observe_packed(self, packed: PackedRecord, frame_offset: int) -> None:
-        """What the index takes of a request head, response head or end (packed, see
-        :func:`packed_index_item`)."""
-        code, v = packed
-        entry = self._entry_in_frame(v[0], frame_offset)
-        if code == packing.REQUEST:
-            entry.wall_ns, entry.method, entry.target = v[1], v[2], v[3]
-            entry.route, entry.upstream_url = v[7], v[8]
-        elif code == packing.RESPONSE:
-            if v[2] >= 200 and entry.status is None:
-                entry.status = v[2]
-            if entry.ttfb_ns is None:
-                entry.ttfb_ns = v[1]
-        else:  # an end
-            _, entry.dur_ns, entry.outcome, status, _, entry.req_bytes, entry.res_bytes, ttfb = v
-            if status is not None:
-                entry.status = status
-            if ttfb is not None:
-                entry.ttfb_ns = ttfb
 
     def observe_all(self, records: Iterable[IndexItem], frame_offset: int) -> None:
         seen: set[str] = set()  # exchanges already marked present in this frame

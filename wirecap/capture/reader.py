@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Self
 from wirecap.capture import frames
 from wirecap.capture.frames import Damage, FrameInfo
 from wirecap.capture.index import Index, IndexBuilder, IndexEntry
+from wirecap.capture.payload import request_payload, response_payload
 from wirecap.capture.records import (
     PROXY_PATH_HEADER,
     BodyChunk,
@@ -80,7 +81,13 @@ def proxy_path_of(head: bytes) -> str | None:
 
 @dataclasses.dataclass(slots=True)
 class Exchange:
-    """Everything recorded about one request and its response."""
+    """Everything recorded about one request and its response.
+
+    ``chunks`` are the body records as stored: the bytes of each read as they crossed the wire
+    (transfer coding included), both directions. :attr:`request_chunks`, :attr:`response_chunks`
+    and the ``*_body`` properties give the payload (see payload.py); :meth:`request_bytes` and
+    :meth:`response_bytes` the wire bytes.
+    """
 
     id: str
     request: RequestReceived | None = None
@@ -88,8 +95,12 @@ class Exchange:
     responses: list[ResponseHead] = dataclasses.field(default_factory=list)
     chunks: list[BodyChunk] = dataclasses.field(default_factory=list)
     end: ExchangeEnd | None = None
+    #: Format 1 files stored payload instead of wire bytes: their chunks are their payload.
+    wire: bool = True
+    _payload: dict[str, list[BodyChunk]] = dataclasses.field(default_factory=dict, repr=False)
 
     def add(self, record: Record) -> None:
+        self._payload.clear()
         if isinstance(record, BodyChunk):
             self.chunks.append(record)
         elif isinstance(record, RequestReceived):
@@ -107,31 +118,47 @@ class Exchange:
 
     @property
     def response(self) -> ResponseHead | None:
-        """The final (non-1xx) response head."""
-        for head in self.responses:
-            if head.status >= 200:
-                return head
-        return None
+        """The final (non-1xx) response head the client got: the last one, when the proxy answered
+        an upstream head it could not relay."""
+        finals = [head for head in self.responses if head.status >= 200]
+        return finals[-1] if finals else None
 
     @property
     def informational(self) -> list[ResponseHead]:
         return [h for h in self.responses if h.status < 200]
 
+    def _wire_chunks(self, direction: str) -> list[BodyChunk]:
+        return [c for c in self.chunks if c.dir == direction]
+
     @property
     def request_chunks(self) -> list[BodyChunk]:
-        return [c for c in self.chunks if c.dir == "req"]
+        """The request body's payload, one chunk per read that carried some."""
+        chunks = self._wire_chunks("req")
+        if not self.wire or not chunks or self.request is None:
+            return chunks
+        if "req" not in self._payload:
+            self._payload["req"] = request_payload(self.request.head, chunks)
+        return self._payload["req"]
 
     @property
     def response_chunks(self) -> list[BodyChunk]:
-        return [c for c in self.chunks if c.dir == "res"]
+        """The response body's payload, one chunk per read that carried some."""
+        chunks = self._wire_chunks("res")
+        head = self.response
+        if not self.wire or not chunks or head is None:
+            return chunks
+        if "res" not in self._payload:
+            method = (self.method or "GET").encode("ascii", "replace")
+            self._payload["res"] = response_payload(method, head.head, chunks)
+        return self._payload["res"]
 
     @property
     def request_body(self) -> bytes:
-        return b"".join(c.data for c in self.chunks if c.dir == "req")
+        return b"".join(c.data for c in self.request_chunks)
 
     @property
     def response_body(self) -> bytes:
-        return b"".join(c.data for c in self.chunks if c.dir == "res")
+        return b"".join(c.data for c in self.response_chunks)
 
     @property
     def method(self) -> str | None:
@@ -182,11 +209,17 @@ class Exchange:
     def request_bytes(self) -> bytes:
         """The client's request as received: head then body (redacted where redaction applied)."""
         head = self.request.head if self.request else b""
-        return head + self.request_body
+        return head + b"".join(c.data for c in self._wire_chunks("req"))
+
+    def upstream_request_bytes(self) -> bytes:
+        """The request as it went upstream: the head as sent, then the body bytes."""
+        return (self.upstream_wire_head or b"") + b"".join(c.data for c in self._wire_chunks("req"))
 
     def response_bytes(self) -> bytes:
-        """The response as relayed: every head (1xx first) then the body."""
-        return b"".join(h.head for h in self.responses) + self.response_body
+        """The response as the upstream sent it: every head (1xx first) then the body bytes."""
+        return b"".join(h.head for h in self.responses) + b"".join(
+            c.data for c in self._wire_chunks("res")
+        )
 
 
 class CaptureFile:
@@ -442,7 +475,7 @@ class Capture:
             records = f.records_of(exchange_id)
             if records:
                 if exchange is None:
-                    exchange = Exchange(exchange_id)
+                    exchange = Exchange(exchange_id, wire=f.header is None or f.header.version >= 2)
                 for r in records:
                     exchange.add(r)
         return exchange
@@ -454,13 +487,17 @@ def assemble(records: Iterable[Record]) -> Iterator[Exchange]:
     Memory holds only the exchanges that started before the oldest unfinished one.
     """
     pending: dict[str, Exchange] = {}
+    wire = True
     for record in records:
+        if isinstance(record, Header):
+            wire = record.version >= 2
+            continue
         x = getattr(record, "x", None)
         if x is None:
             continue
         exchange = pending.get(x)
         if exchange is None:
-            exchange = pending[x] = Exchange(x)
+            exchange = pending[x] = Exchange(x, wire=wire)
         exchange.add(record)
         if isinstance(record, ExchangeEnd):
             while pending:

@@ -1,36 +1,30 @@
-"""Capture record types and their CBOR map form.
+"""Capture record types: the schema of a capture file, stated once. Sans-IO.
 
-Every record in a capture file is a CBOR map with text keys. The key ``"t"`` names the record type;
-exchange records carry the exchange id under ``"x"``. This module converts between those maps and
-small dataclasses, and validates maps read from untrusted files: a map that does not have the
-documented shape raises :class:`RecordError` instead of producing a half-built object.
-
-Records are values: nothing changes one after it is made (``dataclasses.replace`` makes a new one).
-The five exchange records are not declared frozen only because a frozen dataclass's ``__init__``
-costs three times as much, and the proxy makes several per exchange.
-
-docs/FORMAT.md is the normative description; keep the two in step.
+Each record type is a frozen dataclass; its fields are the keys of its CBOR map, in the same order,
+plus ``"t"``, the type's name. :func:`record_to_map` and :func:`record_from_map` derive the map
+form from the dataclass fields, so a field added here is written, read and validated without
+another edit; docs/FORMAT.md follows these types. A map read from an untrusted file that does not
+have the declared shape raises :class:`RecordError` instead of producing a half-built object.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final, Literal, TypeAlias
 
 FORMAT_NAME: Final = "wirecap"
-FORMAT_VERSION: Final = 1
+#: Version 2 stores every body chunk as the bytes that crossed the wire (transfer coding included);
+#: version 1 stored de-chunked payload. Readers read both.
+FORMAT_VERSION: Final = 2
+READABLE_VERSIONS: Final = frozenset({1, 2})
 
 Direction: TypeAlias = Literal["req", "res"]
 Outcome: TypeAlias = Literal["ok", "client_abort", "upstream_error", "timeout", "protocol_error"]
-OUTCOMES: Final[frozenset[str]] = frozenset(
-    {"ok", "client_abort", "upstream_error", "timeout", "protocol_error"}
-)
-#: Where the X-Proxy-Path line of an upstream head came from: ``"added"`` means the line exists only in
-#: the stored copy (strip it to get the wire bytes); ``"forwarded"`` means it was sent upstream too.
-PROXY_PATH_MODES: Final[frozenset[str]] = frozenset({"added", "forwarded"})
+OUTCOMES: Final[frozenset[str]] = frozenset(typing.get_args(Outcome))
+ProxyPathMode: TypeAlias = Literal["added", "forwarded"]
 #: The line's name (FORMAT.md): the proxy writes it with :func:`proxy_path_line`; readers find it
 #: by this name in any case.
 PROXY_PATH_HEADER: Final = b"X-Proxy-Path"
@@ -51,15 +45,7 @@ class Redaction:
 
     where: str  # "head" or "body"
     name: str  # header name (lower case) or body pattern
-    fingerprint: str
-
-    def to_map(self) -> dict[str, Any]:
-        return {"where": self.where, "name": self.name, "fp": self.fingerprint}
-
-    @classmethod
-    def from_map(cls, m: Any) -> Redaction:
-        m = _require_map(m, "redaction")
-        return cls(where=_text(m, "where"), name=_text(m, "name"), fingerprint=_text(m, "fp"))
+    fp: str  # 8 hex digits of the secret's SHA-256
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,42 +63,8 @@ class Header:
     redaction: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     listen: str | None = None
 
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "t": self.TYPE,
-            "format": self.format,
-            "version": self.version,
-            "wirecap_version": self.wirecap_version,
-            "created_ns": self.created_ns,
-            "host": self.host,
-            "pid": self.pid,
-            "segment": self.segment,
-            "redaction": dict(self.redaction),
-            "listen": self.listen,
-        }
 
-    @classmethod
-    def from_map(cls, m: Mapping[str, Any]) -> Header:
-        fmt = _text(m, "format")
-        version = _int(m, "version")
-        if fmt != FORMAT_NAME:
-            raise RecordError(f"not a wirecap capture (format {fmt!r})")
-        if version != FORMAT_VERSION:
-            raise RecordError(f"unsupported capture format version {version}")
-        return cls(
-            format=fmt,
-            version=version,
-            wirecap_version=_text(m, "wirecap_version"),
-            created_ns=_int(m, "created_ns"),
-            host=_text(m, "host"),
-            pid=_int(m, "pid"),
-            segment=_int(m, "segment", 0),
-            redaction=_require_map(m.get("redaction", {}), "redaction"),
-            listen=_opt_text(m, "listen"),
-        )
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class RequestReceived:
     """The client's request head exactly as received (after redaction), and where it was routed."""
 
@@ -128,38 +80,8 @@ class RequestReceived:
     upstream_url: str | None = None
     redactions: tuple[Redaction, ...] = ()
 
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "t": self.TYPE,
-            "x": self.x,
-            "wall_ns": self.wall_ns,
-            "method": self.method,
-            "target": self.target,
-            "head": self.head,
-            "client": self.client,
-            "proxy_url": self.proxy_url,
-            "route": self.route,
-            "upstream_url": self.upstream_url,
-            "redactions": [r.to_map() for r in self.redactions],
-        }
 
-    @classmethod
-    def from_map(cls, m: Mapping[str, Any]) -> RequestReceived:
-        return cls(
-            x=_text(m, "x"),
-            wall_ns=_int(m, "wall_ns"),
-            method=_text(m, "method"),
-            target=_text(m, "target"),
-            head=_bytes(m, "head"),
-            client=_text(m, "client", ""),
-            proxy_url=_text(m, "proxy_url", ""),
-            route=_opt_text(m, "route"),
-            upstream_url=_opt_text(m, "upstream_url"),
-            redactions=_redactions(m),
-        )
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamRequest:
     """The request head exactly as sent upstream, plus the X-Proxy-Path line (see FORMAT.md)."""
 
@@ -167,34 +89,11 @@ class UpstreamRequest:
     x: str
     ns: int  # ns since the exchange began
     head: bytes
-    proxy_path: str = "added"
+    proxy_path: ProxyPathMode = "added"
     redactions: tuple[Redaction, ...] = ()
 
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "t": self.TYPE,
-            "x": self.x,
-            "ns": self.ns,
-            "head": self.head,
-            "proxy_path": self.proxy_path,
-            "redactions": [r.to_map() for r in self.redactions],
-        }
 
-    @classmethod
-    def from_map(cls, m: Mapping[str, Any]) -> UpstreamRequest:
-        mode = _text(m, "proxy_path", "added")
-        if mode not in PROXY_PATH_MODES:
-            raise RecordError(f"bad proxy_path mode {mode!r}")
-        return cls(
-            x=_text(m, "x"),
-            ns=_int(m, "ns"),
-            head=_bytes(m, "head"),
-            proxy_path=mode,
-            redactions=_redactions(m),
-        )
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseHead:
     """A response head exactly as received from upstream, or as made by the proxy (``by="proxy"``).
 
@@ -209,73 +108,20 @@ class ResponseHead:
     by: str = "upstream"
     redactions: tuple[Redaction, ...] = ()
 
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "t": self.TYPE,
-            "x": self.x,
-            "ns": self.ns,
-            "status": self.status,
-            "head": self.head,
-            "by": self.by,
-            "redactions": [r.to_map() for r in self.redactions],
-        }
 
-    @classmethod
-    def from_map(cls, m: Mapping[str, Any]) -> ResponseHead:
-        return cls(
-            x=_text(m, "x"),
-            ns=_int(m, "ns"),
-            status=_int(m, "status"),
-            head=_bytes(m, "head"),
-            by=_text(m, "by", "upstream"),
-            redactions=_redactions(m),
-        )
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class BodyChunk:
-    """Body bytes (after transfer-coding removal, content-coding untouched) as they arrived."""
+    """The body bytes of one read as they crossed the wire (transfer coding included), and when."""
 
     TYPE: ClassVar[str] = "body"
     x: str
     dir: Direction
     ns: int
-    data: bytes | bytearray
+    data: bytes
     redactions: tuple[Redaction, ...] = ()
 
-    def to_map(self) -> dict[str, Any]:
-        m: dict[str, Any] = {
-            "t": self.TYPE,
-            "x": self.x,
-            "dir": self.dir,
-            "ns": self.ns,
-            "data": self.data,  # cbor2 encodes a bytearray as a byte string, without a copy
-        }
-        if self.redactions:
-            m["redactions"] = [r.to_map() for r in self.redactions]
-        return m
 
-    @classmethod
-    def from_map(cls, m: Mapping[str, Any]) -> BodyChunk:
-        # The most frequent record by far: checked inline rather than through the helpers.
-        x, direction, ns, data = m.get("x"), m.get("dir"), m.get("ns"), m.get("data")
-        if (
-            type(x) is not str
-            or direction not in ("req", "res")
-            or type(ns) is not int
-            or type(data) is not bytes
-        ):
-            raise RecordError("bad body record: needs text x, dir req|res, integer ns, bytes data")
-        return cls(
-            x=x,
-            dir="req" if direction == "req" else "res",
-            ns=ns,
-            data=data,
-            redactions=_redactions(m) if "redactions" in m else (),
-        )
-
-
-@dataclasses.dataclass(slots=True, kw_only=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ExchangeEnd:
     """Last record of an exchange: how it ended and the byte counts that crossed the wire."""
 
@@ -285,38 +131,9 @@ class ExchangeEnd:
     outcome: Outcome
     status: int | None = None
     error: str | None = None
-    req_bytes: int = 0
-    res_bytes: int = 0
+    req_bytes: int = 0  # request body bytes received from the client (payload)
+    res_bytes: int = 0  # response body bytes received from the upstream (payload)
     ttfb_ns: int | None = None  # first byte of the response head
-
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "t": self.TYPE,
-            "x": self.x,
-            "ns": self.ns,
-            "outcome": self.outcome,
-            "status": self.status,
-            "error": self.error,
-            "req_bytes": self.req_bytes,
-            "res_bytes": self.res_bytes,
-            "ttfb_ns": self.ttfb_ns,
-        }
-
-    @classmethod
-    def from_map(cls, m: Mapping[str, Any]) -> ExchangeEnd:
-        outcome = _text(m, "outcome")
-        if outcome not in OUTCOMES:
-            raise RecordError(f"bad outcome {outcome!r}")
-        return cls(
-            x=_text(m, "x"),
-            ns=_int(m, "ns"),
-            outcome=outcome,  # type: ignore[arg-type]
-            status=_opt_int(m, "status"),
-            error=_opt_text(m, "error"),
-            req_bytes=_int(m, "req_bytes", 0),
-            res_bytes=_int(m, "res_bytes", 0),
-            ttfb_ns=_opt_int(m, "ttfb_ns"),
-        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -330,29 +147,6 @@ class Gap:
     exchanges: tuple[str, ...] = ()
     reason: str = "channel full"
 
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "t": self.TYPE,
-            "wall_ns": self.wall_ns,
-            "records": self.records,
-            "bytes": self.bytes,
-            "exchanges": list(self.exchanges),
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_map(cls, m: Mapping[str, Any]) -> Gap:
-        ids = m.get("exchanges", [])
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise RecordError("gap exchanges must be a list of text")
-        return cls(
-            wall_ns=_int(m, "wall_ns"),
-            records=_int(m, "records"),
-            bytes=_int(m, "bytes"),
-            exchanges=tuple(ids),
-            reason=_text(m, "reason", ""),
-        )
-
 
 Record: TypeAlias = (
     Header | RequestReceived | UpstreamRequest | ResponseHead | BodyChunk | ExchangeEnd | Gap
@@ -360,11 +154,124 @@ Record: TypeAlias = (
 ExchangeRecord: TypeAlias = (
     RequestReceived | UpstreamRequest | ResponseHead | BodyChunk | ExchangeEnd
 )
+RECORD_TYPES: Final = (
+    Header,
+    RequestReceived,
+    UpstreamRequest,
+    ResponseHead,
+    BodyChunk,
+    ExchangeEnd,
+    Gap,
+)
 
-_DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Record]]] = {
-    cls.TYPE: cls.from_map
-    for cls in (Header, RequestReceived, UpstreamRequest, ResponseHead, BodyChunk, ExchangeEnd, Gap)
+
+# -- the map form, derived from the dataclass fields -------------------------------------------------
+
+_Check: TypeAlias = "typing.Callable[[Any], Any]"
+
+
+def _checker(hint: Any, where: str) -> _Check:
+    """A function that returns a valid decoded value for a field of type ``hint`` or raises."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is str or hint is bytes:
+        kind = "text" if hint is str else "a byte string"
+
+        def check_plain(value: Any) -> Any:
+            if type(value) is not hint:
+                raise RecordError(f"{where} must be {kind}")
+            return value
+
+        return check_plain
+    if hint is int:
+
+        def check_int(value: Any) -> int:
+            if type(value) is not int:
+                raise RecordError(f"{where} must be an integer")
+            return value
+
+        return check_int
+    if origin is Literal:
+        allowed = frozenset(args)
+
+        def check_choice(value: Any) -> Any:
+            if value not in allowed:
+                raise RecordError(f"{where} must be one of {', '.join(sorted(allowed))}")
+            return value
+
+        return check_choice
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        [inner] = [a for a in args if a is not type(None)]
+        check_inner = _checker(inner, where)
+        return lambda value: None if value is None else check_inner(value)
+    if origin is tuple:
+        item = args[0]
+        check_item = (
+            (lambda v: _from_map(Redaction, v, where)) if item is Redaction else _checker(item, where)
+        )
+
+        def check_tuple(value: Any) -> tuple[Any, ...]:
+            if not isinstance(value, list):
+                raise RecordError(f"{where} must be a list")
+            return tuple(check_item(v) for v in value)
+
+        return check_tuple
+    if origin is Mapping:
+
+        def check_map(value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise RecordError(f"{where} must be a map")
+            return value
+
+        return check_map
+    raise TypeError(f"no CBOR form for {hint!r}")  # a new field type: teach _checker
+
+
+def _schema(cls: type) -> tuple[tuple[str, _Check, bool], ...]:
+    """(name, checker, required) for each field of ``cls``, from its type hints."""
+    hints = typing.get_type_hints(cls)
+    return tuple(
+        (
+            f.name,
+            _checker(hints[f.name], f"{getattr(cls, 'TYPE', 'redaction')} {f.name!r}"),
+            f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+        )
+        for f in dataclasses.fields(cls)
+    )
+
+
+_SCHEMAS: Final[dict[type, tuple[tuple[str, _Check, bool], ...]]] = {
+    cls: _schema(cls) for cls in (Redaction, *RECORD_TYPES)
 }
+_BY_TYPE: Final[dict[str, type]] = {cls.TYPE: cls for cls in RECORD_TYPES}
+
+
+def _to_plain(value: Any) -> Any:
+    if type(value) is tuple:
+        return [_to_plain(v) for v in value]
+    if type(value) is Redaction:
+        return {"where": value.where, "name": value.name, "fp": value.fp}
+    return value
+
+
+def record_to_map(record: Record) -> dict[str, Any]:
+    """The CBOR map of ``record``: ``"t"`` then every field, tuples as lists."""
+    m: dict[str, Any] = {"t": record.TYPE}
+    for f in dataclasses.fields(record):
+        m[f.name] = _to_plain(getattr(record, f.name))
+    return m
+
+
+def _from_map(cls: type, m: Any, what: str) -> Any:
+    if not isinstance(m, dict):
+        raise RecordError(f"{what} is not a map")
+    values: dict[str, Any] = {}
+    for name, check, required in _SCHEMAS[cls]:
+        if name in m:
+            values[name] = check(m[name])
+        elif required:
+            raise RecordError(f"{what} without {name!r}")
+    return cls(**values)
 
 
 def record_from_map(item: Any) -> Record | None:
@@ -372,79 +279,20 @@ def record_from_map(item: Any) -> Record | None:
 
     Returns None for a map whose ``"t"`` is an unknown type (readers skip records from newer writers);
     raises :class:`RecordError` for anything that is not a map, or a known type with a bad shape.
+    Keys a record type does not declare are ignored (newer writers may add some).
     """
-    m = _require_map(item, "record")
-    kind = m.get("t")
+    if not isinstance(item, dict):
+        raise RecordError("record is not a map")
+    kind = item.get("t")
     if not isinstance(kind, str):
         raise RecordError("record without a text 't' key")
-    decode = _DECODERS.get(kind)
-    if decode is None:
+    cls = _BY_TYPE.get(kind)
+    if cls is None:
         return None
-    try:
-        return decode(m)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, RecordError):
-            raise
-        raise RecordError(f"bad {kind} record: {exc}") from exc
-
-
-# -- validation helpers ------------------------------------------------------------------------------
-
-_MISSING: Final = object()
-
-
-def _require_map(item: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(item, dict):
-        raise RecordError(f"{what} is not a map")
-    return item
-
-
-def _get(m: Mapping[str, Any], key: str, default: Any) -> Any:
-    value = m.get(key, default)
-    if value is _MISSING:
-        raise RecordError(f"missing key {key!r}")
-    return value
-
-
-def _text(m: Mapping[str, Any], key: str, default: Any = _MISSING) -> str:
-    value = _get(m, key, default)
-    if not isinstance(value, str):
-        raise RecordError(f"{key!r} must be text")
-    return value
-
-
-def _opt_text(m: Mapping[str, Any], key: str) -> str | None:
-    value = m.get(key)
-    if value is not None and not isinstance(value, str):
-        raise RecordError(f"{key!r} must be text or null")
-    return value
-
-
-def _int(m: Mapping[str, Any], key: str, default: Any = _MISSING) -> int:
-    value = _get(m, key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RecordError(f"{key!r} must be an integer")
-    return value
-
-
-def _opt_int(m: Mapping[str, Any], key: str) -> int | None:
-    value = m.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RecordError(f"{key!r} must be an integer or null")
-    return value
-
-
-def _bytes(m: Mapping[str, Any], key: str) -> bytes:
-    value = _get(m, key, _MISSING)
-    if not isinstance(value, bytes):
-        raise RecordError(f"{key!r} must be a byte string")
-    return value
-
-
-def _redactions(m: Mapping[str, Any]) -> tuple[Redaction, ...]:
-    items = m.get("redactions", [])
-    if not isinstance(items, list):
-        raise RecordError("'redactions' must be a list")
-    return tuple(Redaction.from_map(r) for r in items)
+    record: Record = _from_map(cls, item, f"{kind} record")
+    if isinstance(record, Header):
+        if record.format != FORMAT_NAME:
+            raise RecordError(f"not a wirecap capture (format {record.format!r})")
+        if record.version not in READABLE_VERSIONS:
+            raise RecordError(f"unsupported capture format version {record.version}")
+    return record

@@ -5,14 +5,14 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import sys
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import trio
 
 from wirecap import __version__
-from wirecap.capture.writer import ProcessCaptureWriter, SegmentHeader, WriterSpec
-from wirecap.proxy.redact import Redactor, Rules
+from wirecap.capture.redact import Redactor, Rules
+from wirecap.capture.sink import SegmentHeader, SegmentSink
+from wirecap.capture.writer import CaptureWriter
 from wirecap.proxy.server import ProxyServer
 
 if TYPE_CHECKING:
@@ -37,11 +37,8 @@ def make_redactor(config: ProxyConfig) -> Redactor | None:
     return Redactor(rules, per_route)
 
 
-def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessCaptureWriter:
-    """A capture writer for ``config`` (the output directory is created with mode 0700).
-
-    The writer runs in its own process (see ProcessCaptureWriter): the redactor goes with it.
-    """
+def make_writer(config: ProxyConfig, redactor: Redactor | None) -> CaptureWriter:
+    """A capture writer for ``config`` (the output directory is created with mode 0700)."""
     settings = config.capture
     settings.out.mkdir(parents=True, exist_ok=True, mode=0o700)
     redaction = (
@@ -50,31 +47,18 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessCaptur
         else {"enabled": False, "headers": [], "body_patterns": []}
     )
     header = SegmentHeader(redaction, listen=f"{config.listen_host}:{config.listen_port}")
-    spec = WriterSpec(
-        directory=settings.out,
-        header=header,
+    return CaptureWriter(
+        SegmentSink(settings.out, header, level=settings.level),
         prepare=redactor,
-        level=settings.level,
-        adapt=settings.adapt,
+        on_full=settings.on_full,
         rotate_bytes=settings.rotate_bytes,
         rotate_seconds=settings.rotate_seconds,
     )
-    return ProcessCaptureWriter(
-        spec, on_full=settings.on_full, channel_records=settings.channel_records
-    )
-
-
-#: How long the event loop may wait for the GIL while another thread holds it (Python's default is
-#: 5 ms, which showed as the p99 of the stream relay delay when the capture ran in a thread here; it
-#: runs in the writer process now, and the threads left are trio's, e.g. for DNS).
-SWITCH_INTERVAL: Final = 0.0005
 
 
 def tune_interpreter() -> None:
-    """Settings for a long-running proxy process: a short GIL switch interval (see above), and the
-    objects of start-up (modules, functions, config) moved out of the garbage collector's sight so
-    that its collections only look at what traffic allocates."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    """The objects of start-up (modules, functions, config) moved out of the garbage collector's
+    sight, so that its collections only look at what traffic allocates."""
     gc.collect()
     gc.freeze()
 
@@ -108,7 +92,6 @@ async def run_proxy(
                     server.shutdown()
 
             async def serve() -> None:
-                # Accept at once: records queue in the writer's buffer while its process starts.
                 host, port = await nursery.start(server.run)
                 path = await nursery.start(writer.run) if writer is not None else None
                 if banner is not None:

@@ -1,23 +1,32 @@
 """Proxy configuration: routes, upstreams, limits and timeouts, from flags and/or a TOML file. Sans-IO.
 
-Everything a user can get wrong is checked here, before a socket is opened, and reported as a
-:class:`ConfigError` with a one-line message.
+Every setting has one name: the TOML key (in its table, see :data:`SETTINGS`) and the keyword of
+:func:`build_config`; the flag of ``wirecap proxy`` is the same name with dashes. Everything a user can
+get wrong, an unknown or misspelt key included, is checked here, before a socket is opened, and
+reported as a :class:`ConfigError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 DEFAULT_LISTEN: Final = ("127.0.0.1", 5601)
 DEFAULT_OUT: Final = Path("captures")
+LOG_FORMATS: Final = ("text", "json", "quiet")
+ON_FULL_POLICIES: Final = ("block", "drop")
+#: zstd levels a capture may use (the library's negative and ultra levels are left out).
+MIN_LEVEL: Final = 1
+MAX_LEVEL: Final = 19
 
 #: Built-in routes used when no route is configured at all.
 PRESETS: Final[Mapping[str, str]] = {
@@ -139,7 +148,11 @@ class Route:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
-    """Seconds; each bounds one wait so that no stalled peer holds a task forever."""
+    """Seconds; each bounds one wait so that no stalled peer holds a task forever.
+
+    The TOML keys and flags name these fields with a ``_timeout`` suffix (``client_head`` is
+    ``head_timeout``, ``shutdown_grace`` is ``shutdown_timeout``; see :data:`TIMEOUT_FIELDS`).
+    """
 
     connect: float = 10.0  # opening a connection (TCP and TLS) to an upstream
     read: float = 600.0  # longest silence from an upstream, head or body (LLMs think slowly)
@@ -154,11 +167,9 @@ class Timeouts:
 class Limits:
     """Sizes that bound memory per connection."""
 
-    max_head: int = (
-        64 * 1024
-    )  # request/response head; larger gets 431 (h11's own default is 16 KiB)
-    # Bytes asked of a socket per read: one record at most this big (but for a big response body
-    # received straight into the capture ring, ring.RING_SLOT_BYTES a read).
+    #: Request or response head; larger gets 431 (h11's own default is 16 KiB).
+    max_head: int = 64 * 1024
+    #: Bytes asked of a socket per read, so one read is one record of at most this size.
     read_size: int = 64 * 1024
     pool_size: int = 32  # idle connections kept per upstream
 
@@ -168,24 +179,13 @@ class CaptureSettings:
     enabled: bool = True
     out: Path = DEFAULT_OUT
     on_full: Literal["block", "drop"] = "block"
-    channel_records: int = 4096
     rotate_bytes: int | None = 256 * 1024 * 1024
     rotate_seconds: float | None = 3600.0
-    #: zstd level of frames of 256 KiB and more (smaller ones use at least SMALL_FRAME_LEVEL, see
-    #: capture/sink.py). 1 keeps up with a 1 GB body (about 750 MiB/s a core here, 580 at level 3)
-    #: and costs JSON traffic under a point of ratio (16% of the raw bytes against 15%).
+    #: zstd level of large frames (small ones get a higher level, which costs little on them).
     level: int = 1
-    #: Compress large frames at a fast level while the writer falls behind the traffic, and store
-    #: frames of big bodies that do not compress (a bigger file instead of slower traffic; see
-    #: capture/child.py FrameWriter.write_frame).
-    adapt: bool = True
     redact: bool = True
     redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
     redact_body: tuple[str, ...] = DEFAULT_REDACT_BODY
-
-
-#: The defaults of the [capture] table, stated once (in CaptureSettings).
-_CAPTURE_DEFAULTS: Final = CaptureSettings()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,6 +213,20 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"bad listen port {port}")
     return host, port
+
+
+_SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(value: int | str) -> int:
+    """A size in bytes: ``65536``, ``"512KiB"``, ``"256MiB"``, ``"1G"`` (units are powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if not match:
+        raise ConfigError(f"{value!r} is not a size (e.g. 65536 or '256MiB')")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * 1024 ** "_kmgt".index(unit or "_"))
 
 
 def parse_route_spec(spec: str) -> Route:
@@ -255,64 +269,233 @@ def check_routes(routes: Sequence[Route]) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-_ROUTE_KEYS: Final = {
-    "prefix",
-    "upstream",
-    "method",
-    "host",
-    "capture",
-    "sample",
-    "forward_proxy_path",
-    "connect_timeout",
-    "read_timeout",
-    "redact_headers",
-    "redact_body",
-    "name",
+# Value checks. Each takes a value from TOML, a flag or a keyword argument and returns it in the
+# form the config holds, or raises _Invalid saying what the value must be.
+
+
+class _Invalid(ValueError):
+    """A value of the wrong type or out of range; the text completes "<key> must be ..."."""
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("text")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise _Invalid("a path")
+    return Path(value)
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _Invalid("a list of text")
+    return tuple(value)
+
+
+def _seconds(value: Any) -> float:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 < value < math.inf  # also rejects NaN
+    ):
+        raise _Invalid("a positive number of seconds")
+    return float(value)
+
+
+def _size(value: Any) -> int:
+    try:
+        size = parse_size(value)
+    except ConfigError:
+        size = 0
+    if size <= 0:
+        raise _Invalid("a positive size in bytes (e.g. 65536 or '64KiB')")
+    return size
+
+
+def _level(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not MIN_LEVEL <= value <= MAX_LEVEL:
+        raise _Invalid(f"an integer from {MIN_LEVEL} to {MAX_LEVEL}")
+    return value
+
+
+def _sample(value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise _Invalid("a number from 0 to 1")
+    return float(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid(" or ".join(repr(c) for c in choices))
+        return cast("str", value)
+
+    return check
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    return parse_listen(_text(value))
+
+
+def _upstream(value: Any) -> Upstream:
+    return parse_upstream(_text(value))
+
+
+#: Every setting, by table, with the check its value passes. A key is unique across tables, so it is
+#: also the setting's name: the keyword of build_config and, with dashes, the flag.
+SETTINGS: Final[Mapping[str, Mapping[str, Callable[[Any], Any]]]] = {
+    "proxy": {
+        "listen": _listen,
+        "upstream": _upstream,
+        "upstream_ca": _path,
+        "log_format": _choice(*LOG_FORMATS),
+        "max_head": _size,
+        "capture": _bool,
+    },
+    "capture": {
+        "out": _path,
+        "on_full": _choice(*ON_FULL_POLICIES),
+        "redact": _bool,
+        "redact_headers": _texts,
+        "redact_body": _texts,
+        "rotate_bytes": _size,
+        "rotate_seconds": _seconds,
+        "compression_level": _level,
+    },
+    "timeouts": {
+        "connect_timeout": _seconds,
+        "read_timeout": _seconds,
+        "write_timeout": _seconds,
+        "head_timeout": _seconds,
+        "keepalive_timeout": _seconds,
+        "pool_idle_timeout": _seconds,
+        "shutdown_timeout": _seconds,
+    },
 }
+_CHECKS: Final = {key: check for table in SETTINGS.values() for key, check in table.items()}
+
+#: The [timeouts] keys and the Timeouts fields they set.
+TIMEOUT_FIELDS: Final[Mapping[str, str]] = {
+    "connect_timeout": "connect",
+    "read_timeout": "read",
+    "write_timeout": "write",
+    "head_timeout": "client_head",
+    "keepalive_timeout": "keepalive",
+    "pool_idle_timeout": "pool_idle",
+    "shutdown_timeout": "shutdown_grace",
+}
+
+#: The keys of a [[route]] table.
+ROUTE_KEYS: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "prefix": _text,
+    "upstream": _upstream,
+    "method": _text,
+    "host": _text,
+    "capture": _bool,
+    "sample": _sample,
+    "forward_proxy_path": _bool,
+    "connect_timeout": _seconds,
+    "read_timeout": _seconds,
+    "redact_headers": _texts,
+    "redact_body": _texts,
+    "name": _text,
+}
+
+#: Other names a setting is known by: the field it sets in ProxyConfig, or a former flag. An
+#: unknown key that is one of them gets the setting's name as its hint (close spellings can mislead
+#: there: ``rotate_size`` is nearer to ``rotate_seconds`` than to ``rotate_bytes``).
+_OTHER_NAMES: Final[Mapping[str, str]] = {
+    **{field: key for key, field in TIMEOUT_FIELDS.items()},
+    "level": "compression_level",
+    "enabled": "capture",
+    "rotate_size": "rotate_bytes",
+    "rotate_interval": "rotate_seconds",
+}
+
+
+def _checked(
+    key: str, value: Any, where: str = "", checks: Mapping[str, Callable[[Any], Any]] = _CHECKS
+) -> Any:
+    """``value`` checked for the setting ``key``; ``where`` names its table in the message."""
+    name = f"{key} in {where}" if where else key
+    try:
+        return checks[key](value)
+    except _Invalid as exc:
+        raise ConfigError(f"{name} must be {exc}, not {value!r}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _hint(key: str, valid: Collection[str]) -> str | None:
+    """The key that ``key`` was probably meant to be: the setting it is another name for, or a
+    close spelling; with its table when it lives in another one."""
+    meant = _OTHER_NAMES.get(key, key)
+    if meant in valid and meant != key:
+        return f"did you mean {meant!r}?"
+    close = difflib.get_close_matches(key, valid, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    home = next((name for name, keys in SETTINGS.items() if meant in keys), None)
+    return f"did you mean {meant!r} in [{home}]?" if home else None
+
+
+def _reject_unknown(keys: Iterable[str], valid: Collection[str], where: str) -> None:
+    """Raise for the first key not in ``valid``, naming the closest valid one."""
+    for key in keys:
+        if key not in valid:
+            hint = _hint(key, valid) or f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown key {key!r} in {where}; {hint}")
+
+
+def _settings_from_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The checked settings of a TOML document (its [[route]] tables aside), by key."""
+    tables = [*SETTINGS, "route"]
+    for name, value in doc.items():
+        if name in tables:
+            continue
+        if isinstance(value, dict):
+            close = difflib.get_close_matches(name, tables, n=1)
+            hint = f"did you mean [{close[0]}]?" if close else f"tables: {', '.join(tables)}"
+            raise ConfigError(f"unknown table [{name}]; {hint}")
+        hint = _hint(name, ()) or f"settings go in the tables {', '.join(tables)}"
+        raise ConfigError(f"unknown key {name!r} outside any table; {hint}")
+    values: dict[str, Any] = {}
+    for table, keys in SETTINGS.items():
+        content = doc.get(table, {})
+        if not isinstance(content, dict):
+            raise ConfigError(f"[{table}] must be a table")
+        _reject_unknown(content, keys, f"[{table}]")
+        values.update((key, _checked(key, value, f"[{table}]")) for key, value in content.items())
+    return values
 
 
 def _route_from_table(table: Any, where: str) -> Route:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: a route must be a table")
-    unknown = set(table) - _ROUTE_KEYS
-    if unknown:
-        raise ConfigError(f"{where}: unknown route keys {', '.join(sorted(unknown))}")
+    _reject_unknown(table, ROUTE_KEYS, where)
     for key in ("prefix", "upstream"):
         if not isinstance(table.get(key), str):
             raise ConfigError(f"{where}: route needs a text {key!r}")
+    values = {key: _checked(key, value, where, ROUTE_KEYS) for key, value in table.items()}
     try:
-        return Route(
-            prefix=normalize_prefix(table["prefix"]),
-            upstream=parse_upstream(table["upstream"]),
-            method=_opt(table, "method", str, where) and str(table["method"]).upper(),
-            host=_opt(table, "host", str, where) and str(table["host"]).lower(),
-            capture=_opt(table, "capture", bool, where, True),
-            sample=float(_opt(table, "sample", (int, float), where, 1.0)),
-            forward_proxy_path=_opt(table, "forward_proxy_path", bool, where, False),
-            connect_timeout=_opt(table, "connect_timeout", (int, float), where),
-            read_timeout=_opt(table, "read_timeout", (int, float), where),
-            redact_headers=tuple(h.lower() for h in _opt_list(table, "redact_headers", where)),
-            redact_body=tuple(_opt_list(table, "redact_body", where)),
-            name=_opt(table, "name", str, where),
-        )
+        prefix = normalize_prefix(values.pop("prefix"))
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _opt(table: Mapping[str, Any], key: str, kind: Any, where: str, default: Any = None) -> Any:
-    value = table.get(key, default)
-    if value is not None and (
-        not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{where}: {key!r} has the wrong type")
-    return value
-
-
-def _opt_list(table: Mapping[str, Any], key: str, where: str) -> list[str]:
-    value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where}: {key!r} must be a list of text")
-    return value
+    for key in ("method", "host"):
+        if key in values:
+            values[key] = values[key].upper() if key == "method" else values[key].lower()
+    if "redact_headers" in values:
+        values["redact_headers"] = tuple(h.lower() for h in values["redact_headers"])
+    return Route(prefix=prefix, **values)
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -326,12 +509,12 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
 
 
-def routes_from_toml(doc: Mapping[str, Any], where: str = "config") -> list[Route]:
+def routes_from_toml(doc: Mapping[str, Any]) -> list[Route]:
     """Routes from ``[[route]]`` tables."""
     tables = doc.get("route", [])
     if not isinstance(tables, list):
-        raise ConfigError(f"{where}: 'route' must be an array of tables ([[route]])")
-    return [_route_from_table(t, f"{where} route {i + 1}") for i, t in enumerate(tables)]
+        raise ConfigError("'route' must be an array of tables ([[route]])")
+    return [_route_from_table(t, f"[[route]] {i + 1}") for i, t in enumerate(tables)]
 
 
 def build_config(
@@ -340,112 +523,101 @@ def build_config(
     listen: str | None = None,
     upstream: str | None = None,
     routes: Iterable[str] = (),
-    out: Path | None = None,
+    upstream_ca: Path | str | None = None,
+    log_format: str | None = None,
+    max_head: int | str | None = None,
     capture: bool | None = None,
+    out: Path | str | None = None,
     on_full: str | None = None,
     redact: bool | None = None,
     redact_headers: Iterable[str] = (),
     redact_body: Iterable[str] = (),
-    rotate_bytes: int | None = None,
+    rotate_bytes: int | str | None = None,
     rotate_seconds: float | None = None,
-    upstream_ca: Path | None = None,
-    log_format: str | None = None,
+    compression_level: int | None = None,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+    write_timeout: float | None = None,
+    head_timeout: float | None = None,
+    keepalive_timeout: float | None = None,
+    pool_idle_timeout: float | None = None,
+    shutdown_timeout: float | None = None,
     timeouts: Mapping[str, float] | None = None,
-    max_head: int | None = None,
 ) -> ProxyConfig:
-    """Merge a TOML document and command-line values (flags win) into a checked :class:`ProxyConfig`.
+    """Merge a TOML document and command-line values into a checked :class:`ProxyConfig`.
 
-    Routes: ``--upstream`` is a catch-all ``/`` route; ``--route`` flags and ``[[route]]`` tables add
-    more. With no route at all, the built-in presets apply.
+    A keyword given (not None) wins over the document; the lists (``routes``, ``redact_headers``,
+    ``redact_body``) add to it. Routes: ``upstream`` is a catch-all ``/`` route; ``--route`` specs
+    and ``[[route]]`` tables add more; with no route at all, the built-in presets apply.
+    ``timeouts`` maps :class:`Timeouts` field names to seconds (the ``*_timeout`` keywords win).
     """
     doc = doc or {}
-    proxy = _table(doc, "proxy")
-    cap = _table(doc, "capture")
-    tmo = _table(doc, "timeouts")
+    values = _settings_from_doc(doc)
+    fields = {field: key for key, field in TIMEOUT_FIELDS.items()}
+    for field, seconds in (timeouts or {}).items():
+        if field not in fields:
+            raise ConfigError(f"unknown timeout {field!r}; fields: {', '.join(fields)}")
+        values[fields[field]] = _checked(fields[field], seconds)
+    given = {
+        "listen": listen,
+        "upstream": upstream,
+        "upstream_ca": upstream_ca,
+        "log_format": log_format,
+        "max_head": max_head,
+        "capture": capture,
+        "out": out,
+        "on_full": on_full,
+        "redact": redact,
+        "rotate_bytes": rotate_bytes,
+        "rotate_seconds": rotate_seconds,
+        "compression_level": compression_level,
+        "connect_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "write_timeout": write_timeout,
+        "head_timeout": head_timeout,
+        "keepalive_timeout": keepalive_timeout,
+        "pool_idle_timeout": pool_idle_timeout,
+        "shutdown_timeout": shutdown_timeout,
+    }
+    values.update((key, _checked(key, value)) for key, value in given.items() if value is not None)
+    for key, more in (("redact_headers", redact_headers), ("redact_body", redact_body)):
+        values[key] = (*values.get(key, ()), *_checked(key, tuple(more)))
 
     all_routes = routes_from_toml(doc)
     all_routes += [parse_route_spec(r) for r in routes]
-    if upstream is not None:
-        all_routes.append(Route(prefix="/", upstream=parse_upstream(upstream)))
+    if "upstream" in values:
+        all_routes.append(Route(prefix="/", upstream=values["upstream"]))
     if not all_routes:
         all_routes = list(preset_routes())
-
-    host, port = parse_listen(
-        listen or str(proxy.get("listen", f"{DEFAULT_LISTEN[0]}:{DEFAULT_LISTEN[1]}"))
-    )
-    timeout_values = {**tmo, **(timeouts or {})}
-    unknown = set(timeout_values) - {f.name for f in dataclasses.fields(Timeouts)}
-    if unknown:
-        raise ConfigError(f"unknown timeouts: {', '.join(sorted(unknown))}")
-    for key, value in timeout_values.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"timeout {key!r} must be a positive number of seconds")
-
-    on_full_value = on_full or cap.get("on_full", _CAPTURE_DEFAULTS.on_full)
-    if on_full_value not in ("block", "drop"):
-        raise ConfigError(f"on_full must be 'block' or 'drop', not {on_full_value!r}")
-    on_full_policy: Literal["block", "drop"] = "drop" if on_full_value == "drop" else "block"
-    fmt_value = log_format or proxy.get("log_format", "text")
-    if fmt_value not in ("text", "json", "quiet"):
-        raise ConfigError(f"log_format must be text, json or quiet, not {fmt_value!r}")
-    fmt: Literal["text", "json", "quiet"] = (
-        "json" if fmt_value == "json" else "quiet" if fmt_value == "quiet" else "text"
-    )
-    level = cap.get("level", _CAPTURE_DEFAULTS.level)
-    if not isinstance(level, int) or not 1 <= level <= 19:
-        raise ConfigError("capture level must be an integer from 1 to 19")
-    adapt = cap.get("adapt", _CAPTURE_DEFAULTS.adapt)
-    if not isinstance(adapt, bool):
-        raise ConfigError("capture adapt must be true or false")
-
-    extra_headers = tuple(
-        h.lower() for h in (*_opt_list(cap, "redact_headers", "capture"), *redact_headers)
-    )
-    extra_body = (*_opt_list(cap, "redact_body", "capture"), *redact_body)
+    host, port = values.get("listen", DEFAULT_LISTEN)
+    defaults = CaptureSettings()
     settings = CaptureSettings(
-        enabled=capture
-        if capture is not None
-        else bool(cap.get("enabled", _CAPTURE_DEFAULTS.enabled)),
-        out=out or Path(str(cap.get("out", _CAPTURE_DEFAULTS.out))),
-        on_full=on_full_policy,
-        rotate_bytes=rotate_bytes
-        if rotate_bytes is not None
-        else cap.get("rotate_bytes", _CAPTURE_DEFAULTS.rotate_bytes),
-        rotate_seconds=rotate_seconds
-        if rotate_seconds is not None
-        else cap.get("rotate_seconds", _CAPTURE_DEFAULTS.rotate_seconds),
-        level=level,
-        adapt=adapt,
-        redact=redact if redact is not None else bool(cap.get("redact", _CAPTURE_DEFAULTS.redact)),
-        redact_headers=DEFAULT_REDACT_HEADERS + extra_headers,
-        redact_body=DEFAULT_REDACT_BODY + tuple(extra_body),
+        enabled=values.get("capture", defaults.enabled),
+        out=values.get("out", defaults.out),
+        on_full=values.get("on_full", defaults.on_full),
+        rotate_bytes=values.get("rotate_bytes", defaults.rotate_bytes),
+        rotate_seconds=values.get("rotate_seconds", defaults.rotate_seconds),
+        level=values.get("compression_level", defaults.level),
+        redact=values.get("redact", defaults.redact),
+        redact_headers=DEFAULT_REDACT_HEADERS + tuple(h.lower() for h in values["redact_headers"]),
+        redact_body=DEFAULT_REDACT_BODY + values["redact_body"],
     )
     _check_patterns(settings.redact_body, *(r.redact_body for r in all_routes))
-    ca = upstream_ca or (Path(str(proxy["upstream_ca"])) if "upstream_ca" in proxy else None)
     return ProxyConfig(
         listen_host=host,
         listen_port=port,
         routes=check_routes(all_routes),
-        timeouts=dataclasses.replace(
-            Timeouts(), **{k: float(v) for k, v in timeout_values.items()}
+        timeouts=Timeouts(
+            **{field: values[key] for key, field in TIMEOUT_FIELDS.items() if key in values}
         ),
-        limits=Limits(max_head=max_head) if max_head else Limits(),
+        limits=Limits(max_head=values.get("max_head", Limits().max_head)),
         capture=settings,
-        upstream_ca=ca,
-        log_format=fmt,
+        upstream_ca=values.get("upstream_ca"),
+        log_format=values.get("log_format", "text"),
     )
 
 
-def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"config: [{key}] must be a table")
-    return value
-
-
 def _check_patterns(*groups: Iterable[str]) -> None:
-    import re
-
     for group in groups:
         for pattern in group:
             try:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import ssl
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
 import h11
 import trio
 
-from wirecap.proxy.transport import readable_now, socket_of
+from wirecap.proxy.messages import RawTap
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -38,8 +38,8 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamConnection:
     """One connection to an upstream: a trio stream and the h11 client state machine over it.
 
-    :meth:`next_event` also returns the raw bytes of each response head, exactly as received, which
-    h11 does not keep: the bytes fed to h11 while a head is awaited, minus what h11 still buffers.
+    :meth:`next_event` also returns the raw bytes behind each event, exactly as received, which h11
+    does not keep (see :class:`~wirecap.proxy.messages.RawTap`).
     """
 
     def __init__(
@@ -53,10 +53,9 @@ class UpstreamConnection:
         self.stream = stream
         self.origin = origin
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+        self.tap = RawTap(self.h11)
         self.read_size = read_size
         self.idle_since = 0.0
-        self._head_buf = bytearray()
-        self._want_head = True
 
     async def send(self, event: h11.Event) -> bytes:
         """Serialize ``event`` with h11 and send it; returns the bytes sent."""
@@ -66,7 +65,7 @@ class UpstreamConnection:
         return data or b""
 
     async def next_event(self) -> tuple[Event, bytes]:
-        """The next h11 event from the upstream, with the raw head bytes for (informational) responses."""
+        """The next h11 event from the upstream, with the raw bytes behind it."""
         while True:
             event, raw = self.next_event_nowait()
             if event is not h11.NEED_DATA:
@@ -75,40 +74,35 @@ class UpstreamConnection:
 
     def next_event_nowait(self) -> tuple[Event, bytes]:
         """Like :meth:`next_event` without I/O: ``NEED_DATA`` when h11 needs more bytes."""
-        conn = self.h11
-        event = conn.next_event()
-        if isinstance(event, h11.InformationalResponse | h11.Response):
-            pending = len(conn.trailing_data[0])
-            cut = len(self._head_buf) - pending
-            raw = bytes(self._head_buf[:cut])
-            if isinstance(event, h11.Response):
-                self._want_head = False
-                self._head_buf = bytearray()
-            else:
-                del self._head_buf[:cut]
-            return event, raw
-        return event, b""
+        event = self.h11.next_event()
+        if event is h11.NEED_DATA:
+            return event, b""
+        return event, self.tap.take()
 
-    async def receive(self) -> None:
+    async def receive(self) -> bytes:
         """Read once from the upstream into h11 (an empty read tells h11 the connection closed)."""
         data = await self.stream.receive_some(self.read_size)
-        if self._want_head:
-            self._head_buf += data
-        self.h11.receive_data(data)  # type: ignore[arg-type]  # h11 takes any bytes-like
+        self.tap.feed(data)
+        return data
 
     def start_next_cycle(self) -> None:
         self.h11.start_next_cycle()
-        self._want_head = True
-        self._head_buf = bytearray(self.h11.trailing_data[0])
 
     @property
     def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        """Both sides finished their messages cleanly, and nothing arrived after the response."""
+        conn = self.h11
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[0]
 
     def looks_alive(self) -> bool:
         """False when the idle socket is readable: the upstream closed it (or sent junk)."""
-        sock = socket_of(self.stream)
-        return sock is None or not readable_now(sock)
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            return True
+        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+        return not readable
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
@@ -122,32 +116,9 @@ def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
     return context
 
 
-class PooledConnection(Protocol):
-    """What :class:`ConnectionPool` needs from the connections it keeps."""
-
-    origin: tuple[str, str, int]
-    idle_since: float
-
-    @property
-    def reusable(self) -> bool: ...
-
-    def start_next_cycle(self) -> None: ...
-
-    def looks_alive(self) -> bool: ...
-
-    async def aclose(self) -> None: ...
-
-
-C = TypeVar("C", bound=PooledConnection)
-#: Makes a pooled connection from a freshly connected stream and its origin.
-Factory = Callable[[trio.abc.Stream, tuple[str, str, int]], C]
-
-
-class ConnectionPool(Generic[C]):
+class ConnectionPool:
     """Idle upstream connections kept per origin (scheme, host, port), reused in LIFO order.
 
-    Connections are h11 :class:`UpstreamConnection` objects unless ``factory`` makes something else
-    (the proxy's relay uses raw transports).
     """
 
     def __init__(
@@ -159,16 +130,14 @@ class ConnectionPool(Generic[C]):
         max_head: int,
         max_idle_per_origin: int,
         ssl_context: ssl.SSLContext | None = None,
-        factory: Factory[C] | None = None,
     ) -> None:
-        self._factory = factory
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.read_size = read_size
         self.max_head = max_head
         self.max_idle = max_idle_per_origin
         self._ssl_context = ssl_context
-        self._idle: dict[tuple[str, str, int], list[C]] = {}
+        self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
         self.connections_opened = 0
 
     @property
@@ -177,7 +146,7 @@ class ConnectionPool(Generic[C]):
             self._ssl_context = make_ssl_context()
         return self._ssl_context
 
-    async def acquire(self, upstream: Upstream, connect_timeout: float | None = None) -> C:
+    async def acquire(self, upstream: Upstream, connect_timeout: float | None = None) -> UpstreamConnection:
         """A live idle connection to ``upstream``, or a new one.
 
         Raises :class:`UpstreamConnectError` or :class:`UpstreamTimeout`.
@@ -191,7 +160,7 @@ class ConnectionPool(Generic[C]):
             await conn.aclose()
         return await self._connect(upstream, connect_timeout or self.connect_timeout)
 
-    async def _connect(self, upstream: Upstream, timeout: float) -> C:
+    async def _connect(self, upstream: Upstream, timeout: float) -> UpstreamConnection:
         try:
             with trio.fail_after(timeout):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(upstream.host, upstream.port)
@@ -222,13 +191,11 @@ class ConnectionPool(Generic[C]):
                 f"cannot connect to {upstream.host}:{upstream.port}: {_describe(reason)}"
             ) from exc
         self.connections_opened += 1
-        if self._factory is not None:
-            return self._factory(stream, upstream.origin)
-        return UpstreamConnection(  # type: ignore[return-value]  # C is UpstreamConnection here
+        return UpstreamConnection(
             stream, upstream.origin, read_size=self.read_size, max_head=self.max_head
         )
 
-    async def release(self, conn: C) -> None:
+    async def release(self, conn: UpstreamConnection) -> None:
         """Return ``conn`` to the pool if its exchange finished cleanly; close it otherwise."""
         if not conn.reusable:
             await conn.aclose()

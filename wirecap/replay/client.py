@@ -15,8 +15,8 @@ import h11
 import trio
 
 from wirecap.llm import ExchangeInput, parse_head
-from wirecap.proxy.http1 import HOP_BY_HOP
-from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection
+from wirecap.proxy.messages import HOP_BY_HOP
+from wirecap.proxy.upstream import ConnectionPool
 
 if TYPE_CHECKING:
     import ssl
@@ -101,7 +101,9 @@ def prepare(
 class Response:
     status: int | None = None
     head: bytes = b""
-    chunks: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
+    chunks: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)  # payload
+    #: The body bytes as received (transfer coding included), read by read, for a capture.
+    wire_chunks: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
     request_head: bytes = b""
     started_ns: int = 0  # wall clock
     duration_ns: int = 0
@@ -127,7 +129,7 @@ def client_pool(
     idle_timeout: float,
     max_idle: int,
     ssl_context: ssl.SSLContext | None = None,
-) -> ConnectionPool[UpstreamConnection]:
+) -> ConnectionPool:
     """A pool of h11 client connections for :func:`send` (64 KiB reads and heads)."""
     return ConnectionPool(
         connect_timeout=connect_timeout,
@@ -140,7 +142,7 @@ def client_pool(
 
 
 async def send(
-    pool: ConnectionPool[UpstreamConnection],
+    pool: ConnectionPool,
     base: Upstream,
     request: PreparedRequest,
     *,
@@ -173,7 +175,10 @@ async def send(
                 response.status, response.head, response.ttfb_ns = event.status_code, raw, now
             elif isinstance(event, h11.Data):
                 response.chunks.append((now, bytes(event.data)))
+                response.wire_chunks.append((now, raw))
             elif isinstance(event, h11.EndOfMessage):
+                if raw:
+                    response.wire_chunks.append((now, raw))
                 reusable = True
                 break
             elif isinstance(event, h11.ConnectionClosed):

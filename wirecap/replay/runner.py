@@ -17,12 +17,12 @@ from xml.etree import ElementTree as ET
 import trio
 
 from wirecap.capture import BodyChunk, ExchangeEnd, RequestReceived, ResponseHead
-from wirecap.capture.writer import CaptureWriter, SegmentHeader, SegmentSink
+from wirecap.capture.sink import SegmentHeader, SegmentSink
+from wirecap.capture.writer import CaptureWriter
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.proxy.upstream import (
     ConnectionPool,
     UpstreamConnectError,
-    UpstreamConnection,
     UpstreamTimeout,
 )
 from wirecap.replay.client import Response, build_request, client_pool, send
@@ -162,7 +162,7 @@ async def _feed(
 
 
 async def _replay_one(
-    pool: ConnectionPool[UpstreamConnection],
+    pool: ConnectionPool,
     analyzed: Analyzed,
     options: ReplayOptions,
     writer: CaptureWriter | None,
@@ -241,7 +241,7 @@ async def _record(
                 x=x, ns=response.ttfb_ns or 0, status=response.status or 0, head=response.head
             )
         )
-    for ns, chunk in response.chunks:
+    for ns, chunk in response.wire_chunks:
         await writer.submit(BodyChunk(x=x, dir="res", ns=ns, data=chunk))
     await writer.submit(
         ExchangeEnd(

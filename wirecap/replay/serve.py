@@ -19,7 +19,7 @@ import h11
 import trio
 
 from wirecap.llm import parse_head
-from wirecap.proxy.http1 import HOP_BY_HOP
+from wirecap.proxy.messages import HOP_BY_HOP
 from wirecap.replay.catalog import Catalog, Miss, Recorded, recorded_from
 
 if TYPE_CHECKING:
