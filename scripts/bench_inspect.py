@@ -190,10 +190,10 @@ def generate(directory: Path, count: int) -> tuple[Path, str]:
         size += sum(len(getattr(r, "data", b"")) + len(getattr(r, "head", b"")) for r in records)
         last = records[0].x
         if size >= 1 << 20:
-            sink.write_frame(batch)
+            sink.write_records(batch)
             batch, size = [], 0
     if batch:
-        sink.write_frame(batch)
+        sink.write_records(batch)
     sink.close()
     return path, last
 

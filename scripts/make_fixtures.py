@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import samples  # noqa: E402  (the same documented wire samples the tests use)
 
-from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer  # noqa: E402
-from wirecap.proxy.config import parse_upstream  # noqa: E402
+from wirecap.proxy.app import make_redactor, make_writer  # noqa: E402
+from wirecap.proxy.config import build_config, parse_upstream  # noqa: E402
+from wirecap.proxy.server import ProxyServer  # noqa: E402
 from wirecap.replay.client import PreparedRequest, client_pool, send  # noqa: E402
 
 JSON = "application/json"

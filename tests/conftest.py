@@ -18,7 +18,9 @@ from upstream import Handler, ScriptedUpstream
 
 from wirecap.capture import Capture, open_capture
 from wirecap.capture.writer import CaptureWriter
-from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer
+from wirecap.proxy.app import make_redactor, make_writer
+from wirecap.proxy.config import build_config
+from wirecap.proxy.server import ProxyServer
 
 
 @dataclasses.dataclass

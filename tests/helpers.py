@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import trio
+
 
 class FailingFile(io.RawIOBase):
     """A file whose disk fills up after ``room`` bytes."""
@@ -19,3 +21,11 @@ class FailingFile(io.RawIOBase):
             raise OSError(28, "No space left on device")
         self.room -= len(data)
         return len(data)
+
+
+async def frames_written(writer, count: int) -> None:
+    """Wait until ``writer`` has written ``count`` frames (a frame closes 250 ms after its first
+    record): by looking, not by sleeping for a guessed time."""
+    with trio.fail_after(30):
+        while writer.statistics().frames_written < count:
+            await trio.sleep(0.01)

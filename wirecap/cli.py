@@ -21,12 +21,14 @@ from wirecap.inspect.select import FilterError, Filters, analyzed_exchanges, par
 from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import detail_lines, findings_lines, table_lines
-from wirecap.proxy import ConfigError, build_config, run_proxy
+from wirecap.proxy.app import run_proxy
 from wirecap.proxy.config import (
     LOG_FORMATS,
     MAX_LEVEL,
     MIN_LEVEL,
     ON_FULL_POLICIES,
+    ConfigError,
+    build_config,
     load_toml,
     parse_listen,
     parse_upstream,

@@ -12,6 +12,7 @@ from pathlib import Path
 import cbor2
 import pytest
 import trio
+import trio.testing
 import zstandard
 from helpers import FailingFile
 from hypothesis import HealthCheck, given, settings
@@ -29,7 +30,9 @@ from wirecap.capture import (
     open_capture,
     repair_index,
 )
-from wirecap.capture.writer import CaptureWriter, SegmentSink
+from wirecap.capture.records import FORMAT_VERSION, record_to_map
+from wirecap.capture.sink import SegmentSink
+from wirecap.capture.writer import CaptureWriter
 
 
 def header(segment: int) -> Header:
@@ -67,10 +70,10 @@ def write_capture(directory: Path, exchanges: int, *, per_frame: int = 1) -> Pat
     for i in range(exchanges):
         batch += exchange_records(f"ex{i:04d}", f"body {i} ".encode() * 20)
         if (i + 1) % per_frame == 0:
-            sink.write_frame(batch)
+            sink.write_records(batch)
             batch = []
     if batch:
-        sink.write_frame(batch)
+        sink.write_records(batch)
     sink.close()
     return path
 
@@ -91,7 +94,9 @@ def test_file_is_standard_zstd_of_a_cbor_sequence(tmp_path):
     while decoder.fp.tell() < len(plain):
         items.append(decoder.decode())
     assert (
-        items[0]["t"] == "header" and items[0]["format"] == "wirecap" and items[0]["version"] == 1
+        items[0]["t"] == "header"
+        and items[0]["format"] == "wirecap"
+        and items[0]["version"] == FORMAT_VERSION
     )
     assert [i["t"] for i in items[1:6]] == ["request", "body", "response", "body", "end"]
     assert len(items) == 1 + 5 * 5  # the index and footer are skippable frames: zstd ignores them
@@ -131,8 +136,8 @@ def test_exchanges_iterate_in_start_order_across_interleaved_records(tmp_path):
     sink = SegmentSink(tmp_path, header)
     path = sink.open()
     a, b = exchange_records("a"), exchange_records("b")
-    sink.write_frame([a[0], b[0], b[1], b[2], a[1]])
-    sink.write_frame([b[3], b[4], a[2], a[3], a[4]])
+    sink.write_records([a[0], b[0], b[1], b[2], a[1]])
+    sink.write_records([b[3], b[4], a[2], a[3], a[4]])
     sink.close()
     with open_capture(path) as capture:
         assert [e.id for e in capture.exchanges()] == ["a", "b"]
@@ -214,7 +219,7 @@ def test_repair_index_after_a_crash(tmp_path):
 
 def test_hostile_cbor_tags_are_refused(tmp_path):
     compressor = frames.new_compressor()
-    good = cbor2.dumps(header(0).to_map())
+    good = cbor2.dumps(record_to_map(header(0)))
     evil = cbor2.dumps(
         {"t": "request", "x": cbor2.CBORTag(1, 0), "wall_ns": 1}
     )  # a tag -> datetime
@@ -230,7 +235,7 @@ def test_hostile_cbor_tags_are_refused(tmp_path):
 
 
 def test_declared_sizes_are_bounded_before_allocation(tmp_path):
-    good = frames.new_compressor().compress(cbor2.dumps(header(0).to_map()))
+    good = frames.new_compressor().compress(cbor2.dumps(record_to_map(header(0))))
     # A frame that claims 2 GiB of content: rejected from its header, nothing is allocated.
     huge = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"x" * 100))
     params = zstandard.get_frame_parameters(bytes(huge))
@@ -258,7 +263,7 @@ def test_declared_sizes_are_bounded_before_allocation(tmp_path):
 @given(st.binary(max_size=2000))
 def test_random_bytes_never_crash_the_reader(tmp_path_factory, junk):
     path = tmp_path_factory.mktemp("junk") / "junk.cbor.zst"
-    good = frames.new_compressor().compress(cbor2.dumps(header(0).to_map()))
+    good = frames.new_compressor().compress(cbor2.dumps(record_to_map(header(0))))
     path.write_bytes(good + junk)
     with CaptureFile(path) as f:
         list(f.records())
@@ -281,18 +286,30 @@ def test_not_a_capture_is_a_clear_error(tmp_path):
 # -- the trio writer ---------------------------------------------------------------------------------
 
 
-async def test_writer_closes_frames_within_250ms(tmp_path):
+async def settle(done) -> None:
+    """Let the writer run (its worker thread too) until ``done()``; the mock clock stands still."""
+    for _ in range(1_000_000):
+        if done():
+            return
+        await trio.sleep(0)
+    raise AssertionError("the writer never got there")
+
+
+async def test_writer_closes_a_frame_250ms_after_its_first_record(tmp_path, mock_clock):
     writer = CaptureWriter(SegmentSink(tmp_path, header))
     async with trio.open_nursery() as nursery:
         path = await nursery.start(writer.run)
         for r in exchange_records("a"):
-            await writer.submit(r)
-        await trio.sleep(0.5)
+            writer.submit_nowait(r)
+        mock_clock.jump(0.249)
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.statistics().frames_written == 0  # a small frame waits for company
+        mock_clock.jump(0.002)
+        await settle(lambda: writer.statistics().frames_written == 1)
         # the file is still open, yet the exchange is already on disk in its own frame
         with open_capture(path) as capture:
             assert [e.id for e in capture.exchanges() if e.complete] == ["a"]
         await writer.aclose()
-    assert writer.statistics().frames_written == 1
 
 
 async def test_writer_batches_busy_traffic_into_large_frames(tmp_path):
@@ -308,36 +325,36 @@ async def test_writer_batches_busy_traffic_into_large_frames(tmp_path):
     assert stats.frames_written < 20
 
 
-async def test_rotation_by_size_and_by_time(tmp_path):
-    by_size = CaptureWriter(
-        SegmentSink(tmp_path / "size", header), rotate_bytes=2000, frame_seconds=0.01
-    )
-    (tmp_path / "size").mkdir()
+async def test_rotation_by_size(tmp_path):
+    writer = CaptureWriter(SegmentSink(tmp_path, header), rotate_bytes=2000, frame_seconds=0)
     async with trio.open_nursery() as nursery:
-        await nursery.start(by_size.run)
+        await nursery.start(writer.run)
         for i in range(40):
             for r in exchange_records(f"s{i}", os.urandom(200)):
-                await by_size.submit(r)
-            await trio.sleep(0.02)
-        await by_size.aclose()
-    segments = by_size.statistics().paths
-    assert len(segments) > 3
-    with open_capture(tmp_path / "size") as capture:
+                await writer.submit(r)
+            await settle(lambda: writer.statistics().queued_bytes == 0)
+        await writer.aclose()
+    assert len(writer.statistics().paths) > 3
+    with open_capture(tmp_path) as capture:
         assert all(f.indexed for f in capture.files)  # every segment is a complete file
         assert len([e for e in capture.exchanges() if e.complete]) == 40
 
-    (tmp_path / "time").mkdir()
-    by_time = CaptureWriter(SegmentSink(tmp_path / "time", header), rotate_seconds=0.2)
+
+async def test_rotation_by_time(tmp_path, mock_clock):
+    writer = CaptureWriter(SegmentSink(tmp_path, header), rotate_seconds=60)
     async with trio.open_nursery() as nursery:
-        await nursery.start(by_time.run)
-        await trio.sleep(0.7)
-        await by_time.aclose()
-    assert len(by_time.statistics().paths) >= 3
+        await nursery.start(writer.run)
+        for minute in range(1, 4):
+            mock_clock.jump(60)
+            await settle(lambda minute=minute: len(writer.statistics().paths) == 1 + minute)
+        await writer.aclose()
+    with open_capture(tmp_path) as capture:
+        assert len(capture.files) == 4 and all(f.indexed for f in capture.files)
 
 
 async def test_write_error_stops_capture_once_and_never_blocks(tmp_path, caplog):
     writer = CaptureWriter(
-        SegmentSink(tmp_path, header, opener=lambda p: FailingFile(300)), channel_records=4
+        SegmentSink(tmp_path, header, opener=lambda p: FailingFile(300)), max_bytes=400
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -355,10 +372,10 @@ async def test_write_error_stops_capture_once_and_never_blocks(tmp_path, caplog)
 
 
 async def test_drop_policy_writes_a_gap_record(tmp_path):
-    writer = CaptureWriter(SegmentSink(tmp_path, header), on_full="drop", channel_records=2)
+    writer = CaptureWriter(SegmentSink(tmp_path, header), on_full="drop", max_bytes=600)
     async with trio.open_nursery() as nursery:
         path = await nursery.start(writer.run)
-        for i in range(50):  # no checkpoint in between: the channel fills and records are dropped
+        for i in range(50):  # no checkpoint in between: the buffer fills and records are dropped
             for r in exchange_records(f"x{i}"):
                 writer.submit_nowait(r)
         await writer.aclose()

@@ -10,7 +10,7 @@ each request it can parse, with h11 as the independent reference parser.
 
 For every case one of two things holds, or the test fails:
 
-* the proxy refused the request: the client got a JSON error (400, or 431/501 where that is the
+* the proxy refused the request: the client got a JSON error (400, or 413/431/501 where that is the
   right answer), and the upstream received not one byte; or
 * the requests h11 parses out of the bytes the upstream received are exactly the exchanges the proxy
   recorded as forwarded: same count and order, same methods, same targets, same body payloads.
@@ -389,6 +389,7 @@ CASES = [
     accept("cl-leading-zeros", post(b"Content-Length: 005", body=b"hello"), HELLO),
     refuse("cl-hex", post(b"Content-Length: 0x5", body=b"hello")),
     refuse("cl-empty", post(b"Content-Length: ", body=b"hello")),
+    # Past 64 bits: an upstream with 64-bit lengths reads 2**64 + 5 as 5 and the rest as a request.
     refuse("cl-30-digits", post(b"Content-Length: " + b"9" * 30, body=b"hello"), 400, 413),
     refuse("cl-wraps-at-2**64", post(b"Content-Length: %d" % (2**64 + 5), body=b"hello"), 400, 413),
     # Transfer-Encoding
@@ -452,6 +453,7 @@ CASES = [
         max_head=4096,
     ),
     # chunked bodies
+    # Past 64 bits, as for Content-Length: 0x10000000000000005 wraps to 5.
     refuse("chunk-size-overflow", post(TE, body=b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n")),
     refuse("chunk-size-wraps-at-2**64", post(TE, body=b"10000000000000005\r\nhello\r\n0\r\n\r\n")),
     refuse("chunk-size-negative", post(TE, body=b"-5\r\nhello\r\n0\r\n\r\n")),

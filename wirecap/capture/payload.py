@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Final
 
 import h11
 
-from wirecap.capture.records import BodyChunk
-
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from wirecap.capture.records import BodyChunk
 
 #: Room for a stored head beyond the proxy's own limit: h11 must never refuse one it stored.
 _HEAD_ROOM: Final = 64 * 1024

@@ -206,9 +206,7 @@ def _checker(hint: Any, where: str) -> _Check:
         return lambda value: None if value is None else check_inner(value)
     if origin is tuple:
         item = args[0]
-        check_item = (
-            (lambda v: _from_map(Redaction, v, where)) if item is Redaction else _checker(item, where)
-        )
+        check_item: _Check = _checker(item, where) if item is not Redaction else _redaction(where)
 
         def check_tuple(value: Any) -> tuple[Any, ...]:
             if not isinstance(value, list):
@@ -225,6 +223,13 @@ def _checker(hint: Any, where: str) -> _Check:
 
         return check_map
     raise TypeError(f"no CBOR form for {hint!r}")  # a new field type: teach _checker
+
+
+def _redaction(where: str) -> _Check:
+    def check(value: Any) -> Any:
+        return _from_map(Redaction, value, where)
+
+    return check
 
 
 def _schema(cls: type) -> tuple[tuple[str, _Check, bool], ...]:

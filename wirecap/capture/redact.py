@@ -84,10 +84,11 @@ class Rules:
         object.__setattr__(self, "any_pattern", combined)
 
     def may_match(self, data: bytes) -> bool:
-        """Whether some body pattern may match in ``data`` (one scan instead of one per pattern)."""
-        if not self.patterns:
-            return False
-        return self.any_pattern is None or self.any_pattern.search(data) is not None
+        """Whether some body pattern matches in ``data`` (one scan instead of one per pattern,
+        unless a pattern sets global flags such as ``(?i)``, which cannot join an alternation)."""
+        if self.any_pattern is not None:
+            return self.any_pattern.search(data) is not None
+        return any(p.search(data) is not None for p in self.patterns)
 
     @classmethod
     def compile(cls, headers: Iterable[str], patterns: Iterable[str]) -> Rules:

@@ -11,16 +11,16 @@ import dataclasses
 import os
 import socket
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeAlias
 
 from wirecap import __version__
 from wirecap.capture import frames
-from wirecap.capture.index import IndexBuilder, IndexItem
-from wirecap.capture.records import Header
+from wirecap.capture.index import IndexBuilder, IndexItem, index_item
+from wirecap.capture.records import Header, Record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from pathlib import Path
 
 #: A frame closes at this size of records, or this long after its first record: a crash loses at
 #: most the last quarter second, while busy traffic still gets frames big enough to compress well.
@@ -96,7 +96,6 @@ class SegmentSink:
         self.path: Path | None = None
         self.segment = -1
         self.offset = 0
-        self.opened_at = 0.0
         self.paths: list[Path] = []
 
     def open(self) -> Path:
@@ -109,11 +108,15 @@ class SegmentSink:
         self.path = path
         self.paths.append(path)
         self.offset = 0
-        self.opened_at = time.monotonic()
         self._index = IndexBuilder()
         header = self._header(self.segment)
         self._write(frames.encode_data_frame([header], self._compressor))
         return path
+
+    def write_records(self, records: Sequence[Record]) -> int:
+        """Encode ``records`` and append them as one frame (for code that writes without a
+        :class:`~wirecap.capture.writer.CaptureWriter`: tools, tests). Returns the frame's size."""
+        return self.write_frame([index_item(r) for r in records], frames.encode_records(records))
 
     def write_frame(self, items: Sequence[IndexItem], payload: bytes) -> int:
         """Compress and append one frame: ``payload`` is the CBOR sequence of the records that
@@ -144,12 +147,6 @@ class SegmentSink:
         self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
         file, self._file = self._file, None
         return file
-
-    def rotation_due(self, max_bytes: int | None, max_seconds: float | None) -> bool:
-        """Whether the open segment has reached ``max_bytes`` or is ``max_seconds`` old."""
-        return (max_bytes is not None and self.offset >= max_bytes) or (
-            max_seconds is not None and time.monotonic() - self.opened_at >= max_seconds
-        )
 
     def rotate(self) -> Path:
         """Close the open segment (index and footer) and start the next one."""

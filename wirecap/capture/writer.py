@@ -267,7 +267,7 @@ class CaptureWriter:
                 self._records_written += len(frame.items)
                 self._frames_written += 1
                 self._bytes_written += written
-                if self.sink.rotation_due(self._rotate_bytes, self._rotate_seconds):
+                if self._rotate_bytes is not None and self.sink.offset >= self._rotate_bytes:
                     await self._in_thread(self.sink.rotate)
         if self._failed is not None:
             self._records_lost += len(frame.items)

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from wirecap.capture.records import Outcome
+if TYPE_CHECKING:
+    from wirecap.capture.records import Outcome
 
 
 class Phase(enum.IntEnum):
@@ -132,7 +133,9 @@ class ExchangeState:
 
     def advance(self, phase: Phase) -> None:
         if phase < self.phase:
-            raise RuntimeError(f"exchange {self.id} cannot go back from {self.phase!r} to {phase!r}")
+            raise RuntimeError(
+                f"exchange {self.id} cannot go back from {self.phase!r} to {phase!r}"
+            )
         self.phase = phase
 
     def failed(self, error: RelayError) -> None:

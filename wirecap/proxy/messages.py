@@ -17,12 +17,12 @@ import json
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
-import h11
-
 from wirecap.capture.records import proxy_path_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
+
+    import h11
 
 #: Headers that describe one connection, not the message: never forwarded (RFC 9110 section 7.6.1).
 HOP_BY_HOP: Final = frozenset(
@@ -90,15 +90,38 @@ def not_forwarded(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return HOP_BY_HOP | (connection_tokens(headers) - FRAMING)
 
 
+#: Lengths and chunk sizes from this size up are refused: an upstream that keeps them in a signed
+#: 64-bit integer would read a different one (and with it, a different end of the message).
+MAX_LENGTH: Final = 2**63
+
+
 def smuggling_problem(request: h11.Request) -> str | None:
     """Why a request that h11 accepted must still not be forwarded, or None.
 
-    h11 follows RFC 9112 and lets Transfer-Encoding override Content-Length; a proxy must not pass
-    such a request on, because an upstream that reads the length instead sees a different end.
+    h11 follows RFC 9112 and lets Transfer-Encoding override Content-Length, and reads lengths of
+    any size; a proxy must not pass such requests on, because an upstream that reads them another
+    way sees a different end of the message.
     """
     names = [key for key, _ in request.headers]
-    if b"transfer-encoding" in names and b"content-length" in names:
-        return "both Content-Length and Transfer-Encoding"
+    if b"transfer-encoding" in names:
+        if b"content-length" in names:
+            return "both Content-Length and Transfer-Encoding"
+        if request.http_version == b"1.0":
+            return "Transfer-Encoding in an HTTP/1.0 request"
+    length = header_value(request.headers, b"content-length")
+    if length is not None and int(length) >= MAX_LENGTH:
+        return f"Content-Length {length.decode()} is too large"
+    return None
+
+
+def chunk_size_problem(raw: bytes) -> str | None:
+    """Why the chunk whose raw bytes (as h11 consumed them for a ``Data`` event with
+    ``chunk_start``) begin with its size line must not be forwarded, or None: a size of
+    :data:`MAX_LENGTH` or more. h11 has checked the line's grammar; only its value is looked at."""
+    line = raw.lstrip(b"\r\n").partition(b"\r\n")[0]
+    size = line.partition(b";")[0].strip(b" \t")
+    if len(size) > 16 or int(size, 16) >= MAX_LENGTH:
+        return f"chunk size {size[:32].decode('ascii', 'replace')} is too large"
     return None
 
 

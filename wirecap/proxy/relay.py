@@ -20,11 +20,12 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
 import h11
 import trio
 
+from wirecap.capture.records import proxy_path_line
 from wirecap.proxy import messages
 from wirecap.proxy.exchange import (
     BadRequest,
@@ -85,7 +86,7 @@ class Watchdog:
             self._reason = reason
         self.scope.cancel()
 
-    def __enter__(self) -> Watchdog:
+    def __enter__(self) -> Self:
         self.scope.__enter__()
         return self
 
@@ -207,7 +208,9 @@ class ExchangeRelay:
             return
         if not ex.request_done and status not in (400, 431):
             with contextlib.suppress(BadRequest):
-                self.take_request_body()  # what already arrived may complete it
+                body, _ended = self.take_request_body()  # what already arrived may complete it
+                if body and self.rec is not None:
+                    self.rec.body("req", body)
         self.close_client = (
             not ex.request_done
             or status in (400, 408, 431, 501)
@@ -248,32 +251,30 @@ class ExchangeRelay:
     def take_request_body(self, upstream: UpstreamConnection | None = None) -> tuple[bytes, bool]:
         """The raw request body bytes h11 accepted from what arrived, and whether the body ended.
         ``upstream``'s h11 connection is told of the payload (see :meth:`_send_request`).
-        Raises :class:`BadRequest` for malformed framing."""
-        conn = self.request.conn
+        Raises :class:`BadRequest` for malformed framing; the caller records the bytes."""
+        conn, tap = self.request.conn, self.request.tap
         shadow = upstream.h11 if upstream is not None and self.upstream_writable else None
+        raw: list[bytes] = []
         ended = False
         try:
-            while True:
+            while not ended:
                 event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    break
+                raw.append(tap.take())
                 if type(event) is h11.Data:
+                    if event.chunk_start and (problem := messages.chunk_size_problem(raw[-1])):
+                        raise BadRequest(f"bad request body: {problem}")
                     self.ex.req_bytes += len(event.data)
                     if shadow is not None:
                         shadow.send(event)
                 elif type(event) is h11.EndOfMessage:
-                    ended = True
+                    ended = self.ex.request_done = True
                     if shadow is not None:
                         shadow.send(h11.EndOfMessage())
-                    break
-                else:
-                    break  # NEED_DATA
         except h11.RemoteProtocolError as exc:
             raise BadRequest(f"bad request body: {exc}") from None
-        raw = self.request.tap.take()
-        if raw and self.rec is not None:
-            self.rec.body("req", raw)
-        if ended:
-            self.ex.request_done = True
-        return raw, ended
+        return b"".join(raw), ended
 
     async def forward(self, route: Route, upstream_target: str, proxy_url: str) -> bool:
         """Relay the exchange to ``route``'s upstream; returns whether the upstream connection ended
@@ -314,7 +315,7 @@ class ExchangeRelay:
         start_line = b" ".join((method, target.encode("latin-1"), b"HTTP/1.1"))
         host = route.upstream.host_header_bytes
         proxy_path = proxy_url.encode("latin-1", "replace")
-        path_line = [messages.proxy_path_line(proxy_path)] if route.forward_proxy_path else []
+        path_line = [proxy_path_line(proxy_path)] if route.forward_proxy_path else []
         head = messages.edit_head(
             request.head, drop=drop, start_line=start_line, host=host, add=path_line
         )
@@ -323,17 +324,23 @@ class ExchangeRelay:
         headers = [(b"host", host)]
         headers += [(k, v) for k, v in request.event.headers if k not in drop and k != b"host"]
         upstream.h11.send(
-            h11.Request(method=request.event.method, target=target.encode("latin-1"), headers=headers)
+            h11.Request(
+                method=request.event.method, target=target.encode("latin-1"), headers=headers
+            )
         )
-        if self.rec is not None:
-            stored = head if path_line else messages.add_proxy_path_line(head, proxy_path)
-            self.rec.upstream_head(stored, "forwarded" if path_line else "added")
         body, _ended = self.take_request_body(upstream)
         self.watchdog.expect(self.timeouts.write, UpstreamFailure, "upstream stopped reading")
         try:
             await upstream.stream.send_all(head + body)
         except _BROKEN as exc:
-            raise UpstreamFailure(f"sending the request upstream failed: {_describe(exc)}") from None
+            raise UpstreamFailure(
+                f"sending the request upstream failed: {_describe(exc)}"
+            ) from None
+        if self.rec is not None:
+            stored = head if path_line else messages.add_proxy_path_line(head, proxy_path)
+            self.rec.upstream_head(stored, "forwarded" if path_line else "added")
+            if body:
+                self.rec.body("req", body)
         ex.advance(Phase.AWAITING)
 
     async def _pump_request_body(self, upstream: UpstreamConnection) -> None:
@@ -358,6 +365,8 @@ class ExchangeRelay:
                         # The upstream stopped reading (it may be answering early, a 413): its
                         # answer is still relayed; the connection will not be reused.
                         self.upstream_writable = False
+                if raw and self.rec is not None:
+                    self.rec.body("req", raw)
         except RelayError as error:
             self.watchdog.stop(error)
             return
@@ -384,12 +393,18 @@ class ExchangeRelay:
     # -- the response ---------------------------------------------------------------------------------
 
     async def _receive(self, upstream: UpstreamConnection, read_timeout: float) -> None:
-        """One read from the upstream into h11, under the read timeout."""
+        """One read from the upstream into h11, under the read timeout. A read that waits longer
+        than :data:`WATCH_CLIENT_AFTER` also starts watching the client, if nothing does yet."""
         where = self.ex.where()
         self.watchdog.expect(
             read_timeout, UpstreamTimeout, f"upstream sent nothing for {read_timeout:g}s {where}"
         )
         try:
+            if self.helper is None:
+                with trio.move_on_after(WATCH_CLIENT_AFTER):
+                    await upstream.receive()
+                    return
+                self._start_helper(self._watch_client)
             await upstream.receive()
         except _BROKEN as exc:
             raise UpstreamFailure(f"upstream failed {where}: {_describe(exc)}") from None
@@ -404,8 +419,6 @@ class ExchangeRelay:
 
     async def _relay_response(self, upstream: UpstreamConnection, read_timeout: float) -> None:
         """Upstream -> client: each read's heads and body bytes, forwarded before the next read."""
-        if self.ex.request_done:
-            await self._first_read(upstream, read_timeout)
         head, response = await self._relay_heads(upstream, read_timeout)
         dechunk = self.request.event.http_version == b"1.0" and _is_chunked(response)
         out = [head]
@@ -427,13 +440,6 @@ class ExchangeRelay:
             if self.rec is not None and self.rec.backlogged:
                 await self.rec.wait_for_room()
             await self._receive(upstream, read_timeout)
-
-    async def _first_read(self, upstream: UpstreamConnection, read_timeout: float) -> None:
-        """The first read of the response; a slow one also starts watching the client."""
-        with trio.move_on_after(WATCH_CLIENT_AFTER):
-            await self._receive(upstream, read_timeout)
-            return
-        self._start_helper(self._watch_client)
 
     async def _relay_heads(
         self, upstream: UpstreamConnection, read_timeout: float
@@ -470,9 +476,10 @@ class ExchangeRelay:
         ex.status = response.status_code
         ex.advance(Phase.RESPONDING)
         drop = messages.not_forwarded(response.headers)
-        framed = _is_chunked(response) or messages.header_value(
-            response.headers, b"content-length"
-        ) is not None
+        framed = (
+            _is_chunked(response)
+            or messages.header_value(response.headers, b"content-length") is not None
+        )
         no_body = request.event.method == b"HEAD" or response.status_code in (204, 304)
         dechunk = request.event.http_version == b"1.0" and _is_chunked(response)
         if dechunk:

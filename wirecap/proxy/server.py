@@ -67,7 +67,7 @@ class ClientConnection:
     async def receive(self) -> bytes:
         """One read; ``b""`` when the client closed or reset the connection."""
         try:
-            return await self.stream.receive_some(self.read_size)
+            return bytes(await self.stream.receive_some(self.read_size))
         except _BROKEN:
             return b""
 
@@ -226,6 +226,10 @@ class ProxyServer:
                 raise BadRequest(str(exc), status=exc.error_status_hint) from None
             if isinstance(event, h11.Request):
                 assert started is not None
+                size = len(tap.unaccounted) - len(tap.conn.trailing_data[0])
+                if size > self.config.limits.max_head:  # h11 bounds only incomplete heads
+                    limit = self.config.limits.max_head
+                    raise BadRequest(f"request head larger than {limit} bytes", status=431)
                 return IncomingRequest(
                     tap=tap, event=event, head=tap.take(), t0_ns=started[0], wall_ns=started[1]
                 )
@@ -241,9 +245,7 @@ class ProxyServer:
             if wait.cancelled_caught:
                 if started is None:
                     return None  # idle past the keep-alive timeout, or shutting down
-                raise ClientTimeout(
-                    f"request head not completed within {timeouts.client_head:g}s"
-                )
+                raise ClientTimeout(f"request head not completed within {timeouts.client_head:g}s")
             if not data and started is not None:
                 raise BadRequest("the client closed the connection mid-head")
             if started is None:
@@ -297,7 +299,9 @@ class ProxyServer:
             )
             rec.response_head(error.status, head, by="proxy")
             rec.body("res", body)
-            rec.end(ex.outcome, status=ex.status, error=ex.error, req_bytes=0, res_bytes=0, ttfb_ns=0)
+            rec.end(
+                ex.outcome, status=ex.status, error=ex.error, req_bytes=0, res_bytes=0, ttfb_ns=0
+            )
         with contextlib.suppress(*_BROKEN), trio.move_on_after(self.config.timeouts.write):
             await client.stream.send_all(head + body)
         self.report(ex, captured=self.writer is not None)

@@ -81,7 +81,7 @@ class UpstreamConnection:
 
     async def receive(self) -> bytes:
         """Read once from the upstream into h11 (an empty read tells h11 the connection closed)."""
-        data = await self.stream.receive_some(self.read_size)
+        data = bytes(await self.stream.receive_some(self.read_size))
         self.tap.feed(data)
         return data
 
@@ -92,7 +92,11 @@ class UpstreamConnection:
     def reusable(self) -> bool:
         """Both sides finished their messages cleanly, and nothing arrived after the response."""
         conn = self.h11
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE and not conn.trailing_data[0]
+        return (
+            conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and not conn.trailing_data[0]
+        )
 
     def looks_alive(self) -> bool:
         """False when the idle socket is readable: the upstream closed it (or sent junk)."""
@@ -117,9 +121,7 @@ def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
 
 
 class ConnectionPool:
-    """Idle upstream connections kept per origin (scheme, host, port), reused in LIFO order.
-
-    """
+    """Idle upstream connections kept per origin (scheme, host, port), reused in LIFO order."""
 
     def __init__(
         self,
@@ -146,7 +148,9 @@ class ConnectionPool:
             self._ssl_context = make_ssl_context()
         return self._ssl_context
 
-    async def acquire(self, upstream: Upstream, connect_timeout: float | None = None) -> UpstreamConnection:
+    async def acquire(
+        self, upstream: Upstream, connect_timeout: float | None = None
+    ) -> UpstreamConnection:
         """A live idle connection to ``upstream``, or a new one.
 
         Raises :class:`UpstreamConnectError` or :class:`UpstreamTimeout`.

@@ -20,8 +20,9 @@ from wirecap.capture import open_capture
 from wirecap.inspect.detectors import Thresholds, detect_all
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.inspect.views import findings_lines, table_lines
-from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer
-from wirecap.proxy.config import parse_upstream
+from wirecap.proxy.app import make_redactor, make_writer
+from wirecap.proxy.config import build_config, parse_upstream
+from wirecap.proxy.server import ProxyServer
 from wirecap.replay.client import build_request, client_pool, send
 from wirecap.replay.serve import MockServer, load_catalog
 

@@ -123,7 +123,9 @@ def _catalog(path: Path, options: dict[str, Any]) -> Catalog:
 
 
 def _proxy_in_thread(upstream: str, out: Path) -> InThread:
-    from wirecap.proxy import ProxyServer, build_config, make_redactor, make_writer
+    from wirecap.proxy.app import make_redactor, make_writer
+    from wirecap.proxy.config import build_config
+    from wirecap.proxy.server import ProxyServer
 
     config = build_config(listen="127.0.0.1:0", upstream=upstream, out=out)
     writer = make_writer(config, make_redactor(config))
