@@ -81,15 +81,17 @@ class ExchangeRecorder:
             UpstreamRequest(x=self.x, ns=self.now(), head=head, proxy_path=proxy_path)
         )
 
-    def response_head(self, status: int, head: bytes, *, by: str = "upstream") -> None:
-        """A response head (1xx included) as received, or as the proxy made it."""
-        self._writer.submit_nowait(
-            ResponseHead(x=self.x, ns=self.now(), status=status, head=head, by=by)
-        )
+    def response_head(
+        self, status: int, head: bytes, *, by: str = "upstream", ns: int | None = None
+    ) -> None:
+        """A response head (1xx included) as received at ``ns``, or as the proxy made it."""
+        ns = self.now() if ns is None else ns
+        self._writer.submit_nowait(ResponseHead(x=self.x, ns=ns, status=status, head=head, by=by))
 
-    def body(self, direction: Direction, data: bytes) -> None:
-        """The body bytes of one read, as they crossed the wire."""
-        self._writer.submit_nowait(BodyChunk(x=self.x, dir=direction, ns=self.now(), data=data))
+    def body(self, direction: Direction, data: bytes, *, ns: int | None = None) -> None:
+        """The body bytes of one read, as they crossed the wire, read at ``ns`` (default: now)."""
+        ns = self.now() if ns is None else ns
+        self._writer.submit_nowait(BodyChunk(x=self.x, dir=direction, ns=ns, data=data))
 
     def end(
         self,

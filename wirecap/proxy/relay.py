@@ -144,6 +144,7 @@ class ExchangeRelay:
         self.helper: trio.CancelScope | None = None
         self.helper_done: trio.Event | None = None
         self.upstream_writable = True  # False once the upstream stopped taking the request body
+        self.read_ns = 0  # when the last upstream read returned, ns since the exchange began
         self.close_client = False  # the response's framing ends with the connection
 
     # -- the exchange ---------------------------------------------------------------------------------
@@ -225,6 +226,7 @@ class ExchangeRelay:
         ex.status = status
         ex.advance(Phase.RESPONDING)
         ex.ttfb_ns = ex.ttft_ns = _now(ex)
+        ex.res_bytes += len(body)
         if self.rec is not None:
             self.rec.response_head(status, head, by="proxy")
             self.rec.body("res", body)
@@ -403,9 +405,11 @@ class ExchangeRelay:
             if self.helper is None:
                 with trio.move_on_after(WATCH_CLIENT_AFTER):
                     await upstream.receive()
+                    self.read_ns = _now(self.ex)
                     return
                 self._start_helper(self._watch_client)
             await upstream.receive()
+            self.read_ns = _now(self.ex)
         except _BROKEN as exc:
             raise UpstreamFailure(f"upstream failed {where}: {_describe(exc)}") from None
 
@@ -430,7 +434,7 @@ class ExchangeRelay:
                 await self._send_to_client(b"".join(out))
                 out.clear()
             if read.raw and self.rec is not None:
-                self.rec.body("res", read.raw)
+                self.rec.body("res", read.raw, ns=self.read_ns)
             if read.error is not None:
                 raise read.error
             if read.ended:
@@ -456,9 +460,9 @@ class ExchangeRelay:
                 raise UpstreamFailure(f"upstream sent {type(event).__name__} {ex.where()}")
             status = event.status_code
             if ex.ttfb_ns is None:
-                ex.ttfb_ns = rec.now() if rec is not None else _now(ex)
+                ex.ttfb_ns = self.read_ns
             if rec is not None:
-                rec.response_head(status, raw)
+                rec.response_head(status, raw, ns=self.read_ns)
             if status > 599:
                 raise UpstreamFailure(f"upstream answered with status {status}")
             if isinstance(event, h11.InformationalResponse):
@@ -517,7 +521,7 @@ class ExchangeRelay:
                 raw.append(upstream.tap.take())
                 if type(event) is h11.Data:
                     if ex.ttft_ns is None:
-                        ex.ttft_ns = _now(ex)
+                        ex.ttft_ns = self.read_ns
                     ex.res_bytes += len(event.data)
                     if dechunk:
                         payload.append(bytes(event.data))
