@@ -259,11 +259,17 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+_NAMES: Final[dict[type, tuple[str, ...]]] = {
+    cls: tuple(name for name, _, _ in schema) for cls, schema in _SCHEMAS.items()
+}
+
+
 def record_to_map(record: Record) -> dict[str, Any]:
     """The CBOR map of ``record``: ``"t"`` then every field, tuples as lists."""
     m: dict[str, Any] = {"t": record.TYPE}
-    for f in dataclasses.fields(record):
-        m[f.name] = _to_plain(getattr(record, f.name))
+    for name in _NAMES[type(record)]:
+        value = getattr(record, name)
+        m[name] = _to_plain(value) if type(value) is tuple else value
     return m
 
 

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     import h11
 
 #: Headers that describe one connection, not the message: never forwarded (RFC 9110 section 7.6.1).
+#: (Trailer is not among them: it announces trailer fields, which go on with the body.)
 HOP_BY_HOP: Final = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"}
 )
 #: Headers the relay frames and routes by: kept even when a Connection header names them.
 FRAMING: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})

@@ -261,9 +261,9 @@ class ExchangeRelay:
         try:
             while not ended:
                 event = conn.next_event()
+                raw.append(tap.take())  # h11 may consume bytes and still need more (a CRLF)
                 if event is h11.NEED_DATA:
                     break
-                raw.append(tap.take())
                 if type(event) is h11.Data:
                     if event.chunk_start and (problem := messages.chunk_size_problem(raw[-1])):
                         raise BadRequest(f"bad request body: {problem}")
@@ -469,7 +469,8 @@ class ExchangeRelay:
                 if status == 101:
                     raise UpstreamFailure("upstream switched protocols")
                 if self.request.event.http_version != b"1.0":
-                    await self._send_to_client(messages.edit_head(raw, drop=messages.HOP_BY_HOP))
+                    drop = messages.not_forwarded(event.headers)
+                    await self._send_to_client(messages.edit_head(raw, drop=drop))
                 continue
             return self._client_head(raw, event), event
 
@@ -516,9 +517,9 @@ class ExchangeRelay:
         try:
             while True:
                 event = self._next_response_event(upstream)
+                raw.append(upstream.tap.take())  # h11 may consume bytes and still need more
                 if event is h11.NEED_DATA:
                     break
-                raw.append(upstream.tap.take())
                 if type(event) is h11.Data:
                     if ex.ttft_ns is None:
                         ex.ttft_ns = self.read_ns
