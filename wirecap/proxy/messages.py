@@ -129,6 +129,15 @@ def chunk_size_problem(raw: bytes) -> str | None:
 def head_lines(raw: bytes) -> tuple[bytes, list[bytes]]:
     """The start line and header lines of a head h11 accepted: blank lines before it skipped, line
     ends without CR or LF, each obsolete folding joined to its line by one space."""
+    if (
+        raw.endswith(b"\r\n\r\n")
+        and raw[:1] not in (b"\r", b"\n")
+        and raw.count(b"\n") == raw.count(b"\r\n")
+        and b"\n " not in raw
+        and b"\n\t" not in raw
+    ):  # the usual head: CRLF line ends, no folding, no blank lines before it
+        first, *fields = raw[:-4].split(b"\r\n")
+        return first, fields
     lines = raw.split(b"\n")
     start = 0
     while start < len(lines) and not lines[start].rstrip(b"\r"):

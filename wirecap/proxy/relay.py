@@ -208,10 +208,7 @@ class ExchangeRelay:
         if ex.responded:
             return
         if not ex.request_done and status not in (400, 431):
-            with contextlib.suppress(BadRequest):
-                body, _ended = self.take_request_body()  # what already arrived may complete it
-                if body and self.rec is not None:
-                    self.rec.body("req", body)
+            await self._read_small_body()
         self.close_client = (
             not ex.request_done
             or status in (400, 408, 431, 501)
@@ -234,6 +231,26 @@ class ExchangeRelay:
             await self.client.stream.send_all(head + body)
         ex.advance(Phase.DONE)
 
+    async def _read_small_body(self) -> None:
+        """Read the rest of a request body the proxy answers itself, so that the connection can
+        carry the next request: up to ``--max-head`` bytes within ``--head-timeout``, unless the
+        client waits for a 100 Continue first (then the connection closes after the answer)."""
+        if self.request.conn.they_are_waiting_for_100_continue:
+            return
+        budget = self.server.config.limits.max_head
+        with contextlib.suppress(BadRequest), trio.move_on_after(self.timeouts.client_head):
+            while budget > 0:
+                body, ended = self.take_request_body()
+                if body and self.rec is not None:
+                    self.rec.body("req", body)
+                budget -= len(body)
+                if ended:
+                    return
+                data = await self.client.receive()
+                if not data:
+                    return
+                self.request.tap.feed(data)
+
     def _finish(self) -> None:
         """Record the end of the exchange and print its console line."""
         ex = self.ex
@@ -250,12 +267,10 @@ class ExchangeRelay:
 
     # -- the request ----------------------------------------------------------------------------------
 
-    def take_request_body(self, upstream: UpstreamConnection | None = None) -> tuple[bytes, bool]:
+    def take_request_body(self) -> tuple[bytes, bool]:
         """The raw request body bytes h11 accepted from what arrived, and whether the body ended.
-        ``upstream``'s h11 connection is told of the payload (see :meth:`_send_request`).
         Raises :class:`BadRequest` for malformed framing; the caller records the bytes."""
         conn, tap = self.request.conn, self.request.tap
-        shadow = upstream.h11 if upstream is not None and self.upstream_writable else None
         raw: list[bytes] = []
         ended = False
         try:
@@ -268,12 +283,8 @@ class ExchangeRelay:
                     if event.chunk_start and (problem := messages.chunk_size_problem(raw[-1])):
                         raise BadRequest(f"bad request body: {problem}")
                     self.ex.req_bytes += len(event.data)
-                    if shadow is not None:
-                        shadow.send(event)
                 elif type(event) is h11.EndOfMessage:
                     ended = self.ex.request_done = True
-                    if shadow is not None:
-                        shadow.send(h11.EndOfMessage())
         except h11.RemoteProtocolError as exc:
             raise BadRequest(f"bad request body: {exc}") from None
         return b"".join(raw), ended
@@ -296,7 +307,7 @@ class ExchangeRelay:
                 if not ex.request_done:
                     self._start_helper(self._pump_request_body, upstream)
                 await self._relay_response(upstream, route.read_timeout or self.timeouts.read)
-            reusable = upstream.reusable and self.upstream_writable
+            reusable = upstream.reusable and self.upstream_writable and ex.request_done
         finally:
             await self._stop_helper()
             if reusable:
@@ -313,24 +324,23 @@ class ExchangeRelay:
         ex.advance(Phase.SENDING)
         drop = messages.not_forwarded(request.event.headers)
         # A proxy sends its own HTTP version (RFC 9110 section 6.2): HTTP/1.1, whatever the client's.
-        method = messages.head_lines(request.head)[0].partition(b" ")[0]
-        start_line = b" ".join((method, target.encode("latin-1"), b"HTTP/1.1"))
+        target_bytes = target.encode("latin-1")
+        start_line = b" ".join((request.event.method, target_bytes, b"HTTP/1.1"))
         host = route.upstream.host_header_bytes
         proxy_path = proxy_url.encode("latin-1", "replace")
         path_line = [proxy_path_line(proxy_path)] if route.forward_proxy_path else []
         head = messages.edit_head(
             request.head, drop=drop, start_line=start_line, host=host, add=path_line
         )
-        # h11 must know what was sent to read the answer (HEAD, keep-alive): it is told, and its
-        # serialization is not used (the head goes on line by line as received).
-        headers = [(b"host", host)]
-        headers += [(k, v) for k, v in request.event.headers if k not in drop and k != b"host"]
-        upstream.h11.send(
-            h11.Request(
-                method=request.event.method, target=target.encode("latin-1"), headers=headers
-            )
+        # The head goes on line by line as received, not as h11 would write it; h11's client
+        # connection is told the request line, which is what it needs to read the answer (a
+        # HEAD's has no body; the request's own framing is the client's, checked by h11 there).
+        told = h11.Request(
+            method=request.event.method, target=target_bytes, headers=[(b"host", host)]
         )
-        body, _ended = self.take_request_body(upstream)
+        upstream.h11.send(told)
+        upstream.h11.send(h11.EndOfMessage())
+        body, _ended = self.take_request_body()
         self.watchdog.expect(self.timeouts.write, UpstreamFailure, "upstream stopped reading")
         try:
             await upstream.stream.send_all(head + body)
@@ -358,7 +368,7 @@ class ExchangeRelay:
                 if not data:
                     raise ClientAbort("client closed the connection while sending the request body")
                 self.request.tap.feed(data)
-                raw, _ended = self.take_request_body(upstream)
+                raw, _ended = self.take_request_body()
                 if raw and self.upstream_writable:
                     try:
                         with trio.fail_after(self.timeouts.write):
