@@ -136,8 +136,8 @@ def head_lines(raw: bytes) -> tuple[bytes, list[bytes]]:
         and b"\n " not in raw
         and b"\n\t" not in raw
     ):  # the usual head: CRLF line ends, no folding, no blank lines before it
-        first, *fields = raw[:-4].split(b"\r\n")
-        return first, fields
+        first, *usual = raw[:-4].split(b"\r\n")
+        return first, usual
     lines = raw.split(b"\n")
     start = 0
     while start < len(lines) and not lines[start].rstrip(b"\r"):
