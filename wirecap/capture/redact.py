@@ -71,8 +71,12 @@ class Rules:
     header_line: re.Pattern[bytes] = dataclasses.field(init=False, compare=False)
     #: All body patterns in one alternation: one scan tells whether any of them is present.
     any_pattern: re.Pattern[bytes] | None = dataclasses.field(init=False, compare=False)
+    #: Each credential name after a line break, lower case: a head that holds none of them (found
+    #: by plain substring search) needs no regular expression.
+    line_starts: tuple[bytes, ...] = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "line_starts", tuple(b"\n" + h for h in sorted(self.headers)))
         names = b"|".join(re.escape(h) for h in sorted(self.headers)) or b"(?!)"
         line = re.compile(rb"(\r?\n)(" + names + rb")[ \t]*:([^\r\n]*)", re.IGNORECASE)
         object.__setattr__(self, "header_line", line)
@@ -120,8 +124,10 @@ def redact_head(head: bytes, rules: Rules) -> tuple[bytes, list[Redaction]]:
         found.append(redaction)
         return match.group(1) + line
 
-    out = rules.header_line.sub(replace_line, head) if rules.headers else head
-    out, more = redact_patterns(out, rules, "head", same_length=False)
+    lower = head.lower()
+    if any(start in lower for start in rules.line_starts):
+        head = rules.header_line.sub(replace_line, head)
+    out, more = redact_patterns(head, rules, "head", same_length=False)
     return out, found + more
 
 
@@ -196,9 +202,11 @@ class Redactor:
                 rules = self._exchange_rules[record.x] = self._route_rules[record.route]
             head, found = redact_head(record.head, rules)
             changes: dict[str, Any] = {"head": head}
-            for name in ("target", "proxy_url", "upstream_url"):
-                changes[name], more = redact_text(getattr(record, name), rules)
-                found += more
+            urls = (record.target, record.proxy_url, record.upstream_url or "")
+            if rules.may_match("\n".join(urls).encode("utf-8", "surrogateescape")):
+                for name in ("target", "proxy_url", "upstream_url"):
+                    changes[name], more = redact_text(getattr(record, name), rules)
+                    found += more
             return _with(record, found, **changes) if found else record
         if isinstance(record, UpstreamRequest | ResponseHead):
             head, found = redact_head(record.head, self._exchange_rules.get(record.x, self.rules))
