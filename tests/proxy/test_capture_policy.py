@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 from helpers import FailingFile, frames_written
 
 from wirecap.capture import Header, proxy_path_of, strip_proxy_path
@@ -218,6 +219,10 @@ async def test_a_write_error_stops_capture_not_traffic(start_upstream, start_pro
             if i == 2:
                 await frames_written(proxy.writer, 1)  # the first frames are written...
                 shutil.rmtree(proxy.out)  # ...then the directory for the next segment vanishes
+            if i == 4:
+                with trio.fail_after(30):  # the next rotation fails: from then on, records are lost
+                    while proxy.writer.statistics().failed is None:
+                        await trio.sleep(0.01)
             r = await client.post(f"{proxy.url}/v1/x", content=json.dumps({"i": i}).encode())
             assert r.status_code == 200 and r.json() == {"i": i}
     await proxy.stop()

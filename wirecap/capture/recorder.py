@@ -23,15 +23,15 @@ from wirecap.capture.records import (
 )
 
 if TYPE_CHECKING:
-    from wirecap.capture.writer import CaptureWriter
+    from wirecap.capture.writer import RecordWriter
 
 
 class ExchangeRecorder:
-    """Turns what happened in one exchange into records for a :class:`CaptureWriter`."""
+    """Turns what happened in one exchange into records for a capture writer."""
 
     __slots__ = ("_t0", "_writer", "x")
 
-    def __init__(self, writer: CaptureWriter, x: str, t0_ns: int) -> None:
+    def __init__(self, writer: RecordWriter, x: str, t0_ns: int) -> None:
         self._writer = writer
         self._t0 = t0_ns  # time.perf_counter_ns() at the exchange's first byte
         self.x = x

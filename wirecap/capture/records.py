@@ -307,3 +307,20 @@ def record_from_map(item: Any) -> Record | None:
         if record.version not in READABLE_VERSIONS:
             raise RecordError(f"unsupported capture format version {record.version}")
     return record
+
+
+_TYPE_CODES: Final[dict[type, int]] = {cls: i for i, cls in enumerate(RECORD_TYPES)}
+
+
+def record_to_tuple(record: Record) -> tuple[Any, ...]:
+    """``record`` as a tuple of plain values (its type's number, then its fields in order), which
+    ``marshal`` can pass to another process. Only for records without redactions (those are
+    added where records are encoded)."""
+    return (_TYPE_CODES[type(record)], *(getattr(record, name) for name in _NAMES[type(record)]))
+
+
+def record_from_tuple(values: tuple[Any, ...]) -> Record:
+    """The record :func:`record_to_tuple` made ``values`` from."""
+    cls = RECORD_TYPES[values[0]]
+    record: Record = cls(**dict(zip(_NAMES[cls], values[1:], strict=True)))
+    return record

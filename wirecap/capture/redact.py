@@ -191,6 +191,21 @@ class Redactor:
         self._route_rules = dict(route_rules or {})
         self._exchange_rules: dict[str, Rules] = {}
 
+    def describe(self) -> dict[str, Any]:
+        """The redactor as JSON-able data (:meth:`from_description` makes it again)."""
+        return {
+            "rules": self.rules.describe(),
+            "routes": {prefix: rules.describe() for prefix, rules in self._route_rules.items()},
+        }
+
+    @classmethod
+    def from_description(cls, description: Mapping[str, Any]) -> Redactor:
+        def rules(d: Mapping[str, Any]) -> Rules:
+            return Rules.compile(d["headers"], d["body_patterns"])
+
+        routes = {prefix: rules(d) for prefix, d in description["routes"].items()}
+        return cls(rules(description["rules"]), routes)
+
     def __call__(self, record: Record) -> Record:
         if isinstance(record, BodyChunk):
             rules = self._exchange_rules.get(record.x, self.rules)

@@ -81,6 +81,7 @@ class SegmentSink:
         level: int = 3,
         opener: Opener = open_exclusive,
         prefix: str = "capture",
+        pid: int | None = None,
     ) -> None:
         self.directory = directory
         self._header = header
@@ -91,6 +92,7 @@ class SegmentSink:
         self._compressor = frames.new_compressor(level)
         self._opener = opener
         self._prefix = prefix
+        self._pid = os.getpid() if pid is None else pid  # in file names: the capturing process
         self._file: BinaryIO | None = None
         self._index = IndexBuilder()
         self.path: Path | None = None
@@ -102,7 +104,7 @@ class SegmentSink:
         """Start the next segment: create the file and write its header frame."""
         self.segment += 1
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        name = f"{self._prefix}-{stamp}-{os.getpid()}-{self.segment:04d}{frames.SEGMENT_SUFFIX}"
+        name = f"{self._prefix}-{stamp}-{self._pid}-{self.segment:04d}{frames.SEGMENT_SUFFIX}"
         path = self.directory / name
         self._file = self._opener(path)
         self.path = path

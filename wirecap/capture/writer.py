@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 
 import trio
 
@@ -54,6 +54,29 @@ class WriterStatistics:
     failed: str | None
     path: Path | None
     paths: tuple[Path, ...]
+
+
+class RecordWriter(Protocol):
+    """What producers (the recorder, the proxy) need of a capture writer: :class:`CaptureWriter`
+    in this process, or :class:`~wirecap.capture.process.ProcessWriter` beside it."""
+
+    @property
+    def full(self) -> bool: ...
+
+    @property
+    def failed(self) -> str | None: ...
+
+    def submit_nowait(self, record: Record) -> bool: ...
+
+    async def wait_for_room(self) -> None: ...
+
+    def statistics(self) -> WriterStatistics: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[Path | None] = ...) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def wait_finished(self) -> None: ...
 
 
 @dataclasses.dataclass(slots=True)

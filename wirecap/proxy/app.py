@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import socket
 from typing import TYPE_CHECKING, TextIO
 
 import trio
 
 from wirecap import __version__
+from wirecap.capture.process import ProcessSpec, ProcessWriter
 from wirecap.capture.redact import Redactor, Rules
-from wirecap.capture.sink import SegmentHeader, SegmentSink
-from wirecap.capture.writer import CaptureWriter
 from wirecap.proxy.server import ProxyServer
 
 if TYPE_CHECKING:
@@ -37,8 +38,9 @@ def make_redactor(config: ProxyConfig) -> Redactor | None:
     return Redactor(rules, per_route)
 
 
-def make_writer(config: ProxyConfig, redactor: Redactor | None) -> CaptureWriter:
-    """A capture writer for ``config`` (the output directory is created with mode 0700)."""
+def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessWriter:
+    """The proxy's capture writer for ``config``: a writer process (see capture/process.py). The
+    output directory is created with mode 0700."""
     settings = config.capture
     settings.out.mkdir(parents=True, exist_ok=True, mode=0o700)
     redaction = (
@@ -46,14 +48,18 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> CaptureWriter
         if redactor is not None
         else {"enabled": False, "headers": [], "body_patterns": []}
     )
-    header = SegmentHeader(redaction, listen=f"{config.listen_host}:{config.listen_port}")
-    return CaptureWriter(
-        SegmentSink(settings.out, header, level=settings.level),
-        prepare=redactor,
-        on_full=settings.on_full,
+    spec = ProcessSpec(
+        directory=str(settings.out),
+        redaction=redaction,
+        redactor=redactor.describe() if redactor is not None else None,
+        listen=f"{config.listen_host}:{config.listen_port}",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        level=settings.level,
         rotate_bytes=settings.rotate_bytes,
         rotate_seconds=settings.rotate_seconds,
     )
+    return ProcessWriter(spec, on_full=settings.on_full)
 
 
 def tune_interpreter() -> None:

@@ -32,7 +32,7 @@ from wirecap.proxy.routing import Router
 from wirecap.proxy.upstream import ConnectionPool, make_ssl_context
 
 if TYPE_CHECKING:
-    from wirecap.capture.writer import CaptureWriter
+    from wirecap.capture.writer import RecordWriter
     from wirecap.proxy.config import ProxyConfig
     from wirecap.proxy.routing import RouteMatch
 
@@ -91,7 +91,7 @@ class ProxyServer:
     def __init__(
         self,
         config: ProxyConfig,
-        writer: CaptureWriter | None = None,
+        writer: RecordWriter | None = None,
         *,
         console: TextIO | None = None,
     ) -> None:

@@ -1,0 +1,413 @@
+"""The capture writer in a process of its own, for ``wirecap proxy``.
+
+Redacting, CBOR-encoding and compressing records is Python work that holds the GIL; in the proxy's
+process it took the event loop's time (about a third of its CPU per exchange). Here the proxy only
+hands records over: :class:`ProcessWriter` keeps them as tuples of their field values
+(:func:`~wirecap.capture.records.record_to_tuple`), and every few milliseconds sends a batch
+(``marshal``, length-prefixed) down a pipe to ``python -m wirecap.capture.process``. That process
+(:func:`main`) turns the tuples back into records and does what :class:`CaptureWriter` does in
+process: redact, encode, close frames at 250 ms or 1 MiB, compress, write, index, rotate. It reports
+its statistics as JSON lines on its stdout.
+
+The pipe is the bound: a batch waits for the pipe, and records wait in the proxy up to
+``max_bytes``; past it, ``block`` makes the relay wait for room and ``drop`` refuses records (the
+proxy sends a ``gap`` record for them). If the writer process dies, capture stops (logged once)
+and traffic goes on. If the proxy dies, the writer process sees the pipe close and still writes the
+last frame, the index and the footer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import marshal
+import math
+import os
+import select
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+
+import trio
+
+from wirecap.capture.frames import encode_record
+from wirecap.capture.index import index_item
+from wirecap.capture.records import Gap, Record, record_from_tuple, record_to_tuple
+from wirecap.capture.redact import Redactor
+from wirecap.capture.sink import FRAME_MAX_BYTES, FRAME_MAX_SECONDS, SegmentHeader, SegmentSink
+from wirecap.capture.writer import DEFAULT_BUFFER_BYTES, OnFull, WriterStatistics
+
+logger = logging.getLogger("wirecap.capture")
+
+#: A batch goes down the pipe this long after its first record, or at this size: one pipe write
+#: per several exchanges under load, and no record waits in the proxy longer than this.
+BATCH_SECONDS: Final = 0.005
+BATCH_BYTES: Final = 256 * 1024
+_LENGTH: Final = struct.Struct("<I")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """What the writer process needs to know, sent as the first line of its input (JSON)."""
+
+    directory: str
+    redaction: dict[str, Any]  # the segment header's description of the redaction
+    redactor: dict[str, Any] | None  # Redactor.describe(), or None: store everything
+    listen: str | None
+    host: str
+    pid: int
+    level: int
+    rotate_bytes: int | None
+    rotate_seconds: float | None
+
+
+class ProcessWriter:
+    """The proxy's side: the same producer methods as :class:`CaptureWriter`."""
+
+    def __init__(
+        self, spec: ProcessSpec, *, on_full: OnFull = "block", max_bytes: int = DEFAULT_BUFFER_BYTES
+    ) -> None:
+        self.spec = spec
+        self.on_full = on_full
+        self._max_bytes = max_bytes
+        self._batch: list[tuple[Any, ...]] = []
+        self._batch_bytes = 0
+        self._held = 0  # bytes in the batch and in the pipe write under way
+        self._batch_due = trio.Event()
+        self._room = trio.Event()
+        self._drops = Gap(wall_ns=0, records=0, bytes=0)
+        self._drop_ids: set[str] = set()
+        self._closed = False
+        self._failed: str | None = None
+        self._finished = trio.Event()
+        self._child: dict[str, Any] = {"paths": []}
+        self._records_dropped = self._records_lost = 0
+        self.pid: int | None = None
+
+    # -- producers ------------------------------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        return self._held >= self._max_bytes and not self._closed and self._failed is None
+
+    def submit_nowait(self, record: Record) -> bool:
+        """Take ``record`` for the writer process; never waits (see CaptureWriter.submit_nowait)."""
+        if self._closed or self._failed is not None:
+            self._records_lost += 1
+            return False
+        size = _size(record)
+        if self.on_full == "drop" and self._held >= self._max_bytes:
+            self._records_dropped += 1
+            self._drops = dataclasses.replace(
+                self._drops, records=self._drops.records + 1, bytes=self._drops.bytes + size
+            )
+            self._drop_ids.add(getattr(record, "x", ""))
+            return False
+        if not self._batch:
+            self._batch_due.set()
+        self._batch.append(record_to_tuple(record))
+        self._batch_bytes += size
+        self._held += size
+        if self._batch_bytes >= BATCH_BYTES:
+            self._batch_due.set()
+        return True
+
+    async def wait_for_room(self) -> None:
+        while self.full:
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
+
+    # -- state ----------------------------------------------------------------------------------------
+
+    @property
+    def failed(self) -> str | None:
+        return self._failed
+
+    def statistics(self) -> WriterStatistics:
+        child = self._child
+        paths = tuple(Path(p) for p in child["paths"])
+        return WriterStatistics(
+            queued_bytes=self._held,
+            records_written=child.get("records_written", 0),
+            frames_written=child.get("frames_written", 0),
+            bytes_written=child.get("bytes_written", 0),
+            records_dropped=self._records_dropped,
+            records_lost=self._records_lost + child.get("records_lost", 0),
+            failed=self._failed or child.get("failed"),
+            path=paths[-1] if paths else None,
+            paths=paths,
+        )
+
+    async def aclose(self) -> None:
+        """No more records: send what is left, let the writer process finish its file."""
+        self._closed = True
+        self._batch_due.set()
+        self._room.set()
+        await trio.lowlevel.checkpoint()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    # -- the pipe -------------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Path | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start the writer process, pump batches to it until :meth:`aclose`, then wait for it."""
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "wirecap.capture.process"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.pid = process.pid
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                first = trio.Event()
+                nursery.start_soon(self._read_statistics, process.stdout, first)
+                spec = json.dumps(dataclasses.asdict(self.spec)).encode()
+                await self._send(process.stdin, _LENGTH.pack(len(spec)) + spec)
+                await first.wait()
+                task_status.started(self.statistics().path)
+                await self._pump(process.stdin)
+                with contextlib.suppress(*_BROKEN):
+                    await process.stdin.aclose()
+                await process.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:  # cancelled: the process finishes on its own
+                    with contextlib.suppress(*_BROKEN):
+                        await process.stdin.aclose()
+                    with trio.move_on_after(10):
+                        await process.wait()
+            self._finished.set()
+
+    async def _pump(self, stdin: trio.abc.SendStream) -> None:
+        while True:
+            if not self._batch and not self._drops.records:
+                if self._closed:
+                    return
+                self._batch_due = trio.Event()
+                await self._batch_due.wait()
+            with trio.move_on_after(BATCH_SECONDS):
+                while self._batch_bytes < BATCH_BYTES and not self._closed:
+                    self._batch_due = trio.Event()
+                    await self._batch_due.wait()
+            batch, sent = self._take_batch()
+            payload = marshal.dumps(batch)
+            await self._send(stdin, _LENGTH.pack(len(payload)) + payload, records=len(batch))
+            self._held -= sent
+            self._room.set()
+
+    def _take_batch(self) -> tuple[list[tuple[Any, ...]], int]:
+        batch, self._batch = self._batch, []
+        sent, self._batch_bytes = self._batch_bytes, 0
+        if self._drops.records:
+            gap = dataclasses.replace(
+                self._drops, wall_ns=time.time_ns(), exchanges=tuple(sorted(self._drop_ids))
+            )
+            batch.append(record_to_tuple(gap))
+            self._drops, self._drop_ids = Gap(wall_ns=0, records=0, bytes=0), set()
+        return batch, sent
+
+    async def _send(self, stdin: trio.abc.SendStream, data: bytes, records: int = 0) -> None:
+        if self._failed is not None:
+            self._records_lost += records
+            return
+        try:
+            await stdin.send_all(data)
+        except _BROKEN:
+            self._records_lost += records
+            self._fail("the capture writer process exited")
+
+    async def _read_statistics(self, stdout: trio.abc.ReceiveStream, first: trio.Event) -> None:
+        buffer = b""
+        async for data in stdout:
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self._child = json.loads(line)
+                first.set()
+                if self._child.get("failed"):
+                    self._fail(f"writing the capture failed ({self._child['failed']})")
+        first.set()
+        if not self._closed:
+            self._fail("the capture writer process exited")
+
+    def _fail(self, reason: str) -> None:
+        if self._failed is not None:
+            return
+        self._failed = reason
+        self._room.set()
+        logger.error(
+            "CAPTURE STOPPED: %s. Traffic continues uncaptured; records from now on are counted "
+            "as lost.",
+            reason,
+        )
+
+
+_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _size(record: Record) -> int:
+    """About how many bytes ``record`` holds (its data or head, plus its other fields)."""
+    data = getattr(record, "data", None) or getattr(record, "head", None) or b""
+    return len(data) + 64
+
+
+# -- the writer process ---------------------------------------------------------------------------------
+
+
+class _Frames:
+    """The writer process's frame collector: records in, frames out to a SegmentSink."""
+
+    def __init__(self, sink: SegmentSink, prepare: Redactor | None, spec: ProcessSpec) -> None:
+        self.sink = sink
+        self.prepare = prepare
+        self.spec = spec
+        self.items: list[Any] = []
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.opened = 0.0
+        self.rotate_at = _next(spec.rotate_seconds)
+        self.failed: str | None = None
+        self.written = self.frames = self.bytes = self.lost = 0
+        self._reported: tuple[Any, ...] = ()
+
+    def add(self, record: Record) -> None:
+        if self.failed is not None:
+            self.lost += 1
+            return
+        if self.prepare is not None:
+            record = self.prepare(record)
+        data = encode_record(record)
+        if not self.parts:
+            self.opened = time.monotonic()
+        self.items.append(index_item(record))
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= FRAME_MAX_BYTES:
+            self.flush()
+
+    def timeout(self) -> float | None:
+        """Seconds until the open frame is due or the segment must rotate (None: no limit)."""
+        due = self.opened + FRAME_MAX_SECONDS if self.parts else math.inf
+        wait = min(due, self.rotate_at) - time.monotonic()
+        return None if wait == math.inf else max(0.0, wait)
+
+    def tick(self) -> None:
+        """Close the open frame if it is due; rotate if the segment is old enough."""
+        now = time.monotonic()
+        if self.parts and now >= self.opened + FRAME_MAX_SECONDS:
+            self.flush()
+        if now >= self.rotate_at:
+            self.rotate_at = _next(self.spec.rotate_seconds)
+            self._guard(self.sink.rotate)
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        items, payload = self.items, b"".join(self.parts)
+        self.items, self.parts, self.size = [], [], 0
+        if self.failed is not None:
+            self.lost += len(items)
+            return
+        written = self._guard(self.sink.write_frame, items, payload)
+        if written is None:
+            self.lost += len(items)
+            return
+        self.written += len(items)
+        self.frames += 1
+        self.bytes += written
+        rotate_bytes = self.spec.rotate_bytes
+        if rotate_bytes is not None and self.sink.offset >= rotate_bytes:
+            self._guard(self.sink.rotate)
+
+    def _guard(self, fn: Any, *args: Any) -> Any:
+        if self.failed is not None:
+            return None
+        try:
+            return fn(*args)
+        except OSError as exc:
+            self.failed = f"{type(exc).__name__}: {exc}"  # the proxy logs it
+            self.sink.abandon()
+            return None
+
+    def report(self, out: BinaryIO, *, changed_only: bool = False) -> None:
+        """Write the statistics as a JSON line (with ``changed_only``, only when they changed)."""
+        state = (self.frames, self.failed, len(self.sink.paths))
+        if changed_only and state == self._reported:
+            return
+        self._reported = state
+        stats = {
+            "records_written": self.written,
+            "frames_written": self.frames,
+            "bytes_written": self.bytes,
+            "records_lost": self.lost,
+            "failed": self.failed,
+            "paths": [str(p) for p in self.sink.paths],
+        }
+        with contextlib.suppress(OSError):
+            out.write(json.dumps(stats).encode() + b"\n")
+            out.flush()
+
+
+def _next(seconds: float | None) -> float:
+    return math.inf if seconds is None else time.monotonic() + seconds
+
+
+def _read_message(fd: int) -> bytes | None:
+    """One length-prefixed message from ``fd``; None at the end of input."""
+    head = _read_exact(fd, _LENGTH.size)
+    return None if head is None else _read_exact(fd, _LENGTH.unpack(head)[0])
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    parts: list[bytes] = []
+    while size:
+        data = os.read(fd, min(size, 1 << 20))
+        if not data:
+            return None
+        parts.append(data)
+        size -= len(data)
+    return b"".join(parts)
+
+
+def main() -> None:
+    """The writer process: a spec, then batches of records, until the end of its input."""
+    fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
+    first = _read_message(fd)
+    if first is None:
+        return
+    spec = ProcessSpec(**json.loads(first))
+    header = SegmentHeader(spec.redaction, listen=spec.listen, host=spec.host, pid=spec.pid)
+    sink = SegmentSink(Path(spec.directory), header, level=spec.level, pid=spec.pid)
+    prepare = Redactor.from_description(spec.redactor) if spec.redactor is not None else None
+    frames = _Frames(sink, prepare, spec)
+    frames._guard(sink.open)
+    frames.report(stdout)
+    while True:
+        readable, _, _ = select.select([fd], [], [], frames.timeout())
+        if readable:
+            payload = _read_message(fd)
+            if payload is None:
+                break  # the proxy closed the pipe (or died): finish the file
+            for values in marshal.loads(payload):
+                frames.add(record_from_tuple(values))
+        frames.tick()
+        frames.report(stdout, changed_only=True)
+    frames.flush()
+    if frames.failed is None:
+        frames._guard(sink.close)
+    frames.report(stdout)
+
+
+if __name__ == "__main__":
+    main()
