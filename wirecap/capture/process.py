@@ -4,8 +4,8 @@ Redacting, CBOR-encoding and compressing records is Python work that holds the G
 process it took the event loop's time (about a third of its CPU per exchange). Here the proxy only
 hands records over: :class:`ProcessWriter` keeps them as tuples of their field values
 (:func:`~wirecap.capture.records.record_to_tuple`), and every few milliseconds sends a batch
-(``marshal``, length-prefixed) down a pipe to ``python -m wirecap.capture.process``. That process
-(:func:`main`) turns the tuples back into records and does what :class:`CaptureWriter` does in
+(``marshal``, length-prefixed) down a pipe to ``python -m wirecap.capture.child``. That process
+(child.py) turns the tuples back into records and does what :class:`CaptureWriter` does in
 process: redact, encode, close frames at 250 ms or 1 MiB, compress, write, index, rotate. It reports
 its statistics as JSON lines on its stdout.
 
@@ -20,26 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import marshal
-import math
-import os
-import select
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 
 import trio
 
-from wirecap.capture.frames import encode_record
-from wirecap.capture.index import index_item
-from wirecap.capture.records import Gap, Record, record_from_tuple, record_to_tuple
-from wirecap.capture.redact import Redactor
-from wirecap.capture.sink import FRAME_MAX_BYTES, FRAME_MAX_SECONDS, SegmentHeader, SegmentSink
+from wirecap.capture.child import LENGTH, ProcessSpec
+from wirecap.capture.records import Gap, Record, record_to_tuple
 from wirecap.capture.writer import DEFAULT_BUFFER_BYTES, OnFull, WriterStatistics
 
 logger = logging.getLogger("wirecap.capture")
@@ -48,22 +42,6 @@ logger = logging.getLogger("wirecap.capture")
 #: per several exchanges under load, and no record waits in the proxy longer than this.
 BATCH_SECONDS: Final = 0.005
 BATCH_BYTES: Final = 256 * 1024
-_LENGTH: Final = struct.Struct("<I")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ProcessSpec:
-    """What the writer process needs to know, sent as the first line of its input (JSON)."""
-
-    directory: str
-    redaction: dict[str, Any]  # the segment header's description of the redaction
-    redactor: dict[str, Any] | None  # Redactor.describe(), or None: store everything
-    listen: str | None
-    host: str
-    pid: int
-    level: int
-    rotate_bytes: int | None
-    rotate_seconds: float | None
 
 
 class ProcessWriter:
@@ -161,19 +139,21 @@ class ProcessWriter:
     ) -> None:
         """Start the writer process, pump batches to it until :meth:`aclose`, then wait for it."""
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "wirecap.capture.process"],
+            [sys.executable, "-m", "wirecap.capture.child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         self.pid = process.pid
         assert process.stdin is not None
         assert process.stdout is not None
+        if isinstance(process.stdin, trio.lowlevel.FdStream):
+            _widen_pipe(process.stdin.fileno())
         try:
             async with trio.open_nursery() as nursery:
                 first = trio.Event()
                 nursery.start_soon(self._read_statistics, process.stdout, first)
                 spec = json.dumps(dataclasses.asdict(self.spec)).encode()
-                await self._send(process.stdin, _LENGTH.pack(len(spec)) + spec)
+                await self._send(process.stdin, LENGTH.pack(len(spec)) + spec)
                 await first.wait()
                 task_status.started(self.statistics().path)
                 await self._pump(process.stdin)
@@ -202,7 +182,7 @@ class ProcessWriter:
                     await self._batch_due.wait()
             batch, sent = self._take_batch()
             payload = marshal.dumps(batch)
-            await self._send(stdin, _LENGTH.pack(len(payload)) + payload, records=len(batch))
+            await self._send(stdin, LENGTH.pack(len(payload)) + payload, records=len(batch))
             self._held -= sent
             self._room.set()
 
@@ -256,158 +236,19 @@ class ProcessWriter:
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
+#: The pipe holds this much (Linux's default is 64 KiB, a quarter of a batch): fewer wake-ups of
+#: both processes per batch.
+PIPE_BYTES: Final = 1024 * 1024
+
+
+def _widen_pipe(fd: int) -> None:
+    """Ask for a pipe of :data:`PIPE_BYTES` (Linux's F_SETPIPE_SZ; elsewhere, or when refused, the
+    pipe keeps its size)."""
+    with contextlib.suppress(OSError, AttributeError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+
+
 def _size(record: Record) -> int:
     """About how many bytes ``record`` holds (its data or head, plus its other fields)."""
     data = getattr(record, "data", None) or getattr(record, "head", None) or b""
     return len(data) + 64
-
-
-# -- the writer process ---------------------------------------------------------------------------------
-
-
-class _Frames:
-    """The writer process's frame collector: records in, frames out to a SegmentSink."""
-
-    def __init__(self, sink: SegmentSink, prepare: Redactor | None, spec: ProcessSpec) -> None:
-        self.sink = sink
-        self.prepare = prepare
-        self.spec = spec
-        self.items: list[Any] = []
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.opened = 0.0
-        self.rotate_at = _next(spec.rotate_seconds)
-        self.failed: str | None = None
-        self.written = self.frames = self.bytes = self.lost = 0
-        self._reported: tuple[Any, ...] = ()
-
-    def add(self, record: Record) -> None:
-        if self.failed is not None:
-            self.lost += 1
-            return
-        if self.prepare is not None:
-            record = self.prepare(record)
-        data = encode_record(record)
-        if not self.parts:
-            self.opened = time.monotonic()
-        self.items.append(index_item(record))
-        self.parts.append(data)
-        self.size += len(data)
-        if self.size >= FRAME_MAX_BYTES:
-            self.flush()
-
-    def timeout(self) -> float | None:
-        """Seconds until the open frame is due or the segment must rotate (None: no limit)."""
-        due = self.opened + FRAME_MAX_SECONDS if self.parts else math.inf
-        wait = min(due, self.rotate_at) - time.monotonic()
-        return None if wait == math.inf else max(0.0, wait)
-
-    def tick(self) -> None:
-        """Close the open frame if it is due; rotate if the segment is old enough."""
-        now = time.monotonic()
-        if self.parts and now >= self.opened + FRAME_MAX_SECONDS:
-            self.flush()
-        if now >= self.rotate_at:
-            self.rotate_at = _next(self.spec.rotate_seconds)
-            self._guard(self.sink.rotate)
-
-    def flush(self) -> None:
-        if not self.parts:
-            return
-        items, payload = self.items, b"".join(self.parts)
-        self.items, self.parts, self.size = [], [], 0
-        if self.failed is not None:
-            self.lost += len(items)
-            return
-        written = self._guard(self.sink.write_frame, items, payload)
-        if written is None:
-            self.lost += len(items)
-            return
-        self.written += len(items)
-        self.frames += 1
-        self.bytes += written
-        rotate_bytes = self.spec.rotate_bytes
-        if rotate_bytes is not None and self.sink.offset >= rotate_bytes:
-            self._guard(self.sink.rotate)
-
-    def _guard(self, fn: Any, *args: Any) -> Any:
-        if self.failed is not None:
-            return None
-        try:
-            return fn(*args)
-        except OSError as exc:
-            self.failed = f"{type(exc).__name__}: {exc}"  # the proxy logs it
-            self.sink.abandon()
-            return None
-
-    def report(self, out: BinaryIO, *, changed_only: bool = False) -> None:
-        """Write the statistics as a JSON line (with ``changed_only``, only when they changed)."""
-        state = (self.frames, self.failed, len(self.sink.paths))
-        if changed_only and state == self._reported:
-            return
-        self._reported = state
-        stats = {
-            "records_written": self.written,
-            "frames_written": self.frames,
-            "bytes_written": self.bytes,
-            "records_lost": self.lost,
-            "failed": self.failed,
-            "paths": [str(p) for p in self.sink.paths],
-        }
-        with contextlib.suppress(OSError):
-            out.write(json.dumps(stats).encode() + b"\n")
-            out.flush()
-
-
-def _next(seconds: float | None) -> float:
-    return math.inf if seconds is None else time.monotonic() + seconds
-
-
-def _read_message(fd: int) -> bytes | None:
-    """One length-prefixed message from ``fd``; None at the end of input."""
-    head = _read_exact(fd, _LENGTH.size)
-    return None if head is None else _read_exact(fd, _LENGTH.unpack(head)[0])
-
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    parts: list[bytes] = []
-    while size:
-        data = os.read(fd, min(size, 1 << 20))
-        if not data:
-            return None
-        parts.append(data)
-        size -= len(data)
-    return b"".join(parts)
-
-
-def main() -> None:
-    """The writer process: a spec, then batches of records, until the end of its input."""
-    fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
-    first = _read_message(fd)
-    if first is None:
-        return
-    spec = ProcessSpec(**json.loads(first))
-    header = SegmentHeader(spec.redaction, listen=spec.listen, host=spec.host, pid=spec.pid)
-    sink = SegmentSink(Path(spec.directory), header, level=spec.level, pid=spec.pid)
-    prepare = Redactor.from_description(spec.redactor) if spec.redactor is not None else None
-    frames = _Frames(sink, prepare, spec)
-    frames._guard(sink.open)
-    frames.report(stdout)
-    while True:
-        readable, _, _ = select.select([fd], [], [], frames.timeout())
-        if readable:
-            payload = _read_message(fd)
-            if payload is None:
-                break  # the proxy closed the pipe (or died): finish the file
-            for values in marshal.loads(payload):
-                frames.add(record_from_tuple(values))
-        frames.tick()
-        frames.report(stdout, changed_only=True)
-    frames.flush()
-    if frames.failed is None:
-        frames._guard(sink.close)
-    frames.report(stdout)
-
-
-if __name__ == "__main__":
-    main()

@@ -29,6 +29,18 @@ FRAME_MAX_SECONDS: Final = 0.25
 #: Small frames (quiet traffic, streams) get a stronger zstd level than ``level``: at their size it
 #: costs little, and per-record overhead is where their ratio is made. (size below, at least level)
 SMALL_FRAME_LEVELS: Final = ((64 * 1024, 15), (256 * 1024, 12))
+#: A large frame whose first SAMPLE_BYTES compress to more than STORE_ABOVE of their size at
+#: ``level`` (base64, compressed media; JSON gives about 0.4) is stored at zstd's fastest level
+#: instead: raw blocks with their checksum, six times faster than level 1 and barely bigger.
+SAMPLE_BYTES: Final = 32 * 1024
+STORE_ABOVE: Final = 0.6
+STORED_LEVEL: Final = -131072
+#: A capture is written once and read later, if ever: its pages leave the page cache as the file
+#: grows. Every RELEASE_STEP bytes, the RELEASE_WINDOW bytes before the end are handed to
+#: posix_fadvise(DONTNEED), which starts writing back the dirty ones and drops those already on
+#: disk; the kernel then reuses those pages for the next writes instead of fresh memory.
+RELEASE_STEP: Final = 4 * 1024 * 1024
+RELEASE_WINDOW: Final = 16 * 1024 * 1024
 Opener: TypeAlias = "Callable[[Path], BinaryIO]"
 
 
@@ -63,6 +75,14 @@ def open_exclusive(path: Path) -> BinaryIO:
     return os.fdopen(fd, "wb", buffering=0)
 
 
+def _release_pages(file: BinaryIO, start: int) -> None:
+    """Best effort: drop ``file``'s page cache from ``start`` (a no-op without posix_fadvise)."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        with contextlib.suppress(OSError, ValueError):
+            advise(file.fileno(), max(0, start), RELEASE_WINDOW, os.POSIX_FADV_DONTNEED)
+
+
 def sync_and_close(file: BinaryIO) -> None:
     """Flush ``file`` to disk, then close it."""
     with contextlib.suppress(OSError, ValueError):  # a file object without a descriptor (tests)
@@ -90,10 +110,12 @@ class SegmentSink:
             (limit, frames.new_compressor(max(level, small))) for limit, small in SMALL_FRAME_LEVELS
         ]
         self._compressor = frames.new_compressor(level)
+        self._stored = frames.new_compressor(STORED_LEVEL)
         self._opener = opener
         self._prefix = prefix
         self._pid = os.getpid() if pid is None else pid  # in file names: the capturing process
         self._file: BinaryIO | None = None
+        self._released_at = 0  # the offset of the last page cache release
         self._index = IndexBuilder()
         self.path: Path | None = None
         self.segment = -1
@@ -109,7 +131,7 @@ class SegmentSink:
         self._file = self._opener(path)
         self.path = path
         self.paths.append(path)
-        self.offset = 0
+        self.offset = self._released_at = 0
         self._index = IndexBuilder()
         header = self._header(self.segment)
         self._write(frames.encode_data_frame([header], self._compressor))
@@ -129,6 +151,10 @@ class SegmentSink:
             if len(payload) < limit:
                 compressor = small
                 break
+        else:
+            sample = payload[:SAMPLE_BYTES]
+            if len(compressor.compress(sample)) > STORE_ABOVE * len(sample):
+                compressor = self._stored
         frame = compressor.compress(payload)
         at = self.offset
         self._write(frame)
@@ -171,3 +197,6 @@ class SegmentSink:
                 raise OSError("short write to the capture file")
             view = view[written:]
         self.offset += len(data)
+        if self.offset - self._released_at >= RELEASE_STEP:
+            self._released_at = self.offset
+            _release_pages(self._file, self.offset - RELEASE_WINDOW)

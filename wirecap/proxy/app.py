@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, TextIO
 import trio
 
 from wirecap import __version__
-from wirecap.capture.process import ProcessSpec, ProcessWriter
+from wirecap.capture.child import ProcessSpec
+from wirecap.capture.process import ProcessWriter
 from wirecap.capture.redact import Redactor, Rules
 from wirecap.proxy.server import ProxyServer
 

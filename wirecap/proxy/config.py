@@ -171,6 +171,9 @@ class Limits:
     max_head: int = 64 * 1024
     #: Bytes asked of a socket per read, so one read is one record of at most this size.
     read_size: int = 64 * 1024
+    #: Bytes asked of an upstream socket per read: a big answer arrives in a quarter of the reads
+    #: (each read is one capture record at most).
+    upstream_read_size: int = 256 * 1024
     pool_size: int = 32  # idle connections kept per upstream
 
 

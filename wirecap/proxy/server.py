@@ -101,7 +101,7 @@ class ProxyServer:
         self.pool = ConnectionPool(
             connect_timeout=config.timeouts.connect,
             idle_timeout=config.timeouts.pool_idle,
-            read_size=config.limits.read_size,
+            read_size=config.limits.upstream_read_size,
             max_head=config.limits.max_head,
             max_idle_per_origin=config.limits.pool_size,
             ssl_context=make_ssl_context(config.upstream_ca) if config.upstream_ca else None,
