@@ -34,10 +34,12 @@ import trio
 
 from wirecap.capture.child import LENGTH, ProcessSpec
 from wirecap.capture.records import Gap, Record, record_to_tuple
-from wirecap.capture.writer import DEFAULT_BUFFER_BYTES, OnFull, WriterStatistics
+from wirecap.capture.writer import OnFull, WriterStatistics
 
 logger = logging.getLogger("wirecap.capture")
 
+#: Records waiting in the proxy, at most: as much again as the pipe holds (PIPE_BYTES).
+HELD_BYTES: Final = 1024 * 1024
 #: A batch goes down the pipe this long after its first record, or at this size: one pipe write
 #: per several exchanges under load, and no record waits in the proxy longer than this.
 BATCH_SECONDS: Final = 0.005
@@ -48,7 +50,7 @@ class ProcessWriter:
     """The proxy's side: the same producer methods as :class:`CaptureWriter`."""
 
     def __init__(
-        self, spec: ProcessSpec, *, on_full: OnFull = "block", max_bytes: int = DEFAULT_BUFFER_BYTES
+        self, spec: ProcessSpec, *, on_full: OnFull = "block", max_bytes: int = HELD_BYTES
     ) -> None:
         self.spec = spec
         self.on_full = on_full
