@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Final, Self
@@ -287,7 +288,7 @@ class ExchangeRelay:
                     ended = self.ex.request_done = True
         except h11.RemoteProtocolError as exc:
             raise BadRequest(f"bad request body: {exc}") from None
-        return b"".join(raw), ended
+        return _joined(raw), ended
 
     async def forward(self, route: Route, upstream_target: str, proxy_url: str) -> bool:
         """Relay the exchange to ``route``'s upstream; returns whether the upstream connection ended
@@ -335,11 +336,8 @@ class ExchangeRelay:
         # The head goes on line by line as received, not as h11 would write it; h11's client
         # connection is told the request line, which is what it needs to read the answer (a
         # HEAD's has no body; the request's own framing is the client's, checked by h11 there).
-        told = h11.Request(
-            method=request.event.method, target=target_bytes, headers=[(b"host", host)]
-        )
-        upstream.h11.send(told)
-        upstream.h11.send(h11.EndOfMessage())
+        upstream.h11.send(_request_line(request.event.method, target_bytes, host))
+        upstream.h11.send(_END)
         body, _ended = self.take_request_body()
         self.watchdog.expect(self.timeouts.write, UpstreamFailure, "upstream stopped reading")
         try:
@@ -441,7 +439,7 @@ class ExchangeRelay:
             if read.forward:
                 out.append(read.forward)
             if out:
-                await self._send_to_client(b"".join(out))
+                await self._send_to_client(_joined(out))
                 out.clear()
             if read.raw and self.rec is not None:
                 self.rec.body("res", read.raw, ns=self.read_ns)
@@ -541,8 +539,8 @@ class ExchangeRelay:
                     break
         except UpstreamFailure as error:
             read.error = error
-        read.raw = b"".join(raw)
-        read.forward = b"".join(payload) if dechunk else read.raw
+        read.raw = _joined(raw)
+        read.forward = _joined(payload) if dechunk else read.raw
         return read
 
     # -- helper tasks -----------------------------------------------------------------------------
@@ -579,6 +577,23 @@ class BodyRead:
     forward: bytes = b""  # what goes to the client: ``raw``, or its payload for an HTTP/1.0 client
     ended: bool = False
     error: UpstreamFailure | None = None  # malformed framing after ``raw``
+
+
+_END: Final = h11.EndOfMessage()
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_line(method: bytes, target: bytes, host: bytes) -> h11.Request:
+    """The request h11's upstream connection is told of (events are immutable: an API's few
+    targets are validated once, not on every request)."""
+    return h11.Request(method=method, target=target, headers=[(b"host", host)])
+
+
+def _joined(parts: list[bytes]) -> bytes:
+    """``parts`` as one bytes object, copied only when more than one of them holds bytes (a big
+    body's read is usually one piece)."""
+    pieces = [p for p in parts if p]
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _is_chunked(response: h11.Response) -> bool:
