@@ -135,8 +135,8 @@ def main() -> None:
         results: dict[str, list[tuple[float, float, float]]] = {c: [] for c in args.configs}
         try:
             for round_no in range(args.rounds):
-                # The order turns each round: whatever runs later in a round measured a few us more
-                # (session 10: 5-16 us in three runs, and the sign followed the order when swapped).
+                # The order turns each round: whatever runs later in a round tends to measure a few
+                # us more per request, and alternating cancels that out of the medians.
                 order = args.configs if round_no % 2 == 0 else args.configs[::-1]
                 for config in order:
                     results[config].append(run_once(config, upstream_port, lua, args.pin))
