@@ -455,6 +455,8 @@ async def test_chunked_answer_is_forwarded_with_its_framing_untouched(start_upst
         b"HTTP/1.1 2OO OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+        b"HTTP/1.1 700 Beyond\r\nContent-Length: 2\r\n\r\nhi",  # not an interim response
+        b"HTTP/1.1 999 Beyond\r\n\r\n",
     ],
 )
 async def test_malformed_upstream_answers_are_a_502(start_upstream, start_proxy, answer):
@@ -465,6 +467,26 @@ async def test_malformed_upstream_answers_are_a_502(start_upstream, start_proxy,
     with await proxy.capture() as capture:
         [exchange] = list(capture.exchanges())
     assert exchange.outcome == "upstream_error"
+    assert exchange.response is not None and exchange.response.by == "proxy"
+
+
+async def test_connect_is_refused_and_never_reaches_a_pooled_connection(
+    start_upstream, start_proxy
+):
+    """A CONNECT gets 501: no 2xx answer to it can turn a pooled upstream connection into a
+    tunnel that the next client's request would be written into."""
+
+    async def handler(ex):
+        await ex.read_body()
+        await ex.respond(200, b"ok")
+
+    upstream = await start_upstream(handler)
+    proxy = await start_proxy(upstream=upstream.url)
+    raw = await raw_request(proxy.port, b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 501 ")
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{proxy.url}/after")).content == b"ok"
+    assert [r.target for r in upstream.requests] == ["/after"]
 
 
 async def test_malformed_chunk_after_the_head_cuts_the_client_connection(

@@ -98,6 +98,9 @@ class ProcessWriter:
         return True
 
     async def wait_for_room(self) -> None:
+        if not self.full:
+            await trio.lowlevel.checkpoint()
+            return
         while self.full:
             if self._room.is_set():
                 self._room = trio.Event()
@@ -202,6 +205,7 @@ class ProcessWriter:
     async def _send(self, stdin: trio.abc.SendStream, data: bytes, records: int = 0) -> None:
         if self._failed is not None:
             self._records_lost += records
+            await trio.lowlevel.checkpoint()
             return
         try:
             await stdin.send_all(data)

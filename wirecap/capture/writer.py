@@ -172,6 +172,9 @@ class CaptureWriter:
 
     async def wait_for_room(self) -> None:
         """Wait until the buffer is below its bound (returns at once after a failure or close)."""
+        if not self.full:
+            await trio.lowlevel.checkpoint()
+            return
         while self.full:
             if self._room.is_set():
                 self._room = trio.Event()
@@ -180,8 +183,7 @@ class CaptureWriter:
     async def submit(self, record: Record) -> bool:
         """:meth:`submit_nowait`, then wait for room under ``block``."""
         taken = self.submit_nowait(record)
-        if self.full:
-            await self.wait_for_room()
+        await self.wait_for_room()
         return taken
 
     def _count_drop(self, record: Record, size: int) -> None:

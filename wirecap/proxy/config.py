@@ -586,26 +586,10 @@ def build_config(
     for key, more in (("redact_headers", redact_headers), ("redact_body", redact_body)):
         values[key] = (*values.get(key, ()), *_checked(key, tuple(more)))
 
-    all_routes = routes_from_toml(doc)
-    all_routes += [parse_route_spec(r) for r in routes]
-    if "upstream" in values:
-        all_routes.append(Route(prefix="/", upstream=values["upstream"]))
-    if not all_routes:
-        all_routes = list(preset_routes())
-    host, port = values.get("listen", DEFAULT_LISTEN)
-    defaults = CaptureSettings()
-    settings = CaptureSettings(
-        enabled=values.get("capture", defaults.enabled),
-        out=values.get("out", defaults.out),
-        on_full=values.get("on_full", defaults.on_full),
-        rotate_bytes=values.get("rotate_bytes", defaults.rotate_bytes),
-        rotate_seconds=values.get("rotate_seconds", defaults.rotate_seconds),
-        level=values.get("compression_level", defaults.level),
-        redact=values.get("redact", defaults.redact),
-        redact_headers=DEFAULT_REDACT_HEADERS + tuple(h.lower() for h in values["redact_headers"]),
-        redact_body=DEFAULT_REDACT_BODY + values["redact_body"],
-    )
+    all_routes = _all_routes(doc, routes, values.get("upstream"))
+    settings = _capture_settings(values)
     _check_patterns(settings.redact_body, *(r.redact_body for r in all_routes))
+    host, port = values.get("listen", DEFAULT_LISTEN)
     return ProxyConfig(
         listen_host=host,
         listen_port=port,
@@ -617,6 +601,34 @@ def build_config(
         capture=settings,
         upstream_ca=values.get("upstream_ca"),
         log_format=values.get("log_format", "text"),
+    )
+
+
+def _all_routes(
+    doc: Mapping[str, Any], specs: Iterable[str], upstream: Upstream | None
+) -> list[Route]:
+    """``[[route]]`` tables, then ``--route`` specs, then the ``upstream`` catch-all; the presets
+    when there is none at all."""
+    routes = routes_from_toml(doc)
+    routes += [parse_route_spec(r) for r in specs]
+    if upstream is not None:
+        routes.append(Route(prefix="/", upstream=upstream))
+    return routes or list(preset_routes())
+
+
+def _capture_settings(values: Mapping[str, Any]) -> CaptureSettings:
+    """The [capture] settings from checked ``values``, defaults for the rest."""
+    defaults = CaptureSettings()
+    return CaptureSettings(
+        enabled=values.get("capture", defaults.enabled),
+        out=values.get("out", defaults.out),
+        on_full=values.get("on_full", defaults.on_full),
+        rotate_bytes=values.get("rotate_bytes", defaults.rotate_bytes),
+        rotate_seconds=values.get("rotate_seconds", defaults.rotate_seconds),
+        level=values.get("compression_level", defaults.level),
+        redact=values.get("redact", defaults.redact),
+        redact_headers=DEFAULT_REDACT_HEADERS + tuple(h.lower() for h in values["redact_headers"]),
+        redact_body=DEFAULT_REDACT_BODY + values["redact_body"],
     )
 
 

@@ -207,6 +207,7 @@ class ExchangeRelay:
         was read whole and the answer is not about a malformed one."""
         ex = self.ex
         if ex.responded:
+            await trio.lowlevel.checkpoint()
             return
         if not ex.request_done and status not in (400, 431):
             await self._read_small_body()
@@ -237,6 +238,7 @@ class ExchangeRelay:
         carry the next request: up to ``--max-head`` bytes within ``--head-timeout``, unless the
         client waits for a 100 Continue first (then the connection closes after the answer)."""
         if self.request.conn.they_are_waiting_for_100_continue:
+            await trio.lowlevel.checkpoint()
             return
         budget = self.server.config.limits.max_head
         with contextlib.suppress(BadRequest), trio.move_on_after(self.timeouts.client_head):
@@ -310,7 +312,8 @@ class ExchangeRelay:
                 await self._relay_response(upstream, route.read_timeout or self.timeouts.read)
             reusable = upstream.reusable and self.upstream_writable and ex.request_done
         finally:
-            await self._stop_helper()
+            if self.helper is not None:
+                await self._stop_helper()
             if reusable:
                 await self.server.pool.release(upstream)
             else:
@@ -562,6 +565,7 @@ class ExchangeRelay:
         self.client.nursery.start_soon(helper)
 
     async def _stop_helper(self) -> None:
+        """Cancel the helper task and wait until it has ended."""
         if self.helper is not None and self.helper_done is not None:
             self.helper.cancel()
             with trio.CancelScope(shield=True):
