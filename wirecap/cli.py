@@ -65,6 +65,12 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
         return int(number * 1024 ** "_kmgt".index(unit or "_"))
 
 
+class ConfigProblem(click.ClickException):
+    """A configuration mistake: a usage error (exit 2), told in one line without the usage text."""
+
+    exit_code = 2
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wirecap")
 def main() -> None:
@@ -209,9 +215,7 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
     try:
         config = build_config(doc=load_toml(config_path) if config_path else None, **settings)
     except ConfigError as exc:
-        error = click.ClickException(str(exc))
-        error.exit_code = 2  # a usage error, told in one line (no usage text)
-        raise error from None
+        raise ConfigProblem(str(exc)) from None
     logging.basicConfig(
         level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
     )
