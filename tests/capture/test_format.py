@@ -381,6 +381,7 @@ async def test_drop_policy_writes_a_gap_record(tmp_path):
         await writer.aclose()
     stats = writer.statistics()
     assert stats.records_dropped > 0
+    assert not writer.full  # under drop, producers are never asked to wait
     with open_capture(path) as capture:
         gaps = list(capture.gaps())
     assert sum(g.records for g in gaps) == stats.records_dropped
@@ -413,3 +414,11 @@ def test_hostile_index_entries_are_refused_one_by_one(tmp_path):
             "ex0001",
             "ex0002",
         ]  # a scan still works
+
+
+@pytest.mark.parametrize("bad", [[], {}, 3, b"res", "sideways"])
+def test_a_choice_field_of_any_other_shape_is_a_record_error(bad):
+    from wirecap.capture.records import RecordError, record_from_map
+
+    with pytest.raises(RecordError):
+        record_from_map({"t": "body", "x": "a", "dir": bad, "ns": 0, "data": b""})

@@ -87,3 +87,15 @@ def test_targets_lose_pattern_matches():
     rules = Rules.compile([], DEFAULT_REDACT_BODY)
     out, found = redact_patterns(b"/v1?key=" + KEY, rules, "target", same_length=False)
     assert KEY not in out and found[0].where == "target"
+
+
+def test_a_folded_credential_header_loses_its_whole_value():
+    rules = Rules.compile(["authorization", "x-api-key"], [])
+    head = (
+        b"POST / HTTP/1.1\r\nX-Api-Key:\r\n  my-team-secret-123\r\n"
+        b"Authorization: Bearer\r\n\tsk-folded-secret\r\nX-Model: m\r\n\r\n"
+    )
+    out, found = redact_head(head, rules)
+    assert b"my-team-secret-123" not in out and b"sk-folded-secret" not in out
+    assert b"Authorization: Bearer [redacted sha256:" in out and b"X-Model: m" in out
+    assert [r.name for r in found] == ["x-api-key", "authorization"]

@@ -326,3 +326,21 @@ async def test_client_that_hangs_up_after_the_last_event_is_not_an_abort(
         [exchange] = list(capture.exchanges())
     assert exchange.outcome == "ok"
     assert exchange.response_body == b'data: {"n": 1}\n\ndata: [DONE]\n\n'
+
+
+async def test_a_head_request_answered_by_the_proxy_gets_no_body(start_upstream, start_proxy):
+    """The proxy's own answer to a HEAD says how long its body would be and sends none: the
+    connection goes on with the next request."""
+    upstream = await start_upstream(ok_handler)
+    proxy = await start_proxy(routes=[f"/api={upstream.url}"])
+    requests = b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /nope2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            await stream.send_all(requests)
+            received = b""
+            while received.count(b"HTTP/1.1 404") < 2 or not received.endswith(b"}}"):
+                received += await stream.receive_some(65536)
+    first, _, second = received.partition(b"\r\n\r\n")
+    assert b"Content-Length: " in first and second.startswith(b"HTTP/1.1 404 ")
+    assert b"/nope2" in second and b'"/nope"' not in received

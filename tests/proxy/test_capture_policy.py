@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -230,6 +231,23 @@ async def test_a_write_error_stops_capture_not_traffic(start_upstream, start_pro
     assert stats.failed is not None and "FileNotFoundError" in stats.failed
     assert stats.records_written > 0 and stats.records_lost > 0
     assert len([r for r in caplog.records if "CAPTURE STOPPED" in r.getMessage()]) == 1
+
+
+async def test_a_ctrl_c_reaching_the_writer_process_does_not_cut_the_file(
+    start_upstream, start_proxy
+):
+    """SIGINT reaches the whole process group from a terminal: the writer process ignores it and
+    finishes the file when the proxy closes the pipe, index and footer included."""
+    upstream = await start_upstream(echo_cookie)
+    proxy = await start_proxy(upstream=upstream.url)
+    async with httpx.AsyncClient() as client:
+        await client.post(f"{proxy.url}/v1/x", content=b'{"a": 1}')
+        os.kill(proxy.writer.pid, signal.SIGINT)
+        await client.post(f"{proxy.url}/v1/x", content=b'{"a": 2}')
+    with await proxy.capture() as capture:
+        assert all(f.indexed for f in capture.files)
+        assert [e.request_body for e in capture.exchanges()] == [b'{"a": 1}', b'{"a": 2}']
+    assert proxy.writer.statistics().failed is None
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "quiet"])

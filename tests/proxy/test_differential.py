@@ -619,3 +619,31 @@ async def test_proxy_and_upstream_agree_where_each_request_ends(nursery, start_p
             *(f"   {b''.join(data for _, data in log)[:300]!r}" for log in upstream.logs),
         ]
     )
+
+
+async def test_an_oversized_chunk_size_in_a_later_read_never_reaches_the_upstream(
+    nursery, start_proxy
+):
+    """The head and a first chunk go upstream; the next size line, in a read of its own and cut in
+    two, is 2**63: the proxy stops the request there, and the upstream never sees that line."""
+    upstream = RecordingUpstream()
+    await nursery.start(upstream.run)
+    proxy = await start_proxy(upstream=upstream.url)
+    head = b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        async with stream:
+            await stream.send_all(head)
+            while not any(b"hello" in data for log in upstream.logs for _, data in log):
+                await trio.sleep(0.01)  # the first chunk has reached the upstream
+            await stream.send_all(b"80000000")
+            await stream.send_all(b"00000000\r\nsmuggled")
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"too large" in answer
+    await proxy.stop()
+    received = await upstream.received()
+    seen = b"".join(data for log in upstream.logs for _, data in log)
+    assert b"8000000000000000" not in seen and b"smuggled" not in seen
+    assert received.requests == []  # the request never completed upstream

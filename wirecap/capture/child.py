@@ -17,6 +17,7 @@ import marshal
 import math
 import os
 import select
+import signal
 import struct
 import sys
 import time
@@ -164,6 +165,10 @@ def _read_exact(fd: int, size: int) -> bytes | None:
 
 def main() -> None:
     """The writer process: a spec, then batches of records, until the end of its input."""
+    # A Ctrl-C or a service manager's SIGTERM reaches the whole process group: the proxy finishes
+    # its exchanges and then closes the pipe, which is what ends this process and its file.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
     first = _read_message(fd)
     if first is None:

@@ -73,7 +73,12 @@ class ProcessWriter:
 
     @property
     def full(self) -> bool:
-        return self._held >= self._max_bytes and not self._closed and self._failed is None
+        return (
+            self.on_full == "block"
+            and self._held >= self._max_bytes
+            and not self._closed
+            and self._failed is None
+        )
 
     def submit_nowait(self, record: Record) -> bool:
         """Take ``record`` for the writer process; never waits (see CaptureWriter.submit_nowait)."""

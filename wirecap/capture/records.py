@@ -195,7 +195,7 @@ def _checker(hint: Any, where: str) -> _Check:
         allowed = frozenset(args)
 
         def check_choice(value: Any) -> Any:
-            if value not in allowed:
+            if type(value) is not str or value not in allowed:
                 raise RecordError(f"{where} must be one of {', '.join(sorted(allowed))}")
             return value
 

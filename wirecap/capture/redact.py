@@ -78,7 +78,10 @@ class Rules:
     def __post_init__(self) -> None:
         object.__setattr__(self, "line_starts", tuple(b"\n" + h for h in sorted(self.headers)))
         names = b"|".join(re.escape(h) for h in sorted(self.headers)) or b"(?!)"
-        line = re.compile(rb"(\r?\n)(" + names + rb")[ \t]*:([^\r\n]*)", re.IGNORECASE)
+        # The value runs on over obsolete line foldings (a line break, then a space or a tab).
+        line = re.compile(
+            rb"(\r?\n)(" + names + rb")[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE
+        )
         object.__setattr__(self, "header_line", line)
         combined = (
             re.compile(b"|".join(b"(?:" + p.pattern + b")" for p in self.patterns))

@@ -140,7 +140,12 @@ class CaptureWriter:
     @property
     def full(self) -> bool:
         """Producers under ``block`` must :meth:`wait_for_room` before handing over more."""
-        return self._held >= self._max_bytes and not self._closed and self._failed is None
+        return (
+            self.on_full == "block"
+            and self._held >= self._max_bytes
+            and not self._closed
+            and self._failed is None
+        )
 
     def submit_nowait(self, record: Record) -> bool:
         """Take ``record`` (redacted and encoded now); returns whether it will be written.

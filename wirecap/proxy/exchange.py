@@ -87,6 +87,14 @@ class ClientAbort(RelayError):
     outcome = "client_abort"
 
 
+class CutOff(RelayError):
+    """The proxy stopped (its shutdown grace ran out) before the exchange ended."""
+
+    outcome = "timeout"
+    status = 503
+    kind = "shutting_down"
+
+
 class UpstreamFailure(RelayError):
     """The upstream could not be reached, broke the connection, or answered malformed HTTP."""
 

@@ -17,12 +17,12 @@ import json
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
+import h11
+
 from wirecap.capture.records import proxy_path_line
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    import h11
 
 #: Headers that describe one connection, not the message: never forwarded (RFC 9110 section 7.6.1).
 #: (Trailer is not among them: it announces trailer fields, which go on with the body.)
@@ -115,20 +115,37 @@ def smuggling_problem(request: h11.Request) -> str | None:
     return None
 
 
-def chunk_size_problem(raw: bytes) -> str | None:
-    """Why the chunk whose raw bytes (as h11 consumed them for a ``Data`` event with
-    ``chunk_start``) begin with its size line must not be forwarded, or None: a size of
-    :data:`MAX_LENGTH` or more. h11 has checked the line's grammar; only its value is looked at."""
-    line = raw.lstrip(b"\r\n").partition(b"\r\n")[0]
-    size = line.partition(b";")[0].strip(b" \t")
-    if len(size) > 16 or int(size, 16) >= MAX_LENGTH:
-        return f"chunk size {size[:32].decode('ascii', 'replace')} is too large"
-    return None
+class ChunkSizeGuard:
+    """Refuses chunk sizes of :data:`MAX_LENGTH` or more in a chunked body, however the reads cut
+    its size lines: fed the raw bytes behind each h11 event (with the event), it gathers the bytes
+    from the end of one chunk's data to the end of the next size line, which h11 has checked the
+    grammar of, and looks only at its value."""
+
+    __slots__ = ("_line", "_wanted")
+
+    def __init__(self) -> None:
+        self._line = b""
+        self._wanted = True  # a size line comes next (the body starts with one)
+
+    def consumed(self, raw: bytes, event: object) -> str | None:
+        """Why the body must not go on, or None."""
+        if self._wanted and raw:
+            self._line += raw
+            line = self._line.lstrip(b"\r\n")  # the CRLF that ended the previous chunk's data
+            end = line.find(b"\r\n")
+            if end != -1:
+                self._wanted, self._line = False, b""
+                size = line[:end].partition(b";")[0].strip(b" \t").lstrip(b"0") or b"0"
+                if len(size) > 16 or int(size, 16) >= MAX_LENGTH:
+                    return f"chunk size {size[:32].decode('ascii', 'replace')} is too large"
+        if isinstance(event, h11.Data) and event.chunk_end:
+            self._wanted = True
+        return None
 
 
 def head_lines(raw: bytes) -> tuple[bytes, list[bytes]]:
-    """The start line and header lines of a head h11 accepted: blank lines before it skipped, line
-    ends without CR or LF, each obsolete folding joined to its line by one space."""
+    """The start line and header lines of a head h11 accepted: line ends without CR or LF, each
+    obsolete folding joined to its line by one space (any blank lines before it skipped)."""
     if (
         raw.endswith(b"\r\n\r\n")
         and raw[:1] not in (b"\r", b"\n")

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Final, Self
 
@@ -32,6 +33,7 @@ from wirecap.proxy.exchange import (
     BadRequest,
     ClientAbort,
     ClientTimeout,
+    CutOff,
     ExchangeState,
     Phase,
     RelayError,
@@ -82,6 +84,10 @@ class Watchdog:
         self.scope.deadline = trio.current_time() + seconds
         self._expiry = (error, message)
 
+    def relax(self) -> None:
+        """No deadline until the next :meth:`expect`."""
+        self.scope.deadline = math.inf
+
     def stop(self, reason: RelayError) -> None:
         if self._reason is None:
             self._reason = reason
@@ -115,6 +121,8 @@ class IncomingRequest:
     head: bytes
     t0_ns: int
     wall_ns: int
+    #: Checks the size lines of a chunked body (None: the body is not chunked).
+    chunk_guard: messages.ChunkSizeGuard | None = None
 
     @property
     def conn(self) -> h11.Connection:
@@ -145,6 +153,7 @@ class ExchangeRelay:
         self.helper: trio.CancelScope | None = None
         self.helper_done: trio.Event | None = None
         self.upstream_writable = True  # False once the upstream stopped taking the request body
+        self.request_sent = False  # every byte of the request went upstream
         self.read_ns = 0  # when the last upstream read returned, ns since the exchange began
         self.close_client = False  # the response's framing ends with the connection
 
@@ -158,7 +167,12 @@ class ExchangeRelay:
             await self._route()
         except RelayError as error:
             ex.failed(error)
-            await self._answer(error.status, error.kind, str(error), **error.details)
+            if not isinstance(error, ClientAbort):  # a client that went away gets no answer
+                await self._answer(error.status, error.kind, str(error), **error.details)
+        except trio.Cancelled:
+            if ex.phase is not Phase.DONE:
+                ex.failed(CutOff("cut off: the proxy stopped before the exchange ended"))
+            raise
         finally:
             self._finish()
         return (
@@ -226,9 +240,12 @@ class ExchangeRelay:
         ex.advance(Phase.RESPONDING)
         ex.ttfb_ns = ex.ttft_ns = _now(ex)
         ex.res_bytes += len(body)
+        if self.request.event.method == b"HEAD":
+            body = b""  # the head says how long the body would be; a HEAD's answer has none
         if self.rec is not None:
             self.rec.response_head(status, head, by="proxy")
-            self.rec.body("res", body)
+            if body:
+                self.rec.body("res", body)
         with contextlib.suppress(*_BROKEN), trio.move_on_after(self.timeouts.write):
             await self.client.stream.send_all(head + body)
         ex.advance(Phase.DONE)
@@ -273,18 +290,18 @@ class ExchangeRelay:
     def take_request_body(self) -> tuple[bytes, bool]:
         """The raw request body bytes h11 accepted from what arrived, and whether the body ended.
         Raises :class:`BadRequest` for malformed framing; the caller records the bytes."""
-        conn, tap = self.request.conn, self.request.tap
+        conn, tap, guard = self.request.conn, self.request.tap, self.request.chunk_guard
         raw: list[bytes] = []
         ended = False
         try:
             while not ended:
                 event = conn.next_event()
                 raw.append(tap.take())  # h11 may consume bytes and still need more (a CRLF)
+                if guard is not None and (problem := guard.consumed(raw[-1], event)):
+                    raise BadRequest(f"bad request body: {problem}")
                 if event is h11.NEED_DATA:
                     break
                 if type(event) is h11.Data:
-                    if event.chunk_start and (problem := messages.chunk_size_problem(raw[-1])):
-                        raise BadRequest(f"bad request body: {problem}")
                     self.ex.req_bytes += len(event.data)
                 elif type(event) is h11.EndOfMessage:
                     ended = self.ex.request_done = True
@@ -303,18 +320,18 @@ class ExchangeRelay:
             raise UpstreamTimeout(str(exc)) from None
         except UpstreamConnectError as exc:
             raise UpstreamFailure(str(exc), kind="upstream_unreachable") from None
-        reusable = False
+        relayed = False
         try:
             with self.watchdog:
                 await self._send_request(upstream, route, upstream_target, proxy_url)
                 if not ex.request_done:
                     self._start_helper(self._pump_request_body, upstream)
                 await self._relay_response(upstream, route.read_timeout or self.timeouts.read)
-            reusable = upstream.reusable and self.upstream_writable and ex.request_done
+            relayed = True
         finally:
             if self.helper is not None:
-                await self._stop_helper()
-            if reusable:
+                await self._stop_helper()  # a send it had under way is cut off here
+            if relayed and upstream.reusable and self.request_sent:
                 await self.server.pool.release(upstream)
             else:
                 await upstream.aclose()
@@ -341,7 +358,7 @@ class ExchangeRelay:
         # HEAD's has no body; the request's own framing is the client's, checked by h11 there).
         upstream.h11.send(_request_line(request.event.method, target_bytes, host))
         upstream.h11.send(_END)
-        body, _ended = self.take_request_body()
+        body, ended = self.take_request_body()
         self.watchdog.expect(self.timeouts.write, UpstreamFailure, "upstream stopped reading")
         try:
             await upstream.stream.send_all(head + body)
@@ -349,6 +366,7 @@ class ExchangeRelay:
             raise UpstreamFailure(
                 f"sending the request upstream failed: {_describe(exc)}"
             ) from None
+        self.request_sent = ended
         if self.rec is not None:
             stored = head if path_line else messages.add_proxy_path_line(head, proxy_path)
             self.rec.upstream_head(stored, "forwarded" if path_line else "added")
@@ -369,7 +387,7 @@ class ExchangeRelay:
                 if not data:
                     raise ClientAbort("client closed the connection while sending the request body")
                 self.request.tap.feed(data)
-                raw, _ended = self.take_request_body()
+                raw, ended = self.take_request_body()
                 if raw and self.upstream_writable:
                     try:
                         with trio.fail_after(self.timeouts.write):
@@ -378,8 +396,11 @@ class ExchangeRelay:
                         # The upstream stopped reading (it may be answering early, a 413): its
                         # answer is still relayed; the connection will not be reused.
                         self.upstream_writable = False
+                self.request_sent = ended and self.upstream_writable
                 if raw and self.rec is not None:
                     self.rec.body("req", raw)
+                    if self.rec.backlogged:
+                        await self.rec.wait_for_room()
         except RelayError as error:
             self.watchdog.stop(error)
             return
@@ -453,6 +474,7 @@ class ExchangeRelay:
                 self.response_done.set()
                 return
             if self.rec is not None and self.rec.backlogged:
+                self.watchdog.relax()  # waiting for capture is no peer's fault
                 await self.rec.wait_for_room()
             await self._receive(upstream, read_timeout)
 
@@ -502,6 +524,7 @@ class ExchangeRelay:
             drop |= {b"transfer-encoding"}
         self.close_client = (
             request.conn.their_state is h11.MUST_CLOSE
+            or not ex.request_done  # an early answer (a 413): the rest of the body is not read
             or request.event.http_version == b"1.0"
             or not (framed or no_body)
             or self.server.shutting_down

@@ -230,8 +230,14 @@ class ProxyServer:
                 if size > self.config.limits.max_head:  # h11 bounds only incomplete heads
                     limit = self.config.limits.max_head
                     raise BadRequest(f"request head larger than {limit} bytes", status=431)
+                coding = messages.header_value(event.headers, b"transfer-encoding")
                 return IncomingRequest(
-                    tap=tap, event=event, head=tap.take(), t0_ns=started[0], wall_ns=started[1]
+                    tap=tap,
+                    event=event,
+                    head=tap.take(),
+                    t0_ns=started[0],
+                    wall_ns=started[1],
+                    chunk_guard=messages.ChunkSizeGuard() if coding is not None else None,
                 )
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed before any byte of a request
@@ -300,7 +306,12 @@ class ProxyServer:
             rec.response_head(error.status, head, by="proxy")
             rec.body("res", body)
             rec.end(
-                ex.outcome, status=ex.status, error=ex.error, req_bytes=0, res_bytes=0, ttfb_ns=0
+                ex.outcome,
+                status=ex.status,
+                error=ex.error,
+                req_bytes=0,
+                res_bytes=len(body),
+                ttfb_ns=0,
             )
         with contextlib.suppress(*_BROKEN), trio.move_on_after(self.config.timeouts.write):
             await client.stream.send_all(head + body)
