@@ -139,9 +139,9 @@ async def test_upstream_silent_mid_response_times_out(start_upstream, start_prox
             return await ok_handler(ex)
         await ex.read_body()
         await ex.send_head(200, [("Content-Type", "text/event-stream")])
-        for n in range(3):
+        for n in range(12):  # 0.6 s in all, longer than the read timeout...
             await ex.send_data(b'data: {"n": %d}\n\n' % n)
-            await trio.sleep(0.2)  # under the read timeout each time
+            await trio.sleep(0.05)  # ...but a tenth of it between two chunks
         await trio.sleep(10)
 
     upstream = await start_upstream(stalls)
@@ -153,7 +153,7 @@ async def test_upstream_silent_mid_response_times_out(start_upstream, start_prox
                 async with client.stream("POST", f"{proxy.url}/v1/chat", json={}) as r:
                     async for data in r.aiter_raw():
                         got += data
-    assert got.count(b"data:") == 3
+    assert got.count(b"data:") == 12
     await assert_still_serving(proxy)
     with await proxy.capture() as capture:
         stalled = next(e for e in capture.exchanges() if e.target == "/v1/chat")
