@@ -1,6 +1,9 @@
-"""The capture writer: a bounded buffer that producers hand records to, and the task that writes it.
+"""The in-process capture writer: a bounded buffer that producers hand records to, and the task that
+writes it. (``wirecap proxy`` writes through a process of its own instead, process.py; both offer
+the producer methods of :class:`RecordWriter`.)
 
-Producers (the proxy's relay, replay) call :meth:`CaptureWriter.submit_nowait`, which never waits:
+Producers (replay, tests, a proxy built without the writer process) call
+:meth:`CaptureWriter.submit_nowait`, which never waits:
 the record is redacted and CBOR-encoded there, and its bytes join the frame being collected. The
 writer task closes a frame :data:`FRAME_MAX_SECONDS` after its first record or at
 :data:`FRAME_MAX_BYTES`, and hands it to :class:`SegmentSink` in a worker thread, which compresses
