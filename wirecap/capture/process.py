@@ -34,7 +34,7 @@ import trio
 
 from wirecap.capture.child import LENGTH, ProcessSpec
 from wirecap.capture.records import Gap, Record, record_to_tuple
-from wirecap.capture.writer import OnFull, WriterStatistics
+from wirecap.capture.writer import BoundedProducer, OnFull, WriterStatistics
 
 logger = logging.getLogger("wirecap.capture")
 
@@ -46,39 +46,24 @@ BATCH_SECONDS: Final = 0.005
 BATCH_BYTES: Final = 256 * 1024
 
 
-class ProcessWriter:
+class ProcessWriter(BoundedProducer):
     """The proxy's side: the same producer methods as :class:`CaptureWriter`."""
 
     def __init__(
         self, spec: ProcessSpec, *, on_full: OnFull = "block", max_bytes: int = HELD_BYTES
     ) -> None:
+        super().__init__(on_full=on_full, max_bytes=max_bytes)
         self.spec = spec
-        self.on_full = on_full
-        self._max_bytes = max_bytes
         self._batch: list[tuple[Any, ...]] = []
         self._batch_bytes = 0
-        self._held = 0  # bytes in the batch and in the pipe write under way
         self._batch_due = trio.Event()
-        self._room = trio.Event()
         self._drops = Gap(wall_ns=0, records=0, bytes=0)
         self._drop_ids: set[str] = set()
-        self._closed = False
-        self._failed: str | None = None
-        self._finished = trio.Event()
         self._child: dict[str, Any] = {"paths": []}
         self._records_dropped = self._records_lost = 0
         self.pid: int | None = None
 
     # -- producers ------------------------------------------------------------------------------------
-
-    @property
-    def full(self) -> bool:
-        return (
-            self.on_full == "block"
-            and self._held >= self._max_bytes
-            and not self._closed
-            and self._failed is None
-        )
 
     def submit_nowait(self, record: Record) -> bool:
         """Take ``record`` for the writer process; never waits (see CaptureWriter.submit_nowait)."""
@@ -102,20 +87,7 @@ class ProcessWriter:
             self._batch_due.set()
         return True
 
-    async def wait_for_room(self) -> None:
-        if not self.full:
-            await trio.lowlevel.checkpoint()
-            return
-        while self.full:
-            if self._room.is_set():
-                self._room = trio.Event()
-            await self._room.wait()
-
     # -- state ----------------------------------------------------------------------------------------
-
-    @property
-    def failed(self) -> str | None:
-        return self._failed
 
     def statistics(self) -> WriterStatistics:
         child = self._child
@@ -138,9 +110,6 @@ class ProcessWriter:
         self._batch_due.set()
         self._room.set()
         await trio.lowlevel.checkpoint()
-
-    async def wait_finished(self) -> None:
-        await self._finished.wait()
 
     # -- the pipe -------------------------------------------------------------------------------------
 
@@ -193,8 +162,7 @@ class ProcessWriter:
             batch, sent = self._take_batch()
             payload = marshal.dumps(batch)
             await self._send(stdin, LENGTH.pack(len(payload)) + payload, records=len(batch))
-            self._held -= sent
-            self._room.set()
+            self._freed(sent)
 
     def _take_batch(self) -> tuple[list[tuple[Any, ...]], int]:
         batch, self._batch = self._batch, []

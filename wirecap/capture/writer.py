@@ -82,6 +82,53 @@ class RecordWriter(Protocol):
     async def wait_finished(self) -> None: ...
 
 
+class BoundedProducer:
+    """The producer side both writers share: the bound on records held, the ``block``/``drop``
+    policy, and closing. Subclasses add records to ``_held`` and call :meth:`_freed`."""
+
+    def __init__(self, *, on_full: OnFull, max_bytes: int) -> None:
+        self.on_full = on_full
+        self._max_bytes = max_bytes
+        self._held = 0  # bytes of records taken and not yet written (or sent)
+        self._room = trio.Event()
+        self._closed = False
+        self._failed: str | None = None
+        self._finished = trio.Event()
+
+    @property
+    def full(self) -> bool:
+        """Producers under ``block`` must :meth:`wait_for_room` before handing over more."""
+        return (
+            self.on_full == "block"
+            and self._held >= self._max_bytes
+            and not self._closed
+            and self._failed is None
+        )
+
+    @property
+    def failed(self) -> str | None:
+        return self._failed
+
+    async def wait_for_room(self) -> None:
+        """Wait until the buffer is below its bound (returns at once after a failure or close)."""
+        if not self.full:
+            await trio.lowlevel.checkpoint()
+            return
+        while self.full:
+            if self._room.is_set():
+                self._room = trio.Event()
+            await self._room.wait()
+
+    async def wait_finished(self) -> None:
+        """Wait until the writer has finished its file (after :meth:`aclose`)."""
+        await self._finished.wait()
+
+    def _freed(self, size: int) -> None:
+        """``size`` bytes of records were written (or handed on): let waiting producers go on."""
+        self._held -= size
+        self._room.set()
+
+
 @dataclasses.dataclass(slots=True)
 class _Frame:
     """The records of one frame: what the index needs of each, and their encodings."""
@@ -99,7 +146,7 @@ class _Drops:
     exchanges: set[str] = dataclasses.field(default_factory=set)
 
 
-class CaptureWriter:
+class CaptureWriter(BoundedProducer):
     """Records in, segment files out.
 
     Start :meth:`run` in a nursery (``await nursery.start(writer.run)``: it reports the first file),
@@ -119,36 +166,20 @@ class CaptureWriter:
         rotate_bytes: int | None = None,
         rotate_seconds: float | None = None,
     ) -> None:
+        super().__init__(on_full=on_full, max_bytes=max_bytes)
         self.sink = sink
-        self.on_full = on_full
         self._prepare = prepare
-        self._max_bytes = max_bytes
         self._frame_bytes = frame_bytes
         self._frame_seconds = frame_seconds
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
         self._frame = _Frame()
-        self._held = 0  # encoded bytes collected or being written
         self._drops = _Drops()
         self._frame_due = trio.Event()  # the collecting frame got its first record, or is full
-        self._room = trio.Event()
-        self._closed = False
-        self._failed: str | None = None
-        self._finished = trio.Event()
         self._records_written = self._frames_written = self._bytes_written = 0
         self._records_dropped = self._records_lost = 0
 
     # -- producers ------------------------------------------------------------------------------------
-
-    @property
-    def full(self) -> bool:
-        """Producers under ``block`` must :meth:`wait_for_room` before handing over more."""
-        return (
-            self.on_full == "block"
-            and self._held >= self._max_bytes
-            and not self._closed
-            and self._failed is None
-        )
 
     def submit_nowait(self, record: Record) -> bool:
         """Take ``record`` (redacted and encoded now); returns whether it will be written.
@@ -178,16 +209,6 @@ class CaptureWriter:
             self._frame_due.set()
         return True
 
-    async def wait_for_room(self) -> None:
-        """Wait until the buffer is below its bound (returns at once after a failure or close)."""
-        if not self.full:
-            await trio.lowlevel.checkpoint()
-            return
-        while self.full:
-            if self._room.is_set():
-                self._room = trio.Event()
-            await self._room.wait()
-
     async def submit(self, record: Record) -> bool:
         """:meth:`submit_nowait`, then wait for room under ``block``."""
         taken = self.submit_nowait(record)
@@ -203,10 +224,6 @@ class CaptureWriter:
             self._drops.exchanges.add(x)
 
     # -- state ----------------------------------------------------------------------------------------
-
-    @property
-    def failed(self) -> str | None:
-        return self._failed
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
@@ -227,10 +244,6 @@ class CaptureWriter:
         self._frame_due.set()
         self._room.set()
         await trio.lowlevel.checkpoint()
-
-    async def wait_finished(self) -> None:
-        """Wait until :meth:`run` has written the index and closed the file (after :meth:`aclose`)."""
-        await self._finished.wait()
 
     # -- the writer task -----------------------------------------------------------------------------
 
@@ -304,8 +317,7 @@ class CaptureWriter:
                     await self._in_thread(self.sink.rotate)
         if self._failed is not None:
             self._records_lost += len(frame.items)
-        self._held -= frame.size
-        self._room.set()
+        self._freed(frame.size)
 
     def _next_rotation(self) -> float:
         if self._rotate_seconds is None:
