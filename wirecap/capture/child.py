@@ -25,10 +25,15 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 from wirecap.capture.frames import encode_record
-from wirecap.capture.index import index_item
 from wirecap.capture.records import Record, record_from_tuple
 from wirecap.capture.redact import Redactor
-from wirecap.capture.sink import FRAME_MAX_BYTES, FRAME_MAX_SECONDS, SegmentHeader, SegmentSink
+from wirecap.capture.sink import (
+    FRAME_MAX_BYTES,
+    FRAME_MAX_SECONDS,
+    OpenFrame,
+    SegmentHeader,
+    SegmentSink,
+)
 
 LENGTH: Final = struct.Struct("<I")
 
@@ -55,10 +60,7 @@ class _Frames:
         self.sink = sink
         self.prepare = prepare
         self.spec = spec
-        self.items: list[Any] = []
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.opened = 0.0
+        self.frame = OpenFrame()
         self.rotate_at = _next(spec.rotate_seconds)
         self.failed: str | None = None
         self.written = self.frames = self.bytes = self.lost = 0
@@ -70,35 +72,30 @@ class _Frames:
             return
         if self.prepare is not None:
             record = self.prepare(record)
-        data = encode_record(record)
-        if not self.parts:
-            self.opened = time.monotonic()
-        self.items.append(index_item(record))
-        self.parts.append(data)
-        self.size += len(data)
-        if self.size >= FRAME_MAX_BYTES:
+        self.frame.add(record, encode_record(record), time.monotonic())
+        if self.frame.size >= FRAME_MAX_BYTES:
             self.flush()
 
     def timeout(self) -> float | None:
         """Seconds until the open frame is due or the segment must rotate (None: no limit)."""
-        due = self.opened + FRAME_MAX_SECONDS if self.parts else math.inf
+        due = self.frame.opened + FRAME_MAX_SECONDS if self.frame.parts else math.inf
         wait = min(due, self.rotate_at) - time.monotonic()
         return None if wait == math.inf else max(0.0, wait)
 
     def tick(self) -> None:
         """Close the open frame if it is due; rotate if the segment is old enough."""
         now = time.monotonic()
-        if self.parts and now >= self.opened + FRAME_MAX_SECONDS:
+        if self.frame.parts and now >= self.frame.opened + FRAME_MAX_SECONDS:
             self.flush()
         if now >= self.rotate_at:
             self.rotate_at = _next(self.spec.rotate_seconds)
             self._guard(self.sink.rotate)
 
     def flush(self) -> None:
-        if not self.parts:
+        if not self.frame.parts:
             return
-        items, payload = self.items, b"".join(self.parts)
-        self.items, self.parts, self.size = [], [], 0
+        frame, self.frame = self.frame, OpenFrame()
+        items, payload = frame.items, frame.payload()
         if self.failed is not None:
             self.lost += len(items)
             return

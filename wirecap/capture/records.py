@@ -170,12 +170,16 @@ RECORD_TYPES: Final = (
 _Check: TypeAlias = "typing.Callable[[Any], Any]"
 
 
+#: The plain field types, as their errors name them (``bool`` is not an ``int`` here).
+_PLAIN: Final[dict[type, str]] = {str: "text", bytes: "a byte string", int: "an integer"}
+
+
 def _checker(hint: Any, where: str) -> _Check:
     """A function that returns a valid decoded value for a field of type ``hint`` or raises."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if hint is str or hint is bytes:
-        kind = "text" if hint is str else "a byte string"
+    if hint in _PLAIN:
+        kind = _PLAIN[hint]
 
         def check_plain(value: Any) -> Any:
             if type(value) is not hint:
@@ -183,14 +187,6 @@ def _checker(hint: Any, where: str) -> _Check:
             return value
 
         return check_plain
-    if hint is int:
-
-        def check_int(value: Any) -> int:
-            if type(value) is not int:
-                raise RecordError(f"{where} must be an integer")
-            return value
-
-        return check_int
     if origin is Literal:
         allowed = frozenset(args)
 

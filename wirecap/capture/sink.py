@@ -75,6 +75,31 @@ def open_exclusive(path: Path) -> BinaryIO:
     return os.fdopen(fd, "wb", buffering=0)
 
 
+@dataclasses.dataclass(slots=True)
+class OpenFrame:
+    """The frame being collected: what the index needs of each record, and their encodings. Both
+    writers collect into one and close it by size or age (their clocks differ: ``now`` is given)."""
+
+    items: list[IndexItem] = dataclasses.field(default_factory=list)
+    parts: list[bytes] = dataclasses.field(default_factory=list)
+    size: int = 0
+    opened: float = 0.0  # when its first record came
+
+    def add(self, record: Record, data: bytes, now: float) -> None:
+        """Add ``record``, whose encoding is ``data``."""
+        if not self.parts:
+            self.opened = now
+        self.items.append(index_item(record))
+        self.parts.append(data)
+        self.size += len(data)
+
+    def payload(self) -> bytes:
+        """The frame's CBOR sequence (its parts are released)."""
+        payload = b"".join(self.parts)
+        self.parts.clear()
+        return payload
+
+
 def _release_pages(file: BinaryIO, start: int) -> None:
     """Best effort: drop ``file``'s page cache from ``start`` (a no-op without posix_fadvise)."""
     advise = getattr(os, "posix_fadvise", None)

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias
 import trio
 
 from wirecap.capture.frames import encode_record
-from wirecap.capture.index import IndexItem, index_item
 from wirecap.capture.records import Gap, Record
-from wirecap.capture.sink import FRAME_MAX_BYTES, FRAME_MAX_SECONDS, SegmentSink
+from wirecap.capture.sink import FRAME_MAX_BYTES, FRAME_MAX_SECONDS, OpenFrame, SegmentSink
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -130,16 +129,6 @@ class BoundedProducer:
 
 
 @dataclasses.dataclass(slots=True)
-class _Frame:
-    """The records of one frame: what the index needs of each, and their encodings."""
-
-    items: list[IndexItem] = dataclasses.field(default_factory=list)
-    parts: list[bytes] = dataclasses.field(default_factory=list)
-    size: int = 0
-    opened: float = 0.0  # trio time of its first record
-
-
-@dataclasses.dataclass(slots=True)
 class _Drops:
     records: int = 0
     bytes: int = 0
@@ -173,7 +162,7 @@ class CaptureWriter(BoundedProducer):
         self._frame_seconds = frame_seconds
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
-        self._frame = _Frame()
+        self._frame = OpenFrame()
         self._drops = _Drops()
         self._frame_due = trio.Event()  # the collecting frame got its first record, or is full
         self._records_written = self._frames_written = self._bytes_written = 0
@@ -199,11 +188,8 @@ class CaptureWriter(BoundedProducer):
             return False
         frame = self._frame
         if not frame.parts:
-            frame.opened = trio.current_time()
             self._frame_due.set()
-        frame.items.append(index_item(record))
-        frame.parts.append(data)
-        frame.size += len(data)
+        frame.add(record, data, trio.current_time())
         self._held += len(data)
         if frame.size >= self._frame_bytes or self._held >= self._max_bytes:
             self._frame_due.set()
@@ -259,7 +245,8 @@ class CaptureWriter(BoundedProducer):
                 with trio.move_on_at(rotate_at):
                     await self._wait_for_frame()
                 if self._frame.parts or self._drops.records:
-                    await self._write(self._take_frame())
+                    frame = self._take_frame()
+                    await self._write(*frame)
                 if trio.current_time() >= rotate_at:
                     rotate_at = self._next_rotation()
                     if not self._closed:
@@ -289,8 +276,11 @@ class CaptureWriter(BoundedProducer):
             if scope.cancelled_caught:
                 return
 
-    def _take_frame(self) -> _Frame:
-        frame, self._frame = self._frame, _Frame()
+    def _take_frame(self) -> tuple[OpenFrame, int]:
+        """The frame collected (with a gap record for the records dropped since the last one),
+        and the bytes it holds of the buffer."""
+        frame, self._frame = self._frame, OpenFrame()
+        held = frame.size
         drops, self._drops = self._drops, _Drops()
         if drops.records:
             gap = Gap(
@@ -299,16 +289,12 @@ class CaptureWriter(BoundedProducer):
                 bytes=drops.bytes,
                 exchanges=tuple(sorted(drops.exchanges)),
             )
-            data = encode_record(gap)
-            frame.items.append(gap)
-            frame.parts.append(data)
-        return frame
+            frame.add(gap, encode_record(gap), frame.opened)
+        return frame, held
 
-    async def _write(self, frame: _Frame) -> None:
+    async def _write(self, frame: OpenFrame, held: int) -> None:
         if self._failed is None:
-            payload = b"".join(frame.parts)
-            frame.parts.clear()
-            written = await self._in_thread(self.sink.write_frame, frame.items, payload)
+            written = await self._in_thread(self.sink.write_frame, frame.items, frame.payload())
             if written is not None:
                 self._records_written += len(frame.items)
                 self._frames_written += 1
@@ -317,7 +303,7 @@ class CaptureWriter(BoundedProducer):
                     await self._in_thread(self.sink.rotate)
         if self._failed is not None:
             self._records_lost += len(frame.items)
-        self._freed(frame.size)
+        self._freed(held)
 
     def _next_rotation(self) -> float:
         if self._rotate_seconds is None:
