@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
+from wirecap.capture.allocator import reuse_large_buffers
 from wirecap.capture.frames import encode_record
 from wirecap.capture.records import Record, record_from_tuple
 from wirecap.capture.redact import Redactor
@@ -166,6 +167,7 @@ def main() -> None:
     # its exchanges and then closes the pipe, which is what ends this process and its file.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    reuse_large_buffers()
     fd, stdout = sys.stdin.fileno(), sys.stdout.buffer
     first = _read_message(fd)
     if first is None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 import trio
 
 from wirecap import __version__
+from wirecap.capture.allocator import reuse_large_buffers
 from wirecap.capture.child import ProcessSpec
 from wirecap.capture.process import ProcessWriter
 from wirecap.capture.redact import Redactor, Rules
@@ -65,7 +66,9 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessWriter
 
 def tune_interpreter() -> None:
     """The objects of start-up (modules, functions, config) moved out of the garbage collector's
-    sight, so that its collections only look at what traffic allocates."""
+    sight, so that its collections only look at what traffic allocates; big buffers reused
+    (:mod:`wirecap.capture.allocator`)."""
+    reuse_large_buffers()
     gc.collect()
     gc.freeze()
 
