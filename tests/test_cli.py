@@ -6,8 +6,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import trio
@@ -121,6 +123,59 @@ async def test_sigterm_and_sigint_finish_the_index(start_upstream, tmp_path):
         with open_capture(path) as capture:
             assert capture.files[0].indexed
             assert [e.outcome for e in capture.exchanges()] == ["ok"]
+
+
+async def stop_and_read_exit(process: trio.Process) -> str:
+    """SIGTERM the proxy, wait for it, and return the rest of what it wrote to stderr."""
+    process.send_signal(signal.SIGTERM)
+    rest = b""
+    with trio.fail_after(20):
+        while chunk := await process.stderr.receive_some(65536):
+            rest += chunk
+        await process.wait()
+    return rest.decode()
+
+
+async def test_exit_message_counts_every_answer_and_status_tells_lost_capture(
+    start_upstream, tmp_path
+):
+    """The last line counts the exchanges the proxy answered itself (a 400, a 502) with the relayed
+    ones; a run whose capture stopped exits 3, a clean one 0."""
+    upstream = await start_upstream(slow_stream)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here once the socket closes
+    routes = ["--route", f"/dead/=http://127.0.0.1:{dead}/", "--route", f"/={upstream.url}"]
+
+    process, port = await start_proxy_process([*routes, "--out", str(tmp_path / "a"), "-q"])
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(f"http://127.0.0.1:{port}/v1/quick", json={})).status_code == 200
+        assert (await client.get(f"http://127.0.0.1:{port}/dead/x")).status_code == 502
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"NOT HTTP\r\n\r\n")
+        assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 400 ")
+    message = await stop_and_read_exit(process)
+    assert process.returncode == 0, message
+    assert "wirecap: 3 exchanges (2 answered by the proxy itself); capture: " in message
+
+    process, port = await start_proxy_process([*routes, "--out", str(tmp_path / "b"), "-q"])
+    # The writer process is a child of one of the proxy's threads (trio starts it from a worker).
+    [writer_pid] = [
+        int(pid)
+        for task in Path(f"/proc/{process.pid}/task").iterdir()
+        for pid in (task / "children").read_text().split()
+    ]
+    os.kill(writer_pid, signal.SIGKILL)  # the capture writer process dies: capture stops
+    async with httpx.AsyncClient() as client:
+        for _ in range(3):
+            assert (
+                await client.post(f"http://127.0.0.1:{port}/v1/quick", json={})
+            ).status_code == 200
+    message = await stop_and_read_exit(process)
+    assert process.returncode == 3, message
+    assert "wirecap: 3 exchanges; capture: " in message
+    assert "CAPTURE STOPPED" in message and "records lost" in message
 
 
 async def test_inspect_json_id_and_raw(start_upstream, start_proxy):

@@ -21,7 +21,7 @@ from wirecap.inspect.select import FilterError, Filters, analyzed_exchanges, par
 from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import detail_lines, findings_lines, table_lines
-from wirecap.proxy.app import run_proxy
+from wirecap.proxy.app import exit_summary, run_proxy
 from wirecap.proxy.config import (
     LOG_FORMATS,
     MAX_LEVEL,
@@ -185,6 +185,12 @@ def main() -> None:
     help="Seconds a client has to send a complete request head before 408 [default: 30].",
 )
 @click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Longest silence, in seconds, from a client in the middle of a request body before 408 [default: 30].",
+)
+@click.option(
     "--keepalive-timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
@@ -208,6 +214,9 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
     With no arguments it listens on 127.0.0.1:5601 with the routes /openai/, /anthropic/, /ollama/ and
     /openrouter/ and writes to ./captures. Point your SDK's base URL at it, e.g.
     http://127.0.0.1:5601/openai/v1.
+
+    Exit status: 0 after a clean stop; 3 when capture stopped, or lost or dropped records, during
+    the run (the last line says how many); 1 or 2 when it cannot start.
     """
     # Every other option is a setting that build_config takes by the same name.
     if quiet:
@@ -227,14 +236,10 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
         ) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    if server.writer is not None:
-        stats = server.writer.statistics()
-        message = f"wirecap: {server.stats.exchanges} exchanges; capture: {', '.join(str(p) for p in stats.paths)}"
-        if stats.records_dropped:
-            message += f"; {stats.records_dropped} records dropped"
-        if stats.failed:
-            message += f"; CAPTURE FAILED ({stats.failed}), {stats.records_lost} records lost"
-        click.echo(message, err=True)
+    message, status = exit_summary(server)
+    click.echo(message, err=True)
+    if status:
+        sys.exit(status)
 
 
 def _time_option(value: str | None) -> int | None:

@@ -6,6 +6,7 @@ import json
 import socket
 import struct
 
+import h11
 import httpx
 import pytest
 import trio
@@ -77,6 +78,47 @@ async def test_stalled_half_head_is_cut_off_without_blocking_others(start_upstre
     status, body = json_error(answer)
     assert status == 408 and body["error"]["type"] == "request_timeout"
     await stalled.aclose()
+
+
+async def test_stalled_request_body_gets_408_and_cuts_the_upstream_request(
+    start_upstream, start_proxy
+):
+    """A client that sends its head and then stops in the middle of the body gets a 408 after
+    --body-timeout; the upstream's half-sent request is cut off, and the exchange is recorded as
+    the client's abort with the reason."""
+    upstream_saw = trio.Event()
+    upstream_cut = trio.Event()
+
+    async def reads_body(ex):
+        if ex.request.target == "/after":
+            return await ok_handler(ex)
+        upstream_saw.set()
+        try:
+            await ex.read_body()
+        except h11.RemoteProtocolError:  # the proxy closed the connection mid-body
+            upstream_cut.set()
+
+    upstream = await start_upstream(reads_body)
+    proxy = await start_proxy(upstream=upstream.url, timeouts={"client_body": 0.3})
+    stalled = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stalled.send_all(b'POST /v1/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"a"')
+    with trio.fail_after(10):
+        await upstream_saw.wait()
+        answer = b""
+        while chunk := await stalled.receive_some(65536):
+            answer += chunk
+        await upstream_cut.wait()
+    await stalled.aclose()
+    status, body = json_error(answer)
+    assert status == 408 and body["error"]["type"] == "request_timeout"
+    assert "no request body bytes for 0.3s" in body["error"]["message"]
+    await assert_still_serving(proxy)
+    with await proxy.capture() as capture:
+        stalled_exchange = next(e for e in capture.exchanges() if e.target == "/v1/chat")
+    assert stalled_exchange.outcome == "client_abort" and stalled_exchange.status == 408
+    assert stalled_exchange.end is not None
+    assert "no request body bytes" in (stalled_exchange.end.error or "")
+    assert stalled_exchange.request_body == b'{"a"'
 
 
 @pytest.mark.parametrize(

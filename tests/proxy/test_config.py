@@ -278,6 +278,7 @@ EXAMPLES = {
     "read_timeout": (["--read-timeout", "30"], "[timeouts]\nread_timeout = 30"),
     "write_timeout": (["--write-timeout", "5"], "[timeouts]\nwrite_timeout = 5"),
     "head_timeout": (["--head-timeout", "3"], "[timeouts]\nhead_timeout = 3"),
+    "body_timeout": (["--body-timeout", "7"], "[timeouts]\nbody_timeout = 7"),
     "keepalive_timeout": (["--keepalive-timeout", "1"], "[timeouts]\nkeepalive_timeout = 1"),
     "pool_idle_timeout": (["--pool-idle-timeout", "4"], "[timeouts]\npool_idle_timeout = 4"),
     "shutdown_timeout": (["--shutdown-timeout", "0.5"], "[timeouts]\nshutdown_timeout = 0.5"),

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Final, TextIO
 
 import trio
 
@@ -62,6 +62,34 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessWriter
         rotate_seconds=settings.rotate_seconds,
     )
     return ProcessWriter(spec, on_full=settings.on_full)
+
+
+#: ``wirecap proxy``'s exit status when capture stopped, or lost or dropped records, during the run.
+EXIT_CAPTURE_INCOMPLETE: Final = 3
+
+
+def exit_summary(server: ProxyServer) -> tuple[str, int]:
+    """The proxy's last line and its exit status: how many exchanges it answered (those it answered
+    itself counted apart), where the capture went, and what capture lost. The status is
+    :data:`EXIT_CAPTURE_INCOMPLETE` when capture stopped or lost or dropped records, so that a
+    supervisor can tell; else 0."""
+    stats = server.stats
+    n = stats.exchanges
+    message = f"wirecap: {n} exchange{'' if n == 1 else 's'}"
+    if stats.answered_by_proxy:
+        message += f" ({stats.answered_by_proxy} answered by the proxy itself)"
+    if server.writer is None:
+        return f"{message}; capture off", 0
+    capture = server.writer.statistics()
+    message += f"; capture: {', '.join(str(p) for p in capture.paths) or 'none'}"
+    if capture.records_dropped:
+        message += f"; {capture.records_dropped} records dropped (--on-full drop)"
+    if capture.failed:
+        message += f"; CAPTURE STOPPED ({capture.failed}), {capture.records_lost} records lost"
+    elif capture.records_lost:
+        message += f"; {capture.records_lost} records lost"
+    incomplete = capture.failed or capture.records_lost or capture.records_dropped
+    return message, EXIT_CAPTURE_INCOMPLETE if incomplete else 0
 
 
 def tune_interpreter() -> None:

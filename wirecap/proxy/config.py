@@ -151,13 +151,14 @@ class Timeouts:
     """Seconds; each bounds one wait so that no stalled peer holds a task forever.
 
     The TOML keys and flags name these fields with a ``_timeout`` suffix (``client_head`` is
-    ``head_timeout``, ``shutdown_grace`` is ``shutdown_timeout``; see :data:`TIMEOUT_FIELDS`).
+    ``head_timeout``, ``client_body`` is ``body_timeout``, ``shutdown_grace`` is ``shutdown_timeout``; see :data:`TIMEOUT_FIELDS`).
     """
 
     connect: float = 10.0  # opening a connection (TCP and TLS) to an upstream
     read: float = 600.0  # longest silence from an upstream, head or body (LLMs think slowly)
     write: float = 60.0  # longest a send to either side may block
     client_head: float = 30.0  # a client must deliver a complete request head within this
+    client_body: float = 30.0  # longest silence from a client in the middle of a request body
     keepalive: float = 120.0  # idle client connection between requests
     pool_idle: float = 60.0  # idle upstream connection kept in the pool
     shutdown_grace: float = 5.0  # on SIGINT/SIGTERM, time given to exchanges in flight
@@ -379,6 +380,7 @@ SETTINGS: Final[Mapping[str, Mapping[str, Callable[[Any], Any]]]] = {
         "read_timeout": _seconds,
         "write_timeout": _seconds,
         "head_timeout": _seconds,
+        "body_timeout": _seconds,
         "keepalive_timeout": _seconds,
         "pool_idle_timeout": _seconds,
         "shutdown_timeout": _seconds,
@@ -392,6 +394,7 @@ TIMEOUT_FIELDS: Final[Mapping[str, str]] = {
     "read_timeout": "read",
     "write_timeout": "write",
     "head_timeout": "client_head",
+    "body_timeout": "client_body",
     "keepalive_timeout": "keepalive",
     "pool_idle_timeout": "pool_idle",
     "shutdown_timeout": "shutdown_grace",
@@ -542,6 +545,7 @@ def build_config(
     read_timeout: float | None = None,
     write_timeout: float | None = None,
     head_timeout: float | None = None,
+    body_timeout: float | None = None,
     keepalive_timeout: float | None = None,
     pool_idle_timeout: float | None = None,
     shutdown_timeout: float | None = None,
@@ -578,6 +582,7 @@ def build_config(
         "read_timeout": read_timeout,
         "write_timeout": write_timeout,
         "head_timeout": head_timeout,
+        "body_timeout": body_timeout,
         "keepalive_timeout": keepalive_timeout,
         "pool_idle_timeout": pool_idle_timeout,
         "shutdown_timeout": shutdown_timeout,

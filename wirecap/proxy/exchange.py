@@ -74,9 +74,10 @@ class BadRequest(RelayError):
 
 
 class ClientTimeout(RelayError):
-    """The client did not send its head or body in time."""
+    """The client did not send its head or body in time: it gets a 408, and the exchange is the
+    client's abort (the upstream, if it got the request, is cut off)."""
 
-    outcome = "timeout"
+    outcome = "client_abort"
     status = 408
     kind = "request_timeout"
 

@@ -223,7 +223,7 @@ class ExchangeRelay:
         if ex.responded:
             await trio.lowlevel.checkpoint()
             return
-        if not ex.request_done and status not in (400, 431):
+        if not ex.request_done and status not in (400, 408, 431):  # not malformed, not stalled
             await self._read_small_body()
         self.close_client = (
             not ex.request_done
@@ -238,6 +238,7 @@ class ExchangeRelay:
         )
         ex.status = status
         ex.advance(Phase.RESPONDING)
+        self.server.stats.answered_by_proxy += 1
         ex.ttfb_ns = ex.ttft_ns = _now(ex)
         ex.res_bytes += len(body)
         if self.request.event.method == b"HEAD":
@@ -378,11 +379,11 @@ class ExchangeRelay:
         """Helper task: the rest of the request body, client -> upstream, then watch the client."""
         try:
             while not self.ex.request_done:
-                with trio.move_on_after(self.timeouts.read) as scope:
+                with trio.move_on_after(self.timeouts.client_body) as scope:
                     data = await self.client.receive()
                 if scope.cancelled_caught:
                     raise ClientTimeout(
-                        f"client sent no request body bytes for {self.timeouts.read:g}s"
+                        f"client sent no request body bytes for {self.timeouts.client_body:g}s"
                     )
                 if not data:
                     raise ClientAbort("client closed the connection while sending the request body")

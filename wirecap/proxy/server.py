@@ -74,7 +74,10 @@ class ClientConnection:
 
 @dataclasses.dataclass(slots=True)
 class ProxyStatistics:
-    exchanges: int = 0
+    exchanges: int = 0  # every request the proxy answered or relayed, malformed ones included
+    answered_by_proxy: int = (
+        0  # of those, the ones the proxy answered itself (400, 404, 408, 502...)
+    )
     active: int = 0
     connections: int = 0
     errors: int = 0
@@ -285,6 +288,8 @@ class ProxyServer:
     ) -> None:
         """Answer a request head that could not be parsed (400, 431, 408), record it, and close."""
         t0, wall = time.perf_counter_ns(), time.time_ns()
+        self.stats.exchanges += 1
+        self.stats.answered_by_proxy += 1
         ex = ExchangeState(id=new_exchange_id(), t0_ns=t0, wall_ns=wall, method="-", target="-")
         ex.failed(error)
         ex.status = error.status
