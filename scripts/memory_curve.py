@@ -133,7 +133,7 @@ class Run:
         )
 
 
-async def drive(port: int, run: Run, concurrency: int) -> None:
+async def drive(port: int, run: Run, concurrency: int, per_connection: int) -> None:
     request = h11.Request(
         method="POST",
         target="/v1/chat/completions",
@@ -145,10 +145,17 @@ async def drive(port: int, run: Run, concurrency: int) -> None:
     )
 
     async def connection() -> None:
+        while run.issued < run.total:
+            await keep_alive()
+
+    async def keep_alive() -> None:
+        """One client connection, for ``per_connection`` exchanges."""
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         conn = h11.Connection(h11.CLIENT)
         async with stream:
-            while run.take():
+            for _ in range(per_connection):
+                if not run.take():
+                    return
                 await stream.send_all(
                     conn.send(request)
                     + conn.send(h11.Data(data=BODY))
@@ -211,6 +218,9 @@ def main() -> None:
     parser.add_argument("--exchanges", type=int, default=100_000)
     parser.add_argument("--every", type=int, default=None, help="sample every K (default N/10)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--per-connection", type=int, default=10**9, help="exchanges per client connection"
+    )
     parser.add_argument("--limit-mb", type=float, default=20, help="allowed growth after 10,000")
     parser.add_argument("--keep", type=Path, default=None, help="write the capture here, keep it")
     args = parser.parse_args()
@@ -227,7 +237,7 @@ def main() -> None:
         )
         print("| exchanges | proxy MiB | writer MiB | total MiB | seconds |")
         print("|---:|---:|---:|---:|---:|")
-        trio.run(drive, port, run, args.concurrency)
+        trio.run(drive, port, run, args.concurrency, args.per_connection)
         peak = stop(proxy, writer)
         problems = check_index(out, args.exchanges)
         size = sum(p.stat().st_size for p in out.iterdir())
