@@ -233,7 +233,8 @@ def main() -> None:
         proxy, port, writer = start_proxy(upstream_port, out)
         run = Run(args.exchanges, every, proxy.pid, writer)
         print(
-            f"{args.exchanges:,} exchanges, {args.concurrency} connections, proxy pid {proxy.pid}, writer pid {writer}"
+            f"{args.exchanges:,} exchanges, {args.concurrency} connections, "
+            f"proxy pid {proxy.pid}, writer pid {writer}"
         )
         print("| exchanges | proxy MiB | writer MiB | total MiB | seconds |")
         print("|---:|---:|---:|---:|---:|")
@@ -248,7 +249,8 @@ def main() -> None:
             ((run.rows[-1][1] + run.rows[-1][2]) - (reference[1] + reference[2])) * 1024 / 1e6
         )
         print(
-            f"growth after {reference[0]:,} exchanges: {growth_mb:+.1f} MB (limit {args.limit_mb:g} MB)"
+            f"growth after {reference[0]:,} exchanges: {growth_mb:+.1f} MB "
+            f"(limit {args.limit_mb:g} MB)"
         )
         if growth_mb > args.limit_mb:
             problems.append(f"memory grew {growth_mb:.1f} MB")

@@ -315,7 +315,7 @@ class IndexBuilder:
         return Index(entries, gaps=self._gaps, damage=tuple(damage))
 
 
-# -- the index written as it is spilled: runs of rows, then one stream ---------------------------------
+# -- the index written as it is spilled: runs of rows, then one stream -----------------------------
 
 #: Head of a run of index rows (:func:`encode_rows`): u32 counts of rows and gaps, then the byte
 #: length of each part (one per column of :data:`COLUMNS`, then the gaps), little-endian.

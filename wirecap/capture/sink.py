@@ -165,7 +165,8 @@ class IndexSpill:
 
     def _opened(self) -> IO[bytes]:
         if self._file is None:
-            self._file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115 (closed by close)
+            # closed by close(), or by the process's end
+            self._file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115
         return self._file
 
     def close(self) -> None:
@@ -206,7 +207,7 @@ def _run_parts(file: IO[bytes], part: int, runs_end: int) -> Iterator[bytes]:
 
 
 def _read_range(file: IO[bytes], start: int, length: int) -> Iterator[bytes]:
-    """The bytes ``start`` to ``start + length`` of ``file``, at most :data:`COPY_BYTES` at a time."""
+    """The bytes ``start`` to ``start + length`` of ``file``, :data:`COPY_BYTES` at a time."""
     end = start + length
     while start < end:
         data = _read_exact(file, start, min(COPY_BYTES, end - start))
