@@ -1,14 +1,19 @@
 """The timing index: one entry per exchange, built from records as they are framed. Sans-IO.
 
-The writer feeds every record with the file offset of the frame it went into; on close it encodes the
-entries into the index frame. The reader rebuilds the same entries by one scan when a file has no index
-(a crash), so both paths share :class:`IndexBuilder`.
+The writer feeds every record with the file offset of the frame it went into. Entries of finished
+exchanges leave its memory in runs of encoded rows (:func:`encode_rows`), and on close the index is
+written from those runs as a stream (:func:`write_index`). The reader rebuilds the same entries by
+one scan when a file has no index (a crash), so both paths share :class:`IndexBuilder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+import io
+import struct
+from typing import IO, TYPE_CHECKING, Any, Final, TypeAlias
+
+import cbor2
 
 from wirecap.capture.records import (
     BodyChunk,
@@ -24,7 +29,7 @@ from wirecap.capture.records import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 INDEX_VERSION: Final = 1
 
@@ -215,14 +220,30 @@ def index_item(record: Record) -> Record | str:
 
 
 class IndexBuilder:
-    """Accumulates index entries from records and the offsets of the frames that hold them."""
+    """Accumulates index entries from records and the offsets of the frames that hold them.
+
+    An entry is *open* until its exchange's ``end`` record and *finished* from then on (the ``end``
+    is an exchange's last record, so nothing changes a finished entry). A writer takes the finished
+    entries away as it goes (:meth:`take_finished`) and keeps them on disk until the index is
+    written (:class:`~wirecap.capture.sink.IndexSpill`), so the entries it holds are the exchanges
+    in flight, however many the segment has. The index lists entries in the order they finished,
+    then the open ones in the order they began; a reader rebuilding the index by one scan feeds the
+    same records in the same order and gets the same index.
+    """
 
     def __init__(self) -> None:
-        self._entries: dict[str, IndexEntry] = {}
+        self._open: dict[str, IndexEntry] = {}
+        self._finished: list[IndexEntry] = []
         self._gaps: list[Gap] = []
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Entries held (not yet taken by :meth:`take_finished`)."""
+        return len(self._finished) + len(self._open)
+
+    @property
+    def finished(self) -> int:
+        """Finished entries held, waiting for :meth:`take_finished`."""
+        return len(self._finished)
 
     def observe(self, record: IndexItem, frame_offset: int) -> None:
         """Account for ``record``, stored in the frame that starts at ``frame_offset``.
@@ -252,14 +273,16 @@ class IndexBuilder:
                 entry.status = record.status
             if record.ttfb_ns is not None:
                 entry.ttfb_ns = record.ttfb_ns
+            self._finished.append(self._open.pop(record.x))
         elif isinstance(record, Gap):
             self._gaps.append(record)
 
     def _entry_in_frame(self, x: str, frame_offset: int) -> IndexEntry:
-        """The entry of exchange ``x``, noted as having records in the frame at ``frame_offset``."""
-        entry = self._entries.get(x)
+        """The open entry of exchange ``x``, noted as having records in the frame at
+        ``frame_offset``."""
+        entry = self._open.get(x)
         if entry is None:
-            entry = self._entries[x] = IndexEntry(x=x)
+            entry = self._open[x] = IndexEntry(x=x)
         if not entry.frames or entry.frames[-1] != frame_offset:
             entry.frames.append(frame_offset)
         return entry
@@ -273,5 +296,84 @@ class IndexBuilder:
                 seen.add(record)
             self.observe(record, frame_offset)
 
+    def take_finished(self) -> tuple[list[IndexEntry], list[Gap]]:
+        """Hand over the finished entries and the gaps (they leave the builder)."""
+        taken = self._finished, self._gaps
+        self._finished, self._gaps = [], []
+        return taken
+
+    def take_all(self) -> tuple[list[IndexEntry], list[Gap]]:
+        """Hand over every entry, the open ones last, and the gaps: the end of the index."""
+        entries, gaps = self.take_finished()
+        entries += self._open.values()
+        self._open = {}
+        return entries, gaps
+
     def build(self, damage: Iterable[Mapping[str, Any]] = ()) -> Index:
-        return Index(tuple(self._entries.values()), gaps=self._gaps, damage=tuple(damage))
+        """The index of the entries and gaps held (all of them unless some were taken)."""
+        entries = (*self._finished, *self._open.values())
+        return Index(entries, gaps=self._gaps, damage=tuple(damage))
+
+
+# -- the index written as it is spilled: runs of rows, then one stream -----------------------------
+
+#: Head of a run of index rows (:func:`encode_rows`): u32 counts of rows and gaps, then the byte
+#: length of each part (one per column of :data:`COLUMNS`, then the gaps), little-endian.
+RUN_HEAD: Final = struct.Struct(f"<{len(COLUMNS) + 3}I")
+
+
+def encode_rows(entries: Sequence[IndexEntry], gaps: Sequence[Gap]) -> bytes:
+    """A run of rows, as a writer keeps them until the index is written: :data:`RUN_HEAD`, then for
+    each column and then the gaps, the CBOR items of its values one after another (the content of
+    a CBOR array without its head). Writing the index then only concatenates the parts of each
+    column (:func:`write_index`)."""
+    parts = [_items([getattr(e, name) for e in entries]) for name in COLUMNS]
+    parts.append(_items([record_to_map(g) for g in gaps]))
+    return RUN_HEAD.pack(len(entries), len(gaps), *map(len, parts)) + b"".join(parts)
+
+
+def run_layout(head: bytes) -> tuple[int, int, list[int]]:
+    """The rows, gaps and part lengths that a run's :data:`RUN_HEAD` gives."""
+    rows, gaps, *lengths = RUN_HEAD.unpack(head)
+    return rows, gaps, lengths
+
+
+def _items(values: list[Any]) -> bytes:
+    return cbor2.dumps(values)[len(_array_head(len(values))) :]
+
+
+def _array_head(length: int) -> bytes:
+    out = io.BytesIO()
+    cbor2.CBOREncoder(out).encode_length(4, length)
+    return out.getvalue()
+
+
+def write_index(
+    out: IO[bytes],
+    rows: int,
+    gaps: int,
+    parts: Callable[[int], Iterable[bytes]],
+    damage: Sequence[Mapping[str, Any]] = (),
+) -> None:
+    """Write the index map (section 4 of docs/FORMAT.md) to ``out`` from runs of rows, a piece at a
+    time: ``parts(i)`` yields part ``i`` (a column of :data:`COLUMNS`, or the gaps at
+    ``len(COLUMNS)``) of every run, in order; ``rows`` and ``gaps`` are their totals. The bytes are
+    those of ``cbor2.dumps(index.to_map())`` for the same entries."""
+    encoder = cbor2.CBOREncoder(out)
+    encoder.encode_length(5, 5)
+    for key, value in (("t", "index"), ("version", INDEX_VERSION)):
+        encoder.encode(key)
+        encoder.encode(value)
+    encoder.encode("columns")
+    encoder.encode_length(5, len(COLUMNS))
+    for i, name in enumerate(COLUMNS):
+        encoder.encode(name)
+        encoder.encode_length(4, rows)
+        for part in parts(i):
+            out.write(part)
+    encoder.encode("gaps")
+    encoder.encode_length(4, gaps)
+    for part in parts(len(COLUMNS)):
+        out.write(part)
+    encoder.encode("damage")
+    encoder.encode([dict(d) for d in damage])

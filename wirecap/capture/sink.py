@@ -1,26 +1,41 @@
 """A capture segment on disk: blocking code that compresses frames, appends them and keeps the index.
 
 :class:`SegmentSink` is the end of the capture pipeline: the trio writer (writer.py) calls it from a
-worker thread, where zstd's compression runs without the GIL beside the event loop.
+worker thread, where zstd's compression runs without the GIL beside the event loop; the writer
+process (child.py) calls it directly. Its memory does not grow with the segment: the index rows of
+finished exchanges wait on disk (:class:`IndexSpill`) until the segment closes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import socket
+import struct
+import tempfile
 import time
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, TypeAlias
 
 from wirecap import __version__
 from wirecap.capture import frames
-from wirecap.capture.index import IndexBuilder, IndexItem, index_item
-from wirecap.capture.records import Header, Record
+from wirecap.capture.index import (
+    RUN_HEAD,
+    IndexBuilder,
+    IndexItem,
+    encode_rows,
+    index_item,
+    run_layout,
+    write_index,
+)
+from wirecap.capture.records import Gap, Header, Record
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from pathlib import Path
+
+    from wirecap.capture.index import IndexEntry
 
 #: A frame closes at this size of records, or this long after its first record: a crash loses at
 #: most the last quarter second, while busy traffic still gets frames big enough to compress well.
@@ -41,6 +56,11 @@ STORED_LEVEL: Final = -131072
 #: disk; the kernel then reuses those pages for the next writes instead of fresh memory.
 RELEASE_STEP: Final = 4 * 1024 * 1024
 RELEASE_WINDOW: Final = 16 * 1024 * 1024
+#: The open segment's finished index rows go to its :class:`IndexSpill` once this many are held:
+#: about 1 KiB each in memory, written as one run of a few dozen KiB.
+SPILL_ROWS: Final = 1024
+#: Bytes read from or copied between files at a time while the index is written.
+COPY_BYTES: Final = 1024 * 1024
 Opener: TypeAlias = "Callable[[Path], BinaryIO]"
 
 
@@ -115,6 +135,93 @@ def sync_and_close(file: BinaryIO) -> None:
     file.close()
 
 
+class IndexSpill:
+    """The index rows of the open segment's finished exchanges, kept on disk until it closes.
+
+    A busy segment holds millions of exchanges; their rows stay out of memory. Rows are appended in
+    runs (:func:`~wirecap.capture.index.encode_rows`: each column's CBOR items, ready to be copied)
+    to an unnamed temporary file in the segment's directory, made when the first run comes: mode
+    0600, on the capture's file system (not a RAM-backed /tmp), and gone when closed or when the
+    process dies, so a crash leaves nothing to clean up (readers rebuild a crashed file's index by
+    scanning it). At close, :meth:`write_index_frame` streams the index from the runs, a column at a
+    time, through a streaming zstd compressor: closing a segment does not hold its index in memory
+    either.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._file: IO[bytes] | None = None
+        self.rows = self.gaps = 0
+        self._bytes = 0  # CBOR bytes of the runs' parts
+
+    def add(self, entries: Sequence[IndexEntry], gaps: Sequence[Gap]) -> None:
+        """Append a run of finished rows and gaps."""
+        if entries or gaps:
+            run = encode_rows(entries, gaps)
+            self._opened().write(run)
+            self.rows += len(entries)
+            self.gaps += len(gaps)
+            self._bytes += len(run) - RUN_HEAD.size
+
+    def _opened(self) -> IO[bytes]:
+        if self._file is None:
+            # closed by close(), or by the process's end
+            self._file = tempfile.TemporaryFile(dir=self._directory)  # noqa: SIM115
+        return self._file
+
+    def close(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+    def write_index_frame(self, write: Callable[[bytes], None], level: int) -> int:
+        """Write the index frame (docs/FORMAT.md, section 4) of every run through ``write``, in
+        pieces of at most :data:`COPY_BYTES`; returns its length. The compressed index is first
+        appended to the spill file, after the runs: the frame's head holds its length."""
+        file = self._opened()
+        file.flush()
+        runs_end = file.seek(0, os.SEEK_END)
+        skeleton = io.BytesIO()  # the index with no rows: its size plus the runs' is the whole's
+        write_index(skeleton, self.rows, self.gaps, lambda _part: ())
+        size = len(skeleton.getvalue()) + self._bytes
+        with frames.new_compressor(level).stream_writer(file, size=size, closefd=False) as stream:
+            write_index(stream, self.rows, self.gaps, lambda part: _run_parts(file, part, runs_end))
+        file.flush()
+        length = file.tell() - runs_end
+        payload = len(frames.INDEX_TAG) + length
+        write(struct.pack("<II", frames.INDEX_MAGIC, payload) + frames.INDEX_TAG)  # section 2
+        for data in _read_range(file, runs_end, length):
+            write(data)
+        return 8 + payload
+
+
+def _run_parts(file: IO[bytes], part: int, runs_end: int) -> Iterator[bytes]:
+    """Part ``part`` of every run in ``file`` before ``runs_end``, in order (a column's items, or
+    the gaps)."""
+    at = 0
+    while at < runs_end:
+        _rows, _gaps, lengths = run_layout(_read_exact(file, at, RUN_HEAD.size))
+        start = at + RUN_HEAD.size + sum(lengths[:part])
+        yield from _read_range(file, start, lengths[part])
+        at += RUN_HEAD.size + sum(lengths)
+
+
+def _read_range(file: IO[bytes], start: int, length: int) -> Iterator[bytes]:
+    """The bytes ``start`` to ``start + length`` of ``file``, :data:`COPY_BYTES` at a time."""
+    end = start + length
+    while start < end:
+        data = _read_exact(file, start, min(COPY_BYTES, end - start))
+        yield data
+        start += len(data)
+
+
+def _read_exact(file: IO[bytes], start: int, length: int) -> bytes:
+    data = os.pread(file.fileno(), length, start)
+    if len(data) != length:
+        raise OSError(f"index spill file: {length} bytes at {start} are cut short")
+    return data
+
+
 class SegmentSink:
     """Blocking writer of one capture segment at a time; call it from one thread at a time."""
 
@@ -127,6 +234,7 @@ class SegmentSink:
         opener: Opener = open_exclusive,
         prefix: str = "capture",
         pid: int | None = None,
+        spill_rows: int = SPILL_ROWS,
     ) -> None:
         self.directory = directory
         self._header = header
@@ -142,6 +250,8 @@ class SegmentSink:
         self._file: BinaryIO | None = None
         self._released_at = 0  # the offset of the last page cache release
         self._index = IndexBuilder()
+        self._spill: IndexSpill | None = None
+        self._spill_rows = spill_rows
         self.path: Path | None = None
         self.segment = -1
         self.offset = 0
@@ -158,6 +268,7 @@ class SegmentSink:
         self.paths.append(path)
         self.offset = self._released_at = 0
         self._index = IndexBuilder()
+        self._spill = IndexSpill(self.directory)
         header = self._header(self.segment)
         self._write(frames.encode_data_frame([header], self._compressor))
         return path
@@ -184,7 +295,15 @@ class SegmentSink:
         at = self.offset
         self._write(frame)
         self._index.observe_all(items, at)
+        if self._index.finished >= self._spill_rows:
+            assert self._spill is not None
+            self._spill.add(*self._index.take_finished())
         return len(frame)
+
+    @property
+    def index_rows_held(self) -> int:
+        """Index rows of the open segment held in memory (the rest wait in its spill file)."""
+        return len(self._index)
 
     def close(self) -> None:
         """Append the index and footer, flush to disk, and close the segment."""
@@ -195,11 +314,19 @@ class SegmentSink:
     def _finish(self) -> BinaryIO | None:
         if self._file is None:
             return None
-        index_frame = frames.encode_index_frame(self._index.build().to_map(), self._level)
+        assert self._spill is not None
+        self._spill.add(*self._index.take_all())
         index_at = self.offset
-        self._write(index_frame + frames.encode_footer(index_at, len(index_frame)))
+        length = self._spill.write_index_frame(self._write, self._level)
+        self._write(frames.encode_footer(index_at, length))
+        self._close_spill()
         file, self._file = self._file, None
         return file
+
+    def _close_spill(self) -> None:
+        spill, self._spill = self._spill, None
+        if spill is not None:
+            spill.close()
 
     def rotate(self) -> Path:
         """Close the open segment (index and footer) and start the next one."""
@@ -209,6 +336,8 @@ class SegmentSink:
     def abandon(self) -> None:
         """Close the file without an index, after a write error."""
         file, self._file = self._file, None
+        with contextlib.suppress(OSError):
+            self._close_spill()
         if file is not None:
             with contextlib.suppress(OSError):
                 file.close()
