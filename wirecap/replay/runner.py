@@ -20,6 +20,7 @@ from wirecap.capture import BodyChunk, ExchangeEnd, RequestReceived, ResponseHea
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.capture.writer import CaptureWriter
 from wirecap.inspect.select import analyzed_exchanges
+from wirecap.proxy.errors import resolver_failure_in
 from wirecap.proxy.upstream import (
     ConnectionPool,
     UpstreamConnectError,
@@ -123,7 +124,7 @@ async def replay(
                                         pool, analyzed, options, writer
                                     )
                                 except (UpstreamConnectError, UpstreamTimeout) as exc:
-                                    unreachable.append(str(exc))
+                                    unreachable.append(_unreachable(exc, options.target))
                                     workers.cancel_scope.cancel()
                                     return
 
@@ -142,6 +143,14 @@ async def replay(
     if unreachable:
         raise TargetUnreachable(unreachable[0])
     return [results[i] for i in sorted(results)]
+
+
+def _unreachable(exc: Exception, target: Upstream) -> str:
+    """Why the target cannot be reached, a host name that does not resolve said in words."""
+    resolver = resolver_failure_in(exc)
+    if resolver is None:
+        return str(exc)
+    return f"cannot connect to {target.host}:{target.port}: {resolver}"
 
 
 async def _feed(
