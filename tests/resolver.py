@@ -18,12 +18,12 @@ UNRESOLVABLE = "nowhere.invalid"
 class Unresolvable(trio.abc.HostnameResolver):
     """``nowhere.invalid`` fails the way a name without DNS records does (EAI_NONAME)."""
 
-    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+    async def getaddrinfo(self, host, port, family=0, kind=0, proto=0, flags=0):
         name = host.decode() if isinstance(host, bytes) else host
         if name == UNRESOLVABLE:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return await trio.to_thread.run_sync(
-            socket.getaddrinfo, host, port, family, type, proto, flags
+            socket.getaddrinfo, host, port, family, kind, proto, flags
         )
 
     async def getnameinfo(self, sockaddr, flags):

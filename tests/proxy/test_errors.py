@@ -22,15 +22,11 @@ def test_other_errors_are_left_to_the_caller():
 
 
 def test_a_resolver_error_is_found_behind_the_error_raised_from_it():
-    try:
-        try:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        except OSError as exc:
-            raise RuntimeError("cannot connect to nowhere.invalid:80: Unknown error -2") from exc
-    except RuntimeError as outer:
-        assert resolver_failure_in(outer) == (
-            "the host name does not resolve (Name or service not known)"
-        )
+    outer = RuntimeError("cannot connect to nowhere.invalid:80: Unknown error -2")
+    outer.__cause__ = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert resolver_failure_in(outer) == (
+        "the host name does not resolve (Name or service not known)"
+    )
 
 
 @pytest.mark.xfail(
