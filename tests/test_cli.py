@@ -170,7 +170,9 @@ async def test_inspect_json_id_and_raw(start_upstream, start_proxy):
     missing = await trio.to_thread.run_sync(
         runner.invoke, main, ["inspect", str(proxy.out), "--id", "nope"]
     )
-    assert missing.exit_code == 1 and "no exchange 'nope'" in missing.output
+    assert (
+        missing.exit_code == 2 and "Invalid value for '--id': no exchange 'nope'" in missing.output
+    )
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

@@ -40,9 +40,7 @@ def reassembled(facts: LLMFacts) -> dict[str, Any]:
     """What a stream says once reassembled: the comparable result of an LLM stream."""
     return {
         "text": facts.text,
-        "tool_calls": [
-            {"name": t.name, "arguments": t.arguments} for t in facts.tool_calls
-        ],
+        "tool_calls": [{"name": t.name, "arguments": t.arguments} for t in facts.tool_calls],
         "finish_reason": facts.finish_reason,
     }
 

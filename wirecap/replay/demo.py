@@ -34,17 +34,22 @@ class DemoError(Exception):
     """The demo cannot run (no fixtures)."""
 
 
-def default_fixtures() -> Path:
-    return Path(wirecap.__file__).resolve().parent.parent / "fixtures"
+def default_fixtures() -> Path | None:
+    """The fixtures wirecap ships: ``wirecap/fixtures/`` inside an installed package, else the
+    repository's ``fixtures/`` next to the source tree; None when neither has any."""
+    package = Path(wirecap.__file__).resolve().parent
+    for directory in (package / "fixtures", package.parent / "fixtures"):
+        if any(directory.glob("*.cbor.zst")):
+            return directory
+    return None
 
 
 def run_demo(fixtures: Path | None, *, echo: Callable[[str], object] = print) -> None:
     directory = fixtures or default_fixtures()
-    files = sorted(directory.glob("*.cbor.zst")) if directory.is_dir() else []
+    files = sorted(directory.glob("*.cbor.zst")) if directory is not None else []
     if not files:
-        raise DemoError(
-            f"no fixtures in {directory}: run from a clone of wirecap, or pass --fixtures DIR"
-        )
+        where = f"in {directory}" if directory is not None else "shipped with this wirecap"
+        raise DemoError(f"no fixtures {where}: pass --fixtures DIR")
     workdir = Path(tempfile.mkdtemp(prefix="wirecap-demo-"))
     try:
         trio.run(_demo, files, workdir, echo)

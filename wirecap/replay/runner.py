@@ -19,7 +19,9 @@ import trio
 from wirecap.capture import BodyChunk, ExchangeEnd, RequestReceived, ResponseHead
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.capture.writer import CaptureWriter
+from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import analyzed_exchanges
+from wirecap.inspect.views import plural
 from wirecap.proxy.errors import resolver_failure_in
 from wirecap.proxy.upstream import (
     ConnectionPool,
@@ -271,17 +273,18 @@ async def _record(
 
 def summary_line(results: Sequence[Result]) -> str:
     failed = sum(1 for r in results if not r.verdict.passed)
-    return f"{len(results)} exchanges replayed: {len(results) - failed} passed, {failed} failed"
+    return f"{plural(len(results), 'exchange')} replayed: {len(results) - failed} passed, {failed} failed"
 
 
-def text_lines(results: Sequence[Result]) -> list[str]:
+def text_lines(results: Sequence[Result], paint: Paint = plain) -> list[str]:
+    """PASS or FAIL per exchange (a failure with its first difference and diff), then a summary."""
     lines = []
     for r in results:
         status = f"{r.recorded_status}->{r.replayed_status}"
         if r.verdict.passed:
-            lines.append(f"PASS {r.name} {status}")
+            lines.append(f"{paint('PASS', 'pass')} {r.name} {status}")
         else:
-            lines.append(f"FAIL {r.name} {status}: {r.verdict.summary}")
+            lines.append(f"{paint('FAIL', 'fail')} {r.name} {status}: {r.verdict.summary}")
             if r.verdict.diff:
                 lines.extend("    " + line for line in r.verdict.diff.splitlines())
     lines.append(summary_line(results))
@@ -349,4 +352,4 @@ def parse_pace(text: str) -> float | None:
             factor = math.nan
         if factor > 0:
             return factor
-    raise ValueError(f"bad pace {text!r}: use recorded, none or xN (x2 is twice as fast)")
+    raise ValueError(f"{text!r} is not a speed: use recorded, none or xN (x2 is twice as fast)")
