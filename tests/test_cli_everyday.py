@@ -266,3 +266,23 @@ def test_errors_name_their_option_and_counts_have_their_plurals():
     assert re.search(r"^1 finding: 0 errors, 1 warning, 0 info$", issues.stdout, re.MULTILINE), (
         issues.stdout
     )
+
+
+GENERIC_METAVARS = re.compile(r"\b(INTEGER|FLOAT|TEXT|RANGE|DIRECTORY|PATH|FILENAME)\b")
+
+
+@pytest.mark.parametrize("command", sorted(main.commands))
+def test_each_commands_help_reads_like_docs(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    text = result.stdout
+    description = text.split("\n\n")[1]
+    assert len(description.split()) >= 5, description  # a description, not a fragment
+    assert re.search(r"^  Examples?:\n    wirecap ", text, re.MULTILINE), text
+    assert not GENERIC_METAVARS.search(text), GENERIC_METAVARS.search(text)
+
+
+def test_the_command_list_is_not_cut_off():
+    listing = run("--help").stdout.split("Commands:\n")[1]
+    assert "..." not in listing
+    assert sorted(line.split()[0] for line in listing.splitlines()) == sorted(main.commands)

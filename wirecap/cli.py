@@ -31,7 +31,8 @@ from wirecap.inspect.select import (
 )
 from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
-from wirecap.inspect.views import detail_lines, findings_lines, plural, table_lines
+from wirecap.inspect.views import detail_lines, findings_lines, table_lines
+from wirecap.inspect.words import plural
 from wirecap.proxy.app import run_proxy
 from wirecap.proxy.config import (
     LOG_FORMATS,
@@ -186,6 +187,7 @@ def main() -> None:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     help="Directory for capture files [default: ./captures].",
 )
 @click.option(
@@ -807,8 +809,8 @@ def replay_command(
     \b
     Examples:
       wirecap replay fixtures/ --target http://127.0.0.1:5602/
-      wirecap replay captures/ --target https://api.openai.com/ \
-          --header "Authorization: Bearer $OPENAI_API_KEY" --compare schema --junit replay.xml
+      wirecap replay captures/ --target http://127.0.0.1:8000/ --compare schema --junit out.xml
+      wirecap replay captures/ --target https://api.openai.com/ --header "Authorization: Bearer $KEY"
     """
     try:
         base = parse_upstream(target)

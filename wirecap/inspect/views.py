@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Final
 
 from wirecap.inspect.detectors import SEVERITY_RANK, Finding
 from wirecap.inspect.paint import Paint, plain, status_role
+from wirecap.inspect.words import plural
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -185,11 +186,6 @@ def timeline_lines(chunks: Sequence[BodyChunk], *, full: bool = False) -> Iterat
     yield "--- largest gaps between chunks"
     largest = sorted(range(len(chunks)), key=lambda i: gaps[i], reverse=True)[:TIMELINE_GAPS]
     yield from (line(i) for i in sorted(largest))
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 error``, ``2 errors``, ``0 errors`` (nouns here take an s)."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 _SEVERITY_ROLE: Final = {"error": "error", "warning": "warning", "info": "info"}

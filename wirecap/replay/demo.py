@@ -20,6 +20,7 @@ from wirecap.capture import open_capture
 from wirecap.inspect.detectors import Thresholds, detect_all
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.inspect.views import findings_lines, table_lines
+from wirecap.inspect.words import plural
 from wirecap.proxy.app import make_redactor, make_writer
 from wirecap.proxy.config import build_config, parse_upstream
 from wirecap.proxy.server import ProxyServer
@@ -65,7 +66,8 @@ async def _demo(files: list[Path], workdir: Path, echo: Callable[[str], object])
     async with trio.open_nursery() as nursery:
         await nursery.start(mock.run)
         echo(
-            f"1. wirecap serve: {len(catalog.entries)} recorded answers from {len(files)} fixtures on {mock.url}"
+            f"1. wirecap serve: {plural(len(catalog.entries), 'recorded answer')} from "
+            f"{plural(len(files), 'fixture')} on {mock.url}"
         )
         config = build_config(
             listen="127.0.0.1:0", upstream=mock.url + "/", out=workdir / "captures"
@@ -88,7 +90,7 @@ async def _demo(files: list[Path], workdir: Path, echo: Callable[[str], object])
             sent += 1
         await pool.aclose()
         echo(
-            f"3. sent {sent} requests through the proxy (streams keep their recorded timing, 4x faster)"
+            f"3. sent {plural(sent, 'request')} through the proxy (streams keep their recorded timing, 4x faster)"
         )
         proxy.shutdown()
         await proxy.wait_stopped()

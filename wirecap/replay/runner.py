@@ -21,7 +21,7 @@ from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.capture.writer import CaptureWriter
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import analyzed_exchanges
-from wirecap.inspect.views import plural
+from wirecap.inspect.words import plural
 from wirecap.proxy.errors import resolver_failure_in
 from wirecap.proxy.upstream import (
     ConnectionPool,
