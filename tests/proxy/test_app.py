@@ -77,7 +77,11 @@ async def test_the_same_signal_again_at_once_keeps_the_grace_period(start_upstre
     release = trio.Event()
     upstream = await start_upstream(await stream_until_released(release))
     config = build_config(
-        listen="127.0.0.1:0", upstream=upstream.url, out=tmp_path / "c", log_format="quiet"
+        listen="127.0.0.1:0",
+        upstream=upstream.url,
+        out=tmp_path / "c",
+        log_format="quiet",
+        shutdown_timeout=3600,
     )
     policy = ShutdownSignals(window=3600)  # whatever this machine's load, the copy is in the window
     async with trio.open_nursery() as nursery:
