@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -125,6 +127,18 @@ async def test_sigterm_and_sigint_finish_the_index(start_upstream, tmp_path):
             assert [e.outcome for e in capture.exchanges()] == ["ok"]
 
 
+@contextlib.asynccontextmanager
+async def proxy_process(args: list[str]) -> AsyncIterator[tuple[trio.Process, int]]:
+    """:func:`start_proxy_process`, killed on the way out if it still runs (a failed test)."""
+    process, port = await start_proxy_process(args)
+    try:
+        yield process, port
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 async def stop_and_read_exit(process: trio.Process) -> str:
     """SIGTERM the proxy, wait for it, and return the rest of what it wrote to stderr."""
     process.send_signal(signal.SIGTERM)
@@ -147,32 +161,33 @@ async def test_exit_message_counts_every_answer_and_status_tells_lost_capture(
         dead = s.getsockname()[1]  # nothing listens here once the socket closes
     routes = ["--route", f"/dead/=http://127.0.0.1:{dead}/", "--route", f"/={upstream.url}"]
 
-    process, port = await start_proxy_process([*routes, "--out", str(tmp_path / "a"), "-q"])
-    async with httpx.AsyncClient() as client:
-        assert (await client.post(f"http://127.0.0.1:{port}/v1/quick", json={})).status_code == 200
-        assert (await client.get(f"http://127.0.0.1:{port}/dead/x")).status_code == 502
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(b"NOT HTTP\r\n\r\n")
-        assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 400 ")
-    message = await stop_and_read_exit(process)
-    assert process.returncode == 0, message
-    assert "wirecap: 3 exchanges (2 answered by the proxy itself); capture: " in message
-
-    process, port = await start_proxy_process([*routes, "--out", str(tmp_path / "b"), "-q"])
-    # The writer process is a child of one of the proxy's threads (trio starts it from a worker).
-    [writer_pid] = [
-        int(pid)
-        for task in Path(f"/proc/{process.pid}/task").iterdir()
-        for pid in (task / "children").read_text().split()
-    ]
-    os.kill(writer_pid, signal.SIGKILL)  # the capture writer process dies: capture stops
-    async with httpx.AsyncClient() as client:
-        for _ in range(3):
+    async with proxy_process([*routes, "--out", str(tmp_path / "a"), "-q"]) as (process, port):
+        async with httpx.AsyncClient() as client:
             assert (
                 await client.post(f"http://127.0.0.1:{port}/v1/quick", json={})
             ).status_code == 200
-    message = await stop_and_read_exit(process)
+            assert (await client.get(f"http://127.0.0.1:{port}/dead/x")).status_code == 502
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"NOT HTTP\r\n\r\n")
+            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 400 ")
+        message = await stop_and_read_exit(process)
+    assert process.returncode == 0, message
+    assert "wirecap: 3 exchanges (2 answered by the proxy itself); capture: " in message
+
+    async with proxy_process([*routes, "--out", str(tmp_path / "b"), "-q"]) as (process, port):
+        # The writer process is a child of one of the proxy's threads (trio starts it from a worker).
+        [writer_pid] = [
+            int(pid)
+            for task in Path(f"/proc/{process.pid}/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        ]
+        os.kill(writer_pid, signal.SIGKILL)  # the capture writer process dies: capture stops
+        async with httpx.AsyncClient() as client:
+            for _ in range(3):
+                r = await client.post(f"http://127.0.0.1:{port}/v1/quick", json={})
+                assert r.status_code == 200
+        message = await stop_and_read_exit(process)
     assert process.returncode == 3, message
     assert "wirecap: 3 exchanges; capture: " in message
     assert "CAPTURE STOPPED" in message and "records lost" in message
@@ -225,7 +240,9 @@ async def test_inspect_json_id_and_raw(start_upstream, start_proxy):
     missing = await trio.to_thread.run_sync(
         runner.invoke, main, ["inspect", str(proxy.out), "--id", "nope"]
     )
-    assert missing.exit_code == 1 and "no exchange 'nope'" in missing.output
+    assert (
+        missing.exit_code == 2 and "Invalid value for '--id': no exchange 'nope'" in missing.output
+    )
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):

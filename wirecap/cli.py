@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 import trio
 
 from wirecap import __version__
 from wirecap.capture import Capture, CaptureError, open_capture, repair_index
+from wirecap.capture.reader import segment_paths
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import SEVERITY_RANK, Thresholds, detect_all
-from wirecap.inspect.export import jsonl_records, write_har
-from wirecap.inspect.select import FilterError, Filters, analyzed_exchanges, parse_time
+from wirecap.inspect.export import jsonl_records, open_private, write_har
+from wirecap.inspect.paint import Paint, plain
+from wirecap.inspect.select import (
+    FilterError,
+    Filters,
+    UnknownId,
+    analyzed_exchanges,
+    parse_time,
+    resolve_id,
+)
 from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import detail_lines, findings_lines, table_lines
+from wirecap.inspect.words import plural
 from wirecap.proxy.app import exit_summary, run_proxy
 from wirecap.proxy.config import (
     LOG_FORMATS,
@@ -34,7 +46,7 @@ from wirecap.proxy.config import (
     parse_upstream,
 )
 from wirecap.replay.compare import MODES, parse_ignores
-from wirecap.replay.demo import DemoError, run_demo
+from wirecap.replay.demo import DemoError, default_fixtures, run_demo
 from wirecap.replay.normalize import PathError
 from wirecap.replay.runner import (
     ReplayOptions,
@@ -45,9 +57,51 @@ from wirecap.replay.runner import (
     replay,
     text_lines,
 )
-from wirecap.replay.serve import MockServer, load_catalog
+from wirecap.replay.serve import MockServer, Served, load_catalog, served_lines
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from wirecap.inspect.analysis import Analyzed
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+#: How each role of :mod:`wirecap.inspect.paint` looks on a terminal.
+_STYLES: dict[str, dict[str, Any]] = {
+    "status-1xx": {"fg": "cyan"},
+    "status-2xx": {"fg": "green"},
+    "status-3xx": {"fg": "cyan"},
+    "status-4xx": {"fg": "yellow"},
+    "status-5xx": {"fg": "red", "bold": True},
+    "status-none": {"fg": "red"},
+    "error": {"fg": "red", "bold": True},
+    "warning": {"fg": "yellow"},
+    "info": {"fg": "blue"},
+    "pass": {"fg": "green", "bold": True},
+    "fail": {"fg": "red", "bold": True},
+    "muted": {"dim": True},
+}
+
+
+def _ansi(text: str, role: str) -> str:
+    return click.style(text, **_STYLES.get(role, {}))
+
+
+def _painter(err: bool = False) -> Paint:
+    """Colour on a terminal; none when piped or with ``NO_COLOR`` set (``FORCE_COLOR`` colours a
+    pipe too). https://no-color.org"""
+    if os.environ.get("NO_COLOR"):
+        return plain
+    if os.environ.get("FORCE_COLOR"):
+        return _ansi
+    return _ansi if click.get_text_stream("stderr" if err else "stdout").isatty() else plain
+
+
+def _echo(lines: Iterable[str], paint: Paint) -> None:
+    """Print ``lines``, keeping their colour when ``paint`` added it (click strips it on a pipe)."""
+    colour = paint is not plain
+    for line in lines:
+        click.echo(line, color=colour or None)
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
@@ -74,10 +128,24 @@ class ConfigProblem(click.ClickException):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wirecap")
 def main() -> None:
-    """Capture LLM API traffic at the wire, byte for byte, and replay it."""
+    """Capture LLM API traffic at the wire, byte for byte, and replay it.
+
+    Point an SDK's base URL at `wirecap proxy`: it forwards every request untouched and records
+    both directions in compressed capture files. The other commands read those files (a file, or
+    a directory of segments): what happened, what went wrong, did a backend change, and a mock
+    backend that answers from them. `wirecap COMMAND --help` says more about each.
+
+    \b
+    Examples:
+      wirecap demo                                   # the whole loop offline
+      wirecap proxy                                  # then base_url=http://127.0.0.1:5601/openai/v1
+      wirecap inspect captures/ --last 20
+      wirecap inspect captures/ --detect-issues
+      wirecap serve "$(wirecap fixtures)"           # the fixtures wirecap ships, as a mock
+    """
 
 
-@main.command("proxy")
+@main.command("proxy", short_help="Run the recording reverse proxy.")
 @click.option(
     "--config",
     "config_path",
@@ -119,6 +187,7 @@ def main() -> None:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     help="Directory for capture files [default: ./captures].",
 )
 @click.option(
@@ -211,12 +280,20 @@ def main() -> None:
 def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> None:
     """Run the recording reverse proxy.
 
-    With no arguments it listens on 127.0.0.1:5601 with the routes /openai/, /anthropic/, /ollama/ and
-    /openrouter/ and writes to ./captures. Point your SDK's base URL at it, e.g.
-    http://127.0.0.1:5601/openai/v1.
+    With no arguments it listens on 127.0.0.1:5601 with the routes /openai/, /anthropic/, /ollama/
+    and /openrouter/ and writes to ./captures; its banner prints the base URL to give each SDK.
+    Every option is also a key of the TOML config file (dashes as underscores). Ctrl-C or SIGTERM
+    lets exchanges in flight finish (--shutdown-timeout) and closes the capture with its index; a
+    second Ctrl-C stops at once.
 
     Exit status: 0 after a clean stop; 3 when capture stopped, or lost or dropped records, during
     the run (the last line says how many); 1 or 2 when it cannot start.
+
+    \b
+    Examples:
+      wirecap proxy
+      wirecap proxy --upstream http://127.0.0.1:8000/ --out /var/captures
+      wirecap proxy --route /openai=https://api.openai.com/ --config wirecap.toml
     """
     # Every other option is a setting that build_config takes by the same name.
     if quiet:
@@ -242,13 +319,13 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
         sys.exit(status)
 
 
-def _time_option(value: str | None) -> int | None:
+def _time_option(value: str | None, option: str) -> int | None:
     if value is None:
         return None
     try:
         return parse_time(value)
     except FilterError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
 
 
 def _filter_options(fn: Any) -> Any:
@@ -259,7 +336,7 @@ def _filter_options(fn: Any) -> Any:
         click.option(
             "--status",
             metavar="SPEC",
-            help="Only these statuses: 200, 4xx, >=500, or a comma list.",
+            help="Only these statuses: 200, 4xx, >=500, !=200, or a comma list.",
         ),
         click.option(
             "--model",
@@ -269,7 +346,8 @@ def _filter_options(fn: Any) -> Any:
         click.option(
             "--since",
             metavar="TIME",
-            help="Only exchanges that started at or after TIME (ISO 8601, or 30m / 2h / 1d ago).",
+            help="Only exchanges that started at or after TIME (ISO 8601, UTC unless a zone is "
+            "given, or 30m / 2h / 1d ago).",
         ),
         click.option(
             "--until", metavar="TIME", help="Only exchanges that started at or before TIME."
@@ -280,6 +358,22 @@ def _filter_options(fn: Any) -> Any:
     return fn
 
 
+def _count_options(fn: Any) -> Any:
+    """``--last N`` and ``--limit N``: inspect, stats and export."""
+    fn = click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Only the first N matching exchanges.",
+    )(fn)
+    return click.option(
+        "--last",
+        type=click.IntRange(min=1),
+        metavar="N",
+        help="Only the last N matching exchanges (the most recent).",
+    )(fn)
+
+
 def _filters(
     route: str | None, status: str | None, model: str | None, since: str | None, until: str | None
 ) -> Filters:
@@ -288,25 +382,47 @@ def _filters(
             route=route,
             status=status,
             model=model,
-            since_ns=_time_option(since),
-            until_ns=_time_option(until),
+            since_ns=_time_option(since, "--since"),
+            until_ns=_time_option(until, "--until"),
         )
     except FilterError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="'--status'") from None
 
 
-@main.command("inspect")
+def _check_counts(last: int | None, limit: int | None) -> None:
+    if last is not None and limit is not None:
+        raise click.UsageError("--last and --limit do not go together: choose one")
+
+
+def _none_match() -> None:
+    click.echo("0 exchanges match", err=True)
+
+
+def _counted(analyzed: Iterable[Analyzed], seen: list[int]) -> Iterator[Analyzed]:
+    for a in analyzed:
+        seen[0] += 1
+        yield a
+
+
+@main.command("inspect", short_help="List exchanges, show one in full, or find what went wrong.")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--json", "as_json", is_flag=True, help="JSON Lines: one object per exchange (or per finding)."
 )
-@click.option("--id", "exchange_id", metavar="ID", help="Show one exchange in full.")
+@click.option(
+    "--id",
+    "exchange_id",
+    metavar="ID",
+    help="Show one exchange in full; any unique start of its id will do.",
+)
 @click.option(
     "--raw",
     type=click.Choice(["request", "response", "upstream"]),
     help="With --id: the exact stored bytes of one side, to stdout.",
 )
+@click.option("--full", is_flag=True, help="With --id: every chunk of the timeline, not a summary.")
 @_filter_options
+@_count_options
 @click.option("--detect-issues", is_flag=True, help="Run every detector and list what went wrong.")
 @click.option(
     "--fail-on",
@@ -321,7 +437,7 @@ def _filters(
     default=10.0,
     show_default=True,
     metavar="SECONDS",
-    help="slow-ttft threshold.",
+    help="A time to first token above this is a slow-ttft finding.",
 )
 @click.option(
     "--stall",
@@ -329,7 +445,7 @@ def _filters(
     default=5.0,
     show_default=True,
     metavar="SECONDS",
-    help="stream-stall threshold (largest gap between chunks).",
+    help="A gap between two response chunks above this is a stream-stall finding.",
 )
 @click.option(
     "--duplicate-window",
@@ -337,13 +453,14 @@ def _filters(
     default=30.0,
     show_default=True,
     metavar="SECONDS",
-    help="duplicate-request window.",
+    help="Identical requests this close together count towards a duplicate-request finding.",
 )
 @click.option(
     "--duplicate-count",
     type=click.IntRange(min=2),
     default=3,
     show_default=True,
+    metavar="N",
     help="Identical requests within the window that make a duplicate-request finding.",
 )
 def inspect_command(
@@ -351,11 +468,14 @@ def inspect_command(
     as_json: bool,
     exchange_id: str | None,
     raw: str | None,
+    full: bool,
     route: str | None,
     status: str | None,
     model: str | None,
     since: str | None,
     until: str | None,
+    last: int | None,
+    limit: int | None,
     detect_issues: bool,
     fail_on: str,
     slow_ttft: float,
@@ -363,43 +483,43 @@ def inspect_command(
     duplicate_window: float,
     duplicate_count: int,
 ) -> None:
-    """Show what happened: a table of exchanges, one exchange in detail, or the issues found.
+    """Show what a capture holds: a table of exchanges (time, id, method, status, model, duration,
+    TTFT, tokens, bytes, outcome, path), one exchange in full with --id (heads, bodies, the answer
+    reassembled, the chunk timeline), or with --detect-issues what went wrong, grouped by severity.
+    CAPTURES are capture files or directories of segments, read as one capture.
 
-    CAPTURES are capture files or directories of segments.
+    \b
+    Examples:
+      wirecap inspect captures/ --last 20
+      wirecap inspect captures/ --status '>=400' --model 'gpt-4o*' --since 2h
+      wirecap inspect captures/ --id a1b2 --full
+      wirecap inspect captures/ --id a1b2 --raw response > response.bin
+      wirecap inspect captures/ --detect-issues --fail-on warning
     """
     if raw and not exchange_id:
         raise click.UsageError("--raw needs --id")
+    if full and not exchange_id:
+        raise click.UsageError("--full needs --id")
     filters = _filters(route, status, model, since, until)
+    _check_counts(last, limit)
     thresholds = Thresholds(
         slow_ttft_s=slow_ttft,
         stall_s=stall,
         duplicate_window_s=duplicate_window,
         duplicate_count=duplicate_count,
     )
+    paint = _painter()
     worst = -1
     try:
         with open_capture(*captures) as capture:
             if exchange_id:
-                _show_exchange(capture, exchange_id, raw, as_json)
-            elif detect_issues:
-                findings = list(detect_all(analyzed_exchanges(capture, filters), thresholds))
-                lines = (
-                    (json.dumps(f.to_json()) for f in findings)
-                    if as_json
-                    else findings_lines(findings)
-                )
-                for line in lines:
-                    click.echo(line)
-                worst = max((SEVERITY_RANK[f.severity] for f in findings), default=-1)
+                _show_exchange(capture, exchange_id, raw, as_json, full, paint)
             else:
-                analyzed = analyzed_exchanges(capture, filters)
-                rows = (
-                    (json.dumps(a.row(), separators=(",", ":")) for a in analyzed)
-                    if as_json
-                    else table_lines(analyzed)
-                )
-                for line in rows:
-                    click.echo(line)
+                analyzed = analyzed_exchanges(capture, filters, last=last, limit=limit)
+                if detect_issues:
+                    worst = _show_issues(analyzed, thresholds, as_json, paint)
+                else:
+                    _show_table(analyzed, as_json, paint)
             for damage in capture.damage:
                 click.echo(f"wirecap: damaged: {damage}", err=True)
     except CaptureError as exc:
@@ -408,10 +528,44 @@ def inspect_command(
         raise SystemExit(1)
 
 
-def _show_exchange(capture: Capture, exchange_id: str, raw: str | None, as_json: bool) -> None:
+def _show_table(analyzed: Iterator[Analyzed], as_json: bool, paint: Paint) -> None:
+    first = next(analyzed, None)
+    if first is None:
+        _none_match()
+        return
+    rows = itertools.chain([first], analyzed)
+    if as_json:
+        _echo((json.dumps(a.row(), separators=(",", ":")) for a in rows), plain)
+    else:
+        _echo(table_lines(rows, paint), paint)
+
+
+def _show_issues(
+    analyzed: Iterator[Analyzed], thresholds: Thresholds, as_json: bool, paint: Paint
+) -> int:
+    """Print the findings; returns the worst severity's rank (-1: none)."""
+    seen = [0]
+    findings = list(detect_all(_counted(analyzed, seen), thresholds))
+    if not seen[0]:
+        _none_match()
+        return -1
+    if as_json:
+        _echo((json.dumps(f.to_json()) for f in findings), plain)
+    else:
+        _echo(findings_lines(findings, paint), paint)
+    return max((SEVERITY_RANK[f.severity] for f in findings), default=-1)
+
+
+def _show_exchange(
+    capture: Capture, prefix: str, raw: str | None, as_json: bool, full: bool, paint: Paint
+) -> None:
+    try:
+        exchange_id = resolve_id(capture, prefix)
+    except UnknownId as exc:
+        raise click.BadParameter(str(exc), param_hint="'--id'") from None
     exchange = capture.get(exchange_id)
     if exchange is None:
-        raise click.ClickException(f"no exchange {exchange_id!r} in the capture")
+        raise click.BadParameter(f"no exchange {prefix!r} in the capture", param_hint="'--id'")
     out = sys.stdout.buffer
     if raw == "request":
         out.write(exchange.request_bytes())
@@ -423,15 +577,15 @@ def _show_exchange(capture: Capture, exchange_id: str, raw: str | None, as_json:
         record = next(jsonl_records([analyze_exchange(exchange)]))
         click.echo(json.dumps(record, ensure_ascii=False))
     else:
-        for line in detail_lines(analyze_exchange(exchange)):
-            click.echo(line)
+        _echo(detail_lines(analyze_exchange(exchange), full=full, paint=paint), paint)
     sys.stdout.flush()
 
 
-@main.command("stats")
+@main.command("stats", short_help="Requests, errors, tokens and latency per route and model.")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per route and model.")
 @_filter_options
+@_count_options
 def stats_command(
     captures: tuple[Path, ...],
     as_json: bool,
@@ -440,20 +594,31 @@ def stats_command(
     model: str | None,
     since: str | None,
     until: str | None,
+    last: int | None,
+    limit: int | None,
 ) -> None:
-    """Per route and model: requests, error rate, tokens, TTFT and duration percentiles, bytes."""
+    """Sum up a capture per route and model: requests, error rate, input and output tokens, TTFT and
+    duration percentiles (p50/p95/p99) and bytes each way, over the exchanges the filters pick.
+
+    \b
+    Examples:
+      wirecap stats captures/
+      wirecap stats captures/ --route /openai --since 1d --json
+    """
     filters = _filters(route, status, model, since, until)
+    _check_counts(last, limit)
     try:
         with open_capture(*captures) as capture:
-            groups = compute_stats(analyzed_exchanges(capture, filters))
+            groups = compute_stats(analyzed_exchanges(capture, filters, last=last, limit=limit))
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
-    lines = (json.dumps(g.to_json()) for g in groups) if as_json else stats_table(groups)
-    for line in lines:
-        click.echo(line)
+    if not groups:
+        _none_match()
+        return
+    _echo((json.dumps(g.to_json()) for g in groups) if as_json else stats_table(groups), plain)
 
 
-@main.command("export")
+@main.command("export", short_help="Write exchanges as HAR 1.2 or JSON Lines.")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--format",
@@ -467,9 +632,11 @@ def stats_command(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="File to write ('-' for stdout).",
+    metavar="FILE",
+    help="File to write, mode 0600 like the capture ('-' for stdout).",
 )
 @_filter_options
+@_count_options
 def export_command(
     captures: tuple[Path, ...],
     fmt: str,
@@ -479,15 +646,23 @@ def export_command(
     model: str | None,
     since: str | None,
     until: str | None,
+    last: int | None,
+    limit: int | None,
 ) -> None:
-    """Export exchanges as HAR 1.2 (opens in browser devtools) or JSON Lines."""
+    """Export exchanges as HAR 1.2 (opens in browser devtools and HAR viewers, with timings and the
+    chunk timeline) or as JSON Lines (the inspect row, heads, bodies and LLM facts per exchange).
+    The file holds the same bodies as the capture, so it is written with mode 0600.
+
+    \b
+    Examples:
+      wirecap export captures/ --format har -o capture.har
+      wirecap export captures/ --format jsonl -o - --status 5xx | jq .path
+    """
     filters = _filters(route, status, model, since, until)
+    _check_counts(last, limit)
     try:
-        with (
-            open_capture(*captures) as capture,
-            click.open_file(str(output), "w", encoding="utf-8") as out,
-        ):
-            analyzed = analyzed_exchanges(capture, filters)
+        with open_capture(*captures) as capture, _output(output) as out:
+            analyzed = analyzed_exchanges(capture, filters, last=last, limit=limit)
             if fmt == "har":
                 count = write_har(analyzed, out)
             else:
@@ -497,15 +672,24 @@ def export_command(
                     count += 1
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
-    if str(output) != "-":
-        click.echo(f"{count} exchanges written to {output}", err=True)
+    if not count:
+        _none_match()
+    elif str(output) != "-":
+        click.echo(f"{plural(count, 'exchange')} written to {output}", err=True)
 
 
-def _speed(value: str, what: str) -> float | None:
+def _output(path: Path) -> IO[str]:
+    """Where an export goes: stdout for ``-``, else a new 0600 file."""
+    if str(path) == "-":
+        return click.open_file("-", "w")  # stdout, left open
+    return _output_file(path, "--output")
+
+
+def _speed(value: str, option: str) -> float | None:
     try:
         return parse_pace(value)
     except ValueError as exc:
-        raise click.BadParameter(str(exc).replace("pace", what)) from None
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
 
 
 def _headers(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -513,7 +697,9 @@ def _headers(values: tuple[str, ...]) -> list[tuple[str, str]]:
     for value in values:
         name, sep, content = value.partition(":")
         if not sep or not name.strip():
-            raise click.BadParameter(f"bad header {value!r}: expected 'Name: value'")
+            raise click.BadParameter(
+                f"bad header {value!r}: expected 'Name: value'", param_hint="'--header'"
+            )
         out.append((name.strip(), content.strip()))
     return out
 
@@ -522,10 +708,10 @@ def _ignores(paths: tuple[str, ...]) -> list[list[str | int | None]]:
     try:
         return parse_ignores(paths)
     except PathError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="'--ignore'") from None
 
 
-@main.command("replay")
+@main.command("replay", short_help="Send recorded requests to a target and compare the answers.")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--target", required=True, metavar="URL", help="Base URL to send the recorded requests to."
@@ -561,6 +747,7 @@ def _ignores(paths: tuple[str, ...]) -> list[list[str | int | None]]:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
+    metavar="N",
     help="Requests in flight at once.",
 )
 @click.option(
@@ -573,17 +760,20 @@ def _ignores(paths: tuple[str, ...]) -> list[list[str | int | None]]:
 @click.option(
     "--junit",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a JUnit XML report here.",
+    metavar="FILE",
+    help="Write a JUnit XML report here (mode 0600: failures carry bodies).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of text.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
     help="Capture the replay's own traffic into this directory.",
 )
 @click.option(
     "--target-ca",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
     help="Extra CA bundle to trust for an HTTPS target.",
 )
 @click.option(
@@ -591,7 +781,8 @@ def _ignores(paths: tuple[str, ...]) -> list[list[str | int | None]]:
     type=click.FloatRange(min=0, min_open=True),
     default=300.0,
     show_default=True,
-    help="Seconds to wait for each answer.",
+    metavar="SECONDS",
+    help="Longest wait for each answer.",
 )
 @_filter_options
 def replay_command(
@@ -614,18 +805,26 @@ def replay_command(
     since: str | None,
     until: str | None,
 ) -> None:
-    """Send recorded requests to a target and report what changed (exit 1 on any failure, 2 when the
-    target is unreachable)."""
+    """Send each recorded request to a target (any backend, or a wirecap proxy with --via-proxy) and
+    compare its answer with the recorded one: PASS or FAIL per exchange, with the first difference
+    and a diff. Exit 1 on any failure, 2 when the target is unreachable.
+
+    \b
+    Examples:
+      wirecap replay fixtures/ --target http://127.0.0.1:5602/
+      wirecap replay captures/ --target http://127.0.0.1:8000/ --compare schema --junit out.xml
+      wirecap replay captures/ --target https://api.openai.com/ --header "Authorization: Bearer $KEY"
+    """
     try:
         base = parse_upstream(target)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--target") from None
+        raise click.BadParameter(str(exc), param_hint="'--target'") from None
     options = ReplayOptions(
         target=base,
         mode=mode,  # type: ignore[arg-type]
         ignore=_ignores(ignore),
         concurrency=concurrency,
-        pace=_speed(pace, "pace"),
+        pace=_speed(pace, "--pace"),
         via_proxy=via_proxy,
         headers=_headers(headers),
         read_timeout=timeout,
@@ -641,17 +840,18 @@ def replay_command(
         click.echo(f"Error: target unreachable: {exc}", err=True)
         raise SystemExit(2) from None
     if junit is not None:
-        junit.write_text(junit_xml(results), encoding="utf-8")
+        with _output_file(junit, "--junit") as report:
+            report.write(junit_xml(results))
     if as_json:
         click.echo(json_report(results))
     else:
-        for line in text_lines(results):
-            click.echo(line)
+        paint = _painter()
+        _echo(text_lines(results, paint), paint)
     if any(not r.verdict.passed for r in results):
         raise SystemExit(1)
 
 
-@main.command("serve")
+@main.command("serve", short_help="A mock backend that answers from captures.")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--listen",
@@ -672,6 +872,7 @@ def replay_command(
     "match_on",
     default="method,path,query,body",
     show_default=True,
+    metavar="FIELDS",
     help="What a request must share with a recording (comma list of method, path, query, body).",
 )
 @click.option(
@@ -690,8 +891,10 @@ def replay_command(
     type=click.IntRange(400, 599),
     default=404,
     show_default=True,
-    help="Status for requests that match nothing.",
+    metavar="STATUS",
+    help="Status for requests that match nothing (400 to 599).",
 )
+@click.option("-q", "--quiet", is_flag=True, help="No line per request.")
 def serve_command(
     captures: tuple[Path, ...],
     listen: str,
@@ -700,15 +903,25 @@ def serve_command(
     ignore: tuple[str, ...],
     sequence: bool,
     miss_status: int,
+    quiet: bool,
 ) -> None:
-    """A mock backend answering from captures, with the recorded timing."""
+    """Answer requests from captures, as a mock backend: a request that matches a recorded one (method,
+    path, query and body, JSON compared as data) gets the recorded answer with its chunk timing; one
+    that matches nothing gets a 404 naming the closest recorded requests. Each request prints a
+    line: time, method, path, the recording that answered (or miss) and the status.
+
+    \b
+    Examples:
+      wirecap serve fixtures/
+      wirecap serve "$(wirecap fixtures)" --timing none     # the fixtures wirecap ships
+      wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
+    """
     try:
         host, port = parse_listen(listen)
     except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--listen") from None
-    speed = _speed(timing, "timing")
+        raise click.BadParameter(str(exc), param_hint="'--listen'") from None
+    speed = _speed(timing, "--timing")
     fields = [f.strip() for f in match_on.split(",") if f.strip()]
-    logging.basicConfig(level=logging.WARNING, format="wirecap: %(message)s", stream=sys.stderr)
     try:
         with open_capture(*captures) as capture:
             catalog = load_catalog(
@@ -717,15 +930,27 @@ def serve_command(
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--match") from None
-    server = MockServer(catalog, host=host, port=port, speed=speed, miss_status=miss_status)
+        raise click.BadParameter(str(exc), param_hint="'--match'") from None
+    paint = _painter()
+
+    def log(served: Served) -> None:
+        _echo(served_lines(served, paint), paint)
+        sys.stdout.flush()
+
+    server = MockServer(
+        catalog,
+        host=host,
+        port=port,
+        speed=speed,
+        miss_status=miss_status,
+        on_answer=None if quiet else log,
+    )
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            click.echo(
-                f"wirecap serve on {server.url}: {len(catalog.entries)} recorded answers", err=True
-            )
+            answers = plural(len(catalog.entries), "recorded answer")
+            click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
 
     try:
         trio.run(run)
@@ -735,37 +960,88 @@ def serve_command(
         raise SystemExit(130) from None
 
 
-@main.command("demo")
+@main.command("demo", short_help="The whole loop offline, on the fixtures wirecap ships.")
 @click.option(
     "--fixtures",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Fixture directory [default: the repository's fixtures/].",
+    metavar="DIR",
+    help="Fixture directory [default: the fixtures wirecap ships].",
 )
 def demo_command(fixtures: Path | None) -> None:
-    """The whole loop offline: serve a fixture, put the proxy in front, send requests, inspect."""
+    """Run the whole loop on this machine with no network: serve the fixtures as a mock backend,
+    put a recording proxy in front of it, send the fixtures' requests through the proxy, then print
+    the inspect table and the detected issues of what it captured. Nothing is left behind.
+
+    \b
+    Example:
+      wirecap demo
+    """
     try:
         run_demo(fixtures, echo=click.echo)
     except DemoError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-@main.command("index")
-@click.argument(
-    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
-def index_command(files: tuple[Path, ...]) -> None:
-    """Rebuild and append the index of capture files left without one (after a crash)."""
-    for path in files:
+@main.command("fixtures", short_help="Print where the fixtures wirecap ships are.")
+def fixtures_command() -> None:
+    """Print the directory of the small captures wirecap ships (OpenAI, Anthropic and Ollama calls,
+    streamed and not, a tool call, a 429, a truncated stream), to serve, replay or inspect them. The
+    pytest plugin finds them by name when your own capture directory does not have them.
+
+    \b
+    Examples:
+      wirecap inspect "$(wirecap fixtures)"
+      wirecap serve "$(wirecap fixtures)"
+    """
+    directory = default_fixtures()
+    if directory is None:
+        raise click.ClickException("this installation of wirecap has no fixtures")
+    click.echo(str(directory))
+
+
+@main.command("index", short_help="Rebuild the index of capture files left without one.")
+@click.argument("targets", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def index_command(targets: tuple[Path, ...]) -> None:
+    """Give capture files left without an index (after a crash) their index and footer, so that
+    readers seek instead of scanning. TARGETS are files or directories of segments; a file that has
+    its index is left as it is, and a damaged tail is moved aside to FILE.tail first.
+
+    \b
+    Examples:
+      wirecap index captures/
+      wirecap index captures/capture-20261123T120000Z-4242-0000.cbor.zst
+    """
+    for target in targets:
         try:
-            result = repair_index(path)
-        except (CaptureError, OSError) as exc:
-            raise click.ClickException(f"{path}: {exc}") from None
-        if result.already_indexed:
-            click.echo(f"{path}: already indexed ({result.exchanges} exchanges)")
-            continue
-        message = f"{path}: index written ({result.exchanges} exchanges)"
-        if result.tail_saved_to is not None:
-            message += (
-                f"; damaged tail after byte {result.truncated_at} moved to {result.tail_saved_to}"
-            )
-        click.echo(message)
+            paths = segment_paths(target)
+        except CaptureError as exc:
+            raise click.ClickException(str(exc)) from None
+        for path in paths:
+            _index_one(path)
+
+
+def _index_one(path: Path) -> None:
+    try:
+        result = repair_index(path)
+    except (CaptureError, OSError) as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    exchanges = plural(result.exchanges, "exchange")
+    if result.already_indexed:
+        click.echo(f"{path}: already indexed ({exchanges})")
+        return
+    message = f"{path}: index written ({exchanges})"
+    if result.tail_saved_to is not None:
+        message += (
+            f"; damaged tail after byte {result.truncated_at} moved to {result.tail_saved_to}"
+        )
+    click.echo(message)
+
+
+def _output_file(path: Path, option: str) -> IO[str]:
+    """A report or export file, mode 0600 (it holds bodies from the capture)."""
+    try:
+        return open_private(path)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {path}: {exc.strerror or exc}", param_hint=f"'{option}'"
+        ) from None

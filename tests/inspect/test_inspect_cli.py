@@ -160,7 +160,7 @@ async def test_detect_issues_on_a_broken_capture(start_upstream, start_proxy):
     none = await trio.to_thread.run_sync(
         run, "inspect", out, "--json", "--since", "2000-01-01", "--until", "2000-01-02"
     )
-    assert none.output == ""
+    assert none.exit_code == 0 and none.stdout == "" and none.stderr == "0 exchanges match\n"
     model = await trio.to_thread.run_sync(run, "inspect", out, "--json", "--model", "gpt-4o*")
     assert len(model.output.splitlines()) == 3
     bad = await trio.to_thread.run_sync(run, "inspect", out, "--status", "fivehundred")

@@ -177,3 +177,52 @@ def test_sequence_mode_matches_on_the_request_and_its_predecessor():
     )  # the same request, answered for the step it follows
     ask(a)
     assert ask(step).chunks[0][1] == b"after A"
+
+
+def tool_call_answer(arguments: str) -> bytes:
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": arguments},
+            }
+        ],
+    }
+    return chat("", choices=[{"index": 0, "message": message, "finish_reason": "tool_calls"}])
+
+
+@pytest.mark.parametrize(
+    ("mode", "passes"), [("json", True), ("schema", True), ("status", True), ("exact", False)]
+)
+def test_tool_call_arguments_compare_as_data_streamed_or_not(mode, passes):
+    compact, spaced = '{"city":"Berlin"}', '{"city": "Berlin"}'
+    plain = compare(
+        response(tool_call_answer(compact)), response(tool_call_answer(spaced)), mode=mode
+    )
+    streamed = compare(
+        response(
+            samples.chat_stream(text=(), tool=("call_1", "get_weather", [compact])),
+            "text/event-stream",
+        ),
+        response(
+            samples.chat_stream(text=(), tool=("call_1", "get_weather", [spaced])),
+            "text/event-stream",
+        ),
+        mode=mode,
+    )
+    assert (plain.passed, streamed.passed) == (passes, passes), (plain, streamed)
+
+
+def test_tool_call_arguments_that_differ_as_data_still_fail():
+    verdict = compare(
+        response(tool_call_answer('{"city":"Berlin"}')),
+        response(tool_call_answer('{"city":"Paris"}')),
+    )
+    assert not verdict.passed
+    assert verdict.summary == (
+        "$.body.choices[0].message.tool_calls[0].function.arguments.city differs: "
+        "'Berlin' -> 'Paris'"
+    )

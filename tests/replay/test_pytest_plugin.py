@@ -47,13 +47,36 @@ def test_unrecorded_request_fails(wirecap_server):
 def test_none_mode_serves_captures_and_fails_on_a_miss(pytester):
     pytester.makepyfile(test_inner=SERVE_TESTS)
     result = pytester.runpytest_subprocess(f"--wirecap-dir={FIXTURES}", "-p", "trio")
-    result.assert_outcomes(passed=4, errors=1)
+    result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*no recorded request matches POST /openai/v1/chat/completions*",
             "*closest*'Say hello' -> 'Something new'*",
         ]
     )
+
+
+SDK_MISS_TEST = """
+import openai
+import pytest
+
+
+@pytest.mark.wirecap("openai_chat_json.cbor.zst")
+def test_sdk_gets_the_miss(wirecap_server):
+    client = openai.OpenAI(base_url=wirecap_server.url + "/openai/v1", api_key="sk-x", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Something new"}])
+"""
+
+
+def test_a_miss_that_fails_the_test_is_reported_once_with_the_failure(pytester):
+    pytester.makepyfile(test_inner=SDK_MISS_TEST)
+    result = pytester.runpytest_subprocess(f"--wirecap-dir={FIXTURES}")
+    result.assert_outcomes(failed=1, errors=0)
+    output = result.stdout.str()
+    assert "NotFoundError" in output
+    # The closest recorded request is named once, in the failure's own report.
+    assert output.count("'Say hello' -> 'Something new'") == 1, output
+    result.stdout.fnmatch_lines(["*wirecap: requests not in the capture*"])
 
 
 RECORD_TEST = """
@@ -162,3 +185,12 @@ async def test_new_mode_records_only_what_is_missing(pytester, start_upstream, m
     )
     replayed.assert_outcomes(passed=1)
     assert len(upstream.requests) == 1
+
+
+def test_a_fixture_wirecap_ships_is_found_by_name_without_a_capture_directory(pytester):
+    from readme import snippets
+
+    [example] = [s for s in snippets() if s.kind == "pytest"]
+    pytester.makepyfile(test_readme=example.code)
+    result = pytester.runpytest_subprocess()  # no fixtures/ under this rootdir
+    result.assert_outcomes(passed=1)

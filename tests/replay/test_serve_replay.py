@@ -262,3 +262,23 @@ def test_demo_runs_offline():
     assert result.exit_code == 0, result.output
     assert "wirecap inspect:" in result.output and "truncated-stream" in result.output
     assert "rate-limited" in result.output and "no recorded request matches" not in result.output
+
+
+async def test_replay_to_a_host_that_does_not_resolve_says_so(tmp_path):
+    from resolver import UNRESOLVABLE, unresolvable_names
+
+    from wirecap.proxy.config import parse_upstream
+    from wirecap.replay.runner import ReplayOptions, TargetUnreachable, replay
+
+    options = ReplayOptions(target=parse_upstream(f"http://{UNRESOLVABLE}:80/"))
+    with unresolvable_names(), open_capture(FIXTURES / "openai_chat_json.cbor.zst") as capture:
+        try:
+            await replay(capture, options)
+        except TargetUnreachable as exc:
+            message = str(exc)
+        else:
+            raise AssertionError("replay to an unresolvable host did not fail")
+    assert message == (
+        f"cannot connect to {UNRESOLVABLE}:80: the host name does not resolve "
+        "(Name or service not known)"
+    )

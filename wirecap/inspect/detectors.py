@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final, Literal
 
+from wirecap.inspect.words import plural
+
 if TYPE_CHECKING:
     from wirecap.inspect.analysis import Analyzed
 
@@ -114,7 +116,7 @@ def truncated_stream(a: Analyzed, t: Thresholds) -> Iterable[str]:
             "ollama.chat": '"done": true',
             "ollama.generate": '"done": true',
         }.get(a.facts.api, "its terminator")
-        yield f"stream ended without {marker} after {a.facts.events} events"
+        yield f"stream ended without {marker} after {plural(a.facts.events, 'event')}"
     elif (
         a.outcome in ("upstream_error", "timeout", "incomplete") and a.exchange.response is not None
     ):

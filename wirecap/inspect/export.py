@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import UTC
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -119,6 +120,18 @@ def _iso_ms(wall_ns: int | None) -> str:
 
     moment = datetime.fromtimestamp((wall_ns or 0) / 1e9, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def open_private(path: str | os.PathLike[str]) -> IO[str]:
+    """``path`` opened for writing text, mode 0600 (an existing file is truncated and made 0600):
+    an export holds the same bodies as the capture it comes from, which is 0600 too."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_har(analyzed: Iterable[Analyzed], out: IO[str]) -> int:

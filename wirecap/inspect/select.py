@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fnmatch
+import itertools
 import operator
 import re
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from wirecap.inspect.analysis import Analyzed, analyze_exchange
 
@@ -115,13 +117,30 @@ class Filters:
 
 
 def analyzed_exchanges(
-    capture: Capture, filters: Filters | None = None, *, progress: bool | None = None
+    capture: Capture,
+    filters: Filters | None = None,
+    *,
+    progress: bool | None = None,
+    last: int | None = None,
+    limit: int | None = None,
 ) -> Iterator[Analyzed]:
     """Exchanges of ``capture`` in start order, analyzed and filtered, streaming (bounded memory).
 
-    With ``progress`` (default: when stderr is a terminal), a count is shown on stderr every second.
+    ``limit`` stops after that many; ``last`` keeps only the last that many (read through the
+    indexes when no model filter needs the bodies, so ``--last 5`` of a large capture reads five
+    exchanges). With ``progress`` (default: when stderr is a terminal), a count is shown on stderr
+    every second.
     """
     filters = filters or Filters()
+    if last is not None:
+        if filters.model is None:
+            return _last_through_index(capture, filters, last)
+        return iter(collections.deque(_scan(capture, filters, progress), maxlen=last))
+    found = _scan(capture, filters, progress)
+    return itertools.islice(found, limit) if limit is not None else found
+
+
+def _scan(capture: Capture, filters: Filters, progress: bool | None) -> Iterator[Analyzed]:
     show = sys.stderr.isatty() if progress is None else progress
     last = time.monotonic()
     count = 0
@@ -138,3 +157,49 @@ def analyzed_exchanges(
             yield a
     if show and count and time.monotonic() - last != 0:
         print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def _last_through_index(capture: Capture, filters: Filters, last: int) -> Iterator[Analyzed]:
+    """The last ``last`` exchanges that pass the filters needing no body, found in the indexes and
+    then read one by one."""
+    ids: dict[str, None] = {}
+    for f in capture.files:
+        for entry in f.index().entries:
+            if filters.cheap_match(entry.wall_ns, entry.route, entry.status):
+                ids[entry.x] = None
+    for exchange_id in list(ids)[-last:] if last else []:
+        exchange = capture.get(exchange_id)
+        if exchange is not None:
+            yield analyze_exchange(exchange)
+
+
+class UnknownId(LookupError):
+    """No exchange id is or starts with the one asked for, or several start with it."""
+
+
+#: An ambiguous prefix lists at most this many of the ids it matches.
+CANDIDATES_SHOWN: Final = 10
+
+
+def resolve_id(capture: Capture, prefix: str) -> str:
+    """The exchange id that is ``prefix``, or the only one that starts with it (from the indexes).
+
+    Raises :class:`UnknownId` naming the candidates when the prefix is ambiguous."""
+    matches: dict[str, None] = {}
+    for f in capture.files:
+        for entry in f.index().entries:
+            if entry.x == prefix:
+                return prefix
+            if entry.x.startswith(prefix):
+                matches[entry.x] = None
+    if not matches:
+        raise UnknownId(f"no exchange {prefix!r} in the capture")
+    if len(matches) > 1:
+        shown = list(matches)[:CANDIDATES_SHOWN]
+        more = len(matches) - len(shown)
+        raise UnknownId(
+            f"{prefix!r} is the start of {len(matches)} exchange ids: {', '.join(shown)}"
+            + (f" and {more} more" if more else "")
+            + "; give more of the id"
+        )
+    return next(iter(matches))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from wirecap.inspect.detectors import SEVERITY_RANK, Finding
+from wirecap.inspect.paint import Paint, plain, status_role
+from wirecap.inspect.words import plural
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Sequence
 
+    from wirecap.capture import BodyChunk
     from wirecap.inspect.analysis import Analyzed
 
 
@@ -38,7 +41,9 @@ TABLE_HEADER = (
 )
 
 
-def table_lines(rows: Iterable[Analyzed]) -> Iterator[str]:
+def table_lines(rows: Iterable[Analyzed], paint: Paint = plain) -> Iterator[str]:
+    """The exchange table: a header, then one line per exchange; the status painted by class and an
+    outcome other than ``ok`` as an error."""
     yield TABLE_HEADER
     for a in rows:
         ex = a.exchange
@@ -49,36 +54,72 @@ def table_lines(rows: Iterable[Analyzed]) -> Iterator[str]:
         req = ex.end.req_bytes if ex.end else len(ex.request_body)
         res = ex.end.res_bytes if ex.end else len(ex.response_body)
         model = (a.model or "-")[:24]
+        status = paint(f"{_num(ex.status):>6}", status_role(ex.status))
+        outcome = f"{ex.outcome:<14}"
+        if ex.outcome != "ok":
+            outcome = paint(outcome, "error")
         yield (
-            f"{when:<19} {ex.id:<12} {ex.method or '-':<6} {_num(ex.status):>6} {model:<24} "
+            f"{when:<19} {ex.id:<12} {ex.method or '-':<6} {status} {model:<24} "
             f"{_dur(ex.duration_ns):>9} {_dur(a.facts.ttft_ns):>8} "
             f"{_num(usage.input if usage else None):>7} {_num(usage.output if usage else None):>7} "
-            f"{_size(req) + '/' + _size(res):>13} {ex.outcome:<14} {ex.target or '-'}"
+            f"{_size(req) + '/' + _size(res):>13} {outcome} {ex.target or '-'}"
         )
 
 
-def _pretty_body(body: bytes, limit: int = 20000) -> str:
+def is_binary(body: bytes) -> bool:
+    """Whether ``body`` would garble a terminal: not UTF-8, or holding NUL bytes."""
+    if b"\x00" in body:
+        return True
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _pretty_body(body: bytes, side: str, limit: int = 20000) -> str:
     if not body:
         return "(empty)"
+    if is_binary(body):
+        return f"(binary, {plural(len(body), 'byte')}, use --raw {side})"
     try:
         text = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
-    except (ValueError, UnicodeDecodeError):
-        text = body.decode("utf-8", "replace")
+    except ValueError:
+        text = body.decode("utf-8")
     if len(text) > limit:
-        text = text[:limit] + f"\n... ({len(text) - limit} more characters; use --raw)"
+        text = text[:limit] + f"\n... ({len(text) - limit} more characters; use --raw {side})"
     return text
 
 
-def detail_lines(a: Analyzed) -> Iterator[str]:
-    """One exchange in full: heads, the pretty request body, the reassembled answer, the timeline."""
+def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> Iterator[str]:
+    """One exchange in full: heads, the pretty request body, the reassembled answer, the timeline.
+
+    Binary bodies are named, not printed; a long timeline is summarised unless ``full``."""
     ex = a.exchange
     f = a.facts
     yield f"exchange {ex.id}  {ex.method} {ex.target}  ->  {ex.upstream_url or '(no route)'}"
-    yield f"status {_num(ex.status)}  outcome {ex.outcome}" + (
+    outcome = ex.outcome if ex.outcome == "ok" else paint(ex.outcome, "error")
+    yield f"status {paint(_num(ex.status), status_role(ex.status))}  outcome {outcome}" + (
         f"  ({ex.end.error})" if ex.end and ex.end.error else ""
     )
     if ex.wall_ns is not None:
         yield f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ex.wall_ns / 1e9))}  duration {_dur(ex.duration_ns)}  ttfb {_dur(ex.ttfb_ns)}  ttft {_dur(f.ttft_ns)}"
+    yield from _head_lines(a)
+    yield f"--- request body ({plural(len(a.request_body), 'byte')})"
+    yield from _pretty_body(a.request_body, "request").splitlines()
+    if f.api != "http":
+        yield from _answer_lines(a)
+    else:
+        body = b"".join(c for _, c in a.response_chunks)
+        yield f"--- response body ({plural(len(body), 'byte')})"
+        yield from _pretty_body(body, "response").splitlines()
+    if a.decode_error:
+        yield f"(content coding: {a.decode_error})"
+    yield from timeline_lines(ex.chunks, full=full)
+
+
+def _head_lines(a: Analyzed) -> Iterator[str]:
+    ex = a.exchange
     for label, head in (
         ("request as received", ex.request.head if ex.request else None),
         ("request as sent upstream", ex.upstream.head if ex.upstream else None),
@@ -91,41 +132,66 @@ def detail_lines(a: Analyzed) -> Iterator[str]:
         if head is not None:
             yield f"--- {label}"
             yield from head.decode("latin-1").rstrip("\r\n").split("\r\n")
-    yield f"--- request body ({len(a.request_body)} bytes)"
-    yield from _pretty_body(a.request_body).splitlines()
-    if f.api != "http":
-        yield f"--- answer ({f.api}{', streamed' if f.streamed else ''})"
-        yield f"model: {f.model_returned or '-'} (asked for {f.model_requested or '-'})"
-        yield f"finish reason: {f.finish_reason or '-'}"
-        if f.usage:
-            yield f"usage: input {_num(f.usage.input)}, output {_num(f.usage.output)}, cached {_num(f.usage.cached)}, total {_num(f.usage.total)}"
-        if f.tokens_per_second:
-            yield f"speed: {f.tokens_per_second:.1f} tokens/s"
-        if f.terminated is False:
-            yield "stream: ENDED WITHOUT ITS TERMINATOR"
-        if f.api_error:
-            yield f"error: {json.dumps(f.api_error)[:500]}"
-        yield "text:"
-        yield from (f.text or "(none)").splitlines() or [""]
-        for call in f.tool_calls:
-            yield f"tool call {call.name} ({call.id or '-'}): {call.arguments}"
-    else:
-        body = b"".join(c for _, c in a.response_chunks)
-        yield f"--- response body ({len(body)} bytes)"
-        yield from _pretty_body(body).splitlines()
-    if a.decode_error:
-        yield f"(content coding: {a.decode_error})"
-    chunks = ex.chunks
-    yield f"--- timeline ({len(chunks)} body chunks)"
-    previous = 0
-    for c in chunks[:200]:
-        yield f"{c.ns / 1e6:10.3f} ms  +{(c.ns - previous) / 1e6:8.3f}  {c.dir}  {len(c.data):7d} B"
-        previous = c.ns
-    if len(chunks) > 200:
-        yield f"... {len(chunks) - 200} more chunks"
 
 
-def findings_lines(findings: list[Finding]) -> Iterator[str]:
+def _answer_lines(a: Analyzed) -> Iterator[str]:
+    f = a.facts
+    yield f"--- answer ({f.api}{', streamed' if f.streamed else ''})"
+    yield f"model: {f.model_returned or '-'} (asked for {f.model_requested or '-'})"
+    yield f"finish reason: {f.finish_reason or '-'}"
+    if f.usage:
+        yield f"usage: input {_num(f.usage.input)}, output {_num(f.usage.output)}, cached {_num(f.usage.cached)}, total {_num(f.usage.total)}"
+    if f.tokens_per_second:
+        yield f"speed: {f.tokens_per_second:.1f} tokens/s"
+    if f.terminated is False:
+        yield "stream: ENDED WITHOUT ITS TERMINATOR"
+    if f.api_error:
+        yield f"error: {json.dumps(f.api_error)[:500]}"
+    yield "text:"
+    yield from (f.text or "(none)").splitlines() or [""]
+    for call in f.tool_calls:
+        yield f"tool call {call.name} ({call.id or '-'}): {call.arguments}"
+
+
+#: A timeline longer than this is summarised: its first and last chunks and its largest gaps.
+TIMELINE_SUMMARY_OVER: Final = 40
+TIMELINE_ENDS: Final = 10  # chunks shown at each end of a summarised timeline
+TIMELINE_GAPS: Final = 5  # largest gaps listed
+
+
+def timeline_lines(chunks: Sequence[BodyChunk], *, full: bool = False) -> Iterator[str]:
+    """The body chunks with their arrival times and the gap before each; past
+    :data:`TIMELINE_SUMMARY_OVER` chunks (unless ``full``), the first and last
+    :data:`TIMELINE_ENDS`, then the :data:`TIMELINE_GAPS` largest gaps."""
+    gaps = [c.ns - (chunks[i - 1].ns if i else 0) for i, c in enumerate(chunks)]
+
+    def line(i: int) -> str:
+        c = chunks[i]
+        return (
+            f"{c.ns / 1e6:10.3f} ms  +{gaps[i] / 1e6:8.3f}  {c.dir}  {len(c.data):7d} B  #{i + 1}"
+        )
+
+    if full or len(chunks) <= TIMELINE_SUMMARY_OVER:
+        yield f"--- timeline ({plural(len(chunks), 'body chunk')})"
+        yield from (line(i) for i in range(len(chunks)))
+        return
+    hidden = len(chunks) - 2 * TIMELINE_ENDS
+    yield (
+        f"--- timeline ({plural(len(chunks), 'body chunk')}: the first and last {TIMELINE_ENDS}, "
+        f"then the largest gaps; --full for all)"
+    )
+    yield from (line(i) for i in range(TIMELINE_ENDS))
+    yield f"   ... {plural(hidden, 'chunk')} not shown ..."
+    yield from (line(i) for i in range(len(chunks) - TIMELINE_ENDS, len(chunks)))
+    yield "--- largest gaps between chunks"
+    largest = sorted(range(len(chunks)), key=lambda i: gaps[i], reverse=True)[:TIMELINE_GAPS]
+    yield from (line(i) for i in sorted(largest))
+
+
+_SEVERITY_ROLE: Final = {"error": "error", "warning": "warning", "info": "info"}
+
+
+def findings_lines(findings: list[Finding], paint: Paint = plain) -> Iterator[str]:
     """Findings grouped by severity, most severe first, with a count line."""
     if not findings:
         yield "no issues found"
@@ -134,8 +200,12 @@ def findings_lines(findings: list[Finding]) -> Iterator[str]:
         group = [f for f in findings if f.severity == severity]
         if not group:
             continue
-        yield f"{severity.upper()} ({len(group)})"
+        role = _SEVERITY_ROLE.get(severity, "info")
+        yield paint(f"{severity.upper()} ({len(group)})", role)
         for f in group:
-            yield f"  {f.id}  {f.code:<24} {f.message}"
+            yield f"  {f.id}  {paint(f'{f.code:<24}', role)} {f.message}"
     counts = {s: sum(1 for f in findings if f.severity == s) for s in ("error", "warning", "info")}
-    yield f"{len(findings)} findings: {counts['error']} errors, {counts['warning']} warnings, {counts['info']} info"
+    yield (
+        f"{plural(len(findings), 'finding')}: {plural(counts['error'], 'error')}, "
+        f"{plural(counts['warning'], 'warning')}, {counts['info']} info"
+    )

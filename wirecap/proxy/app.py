@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import TYPE_CHECKING, Final, Literal, TextIO
 
 import trio
 
@@ -21,7 +22,7 @@ from wirecap.proxy.server import ProxyServer
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from wirecap.proxy.config import ProxyConfig
+    from wirecap.proxy.config import ProxyConfig, Route
 
 logger = logging.getLogger("wirecap.proxy")
 
@@ -74,8 +75,7 @@ def exit_summary(server: ProxyServer) -> tuple[str, int]:
     :data:`EXIT_CAPTURE_INCOMPLETE` when capture stopped or lost or dropped records, so that a
     supervisor can tell; else 0."""
     stats = server.stats
-    n = stats.exchanges
-    message = f"wirecap: {n} exchange{'' if n == 1 else 's'}"
+    message = f"wirecap: {_count(stats.exchanges, 'exchange')}"
     if stats.answered_by_proxy:
         message += f" ({stats.answered_by_proxy} answered by the proxy itself)"
     if server.writer is None:
@@ -83,13 +83,17 @@ def exit_summary(server: ProxyServer) -> tuple[str, int]:
     capture = server.writer.statistics()
     message += f"; capture: {', '.join(str(p) for p in capture.paths) or 'none'}"
     if capture.records_dropped:
-        message += f"; {capture.records_dropped} records dropped (--on-full drop)"
+        message += f"; {_count(capture.records_dropped, 'record')} dropped (--on-full drop)"
     if capture.failed:
-        message += f"; CAPTURE STOPPED ({capture.failed}), {capture.records_lost} records lost"
-    elif capture.records_lost:
-        message += f"; {capture.records_lost} records lost"
+        message += f"; CAPTURE STOPPED ({capture.failed})"
+    if capture.records_lost:
+        message += f"; {_count(capture.records_lost, 'record')} lost"
     incomplete = capture.failed or capture.records_lost or capture.records_dropped
     return message, EXIT_CAPTURE_INCOMPLETE if incomplete else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def tune_interpreter() -> None:
@@ -101,31 +105,78 @@ def tune_interpreter() -> None:
     gc.freeze()
 
 
+#: A second signal of the same kind this soon (seconds) after the first is the same request
+#: delivered twice: ``timeout``, process managers and shells signal a child and then its whole
+#: process group. A person's second Ctrl-C, after reading the first one's message, comes later.
+DUPLICATE_SIGNAL_WINDOW: Final = 0.5
+
+SignalAction = Literal["graceful", "duplicate", "stop"]
+
+
+@dataclasses.dataclass(slots=True)
+class ShutdownSignals:
+    """What each SIGINT/SIGTERM means. Sans-IO: the caller passes the time.
+
+    The first signal starts a graceful shutdown; the same signal again within ``window`` seconds is
+    a duplicate delivery and changes nothing; any other one after that stops at once."""
+
+    window: float = DUPLICATE_SIGNAL_WINDOW
+    first: tuple[int, float] | None = None
+    duplicates: int = 0
+
+    def on_signal(self, signum: int, now: float) -> SignalAction:
+        if self.first is None:
+            self.first = (signum, now)
+            return "graceful"
+        first_signum, first_at = self.first
+        if signum == first_signum and now - first_at < self.window:
+            self.duplicates += 1
+            return "duplicate"
+        return "stop"
+
+
 async def run_proxy(
-    config: ProxyConfig, *, console: TextIO | None = None, banner: TextIO | None = None
+    config: ProxyConfig,
+    *,
+    console: TextIO | None = None,
+    banner: TextIO | None = None,
+    signals: ShutdownSignals | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> ProxyServer:
     """Run the proxy for ``config`` until SIGINT/SIGTERM; returns the server (for its statistics).
 
     The first signal starts a graceful shutdown (exchanges in flight get ``shutdown_grace`` seconds,
-    then the capture file gets its index); a second one cancels whatever is left at once.
+    then the capture file gets its index); the same signal delivered again at once (see
+    :class:`ShutdownSignals`) changes nothing; a later one cancels whatever is left at once.
+    ``task_status`` gets the address once the proxy listens and captures.
     """
     server = ProxyServer(config, console=console)
     await server.bind()  # fail on a taken address before creating any capture file
     tune_interpreter()
     writer = make_writer(config, make_redactor(config)) if config.capture.enabled else None
     server.writer = writer
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    policy = signals if signals is not None else ShutdownSignals()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
-                async for signum in signals:
-                    if server.shutting_down:
-                        logger.warning("second %s: stopping now", signal.Signals(signum).name)
+                async for signum in received:
+                    name = signal.Signals(signum).name
+                    action = policy.on_signal(signum, trio.current_time())
+                    if action == "stop":
+                        logger.warning("second %s: stopping now", name)
                         nursery.cancel_scope.cancel()
                         return
+                    if action == "duplicate":
+                        logger.warning(
+                            "%s again within %gs: the same request delivered twice; "
+                            "still finishing (send it again to stop now)",
+                            name,
+                            policy.window,
+                        )
+                        continue
                     logger.warning(
-                        "%s: finishing exchanges in flight, then closing the capture",
-                        signal.Signals(signum).name,
+                        "%s: finishing exchanges in flight, then closing the capture", name
                     )
                     server.shutdown()
 
@@ -134,6 +185,7 @@ async def run_proxy(
                 path = await nursery.start(writer.run) if writer is not None else None
                 if banner is not None:
                     print(_banner(server, host, port, path), file=banner, flush=True)
+                task_status.started((host, port))
 
             nursery.start_soon(watch_signals)
             await serve()
@@ -144,13 +196,46 @@ async def run_proxy(
     return server
 
 
+def client_base_urls(route: Route, proxy_url: str) -> list[tuple[str, str]]:
+    """What to give an SDK to send through ``route``: (client, base URL) pairs, from the upstream's
+    host. OpenAI's SDK wants the ``/v1`` in its base URL, Anthropic's adds it itself, OpenRouter's
+    API lives under ``/api/v1``, Ollama's clients take the host alone; any other upstream gets the
+    route's URL, to which a client adds the API's own path."""
+    base = proxy_url.rstrip("/") + route.prefix.rstrip("/")
+    upstream = route.upstream
+    path = upstream.base_path.rstrip("/")
+    if upstream.host == "api.anthropic.com":
+        return [("Anthropic SDK", base)]
+    if upstream.host == "openrouter.ai":
+        return [("OpenAI SDK (OpenRouter)", base + ("" if path.endswith("/v1") else "/api/v1"))]
+    if upstream.host == "api.openai.com":
+        return [("OpenAI SDK", base + ("" if path.endswith("/v1") else "/v1"))]
+    if upstream.port == 11434:
+        return [("Ollama", base), ("OpenAI SDK", base + "/v1")]
+    if path.endswith("/v1"):
+        return [("OpenAI-compatible SDK", base)]
+    return [("base URL", base)]
+
+
+def _client_url(host: str, port: int) -> str:
+    """The URL a local client uses: a wildcard listen address is reached through loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _banner(server: ProxyServer, host: str, port: int, path: Path | None) -> str:
+    proxy_url = _client_url(host, port)
     lines = [f"wirecap {__version__} proxy listening on http://{host}:{port}"]
     for route in server.router.routes:
         extra = "" if route.capture else " (not captured)"
         if route.capture and route.sample < 1:
             extra = f" (sampled {route.sample:g})"
         lines.append(f"  {route.describe():<24} -> {route.upstream.url}{extra}")
+        clients = client_base_urls(route, proxy_url)
+        lines.append("      " + "; ".join(f"{who}: {url}" for who, url in clients))
     if server.writer is None:
         lines.append("capture is off")
     else:

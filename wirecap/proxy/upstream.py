@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import h11
 import trio
 
+from wirecap.proxy.errors import resolver_failure
 from wirecap.proxy.messages import RawTap
 
 if TYPE_CHECKING:
@@ -220,6 +221,8 @@ class ConnectionPool:
 
 def _describe(exc: BaseException) -> str:
     """The most specific reason inside ``exc`` (trio wraps per-address errors in a group)."""
+    if (resolver := resolver_failure(exc)) is not None:
+        return resolver
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed ({exc.verify_message})"
     if isinstance(exc, OSError) and exc.errno:

@@ -4,7 +4,8 @@ Modes, strictest first:
 
 - ``exact``: status, the selected headers (Content-Type by default) and the body bytes;
 - ``json`` (default): JSON bodies compared as data, streams as their reassembled result (text, tool
-  calls with parsed arguments, finish reason), never by chunk boundaries; volatile fields (ids,
+  calls, finish reason), never by chunk boundaries; tool-call arguments (a JSON document in a
+  string) compared as data, streamed or not; volatile fields (ids,
   timestamps, fingerprints, request ids, durations) and ``--ignore`` paths left out;
 - ``schema``: the same structures reduced to their shape (keys and types), for models that do not
   answer the same twice;
@@ -35,20 +36,11 @@ class Verdict:
     summary: str = ""  # one line: what differs
 
 
-def _tool_arguments(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def reassembled(facts: LLMFacts) -> dict[str, Any]:
     """What a stream says once reassembled: the comparable result of an LLM stream."""
     return {
         "text": facts.text,
-        "tool_calls": [
-            {"name": t.name, "arguments": _tool_arguments(t.arguments)} for t in facts.tool_calls
-        ],
+        "tool_calls": [{"name": t.name, "arguments": t.arguments} for t in facts.tool_calls],
         "finish_reason": facts.finish_reason,
     }
 

@@ -20,6 +20,7 @@ from wirecap.capture import open_capture
 from wirecap.inspect.detectors import Thresholds, detect_all
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.inspect.views import findings_lines, table_lines
+from wirecap.inspect.words import plural
 from wirecap.proxy.app import make_redactor, make_writer
 from wirecap.proxy.config import build_config, parse_upstream
 from wirecap.proxy.server import ProxyServer
@@ -34,17 +35,22 @@ class DemoError(Exception):
     """The demo cannot run (no fixtures)."""
 
 
-def default_fixtures() -> Path:
-    return Path(wirecap.__file__).resolve().parent.parent / "fixtures"
+def default_fixtures() -> Path | None:
+    """The fixtures wirecap ships: ``wirecap/fixtures/`` inside an installed package, else the
+    repository's ``fixtures/`` next to the source tree; None when neither has any."""
+    package = Path(wirecap.__file__).resolve().parent
+    for directory in (package / "fixtures", package.parent / "fixtures"):
+        if any(directory.glob("*.cbor.zst")):
+            return directory
+    return None
 
 
 def run_demo(fixtures: Path | None, *, echo: Callable[[str], object] = print) -> None:
     directory = fixtures or default_fixtures()
-    files = sorted(directory.glob("*.cbor.zst")) if directory.is_dir() else []
+    files = sorted(directory.glob("*.cbor.zst")) if directory is not None else []
     if not files:
-        raise DemoError(
-            f"no fixtures in {directory}: run from a clone of wirecap, or pass --fixtures DIR"
-        )
+        where = f"in {directory}" if directory is not None else "shipped with this wirecap"
+        raise DemoError(f"no fixtures {where}: pass --fixtures DIR")
     workdir = Path(tempfile.mkdtemp(prefix="wirecap-demo-"))
     try:
         trio.run(_demo, files, workdir, echo)
@@ -60,7 +66,8 @@ async def _demo(files: list[Path], workdir: Path, echo: Callable[[str], object])
     async with trio.open_nursery() as nursery:
         await nursery.start(mock.run)
         echo(
-            f"1. wirecap serve: {len(catalog.entries)} recorded answers from {len(files)} fixtures on {mock.url}"
+            f"1. wirecap serve: {plural(len(catalog.entries), 'recorded answer')} from "
+            f"{plural(len(files), 'fixture')} on {mock.url}"
         )
         config = build_config(
             listen="127.0.0.1:0", upstream=mock.url + "/", out=workdir / "captures"
@@ -83,7 +90,7 @@ async def _demo(files: list[Path], workdir: Path, echo: Callable[[str], object])
             sent += 1
         await pool.aclose()
         echo(
-            f"3. sent {sent} requests through the proxy (streams keep their recorded timing, 4x faster)"
+            f"3. sent {plural(sent, 'request')} through the proxy (streams keep their recorded timing, 4x faster)"
         )
         proxy.shutdown()
         await proxy.wait_stopped()

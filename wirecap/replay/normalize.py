@@ -113,10 +113,39 @@ def drop_volatile(value: Any, keys: frozenset[str] = VOLATILE_KEYS) -> Any:
     return value
 
 
+def decode_tool_arguments(value: Any) -> Any:
+    """``value`` with every ``"arguments"`` string that holds JSON replaced by that JSON's data.
+
+    OpenAI's APIs carry a tool call's arguments as a JSON document inside a string; a stream's are
+    reassembled and parsed. Decoding both means ``{"city":"Berlin"}`` and ``{"city": "Berlin"}``
+    compare as the same call whether the answer was streamed or not. Strings that are not JSON
+    stay as they are."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                _json_or_text(v)
+                if k == "arguments" and isinstance(v, str)
+                else decode_tool_arguments(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [decode_tool_arguments(v) for v in value]
+    return value
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def normalize(
     value: Any, ignore: Iterable[list[str | int | None]] = (), *, volatile: bool = True
 ) -> Any:
-    """Volatile keys dropped (when asked), then every ignored path."""
+    """Tool-call arguments decoded, volatile keys dropped (when asked), then every ignored path."""
+    value = decode_tool_arguments(value)
     if volatile:
         value = drop_volatile(value)
     for steps in ignore:

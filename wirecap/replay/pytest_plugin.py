@@ -20,7 +20,8 @@ Record modes (``--wirecap-record``, default ``none`` so that CI never reaches th
 
 Captures live in ``--wirecap-dir`` (ini ``wirecap_dir``, default ``fixtures`` under the rootdir). The
 marker's first argument names the capture: a ``.cbor.zst`` file, or a directory of segments; without
-it, the directory ``<module>/<test name>``. Marker options: ``upstream`` (needed to record),
+it, the directory ``<module>/<test name>``. In mode ``none``, a name that is not there but is one of
+the fixtures wirecap ships (``wirecap fixtures``) serves the shipped one. Marker options: ``upstream`` (needed to record),
 ``timing`` (``recorded``, the default; ``none``; ``x4``), ``match`` (e.g. ``"method,path"``),
 ``ignore`` (JSON paths of request bodies), ``sequence``.
 """
@@ -86,7 +87,33 @@ class WirecapHandle:
     mode: str
     capture: Path
     recording: bool
-    misses: list[Miss] = dataclasses.field(default_factory=list)
+    misses: list[Miss] = dataclasses.field(default_factory=list, repr=False)
+    reported: int = dataclasses.field(default=0, repr=False)  # misses already reported
+
+    def miss_report(self) -> str:
+        report = "\n".join(m.describe() for m in self.misses)
+        return f"wirecap: {len(self.misses)} request(s) not in {self.capture}:\n{report}"
+
+
+_HANDLE = pytest.StashKey[WirecapHandle]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A request the capture does not have is reported once, with the test's own result: a test
+    that passed fails with the closest recorded requests; a test that failed (its client got the
+    miss's 404) carries them in a ``wirecap`` section. Teardown then has nothing left to report."""
+    report: pytest.TestReport = yield
+    handle = item.stash.get(_HANDLE, None)
+    if report.when != "call" or handle is None or len(handle.misses) <= handle.reported:
+        return report
+    handle.reported = len(handle.misses)
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = handle.miss_report()
+    elif report.failed:
+        report.sections.append(("wirecap: requests not in the capture", handle.miss_report()))
+    return report
 
 
 def _settings(request: pytest.FixtureRequest) -> tuple[Path, str, dict[str, Any]]:
@@ -101,7 +128,22 @@ def _settings(request: pytest.FixtureRequest) -> tuple[Path, str, dict[str, Any]
     if name is None:
         module = Path(str(request.node.fspath)).stem
         name = f"{module}/{re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)}"
-    return base / name, mode, options
+    path = base / name
+    if mode == "none" and not _exists(path):
+        path = _shipped(name) or path
+    return path, mode, options
+
+
+def _shipped(name: str) -> Path | None:
+    """A fixture wirecap ships with this name (``wirecap fixtures`` lists them), if any: a test
+    that names one runs without a capture directory of its own."""
+    from wirecap.replay.demo import default_fixtures
+
+    directory = default_fixtures()
+    if directory is None or "/" in name or "\\" in name:
+        return None
+    candidate = directory / name
+    return candidate if candidate.is_file() else None
 
 
 def _exists(path: Path) -> bool:
@@ -191,6 +233,7 @@ def wirecap_server(request: pytest.FixtureRequest) -> Iterator[WirecapHandle]:
     handle = WirecapHandle(
         url=service.url, mode=mode, capture=path, recording=False, misses=server.misses
     )
+    request.node.stash[_HANDLE] = handle
     try:
         yield handle
     finally:
@@ -201,11 +244,8 @@ def wirecap_server(request: pytest.FixtureRequest) -> Iterator[WirecapHandle]:
                 _store_single(new_segments, path, append=True)
     if new_segments != path and new_segments.exists():
         shutil.rmtree(new_segments, ignore_errors=True)
-    if server.misses:
-        report = "\n".join(m.describe() for m in server.misses)
-        pytest.fail(
-            f"wirecap: {len(server.misses)} request(s) not in {path}:\n{report}", pytrace=False
-        )
+    if len(handle.misses) > handle.reported:  # a miss after the test's call (in a teardown)
+        pytest.fail(handle.miss_report(), pytrace=False)
 
 
 class _recording:

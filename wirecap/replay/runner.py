@@ -19,7 +19,10 @@ import trio
 from wirecap.capture import BodyChunk, ExchangeEnd, RequestReceived, ResponseHead
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.capture.writer import CaptureWriter
+from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import analyzed_exchanges
+from wirecap.inspect.words import plural
+from wirecap.proxy.errors import resolver_failure_in
 from wirecap.proxy.upstream import (
     ConnectionPool,
     UpstreamConnectError,
@@ -123,7 +126,7 @@ async def replay(
                                         pool, analyzed, options, writer
                                     )
                                 except (UpstreamConnectError, UpstreamTimeout) as exc:
-                                    unreachable.append(str(exc))
+                                    unreachable.append(_unreachable(exc, options.target))
                                     workers.cancel_scope.cancel()
                                     return
 
@@ -142,6 +145,14 @@ async def replay(
     if unreachable:
         raise TargetUnreachable(unreachable[0])
     return [results[i] for i in sorted(results)]
+
+
+def _unreachable(exc: Exception, target: Upstream) -> str:
+    """Why the target cannot be reached, a host name that does not resolve said in words."""
+    resolver = resolver_failure_in(exc)
+    if resolver is None:
+        return str(exc)
+    return f"cannot connect to {target.host}:{target.port}: {resolver}"
 
 
 async def _feed(
@@ -262,17 +273,18 @@ async def _record(
 
 def summary_line(results: Sequence[Result]) -> str:
     failed = sum(1 for r in results if not r.verdict.passed)
-    return f"{len(results)} exchanges replayed: {len(results) - failed} passed, {failed} failed"
+    return f"{plural(len(results), 'exchange')} replayed: {len(results) - failed} passed, {failed} failed"
 
 
-def text_lines(results: Sequence[Result]) -> list[str]:
+def text_lines(results: Sequence[Result], paint: Paint = plain) -> list[str]:
+    """PASS or FAIL per exchange (a failure with its first difference and diff), then a summary."""
     lines = []
     for r in results:
         status = f"{r.recorded_status}->{r.replayed_status}"
         if r.verdict.passed:
-            lines.append(f"PASS {r.name} {status}")
+            lines.append(f"{paint('PASS', 'pass')} {r.name} {status}")
         else:
-            lines.append(f"FAIL {r.name} {status}: {r.verdict.summary}")
+            lines.append(f"{paint('FAIL', 'fail')} {r.name} {status}: {r.verdict.summary}")
             if r.verdict.diff:
                 lines.extend("    " + line for line in r.verdict.diff.splitlines())
     lines.append(summary_line(results))
@@ -340,4 +352,4 @@ def parse_pace(text: str) -> float | None:
             factor = math.nan
         if factor > 0:
             return factor
-    raise ValueError(f"bad pace {text!r}: use recorded, none or xN (x2 is twice as fast)")
+    raise ValueError(f"{text!r} is not a speed: use recorded, none or xN (x2 is twice as fast)")

@@ -9,15 +9,17 @@ each after its recorded gap scaled by ``speed`` (None: no waiting). A request th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
-import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Self
 
 import h11
 import trio
 
+from wirecap.inspect.paint import Paint, plain, status_role
 from wirecap.llm import parse_head
 from wirecap.proxy.messages import HOP_BY_HOP
 from wirecap.replay.catalog import Catalog, Miss, Recorded, recorded_from
@@ -27,9 +29,36 @@ if TYPE_CHECKING:
 
     from wirecap.capture import Capture
 
-logger = logging.getLogger("wirecap.serve")
-
 MAX_REQUEST_BODY = 64 * 1024 * 1024  # a mock for tests: larger requests are refused (413)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Served:
+    """One request the mock answered: what ``wirecap serve`` logs."""
+
+    wall_ns: int  # when the request arrived
+    method: str
+    target: str
+    recording: str | None  # the id of the recorded exchange that answered; None for a miss
+    status: int
+    how: str = "recorded"  # "recorded", "miss", "forwarded" (spy mode), "too large"
+    detail: str | None = None  # for a miss: the closest recorded requests and what differs
+
+
+def served_lines(s: Served, paint: Paint = plain) -> list[str]:
+    """``2026-11-23 12:00:01 POST /openai/v1/chat/completions -> c3442057d65e 200``: the time the
+    request arrived, method, path, the recording that answered and the status. A miss reads
+    ``-> miss 404`` and is followed by the closest recorded requests."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.wall_ns / 1e9))
+    answer = s.recording if s.recording is not None else s.how
+    if s.recording is None and s.how == "miss":
+        answer = paint(answer, "fail")
+    status = paint(str(s.status), status_role(s.status))
+    lines = [f"{stamp} {s.method} {s.target} -> {answer} {status}"]
+    if s.detail:
+        lines.extend(s.detail.splitlines()[1:])
+    return lines
+
 
 #: Called on a miss instead of answering 404: (method, target, headers, body) -> (status, headers, body).
 Fallback = Callable[
@@ -61,12 +90,16 @@ class MockServer:
         speed: float | None = 1.0,
         miss_status: int = 404,
         fallback: Fallback | None = None,
+        on_answer: Callable[[Served], object] | None = None,
     ) -> None:
+        """``on_answer`` is told of each request once its answer starts (``wirecap serve`` logs
+        them)."""
         self.catalog = catalog
         self.host, self.port = host, port
         self.speed = speed
         self.miss_status = miss_status
         self.fallback = fallback
+        self.on_answer = on_answer
         self.misses: list[Miss] = []
         self.served: list[str] = []
 
@@ -89,6 +122,7 @@ class MockServer:
                 request = await _next(conn, stream)
                 if not isinstance(request, h11.Request):
                     return
+                arrived_ns = time.time_ns()
                 body = bytearray()
                 too_big = False
                 while True:
@@ -103,6 +137,7 @@ class MockServer:
                     else:
                         return
                 if too_big:
+                    self._tell(arrived_ns, request, None, 413, "too large")
                     await _send_json(
                         conn,
                         stream,
@@ -115,7 +150,7 @@ class MockServer:
                         },
                     )
                 else:
-                    await self._answer(conn, stream, request, bytes(body))
+                    await self._answer(conn, stream, request, bytes(body), arrived_ns)
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                     conn.start_next_cycle()
                 else:
@@ -125,8 +160,35 @@ class MockServer:
         finally:
             await trio.aclose_forcefully(stream)
 
+    def _tell(
+        self,
+        wall_ns: int,
+        request: h11.Request,
+        recording: str | None,
+        status: int,
+        how: str,
+        detail: str | None = None,
+    ) -> None:
+        if self.on_answer is not None:
+            self.on_answer(
+                Served(
+                    wall_ns=wall_ns,
+                    method=request.method.decode("latin-1"),
+                    target=request.target.decode("latin-1"),
+                    recording=recording,
+                    status=status,
+                    how=how,
+                    detail=detail,
+                )
+            )
+
     async def _answer(
-        self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request, body: bytes
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        request: h11.Request,
+        body: bytes,
+        arrived_ns: int,
     ) -> None:
         method, target = request.method.decode(), request.target.decode("latin-1")
         found = self.catalog.lookup(method, target, body)
@@ -135,6 +197,7 @@ class MockServer:
                 status, headers, answer = await self.fallback(
                     method, target, list(request.headers.raw_items()), body
                 )
+                self._tell(arrived_ns, request, None, status, "forwarded")
                 await _send(
                     conn,
                     stream,
@@ -143,10 +206,11 @@ class MockServer:
                 )
                 return
             self.misses.append(found)
-            logger.warning("%s", found.describe())
+            self._tell(arrived_ns, request, None, self.miss_status, "miss", found.describe())
             await _send_json(conn, stream, self.miss_status, found.to_json())
             return
         self.served.append(found.id)
+        self._tell(arrived_ns, request, found.id, found.status, "recorded")
         await self._replay(conn, stream, found)
 
     async def _replay(
