@@ -260,11 +260,10 @@ class AdminServer:
         if path == "/healthz":
             return json_answer(200, {"status": "alive"})
         if path == "/readyz":
-            status, body = readiness_answer(await self.readiness.checks())
-            return json_answer(status, body)
-        body, content_type = self.metrics.render(
-            (_header(request, b"accept") or b"").decode("latin-1")
-        )
+            status, report = readiness_answer(await self.readiness.checks())
+            return json_answer(status, report)
+        accept = (_header(request, b"accept") or b"").decode("latin-1")
+        body, content_type = self.metrics.render(accept)
         return Answer(200, content_type, body)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
