@@ -15,6 +15,9 @@ import pytest
 import trio
 from click.testing import CliRunner
 from helpers import FailingFile
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from wirecap.capture.records import Header
@@ -123,6 +126,9 @@ def test_the_token_comes_from_the_environment_too(monkeypatch):
         ("t0k", b"Bearer t0", False),
         ("t0k", b"Basic t0k", False),
         ("t0k", b"t0k", False),
+        ("clé", "Bearer clé".encode(), True),
+        ("clé", "Bearer cle\u0301".encode(), False),
+        ("t0k", "Bearer té".encode("latin-1"), False),
     ],
 )
 def test_authorization(token, header, ok):
@@ -501,3 +507,19 @@ def test_a_taken_admin_address_is_one_line_naming_it(tmp_path):
     assert re.fullmatch(
         rf"Error: cannot listen on 127\.0\.0\.1:{port} \(--admin\): [^\n]+\n", result.output
     )
+
+
+async def test_a_scraper_asking_for_openmetrics_gets_it(start_upstream, start_proxy, nursery):
+    upstream = await start_upstream(echo)
+    proxy = await start_proxy(upstream=upstream.url, admin="127.0.0.1:0", capture=False)
+    admin = await start_admin(nursery, proxy)
+    async with httpx.AsyncClient() as client:
+        assert (await client.post(f"{proxy.url}/v1/x", content=b"{}")).status_code == 200
+        accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        response = await client.get(f"{admin}/metrics", headers={"Accept": accept})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(response.text)}
+    [sample] = [s for s in families["wirecap_proxy_requests"].samples if s.name.endswith("_total")]
+    assert sample.labels == {"route": "/", "method": "POST", "status": "200", "outcome": "ok"}
+    assert sample.value == 1

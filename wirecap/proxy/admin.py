@@ -204,11 +204,12 @@ def json_answer(status: int, payload: dict[str, Any], *extra: tuple[str, str]) -
 
 
 def authorized(token: str | None, authorization: bytes | None) -> bool:
-    """Whether a request's Authorization header carries ``token`` (always, without a token)."""
+    """Whether a request's Authorization header carries ``token`` (always, without a token).
+    Compared in constant time, as bytes (a token may be any printable text)."""
     if token is None:
         return True
-    scheme, _, given = (authorization or b"").decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    scheme, _, given = (authorization or b"").partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token.encode())
 
 
 class AdminServer:
