@@ -759,6 +759,8 @@ def index_command(files: tuple[Path, ...]) -> None:
             click.echo(f"{path}: already indexed ({result.exchanges} exchanges)")
             continue
         message = f"{path}: index written ({result.exchanges} exchanges)"
+        if result.replaced is not None:
+            message += f"; it replaces the stored one: {result.replaced}"
         if result.tail_saved_to is not None:
             message += (
                 f"; damaged tail after byte {result.truncated_at} moved to {result.tail_saved_to}"
