@@ -35,9 +35,10 @@ if TYPE_CHECKING:
 
 #: A reading pass over a file (a scan, a lookup) may decompress READ_RATIO times the file's size
 #: plus READ_SLACK. Captures of LLM traffic decompress to 5-10 times their size; the slack lets a
-#: small file hold one large, very repetitive body (the format's largest frame, 64 MiB).
+#: small file hold a large, very repetitive body. Decoding a record holds it twice for a moment, so
+#: a small file costs at most about 64 MiB.
 READ_RATIO: Final = 64
-READ_SLACK: Final = 64 * 1024 * 1024
+READ_SLACK: Final = 32 * 1024 * 1024
 #: What each decoded record costs beyond its bytes: the Python objects it becomes. Charging it keeps
 #: a frame of millions of tiny records from costing more memory and time than its bytes promise.
 RECORD_COST: Final = 256
@@ -250,6 +251,7 @@ class RecordReader:
 
     def _run(self) -> None:
         buf = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts = []  # held once, not twice, while decoding
         rest = self._decode(buf)
         self._parts = [rest] if rest else []
         self._size = len(rest)

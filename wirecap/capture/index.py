@@ -209,7 +209,7 @@ class Index:
 
     def _row(self, i: int) -> IndexEntry:
         assert self._columns is not None
-        return IndexEntry(**{name: column[i] for name, column in self._columns.items()})
+        return IndexEntry.from_map({name: column[i] for name, column in self._columns.items()})
 
     @property
     def entries(self) -> tuple[IndexEntry, ...]:

@@ -390,32 +390,26 @@ class CaptureFile:
             self._note(
                 self.data_end,
                 self.size,
-                f"index row of {exchange_id} lists frames without its records; found by scanning",
+                f"index row of {exchange_id} lists frames that are damaged or without its "
+                "records; found by scanning",
             )
             return self._scan_for(exchange_id)
         return found
 
     def _read_listed(self, exchange_id: str, offsets: list[int]) -> list[Record] | None:
-        """The records of ``exchange_id`` in the data frames at ``offsets``; None when one of
-        them is not a data frame or holds none of its records (the index row is wrong)."""
+        """The records of ``exchange_id`` in the data frames at ``offsets``; None unless each of
+        them is an intact data frame holding some of its records (else the row is wrong, or its
+        frames are damaged and a scan may find the records elsewhere)."""
         budget = Budget.for_file(self.size)
         found: list[Record] = []
         for offset in offsets:
             try:
                 info = frames.parse_frame(self._buf, offset, self.data_end)
-            except frames.FrameError:
+                records, problem = self._decode(info, budget) if info.kind == "data" else ([], "")
+            except frames.FrameError:  # not a frame there, or over the budget
                 return None
-            if info.kind != "data":
-                return None
-            try:
-                records, problem = self._decode(info, budget)
-            except OverBudget as exc:
-                self._note(offset, self.data_end, str(exc))
-                return found
             mine = [r for r in records if getattr(r, "x", None) == exchange_id]
-            if problem:
-                self._note(offset, info.end, problem)
-            elif not mine:
+            if problem is not None or not mine:
                 return None
             found.extend(mine)
         return found
