@@ -73,9 +73,8 @@ class IndexEntry:
         if not isinstance(m, dict) or set(COLUMNS) - set(m):
             raise RecordError(f"index entry is not a map of {', '.join(COLUMNS)}")
         columns = {name: [m[name]] for name in COLUMNS}
-        problems = row_problems(columns, data_end)
-        if problems:
-            raise RecordError(problems[0])
+        for problem in row_problems(columns, data_end).values():
+            raise RecordError(problem)
         return cls(**{name: m[name] for name in COLUMNS})
 
 
@@ -158,7 +157,7 @@ def _frames_problem(offsets: Any, data_end: int | None) -> str | None:
         return "'frames' is not a non-empty list"
     previous = -1
     for offset in offsets:
-        if type(offset) is not int:
+        if type(offset) is not int or offset < 0:
             return "'frames' holds something other than offsets"
         if offset <= previous:
             return "'frames' offsets are not ascending and unique"

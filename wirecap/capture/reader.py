@@ -568,9 +568,9 @@ def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
             raise CaptureError("not a wirecap capture (no header record); not changed")
         replaced: str | None = None
         if cf.indexed:
-            index = cf.index()  # decodes the stored index; falls back to a scan if it is bad
-            if cf.index_from_file and not index.bad_rows:
-                return IndexRepair(path, True, len(index))
+            stored = cf._read_index()
+            if stored is not None and not stored.bad_rows:
+                return IndexRepair(path, True, len(stored))
             replaced = cf.index_problem
         builder, damage, last_end, padded_to = _scan_for_index(cf)
         stop = cf.data_end  # an index being replaced, and its footer, are not kept
