@@ -49,7 +49,7 @@ from wirecap.capture import CaptureFile, decoding, open_capture, reader
 MiB = 1024 * 1024
 #: Memory a command may use beyond the runner's own, for the small files of these tests: the
 #: reader's bound (a constant times the file's size plus 64 MiB) and room for inspect's analysis.
-MEMORY = 160 * MiB
+MEMORY = 96 * MiB
 
 
 @pytest.fixture(scope="module")
