@@ -1051,6 +1051,8 @@ def _index_one(path: Path) -> None:
         click.echo(f"{path}: already indexed ({exchanges})")
         return
     message = f"{path}: index written ({exchanges})"
+    if result.replaced is not None:
+        message += f"; it replaces the stored one: {result.replaced}"
     if result.tail_saved_to is not None:
         message += (
             f"; damaged tail after byte {result.truncated_at} moved to {result.tail_saved_to}"
