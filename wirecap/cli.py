@@ -15,11 +15,18 @@ import click
 import trio
 
 from wirecap import __version__
-from wirecap.capture import Capture, CaptureError, open_capture, repair_index
+from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
 from wirecap.inspect.analysis import analyze_exchange
-from wirecap.inspect.detectors import SEVERITY_RANK, Thresholds, detect_all
+from wirecap.inspect.detectors import (
+    SEVERITY_RANK,
+    DuplicateTracker,
+    Thresholds,
+    detect,
+    detect_all,
+)
 from wirecap.inspect.export import jsonl_records, open_private, write_har
+from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import (
     FilterError,
@@ -31,7 +38,7 @@ from wirecap.inspect.select import (
 )
 from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
-from wirecap.inspect.views import detail_lines, findings_lines, table_lines
+from wirecap.inspect.views import TABLE_HEADER, detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
 from wirecap.proxy.app import exit_summary, run_proxy
 from wirecap.proxy.config import (
@@ -425,6 +432,12 @@ def _counted(analyzed: Iterable[Analyzed], seen: list[int]) -> Iterator[Analyzed
 @_count_options
 @click.option("--detect-issues", is_flag=True, help="Run every detector and list what went wrong.")
 @click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep running: print each exchange as it ends, like tail -f (Ctrl-C stops).",
+)
+@click.option(
     "--fail-on",
     type=click.Choice(["info", "warning", "error"]),
     default="error",
@@ -477,6 +490,7 @@ def inspect_command(
     last: int | None,
     limit: int | None,
     detect_issues: bool,
+    follow: bool,
     fail_on: str,
     slow_ttft: float,
     stall: float,
@@ -486,11 +500,15 @@ def inspect_command(
     """Show what a capture holds: a table of exchanges (time, id, method, status, model, duration,
     TTFT, tokens, bytes, outcome, path), one exchange in full with --id (heads, bodies, the answer
     reassembled, the chunk timeline), or with --detect-issues what went wrong, grouped by severity.
-    CAPTURES are capture files or directories of segments, read as one capture.
+    CAPTURES are capture files or directories of segments, read as one capture. With --follow it
+    keeps running while a proxy writes and prints each exchange as it ends (with --detect-issues,
+    its findings below it; --last N first prints the last N already there; --limit N stops after
+    N); Ctrl-C ends it.
 
     \b
     Examples:
       wirecap inspect captures/ --last 20
+      wirecap inspect captures/ --follow --detect-issues
       wirecap inspect captures/ --status '>=400' --model 'gpt-4o*' --since 2h
       wirecap inspect captures/ --id a1b2 --full
       wirecap inspect captures/ --id a1b2 --raw response > response.bin
@@ -500,6 +518,8 @@ def inspect_command(
         raise click.UsageError("--raw needs --id")
     if full and not exchange_id:
         raise click.UsageError("--full needs --id")
+    if follow and exchange_id:
+        raise click.UsageError("--follow prints exchanges as they end; it does not go with --id")
     filters = _filters(route, status, model, since, until)
     _check_counts(last, limit)
     thresholds = Thresholds(
@@ -509,6 +529,12 @@ def inspect_command(
         duplicate_count=duplicate_count,
     )
     paint = _painter()
+    if follow:
+        checks = thresholds if detect_issues else None
+        worst = _follow(captures, filters, last, limit, checks, as_json, paint)
+        if detect_issues and worst >= SEVERITY_RANK[fail_on]:
+            raise SystemExit(1)
+        return
     worst = -1
     try:
         with open_capture(*captures) as capture:
@@ -526,6 +552,47 @@ def inspect_command(
         raise click.ClickException(str(exc)) from None
     if detect_issues and worst >= SEVERITY_RANK[fail_on]:
         raise SystemExit(1)
+
+
+def _follow(
+    captures: tuple[Path, ...],
+    filters: Filters,
+    last: int | None,
+    limit: int | None,
+    thresholds: Thresholds | None,
+    as_json: bool,
+    paint: Paint,
+) -> int:
+    """``inspect --follow``: each exchange as it ends until Ctrl-C (or ``limit`` of them); with
+    ``thresholds``, its findings below it. Returns the worst severity's rank (-1: none)."""
+
+    def damaged(damage: FileDamage) -> None:
+        click.echo(f"wirecap: damaged: {damage}", err=True)
+
+    worst = -1
+    duplicates = DuplicateTracker(thresholds) if thresholds is not None else None
+    try:
+        if not as_json:
+            _echo([TABLE_HEADER], paint)
+            sys.stdout.flush()
+        found = analyzed_as_they_end(captures, filters, last=last, on_damage=damaged)
+        for a in itertools.islice(found, limit):
+            findings = detect(a, thresholds) if thresholds is not None else []
+            dup = duplicates.observe(a) if duplicates is not None else None
+            findings += [dup] if dup is not None else []
+            worst = max([worst, *(SEVERITY_RANK[f.severity] for f in findings)])
+            lines = follow_lines(
+                a, findings, as_json=as_json, with_findings=thresholds is not None, paint=paint
+            )
+            _echo(lines, paint)
+            sys.stdout.flush()
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow ends
+    except BrokenPipeError:  # the reader went away (| head): end quietly, without a flush error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return worst
 
 
 def _show_table(analyzed: Iterator[Analyzed], as_json: bool, paint: Paint) -> None:
