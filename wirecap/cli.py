@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -65,6 +67,12 @@ from wirecap.replay.runner import (
     text_lines,
 )
 from wirecap.replay.serve import MockServer, Served, load_catalog, served_lines
+from wirecap.ui.app import DEFAULT_LISTEN as DEFAULT_UI_LISTEN
+from wirecap.ui.app import run_beside_proxy, run_ui, run_until_stdin_closes
+from wirecap.ui.http import is_loopback
+
+#: The environment variable that gives the inspector (wirecap ui, proxy --ui) its token.
+UI_TOKEN_VARIABLE = "WIRECAP_UI_TOKEN"
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -284,7 +292,18 @@ def main() -> None:
     metavar="SECONDS",
     help="Seconds exchanges in flight get to finish on SIGINT/SIGTERM [default: 5].",
 )
-def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> None:
+@click.option(
+    "--ui",
+    "ui_listen",
+    is_flag=False,
+    flag_value=DEFAULT_UI_LISTEN,
+    default=None,
+    metavar="[HOST:PORT]",
+    help=f"Also serve the web inspector on the capture directory [default: {DEFAULT_UI_LISTEN}].",
+)
+def proxy_command(
+    config_path: Path | None, quiet: bool, ui_listen: str | None, **settings: Any
+) -> None:
     """Run the recording reverse proxy.
 
     With no arguments it listens on 127.0.0.1:5601 with the routes /openai/, /anthropic/, /ollama/
@@ -293,12 +312,16 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
     lets exchanges in flight finish (--shutdown-timeout) and closes the capture with its index; a
     second Ctrl-C stops at once.
 
+    With --ui the web inspector (wirecap ui) runs beside it, in its own process, on the capture
+    directory; the banner says where.
+
     Exit status: 0 after a clean stop; 3 when capture stopped, or lost or dropped records, during
     the run (the last line says how many); 1 or 2 when it cannot start.
 
     \b
     Examples:
       wirecap proxy
+      wirecap proxy --ui                             # and the inspector on 127.0.0.1:5610
       wirecap proxy --upstream http://127.0.0.1:8000/ --out /var/captures
       wirecap proxy --route /openai=https://api.openai.com/ --config wirecap.toml
     """
@@ -309,11 +332,22 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
         config = build_config(doc=load_toml(config_path) if config_path else None, **settings)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
+    beside = None
+    if ui_listen is not None:
+        if not config.capture.enabled:
+            raise click.UsageError("--ui shows what the proxy captures: it needs capture on")
+        _ui_address(ui_listen, os.environ.get(UI_TOKEN_VARIABLE), "--ui")
+        beside = functools.partial(
+            run_beside_proxy,
+            listen=ui_listen,
+            banner=sys.stderr,
+            token_set=bool(os.environ.get(UI_TOKEN_VARIABLE)),
+        )
     logging.basicConfig(
         level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
     )
     try:
-        server = trio.run(lambda: run_proxy(config, banner=sys.stderr))
+        server = trio.run(lambda: run_proxy(config, banner=sys.stderr, beside=beside))
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}"
@@ -1025,6 +1059,117 @@ def serve_command(
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:
+    """The inspector's address; one reachable from other machines needs a token."""
+    try:
+        host, port = parse_listen(listen)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    if not is_loopback(host) and not token:
+        raise click.UsageError(
+            f"{option} {listen} can be reached from other machines: give a token "
+            f"(--token or {UI_TOKEN_VARIABLE}) that every request must carry"
+        )
+    return host, port
+
+
+@main.command("ui", short_help="A web page over captures, live while a proxy writes.")
+@click.argument("captures", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--listen",
+    default=DEFAULT_UI_LISTEN,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address of the page; one other machines can reach needs --token.",
+)
+@click.option(
+    "--token",
+    envvar=UI_TOKEN_VARIABLE,
+    metavar="TOKEN",
+    help=f"Every request must carry it: open /?token=TOKEN once, or send Bearer [env: {UI_TOKEN_VARIABLE}].",
+)
+@click.option(
+    "--slow-ttft",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A time to first token above this is a slow-ttft finding.",
+)
+@click.option(
+    "--stall",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A gap between two response chunks above this is a stream-stall finding.",
+)
+@click.option("--child", is_flag=True, hidden=True, help="Run for wirecap proxy --ui.")
+def ui_command(
+    captures: tuple[Path, ...],
+    listen: str,
+    token: str | None,
+    slow_ttft: float,
+    stall: float,
+    child: bool,
+) -> None:
+    """Serve a web page that lists the exchanges of CAPTURES (files or directories of segments;
+    default ./captures) with their model, status, TTFT, duration, tokens and findings; sorts and
+    filters them like inspect, searches prompts and answers, and opens one in full: heads, the
+    conversation, the answer, a timeline of its chunks, its findings, its raw bytes, and
+    downloads (raw, HAR, its own capture file) with curl and wirecap replay command lines. While
+    a proxy writes into a directory, new exchanges appear as they come and streams grow. /metrics
+    serves tokens, TTFT and findings by model and code for Prometheus.
+
+    \b
+    Examples:
+      wirecap ui                                     # ./captures on http://127.0.0.1:5610/
+      wirecap ui "$(wirecap fixtures)" --listen 127.0.0.1:8080
+      WIRECAP_UI_TOKEN=s3cret wirecap ui captures/ --listen 0.0.0.0:5610
+    """
+    targets = captures or (Path("captures"),)
+    for target in targets:
+        if not target.exists():
+            raise click.BadParameter(f"no such capture: {target}", param_hint="'CAPTURES'")
+    host, port = _ui_address(listen, token, "--listen")
+    thresholds = Thresholds(slow_ttft_s=slow_ttft, stall_s=stall)
+    options: dict[str, Any] = {"host": host, "port": port, "token": token}
+
+    async def run() -> None:
+        if child:
+            await run_until_stdin_closes(targets=targets, thresholds=thresholds, **options)
+            return
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(run_ui, targets, thresholds=thresholds, **options)
+            )
+            shown = ", ".join(str(t) for t in targets)
+            click.echo(f"wirecap ui on {url}: {shown} (Ctrl-C stops)", err=True)
+
+    if child:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy stops it when it is done
+    try:
+        trio.run(run)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BaseException as exc:
+        cause = _only_cause(exc)
+        if isinstance(cause, OSError):
+            raise click.ClickException(
+                f"cannot listen on {listen}: {cause.strerror or cause}"
+            ) from None
+        if isinstance(cause, CaptureError):
+            raise click.ClickException(str(cause)) from None
+        raise
+
+
+def _only_cause(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups (trio's nurseries wrap what they raise)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 @main.command("demo", short_help="The whole loop offline, on the fixtures wirecap ships.")

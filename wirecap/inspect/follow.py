@@ -335,20 +335,37 @@ class Follower:
 
     # -- reading one exchange back --------------------------------------------------------------
 
-    def fetch(self, exchange_id: str, locations: Iterable[tuple[int, int]]) -> Exchange | None:
-        """The exchange ``exchange_id`` read again from the frames at ``locations`` (as reported
-        in a :class:`Followed`); safe to call from another thread than :meth:`poll`'s."""
-        exchange: Exchange | None = None
+    def fetch_records(
+        self, exchange_id: str, locations: Iterable[tuple[int, int]]
+    ) -> tuple[Header | None, list[Record]]:
+        """The records of ``exchange_id`` read again from the frames at ``locations`` (as reported
+        in a :class:`Followed`), and the header of the first segment that holds them. Safe to
+        call from another thread than :meth:`poll`'s."""
         by_segment: dict[int, list[int]] = {}
         for number, offset in locations:
             by_segment.setdefault(number, []).append(offset)
+        header: Header | None = None
+        records: list[Record] = []
         for number, offsets in sorted(by_segment.items()):
             tail = self.segments[number]
-            for record in read_records_at(tail.path, offsets, exchange_id):
-                if exchange is None:
-                    exchange = Exchange(exchange_id, wire=tail.wire)
-                exchange.add(record)
+            header = header or tail.header
+            records.extend(read_records_at(tail.path, offsets, exchange_id))
+        return header, records
+
+    def fetch(self, exchange_id: str, locations: Iterable[tuple[int, int]]) -> Exchange | None:
+        """The exchange ``exchange_id`` read again from the frames at ``locations``."""
+        header, records = self.fetch_records(exchange_id, locations)
+        if not records:
+            return None
+        exchange = Exchange(exchange_id, wire=header is None or header.version >= 2)
+        for record in records:
+            exchange.add(record)
         return exchange
+
+    def header_of(self, locations: Iterable[tuple[int, int]]) -> Header | None:
+        """The header of the first segment among ``locations``."""
+        numbers = sorted({number for number, _ in locations})
+        return self.segments[numbers[0]].header if numbers else None
 
 
 def read_records_at(path: Path, offsets: Iterable[int], exchange_id: str) -> list[Record]:
