@@ -180,6 +180,11 @@ def timeline(
     }
 
 
+def _last_record_ns(ex: Exchange) -> int | None:
+    """When the last record of an exchange still being written arrived."""
+    return max((r.ns for r in (*ex.chunks, *ex.responses)), default=None)
+
+
 def _redactions(ex: Exchange) -> list[dict[str, str]]:
     found = {
         (r.where, r.name, r.fp): {"where": r.where, "name": r.name, "fp": r.fp}
@@ -217,7 +222,7 @@ def detail(
         "outcome": ex.outcome,
         "live": live,
         "error": end.error if end else None,
-        "duration_ms": ms(ex.duration_ns),
+        "duration_ms": ms(ex.duration_ns if end else _last_record_ns(ex)),
         "ttfb_ms": ms(ex.ttfb_ns),
         "ttft_ms": ms(a.facts.ttft_ns),
         "req_bytes": end.req_bytes if end else len(ex.request_body),

@@ -439,7 +439,7 @@ function renderDetail(d) {
     ...fact("started", d.start ? localTime(Date.parse(d.start), true) : null),
     ...fact("model", answer ? (answer.model || "-") + (answer.model_requested && answer.model_requested !== answer.model ? ` (asked ${answer.model_requested})` : "") : null),
     ...fact("route → upstream", `${d.route || "(none)"} → ${d.upstream_url || "(answered by wirecap)"}`),
-    ...fact("duration", ms(d.duration_ms)),
+    ...fact("duration", ms(d.duration_ms) + (d.live ? " so far" : "")),
     ...fact("time to first byte", ms(d.ttfb_ms)),
     ...fact("time to first token", ms(d.ttft_ms)),
     ...fact("tokens in / out / cached", usage ? `${num(usage.input)} / ${num(usage.output)} / ${num(usage.cached)}` : null),
@@ -471,10 +471,10 @@ function renderDetail(d) {
     findings,
     el("h2", {}, "Timeline"),
     timeline(d.timeline),
+    tabs(d),
     el("h2", {}, "Take away"),
     actions,
     commands,
-    tabs(d),
   );
 }
 
@@ -689,6 +689,7 @@ function start() {
   applyTheme(initialTheme());
   $("theme").addEventListener("click", toggleTheme);
   $("filters").addEventListener("input", onFilterInput);
+  $("filters").addEventListener("change", onFilterInput);
   $("filters").addEventListener("submit", (event) => event.preventDefault());
   $("clear").addEventListener("click", () => {
     for (const key of FILTERS) $(key).value = "";
