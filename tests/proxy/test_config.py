@@ -284,7 +284,11 @@ EXAMPLES = {
     "shutdown_timeout": (["--shutdown-timeout", "0.5"], "[timeouts]\nshutdown_timeout = 0.5"),
 }
 #: Options of `wirecap proxy` that are not settings.
-NOT_SETTINGS = {"config": "names the config file", "quiet": "shorthand for --log-format quiet"}
+NOT_SETTINGS = {
+    "config": "names the config file",
+    "quiet": "shorthand for --log-format quiet",
+    "ui": "--ui starts the inspector beside the proxy: a companion, not a proxy setting",
+}
 
 
 class Built(Exception):
