@@ -199,12 +199,14 @@ def test_pages_of_a_large_table_hold_only_the_page():
     table = Table()
     for i in range(10_000):
         table.put(row(i, status=500 if i % 10 == 0 else 200, ttft_ns=None if i % 2 else i))
-    page = select(table.snapshot(), Query(limit=100))
+    page = select(table.snapshot()[1], Query(limit=100))
     assert (page.total, page.matched, len(page.rows)) == (10_000, 10_000, 100)
     assert page.rows[0].id == f"{9999:012x}"  # newest first
-    errors = select(table.snapshot(), Query(status=">=500", offset=990, limit=100))
+    errors = select(table.snapshot()[1], Query(status=">=500", offset=990, limit=100))
     assert errors.matched == 1000 and len(errors.rows) == 10
-    by_ttft = select(table.snapshot(), Query(sort="ttft", descending=False, offset=4990, limit=20))
+    by_ttft = select(
+        table.snapshot()[1], Query(sort="ttft", descending=False, offset=4990, limit=20)
+    )
     assert [r.ttft_ns for r in by_ttft.rows[:10]] == list(range(9980, 10_000, 2))
     assert all(r.ttft_ns is None for r in by_ttft.rows[10:])  # unknown values sort last
 

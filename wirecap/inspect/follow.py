@@ -43,8 +43,11 @@ WINDOW_BYTES: Final = 4 * 1024 * 1024
 #: form is never much larger than its content.
 MAX_FRAME_BYTES: Final = framing.MAX_FRAME_CONTENT + 1024 * 1024
 #: Compressed bytes one poll reads at most: a large capture is caught up over several polls, so
-#: the caller sees progress (and its exchanges) as it goes.
-POLL_BUDGET: Final = 16 * 1024 * 1024
+#: the caller sees progress (and its exchanges) as it goes, and holds only one poll's exchanges
+#: at a time (about 3,000 small ones: a few tens of MiB while they are analysed).
+POLL_BUDGET: Final = 1024 * 1024
+#: Smallest read: a poll with little budget left still reads whole frames at once.
+MIN_WINDOW: Final = 256 * 1024
 #: Seconds between two polls once caught up: frames close within 250 ms of their first record, so
 #: an exchange shows about half a second after it ends at most.
 POLL_SECONDS: Final = 0.2
@@ -128,7 +131,7 @@ class SegmentTail:
     ) -> bool:
         """Read the frames of one window, stopping after ``limit`` bytes; False when the next
         frame is not complete yet."""
-        want = min(WINDOW_BYTES, self.size - self.offset)
+        want = min(WINDOW_BYTES, max(limit, MIN_WINDOW), self.size - self.offset)
         while True:
             buf = os.pread(fd, want, self.offset)
             consumed, cut = self._frames_in(buf, limit, found, damage)

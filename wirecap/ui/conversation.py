@@ -215,6 +215,9 @@ def thinking_of(a: Analyzed) -> str:
     OpenAI-compatible servers, the responses API's reasoning summaries, Ollama's ``thinking``."""
     if a.facts.api == "http":
         return ""
+    body = b"".join(chunk for _, chunk in a.response_chunks)
+    if b"thinking" not in body and b"reasoning" not in body:
+        return ""  # most answers have none: they are not parsed again
     return "".join(piece for value in response_values(a) for piece in _thinking_pieces(value))
 
 

@@ -182,7 +182,8 @@ def timeline(
 
 def _last_record_ns(ex: Exchange) -> int | None:
     """When the last record of an exchange still being written arrived."""
-    return max((r.ns for r in (*ex.chunks, *ex.responses)), default=None)
+    times = [c.ns for c in ex.chunks] + [h.ns for h in ex.responses]
+    return max(times, default=None)
 
 
 def _redactions(ex: Exchange) -> list[dict[str, str]]:

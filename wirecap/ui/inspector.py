@@ -64,6 +64,8 @@ class Inspector:
         self.metrics = LLMMetrics()
         self.damage: list[FileDamage] = []
         self.bytes_read = 0
+        #: The capture was read to its end once and every row of it is in the table.
+        self.caught_up = False
         self._duplicates = DuplicateTracker(self.thresholds)
         self._duplicate_messages: dict[str, str] = {}
         self._live: dict[str, float] = {}  # live exchange -> monotonic time of its last records
@@ -121,7 +123,9 @@ class Inspector:
         self.metrics.count(ingested.ended)
         self.metrics.in_flight.set(self.follower.in_flight)
         self.metrics.indexed.set(len(self.table))
-        if ingested.rows or batch.damage or batch.caught_up != self.follower.caught_up:
+        caught_up = self.caught_up or batch.caught_up
+        if ingested.rows or batch.damage or caught_up != self.caught_up:
+            self.caught_up = caught_up
             self._notify()
 
     def _notify(self) -> None:
@@ -150,12 +154,13 @@ class Inspector:
                 await self._changed.wait()
 
     async def query(self, query: Query) -> Page:
-        rows = self.table.snapshot()
+        version, rows = self.table.snapshot()
         words = query.words
 
         def run() -> Page:
             hits = self.search.search(words) if words else None
-            return select(rows, query, hits)
+            ordered = self.table.ordered(version, rows, query.sort, query.descending)
+            return select(ordered, query, hits, ordered=True)
 
         return await trio.to_thread.run_sync(run)
 
@@ -164,7 +169,7 @@ class Inspector:
             "version": self.table.version,
             "exchanges": len(self.table),
             "in_flight": self.follower.in_flight,
-            "caught_up": self.follower.caught_up,
+            "caught_up": self.caught_up,
             "bytes_read": self.bytes_read,
             "segments": len(self.follower.segments),
             "targets": self.targets,

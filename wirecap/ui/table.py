@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import fnmatch
+import operator
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -108,21 +109,32 @@ def _tokens(row: Row) -> int | None:
 
 #: Sort keys of the list: column name -> the value it sorts by (None sorts last).
 SORT_KEYS: Final[dict[str, Callable[[Row], Any]]] = {
-    "time": lambda r: r.wall_ns,
-    "method": lambda r: r.method,
-    "route": lambda r: r.route,
-    "path": lambda r: r.path,
-    "model": lambda r: r.model,
-    "status": lambda r: r.status,
-    "ttft": lambda r: r.ttft_ns,
-    "duration": lambda r: r.duration_ns,
-    "input_tokens": lambda r: r.input_tokens,
-    "output_tokens": lambda r: r.output_tokens,
+    "time": operator.attrgetter("wall_ns"),
+    "method": operator.attrgetter("method"),
+    "route": operator.attrgetter("route"),
+    "path": operator.attrgetter("path"),
+    "model": operator.attrgetter("model"),
+    "status": operator.attrgetter("status"),
+    "ttft": operator.attrgetter("ttft_ns"),
+    "duration": operator.attrgetter("duration_ns"),
+    "input_tokens": operator.attrgetter("input_tokens"),
+    "output_tokens": operator.attrgetter("output_tokens"),
     "tokens": _tokens,
     "bytes": lambda r: r.req_bytes + r.res_bytes,
-    "outcome": lambda r: r.outcome,
+    "outcome": operator.attrgetter("outcome"),
     "findings": lambda r: len(r.findings),
 }
+#: Sorted orders kept (each one pointer per row), for the page's next page or filter.
+ORDERS_KEPT: Final = 4
+
+
+def sort_rows(rows: Sequence[Row], sort: str, descending: bool) -> list[Row]:
+    """``rows`` by ``sort``; rows without a value last, ties in arrival order."""
+    key = SORT_KEYS[sort]
+    known = [r for r in rows if key(r) is not None]
+    unknown = [r for r in rows if key(r) is None] if len(known) < len(rows) else []
+    known.sort(key=key, reverse=descending)
+    return known + unknown
 
 
 class QueryError(ValueError):
@@ -161,8 +173,8 @@ class Query:
     def words(self) -> list[str]:
         return (self.text or "").lower().split()
 
-    def matcher(self) -> Callable[[Row], bool]:
-        """The filters other than the text search, as one test."""
+    def matcher(self) -> Callable[[Row], bool] | None:
+        """The filters other than the text search, as one test (None: no filter)."""
         tests: list[Callable[[Row], bool]] = []
         if self.route:
             route = self.route.rstrip("/")
@@ -180,6 +192,8 @@ class Query:
             tests.append(lambda r: r.wall_ns is not None and r.wall_ns <= until)
         if self.finding:
             tests.append(_finding_test(self.finding))
+        if len(tests) <= 1:
+            return tests[0] if tests else None
         return lambda r: all(test(r) for test in tests)
 
 
@@ -210,17 +224,25 @@ class Page:
     total: int  # rows in the table
 
 
-def select(rows: Sequence[Row], query: Query, text_hits: Collection[str] | None = None) -> Page:
-    """The page ``query`` asks for out of ``rows``; ``text_hits`` are the ids whose text matches
-    the query's words (None: no text search)."""
+def select(
+    rows: Sequence[Row],
+    query: Query,
+    text_hits: Collection[str] | None = None,
+    *,
+    ordered: bool = False,
+) -> Page:
+    """The page ``query`` asks for out of ``rows`` (already in the query's order when
+    ``ordered``); ``text_hits`` are the ids whose text matches the query's words (None: no text
+    search)."""
+    if not ordered:
+        rows = sort_rows(rows, query.sort, query.descending)
     test = query.matcher()
-    chosen = [r for r in rows if (text_hits is None or r.id in text_hits) and test(r)]
-    key = SORT_KEYS[query.sort]
-    known = [r for r in chosen if key(r) is not None]
-    unknown = [r for r in chosen if key(r) is None]
-    known.sort(key=lambda r: (key(r), r.id), reverse=query.descending)
-    ordered = known + unknown
-    return Page(ordered[query.offset : query.offset + query.limit], len(chosen), len(rows))
+    chosen: Sequence[Row] = rows
+    if text_hits is not None:
+        chosen = [r for r in chosen if r.id in text_hits]
+    if test is not None:
+        chosen = [r for r in chosen if test(r)]
+    return Page(list(chosen[query.offset : query.offset + query.limit]), len(chosen), len(rows))
 
 
 class Table:
@@ -232,6 +254,7 @@ class Table:
         self.version = 0
         self._changes: collections.deque[tuple[int, str]] = collections.deque(maxlen=CHANGES_KEPT)
         self._facets: tuple[int, dict[str, Any]] | None = None
+        self._orders: dict[tuple[str, bool], tuple[int, list[Row]]] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -259,9 +282,21 @@ class Table:
         found = [r for r in self._rows if r.id.startswith(prefix)]
         return found[0] if len(found) == 1 else None
 
-    def snapshot(self) -> list[Row]:
-        """The rows as they are now (a copy of the list; rows themselves never change)."""
-        return list(self._rows)
+    def snapshot(self) -> tuple[int, list[Row]]:
+        """The version and the rows as they are now (a copy of the list; rows never change)."""
+        return self.version, list(self._rows)
+
+    def ordered(self, version: int, rows: list[Row], sort: str, descending: bool) -> list[Row]:
+        """``rows`` (the :meth:`snapshot` of ``version``) sorted, the order kept for the next
+        query of the same version. Safe from a worker thread."""
+        found = self._orders.get((sort, descending))
+        if found is not None and found[0] == version:
+            return found[1]
+        result = sort_rows(rows, sort, descending)
+        if len(self._orders) >= ORDERS_KEPT:
+            self._orders.clear()
+        self._orders[(sort, descending)] = (version, result)
+        return result
 
     def changed_since(self, version: int) -> list[str] | None:
         """Ids changed after ``version``, oldest first; None when that is too far back to tell."""
