@@ -7,12 +7,13 @@ import dataclasses
 import pytest
 import samples
 from captures import Spec
+from test_layout import PACKAGE, trio_chain
 
 from wirecap.capture import Exchange
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.ui.commands import curl_command, replay_command
 from wirecap.ui.conversation import conversation, thinking_of
-from wirecap.ui.detail import escaped_text, hex_dump
+from wirecap.ui.detail import escaped_text, hex_dump, timeline
 from wirecap.ui.search import SearchText
 from wirecap.ui.table import Query, QueryError, Row, Table, select
 
@@ -249,3 +250,28 @@ def test_search_finds_every_word_in_stored_and_live_text():
         assert search.search(["sunny", "paris"]) == {"a"}
     finally:
         search.close()
+
+
+def test_the_timeline_marks_stalls_and_gaps_that_stand_out():
+    gaps = [100_000_000] * 6 + [6_000_000_000] + [100_000_000] * 3 + [400_000_000]
+    spec = Spec(
+        "dddddddddddd",
+        chunks=[b"data: {}\n\n"] * len(gaps),
+        gap_ns=gaps,
+        content_type="text/event-stream",
+    )
+    a = analyzed(spec)
+    t = timeline(a.exchange, a.exchange.response_chunks, a.facts.ttft_ns, 5_000_000_000)
+    by_after = {g["after"]: g for g in t["gaps"]}
+    assert len(t["gaps"]) == 5  # the largest, in time order
+    # gap_ns[i] comes before chunk i: the 6 s one follows the 6th chunk, the 0.4 s one the 10th
+    assert by_after[6]["stall"] and by_after[6]["to_ns"] - by_after[6]["from_ns"] == 6_000_000_000
+    assert by_after[10]["notable"] and not by_after[10]["stall"]  # 4x the usual gap
+    assert not any(g["notable"] for after, g in by_after.items() if after not in (6, 10))
+    assert [c[0] for c in t["chunks"]].count(1) == len(gaps)
+
+
+def test_the_sans_io_parts_do_not_import_trio():
+    for module in ("table", "summary", "detail", "conversation", "commands", "search"):
+        assert trio_chain(PACKAGE / "ui" / f"{module}.py") is None, module
+    assert trio_chain(PACKAGE / "inspect" / "follow.py") is None

@@ -9,7 +9,6 @@ copied into a chat or a ticket.
 from __future__ import annotations
 
 import io
-import json
 import shlex
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -155,8 +154,3 @@ def har_document(a: Analyzed) -> str:
     out = io.StringIO()
     write_har([a], out)
     return out.getvalue()
-
-
-def har_json(a: Analyzed) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads(har_document(a))
-    return document

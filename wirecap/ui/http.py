@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -190,10 +191,18 @@ async def _send(
         *response.headers,
     ]
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    await stream.send_all(conn.send(h11.Response(status_code=response.status, headers=raw)) or b"")
+    head = h11.Response(status_code=response.status, headers=raw, reason=_reason(response.status))
+    await stream.send_all(conn.send(head) or b"")
     if response.body and not head_only:
         await stream.send_all(conn.send(h11.Data(data=response.body)) or b"")
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 async def _refuse(conn: h11.Connection, stream: trio.abc.Stream, status: int, message: str) -> None:

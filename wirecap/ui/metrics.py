@@ -2,9 +2,9 @@
 event loop): exchanges, tokens, time to first token and duration by model, findings by code.
 
 Each exchange is counted once, when it ends (or, for a capture read from the start, when the
-inspector reads it). Model names come from captured bodies: past :data:`MAX_MODELS` distinct
-names, the others are counted as ``other`` so that a hostile capture cannot grow the series
-without bound.
+inspector reads it). Model names and routes come from the capture: past :data:`MAX_LABELS`
+distinct values of each, the others are counted as ``other``, so that no capture can grow the
+series without bound.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONTENT_TYPE", "LLMMetrics"]
 
-MAX_MODELS: Final = 100
+MAX_LABELS: Final = 100
 #: Seconds: LLM latencies run from tens of milliseconds to minutes.
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
@@ -32,6 +32,7 @@ class LLMMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._models: set[str] = set()
+        self._routes: set[str] = set()
         self.exchanges = Counter(
             "wirecap_llm_exchanges",
             "Exchanges that ended, by model, route and outcome.",
@@ -75,21 +76,23 @@ class LLMMetrics:
             registry=self.registry,
         )
 
-    def _model(self, name: str | None) -> str:
+    def _label(self, seen: set[str], name: str | None) -> str:
+        """``name`` as a label value, while fewer than :data:`MAX_LABELS` are in use."""
         if not name:
             return "unknown"
-        if name in self._models:
+        if name in seen:
             return name
-        if len(self._models) < MAX_MODELS:
-            self._models.add(name)
+        if len(seen) < MAX_LABELS:
+            seen.add(name)
             return name
         return "other"
 
     def count(self, rows: Sequence[Row]) -> None:
         """Count exchanges that ended."""
         for row in rows:
-            model = self._model(row.model)
-            self.exchanges.labels(model, row.route or "", row.outcome).inc()
+            model = self._label(self._models, row.model)
+            route = self._label(self._routes, row.route)
+            self.exchanges.labels(model, route, row.outcome).inc()
             if row.input_tokens:
                 self.tokens.labels(model, "input").inc(row.input_tokens)
             if row.output_tokens:
