@@ -230,12 +230,9 @@ def test_the_fixtures_list_sort_filter_search_open_and_download(browser, tmp_pat
         answer = wait(browser, lambda d: d.find_element(By.ID, "panel").text)
         assert "Hi there" in answer and '"q": "paris"' in answer
         screenshot(browser, "ui-detail.png")
-        set_theme(browser, "dark")
-        screenshot(browser, "ui-detail-dark.png")
         browser.find_element(By.CSS_SELECTOR, "button[data-tab=raw]").click()
         raw = wait(browser, lambda d: d.find_element(By.ID, "raw-bytes").text)
         assert raw.startswith("HTTP/1.1 200 \\r\\n")
-        set_theme(browser, "light")
 
 
 HOSTILE_PROMPT = "<script>window.__pwned = 'prompt'</script>"
@@ -352,8 +349,9 @@ def _replay_body(body: bytes):
     return read_body
 
 
-def test_a_live_proxy_with_the_openai_sdk(browser, tmp_path):
-    live = LiveProxy(tmp_path / "captures")
+def test_a_live_proxy_with_the_openai_sdk(browser, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the page names the capture as given: "captures"
+    live = LiveProxy(Path("captures"))
     with InThread(live.serve, live.stop) as proxy, ui_in_thread(live.out) as ui:
         base_url = proxy.url + "/openai/v1"
         browser.get(ui.url)
@@ -384,9 +382,11 @@ def test_a_live_proxy_with_the_openai_sdk(browser, tmp_path):
             )[0]
             held_id = streaming.get_attribute("data-id")
             assert "streaming" in streaming.text
+            set_theme(browser, "dark")
+            screenshot(browser, "ui-live-list-dark.png")
             streaming.click()
             wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".dhead .badge.live"))
-            screenshot(browser, "ui-live.png")
+            set_theme(browser, "light")
         finally:
             live.release.set()
             caller.join(DEADLINE)

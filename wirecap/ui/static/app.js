@@ -56,7 +56,8 @@ function svg(tag, attrs, text) {
 
 function ms(value) {
   if (value === null || value === undefined) return "-";
-  if (value < 1) return value.toFixed(2) + " ms";
+  if (value < 10) return value.toFixed(2) + " ms";
+  if (value < 100) return value.toFixed(1) + " ms";
   if (value < 1000) return Math.round(value) + " ms";
   if (value < 60000) return (value / 1000).toFixed(2) + " s";
   return (value / 60000).toFixed(1) + " min";
