@@ -93,6 +93,16 @@ def wait(driver, condition, message=""):
     return WebDriverWait(driver, DEADLINE, poll_frequency=0.05).until(check, message)
 
 
+def click(driver, css: str) -> None:
+    """Click what ``css`` finds, again if the page redrew it between finding and clicking."""
+
+    def clicked(d):
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    wait(driver, clicked, f"could not click {css}")
+
+
 def rows(driver):
     return driver.find_elements(By.CSS_SELECTOR, "#rows tr")
 
@@ -177,12 +187,12 @@ def test_the_fixtures_list_sort_filter_search_open_and_download(browser, tmp_pat
         browser.find_element(By.ID, "clear").click()
         wait(browser, lambda d: len(rows(d)) == 9)
 
-        browser.find_element(By.CSS_SELECTOR, "#finding option[value=truncated-stream]").click()
+        click(browser, "#finding option[value=truncated-stream]")
         wait(browser, lambda d: len(rows(d)) == 1, "the finding filter narrows the list")
         [cut_id] = row_ids(browser)
         assert "truncated-stream" in rows(browser)[0].text
 
-        rows(browser)[0].click()
+        click(browser, f"#rows tr[data-id='{cut_id}']")
         wait(browser, lambda d: d.current_url.endswith(f"#/x/{cut_id}"), "a click opens it")
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline svg rect.res"))
         bars = browser.find_elements(
@@ -194,7 +204,7 @@ def test_the_fixtures_list_sort_filter_search_open_and_download(browser, tmp_pat
         assert "truncated-stream" in findings and "stream ended without data: [DONE]" in findings
 
         downloads_to(browser, tmp_path / "downloads")
-        browser.find_element(By.LINK_TEXT, "Raw response").click()
+        click(browser, ".actions a[href$='/raw/response']")
         got = downloaded(tmp_path / "downloads", f"{cut_id}-response.bin")
         assert got == exchanges[cut_id].response_bytes()
 
@@ -226,11 +236,11 @@ def test_the_fixtures_list_sort_filter_search_open_and_download(browser, tmp_pat
         browser.get(ui.url + f"#/x/{responses_id}")  # the URL of one exchange, opened afresh
         wait(browser, lambda d: "Say hi and call a tool" in d.find_element(By.ID, "panel").text)
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline svg rect.res"))
-        browser.find_element(By.CSS_SELECTOR, "button[data-tab=answer]").click()
+        click(browser, "button[data-tab=answer]")
         answer = wait(browser, lambda d: d.find_element(By.ID, "panel").text)
         assert "Hi there" in answer and '"q": "paris"' in answer
         screenshot(browser, "ui-detail.png")
-        browser.find_element(By.CSS_SELECTOR, "button[data-tab=raw]").click()
+        click(browser, "button[data-tab=raw]")
         raw = wait(browser, lambda d: d.find_element(By.ID, "raw-bytes").text)
         assert raw.startswith("HTTP/1.1 200 \\r\\n")
 
@@ -281,12 +291,12 @@ def test_a_captured_script_never_runs(browser, tmp_path):
         browser.get(ui.url)
         wait(browser, lambda d: len(rows(d)) == 1)
         assert "<svg/onload=window.__pwned='path'>" in rows(browser)[0].text
-        rows(browser)[0].click()
+        click(browser, "#rows tr")
         panel = wait(browser, lambda d: d.find_element(By.ID, "panel").text)
         assert HOSTILE_PROMPT in panel
-        browser.find_element(By.CSS_SELECTOR, "button[data-tab=answer]").click()
+        click(browser, "button[data-tab=answer]")
         wait(browser, lambda d: HOSTILE_ANSWER in d.find_element(By.ID, "panel").text)
-        browser.find_element(By.CSS_SELECTOR, "button[data-tab=raw]").click()
+        click(browser, "button[data-tab=raw]")
         wait(browser, lambda d: "onerror" in d.find_element(By.ID, "raw-bytes").text)
         assert browser.execute_script("return window.__pwned === undefined")
         assert not browser.find_elements(
@@ -375,16 +385,17 @@ def test_a_live_proxy_with_the_openai_sdk(browser, tmp_path, monkeypatch):
         caller = threading.Thread(target=held_stream)
         caller.start()
         try:
-            streaming = wait(
+            held_id = wait(
                 browser,
-                lambda d: d.find_elements(By.CSS_SELECTOR, "#rows tr.live"),
+                lambda d: d.find_element(By.CSS_SELECTOR, "#rows tr.live").get_attribute("data-id"),
                 "a stream in flight is listed and marked",
-            )[0]
-            held_id = streaming.get_attribute("data-id")
-            assert "streaming" in streaming.text
+            )
+            live_row = f"#rows tr.live[data-id='{held_id}'] td.outcome"
+            assert wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, live_row).text)
+            assert "streaming" in browser.find_element(By.CSS_SELECTOR, live_row).text
             set_theme(browser, "dark")
             screenshot(browser, "ui-live-list-dark.png")
-            streaming.click()
+            click(browser, f"#rows tr[data-id='{held_id}']")
             wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".dhead .badge.live"))
             set_theme(browser, "light")
         finally:
@@ -395,8 +406,7 @@ def test_a_live_proxy_with_the_openai_sdk(browser, tmp_path, monkeypatch):
             browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".dhead .badge.live"), "it ends"
         )
         wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline svg rect.res"))
-        answer_tab = browser.find_element(By.CSS_SELECTOR, "button[data-tab=answer]")
-        answer_tab.click()
+        click(browser, "button[data-tab=answer]")
         wait(browser, lambda d: "Hello world" in d.find_element(By.ID, "panel").text)
 
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
