@@ -307,14 +307,18 @@ def test_a_captured_script_never_runs(browser, tmp_path):
 
 class LiveProxy:
     """A scripted OpenAI-style upstream and a capturing proxy in front of it, in a thread of their
-    own. Requests whose prompt says ``hold`` stream their first event, then wait for
-    :attr:`release`."""
+    own. Requests whose prompt says ``hold`` stream their first event, then each of the others
+    once :attr:`steps` lets it go."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.release = threading.Event()
+        self.steps = threading.Semaphore(0)
         self.server: ProxyServer | None = None
         self.writer = None
+
+    def release(self) -> None:
+        """Let every held event go."""
+        self.steps.release(1000)
 
     async def upstream(self, ex) -> None:
         if ex.request.target != "/v1/chat/completions":
@@ -326,8 +330,8 @@ class LiveProxy:
         await ex.send_head(200, [("Content-Type", "text/event-stream")])
         first, *rest = chat_stream_events()
         await ex.send_data(first)
-        await trio.to_thread.run_sync(self.release.wait, abandon_on_cancel=True)
         for event in rest:
+            await trio.to_thread.run_sync(self.steps.acquire, abandon_on_cancel=True)
             await ex.send_data(event)
         await ex.end()
 
@@ -345,7 +349,7 @@ class LiveProxy:
             task_status.started(f"http://127.0.0.1:{port}")
 
     async def stop(self) -> None:
-        self.release.set()
+        self.release()
         assert self.server is not None and self.writer is not None
         self.server.shutdown()
         await self.server.wait_stopped()
@@ -391,15 +395,28 @@ def test_a_live_proxy_with_the_openai_sdk(browser, tmp_path, monkeypatch):
                 "a stream in flight is listed and marked",
             )
             live_row = f"#rows tr.live[data-id='{held_id}'] td.outcome"
-            assert wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, live_row).text)
-            assert "streaming" in browser.find_element(By.CSS_SELECTOR, live_row).text
+            wait(
+                browser,
+                lambda d: "streaming · 1 read," in d.find_element(By.CSS_SELECTOR, live_row).text,
+            )
+            live.steps.release()  # one more event: the row grows without a reload
+            wait(
+                browser,
+                lambda d: "streaming · 2 reads," in d.find_element(By.CSS_SELECTOR, live_row).text,
+                "the streaming row grows as its chunks land",
+            )
             set_theme(browser, "dark")
             screenshot(browser, "ui-live-list-dark.png")
             click(browser, f"#rows tr[data-id='{held_id}']")
             wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".dhead .badge.live"))
             set_theme(browser, "light")
+            click(browser, "button[data-tab=answer]")
+            wait(browser, lambda d: "answer so far" in d.find_element(By.ID, "panel").text.lower())
+            assert "Hel" in browser.find_element(By.ID, "panel").text
+            live.steps.release()  # "lo": the open detail grows too
+            wait(browser, lambda d: "Hello" in d.find_element(By.ID, "panel").text)
         finally:
-            live.release.set()
+            live.release()
             caller.join(DEADLINE)
         assert "".join(text) == "Hello world"
         wait(

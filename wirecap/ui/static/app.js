@@ -199,7 +199,8 @@ function findingBadges(findings) {
 
 function rowElement(row, index) {
   const live = row.live;
-  const outcome = live ? el("span", { class: "pulse", text: "● streaming" }) : row.outcome;
+  const reads = `${row.chunks} read${row.chunks === 1 ? "" : "s"}, ${bytes(row.res_bytes)}`;
+  const outcome = live ? el("span", { class: "pulse", title: reads }, `● streaming · ${reads}`) : row.outcome;
   const tr = el(
     "tr",
     { "data-id": row.id, class: (live ? "live " : "") + (index === state.selected ? "selected" : ""), onclick: () => go(row.id) },
