@@ -1152,10 +1152,10 @@ def ui_command(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy stops it when it is done
     try:
         trio.run(run)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
     except BaseException as exc:
         cause = _only_cause(exc)
+        if isinstance(cause, KeyboardInterrupt):
+            raise SystemExit(130) from None
         if isinstance(cause, OSError):
             raise click.ClickException(
                 f"cannot listen on {listen}: {cause.strerror or cause}"

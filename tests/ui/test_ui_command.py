@@ -88,3 +88,22 @@ async def test_proxy_ui_serves_the_inspector_on_what_the_proxy_captures(start_up
             pass
         else:
             raise AssertionError("the inspector outlived the proxy")
+
+
+async def test_wirecap_ui_stops_on_ctrl_c_without_a_traceback(fixture_copy):
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "wirecap", "ui", str(fixture_copy), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+    )
+    stderr = Stderr(process.stderr)
+    try:
+        url = (await stderr.until(r"wirecap ui on (http://127\.0\.0\.1:\d+/)"))[1]
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.get(url + "api/exchanges")).json()["total"] == 9
+    finally:
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(60):
+            code = await process.wait()
+    rest = await process.stderr.receive_some(65536)
+    assert code == 130
+    assert b"Traceback" not in stderr.seen + rest
