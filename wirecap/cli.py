@@ -156,6 +156,7 @@ def main() -> None:
       wirecap proxy                                  # then base_url=http://127.0.0.1:5601/openai/v1
       wirecap inspect captures/ --last 20
       wirecap inspect captures/ --detect-issues
+      wirecap ui                                     # a web page over ./captures, live
       wirecap serve "$(wirecap fixtures)"           # the fixtures wirecap ships, as a mock
     """
 
