@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -15,11 +17,18 @@ import click
 import trio
 
 from wirecap import __version__
-from wirecap.capture import Capture, CaptureError, open_capture, repair_index
+from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
 from wirecap.inspect.analysis import analyze_exchange
-from wirecap.inspect.detectors import SEVERITY_RANK, Thresholds, detect_all
+from wirecap.inspect.detectors import (
+    SEVERITY_RANK,
+    DuplicateTracker,
+    Thresholds,
+    detect,
+    detect_all,
+)
 from wirecap.inspect.export import jsonl_records, open_private, write_har
+from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import (
     FilterError,
@@ -31,7 +40,7 @@ from wirecap.inspect.select import (
 )
 from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
-from wirecap.inspect.views import detail_lines, findings_lines, table_lines
+from wirecap.inspect.views import TABLE_HEADER, detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
 from wirecap.proxy.admin import AdminListenError
 from wirecap.proxy.app import exit_summary, run_proxy
@@ -59,6 +68,12 @@ from wirecap.replay.runner import (
     text_lines,
 )
 from wirecap.replay.serve import MockServer, Served, load_catalog, served_lines
+from wirecap.ui.app import DEFAULT_LISTEN as DEFAULT_UI_LISTEN
+from wirecap.ui.app import run_beside_proxy, run_ui, run_until_stdin_closes
+from wirecap.ui.http import is_loopback
+
+#: The environment variable that gives the inspector (wirecap ui, proxy --ui) its token.
+UI_TOKEN_VARIABLE = "WIRECAP_UI_TOKEN"
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -142,6 +157,7 @@ def main() -> None:
       wirecap proxy                                  # then base_url=http://127.0.0.1:5601/openai/v1
       wirecap inspect captures/ --last 20
       wirecap inspect captures/ --detect-issues
+      wirecap ui                                     # a web page over ./captures, live
       wirecap serve "$(wirecap fixtures)"           # the fixtures wirecap ships, as a mock
     """
 
@@ -294,7 +310,18 @@ def main() -> None:
     metavar="SIZE|PCT%",
     help="/readyz fails when the capture disk has less free space [default: 1GiB].",
 )
-def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> None:
+@click.option(
+    "--ui",
+    "ui_listen",
+    is_flag=False,
+    flag_value=DEFAULT_UI_LISTEN,
+    default=None,
+    metavar="[HOST:PORT]",
+    help=f"Also serve the web inspector on the capture directory [default: {DEFAULT_UI_LISTEN}].",
+)
+def proxy_command(
+    config_path: Path | None, quiet: bool, ui_listen: str | None, **settings: Any
+) -> None:
     """Run the recording reverse proxy.
 
     With no arguments it listens on 127.0.0.1:5601 with the routes /openai/, /anthropic/, /ollama/
@@ -303,12 +330,16 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
     lets exchanges in flight finish (--shutdown-timeout) and closes the capture with its index; a
     second Ctrl-C stops at once.
 
+    With --ui the web inspector (wirecap ui) runs beside it, in its own process, on the capture
+    directory; the banner says where.
+
     Exit status: 0 after a clean stop; 3 when capture stopped, or lost or dropped records, during
     the run (the last line says how many); 1 or 2 when it cannot start.
 
     \b
     Examples:
       wirecap proxy
+      wirecap proxy --ui                             # and the inspector on 127.0.0.1:5610
       wirecap proxy --upstream http://127.0.0.1:8000/ --out /var/captures
       wirecap proxy --route /openai=https://api.openai.com/ --config wirecap.toml
     """
@@ -319,11 +350,22 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
         config = build_config(doc=load_toml(config_path) if config_path else None, **settings)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
+    beside = None
+    if ui_listen is not None:
+        if not config.capture.enabled:
+            raise click.UsageError("--ui shows what the proxy captures: it needs capture on")
+        _ui_address(ui_listen, os.environ.get(UI_TOKEN_VARIABLE), "--ui")
+        beside = functools.partial(
+            run_beside_proxy,
+            listen=ui_listen,
+            banner=sys.stderr,
+            token_set=bool(os.environ.get(UI_TOKEN_VARIABLE)),
+        )
     logging.basicConfig(
         level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
     )
     try:
-        server = trio.run(lambda: run_proxy(config, banner=sys.stderr))
+        server = trio.run(lambda: run_proxy(config, banner=sys.stderr, beside=beside))
     except AdminListenError as exc:
         raise click.ClickException(
             f"cannot listen on {exc.address} (--admin): {exc.strerror}"
@@ -446,6 +488,12 @@ def _counted(analyzed: Iterable[Analyzed], seen: list[int]) -> Iterator[Analyzed
 @_count_options
 @click.option("--detect-issues", is_flag=True, help="Run every detector and list what went wrong.")
 @click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep running: print each exchange as it ends, like tail -f (Ctrl-C stops).",
+)
+@click.option(
     "--fail-on",
     type=click.Choice(["info", "warning", "error"]),
     default="error",
@@ -498,6 +546,7 @@ def inspect_command(
     last: int | None,
     limit: int | None,
     detect_issues: bool,
+    follow: bool,
     fail_on: str,
     slow_ttft: float,
     stall: float,
@@ -507,11 +556,15 @@ def inspect_command(
     """Show what a capture holds: a table of exchanges (time, id, method, status, model, duration,
     TTFT, tokens, bytes, outcome, path), one exchange in full with --id (heads, bodies, the answer
     reassembled, the chunk timeline), or with --detect-issues what went wrong, grouped by severity.
-    CAPTURES are capture files or directories of segments, read as one capture.
+    CAPTURES are capture files or directories of segments, read as one capture. With --follow it
+    keeps running while a proxy writes and prints each exchange as it ends (with --detect-issues,
+    its findings below it; --last N first prints the last N already there; --limit N stops after
+    N); Ctrl-C ends it.
 
     \b
     Examples:
       wirecap inspect captures/ --last 20
+      wirecap inspect captures/ --follow --detect-issues
       wirecap inspect captures/ --status '>=400' --model 'gpt-4o*' --since 2h
       wirecap inspect captures/ --id a1b2 --full
       wirecap inspect captures/ --id a1b2 --raw response > response.bin
@@ -521,6 +574,8 @@ def inspect_command(
         raise click.UsageError("--raw needs --id")
     if full and not exchange_id:
         raise click.UsageError("--full needs --id")
+    if follow and exchange_id:
+        raise click.UsageError("--follow prints exchanges as they end; it does not go with --id")
     filters = _filters(route, status, model, since, until)
     _check_counts(last, limit)
     thresholds = Thresholds(
@@ -530,6 +585,12 @@ def inspect_command(
         duplicate_count=duplicate_count,
     )
     paint = _painter()
+    if follow:
+        checks = thresholds if detect_issues else None
+        worst = _follow(captures, filters, last, limit, checks, as_json, paint)
+        if detect_issues and worst >= SEVERITY_RANK[fail_on]:
+            raise SystemExit(1)
+        return
     worst = -1
     try:
         with open_capture(*captures) as capture:
@@ -547,6 +608,47 @@ def inspect_command(
         raise click.ClickException(str(exc)) from None
     if detect_issues and worst >= SEVERITY_RANK[fail_on]:
         raise SystemExit(1)
+
+
+def _follow(
+    captures: tuple[Path, ...],
+    filters: Filters,
+    last: int | None,
+    limit: int | None,
+    thresholds: Thresholds | None,
+    as_json: bool,
+    paint: Paint,
+) -> int:
+    """``inspect --follow``: each exchange as it ends until Ctrl-C (or ``limit`` of them); with
+    ``thresholds``, its findings below it. Returns the worst severity's rank (-1: none)."""
+
+    def damaged(damage: FileDamage) -> None:
+        click.echo(f"wirecap: damaged: {damage}", err=True)
+
+    worst = -1
+    duplicates = DuplicateTracker(thresholds) if thresholds is not None else None
+    try:
+        if not as_json:
+            _echo([TABLE_HEADER], paint)
+            sys.stdout.flush()
+        found = analyzed_as_they_end(captures, filters, last=last, on_damage=damaged)
+        for a in itertools.islice(found, limit):
+            findings = detect(a, thresholds) if thresholds is not None else []
+            dup = duplicates.observe(a) if duplicates is not None else None
+            findings += [dup] if dup is not None else []
+            worst = max([worst, *(SEVERITY_RANK[f.severity] for f in findings)])
+            lines = follow_lines(
+                a, findings, as_json=as_json, with_findings=thresholds is not None, paint=paint
+            )
+            _echo(lines, paint)
+            sys.stdout.flush()
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how a follow ends
+    except BrokenPipeError:  # the reader went away (| head): end quietly, without a flush error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return worst
 
 
 def _show_table(analyzed: Iterator[Analyzed], as_json: bool, paint: Paint) -> None:
@@ -979,6 +1081,117 @@ def serve_command(
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:
+    """The inspector's address; one reachable from other machines needs a token."""
+    try:
+        host, port = parse_listen(listen)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"'{option}'") from None
+    if not is_loopback(host) and not token:
+        raise click.UsageError(
+            f"{option} {listen} can be reached from other machines: give a token "
+            f"(--token or {UI_TOKEN_VARIABLE}) that every request must carry"
+        )
+    return host, port
+
+
+@main.command("ui", short_help="A web page over captures, live while a proxy writes.")
+@click.argument("captures", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--listen",
+    default=DEFAULT_UI_LISTEN,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address of the page; one other machines can reach needs --token.",
+)
+@click.option(
+    "--token",
+    envvar=UI_TOKEN_VARIABLE,
+    metavar="TOKEN",
+    help=f"Every request must carry it: open /?token=TOKEN once, or send Bearer [env: {UI_TOKEN_VARIABLE}].",
+)
+@click.option(
+    "--slow-ttft",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A time to first token above this is a slow-ttft finding.",
+)
+@click.option(
+    "--stall",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A gap between two response chunks above this is a stream-stall finding.",
+)
+@click.option("--child", is_flag=True, hidden=True, help="Run for wirecap proxy --ui.")
+def ui_command(
+    captures: tuple[Path, ...],
+    listen: str,
+    token: str | None,
+    slow_ttft: float,
+    stall: float,
+    child: bool,
+) -> None:
+    """Serve a web page that lists the exchanges of CAPTURES (files or directories of segments;
+    default ./captures) with their model, status, TTFT, duration, tokens and findings; sorts and
+    filters them like inspect, searches prompts and answers, and opens one in full: heads, the
+    conversation, the answer, a timeline of its chunks, its findings, its raw bytes, and
+    downloads (raw, HAR, its own capture file) with curl and wirecap replay command lines. While
+    a proxy writes into a directory, new exchanges appear as they come and streams grow. /metrics
+    serves tokens, TTFT and findings by model and code for Prometheus.
+
+    \b
+    Examples:
+      wirecap ui                                     # ./captures on http://127.0.0.1:5610/
+      wirecap ui "$(wirecap fixtures)" --listen 127.0.0.1:8080
+      WIRECAP_UI_TOKEN=s3cret wirecap ui captures/ --listen 0.0.0.0:5610
+    """
+    targets = captures or (Path("captures"),)
+    for target in targets:
+        if not target.exists():
+            raise click.BadParameter(f"no such capture: {target}", param_hint="'CAPTURES'")
+    host, port = _ui_address(listen, token, "--listen")
+    thresholds = Thresholds(slow_ttft_s=slow_ttft, stall_s=stall)
+    options: dict[str, Any] = {"host": host, "port": port, "token": token}
+
+    async def run() -> None:
+        if child:
+            await run_until_stdin_closes(targets=targets, thresholds=thresholds, **options)
+            return
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(
+                functools.partial(run_ui, targets, thresholds=thresholds, **options)
+            )
+            shown = ", ".join(str(t) for t in targets)
+            click.echo(f"wirecap ui on {url}: {shown} (Ctrl-C stops)", err=True)
+
+    if child:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the proxy stops it when it is done
+    try:
+        trio.run(run)
+    except BaseException as exc:
+        cause = _only_cause(exc)
+        if isinstance(cause, KeyboardInterrupt):
+            raise SystemExit(130) from None
+        if isinstance(cause, OSError):
+            raise click.ClickException(
+                f"cannot listen on {listen}: {cause.strerror or cause}"
+            ) from None
+        if isinstance(cause, CaptureError):
+            raise click.ClickException(str(cause)) from None
+        raise
+
+
+def _only_cause(exc: BaseException) -> BaseException:
+    """The one exception inside nested exception groups (trio's nurseries wrap what they raise)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 @main.command("demo", short_help="The whole loop offline, on the fixtures wirecap ships.")

@@ -102,7 +102,7 @@ def test_the_token_comes_from_the_environment_too(monkeypatch):
 
     seen = {}
 
-    def no_proxy(config, banner=None):
+    def no_proxy(config, banner=None, **_):
         seen["config"] = config
         raise KeyboardInterrupt
 

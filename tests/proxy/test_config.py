@@ -287,7 +287,11 @@ EXAMPLES = {
     "ready_min_free_disk": (["--ready-min-free-disk", "5%"], '[proxy]\nready_min_free_disk = "5%"'),
 }
 #: Options of `wirecap proxy` that are not settings.
-NOT_SETTINGS = {"config": "names the config file", "quiet": "shorthand for --log-format quiet"}
+NOT_SETTINGS = {
+    "config": "names the config file",
+    "quiet": "shorthand for --log-format quiet",
+    "ui": "--ui starts the inspector beside the proxy: a companion, not a proxy setting",
+}
 
 
 class Built(Exception):
@@ -303,7 +307,7 @@ def cli(monkeypatch, tmp_path):
     """The `wirecap` command line, with a proxy that is never started."""
     import wirecap.cli
 
-    def no_proxy(config, banner=None):
+    def no_proxy(config, banner=None, **_):
         raise AssertionError("the proxy was started")
 
     monkeypatch.setattr(wirecap.cli, "run_proxy", no_proxy)

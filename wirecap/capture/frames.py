@@ -166,7 +166,7 @@ def _walk_blocks(
     return pos
 
 
-class _Resync:
+class Resync:
     """Finds the next offset that could start a frame, after damage.
 
     Remembers the next match of each magic, so resynchronising through a long damaged region
@@ -277,7 +277,7 @@ def iter_frames(
     """
     pos = start
     size = len(buf) if stop is None else stop
-    resync = _Resync(buf, size)
+    resync = Resync(buf, size)
     walked: set[int] = set()
     bad_from: int | None = None
     reason = ""

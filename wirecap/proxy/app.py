@@ -22,6 +22,7 @@ from wirecap.proxy.metrics import ProxyMetrics
 from wirecap.proxy.server import ProxyServer
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from wirecap.proxy.config import ProxyConfig, Route
@@ -143,6 +144,7 @@ async def run_proxy(
     console: TextIO | None = None,
     banner: TextIO | None = None,
     signals: ShutdownSignals | None = None,
+    beside: Callable[[Path], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> ProxyServer:
     """Run the proxy for ``config`` until SIGINT/SIGTERM; returns the server (for its statistics).
@@ -150,7 +152,8 @@ async def run_proxy(
     The first signal starts a graceful shutdown (exchanges in flight get ``shutdown_grace`` seconds,
     then the capture file gets its index); the same signal delivered again at once (see
     :class:`ShutdownSignals`) changes nothing; a later one cancels whatever is left at once.
-    ``task_status`` gets the address once the proxy listens and captures.
+    ``task_status`` gets the address once the proxy listens and captures. ``beside`` (``--ui``:
+    the inspector) is started then with the capture directory, and cancelled when the proxy stops.
     """
     server = ProxyServer(config, console=console)
     listeners = await server.bind()  # fail on a taken address before creating any capture file
@@ -200,6 +203,8 @@ async def run_proxy(
                     if admin is not None:
                         paths = ", ".join(PATHS)
                         print(f"admin on {admin.url} ({paths})", file=banner, flush=True)
+                if beside is not None and writer is not None:
+                    nursery.start_soon(beside, config.capture.out)
                 task_status.started((host, port))
 
             nursery.start_soon(watch_signals)
