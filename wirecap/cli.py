@@ -110,7 +110,8 @@ def _painter(err: bool = False) -> Paint:
         return plain
     if os.environ.get("FORCE_COLOR"):
         return _ansi
-    return _ansi if click.get_text_stream("stderr" if err else "stdout").isatty() else plain
+    stream = sys.stderr if err else sys.stdout
+    return _ansi if stream.isatty() else plain
 
 
 def _echo(lines: Iterable[str], paint: Paint) -> None:
