@@ -268,7 +268,7 @@ def measure_serve(capture: Path, kind: str, size: int) -> tuple[float, float, in
     port = port_from(process, rb"serve on http://127\.0\.0\.1:(\d+)")
     status, received = fetch(port, *request_of(kind, size))
     process.send_signal(signal.SIGINT)
-    _pid, exit_status, usage = os.wait4(process.pid, 0)
+    _pid, _status, usage = os.wait4(process.pid, 0)
     ok = status == 200 and received >= size
     return usage.ru_maxrss / 1024, time.monotonic() - start, 0 if ok else 1
 
