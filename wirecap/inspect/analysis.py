@@ -6,6 +6,7 @@ takes bytes and times. Content codings are undone here, on copies, for analysis 
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,12 +16,15 @@ from wirecap.llm import (
     ExchangeInput,
     Head,
     LLMFacts,
+    TimedChunks,
     analyze,
     decode_content,
     parse_head,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from wirecap.capture import Exchange
 
 
@@ -33,7 +37,7 @@ class Analyzed:
     request_head: Head | None
     response_head: Head | None
     request_body: bytes  # decoded
-    response_chunks: tuple[tuple[int, bytes], ...]  # decoded (a coded body becomes one chunk)
+    response_chunks: TimedChunks  # decoded (a coded body becomes one chunk); streamed, not held
     facts: LLMFacts
     decode_error: str | None = None
 
@@ -78,8 +82,8 @@ class Analyzed:
             "outcome": ex.outcome,
             "duration_ms": ms(ex.duration_ns),
             "ttfb_ms": ms(ex.ttfb_ns),
-            "request_bytes": ex.end.req_bytes if ex.end else len(ex.request_body),
-            "response_bytes": ex.end.res_bytes if ex.end else len(ex.response_body),
+            "request_bytes": ex.end.req_bytes if ex.end else len(self.request_body),
+            "response_bytes": ex.end.res_bytes if ex.end else self.response_chunks.size,
             "api": self.facts.api,
             "streamed": self.facts.streamed,
             "model": self.model,
@@ -107,6 +111,24 @@ def ms(ns: int | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
 
 
+def response_payload(exchange: Exchange) -> TimedChunks:
+    """The response payload of ``exchange`` as :class:`TimedChunks` that stream it from the capture
+    each time they are read; measured here in one pass (times and size), holding one chunk.
+    A body the exchange holds anyway (a small one) is simply kept."""
+    if exchange.holds_bodies:
+        return TimedChunks.held((c.ns, c.data) for c in exchange.iter_payload("res"))
+    times = array.array("q")
+    size = 0
+    for chunk in exchange.iter_payload("res"):
+        times.append(chunk.ns)
+        size += len(chunk.data)
+
+    def read() -> Iterator[tuple[int, bytes]]:
+        return ((c.ns, c.data) for c in exchange.iter_payload("res"))
+
+    return TimedChunks(read, times, size)
+
+
 def analyze_exchange(exchange: Exchange) -> Analyzed:
     """Parse heads, undo content codings, and run the LLM adapter for ``exchange``."""
     request_head = parse_head(exchange.request.head) if exchange.request else None
@@ -119,15 +141,14 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
             request_body = decode_content(request_body, request_head.get("content-encoding"))
         except DecodeError as exc:
             problems.append(f"request: {exc}")
-    chunks = tuple((c.ns, bytes(c.data)) for c in exchange.response_chunks)
+    chunks = response_payload(exchange)
     coding = response_head.get("content-encoding") if response_head else None
     if coding and chunks:
         try:
-            decoded = decode_content(b"".join(c for _, c in chunks), coding)
-            chunks = (
-                ((chunks[0][0], decoded),)
-                if len(chunks) == 1
-                else ((chunks[0][0], decoded), (chunks[-1][0], b""))
+            decoded = decode_content(chunks.join(), coding)
+            first, last = chunks.times[0], chunks.times[-1]
+            chunks = TimedChunks.held(
+                ((first, decoded),) if len(chunks) == 1 else ((first, decoded), (last, b""))
             )
         except DecodeError as exc:
             problems.append(f"response: {exc}")

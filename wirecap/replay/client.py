@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from wirecap.llm import ExchangeInput, parse_head
+from wirecap.llm import ExchangeInput, TimedChunks, parse_head
 from wirecap.proxy.messages import HOP_BY_HOP
 from wirecap.proxy.upstream import ConnectionPool
 
@@ -118,7 +118,7 @@ class Response:
             request_body=b"",
             status=self.status,
             response_head=parse_head(self.head) if self.head else None,
-            response_chunks=tuple(self.chunks),
+            response_chunks=TimedChunks.held(self.chunks),
             complete=self.error is None,
         )
 
