@@ -567,12 +567,14 @@ def _show_exchange(
     if exchange is None:
         raise click.BadParameter(f"no exchange {prefix!r} in the capture", param_hint="'--id'")
     out = sys.stdout.buffer
-    if raw == "request":
-        out.write(exchange.request_bytes())
-    elif raw == "response":
-        out.write(exchange.response_bytes())
-    elif raw == "upstream":
-        out.write(exchange.upstream_request_bytes())
+    if raw is not None:
+        pieces = {
+            "request": exchange.iter_request_bytes,
+            "response": exchange.iter_response_bytes,
+            "upstream": exchange.iter_upstream_request_bytes,
+        }[raw]()
+        for piece in pieces:  # written as each frame is decompressed: constant memory
+            out.write(piece)
     elif as_json:
         record = next(jsonl_records([analyze_exchange(exchange)]))
         click.echo(json.dumps(record, ensure_ascii=False))

@@ -114,6 +114,9 @@ class Timeline:
         for is_res, ns, size in zip(self._dirs, self._ns, self._sizes, strict=True):
             yield ChunkMark("res" if is_res else "req", ns, size)
 
+    def __getitem__(self, i: int) -> ChunkMark:
+        return ChunkMark("res" if self._dirs[i] else "req", self._ns[i], self._sizes[i])
+
     def size(self, direction: str) -> int:
         """Bytes stored for one direction (wire bytes, transfer coding included)."""
         want = direction == "res"

@@ -23,7 +23,7 @@ from wirecap.llm import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from wirecap.capture import Exchange
 
@@ -40,6 +40,8 @@ class Analyzed:
     response_chunks: TimedChunks  # decoded (a coded body becomes one chunk); streamed, not held
     facts: LLMFacts
     decode_error: str | None = None
+    #: Arrival times of the response payload's chunks (before any content coding was undone).
+    response_times: Sequence[int] = ()
 
     @property
     def id(self) -> str:
@@ -142,6 +144,7 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
         except DecodeError as exc:
             problems.append(f"request: {exc}")
     chunks = response_payload(exchange)
+    times = chunks.times
     coding = response_head.get("content-encoding") if response_head else None
     if coding and chunks:
         try:
@@ -171,4 +174,5 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
         response_chunks=chunks,
         facts=analyze(inp),
         decode_error="; ".join(problems) or None,
+        response_times=times,
     )
