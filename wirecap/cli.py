@@ -19,7 +19,7 @@ from wirecap.capture import Capture, CaptureError, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import SEVERITY_RANK, Thresholds, detect_all
-from wirecap.inspect.export import jsonl_records, open_private, write_har
+from wirecap.inspect.export import open_private, write_har, write_jsonl
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import (
     FilterError,
@@ -576,8 +576,9 @@ def _show_exchange(
         for piece in pieces:  # written as each frame is decompressed: constant memory
             out.write(piece)
     elif as_json:
-        record = next(jsonl_records([analyze_exchange(exchange)]))
-        click.echo(json.dumps(record, ensure_ascii=False))
+        text_out = click.get_text_stream("stdout")
+        write_jsonl([analyze_exchange(exchange)], text_out)
+        text_out.flush()
     else:
         _echo(detail_lines(analyze_exchange(exchange), full=full, paint=paint), paint)
     sys.stdout.flush()
@@ -637,12 +638,19 @@ def stats_command(
     metavar="FILE",
     help="File to write, mode 0600 like the capture ('-' for stdout).",
 )
+@click.option(
+    "--max-body",
+    type=ByteSize(),
+    metavar="SIZE",
+    help="Leave out bodies (and answers) larger than this, saying so in the entry (e.g. 16MiB).",
+)
 @_filter_options
 @_count_options
 def export_command(
     captures: tuple[Path, ...],
     fmt: str,
     output: Path,
+    max_body: int | None,
     route: str | None,
     status: str | None,
     model: str | None,
@@ -658,6 +666,7 @@ def export_command(
     \b
     Examples:
       wirecap export captures/ --format har -o capture.har
+      wirecap export captures/ --format har --max-body 16MiB -o small.har
       wirecap export captures/ --format jsonl -o - --status 5xx | jq .path
     """
     filters = _filters(route, status, model, since, until)
@@ -665,13 +674,8 @@ def export_command(
     try:
         with open_capture(*captures) as capture, _output(output) as out:
             analyzed = analyzed_exchanges(capture, filters, last=last, limit=limit)
-            if fmt == "har":
-                count = write_har(analyzed, out)
-            else:
-                count = 0
-                for record in jsonl_records(analyzed):
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    count += 1
+            write = write_har if fmt == "har" else write_jsonl
+            count = write(analyzed, out, max_body=max_body)
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
     if not count:

@@ -233,7 +233,7 @@ def slow_ttft(a: Analyzed, t: Thresholds) -> Iterable[str]:
 
 @detector("stream-stall", "warning")
 def stream_stall(a: Analyzed, t: Thresholds) -> Iterable[str]:
-    times = a.response_times
+    times = a.response_payload.times
     if len(times) < 2:
         return
     gap, after = max((b - p, i) for i, (p, b) in enumerate(itertools.pairwise(times)))

@@ -53,8 +53,8 @@ def table_lines(rows: Iterable[Analyzed], paint: Paint = plain) -> Iterator[str]
         if ex.wall_ns is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ex.wall_ns / 1e9))
         usage = a.facts.usage
-        req = ex.end.req_bytes if ex.end else len(ex.request_body)
-        res = ex.end.res_bytes if ex.end else len(ex.response_body)
+        req = ex.end.req_bytes if ex.end else a.request_payload.size
+        res = ex.end.res_bytes if ex.end else a.response_payload.size
         model = (a.model or "-")[:24]
         status = paint(f"{_num(ex.status):>6}", status_role(ex.status))
         outcome = f"{ex.outcome:<14}"
