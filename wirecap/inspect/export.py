@@ -136,13 +136,21 @@ def _llm(a: Analyzed, doc: Document, max_body: int | None) -> dict[str, Any]:
     """The LLM facts, the reassembled text streamed when large or left out over ``max_body``."""
     facts = a.facts.to_json()
     text: str = facts["text"]
-    if max_body is not None and len(text.encode()) > max_body:
+    if max_body is not None and _utf8_longer(text, max_body):
         facts["text"] = ""
         facts["comment"] = f"answer text of {plural(len(text), 'character')} left out"
         doc.left_out.append("answer text")
     elif len(text) > STREAM_OVER:
         facts["text"] = doc.later(lambda: _string_pieces(text))
     return facts
+
+
+def _utf8_longer(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes in UTF-8, without encoding a long text
+    (a character is 1 to 4 bytes)."""
+    if len(text) > limit:
+        return True
+    return len(text) * 4 > limit and len(text.encode()) > limit
 
 
 def _string_pieces(text: str, step: int = STREAM_OVER) -> Iterator[str]:
