@@ -117,11 +117,6 @@ class Timeline:
     def __getitem__(self, i: int) -> ChunkMark:
         return ChunkMark("res" if self._dirs[i] else "req", self._ns[i], self._sizes[i])
 
-    def size(self, direction: str) -> int:
-        """Bytes stored for one direction (wire bytes, transfer coding included)."""
-        want = direction == "res"
-        return sum(n for is_res, n in zip(self._dirs, self._sizes, strict=True) if is_res == want)
-
 
 #: Body bytes an exchange read from a file holds (both directions); a larger body is read again from
 #: the file when asked for. Small bodies stay, so that a table of many small exchanges does not
@@ -144,9 +139,10 @@ def join_chunks(chunks: Iterable[BodyChunk]) -> bytes:
 class Exchange:
     """Everything recorded about one request and its response.
 
-    Body bytes are not held by an exchange read from a file: it keeps where its body records are
-    (:attr:`timeline` has their times and sizes) and reads them again, a frame at a time, when
-    asked, so a body of any size costs memory only when a caller joins it. The ``iter_*`` methods
+    An exchange read from a file holds its bodies only while they are small
+    (:data:`HELD_BODY_BYTES`); past that it keeps where its body records are (:attr:`timeline`
+    has their times and sizes) and reads them again, a frame at a time, when asked, so a body of
+    any size costs memory only when a caller joins it. The ``iter_*`` methods
     stream: :meth:`iter_wire` the body records as stored (the bytes of each read as they crossed
     the wire, transfer coding included), :meth:`iter_payload` the payload (see payload.py),
     :meth:`iter_request_bytes` and friends a side's exact bytes, head first. The properties and
@@ -169,13 +165,11 @@ class Exchange:
 
     def add(self, record: Record, place: Place | None = None) -> None:
         """Take one record of this exchange. Body records are held while the bodies are small
-        (:data:`HELD_BODY_BYTES`, both directions); past that, an exchange whose records all came
-        with a ``place`` lets go of them and reads them again from there when asked."""
+        (:data:`HELD_BODY_BYTES`, both directions); past that, an exchange whose records came
+        with a ``place`` (all of them, or none) lets go of them and reads them again from there."""
         if isinstance(record, BodyChunk):
             self.timeline.add(record)
-            if place is None:
-                self._places.clear()  # a record without a place: everything stays held
-            elif len(self._places) or not self._held:
+            if place is not None:
                 self._places.setdefault((id(place[0]), place[1]), place)
             if self._in_file:
                 return
