@@ -307,9 +307,10 @@ def run_kind(kind: str, size: int, up_port: int, base: Path, only: str | None) -
         began = time.monotonic()
         make_capture(kind, size, up_port, capture)
         print(f"{kind}: captured in {time.monotonic() - began:.1f} s", file=sys.stderr)
-    with open_capture(capture) as cap:
-        entry = next(e for f in cap.files for e in f.index().entries)
-    exchange_id, body = entry.x, entry.res_bytes  # the payload: SSE and JSON wrap SIZE of text
+    with open_capture(capture) as cap:  # the body spans segments: the last one's entry has its end
+        entries = [e for f in cap.files for e in f.index().entries]
+    exchange_id = entries[0].x
+    body = max(e.res_bytes for e in entries)  # the payload: SSE and JSON wrap SIZE of text
     rows = []
     work = Path(tempfile.mkdtemp(prefix="wirecap-readers-"))
     try:
