@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import subprocess
@@ -36,31 +37,34 @@ STREAM_REQUEST = (
 async def _one_stream(
     port: int, request: bytes, started: asyncio.Event, tally: dict[str, int]
 ) -> None:
+    events = 0
+    first = True
+
+    def begun(outcome: str) -> None:
+        tally[outcome] += 1
+        if tally["started"] + tally["failed"] == tally["streams"]:
+            started.set()
+
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        tally["failed"] += 1
-        return
-    writer.write(request)
-    first = True
-    events = 0
-    tail = b""
-    try:
+        writer.write(request)
+        tail = b""
         while chunk := await reader.read(65536):
             if first:
                 first = False
-                tally["started"] += 1
-                if tally["started"] == tally["streams"]:
-                    started.set()
+                begun("started")
             data = tail + chunk  # an event's "data: " may be cut between two reads
             events += data.count(b"data: ")
             tail = data[-5:]
-    except OSError:
-        tally["failed"] += 1
-    finally:
         writer.close()
+        tally["finished"] += 1
+    except Exception as exc:  # a failed stream is counted, never left hanging
+        print(f"stream failed: {exc!r}", file=sys.stderr)
+        if first:
+            begun("failed")
+        else:
+            tally["failed"] += 1
     tally["events"] += events
-    tally["finished"] += 1
 
 
 async def _load(port: int, streams: int, chunks: int, gap_ms: int) -> None:
@@ -71,9 +75,13 @@ async def _load(port: int, streams: int, chunks: int, gap_ms: int) -> None:
     for _ in range(streams):
         tasks.append(asyncio.create_task(_one_stream(port, request, started, tally)))
         await asyncio.sleep(0)  # open them over a moment, not in one burst
-    await started.wait()
+    with contextlib.suppress(TimeoutError):  # a stream that never starts is reported, not waited on
+        await asyncio.wait_for(started.wait(), 60)
     print("started", flush=True)
-    await asyncio.gather(*tasks)
+    _done, late = await asyncio.wait(tasks, timeout=chunks * gap_ms / 1000 * 3 + 60)
+    for task in late:
+        task.cancel()
+    tally["hung"] = len(late)
     print(json.dumps(tally), flush=True)
 
 
@@ -157,7 +165,8 @@ def main() -> None:
         )
     print(f"p50 ratio: {beside['p50_ms'] / alone['p50_ms']:.2f}x (target: 3x or less)")
     print(
-        f"streams: {tally['finished']} finished, {tally['failed']} failed; "
+        f"streams: {tally['started']} started, {tally['finished']} finished, {tally['failed']} "
+        f"failed, {tally['hung']} hung; "
         f"events {tally['events']} of {expected}"
     )
 

@@ -22,6 +22,7 @@ ROOT = PACKAGE.parent
 SANS_IO = [
     "capture/records.py",
     "capture/frames.py",
+    "capture/decoding.py",
     "capture/index.py",
     "capture/redact.py",
     "proxy/config.py",

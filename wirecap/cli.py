@@ -33,6 +33,7 @@ from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
+from wirecap.proxy.admin import AdminListenError
 from wirecap.proxy.app import exit_summary, run_proxy
 from wirecap.proxy.config import (
     LOG_FORMATS,
@@ -277,6 +278,22 @@ def main() -> None:
     metavar="SECONDS",
     help="Seconds exchanges in flight get to finish on SIGINT/SIGTERM [default: 5].",
 )
+@click.option(
+    "--admin",
+    metavar="HOST:PORT",
+    help="Serve /healthz, /readyz and Prometheus /metrics here (e.g. 127.0.0.1:5602) [default: off].",
+)
+@click.option(
+    "--admin-token",
+    envvar="WIRECAP_ADMIN_TOKEN",
+    metavar="TOKEN",
+    help="Admin requests must carry 'Authorization: Bearer TOKEN'; required off loopback [env: WIRECAP_ADMIN_TOKEN].",
+)
+@click.option(
+    "--ready-min-free-disk",
+    metavar="SIZE|PCT%",
+    help="/readyz fails when the capture disk has less free space [default: 1GiB].",
+)
 def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> None:
     """Run the recording reverse proxy.
 
@@ -307,6 +324,10 @@ def proxy_command(config_path: Path | None, quiet: bool, **settings: Any) -> Non
     )
     try:
         server = trio.run(lambda: run_proxy(config, banner=sys.stderr))
+    except AdminListenError as exc:
+        raise click.ClickException(
+            f"cannot listen on {exc.address} (--admin): {exc.strerror}"
+        ) from None
     except OSError as exc:
         raise click.ClickException(
             f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}"
@@ -1036,6 +1057,8 @@ def _index_one(path: Path) -> None:
         click.echo(f"{path}: already indexed ({exchanges})")
         return
     message = f"{path}: index written ({exchanges})"
+    if result.replaced is not None:
+        message += f"; it replaces the stored one: {result.replaced}"
     if result.tail_saved_to is not None:
         message += (
             f"; damaged tail after byte {result.truncated_at} moved to {result.tail_saved_to}"

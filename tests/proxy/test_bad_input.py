@@ -156,6 +156,24 @@ async def test_unreachable_upstream_is_a_502_with_a_reason(start_proxy):
     assert exchange.outcome == "upstream_error" and exchange.status == 502
 
 
+async def test_a_502_the_proxy_made_keeps_the_connection_it_did_not_close(
+    start_upstream, start_proxy
+):
+    """An answer the proxy makes itself without "Connection: close" leaves the connection open for
+    the next request, as its head promises (a client pool reuses it)."""
+    upstream = await start_upstream(ok_handler)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # nothing listens here once the socket closes
+    proxy = await start_proxy(routes=[f"/dead/=http://127.0.0.1:{dead}/", f"/={upstream.url}"])
+    async with httpx.AsyncClient() as client:
+        first = await client.get(f"{proxy.url}/dead/x")
+        second = await client.get(f"{proxy.url}/after")
+    assert first.status_code == 502 and "close" not in first.headers.get("connection", "")
+    assert second.status_code == 200 and second.text == "fine"
+    assert proxy.server.stats.connections == 1
+
+
 async def test_upstream_timeout_is_a_504(start_upstream, start_proxy):
     async def slow(ex):
         await ex.read_body()

@@ -282,6 +282,9 @@ EXAMPLES = {
     "keepalive_timeout": (["--keepalive-timeout", "1"], "[timeouts]\nkeepalive_timeout = 1"),
     "pool_idle_timeout": (["--pool-idle-timeout", "4"], "[timeouts]\npool_idle_timeout = 4"),
     "shutdown_timeout": (["--shutdown-timeout", "0.5"], "[timeouts]\nshutdown_timeout = 0.5"),
+    "admin": (["--admin", "127.0.0.1:5602"], '[proxy]\nadmin = "127.0.0.1:5602"'),
+    "admin_token": (["--admin-token", "s3cret"], '[proxy]\nadmin_token = "s3cret"'),
+    "ready_min_free_disk": (["--ready-min-free-disk", "5%"], '[proxy]\nready_min_free_disk = "5%"'),
 }
 #: Options of `wirecap proxy` that are not settings.
 NOT_SETTINGS = {"config": "names the config file", "quiet": "shorthand for --log-format quiet"}

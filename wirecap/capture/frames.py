@@ -3,14 +3,12 @@
 A capture file is a plain concatenation of zstd frames (RFC 8878). Data frames hold a CBOR sequence
 (RFC 8742) of records; skippable frames hold the index and the footer. Everything here works on
 byte buffers handed in by the caller, so the same code serves the writer, the reader, and tests that
-cut files at arbitrary offsets.
+cut files at arbitrary offsets. Decoding what the frames hold is decoding.py's part.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import io
 import mmap
 import struct
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
@@ -18,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 import cbor2
 import zstandard
 
-from wirecap.capture.records import Record, RecordError, record_from_map, record_to_map
+from wirecap.capture.records import Record, record_to_map
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -42,9 +40,11 @@ FOOTER_SIZE: Final = 8 + _FOOTER_PAYLOAD.size  # 32 bytes: always the last bytes
 SEGMENT_SUFFIX: Final = ".cbor.zst"
 
 #: Largest decompressed data frame a reader accepts. The writer closes frames at 1 MiB plus one record,
-#: and a record is at most one head (64 KiB) or one read (64 KiB); 64 MiB leaves room for other writers
-#: while keeping a hostile frame header from making the reader allocate gigabytes.
+#: and a record is at most one head (64 KiB) or one read (256 KiB); 64 MiB leaves room for other
+#: writers. Readers decompress as a stream and stop there, whatever a frame header declares.
 MAX_FRAME_CONTENT: Final = 64 * 1024 * 1024
+#: Largest block of a zstd frame (RFC 8878, Block_Maximum_Size).
+MAX_BLOCK_SIZE: Final = 128 * 1024
 #: Largest decompressed index a reader accepts (about 100 bytes an exchange: millions of exchanges).
 MAX_INDEX_CONTENT: Final = 512 * 1024 * 1024
 #: Nesting a record may have; records are at most three levels deep.
@@ -78,12 +78,15 @@ class FrameInfo:
         return self.offset + self.length
 
 
-def parse_frame(buf: Buffer | memoryview, offset: int, stop: int | None = None) -> FrameInfo:
+def parse_frame(
+    buf: Buffer | memoryview, offset: int, stop: int | None = None, walked: set[int] | None = None
+) -> FrameInfo:
     """Measure the frame starting at ``offset`` in ``buf`` without decompressing it.
 
     Walks the zstd frame header and block headers. Raises :class:`TruncatedFrame` when the frame
     would end past ``stop`` (default ``len(buf)``) and :class:`FrameError` for bytes that are not a
-    frame.
+    frame. ``walked`` (see :func:`iter_frames`) collects the block headers of frames that turn out
+    bad; a frame that reaches one of them is bad too, so that no block is walked twice in vain.
     """
     size = len(buf) if stop is None else stop
     if offset + 4 > size:
@@ -121,46 +124,73 @@ def parse_frame(buf: Buffer | memoryview, offset: int, stop: int | None = None) 
         if fcs_size == 2:
             content_size += 256
     pos += fcs_size
-    while True:
-        if pos + 3 > size:
-            raise TruncatedFrame("block header cut off")
-        block_header = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-        pos += 3
-        last = block_header & 1
-        block_type = (block_header >> 1) & 3
-        block_size = block_header >> 3
-        if block_type == 3:
-            raise FrameError(f"reserved block type in frame at offset {offset}")
-        pos += 1 if block_type == 1 else block_size
-        if pos > size:
-            raise TruncatedFrame("block cut off")
-        if last:
-            break
-    if has_checksum:
-        pos += 4
-        if pos > size:
-            raise TruncatedFrame("checksum cut off")
-    return FrameInfo("data", offset, pos - offset, magic, content_size)
+    end = _walk_blocks(buf, pos, size, has_checksum, walked)
+    return FrameInfo("data", offset, end - offset, magic, content_size)
 
 
-def find_next_magic(buf: Buffer, start: int, stop: int | None = None) -> int:
-    """Offset of the next byte sequence in ``[start, stop)`` that could begin a frame, else ``stop``.
+def _walk_blocks(
+    buf: Buffer | memoryview, pos: int, size: int, checksum: int, walked: set[int] | None
+) -> int:
+    """Where the blocks starting at ``pos`` (and the checksum after them) end."""
+    seen: list[int] = []
+    try:
+        while True:
+            if walked is not None:
+                key = 2 * pos + checksum  # where the walk goes on from here depends on both
+                if key in walked:
+                    raise FrameError("frame runs into blocks already found bad")
+                seen.append(key)
+            if pos + 3 > size:
+                raise TruncatedFrame("block header cut off")
+            block_header = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+            pos += 3
+            block_type = (block_header >> 1) & 3
+            block_size = block_header >> 3
+            if block_type == 3:
+                raise FrameError("reserved block type")
+            if block_size > MAX_BLOCK_SIZE:
+                raise FrameError(f"block of {block_size} bytes (largest: {MAX_BLOCK_SIZE})")
+            pos += 1 if block_type == 1 else block_size
+            if pos > size:
+                raise TruncatedFrame("block cut off")
+            if block_header & 1:  # the last block
+                break
+        if checksum:
+            pos += 4
+            if pos > size:
+                raise TruncatedFrame("checksum cut off")
+    except FrameError:
+        if walked is not None:
+            walked.update(seen)
+        raise
+    return pos
 
-    Used to resynchronise after damage in the middle of a file.
-    """
-    end = len(buf) if stop is None else stop
-    best = end
-    zstd_at = buf.find(b"\x28\xb5\x2f\xfd", start, end)
-    if zstd_at != -1:
-        best = zstd_at
-    skip_at = buf.find(b"\x2a\x4d\x18", start + 1, end)
-    while skip_at != -1 and skip_at - 1 < best:
-        candidate = skip_at - 1
-        if 0x50 <= buf[candidate] <= 0x5F:
-            best = candidate
-            break
-        skip_at = buf.find(b"\x2a\x4d\x18", skip_at + 1, end)
-    return best
+
+class _Resync:
+    """Finds the next offset that could start a frame, after damage.
+
+    Remembers the next match of each magic, so resynchronising through a long damaged region
+    searches each of its bytes a bounded number of times."""
+
+    def __init__(self, buf: Buffer, stop: int) -> None:
+        self._buf, self._stop = buf, stop
+        self._zstd = self._skippable = -1  # the next match at or after the last search, or stop
+
+    def next(self, start: int) -> int:
+        """The first offset in ``[start, stop)`` where a zstd or skippable magic occurs, else stop."""
+        buf, stop = self._buf, self._stop
+        if self._zstd < start:
+            found = buf.find(b"\x28\xb5\x2f\xfd", start, stop)
+            self._zstd = stop if found == -1 else found
+        if self._skippable < start:
+            self._skippable = stop
+            found = buf.find(b"\x2a\x4d\x18", start + 1, stop)
+            while found != -1:
+                if 0x50 <= buf[found - 1] <= 0x5F:
+                    self._skippable = found - 1
+                    break
+                found = buf.find(b"\x2a\x4d\x18", found + 1, stop)
+        return min(self._zstd, self._skippable)
 
 
 # -- data frames -------------------------------------------------------------------------------------
@@ -185,100 +215,6 @@ def encode_records(records: Iterable[Record]) -> bytes:
 def encode_data_frame(records: Iterable[Record], compressor: zstandard.ZstdCompressor) -> bytes:
     """One complete zstd frame holding ``records``."""
     return bytes(compressor.compress(encode_records(records)))
-
-
-def decompress_frame(
-    frame: bytes | bytearray | memoryview, info: FrameInfo, limit: int = MAX_FRAME_CONTENT
-) -> bytes:
-    """Decompress one data frame, checking its checksum, never producing more than ``limit`` bytes.
-
-    Raises :class:`FrameError` for a frame that is corrupt, fails its checksum, or is too large.
-    """
-    if info.content_size is not None and info.content_size > limit:
-        raise FrameError(
-            f"frame at offset {info.offset} declares {info.content_size} bytes (limit {limit})"
-        )
-    dctx = zstandard.ZstdDecompressor()
-    try:
-        if info.content_size is not None:
-            return bytes(dctx.decompress(bytes(frame)))
-        with dctx.stream_reader(io.BytesIO(bytes(frame)), read_across_frames=False) as reader:
-            data = bytes(reader.read(limit + 1))
-    except zstandard.ZstdError as exc:
-        raise FrameError(f"frame at offset {info.offset} is corrupt: {exc}") from exc
-    if len(data) > limit:
-        raise FrameError(f"frame at offset {info.offset} decompresses past {limit} bytes")
-    return data
-
-
-class _RejectAllTags(collections.abc.Mapping[int, Any]):
-    """A semantic-decoder table that claims every tag, so no CBOR tag becomes a Python object."""
-
-    def __getitem__(self, tag: int) -> Any:
-        return _reject_tag
-
-    def __contains__(self, tag: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-def _reject_tag(decoder: Any) -> Any:
-    raise cbor2.CBORDecodeError("CBOR tags are not allowed in wirecap records")
-
-
-def _reject_tag_hook(decoder: Any, tag: Any) -> Any:
-    raise cbor2.CBORDecodeError("CBOR tags are not allowed in wirecap records")
-
-
-_NO_TAGS: Final = _RejectAllTags()
-
-
-def strict_cbor_decoder(data: bytes) -> cbor2.CBORDecoder:
-    """A CBOR decoder for untrusted input: no tags, no indefinite lengths, bounded depth."""
-    return cbor2.CBORDecoder(
-        io.BytesIO(data),
-        semantic_decoders=_NO_TAGS,
-        tag_hook=_reject_tag_hook,
-        max_depth=MAX_CBOR_DEPTH,
-        allow_indefinite=False,
-        allow_duplicate_keys=False,
-        strict_hashable_types=True,
-    )
-
-
-def strict_cbor_loads(data: bytes) -> Any:
-    """Decode exactly one CBOR item from untrusted ``data`` (see :func:`strict_cbor_decoder`)."""
-    decoder = strict_cbor_decoder(data)
-    item = decoder.decode()
-    if decoder.fp.tell() != len(data):
-        raise cbor2.CBORDecodeError("trailing bytes after the CBOR item")
-    return item
-
-
-def decode_records(data: bytes) -> tuple[list[Record], str | None]:
-    """Decode a CBOR sequence of records.
-
-    Returns the records decoded before the first problem, and a description of that problem (None when
-    the whole sequence is good). Records of unknown types are skipped.
-    """
-    decoder = strict_cbor_decoder(data)
-    fp = decoder.fp
-    records: list[Record] = []
-    end = len(data)
-    while fp.tell() < end:
-        at = fp.tell()
-        try:
-            record = record_from_map(decoder.decode())
-        except (cbor2.CBORDecodeError, RecordError, RecursionError) as exc:
-            return records, f"bad record at byte {at} of the frame: {exc}"
-        if record is not None:
-            records.append(record)
-    return records, None
 
 
 # -- skippable frames: index and footer -------------------------------------------------------------
@@ -320,28 +256,6 @@ def encode_index_frame(index_map: dict[str, Any], level: int = 3) -> bytes:
     return skippable_frame(INDEX_MAGIC, payload)
 
 
-def decode_index_frame(frame: bytes | bytearray | memoryview) -> Any:
-    """The CBOR item inside an index frame. Raises :class:`FrameError` when it is not one."""
-    try:
-        info = parse_frame(frame, 0)
-    except FrameError as exc:
-        raise FrameError(f"index frame: {exc}") from exc
-    if info.magic != INDEX_MAGIC or info.length != len(frame):
-        raise FrameError("index frame has the wrong magic or length")
-    payload = bytes(frame[8:])
-    if payload[:4] != INDEX_TAG:
-        raise FrameError("index frame does not start with WCIX")
-    inner = memoryview(payload)[4:]
-    inner_info = parse_frame(inner, 0)
-    if inner_info.kind != "data" or inner_info.length != len(inner):
-        raise FrameError("index payload is not one zstd frame")
-    data = decompress_frame(inner, inner_info, MAX_INDEX_CONTENT)
-    try:
-        return strict_cbor_loads(data)
-    except (cbor2.CBORDecodeError, RecursionError) as exc:
-        raise FrameError(f"index is not valid CBOR: {exc}") from exc
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Damage:
     """A region of a file that holds no readable frame, and why."""
@@ -354,21 +268,31 @@ class Damage:
 def iter_frames(
     buf: Buffer, start: int = 0, stop: int | None = None
 ) -> Iterator[FrameInfo | Damage]:
-    """Walk every frame from ``start`` to the end of ``buf``.
+    """Walk every frame from ``start`` to ``stop`` (default: the end of ``buf``).
 
-    Yields a :class:`FrameInfo` for each frame and a :class:`Damage` for each unreadable region. After
-    damage it resynchronises at the next byte sequence that could start a frame, so a cut or corrupted
-    region loses only itself: every intact frame before and after it is found.
+    Yields a :class:`FrameInfo` for each frame and one :class:`Damage` for each unreadable region.
+    After damage it resynchronises at the next byte sequence that could start a frame, so a cut or
+    corrupted region loses only itself: every intact frame before and after it is found. The walk
+    costs time linear in the bytes walked, whatever the damage.
     """
     pos = start
     size = len(buf) if stop is None else stop
+    resync = _Resync(buf, size)
+    walked: set[int] = set()
+    bad_from: int | None = None
+    reason = ""
     while pos < size:
         try:
-            info = parse_frame(buf, pos, size)
+            info = parse_frame(buf, pos, size, walked)
         except FrameError as exc:
-            nxt = find_next_magic(buf, pos + 1, size)
-            yield Damage(pos, nxt, str(exc))
-            pos = nxt
+            if bad_from is None:
+                bad_from, reason = pos, str(exc)
+            pos = resync.next(pos + 1)
             continue
+        if bad_from is not None:
+            yield Damage(bad_from, pos, reason)
+            bad_from = None
         yield info
         pos = info.end
+    if bad_from is not None:
+        yield Damage(bad_from, size, reason)

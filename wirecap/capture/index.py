@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import struct
+import typing
 from typing import IO, TYPE_CHECKING, Any, Final, TypeAlias
 
 import cbor2
@@ -71,26 +72,15 @@ class IndexEntry:
         }
 
     @classmethod
-    def from_map(cls, m: Any) -> IndexEntry:
-        if not isinstance(m, dict):
-            raise RecordError("index entry is not a map")
-        frames = m.get("frames", [])
-        if not isinstance(frames, list) or not all(
-            isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in frames
-        ):
-            raise RecordError("index entry frames must be a list of offsets")
-        x = m.get("x")
-        if not isinstance(x, str):
-            raise RecordError("index entry without an exchange id")
-        entry = cls(x=x, frames=frames)
-        for key, kinds in _ENTRY_FIELDS.items():
-            value = m.get(key)
-            if value is None:
-                continue
-            if not isinstance(value, kinds) or isinstance(value, bool):
-                raise RecordError(f"index entry field {key!r} has the wrong type")
-            setattr(entry, key, value)
-        return entry
+    def from_map(cls, m: Any, data_end: int | None = None) -> IndexEntry:
+        """The entry a stored row describes, checked as a whole (every field's type, and frames
+        that are ascending offsets before ``data_end``); raises :class:`RecordError`."""
+        if not isinstance(m, dict) or set(COLUMNS) - set(m):
+            raise RecordError(f"index entry is not a map of {', '.join(COLUMNS)}")
+        columns = {name: [m[name]] for name in COLUMNS}
+        for problem in row_problems(columns, data_end).values():
+            raise RecordError(problem)
+        return cls(**{name: m[name] for name in COLUMNS})
 
 
 _ENTRY_FIELDS: Final[Mapping[str, type | tuple[type, ...]]] = {
@@ -112,16 +102,85 @@ _ENTRY_FIELDS: Final[Mapping[str, type | tuple[type, ...]]] = {
 COLUMNS: Final = ("x", *_ENTRY_FIELDS, "frames")
 
 
+def _kind(hint: Any) -> tuple[type, bool]:
+    """(the type, whether null is allowed) of a field typed ``hint``."""
+    args = typing.get_args(hint) or (hint,)
+    return next(a for a in args if a is not type(None)), type(None) in args
+
+
+#: What each column but frames may hold, from IndexEntry's field types.
+_KINDS: Final[Mapping[str, tuple[type, bool]]] = {
+    name: _kind(hint)
+    for name, hint in typing.get_type_hints(IndexEntry).items()
+    if name != "frames"
+}
+
+
+def row_problems(columns: Mapping[str, list[Any]], data_end: int | None) -> dict[int, str]:
+    """The rows of a stored index that cannot be used, with the first reason for each.
+
+    A row is checked as a whole: each field has its declared type (integers are unsigned), its id
+    is not repeated by another row, and its frames are ascending, unique offsets before
+    ``data_end`` (where the index frame starts). One pass over each column.
+    """
+    bad: dict[int, str] = {}
+    for name, (kind, nullable) in _KINDS.items():
+        values = columns[name]
+        what = "text" if kind is str else "an unsigned integer"
+        for i in _wrong(values, kind, nullable):
+            bad.setdefault(i, f"{name!r} is {type(values[i]).__name__}, not {what}")
+    ids = columns["x"]
+    seen: dict[str, int] = {}
+    for i, x in enumerate(ids):
+        if type(x) is str:
+            first = seen.setdefault(x, i)
+            if first != i:
+                bad.setdefault(first, f"exchange id {x!r} is on more than one row")
+                bad.setdefault(i, f"exchange id {x!r} is on more than one row")
+    for i, offsets in enumerate(columns["frames"]):
+        problem = _frames_problem(offsets, data_end)
+        if problem is not None:
+            bad.setdefault(i, problem)
+    return bad
+
+
+def _wrong(values: list[Any], kind: type, nullable: bool) -> list[int]:
+    """Positions of ``values`` that are not of ``kind`` (or null, when ``nullable``)."""
+    if kind is str:
+        return [
+            i for i, v in enumerate(values) if type(v) is not str and not (nullable and v is None)
+        ]
+    return [
+        i
+        for i, v in enumerate(values)
+        if not (type(v) is int and v >= 0) and not (nullable and v is None)
+    ]
+
+
+def _frames_problem(offsets: Any, data_end: int | None) -> str | None:
+    if type(offsets) is not list or not offsets:
+        return "'frames' is not a non-empty list"
+    previous = -1
+    for offset in offsets:
+        if type(offset) is not int or offset < 0:
+            return "'frames' holds something other than offsets"
+        if offset <= previous:
+            return "'frames' offsets are not ascending and unique"
+        previous = offset
+    if data_end is not None and previous >= data_end:
+        return "'frames' points past the data frames"
+    return None
+
+
 class Index:
     """A decoded index: entries in order of first appearance, plus gaps and known damage.
 
     The stored index is columnar (one array per field), which decodes to a few large lists instead of
-    one map per exchange. An index read from a file keeps those columns and validates on use:
-    :meth:`find` checks only the row it returns, so a lookup among a million exchanges builds one
-    entry.
+    one map per exchange. An index read from a file keeps those columns, checked as a whole when it
+    is read: :attr:`bad_rows` says which rows cannot be used, and :meth:`find` builds one entry.
     """
 
-    __slots__ = ("_columns", "_entries", "damage", "gaps")
+    __slots__ = ("_columns", "_entries", "_unnamed", "bad_rows", "damage", "gaps")
 
     def __init__(
         self,
@@ -130,6 +189,7 @@ class Index:
         columns: Mapping[str, list[Any]] | None = None,
         gaps: Sequence[Gap] = (),
         damage: Sequence[Mapping[str, Any]] = (),
+        bad_rows: Mapping[int, str] | None = None,
     ) -> None:
         self._entries: tuple[IndexEntry, ...] | None = (
             tuple(entries) if entries is not None else None
@@ -137,6 +197,14 @@ class Index:
         self._columns = columns
         self.gaps = tuple(gaps)
         self.damage = tuple(damage)
+        #: Rows of the stored index that cannot be used (position: why); their exchanges are
+        #: found by scanning.
+        self.bad_rows: Mapping[int, str] = dict(bad_rows or {})
+        # Whether a bad row has no usable id: then an id missing from the index may still be in
+        # the file.
+        self._unnamed = columns is not None and any(
+            type(columns["x"][i]) is not str for i in self.bad_rows
+        )
 
     def __len__(self) -> int:
         if self._entries is not None:
@@ -149,14 +217,27 @@ class Index:
 
     @property
     def entries(self) -> tuple[IndexEntry, ...]:
-        """Every entry, validated (raises :class:`RecordError` for a malformed one)."""
+        """Every entry (raises :class:`RecordError` when a row cannot be used)."""
         if self._entries is None:
+            if self.bad_rows:
+                i, why = next(iter(self.bad_rows.items()))
+                raise RecordError(f"index row {i}: {why}")
             self._entries = tuple(self._row(i) for i in range(len(self)))
             self._columns = None
         return self._entries
 
+    def ids(self) -> list[str]:
+        """The exchange ids the index names, a bad row's included when it is text (a listing by id
+        that must not fail on one bad row)."""
+        if self._entries is not None:
+            return [e.x for e in self._entries]
+        return [x for x in self._columns["x"] if type(x) is str] if self._columns else []
+
     def find(self, exchange_id: str) -> IndexEntry | None:
-        """The entry of one exchange (the first, should a hostile file repeat an id)."""
+        """The entry of one exchange, or None when it has no records in the file.
+
+        Raises :class:`RecordError` when the index cannot tell: the exchange's row is bad, or it
+        has no row while a bad row's id is unusable."""
         if self._entries is not None:
             return next((e for e in self._entries if e.x == exchange_id), None)
         if not self._columns:
@@ -164,7 +245,11 @@ class Index:
         try:
             i = self._columns["x"].index(exchange_id)
         except ValueError:
+            if self._unnamed:
+                raise RecordError("rows without a usable exchange id") from None
             return None
+        if i in self.bad_rows:
+            raise RecordError(self.bad_rows[i])
         return self._row(i)
 
     def to_map(self) -> dict[str, Any]:
@@ -178,7 +263,10 @@ class Index:
         }
 
     @classmethod
-    def from_map(cls, m: Any) -> Index:
+    def from_map(cls, m: Any, data_end: int | None = None) -> Index:
+        """The index a decoded index map describes, its rows checked (see :func:`row_problems`)
+        against ``data_end``. Raises :class:`RecordError` when the map, a column, a gap or a
+        damage entry does not have the declared shape (the index cannot be used at all)."""
         if not isinstance(m, dict) or m.get("t") != "index":
             raise RecordError("not an index map")
         if m.get("version") != INDEX_VERSION:
@@ -196,9 +284,23 @@ class Index:
             raise RecordError(f"index columns must be the lists {', '.join(COLUMNS)}")
         if len({len(c) for c in columns.values()}) != 1:
             raise RecordError("index columns have different lengths")
-        if not all(isinstance(d, dict) for d in damage):
-            raise RecordError("index damage entries must be maps")
-        return cls(columns=columns, gaps=[_gap(g) for g in gaps], damage=damage)
+        if not all(_is_damage(d) for d in damage):
+            raise RecordError("index damage entries must be maps of offset, end and reason")
+        return cls(
+            columns=columns,
+            gaps=[_gap(g) for g in gaps],
+            damage=damage,
+            bad_rows=row_problems(columns, data_end),
+        )
+
+
+def _is_damage(item: Any) -> bool:
+    """Whether ``item`` is a stored damage entry: unsigned offset and end, text reason."""
+    return (
+        isinstance(item, dict)
+        and all(type(item.get(key)) is int and item[key] >= 0 for key in ("offset", "end"))
+        and type(item.get("reason")) is str
+    )
 
 
 def _gap(item: Any) -> Gap:

@@ -1,8 +1,9 @@
 """Reading capture files: segments, directories of segments, exchanges, and index repair.
 
-The reader trusts nothing in the file. Frames are measured before they are decompressed, sizes are
-checked against limits before anything is allocated, CBOR tags are refused, and every damaged region
-is reported (as :class:`Damage`) while every intact frame around it is still read.
+The reader trusts no count, offset or size in the file. Frames are measured before they are
+decompressed and decompressed as streams within a budget that grows with the file (decoding.py), CBOR
+tags are refused, an index row is used only once it checks out, and every damaged region is reported
+(as :class:`Damage`) while every intact frame around it is still read.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import io
 import mmap
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
 
 from wirecap.capture import frames
+from wirecap.capture.decoding import Budget, OverBudget, decode_index_frame, read_frame_records
 from wirecap.capture.frames import Damage, FrameInfo
-from wirecap.capture.index import Index, IndexBuilder, IndexEntry
+from wirecap.capture.index import Index, IndexBuilder
 from wirecap.capture.payload import iter_request_payload, iter_response_payload
 from wirecap.capture.records import (
     PROXY_PATH_HEADER,
@@ -34,10 +36,6 @@ from wirecap.capture.records import (
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-
-
-def _int_or(value: object, default: int) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 class CaptureError(Exception):
@@ -216,8 +214,10 @@ class Exchange:
         if not self._in_file:
             yield from (c for c in self._held if direction in (None, c.dir))
             return
+        budgets: dict[int, Budget] = {}  # one pass over each file's frames
         for capture_file, offset in list(self._places.values()):
-            for record in capture_file.read_frame(offset):
+            budget = budgets.setdefault(id(capture_file), Budget.for_file(capture_file.size))
+            for record in capture_file.read_frame(offset, budget):
                 if (
                     isinstance(record, BodyChunk)
                     and record.x == self.id
@@ -358,6 +358,8 @@ class CaptureFile:
         self._index_offset: int | None = None
         self._index_length = 0
         self.index_from_file = False
+        #: Why the index stored in the file cannot be used, in whole or in part (None if it can).
+        self.index_problem: str | None = None
         self._scanned = False
         self.header: Header | None = None
         self._read_footer()
@@ -399,23 +401,25 @@ class CaptureFile:
         self._index_offset, self._index_length = offset, length
 
     def _read_index(self) -> Index | None:
-        """The index stored in the file, or None (damage noted) when it cannot be used."""
+        """The index stored in the file, or None (damage noted) when it cannot be used at all."""
         if self._index_offset is None:
             return None
         offset, length = self._index_offset, self._index_length
         try:
-            index = Index.from_map(frames.decode_index_frame(self._buf[offset : offset + length]))
+            index = Index.from_map(
+                decode_index_frame(bytes(self._buf[offset : offset + length])), offset
+            )
         except (frames.FrameError, RecordError) as exc:
-            self._note(offset, self.size, f"index unreadable ({exc}); rebuilt by scanning")
+            self.index_problem = f"index unreadable ({exc})"
+            self._note(offset, self.size, f"{self.index_problem}; rebuilt by scanning")
             return None
         for d in index.damage:
-            self.damage.append(
-                FileDamage(
-                    self.path,
-                    _int_or(d.get("offset"), 0),
-                    _int_or(d.get("end"), 0),
-                    str(d.get("reason", "")),
-                )
+            self._note(d["offset"], d["end"], d["reason"])
+        if index.bad_rows:
+            row, why = next(iter(index.bad_rows.items()))
+            self.index_problem = f"index rows unusable: {len(index.bad_rows)} (row {row}: {why})"
+            self._note(
+                offset, self.size, f"{self.index_problem}; their exchanges found by scanning"
             )
         return index
 
@@ -425,7 +429,10 @@ class CaptureFile:
                 break
             if item.kind != "data":
                 continue
-            records, _problem = self._decode(item)
+            try:
+                records, _problem = self._decode(item, Budget.for_file(self.size))
+            except OverBudget:
+                break
             if records and isinstance(records[0], Header):
                 self.header = records[0]
             break
@@ -435,18 +442,18 @@ class CaptureFile:
     def _note(self, offset: int, end: int, reason: str) -> None:
         self.damage.append(FileDamage(self.path, offset, end, reason))
 
-    def _decode(self, info: FrameInfo) -> tuple[list[Record], str | None]:
-        try:
-            data = frames.decompress_frame(self._buf[info.offset : info.end], info)
-        except frames.FrameError as exc:
-            return [], str(exc)
-        return frames.decode_records(data)
+    def _decode(self, info: FrameInfo, budget: Budget) -> tuple[list[Record], str | None]:
+        """The records of the data frame ``info`` (see :func:`read_frame_records`)."""
+        return read_frame_records(bytes(self._buf[info.offset : info.end]), info, budget)
 
     # -- records -----------------------------------------------------------------------------------
 
     def iter_frame_records(self) -> Iterator[tuple[int, list[Record]]]:
-        """Every intact data frame in file order, as (offset, records). Notes damage on the way."""
+        """Every intact data frame in file order, as (offset, records). Notes damage on the way.
+
+        One pass: it decompresses at most the file's budget (:meth:`Budget.for_file`)."""
         record_damage = not self._scanned
+        budget = Budget.for_file(self.size)
         for item in frames.iter_frames(self._buf, 0, self.data_end):
             if isinstance(item, Damage):
                 if record_damage:
@@ -454,7 +461,12 @@ class CaptureFile:
                 continue
             if item.kind != "data":
                 continue
-            records, problem = self._decode(item)
+            try:
+                records, problem = self._decode(item, budget)
+            except OverBudget as exc:
+                if record_damage:
+                    self._note(item.offset, self.data_end, str(exc))
+                break
             if problem is not None and record_damage:
                 self._note(item.offset, item.end, problem)
             yield item.offset, records
@@ -478,54 +490,92 @@ class CaptureFile:
             self._index = builder.build()
         return self._index
 
-    def entry(self, exchange_id: str) -> IndexEntry | None:
-        """The index entry of one exchange, checked to point only at data frames."""
+    def records_of(self, exchange_id: str) -> list[Record]:
+        """The records of one exchange: read from the frames its index row lists when the row
+        checks out, else found by scanning the file (and the bad row noted as damage)."""
+        return [record for record, _place in self.placed_records_of(exchange_id)]
+
+    def placed_records_of(self, exchange_id: str) -> Iterable[tuple[Record, Place]]:
+        """:meth:`records_of`, each record with the place of its frame (see :class:`Exchange`)."""
         try:
             entry = self.index().find(exchange_id)
         except RecordError as exc:
-            self._note(self.data_end, self.size, f"bad index entry for {exchange_id}: {exc}")
-            return None
-        if entry is not None and any(f >= self.data_end for f in entry.frames):
             self._note(
-                self.data_end, self.size, f"index entry for {exchange_id} points past the data"
+                self.data_end,
+                self.size,
+                f"index row of {exchange_id} unusable ({exc}); found by scanning",
             )
-            return None
-        return entry
-
-    def records_of(self, exchange_id: str) -> list[Record]:
-        """The records of one exchange, read from the frames the index lists (no scan)."""
-        entry = self.entry(exchange_id)
+            return self._scan_for(exchange_id)
         if entry is None:
             return []
-        found: list[Record] = []
-        for offset in entry.frames:
-            try:
-                info = frames.parse_frame(self._buf, offset)
-            except frames.FrameError:
-                continue
-            records, _ = self._decode(info)
-            found.extend(r for r in records if getattr(r, "x", None) == exchange_id)
+        found = self._read_listed(exchange_id, entry.frames)
+        if found is None:
+            self._note(
+                self.data_end,
+                self.size,
+                f"index row of {exchange_id} lists frames that are damaged or without its "
+                "records; found by scanning",
+            )
+            return self._scan_for(exchange_id)
         return found
+
+    def _read_listed(
+        self, exchange_id: str, offsets: list[int]
+    ) -> Iterable[tuple[Record, Place]] | None:
+        """The records of ``exchange_id`` in the data frames at ``offsets``; None unless each of
+        them is an intact data frame holding some of its records (else the row is wrong, or its
+        frames are damaged and a scan may find the records elsewhere). They are read in one pass
+        and kept while their bodies are small (:data:`HELD_BODY_BYTES`); the frames of a larger
+        exchange are only checked in that pass, and read again as its records are used."""
+        budget = Budget.for_file(self.size)
+        kept: list[tuple[Record, Place]] | None = []
+        body_bytes = 0
+        for offset in offsets:
+            try:
+                info = frames.parse_frame(self._buf, offset, self.data_end)
+                records, problem = self._decode(info, budget) if info.kind == "data" else ([], "")
+            except frames.FrameError:  # not a frame there, or over the budget
+                return None
+            self.release(info.offset, info.end)
+            mine = [r for r in records if getattr(r, "x", None) == exchange_id]
+            if problem is not None or not mine:
+                return None
+            if kept is not None:
+                kept.extend((r, (self, offset)) for r in mine)
+                body_bytes += sum(len(r.data) for r in mine if isinstance(r, BodyChunk))
+                kept = kept if body_bytes <= HELD_BODY_BYTES else None
+        return kept if kept is not None else self._reread_listed(exchange_id, offsets)
+
+    def _reread_listed(
+        self, exchange_id: str, offsets: list[int]
+    ) -> Iterator[tuple[Record, Place]]:
+        budget = Budget.for_file(self.size)
+        for offset in offsets:
+            for record in self.read_frame(offset, budget):
+                if getattr(record, "x", None) == exchange_id:
+                    yield record, (self, offset)
+
+    def _scan_for(self, exchange_id: str) -> Iterator[tuple[Record, Place]]:
+        return (p for p in self.placed_records() if getattr(p[0], "x", None) == exchange_id)
 
     # -- lazy body access ------------------------------------------------------------------------
 
-    def read_frame(self, offset: int) -> list[Record]:
-        """The records of the data frame at ``offset`` (none if it cannot be read), its pages of the
-        memory map given back afterwards: a body read again frame by frame stays out of memory.
-        After :meth:`close`, the file is opened again for the read."""
+    def read_frame(self, offset: int, budget: Budget | None = None) -> list[Record]:
+        """The records of the data frame at ``offset`` (none if it cannot be read, or ``budget``
+        is spent), its pages of the memory map given back afterwards: a body read again frame by
+        frame stays out of memory. After :meth:`close`, the file is opened again for the read."""
+        budget = budget or Budget.for_file(self.size)
         if isinstance(self._buf, mmap.mmap) and self._buf.closed:
-            return self._read_frame_after_close(offset)
+            return self._read_frame_after_close(offset, budget)
         try:
             info = frames.parse_frame(self._buf, offset, self.data_end)
-        except frames.FrameError:
+            records, _problem = self._decode(info, budget) if info.kind == "data" else ([], "")
+        except frames.FrameError:  # not a frame there, or over the budget
             return []
-        if info.kind != "data":
-            return []
-        records, _problem = self._decode(info)
         self.release(info.offset, info.end)
         return records
 
-    def _read_frame_after_close(self, offset: int) -> list[Record]:
+    def _read_frame_after_close(self, offset: int, budget: Budget) -> list[Record]:
         try:
             with (
                 open(self.path, "rb") as f,
@@ -534,10 +584,9 @@ class CaptureFile:
                 info = frames.parse_frame(buf, offset, self.data_end)
                 if info.kind != "data":
                     return []
-                data = frames.decompress_frame(buf[info.offset : info.end], info)
+                return read_frame_records(bytes(buf[info.offset : info.end]), info, budget)[0]
         except (OSError, ValueError, frames.FrameError):
             return []
-        return frames.decode_records(data)[0]
 
     def release(self, start: int, end: int) -> None:
         """Give back the memory map's pages that lie wholly inside ``start..end``: the bytes stay in
@@ -560,14 +609,6 @@ class CaptureFile:
             for record in records:
                 yield record, (self, offset)
         self.release(released, self.data_end)
-
-    def placed_records_of(self, exchange_id: str) -> Iterator[tuple[Record, Place]]:
-        """The records of one exchange with the place of their frame, read through the index."""
-        entry = self.entry(exchange_id)
-        for offset in entry.frames if entry is not None else ():
-            for record in self.read_frame(offset):
-                if getattr(record, "x", None) == exchange_id:
-                    yield record, (self, offset)
 
     def damage_regions(self) -> list[FileDamage]:
         """Every damaged region, scanning the whole file once if it has not been scanned yet."""
@@ -708,41 +749,32 @@ class IndexRepair:
     exchanges: int
     truncated_at: int | None = None
     tail_saved_to: Path | None = None
+    #: Why the index the file had was replaced (None when it had none).
+    replaced: str | None = None
 
 
 def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
-    """Give a file without an index (after a crash) its index and footer.
+    """Give a file without a usable index (after a crash) its index and footer.
 
     A damaged tail (a frame cut off mid-write) is first moved to ``<file>.tail`` so that the repaired
-    file is again a clean sequence of frames that stock zstd tools read; nothing is thrown away.
+    file is again a clean sequence of frames that stock zstd tools read; nothing is thrown away. An
+    index that cannot be used (unreadable, or with rows that do not check out) is replaced. A file
+    without a header record is not a capture: :class:`CaptureError`, and nothing is written.
     """
     path = Path(path)
     with CaptureFile(path) as cf:
+        if cf.header is None:
+            raise CaptureError("not a wirecap capture (no header record); not changed")
+        replaced: str | None = None
         if cf.indexed:
-            index = cf.index()  # decodes the stored index; falls back to a scan if it is bad
-            if cf.index_from_file:
-                return IndexRepair(path, True, len(index))
-        builder = IndexBuilder()
-        last_end = padded_to = 0
-        for item in frames.iter_frames(cf._buf):
-            if isinstance(item, Damage):
-                continue
-            if item.kind == "skippable" and item.magic == frames.PAD_MAGIC:
-                if item.offset == last_end:  # a file being written ends so: not part of its tail
-                    padded_to = item.end
-                continue
-            last_end = item.end
-            if item.kind == "data":
-                records, _ = cf._decode(item)
-                builder.observe_all(records, item.offset)
-        damage = [
-            {"offset": d.offset, "end": d.end, "reason": d.reason}
-            for d in cf.damage_regions()
-            if d.end <= last_end
-        ]
-        size = cf.size
+            stored = cf._read_index()
+            if stored is not None and not stored.bad_rows:
+                return IndexRepair(path, True, len(stored))
+            replaced = cf.index_problem
+        builder, damage, last_end, padded_to = _scan_for_index(cf)
+        stop = cf.data_end  # an index being replaced, and its footer, are not kept
         tail_from = max(last_end, padded_to)
-        tail = bytes(cf._buf[tail_from:size]) if tail_from < size else b""
+        tail = bytes(cf._buf[tail_from:stop]) if tail_from < stop else b""
     tail_path: Path | None = None
     if tail:
         tail_path = path.with_name(path.name + ".tail")
@@ -757,7 +789,40 @@ def repair_index(path: str | os.PathLike[str]) -> IndexRepair:
         f.write(index_frame + frames.encode_footer(last_end, len(index_frame)))
         f.flush()
         os.fsync(f.fileno())
-    return IndexRepair(path, False, len(index.entries), last_end if tail else None, tail_path)
+    return IndexRepair(
+        path, False, len(index.entries), last_end if tail else None, tail_path, replaced
+    )
+
+
+def _scan_for_index(
+    cf: CaptureFile,
+) -> tuple[IndexBuilder, list[dict[str, Any]], int, int]:
+    """One pass over the data frames of ``cf``: the index they make, the damage found before the
+    last intact frame, where that frame ends, and where padding after it ends."""
+    builder = IndexBuilder()
+    found: list[tuple[int, int, str]] = []
+    last_end = padded_to = 0
+    budget = Budget.for_file(cf.size)
+    over = False  # once over the budget, frames are kept but not read
+    for item in frames.iter_frames(cf._buf, 0, cf.data_end):
+        if isinstance(item, Damage):
+            found.append((item.offset, item.end, item.reason))
+            continue
+        if item.kind == "skippable" and item.magic == frames.PAD_MAGIC:
+            if item.offset == last_end:  # a file being written ends so: not part of its tail
+                padded_to = item.end
+            continue
+        last_end = item.end
+        if item.kind == "data" and not over:
+            try:
+                records, problem = cf._decode(item, budget)
+            except OverBudget as exc:
+                records, problem, over = [], str(exc), True
+            if problem is not None:
+                found.append((item.offset, item.end, problem))
+            builder.observe_all(records, item.offset)
+    damage = [{"offset": o, "end": e, "reason": r} for o, e, r in found if e <= last_end]
+    return builder, damage, last_end, padded_to
 
 
 def append_capture(target: str | os.PathLike[str], source: str | os.PathLike[str]) -> int:

@@ -187,11 +187,13 @@ def resolve_id(capture: Capture, prefix: str) -> str:
     Raises :class:`UnknownId` naming the candidates when the prefix is ambiguous."""
     matches: dict[str, None] = {}
     for f in capture.files:
-        for entry in f.index().entries:
-            if entry.x == prefix:
+        for x in f.index().ids():
+            if x == prefix:
                 return prefix
-            if entry.x.startswith(prefix):
-                matches[entry.x] = None
+            if x.startswith(prefix):
+                matches[x] = None
+    if not matches and capture.get(prefix) is not None:
+        return prefix  # an exchange whose index row is unusable, found by scanning
     if not matches:
         raise UnknownId(f"no exchange {prefix!r} in the capture")
     if len(matches) > 1:

@@ -17,6 +17,8 @@ from wirecap.capture.allocator import reuse_large_buffers
 from wirecap.capture.child import ProcessSpec
 from wirecap.capture.process import ProcessWriter
 from wirecap.capture.redact import Redactor, Rules
+from wirecap.proxy.admin import PATHS, AdminServer
+from wirecap.proxy.metrics import ProxyMetrics
 from wirecap.proxy.server import ProxyServer
 
 if TYPE_CHECKING:
@@ -151,7 +153,15 @@ async def run_proxy(
     ``task_status`` gets the address once the proxy listens and captures.
     """
     server = ProxyServer(config, console=console)
-    await server.bind()  # fail on a taken address before creating any capture file
+    listeners = await server.bind()  # fail on a taken address before creating any capture file
+    admin = make_admin(server)
+    if admin is not None:
+        try:
+            await admin.bind()
+        except OSError:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
     tune_interpreter()
     writer = make_writer(config, make_redactor(config)) if config.capture.enabled else None
     server.writer = writer
@@ -183,8 +193,13 @@ async def run_proxy(
             async def serve() -> None:
                 host, port = await nursery.start(server.run)
                 path = await nursery.start(writer.run) if writer is not None else None
+                if admin is not None:
+                    await nursery.start(admin.run)
                 if banner is not None:
                     print(_banner(server, host, port, path), file=banner, flush=True)
+                    if admin is not None:
+                        paths = ", ".join(PATHS)
+                        print(f"admin on {admin.url} ({paths})", file=banner, flush=True)
                 task_status.started((host, port))
 
             nursery.start_soon(watch_signals)
@@ -194,6 +209,15 @@ async def run_proxy(
                 await writer.wait_finished()
             nursery.cancel_scope.cancel()
     return server
+
+
+def make_admin(server: ProxyServer) -> AdminServer | None:
+    """The admin listener ``server``'s config asks for, with the metrics it serves attached to
+    the server; None when ``--admin`` is not given (then nothing is counted)."""
+    if server.config.admin.address is None:
+        return None
+    server.metrics = ProxyMetrics(server)
+    return AdminServer(server, server.config.admin, server.metrics)
 
 
 def client_base_urls(route: Route, proxy_url: str) -> list[tuple[str, str]]:

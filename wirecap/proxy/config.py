@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import re
 import tomllib
@@ -193,6 +194,33 @@ class CaptureSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DiskThreshold:
+    """The free space the capture directory's disk must keep for the proxy to be ready: a number
+    of bytes, a percentage of the disk, or both (the larger applies)."""
+
+    free_bytes: int = 0
+    free_percent: float = 0.0
+
+    def required(self, total: int) -> int:
+        """Bytes that must be free on a disk of ``total`` bytes."""
+        return max(self.free_bytes, math.ceil(total * self.free_percent / 100))
+
+
+#: Free disk below which readiness fails, unless ``ready_min_free_disk`` says otherwise.
+DEFAULT_MIN_FREE_DISK: Final = DiskThreshold(free_bytes=1024**3)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class AdminSettings:
+    """The admin listener (``/healthz``, ``/readyz``, ``/metrics``): off unless given an address."""
+
+    address: tuple[str, int] | None = None
+    #: Every request must carry ``Authorization: Bearer <token>`` (required off loopback).
+    token: str | None = dataclasses.field(default=None, repr=False)
+    min_free_disk: DiskThreshold = DEFAULT_MIN_FREE_DISK
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ProxyConfig:
     listen_host: str = DEFAULT_LISTEN[0]
     listen_port: int = DEFAULT_LISTEN[1]
@@ -202,6 +230,7 @@ class ProxyConfig:
     capture: CaptureSettings = CaptureSettings()
     upstream_ca: Path | None = None  # extra CA bundle trusted for HTTPS upstreams
     log_format: Literal["text", "json", "quiet"] = "text"
+    admin: AdminSettings = AdminSettings()
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -217,6 +246,16 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigError(f"bad listen port {port}")
     return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, ``localhost``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -354,6 +393,32 @@ def _upstream(value: Any) -> Upstream:
     return parse_upstream(_text(value))
 
 
+def _token(value: Any) -> str:
+    token = value.strip() if isinstance(value, str) else ""
+    if not token or not token.isprintable():
+        raise _Invalid("non-empty printable text")
+    return token
+
+
+def _disk_threshold(value: Any) -> DiskThreshold:
+    """``"5%"`` (of the disk) or a size (``"1GiB"``, ``0`` for no threshold)."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            percent = float(value.strip()[:-1])
+        except ValueError:
+            percent = math.nan
+        if not 0 <= percent < 100:
+            raise _Invalid("a size (e.g. '1GiB') or a percentage from 0 to 100 (e.g. '5%')")
+        return DiskThreshold(free_percent=percent)
+    try:
+        size = parse_size(value)
+    except ConfigError:
+        size = -1
+    if size < 0:
+        raise _Invalid("a size (e.g. '1GiB') or a percentage from 0 to 100 (e.g. '5%')")
+    return DiskThreshold(free_bytes=size)
+
+
 #: Every setting, by table, with the check its value passes. A key is unique across tables, so it is
 #: also the setting's name: the keyword of build_config and, with dashes, the flag.
 SETTINGS: Final[Mapping[str, Mapping[str, Callable[[Any], Any]]]] = {
@@ -364,6 +429,9 @@ SETTINGS: Final[Mapping[str, Mapping[str, Callable[[Any], Any]]]] = {
         "log_format": _choice(*LOG_FORMATS),
         "max_head": _size,
         "capture": _bool,
+        "admin": _listen,
+        "admin_token": _token,
+        "ready_min_free_disk": _disk_threshold,
     },
     "capture": {
         "out": _path,
@@ -549,6 +617,9 @@ def build_config(
     keepalive_timeout: float | None = None,
     pool_idle_timeout: float | None = None,
     shutdown_timeout: float | None = None,
+    admin: str | None = None,
+    admin_token: str | None = None,
+    ready_min_free_disk: int | str | None = None,
     timeouts: Mapping[str, float] | None = None,
 ) -> ProxyConfig:
     """Merge a TOML document and command-line values into a checked :class:`ProxyConfig`.
@@ -586,6 +657,9 @@ def build_config(
         "keepalive_timeout": keepalive_timeout,
         "pool_idle_timeout": pool_idle_timeout,
         "shutdown_timeout": shutdown_timeout,
+        "admin": admin,
+        "admin_token": admin_token,
+        "ready_min_free_disk": ready_min_free_disk,
     }
     values.update((key, _checked(key, value)) for key, value in given.items() if value is not None)
     for key, more in (("redact_headers", redact_headers), ("redact_body", redact_body)):
@@ -606,6 +680,7 @@ def build_config(
         capture=settings,
         upstream_ca=values.get("upstream_ca"),
         log_format=values.get("log_format", "text"),
+        admin=_admin_settings(values),
     )
 
 
@@ -634,6 +709,22 @@ def _capture_settings(values: Mapping[str, Any]) -> CaptureSettings:
         redact=values.get("redact", defaults.redact),
         redact_headers=DEFAULT_REDACT_HEADERS + tuple(h.lower() for h in values["redact_headers"]),
         redact_body=DEFAULT_REDACT_BODY + values["redact_body"],
+    )
+
+
+def _admin_settings(values: Mapping[str, Any]) -> AdminSettings:
+    """The admin listener's settings; an address off loopback without a token is refused."""
+    address = values.get("admin")
+    token = values.get("admin_token")
+    if address is not None and token is None and not is_loopback(address[0]):
+        raise ConfigError(
+            f"admin address {address[0]}:{address[1]} is not loopback: give --admin-token "
+            "(or WIRECAP_ADMIN_TOKEN), which every admin request must then carry"
+        )
+    return AdminSettings(
+        address=address,
+        token=token,
+        min_free_disk=values.get("ready_min_free_disk", DEFAULT_MIN_FREE_DISK),
     )
 
 

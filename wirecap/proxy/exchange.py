@@ -122,6 +122,7 @@ class ExchangeState:
     method: str
     target: str
     upstream_url: str | None = None
+    route: str | None = None  # the prefix of the route it matched
     phase: Phase = Phase.ROUTED
     request_done: bool = False  # the whole request body has been received
     status: int | None = None
@@ -131,6 +132,7 @@ class ExchangeState:
     res_bytes: int = 0  # response payload received
     outcome: Outcome = "ok"
     error: str | None = None
+    kind: str | None = None  # the failure's kind (RelayError.kind), as its JSON answer names it
 
     @property
     def responded(self) -> bool:
@@ -152,3 +154,4 @@ class ExchangeState:
         if self.outcome == "ok":
             self.outcome = error.outcome
             self.error = str(error)
+            self.kind = error.kind

@@ -156,6 +156,7 @@ class ExchangeRelay:
         self.request_sent = False  # every byte of the request went upstream
         self.read_ns = 0  # when the last upstream read returned, ns since the exchange began
         self.close_client = False  # the response's framing ends with the connection
+        self.answered = False  # the proxy made the whole answer itself (an error, a 404)
 
     # -- the exchange ---------------------------------------------------------------------------------
 
@@ -176,7 +177,7 @@ class ExchangeRelay:
         finally:
             self._finish()
         return (
-            ex.outcome == "ok"
+            (ex.outcome == "ok" or self.answered)  # a whole answer of the proxy's own keeps it too
             and ex.request_done
             and ex.phase is Phase.DONE
             and not self.close_client
@@ -249,6 +250,7 @@ class ExchangeRelay:
                 self.rec.body("res", body)
         with contextlib.suppress(*_BROKEN), trio.move_on_after(self.timeouts.write):
             await self.client.stream.send_all(head + body)
+            self.answered = True
         ex.advance(Phase.DONE)
 
     async def _read_small_body(self) -> None:

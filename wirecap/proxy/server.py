@@ -34,6 +34,7 @@ from wirecap.proxy.upstream import ConnectionPool, make_ssl_context
 if TYPE_CHECKING:
     from wirecap.capture.writer import RecordWriter
     from wirecap.proxy.config import ProxyConfig
+    from wirecap.proxy.metrics import ProxyMetrics
     from wirecap.proxy.routing import RouteMatch
 
 logger = logging.getLogger("wirecap.proxy")
@@ -111,6 +112,7 @@ class ProxyServer:
         )
         self.console = console if console is not None else sys.stdout
         self.stats = ProxyStatistics()
+        self.metrics: ProxyMetrics | None = None  # set when the admin listener serves /metrics
         self.listen_host = config.listen_host
         self.listen_port = config.listen_port
         self._shutdown = trio.Event()
@@ -273,6 +275,8 @@ class ProxyServer:
         )
         host = messages.header_value(request.event.headers, b"host")
         match = self.router.match(ex.method, host.decode("latin-1") if host else None, ex.target)
+        if match is not None:
+            ex.route = match.route.prefix
         recorder = None
         if self.writer is not None and _should_capture(match):
             recorder = ExchangeRecorder(self.writer, ex.id, request.t0_ns)
@@ -325,7 +329,10 @@ class ProxyServer:
     # -- console --------------------------------------------------------------------------------------
 
     def report(self, ex: ExchangeState, *, captured: bool) -> None:
-        """Print the console line of a finished exchange."""
+        """Count a finished exchange in the metrics and print its console line."""
+        duration_ns = time.perf_counter_ns() - ex.t0_ns
+        if self.metrics is not None:
+            self.metrics.observe(ex, duration_ns)
         if self.config.log_format == "quiet":
             return
         summary = ExchangeSummary(
@@ -336,7 +343,7 @@ class ProxyServer:
             upstream_url=ex.upstream_url,
             status=ex.status,
             outcome=ex.outcome,
-            duration_ns=time.perf_counter_ns() - ex.t0_ns,
+            duration_ns=duration_ns,
             ttfb_ns=ex.ttfb_ns,
             ttft_ns=ex.ttft_ns,
             req_bytes=ex.req_bytes,
