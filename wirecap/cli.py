@@ -27,7 +27,7 @@ from wirecap.inspect.detectors import (
     detect,
     detect_all,
 )
-from wirecap.inspect.export import jsonl_records, open_private, write_har
+from wirecap.inspect.export import open_private, write_har, write_jsonl
 from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import (
@@ -691,15 +691,18 @@ def _show_exchange(
     if exchange is None:
         raise click.BadParameter(f"no exchange {prefix!r} in the capture", param_hint="'--id'")
     out = sys.stdout.buffer
-    if raw == "request":
-        out.write(exchange.request_bytes())
-    elif raw == "response":
-        out.write(exchange.response_bytes())
-    elif raw == "upstream":
-        out.write(exchange.upstream_request_bytes())
+    if raw is not None:
+        pieces = {
+            "request": exchange.iter_request_bytes,
+            "response": exchange.iter_response_bytes,
+            "upstream": exchange.iter_upstream_request_bytes,
+        }[raw]()
+        for piece in pieces:  # written as each frame is decompressed: constant memory
+            out.write(piece)
     elif as_json:
-        record = next(jsonl_records([analyze_exchange(exchange)]))
-        click.echo(json.dumps(record, ensure_ascii=False))
+        text_out = click.get_text_stream("stdout")
+        write_jsonl([analyze_exchange(exchange)], text_out)
+        text_out.flush()
     else:
         _echo(detail_lines(analyze_exchange(exchange), full=full, paint=paint), paint)
     sys.stdout.flush()
@@ -759,12 +762,19 @@ def stats_command(
     metavar="FILE",
     help="File to write, mode 0600 like the capture ('-' for stdout).",
 )
+@click.option(
+    "--max-body",
+    type=ByteSize(),
+    metavar="SIZE",
+    help="Leave out bodies (and answers) larger than this, saying so in the entry (e.g. 16MiB).",
+)
 @_filter_options
 @_count_options
 def export_command(
     captures: tuple[Path, ...],
     fmt: str,
     output: Path,
+    max_body: int | None,
     route: str | None,
     status: str | None,
     model: str | None,
@@ -780,6 +790,7 @@ def export_command(
     \b
     Examples:
       wirecap export captures/ --format har -o capture.har
+      wirecap export captures/ --format har --max-body 16MiB -o small.har
       wirecap export captures/ --format jsonl -o - --status 5xx | jq .path
     """
     filters = _filters(route, status, model, since, until)
@@ -787,13 +798,8 @@ def export_command(
     try:
         with open_capture(*captures) as capture, _output(output) as out:
             analyzed = analyzed_exchanges(capture, filters, last=last, limit=limit)
-            if fmt == "har":
-                count = write_har(analyzed, out)
-            else:
-                count = 0
-                for record in jsonl_records(analyzed):
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    count += 1
+            write = write_har if fmt == "har" else write_jsonl
+            count = write(analyzed, out, max_body=max_body)
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
     if not count:

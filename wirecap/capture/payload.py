@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 import h11
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Iterator
 
     from wirecap.capture.records import BodyChunk
 
@@ -23,15 +23,28 @@ if TYPE_CHECKING:
 _HEAD_ROOM: Final = 64 * 1024
 
 
-def request_payload(head: bytes, chunks: Sequence[BodyChunk]) -> list[BodyChunk]:
+def request_payload(head: bytes, chunks: Iterable[BodyChunk]) -> list[BodyChunk]:
     """``chunks`` of a request body (wire bytes) as payload, read against the request ``head``."""
+    return list(iter_request_payload(head, chunks))
+
+
+def response_payload(method: bytes, head: bytes, chunks: Iterable[BodyChunk]) -> list[BodyChunk]:
+    """``chunks`` of a response body (wire bytes) as payload, read against the final response
+    ``head`` of a request with ``method`` (a HEAD request's response has no body)."""
+    return list(iter_response_payload(method, head, chunks))
+
+
+def iter_request_payload(head: bytes, chunks: Iterable[BodyChunk]) -> Iterator[BodyChunk]:
+    """:func:`request_payload`, one chunk at a time: only the chunk at hand is held, so a body of
+    any size streams through in the memory of one read."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + _HEAD_ROOM)
     return _payload(conn, head, chunks)
 
 
-def response_payload(method: bytes, head: bytes, chunks: Sequence[BodyChunk]) -> list[BodyChunk]:
-    """``chunks`` of a response body (wire bytes) as payload, read against the final response
-    ``head`` of a request with ``method`` (a HEAD request's response has no body)."""
+def iter_response_payload(
+    method: bytes, head: bytes, chunks: Iterable[BodyChunk]
+) -> Iterator[BodyChunk]:
+    """:func:`response_payload`, one chunk at a time (see :func:`iter_request_payload`)."""
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=len(head) + _HEAD_ROOM)
     conn.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"capture")]))
     conn.send(h11.EndOfMessage())
@@ -39,25 +52,23 @@ def response_payload(method: bytes, head: bytes, chunks: Sequence[BodyChunk]) ->
 
 
 def _payload(
-    conn: h11.Connection, head: bytes, chunks: Sequence[BodyChunk], *, until_close: bool = False
-) -> list[BodyChunk]:
-    out: list[BodyChunk] = []
+    conn: h11.Connection, head: bytes, chunks: Iterable[BodyChunk], *, until_close: bool = False
+) -> Iterator[BodyChunk]:
     try:
         conn.receive_data(head)
         events = _events(conn)
         if not events or not isinstance(events[0], h11.Request | h11.Response):
-            return out
+            return
         for chunk in chunks:
             conn.receive_data(chunk.data)
             data = b"".join(bytes(e.data) for e in _events(conn) if isinstance(e, h11.Data))
             if data:
-                out.append(dataclasses.replace(chunk, data=data))
+                yield dataclasses.replace(chunk, data=data)
         if until_close and conn.their_state is h11.SEND_BODY:
             conn.receive_data(b"")  # a body delimited by the connection's end
             _events(conn)
     except (h11.RemoteProtocolError, h11.LocalProtocolError):
-        pass  # the payload read so far
-    return out
+        return  # the payload read so far
 
 
 def _events(conn: h11.Connection) -> list[h11.Event]:

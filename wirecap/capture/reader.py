@@ -8,17 +8,19 @@ tags are refused, an index row is used only once it checks out, and every damage
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import io
 import mmap
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
 
 from wirecap.capture import frames
 from wirecap.capture.decoding import Budget, OverBudget, decode_index_frame, read_frame_records
 from wirecap.capture.frames import Damage, FrameInfo
 from wirecap.capture.index import Index, IndexBuilder
-from wirecap.capture.payload import request_payload, response_payload
+from wirecap.capture.payload import iter_request_payload, iter_response_payload
 from wirecap.capture.records import (
     PROXY_PATH_HEADER,
     BodyChunk,
@@ -77,30 +79,103 @@ def proxy_path_of(head: bytes) -> str | None:
     return value.strip().decode("ascii", "replace")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChunkMark:
+    """One body read without its bytes: direction, arrival time and size (for timelines)."""
+
+    dir: str
+    ns: int
+    size: int
+
+
+class Timeline:
+    """The body reads of an exchange, both directions in arrival order, without their bytes.
+
+    Kept compact (17 bytes a read) because a long stream can have millions of small reads."""
+
+    __slots__ = ("_dirs", "_ns", "_sizes")
+
+    def __init__(self) -> None:
+        self._dirs = bytearray()  # 0: request, 1: response
+        self._ns = array.array("q")
+        self._sizes = array.array("q")
+
+    def add(self, chunk: BodyChunk) -> None:
+        self._dirs.append(chunk.dir == "res")
+        self._ns.append(chunk.ns)
+        self._sizes.append(len(chunk.data))
+
+    def __len__(self) -> int:
+        return len(self._dirs)
+
+    def __iter__(self) -> Iterator[ChunkMark]:
+        for is_res, ns, size in zip(self._dirs, self._ns, self._sizes, strict=True):
+            yield ChunkMark("res" if is_res else "req", ns, size)
+
+    def __getitem__(self, i: int) -> ChunkMark:
+        return ChunkMark("res" if self._dirs[i] else "req", self._ns[i], self._sizes[i])
+
+
+#: Body bytes an exchange read from a file holds (both directions); a larger body is read again from
+#: the file when asked for. Small bodies stay, so that a table of many small exchanges does not
+#: decompress each frame once per exchange in it; 256 KiB is one of the proxy's largest reads.
+HELD_BODY_BYTES: Final = 256 * 1024
+
+#: Where a body record sits: the file, and the offset of the data frame holding it.
+Place: TypeAlias = "tuple[CaptureFile, int]"
+
+
+def join_chunks(chunks: Iterable[BodyChunk]) -> bytes:
+    """The bytes of ``chunks`` in one string, built in place (no list of them held beside it)."""
+    out = io.BytesIO()
+    for chunk in chunks:
+        out.write(chunk.data)
+    return out.getvalue()
+
+
 @dataclasses.dataclass(slots=True)
 class Exchange:
     """Everything recorded about one request and its response.
 
-    ``chunks`` are the body records as stored: the bytes of each read as they crossed the wire
-    (transfer coding included), both directions. :attr:`request_chunks`, :attr:`response_chunks`
-    and the ``*_body`` properties give the payload (see payload.py); :meth:`request_bytes` and
-    :meth:`response_bytes` the wire bytes.
+    An exchange read from a file holds its bodies only while they are small
+    (:data:`HELD_BODY_BYTES`); past that it keeps where its body records are (:attr:`timeline`
+    has their times and sizes) and reads them again, a frame at a time, when asked, so a body of
+    any size costs memory only when a caller joins it. The ``iter_*`` methods
+    stream: :meth:`iter_wire` the body records as stored (the bytes of each read as they crossed
+    the wire, transfer coding included), :meth:`iter_payload` the payload (see payload.py),
+    :meth:`iter_request_bytes` and friends a side's exact bytes, head first. The properties and
+    ``*_bytes()`` methods join the same into one string. An exchange built with :meth:`add` alone
+    (no place given) holds its chunks.
     """
 
     id: str
     request: RequestReceived | None = None
     upstream: UpstreamRequest | None = None
     responses: list[ResponseHead] = dataclasses.field(default_factory=list)
-    chunks: list[BodyChunk] = dataclasses.field(default_factory=list)
     end: ExchangeEnd | None = None
     #: Format 1 files stored payload instead of wire bytes: their chunks are their payload.
     wire: bool = True
-    _payload: dict[str, list[BodyChunk]] = dataclasses.field(default_factory=dict, repr=False)
+    timeline: Timeline = dataclasses.field(default_factory=Timeline, repr=False)
+    _held: list[BodyChunk] = dataclasses.field(default_factory=list, repr=False)
+    _held_bytes: int = dataclasses.field(default=0, repr=False)
+    _places: dict[tuple[int, int], Place] = dataclasses.field(default_factory=dict, repr=False)
+    _in_file: bool = dataclasses.field(default=False, repr=False)
 
-    def add(self, record: Record) -> None:
-        self._payload.clear()
+    def add(self, record: Record, place: Place | None = None) -> None:
+        """Take one record of this exchange. Body records are held while the bodies are small
+        (:data:`HELD_BODY_BYTES`, both directions); past that, an exchange whose records came
+        with a ``place`` (all of them, or none) lets go of them and reads them again from there."""
         if isinstance(record, BodyChunk):
-            self.chunks.append(record)
+            self.timeline.add(record)
+            if place is not None:
+                self._places.setdefault((id(place[0]), place[1]), place)
+            if self._in_file:
+                return
+            self._held.append(record)
+            self._held_bytes += len(record.data)
+            if self._held_bytes > HELD_BODY_BYTES and self._places:
+                self._in_file = True
+                self._held.clear()
         elif isinstance(record, RequestReceived):
             self.request = record
         elif isinstance(record, UpstreamRequest):
@@ -125,38 +200,85 @@ class Exchange:
     def informational(self) -> list[ResponseHead]:
         return [h for h in self.responses if h.status < 200]
 
-    def _wire_chunks(self, direction: str) -> list[BodyChunk]:
-        return [c for c in self.chunks if c.dir == direction]
+    @property
+    def holds_bodies(self) -> bool:
+        """Whether the body bytes are in memory (small bodies), rather than read again from the
+        capture file each time they are asked for."""
+        return not self._in_file
+
+    # -- body access, streaming ------------------------------------------------------------------
+
+    def iter_wire(self, direction: str | None = None) -> Iterator[BodyChunk]:
+        """The body records of one direction (``"req"``/``"res"``; None: both) in stored order,
+        read back from the file a frame at a time when they are not held."""
+        if not self._in_file:
+            yield from (c for c in self._held if direction in (None, c.dir))
+            return
+        budgets: dict[int, Budget] = {}  # one pass over each file's frames
+        for capture_file, offset in list(self._places.values()):
+            budget = budgets.setdefault(id(capture_file), Budget.for_file(capture_file.size))
+            for record in capture_file.read_frame(offset, budget):
+                if (
+                    isinstance(record, BodyChunk)
+                    and record.x == self.id
+                    and direction in (None, record.dir)
+                ):
+                    yield record
+
+    def iter_payload(self, direction: str) -> Iterator[BodyChunk]:
+        """The body's payload of one direction, one chunk per read that carried some."""
+        chunks = self.iter_wire(direction)
+        if not self.wire:
+            return chunks
+        if direction == "req":
+            if self.request is None:
+                return chunks
+            return iter_request_payload(self.request.head, chunks)
+        head = self.response
+        if head is None:
+            return chunks
+        method = (self.method or "GET").encode("ascii", "replace")
+        return iter_response_payload(method, head.head, chunks)
+
+    def iter_request_bytes(self) -> Iterator[bytes]:
+        """:meth:`request_bytes` piece by piece."""
+        yield self.request.head if self.request else b""
+        yield from (c.data for c in self.iter_wire("req"))
+
+    def iter_upstream_request_bytes(self) -> Iterator[bytes]:
+        """:meth:`upstream_request_bytes` piece by piece."""
+        yield self.upstream_wire_head or b""
+        yield from (c.data for c in self.iter_wire("req"))
+
+    def iter_response_bytes(self) -> Iterator[bytes]:
+        """:meth:`response_bytes` piece by piece."""
+        yield from (h.head for h in self.responses)
+        yield from (c.data for c in self.iter_wire("res"))
+
+    # -- body access, joined ---------------------------------------------------------------------
+
+    @property
+    def chunks(self) -> list[BodyChunk]:
+        """Every body record, both directions, as stored (read into memory)."""
+        return list(self.iter_wire())
 
     @property
     def request_chunks(self) -> list[BodyChunk]:
         """The request body's payload, one chunk per read that carried some."""
-        chunks = self._wire_chunks("req")
-        if not self.wire or not chunks or self.request is None:
-            return chunks
-        if "req" not in self._payload:
-            self._payload["req"] = request_payload(self.request.head, chunks)
-        return self._payload["req"]
+        return list(self.iter_payload("req"))
 
     @property
     def response_chunks(self) -> list[BodyChunk]:
         """The response body's payload, one chunk per read that carried some."""
-        chunks = self._wire_chunks("res")
-        head = self.response
-        if not self.wire or not chunks or head is None:
-            return chunks
-        if "res" not in self._payload:
-            method = (self.method or "GET").encode("ascii", "replace")
-            self._payload["res"] = response_payload(method, head.head, chunks)
-        return self._payload["res"]
+        return list(self.iter_payload("res"))
 
     @property
     def request_body(self) -> bytes:
-        return b"".join(c.data for c in self.request_chunks)
+        return join_chunks(self.iter_payload("req"))
 
     @property
     def response_body(self) -> bytes:
-        return b"".join(c.data for c in self.response_chunks)
+        return join_chunks(self.iter_payload("res"))
 
     @property
     def method(self) -> str | None:
@@ -206,18 +328,15 @@ class Exchange:
 
     def request_bytes(self) -> bytes:
         """The client's request as received: head then body (redacted where redaction applied)."""
-        head = self.request.head if self.request else b""
-        return head + b"".join(c.data for c in self._wire_chunks("req"))
+        return b"".join(self.iter_request_bytes())
 
     def upstream_request_bytes(self) -> bytes:
         """The request as it went upstream: the head as sent, then the body bytes."""
-        return (self.upstream_wire_head or b"") + b"".join(c.data for c in self._wire_chunks("req"))
+        return b"".join(self.iter_upstream_request_bytes())
 
     def response_bytes(self) -> bytes:
         """The response as the upstream sent it: every head (1xx first) then the body bytes."""
-        return b"".join(h.head for h in self.responses) + b"".join(
-            c.data for c in self._wire_chunks("res")
-        )
+        return b"".join(self.iter_response_bytes())
 
 
 class CaptureFile:
@@ -374,6 +493,10 @@ class CaptureFile:
     def records_of(self, exchange_id: str) -> list[Record]:
         """The records of one exchange: read from the frames its index row lists when the row
         checks out, else found by scanning the file (and the bad row noted as damage)."""
+        return [record for record, _place in self.placed_records_of(exchange_id)]
+
+    def placed_records_of(self, exchange_id: str) -> Iterable[tuple[Record, Place]]:
+        """:meth:`records_of`, each record with the place of its frame (see :class:`Exchange`)."""
         try:
             entry = self.index().find(exchange_id)
         except RecordError as exc:
@@ -396,26 +519,96 @@ class CaptureFile:
             return self._scan_for(exchange_id)
         return found
 
-    def _read_listed(self, exchange_id: str, offsets: list[int]) -> list[Record] | None:
+    def _read_listed(
+        self, exchange_id: str, offsets: list[int]
+    ) -> Iterable[tuple[Record, Place]] | None:
         """The records of ``exchange_id`` in the data frames at ``offsets``; None unless each of
         them is an intact data frame holding some of its records (else the row is wrong, or its
-        frames are damaged and a scan may find the records elsewhere)."""
+        frames are damaged and a scan may find the records elsewhere). They are read in one pass
+        and kept while their bodies are small (:data:`HELD_BODY_BYTES`); the frames of a larger
+        exchange are only checked in that pass, and read again as its records are used."""
         budget = Budget.for_file(self.size)
-        found: list[Record] = []
+        kept: list[tuple[Record, Place]] | None = []
+        body_bytes = 0
         for offset in offsets:
             try:
                 info = frames.parse_frame(self._buf, offset, self.data_end)
                 records, problem = self._decode(info, budget) if info.kind == "data" else ([], "")
             except frames.FrameError:  # not a frame there, or over the budget
                 return None
+            self.release(info.offset, info.end)
             mine = [r for r in records if getattr(r, "x", None) == exchange_id]
             if problem is not None or not mine:
                 return None
-            found.extend(mine)
-        return found
+            if kept is not None:
+                kept.extend((r, (self, offset)) for r in mine)
+                body_bytes += sum(len(r.data) for r in mine if isinstance(r, BodyChunk))
+                kept = kept if body_bytes <= HELD_BODY_BYTES else None
+        return kept if kept is not None else self._reread_listed(exchange_id, offsets)
 
-    def _scan_for(self, exchange_id: str) -> list[Record]:
-        return [r for r in self.records() if getattr(r, "x", None) == exchange_id]
+    def _reread_listed(
+        self, exchange_id: str, offsets: list[int]
+    ) -> Iterator[tuple[Record, Place]]:
+        budget = Budget.for_file(self.size)
+        for offset in offsets:
+            for record in self.read_frame(offset, budget):
+                if getattr(record, "x", None) == exchange_id:
+                    yield record, (self, offset)
+
+    def _scan_for(self, exchange_id: str) -> Iterator[tuple[Record, Place]]:
+        return (p for p in self.placed_records() if getattr(p[0], "x", None) == exchange_id)
+
+    # -- lazy body access ------------------------------------------------------------------------
+
+    def read_frame(self, offset: int, budget: Budget | None = None) -> list[Record]:
+        """The records of the data frame at ``offset`` (none if it cannot be read, or ``budget``
+        is spent), its pages of the memory map given back afterwards: a body read again frame by
+        frame stays out of memory. After :meth:`close`, the file is opened again for the read."""
+        budget = budget or Budget.for_file(self.size)
+        if isinstance(self._buf, mmap.mmap) and self._buf.closed:
+            return self._read_frame_after_close(offset, budget)
+        try:
+            info = frames.parse_frame(self._buf, offset, self.data_end)
+            records, _problem = self._decode(info, budget) if info.kind == "data" else ([], "")
+        except frames.FrameError:  # not a frame there, or over the budget
+            return []
+        self.release(info.offset, info.end)
+        return records
+
+    def _read_frame_after_close(self, offset: int, budget: Budget) -> list[Record]:
+        try:
+            with (
+                open(self.path, "rb") as f,
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf,
+            ):
+                info = frames.parse_frame(buf, offset, self.data_end)
+                if info.kind != "data":
+                    return []
+                return read_frame_records(bytes(buf[info.offset : info.end]), info, budget)[0]
+        except (OSError, ValueError, frames.FrameError):
+            return []
+
+    def release(self, start: int, end: int) -> None:
+        """Give back the memory map's pages that lie wholly inside ``start..end``: the bytes stay in
+        the file (and the page cache), but no longer count in this process's resident memory.
+        A no-op where the platform has no madvise."""
+        if not isinstance(self._buf, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = min(end, self.size) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._buf.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+    def placed_records(self) -> Iterator[tuple[Record, Place]]:
+        """Every record in file order with the place of its frame; pages of frames already read
+        are given back as the scan goes on, so reading a file costs no more than one frame."""
+        released = 0
+        for offset, records in self.iter_frame_records():
+            self.release(released, offset)
+            released = offset
+            for record in records:
+                yield record, (self, offset)
+        self.release(released, self.data_end)
 
     def damage_regions(self) -> list[FileDamage]:
         """Every damaged region, scanning the whole file once if it has not been scanned yet."""
@@ -492,30 +685,36 @@ class Capture:
             yield from f.index().gaps
 
     def exchanges(self) -> Iterator[Exchange]:
-        """Every exchange in the order they started; incomplete ones (a crash) come last."""
-        return assemble(self.records())
+        """Every exchange in the order they started; incomplete ones (a crash) come last.
+
+        Their bodies stay in the files (see :class:`Exchange`)."""
+        return _assemble(record for f in self.files for record in f.placed_records())
 
     def get(self, exchange_id: str) -> Exchange | None:
-        """One exchange by id, read through the index (frames of other exchanges are not decoded)."""
+        """One exchange by id, read through the index (frames of other exchanges are not decoded);
+        its body stays in the file until asked for."""
         exchange: Exchange | None = None
         for f in self.files:
-            records = f.records_of(exchange_id)
-            if records:
+            for record, place in f.placed_records_of(exchange_id):
                 if exchange is None:
                     exchange = Exchange(exchange_id, wire=f.header is None or f.header.version >= 2)
-                for r in records:
-                    exchange.add(r)
+                exchange.add(record, place)
         return exchange
 
 
 def assemble(records: Iterable[Record]) -> Iterator[Exchange]:
     """Group exchange records into exchanges, yielded in start order as soon as each is complete.
 
-    Memory holds only the exchanges that started before the oldest unfinished one.
+    Memory holds only the exchanges that started before the oldest unfinished one; these exchanges
+    hold their body chunks.
     """
+    return _assemble((record, None) for record in records)
+
+
+def _assemble(placed: Iterable[tuple[Record, Place | None]]) -> Iterator[Exchange]:
     pending: dict[str, Exchange] = {}
     wire = True
-    for record in records:
+    for record, place in placed:
         if isinstance(record, Header):
             wire = record.version >= 2
             continue
@@ -525,7 +724,7 @@ def assemble(records: Iterable[Record]) -> Iterator[Exchange]:
         exchange = pending.get(x)
         if exchange is None:
             exchange = pending[x] = Exchange(x, wire=wire)
-        exchange.add(record)
+        exchange.add(record, place)
         if isinstance(record, ExchangeEnd):
             while pending:
                 first = next(iter(pending.values()))

@@ -6,22 +6,29 @@ takes bytes and times. Content codings are undone here, on copies, for analysis 
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.llm import (
     DecodeError,
     ExchangeInput,
     Head,
     LLMFacts,
+    TimedChunks,
     analyze,
     decode_content,
     parse_head,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from wirecap.capture import Exchange
+
+
+EMPTY: Final = TimedChunks.held(())
 
 
 @dataclasses.dataclass(slots=True)
@@ -33,9 +40,13 @@ class Analyzed:
     request_head: Head | None
     response_head: Head | None
     request_body: bytes  # decoded
-    response_chunks: tuple[tuple[int, bytes], ...]  # decoded (a coded body becomes one chunk)
+    response_chunks: TimedChunks  # decoded (a coded body becomes one chunk); streamed, not held
     facts: LLMFacts
     decode_error: str | None = None
+    #: Each side's payload as it crossed the wire (before any content coding was undone): sizes
+    #: and chunk times for timings, the bytes streamed again when asked for.
+    request_payload: TimedChunks = EMPTY
+    response_payload: TimedChunks = EMPTY
 
     @property
     def id(self) -> str:
@@ -78,8 +89,8 @@ class Analyzed:
             "outcome": ex.outcome,
             "duration_ms": ms(ex.duration_ns),
             "ttfb_ms": ms(ex.ttfb_ns),
-            "request_bytes": ex.end.req_bytes if ex.end else len(ex.request_body),
-            "response_bytes": ex.end.res_bytes if ex.end else len(ex.response_body),
+            "request_bytes": ex.end.req_bytes if ex.end else self.request_payload.size,
+            "response_bytes": ex.end.res_bytes if ex.end else self.response_payload.size,
             "api": self.facts.api,
             "streamed": self.facts.streamed,
             "model": self.model,
@@ -107,27 +118,48 @@ def ms(ns: int | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
 
 
+def payload_chunks(exchange: Exchange, direction: str) -> TimedChunks:
+    """One direction's payload of ``exchange`` as :class:`TimedChunks` that stream it from the
+    capture each time they are read; measured here in one pass (times and size), holding one
+    chunk. A body the exchange holds anyway (a small one) is simply kept."""
+    if exchange.holds_bodies:
+        return TimedChunks.held((c.ns, c.data) for c in exchange.iter_payload(direction))
+    times = array.array("q")
+    size = 0
+    for chunk in exchange.iter_payload(direction):
+        times.append(chunk.ns)
+        size += len(chunk.data)
+
+    def read() -> Iterator[tuple[int, bytes]]:
+        return ((c.ns, c.data) for c in exchange.iter_payload(direction))
+
+    return TimedChunks(read, times, size)
+
+
 def analyze_exchange(exchange: Exchange) -> Analyzed:
-    """Parse heads, undo content codings, and run the LLM adapter for ``exchange``."""
+    """Parse heads, undo content codings, and run the LLM adapter for ``exchange``.
+
+    The response body is not read into memory unless an adapter parses it whole (a JSON answer);
+    the request body is."""
     request_head = parse_head(exchange.request.head) if exchange.request else None
     final = exchange.response
     response_head = parse_head(final.head) if final else None
     problems: list[str] = []
-    request_body = exchange.request_body
+    request_payload = payload_chunks(exchange, "req")
+    request_body = request_payload.join()
     if request_head is not None and request_head.get("content-encoding"):
         try:
             request_body = decode_content(request_body, request_head.get("content-encoding"))
         except DecodeError as exc:
             problems.append(f"request: {exc}")
-    chunks = tuple((c.ns, bytes(c.data)) for c in exchange.response_chunks)
+    response_payload = chunks = payload_chunks(exchange, "res")
     coding = response_head.get("content-encoding") if response_head else None
     if coding and chunks:
         try:
-            decoded = decode_content(b"".join(c for _, c in chunks), coding)
-            chunks = (
-                ((chunks[0][0], decoded),)
-                if len(chunks) == 1
-                else ((chunks[0][0], decoded), (chunks[-1][0], b""))
+            decoded = decode_content(chunks.join(), coding)
+            first, last = chunks.times[0], chunks.times[-1]
+            chunks = TimedChunks.held(
+                ((first, decoded),) if len(chunks) == 1 else ((first, decoded), (last, b""))
             )
         except DecodeError as exc:
             problems.append(f"response: {exc}")
@@ -150,4 +182,6 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
         response_chunks=chunks,
         facts=analyze(inp),
         decode_error="; ".join(problems) or None,
+        request_payload=request_payload,
+        response_payload=response_payload,
     )

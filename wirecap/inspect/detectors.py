@@ -233,10 +233,10 @@ def slow_ttft(a: Analyzed, t: Thresholds) -> Iterable[str]:
 
 @detector("stream-stall", "warning")
 def stream_stall(a: Analyzed, t: Thresholds) -> Iterable[str]:
-    chunks = a.exchange.response_chunks
-    if len(chunks) < 2:
+    times = a.response_payload.times
+    if len(times) < 2:
         return
-    gap, after = max((b.ns - p.ns, i) for i, (p, b) in enumerate(itertools.pairwise(chunks)))
+    gap, after = max((b - p, i) for i, (p, b) in enumerate(itertools.pairwise(times)))
     if gap / 1e9 > t.stall_s:
         yield f"stream stalled {gap / 1e9:.1f}s after chunk {after + 1} (threshold {t.stall_s:g}s)"
 
@@ -248,42 +248,128 @@ def client_abort(a: Analyzed, t: Thresholds) -> Iterable[str]:
         yield f"client went away: {end.error if end and end.error else 'connection closed'}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SecretShape:
+    """A credential shape, found fast in large bodies: a shape starting with a case-sensitive
+    literal is tried only where :data:`_STARTS` (one pass for all of them) found one; a
+    ``folded`` shape is matched against the lower-cased bytes, and only when its ``needle`` is
+    there. Word boundaries are checked on each match (a leading ``\\b`` or ``(?i)`` makes ``re``
+    try every byte: a 200 MiB body took seconds)."""
+
+    label: str
+    pattern: re.Pattern[bytes]
+    bounded_start: bool = False  # a word boundary before the match (\b)
+    bounded_end: bool = False  # a word boundary after it
+    folded: bool = False
+    needle: bytes = b""  # in every match of a folded shape
+
+    def first(
+        self, data: bytes, lowered: bytes, starts: list[int], *, at_start: bool, at_end: bool
+    ) -> re.Match[bytes] | None:
+        """The first match in ``data`` (``lowered``: the same lower-cased; ``starts``: where
+        :data:`_STARTS` matched). ``data`` is a window of a body: a match touching an edge that
+        is not the body's own is left to the window that overlaps it there."""
+        if self.folded:
+            matches: Iterable[re.Match[bytes] | None] = (
+                self.pattern.finditer(lowered) if self.needle in lowered else ()
+            )
+        else:
+            matches = (self.pattern.match(data, pos) for pos in starts)
+        for match in matches:
+            if match is None:
+                continue
+            start, end = match.span()
+            if (start == 0 and not at_start) or (end == len(data) and not at_end):
+                continue
+            if self.bounded_start and not _boundary(data, start):
+                continue
+            if self.bounded_end and not _boundary(data, end):
+                continue
+            return match
+        return None
+
+
+def _word(data: bytes, i: int) -> bool:
+    return 0 <= i < len(data) and (data[i : i + 1].isalnum() or data[i] == 0x5F)
+
+
+def _boundary(data: bytes, i: int) -> bool:
+    return _word(data, i - 1) != _word(data, i)
+
+
 #: Credential shapes that should never be in a capture (placeholders start with "[redacted").
 SECRET_PATTERNS: Final = (
-    ("OpenAI key", re.compile(rb"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}")),
-    ("Anthropic key", re.compile(rb"sk-ant-[A-Za-z0-9_\-]{20,}")),
-    ("bearer token", re.compile(rb"(?i)\bbearer\s+(?!\[redacted)[A-Za-z0-9._~+/\-]{16,}=*")),
-    ("AWS access key", re.compile(rb"\bAKIA[0-9A-Z]{16}\b")),
-    ("GitHub token", re.compile(rb"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
-    ("Google API key", re.compile(rb"\bAIza[0-9A-Za-z_\-]{35}\b")),
+    SecretShape("OpenAI key", re.compile(rb"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}")),
+    SecretShape("Anthropic key", re.compile(rb"sk-ant-[A-Za-z0-9_\-]{20,}")),
+    SecretShape(
+        "bearer token",
+        re.compile(rb"bearer\s+(?!\[redacted)[a-z0-9._~+/\-]{16,}=*"),
+        bounded_start=True,
+        folded=True,
+        needle=b"bearer",
+    ),
+    SecretShape("AWS access key", re.compile(rb"AKIA[0-9A-Z]{16}"), True, True),
+    SecretShape("GitHub token", re.compile(rb"gh[pousr]_[A-Za-z0-9]{36,}"), True, True),
+    SecretShape("Google API key", re.compile(rb"AIza[0-9A-Za-z_\-]{35}"), True, True),
 )
+#: Where a shape that is not folded can start: the literal each of them begins with.
+_STARTS: Final = re.compile(rb"sk-|AKIA|gh[pousr]_|AIza")
 _CREDENTIAL_HEADER: Final = re.compile(
     rb"(?im)^(authorization|proxy-authorization|x-api-key|api-key|cookie|set-cookie):[ \t]*(?!\[redacted)(?!Bearer \[redacted)(\S.*)$"
 )
+#: Bytes each window of a body scan shares with the one before, so a secret split between two
+#: reads is still seen whole: far more than the longest credential shape needs.
+_SCAN_OVERLAP: Final = 4096
+
+
+def find_secret(pieces: Iterable[bytes]) -> tuple[str, bytes] | None:
+    """The first credential shape (in :data:`SECRET_PATTERNS` order) found anywhere in the bytes of
+    ``pieces``, with what matched; the pieces stream through with a small overlap, so a body
+    of any size is scanned in the memory of one read."""
+    found: dict[int, bytes] = {}
+    pending = list(enumerate(SECRET_PATTERNS))
+    tail = b""
+    at_start = True
+    for piece in itertools.chain(pieces, [None]):
+        window = tail if piece is None else tail + piece
+        lowered = window.lower()
+        starts = [m.start() for m in _STARTS.finditer(window)]
+        for i, shape in list(pending):
+            match = shape.first(window, lowered, starts, at_start=at_start, at_end=piece is None)
+            if match is not None:
+                found[i] = window[match.start() : match.end()]
+                pending.remove((i, shape))
+        best_left = min((i for i, _ in pending), default=len(SECRET_PATTERNS))
+        if piece is None or (found and min(found) < best_left):
+            break
+        tail = window[-_SCAN_OVERLAP:]
+        at_start = at_start and len(tail) == len(window)
+    if not found:
+        return None
+    first = min(found)
+    return SECRET_PATTERNS[first].label, found[first]
 
 
 @detector("secret-in-capture", "error")
 def secret_in_capture(a: Analyzed, t: Thresholds) -> Iterable[str]:
     ex = a.exchange
-    places = [
+    places: list[tuple[str, bytes | Iterable[bytes]]] = [
         ("request head", ex.request.head if ex.request else b""),
         ("upstream head", ex.upstream.head if ex.upstream else b""),
-        ("request body", ex.request_body),
+        ("request body", (c.data for c in ex.iter_payload("req"))),
         ("response head", b"".join(h.head for h in ex.responses)),
-        ("response body", ex.response_body),
+        ("response body", (c.data for c in ex.iter_payload("res"))),
     ]
     for where, data in places:
-        if not data:
-            continue
-        header = _CREDENTIAL_HEADER.search(data) if where.endswith("head") else None
-        if header is not None:
-            yield f"{header.group(1).decode()} header stored unredacted in the {where}"
-            continue
-        for label, pattern in SECRET_PATTERNS:
-            match = pattern.search(data)
-            if match is not None:
-                yield f"{label} stored unredacted in the {where} ({_mask(match.group(0))})"
-                break
+        if isinstance(data, bytes):
+            header = _CREDENTIAL_HEADER.search(data)
+            if header is not None:
+                yield f"{header.group(1).decode()} header stored unredacted in the {where}"
+                continue
+            data = [data]
+        found = find_secret(data)
+        if found is not None:
+            yield f"{found[0]} stored unredacted in the {where} ({_mask(found[1])})"
 
 
 def _mask(secret: bytes) -> str:

@@ -4,61 +4,197 @@ HAR timings come from the recorded times: ``send`` is the request (head to the l
 chunk), ``wait`` from there to the first response byte, ``receive`` from there to the end; ``time`` is
 their sum. ``blocked``, ``dns``, ``connect`` and ``ssl`` are -1 (not measured per exchange). The chunk
 timeline goes in the custom field ``_chunks``; bodies that are not UTF-8 text are base64.
+
+Memory stays bounded whatever the bodies' size: an entry's large parts (bodies, the reassembled
+answer, the chunk timeline) are written piece by piece as they are read from the capture, never
+built as one string. ``max_body`` leaves bodies (and answers) over that many bytes out; the entry
+says so in a ``comment`` and in ``_wirecap.left_out``.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import json
 import os
+import re
 from datetime import UTC
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
 from wirecap import __version__
+from wirecap.inspect.words import plural
+from wirecap.llm import TimedChunks
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from wirecap.inspect.analysis import Analyzed
+
+#: A body or text up to this size is put in the document as it is; a larger one is streamed.
+STREAM_OVER: Final = 1024 * 1024
+#: Bytes of body base64-encoded at a time (a multiple of 3: no padding inside the text).
+_BASE64_PIECE: Final = 3 * 256 * 1024
+
+
+class Document:
+    """A JSON document written to a text stream, whose large values are streamed into place.
+
+    :meth:`later` stands a placeholder in the document for a value written by a function (raw
+    JSON, piece by piece); :meth:`write` serializes the document and writes each streamed value
+    where its placeholder is. Placeholders carry a random nonce, so no text of the capture can
+    pose as one.
+    """
+
+    def __init__(self) -> None:
+        self._nonce = os.urandom(8).hex()
+        self._later: list[Callable[[], Iterator[str]]] = []
+        self._placeholder = re.compile(r'"\\u0000' + self._nonce + r':(\d+)\\u0000"')
+        self.left_out: list[str] = []
+
+    def later(self, pieces: Callable[[], Iterator[str]]) -> str:
+        self._later.append(pieces)
+        return f"\x00{self._nonce}:{len(self._later) - 1}\x00"
+
+    def write(self, out: IO[str], value: Any) -> None:
+        text = json.dumps(value, ensure_ascii=False)
+        pos = 0
+        for match in self._placeholder.finditer(text):
+            out.write(text[pos : match.start()])
+            for piece in self._later[int(match.group(1))]():
+                out.write(piece)
+            pos = match.end()
+        out.write(text[pos:])
+        self._later.clear()
+
+
+def _escaped(text: str) -> str:
+    """``text`` as the inside of a JSON string."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+def _is_utf8(chunks: Iterable[bytes]) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for chunk in chunks:
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text_pieces(body: TimedChunks) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    yield '"'
+    for _, chunk in body:
+        yield _escaped(decoder.decode(chunk))
+    yield _escaped(decoder.decode(b"", final=True)) + '"'
+
+
+def _base64_pieces(body: TimedChunks) -> Iterator[str]:
+    yield '"'
+    carry = b""
+    for _, chunk in body:
+        data = carry + chunk
+        cut = len(data) - len(data) % 3
+        for start in range(0, cut, _BASE64_PIECE):
+            yield base64.b64encode(data[start : min(start + _BASE64_PIECE, cut)]).decode()
+        carry = data[cut:]
+    yield base64.b64encode(carry).decode() + '"'
+
+
+def _content(
+    body: TimedChunks, mime: str, doc: Document, max_body: int | None, what: str
+) -> dict[str, Any]:
+    """A HAR content object (``size``, ``mimeType``, ``text``, ``encoding`` for base64) for a
+    body, or without ``text`` and with a ``comment`` when it is over ``max_body``."""
+    content: dict[str, Any] = {"size": body.size, "mimeType": mime}
+    if max_body is not None and body.size > max_body:
+        content["comment"] = (
+            f"{what} of {plural(body.size, 'byte')} left out (over --max-body {max_body})"
+        )
+        doc.left_out.append(what)
+        return content
+    if body.size <= STREAM_OVER:
+        data = body.join()
+        try:
+            content["text"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            content["text"] = base64.b64encode(data).decode()
+            content["encoding"] = "base64"
+        return content
+    if _is_utf8(c for _, c in body):
+        content["text"] = doc.later(lambda: _text_pieces(body))
+    else:
+        content["text"] = doc.later(lambda: _base64_pieces(body))
+        content["encoding"] = "base64"
+    return content
+
+
+def _llm(a: Analyzed, doc: Document, max_body: int | None) -> dict[str, Any]:
+    """The LLM facts, the reassembled text streamed when large or left out over ``max_body``."""
+    facts = a.facts.to_json()
+    text: str = facts["text"]
+    if max_body is not None and _utf8_longer(text, max_body):
+        facts["text"] = ""
+        facts["comment"] = f"answer text of {plural(len(text), 'character')} left out"
+        doc.left_out.append("answer text")
+    elif len(text) > STREAM_OVER:
+        facts["text"] = doc.later(lambda: _string_pieces(text))
+    return facts
+
+
+def _utf8_longer(text: str, limit: int) -> bool:
+    """Whether ``text`` takes more than ``limit`` bytes in UTF-8, without encoding a long text
+    (a character is 1 to 4 bytes)."""
+    if len(text) > limit:
+        return True
+    return len(text) * 4 > limit and len(text.encode()) > limit
+
+
+def _string_pieces(text: str, step: int = STREAM_OVER) -> Iterator[str]:
+    yield '"'
+    for start in range(0, len(text), step):
+        yield _escaped(text[start : start + step])
+    yield '"'
+
+
+def _chunk_list(a: Analyzed) -> Iterator[str]:
+    """The ``_chunks`` timeline as a JSON array, one read at a time."""
+    yield "["
+    for i, mark in enumerate(a.exchange.timeline):
+        item = {"dir": mark.dir, "ms": _ms(mark.ns), "bytes": mark.size}
+        yield ("," if i else "") + json.dumps(item)
+    yield "]"
 
 
 def _headers(head: Any) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in head.headers] if head is not None else []
 
 
-def _content(body: bytes, mime: str) -> dict[str, Any]:
-    try:
-        return {"size": len(body), "mimeType": mime, "text": body.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {
-            "size": len(body),
-            "mimeType": mime,
-            "text": base64.b64encode(body).decode(),
-            "encoding": "base64",
-        }
-
-
 def _ms(ns: int) -> float:
     return round(ns / 1e6, 3)
 
 
-def har_entry(a: Analyzed) -> dict[str, Any]:
+def har_entry(
+    a: Analyzed, doc: Document | None = None, max_body: int | None = None
+) -> dict[str, Any]:
+    """The HAR entry of one exchange; its large parts are placeholders of ``doc``."""
+    doc = doc or Document()
     ex = a.exchange
     url = ex.upstream_url or (ex.request.proxy_url if ex.request else "") or (ex.target or "")
     req_head, res_head = a.request_head, a.response_head
-    req_chunks = ex.request_chunks
-    res_chunks = ex.response_chunks
     duration = ex.duration_ns or 0
-    send_end = req_chunks[-1].ns if req_chunks else 0
-    first = ex.ttfb_ns if ex.ttfb_ns is not None else (res_chunks[0].ns if res_chunks else duration)
-    first = max(first, send_end)
+    send_end = a.request_payload.last_ns or 0
+    first = ex.ttfb_ns if ex.ttfb_ns is not None else a.response_payload.first_ns
+    first = max(duration if first is None else first, send_end)
     send, wait, receive = send_end, first - send_end, max(duration - first, 0)
     http_version = (
         req_head.start_line.rsplit(" ", 1)[-1] if req_head else "HTTP/1.1"
     ) or "HTTP/1.1"
     status_line = res_head.start_line.split(" ", 2) if res_head else []
-    response_body = b"".join(c for _, c in a.response_chunks)
+    response_mime = (res_head.get("content-type") or "") if res_head else ""
     entry: dict[str, Any] = {
         "startedDateTime": _iso_ms(ex.wall_ns),
         "time": _ms(send + wait + receive),
@@ -73,7 +209,7 @@ def har_entry(a: Analyzed) -> dict[str, Any]:
                 for k, v in parse_qsl(urlsplit(url).query, keep_blank_values=True)
             ],
             "headersSize": len(ex.request.head) if ex.request else -1,
-            "bodySize": len(ex.request_body),
+            "bodySize": a.request_payload.size,
         },
         "response": {
             "status": ex.status or 0,
@@ -81,12 +217,10 @@ def har_entry(a: Analyzed) -> dict[str, Any]:
             "httpVersion": status_line[0] if status_line else "HTTP/1.1",
             "cookies": [],
             "headers": _headers(res_head),
-            "content": _content(
-                response_body, (res_head.get("content-type") or "") if res_head else ""
-            ),
+            "content": _content(a.response_chunks, response_mime, doc, max_body, "response body"),
             "redirectURL": (res_head.get("location") or "") if res_head else "",
             "headersSize": len(ex.response.head) if ex.response else -1,
-            "bodySize": len(ex.response_body),
+            "bodySize": a.response_payload.size,
         },
         "cache": {},
         "timings": {
@@ -100,18 +234,22 @@ def har_entry(a: Analyzed) -> dict[str, Any]:
         },
         "_id": ex.id,
         "_outcome": ex.outcome,
-        "_chunks": [{"dir": c.dir, "ms": _ms(c.ns), "bytes": len(c.data)} for c in ex.chunks],
+        "_chunks": doc.later(lambda: _chunk_list(a)),
     }
-    if ex.request_body:
+    if a.request_payload.size:
         mime = (req_head.get("content-type") if req_head else None) or "application/octet-stream"
-        content = _content(a.request_body, mime)
+        body = TimedChunks.held([(0, a.request_body)])
+        content = _content(body, mime, doc, max_body, "request body")
         entry["request"]["postData"] = {
             "mimeType": mime,
-            "text": content["text"],
-            **({"encoding": "base64"} if "encoding" in content else {}),
+            "text": "",
+            **{k: v for k, v in content.items() if k in ("text", "encoding", "comment")},
         }
     if a.facts.api != "http":
-        entry["_llm"] = a.facts.to_json()
+        entry["_llm"] = _llm(a, doc, max_body)
+    if doc.left_out:
+        entry["comment"] = f"left out by --max-body {max_body}: {', '.join(doc.left_out)}"
+        entry["_wirecap"] = {"left_out": list(doc.left_out), "max_body": max_body}
     return entry
 
 
@@ -134,7 +272,7 @@ def open_private(path: str | os.PathLike[str]) -> IO[str]:
         raise
 
 
-def write_har(analyzed: Iterable[Analyzed], out: IO[str]) -> int:
+def write_har(analyzed: Iterable[Analyzed], out: IO[str], *, max_body: int | None = None) -> int:
     """Write a HAR 1.2 document, streaming entries (memory stays bounded); returns the entry count."""
     out.write('{"log": {"version": "1.2", "creator": {"name": "wirecap", "version": ')
     out.write(json.dumps(__version__))
@@ -143,21 +281,36 @@ def write_har(analyzed: Iterable[Analyzed], out: IO[str]) -> int:
     for a in analyzed:
         if count:
             out.write(",\n")
-        out.write(json.dumps(har_entry(a), ensure_ascii=False))
+        doc = Document()
+        doc.write(out, har_entry(a, doc, max_body))
         count += 1
     out.write("\n]}}\n")
     return count
 
 
-def jsonl_records(analyzed: Iterable[Analyzed]) -> Iterator[dict[str, Any]]:
-    """One JSON object per exchange: the inspect row, heads, bodies (text or base64) and LLM facts."""
+def jsonl_record(a: Analyzed, doc: Document, max_body: int | None = None) -> dict[str, Any]:
+    """The JSON Lines object of one exchange: the inspect row, heads, bodies (text or base64) and
+    LLM facts; its large parts are placeholders of ``doc``."""
+    ex = a.exchange
+    row = a.row()
+    row["request_head"] = ex.request.head.decode("latin-1") if ex.request else None
+    row["response_head"] = ex.response.head.decode("latin-1") if ex.response else None
+    request = TimedChunks.held([(0, a.request_body)] if a.request_body else [])
+    row["request_body"] = _content(request, "", doc, max_body, "request body")
+    row["response_body"] = _content(a.response_chunks, "", doc, max_body, "response body")
+    row["llm"] = _llm(a, doc, max_body)
+    row["chunks"] = doc.later(lambda: _chunk_list(a))
+    if doc.left_out:
+        row["left_out"] = list(doc.left_out)
+    return row
+
+
+def write_jsonl(analyzed: Iterable[Analyzed], out: IO[str], *, max_body: int | None = None) -> int:
+    """Write one JSON object per line per exchange (see :func:`jsonl_record`); returns the count."""
+    count = 0
     for a in analyzed:
-        ex = a.exchange
-        row = a.row()
-        row["request_head"] = ex.request.head.decode("latin-1") if ex.request else None
-        row["response_head"] = ex.response.head.decode("latin-1") if ex.response else None
-        row["request_body"] = _content(a.request_body, "")
-        row["response_body"] = _content(b"".join(c for _, c in a.response_chunks), "")
-        row["llm"] = a.facts.to_json()
-        row["chunks"] = [{"dir": c.dir, "ms": _ms(c.ns), "bytes": len(c.data)} for c in ex.chunks]
-        yield row
+        doc = Document()
+        doc.write(out, jsonl_record(a, doc, max_body))
+        out.write("\n")
+        count += 1
+    return count

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import heapq
 import json
 import time
 from typing import TYPE_CHECKING, Final
@@ -11,9 +13,9 @@ from wirecap.inspect.paint import Paint, plain, status_role
 from wirecap.inspect.words import plural
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator
 
-    from wirecap.capture import BodyChunk
+    from wirecap.capture.reader import Timeline
     from wirecap.inspect.analysis import Analyzed
 
 
@@ -51,8 +53,8 @@ def table_lines(rows: Iterable[Analyzed], paint: Paint = plain) -> Iterator[str]
         if ex.wall_ns is not None:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ex.wall_ns / 1e9))
         usage = a.facts.usage
-        req = ex.end.req_bytes if ex.end else len(ex.request_body)
-        res = ex.end.res_bytes if ex.end else len(ex.response_body)
+        req = ex.end.req_bytes if ex.end else a.request_payload.size
+        res = ex.end.res_bytes if ex.end else a.response_payload.size
         model = (a.model or "-")[:24]
         status = paint(f"{_num(ex.status):>6}", status_role(ex.status))
         outcome = f"{ex.outcome:<14}"
@@ -66,20 +68,29 @@ def table_lines(rows: Iterable[Analyzed], paint: Paint = plain) -> Iterator[str]
         )
 
 
-def is_binary(body: bytes) -> bool:
-    """Whether ``body`` would garble a terminal: not UTF-8, or holding NUL bytes."""
+def is_binary(body: bytes, *, cut: bool = False) -> bool:
+    """Whether ``body`` would garble a terminal: not UTF-8, or holding NUL bytes. With ``cut``,
+    ``body`` is the start of a longer body and may end inside a character."""
     if b"\x00" in body:
         return True
     try:
-        body.decode("utf-8")
+        codecs.getincrementaldecoder("utf-8")().decode(body, final=not cut)
     except UnicodeDecodeError:
         return True
     return False
 
 
-def _pretty_body(body: bytes, side: str, limit: int = 20000) -> str:
+#: A body up to this size is shown pretty-printed (JSON indented); a larger one by its start only.
+PRETTY_MAX: Final = 1024 * 1024
+#: Characters of a body or an answer shown before "use --raw".
+SHOWN_CHARACTERS: Final = 20000
+
+
+def _pretty_body(body: bytes, side: str, limit: int = SHOWN_CHARACTERS) -> str:
     if not body:
         return "(empty)"
+    if len(body) > PRETTY_MAX:
+        return _body_start(body[: 4 * limit], len(body), side, limit)
     if is_binary(body):
         return f"(binary, {plural(len(body), 'byte')}, use --raw {side})"
     try:
@@ -91,10 +102,30 @@ def _pretty_body(body: bytes, side: str, limit: int = 20000) -> str:
     return text
 
 
+def _body_start(start: bytes, size: int, side: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """A large body shown by its first ``limit`` characters (``start``: its first bytes)."""
+    if is_binary(start, cut=True):
+        return f"(binary, {plural(size, 'byte')}, use --raw {side})"
+    text = codecs.getincrementaldecoder("utf-8")().decode(start)[:limit]
+    rest = size - len(text.encode())
+    return text + f"\n... ({plural(rest, 'more byte')} of {plural(size, 'byte')}; use --raw {side})"
+
+
+def _response_body_lines(a: Analyzed) -> Iterator[str]:
+    chunks = a.response_chunks
+    yield f"--- response body ({plural(chunks.size, 'byte')})"
+    if chunks.size > PRETTY_MAX:
+        text = _body_start(chunks.head(4 * SHOWN_CHARACTERS), chunks.size, "response")
+    else:
+        text = _pretty_body(chunks.join(), "response")
+    yield from text.splitlines()
+
+
 def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> Iterator[str]:
     """One exchange in full: heads, the pretty request body, the reassembled answer, the timeline.
 
-    Binary bodies are named, not printed; a long timeline is summarised unless ``full``."""
+    Binary bodies are named, not printed; a large body or answer is cut after its first
+    :data:`SHOWN_CHARACTERS` characters; a long timeline is summarised unless ``full``."""
     ex = a.exchange
     f = a.facts
     yield f"exchange {ex.id}  {ex.method} {ex.target}  ->  {ex.upstream_url or '(no route)'}"
@@ -110,12 +141,10 @@ def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> It
     if f.api != "http":
         yield from _answer_lines(a)
     else:
-        body = b"".join(c for _, c in a.response_chunks)
-        yield f"--- response body ({plural(len(body), 'byte')})"
-        yield from _pretty_body(body, "response").splitlines()
+        yield from _response_body_lines(a)
     if a.decode_error:
         yield f"(content coding: {a.decode_error})"
-    yield from timeline_lines(ex.chunks, full=full)
+    yield from timeline_lines(ex.timeline, full=full)
 
 
 def _head_lines(a: Analyzed) -> Iterator[str]:
@@ -148,9 +177,15 @@ def _answer_lines(a: Analyzed) -> Iterator[str]:
     if f.api_error:
         yield f"error: {json.dumps(f.api_error)[:500]}"
     yield "text:"
-    yield from (f.text or "(none)").splitlines() or [""]
+    yield from (_cut(f.text) or "(none)").splitlines() or [""]
     for call in f.tool_calls:
-        yield f"tool call {call.name} ({call.id or '-'}): {call.arguments}"
+        yield f"tool call {call.name} ({call.id or '-'}): {_cut(call.arguments)}"
+
+
+def _cut(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n... ({len(text) - limit} more characters; use --raw response)"
 
 
 #: A timeline longer than this is summarised: its first and last chunks and its largest gaps.
@@ -159,32 +194,33 @@ TIMELINE_ENDS: Final = 10  # chunks shown at each end of a summarised timeline
 TIMELINE_GAPS: Final = 5  # largest gaps listed
 
 
-def timeline_lines(chunks: Sequence[BodyChunk], *, full: bool = False) -> Iterator[str]:
+def timeline_lines(chunks: Timeline, *, full: bool = False) -> Iterator[str]:
     """The body chunks with their arrival times and the gap before each; past
     :data:`TIMELINE_SUMMARY_OVER` chunks (unless ``full``), the first and last
     :data:`TIMELINE_ENDS`, then the :data:`TIMELINE_GAPS` largest gaps."""
-    gaps = [c.ns - (chunks[i - 1].ns if i else 0) for i, c in enumerate(chunks)]
+    count = len(chunks)
+
+    def gap(i: int) -> int:
+        return chunks[i].ns - (chunks[i - 1].ns if i else 0)
 
     def line(i: int) -> str:
         c = chunks[i]
-        return (
-            f"{c.ns / 1e6:10.3f} ms  +{gaps[i] / 1e6:8.3f}  {c.dir}  {len(c.data):7d} B  #{i + 1}"
-        )
+        return f"{c.ns / 1e6:10.3f} ms  +{gap(i) / 1e6:8.3f}  {c.dir}  {c.size:7d} B  #{i + 1}"
 
-    if full or len(chunks) <= TIMELINE_SUMMARY_OVER:
-        yield f"--- timeline ({plural(len(chunks), 'body chunk')})"
-        yield from (line(i) for i in range(len(chunks)))
+    if full or count <= TIMELINE_SUMMARY_OVER:
+        yield f"--- timeline ({plural(count, 'body chunk')})"
+        yield from (line(i) for i in range(count))
         return
-    hidden = len(chunks) - 2 * TIMELINE_ENDS
+    hidden = count - 2 * TIMELINE_ENDS
     yield (
-        f"--- timeline ({plural(len(chunks), 'body chunk')}: the first and last {TIMELINE_ENDS}, "
+        f"--- timeline ({plural(count, 'body chunk')}: the first and last {TIMELINE_ENDS}, "
         f"then the largest gaps; --full for all)"
     )
     yield from (line(i) for i in range(TIMELINE_ENDS))
     yield f"   ... {plural(hidden, 'chunk')} not shown ..."
-    yield from (line(i) for i in range(len(chunks) - TIMELINE_ENDS, len(chunks)))
+    yield from (line(i) for i in range(count - TIMELINE_ENDS, count))
     yield "--- largest gaps between chunks"
-    largest = sorted(range(len(chunks)), key=lambda i: gaps[i], reverse=True)[:TIMELINE_GAPS]
+    largest = heapq.nlargest(TIMELINE_GAPS, range(count), key=gap)
     yield from (line(i) for i in sorted(largest))
 
 

@@ -5,7 +5,7 @@ return :class:`LLMFacts`. This package imports no other wirecap package.
 """
 
 from wirecap.llm.analyze import analyze, pick_adapter
-from wirecap.llm.facts import ExchangeInput, LLMFacts, ToolCall, Usage
+from wirecap.llm.facts import ExchangeInput, LLMFacts, TimedChunks, ToolCall, Usage
 from wirecap.llm.http import DecodeError, Head, decode_content, parse_head
 from wirecap.llm.ndjson import NDJSONParser
 from wirecap.llm.sse import SSEEvent, SSEParser
@@ -18,6 +18,7 @@ __all__ = [
     "NDJSONParser",
     "SSEEvent",
     "SSEParser",
+    "TimedChunks",
     "ToolCall",
     "Usage",
     "analyze",

@@ -30,7 +30,7 @@ def pick_adapter(inp: ExchangeInput) -> Adapter | None:
     for suffix, adapter in ADAPTERS:
         if path.endswith(suffix):
             return adapter
-    body = inp.response_body[:4096]
+    body = inp.response_chunks.head(4096)
     if b'"chat.completion' in body:
         return openai.analyze_chat
     if b'"message_start"' in body or b'"type":"message"' in body.replace(b" ", b""):
@@ -58,7 +58,7 @@ def analyze(inp: ExchangeInput) -> LLMFacts:
         if isinstance(body, dict) and isinstance(body.get("error"), dict | str):
             error = body["error"]
             facts.api_error = error if isinstance(error, dict) else {"message": error}
-    elif inp.response_chunks:
-        facts.ttft_ns = inp.response_chunks[0][0]
-        facts.last_chunk_ns = inp.response_chunks[-1][0]
+    else:
+        facts.ttft_ns = inp.response_chunks.first_ns
+        facts.last_chunk_ns = inp.response_chunks.last_ns
     return facts

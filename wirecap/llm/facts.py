@@ -3,17 +3,85 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
 import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+
     from wirecap.llm.http import Head
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TimedChunks:
+    """A body as timed chunks ``(ns since the exchange began, bytes)``, read afresh by every
+    iteration: a body kept in a capture file is streamed from it, never held here.
+
+    ``times`` are the chunks' arrival times, ``size`` their total length. A body that was read
+    once and not kept (a large replayed answer) has no chunks to give, only its ``digest``.
+    """
+
+    read: Callable[[], Iterable[tuple[int, bytes]]]
+    times: Sequence[int]
+    size: int
+    digest: str | None = None  # SHA-256 (hex) of the bytes, when known without reading them
+
+    @classmethod
+    def held(cls, chunks: Iterable[tuple[int, bytes]]) -> TimedChunks:
+        """Chunks already in memory."""
+        items = tuple(chunks)
+        return cls(lambda: items, tuple(ns for ns, _ in items), sum(len(c) for _, c in items))
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        return iter(self.read())
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def __bool__(self) -> bool:
+        return bool(self.times)
+
+    @property
+    def first_ns(self) -> int | None:
+        return self.times[0] if self.times else None
+
+    @property
+    def last_ns(self) -> int | None:
+        return self.times[-1] if self.times else None
+
+    def join(self) -> bytes:
+        """The whole body in one string (built in place: no list of chunks beside it)."""
+        out = io.BytesIO()
+        for _, chunk in self:
+            out.write(chunk)
+        return out.getvalue()
+
+    def head(self, limit: int) -> bytes:
+        """The first ``limit`` bytes (fewer if the body is shorter), reading no further."""
+        out = bytearray()
+        for _, chunk in self:
+            out += chunk[: limit - len(out)]
+            if len(out) >= limit:
+                break
+        return bytes(out)
+
+    def sha256(self) -> str:
+        """SHA-256 (hex) of the body, streamed when not known already."""
+        if self.digest is not None:
+            return self.digest
+        hasher = hashlib.sha256()
+        for _, chunk in self:
+            hasher.update(chunk)
+        return hasher.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ExchangeInput:
     """One exchange as the adapters see it: heads, the request body, and the response body as timed
-    chunks, all with content codings already undone."""
+    chunks, all with content codings already undone. ``response_chunks`` may be given as a tuple
+    of ``(ns, bytes)``; it is kept as :class:`TimedChunks`."""
 
     method: str
     path: str  # request path (and query) as the client sent it
@@ -21,12 +89,17 @@ class ExchangeInput:
     request_body: bytes
     status: int | None
     response_head: Head | None
-    response_chunks: tuple[tuple[int, bytes], ...]  # (ns since the exchange began, bytes)
+    response_chunks: TimedChunks
     complete: bool = True  # the exchange ended normally (outcome ok)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.response_chunks, TimedChunks):
+            object.__setattr__(self, "response_chunks", TimedChunks.held(self.response_chunks))
 
     @property
     def response_body(self) -> bytes:
-        return b"".join(c for _, c in self.response_chunks)
+        """The response body joined (a body streamed from a file is read into memory here)."""
+        return self.response_chunks.join()
 
     @property
     def content_type(self) -> str:

@@ -59,15 +59,24 @@ def ndjson_lines(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int | No
 
 
 def json_body(inp: ExchangeInput, facts: LLMFacts) -> Any:
-    """The response body as JSON; a body that is not JSON is noted on ``facts``."""
-    body = inp.response_body
+    """The response body as JSON; a body that is not JSON is noted on ``facts``.
+
+    The body's bytes are let go once decoded, so parsing holds the text and what it parses into,
+    never the bytes as well."""
     if inp.response_chunks:
-        facts.ttft_ns = inp.response_chunks[0][0]
-        facts.last_chunk_ns = inp.response_chunks[-1][0]
-    if not body.strip():
+        facts.ttft_ns = inp.response_chunks.first_ns
+        facts.last_chunk_ns = inp.response_chunks.last_ns
+    body = inp.response_body
+    try:
+        text = body.decode(json.detect_encoding(body), "surrogatepass")
+    except UnicodeDecodeError as exc:
+        facts.malformed_json.append(f"response body is not JSON: {exc}")
+        return None
+    del body
+    if not text or text.isspace():  # (strip() would copy a large text)
         return None
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return json.loads(text)
+    except ValueError as exc:
         facts.malformed_json.append(f"response body is not JSON: {exc}")
         return None

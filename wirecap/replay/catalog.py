@@ -19,7 +19,7 @@ from wirecap.replay.compare import first_difference
 from wirecap.replay.normalize import canonical, loads_or_none, normalize
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
 
     from wirecap.capture import Exchange
 
@@ -38,8 +38,24 @@ class Recorded:
     status: int
     head: bytes
     head_delay_ns: int  # from the end of the request to the response head
-    chunks: tuple[tuple[int, bytes], ...]  # (delay after the previous chunk or the head, bytes)
+    #: (delay after the previous chunk or the head, bytes): a tuple for a small body; for a large
+    #: one, chunks read again from the capture each time the answer is served.
+    chunks: Iterable[tuple[int, bytes]]
     cut: bool = False  # the upstream broke off this response: serve it broken off too
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _PacedFromCapture:
+    """A large recorded answer's chunks with their delays, streamed from the capture."""
+
+    exchange: Exchange
+    head_ns: int
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        previous = self.head_ns
+        for c in self.exchange.iter_payload("res"):
+            yield max(c.ns - previous, 0), c.data
+            previous = c.ns
 
 
 def _split(target: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -71,13 +87,11 @@ def recorded_from(
         if len(upstream_target) >= 2:
             paths.append(_split(upstream_target[1])[0])
     request_end = max(
-        [c.ns for c in exchange.request_chunks] + [exchange.upstream.ns if exchange.upstream else 0]
+        [c.ns for c in exchange.iter_payload("req")]
+        + [exchange.upstream.ns if exchange.upstream else 0]
     )
-    previous = response.ns
-    chunks = []
-    for c in exchange.response_chunks:
-        chunks.append((max(c.ns - previous, 0), bytes(c.data)))
-        previous = c.ns
+    paced = _PacedFromCapture(exchange, response.ns)
+    chunks: Iterable[tuple[int, bytes]] = tuple(paced) if exchange.holds_bodies else paced
     return Recorded(
         id=exchange.id,
         method=request.method,
@@ -87,7 +101,7 @@ def recorded_from(
         status=response.status,
         head=response.head,
         head_delay_ns=max(response.ns - request_end, 0),
-        chunks=tuple(chunks),
+        chunks=chunks,
         cut=cut,
     )
 

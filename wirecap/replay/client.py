@@ -7,14 +7,15 @@ does. Building the request from a recording is sans-IO (:func:`build_request`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import h11
 import trio
 
-from wirecap.llm import ExchangeInput, parse_head
+from wirecap.llm import ExchangeInput, TimedChunks, parse_head
 from wirecap.proxy.messages import HOP_BY_HOP
 from wirecap.proxy.upstream import ConnectionPool
 
@@ -99,6 +100,9 @@ def prepare(
 
 @dataclasses.dataclass(slots=True)
 class Response:
+    """An answer as :func:`send` read it. The payload is kept in ``chunks`` up to ``hold`` bytes;
+    past that only its size, chunk times and SHA-256 are (``dropped``)."""
+
     status: int | None = None
     head: bytes = b""
     chunks: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)  # payload
@@ -109,8 +113,30 @@ class Response:
     duration_ns: int = 0
     ttfb_ns: int | None = None
     error: str | None = None
+    size: int = 0  # payload bytes
+    times: list[int] = dataclasses.field(default_factory=list)
+    hold: int | None = None
+    dropped: bool = False
+    _hasher: Any = dataclasses.field(default_factory=hashlib.sha256, repr=False)
+
+    def take(self, ns: int, data: bytes) -> None:
+        """One piece of payload, arrived ``ns`` after the request started."""
+        self.times.append(ns)
+        self.size += len(data)
+        if self.hold is None:
+            self.chunks.append((ns, data))
+            return
+        self._hasher.update(data)
+        if self.size > self.hold:
+            self.dropped = True
+            self.chunks.clear()
+        else:
+            self.chunks.append((ns, data))
 
     def as_input(self, method: str, path: str) -> ExchangeInput:
+        body = TimedChunks.held(self.chunks)
+        if self.dropped:
+            body = TimedChunks(tuple, self.times, self.size, self._hasher.hexdigest())
         return ExchangeInput(
             method=method,
             path=path,
@@ -118,7 +144,7 @@ class Response:
             request_body=b"",
             status=self.status,
             response_head=parse_head(self.head) if self.head else None,
-            response_chunks=tuple(self.chunks),
+            response_chunks=body,
             complete=self.error is None,
         )
 
@@ -147,13 +173,17 @@ async def send(
     request: PreparedRequest,
     *,
     read_timeout: float,
+    hold: int | None = None,
+    keep_wire: bool = True,
 ) -> Response:
     """Send ``request`` and read the whole answer, chunk by chunk with arrival times.
 
-    Raises the pool's :class:`~wirecap.proxy.upstream.UpstreamConnectError` when the target cannot be
-    reached; other failures end up in ``Response.error``.
+    ``hold`` bounds the payload kept in memory (beyond it only its digest is: see
+    :class:`Response`); ``keep_wire`` keeps the bytes as received too, for a capture. Raises the
+    pool's :class:`~wirecap.proxy.upstream.UpstreamConnectError` when the target cannot be reached;
+    other failures end up in ``Response.error``.
     """
-    response = Response(started_ns=time.time_ns())
+    response = Response(started_ns=time.time_ns(), hold=hold)
     t0 = time.perf_counter_ns()
     conn = await pool.acquire(base)
     reusable = False
@@ -174,10 +204,11 @@ async def send(
             if isinstance(event, h11.Response):
                 response.status, response.head, response.ttfb_ns = event.status_code, raw, now
             elif isinstance(event, h11.Data):
-                response.chunks.append((now, bytes(event.data)))
-                response.wire_chunks.append((now, raw))
+                response.take(now, bytes(event.data))
+                if keep_wire:
+                    response.wire_chunks.append((now, raw))
             elif isinstance(event, h11.EndOfMessage):
-                if raw:
+                if raw and keep_wire:
                     response.wire_chunks.append((now, raw))
                 reusable = True
                 break

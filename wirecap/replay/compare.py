@@ -19,7 +19,7 @@ import difflib
 import json
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from wirecap.llm import ExchangeInput, LLMFacts, SSEParser, analyze
+from wirecap.llm import ExchangeInput, LLMFacts, SSEParser, TimedChunks, analyze
 from wirecap.replay.normalize import canonical, loads_or_none, normalize, shape
 
 if TYPE_CHECKING:
@@ -45,14 +45,25 @@ def reassembled(facts: LLMFacts) -> dict[str, Any]:
     }
 
 
+#: A body up to this size is compared as data (parsed, volatile fields left out); a larger one,
+#: in every mode but ``status``, by its size and SHA-256, streamed: comparing two large bodies
+#: as data would hold both, decoded and parsed, several times over.
+WHOLE_BODY_MAX: Final = 8 * 1024 * 1024
+
+
 def comparable(
     inp: ExchangeInput, mode: Mode, ignore: Sequence[list[str | int | None]] = ()
 ) -> Any:
     """The structure ``mode`` compares for one response."""
     if mode == "status":
         return {"status": inp.status}
-    body = inp.response_body
     content_type = inp.content_type
+    chunks = inp.response_chunks
+    if chunks.size > WHOLE_BODY_MAX or chunks.digest is not None:
+        large = {"bytes": chunks.size, "sha256": chunks.sha256()}
+        result = {"status": inp.status, "content-type": content_type, "large body": large}
+        return shape(result) if mode == "schema" else result
+    body = inp.response_body
     if mode == "exact":
         return {
             "status": inp.status,
@@ -80,13 +91,18 @@ def compare(
     ignore: Sequence[list[str | int | None]] = (),
 ) -> Verdict:
     """PASS when the two responses agree under ``mode``; otherwise FAIL with a diff."""
-    if mode == "exact" and recorded.response_body != replayed.response_body:
+    if mode == "exact" and _differ(recorded.response_chunks, replayed.response_chunks):
         return _verdict(
             comparable(recorded, mode, ignore),
             comparable(replayed, mode, ignore),
             force_fail="body bytes differ",
         )
     return _verdict(comparable(recorded, mode, ignore), comparable(replayed, mode, ignore))
+
+
+def _differ(a: TimedChunks, b: TimedChunks) -> bool:
+    """Whether two bodies differ, told by their sizes and then their digests (streamed)."""
+    return a.size != b.size or a.sha256() != b.sha256()
 
 
 def _verdict(a: Any, b: Any, force_fail: str | None = None) -> Verdict:

@@ -29,7 +29,7 @@ from wirecap.proxy.upstream import (
     UpstreamTimeout,
 )
 from wirecap.replay.client import Response, build_request, client_pool, send
-from wirecap.replay.compare import Mode, Verdict, compare
+from wirecap.replay.compare import WHOLE_BODY_MAX, Mode, Verdict, compare
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -194,7 +194,14 @@ async def _replay_one(
             0,
             "no request recorded",
         )
-    response = await send(pool, options.target, request, read_timeout=options.read_timeout)
+    response = await send(
+        pool,
+        options.target,
+        request,
+        read_timeout=options.read_timeout,
+        hold=WHOLE_BODY_MAX,
+        keep_wire=writer is not None,
+    )
     if writer is not None:
         await _record(writer, request.method, request.target, request.body, response, options)
     if response.error is not None:
@@ -262,7 +269,7 @@ async def _record(
             status=response.status,
             error=response.error,
             req_bytes=len(body),
-            res_bytes=sum(len(c) for _, c in response.chunks),
+            res_bytes=response.size,
             ttfb_ns=response.ttfb_ns,
         )
     )
