@@ -431,7 +431,8 @@ class ExchangeRelay:
 
     async def _receive(self, upstream: UpstreamConnection, read_timeout: float) -> None:
         """One read from the upstream into h11, under the read timeout. A read that waits longer
-        than :data:`WATCH_CLIENT_AFTER` also starts watching the client, if nothing does yet."""
+        than :data:`WATCH_CLIENT_AFTER` also starts watching the client, if nothing does yet (a
+        streamed answer watches it from its first body bytes on: see :meth:`_relay_response`)."""
         where = self.ex.where()
         self.watchdog.expect(
             read_timeout, UpstreamTimeout, f"upstream sent nothing for {read_timeout:g}s {where}"
@@ -479,6 +480,10 @@ class ExchangeRelay:
             if self.rec is not None and self.rec.backlogged:
                 self.watchdog.relax()  # waiting for capture is no peer's fault
                 await self.rec.wait_for_room()
+            if read.raw and self.helper is None:
+                # A streamed answer: its client is watched from now on, instead of probing it
+                # around every read (a cancel scope per read costs more than one task).
+                self._start_helper(self._watch_client)
             await self._receive(upstream, read_timeout)
 
     async def _relay_heads(
