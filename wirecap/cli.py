@@ -700,9 +700,7 @@ def _show_exchange(
         for piece in pieces:  # written as each frame is decompressed: constant memory
             out.write(piece)
     elif as_json:
-        text_out = click.get_text_stream("stdout")
-        write_jsonl([analyze_exchange(exchange)], text_out)
-        text_out.flush()
+        write_jsonl([analyze_exchange(exchange)], sys.stdout)
     else:
         _echo(detail_lines(analyze_exchange(exchange), full=full, paint=paint), paint)
     sys.stdout.flush()
