@@ -1082,10 +1082,15 @@ def serve_command(
 
     try:
         trio.run(run)
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except BaseException as exc:  # trio's nursery may wrap a Ctrl-C or a bind error in a group
+        cause = _only_cause(exc)
+        if isinstance(cause, KeyboardInterrupt):
+            raise SystemExit(130) from None
+        if isinstance(cause, OSError):
+            raise click.ClickException(
+                f"cannot listen on {listen}: {cause.strerror or cause}"
+            ) from None
+        raise
 
 
 def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -282,3 +285,24 @@ async def test_replay_to_a_host_that_does_not_resolve_says_so(tmp_path):
         f"cannot connect to {UNRESOLVABLE}:80: the host name does not resolve "
         "(Name or service not known)"
     )
+
+
+async def test_ctrl_c_stops_serve_with_one_line_not_a_traceback():
+    """SIGINT reaches `wirecap serve` inside trio's nursery: it exits 130, without a traceback."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "wirecap", "serve", str(FIXTURES), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    err = b""
+    with trio.fail_after(20):
+        while b"wirecap serve on" not in err:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, err
+            err += chunk
+        process.send_signal(signal.SIGINT)
+        while chunk := await process.stderr.receive_some(4096):
+            err += chunk
+        await process.wait()
+    assert process.returncode == 130, err.decode()
+    assert b"Traceback" not in err, err.decode()
