@@ -422,6 +422,31 @@ def _filter_options(fn: Any) -> Any:
     return fn
 
 
+def _stream_threshold_options(fn: Any) -> Any:
+    """--slow-ttft and --stall: the detector thresholds of inspect and ui."""
+    options = [
+        click.option(
+            "--slow-ttft",
+            type=click.FloatRange(min=0),
+            default=10.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="A time to first token above this is a slow-ttft finding.",
+        ),
+        click.option(
+            "--stall",
+            type=click.FloatRange(min=0),
+            default=5.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="A gap between two response chunks above this is a stream-stall finding.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def _count_options(fn: Any) -> Any:
     """``--last N`` and ``--limit N``: inspect, stats and export."""
     fn = click.option(
@@ -501,22 +526,7 @@ def _counted(analyzed: Iterable[Analyzed], seen: list[int]) -> Iterator[Analyzed
     show_default=True,
     help="With --detect-issues: exit 1 when a finding of this severity or above fires.",
 )
-@click.option(
-    "--slow-ttft",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="A time to first token above this is a slow-ttft finding.",
-)
-@click.option(
-    "--stall",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="A gap between two response chunks above this is a stream-stall finding.",
-)
+@_stream_threshold_options
 @click.option(
     "--duplicate-window",
     type=click.FloatRange(min=0),
@@ -1122,22 +1132,7 @@ def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:
     metavar="TOKEN",
     help=f"Every request must carry it: open /?token=TOKEN once, or send Bearer [env: {UI_TOKEN_VARIABLE}].",
 )
-@click.option(
-    "--slow-ttft",
-    type=click.FloatRange(min=0),
-    default=10.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="A time to first token above this is a slow-ttft finding.",
-)
-@click.option(
-    "--stall",
-    type=click.FloatRange(min=0),
-    default=5.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="A gap between two response chunks above this is a stream-stall finding.",
-)
+@_stream_threshold_options
 @click.option("--child", is_flag=True, hidden=True, help="Run for wirecap proxy --ui.")
 def ui_command(
     captures: tuple[Path, ...],
