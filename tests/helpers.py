@@ -3,8 +3,34 @@
 from __future__ import annotations
 
 import io
+import os
+import time
+from pathlib import Path
 
 import trio
+
+from wirecap.capture.records import Header
+from wirecap.capture.sink import SegmentSink
+from wirecap.capture.writer import CaptureWriter
+
+
+def segment_header(segment: int) -> Header:
+    """The header record of a segment a test writes with a sink of its own."""
+    return Header(
+        wirecap_version="test",
+        created_ns=time.time_ns(),
+        host="test",
+        pid=os.getpid(),
+        segment=segment,
+    )
+
+
+def full_disk_writer() -> CaptureWriter:
+    """An in-process capture writer whose disk fills up after 400 bytes."""
+    return CaptureWriter(
+        SegmentSink(Path("/nonexistent"), segment_header, opener=lambda p: FailingFile(400)),
+        max_bytes=2000,
+    )
 
 
 class FailingFile(io.RawIOBase):

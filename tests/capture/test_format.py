@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 import zstandard
-from helpers import FailingFile
+from helpers import FailingFile, segment_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,6 @@ from wirecap.capture import (
     CaptureError,
     CaptureFile,
     ExchangeEnd,
-    Header,
     RequestReceived,
     ResponseHead,
     decoding,
@@ -35,16 +34,6 @@ from wirecap.capture import (
 from wirecap.capture.records import FORMAT_VERSION, record_to_map
 from wirecap.capture.sink import SegmentSink
 from wirecap.capture.writer import CaptureWriter
-
-
-def header(segment: int) -> Header:
-    return Header(
-        wirecap_version="test",
-        created_ns=time.time_ns(),
-        host="test",
-        pid=os.getpid(),
-        segment=segment,
-    )
 
 
 def exchange_records(x: str, body: bytes = b"hello") -> list:
@@ -66,7 +55,7 @@ def exchange_records(x: str, body: bytes = b"hello") -> list:
 def write_capture(directory: Path, exchanges: int, *, per_frame: int = 1) -> Path:
     """A capture with ``exchanges`` exchanges, ``per_frame`` of them per frame (blocking, no trio)."""
     directory.mkdir(parents=True, exist_ok=True)
-    sink = SegmentSink(directory, header)
+    sink = SegmentSink(directory, segment_header)
     path = sink.open()
     batch: list = []
     for i in range(exchanges):
@@ -135,7 +124,7 @@ def test_index_lookup_decodes_only_that_exchanges_frames(tmp_path, monkeypatch):
 
 
 def test_exchanges_iterate_in_start_order_across_interleaved_records(tmp_path):
-    sink = SegmentSink(tmp_path, header)
+    sink = SegmentSink(tmp_path, segment_header)
     path = sink.open()
     a, b = exchange_records("a"), exchange_records("b")
     sink.write_records([a[0], b[0], b[1], b[2], a[1]])
@@ -221,7 +210,7 @@ def test_repair_index_after_a_crash(tmp_path):
 
 def test_hostile_cbor_tags_are_refused(tmp_path):
     compressor = frames.new_compressor()
-    good = cbor2.dumps(record_to_map(header(0)))
+    good = cbor2.dumps(record_to_map(segment_header(0)))
     evil = cbor2.dumps(
         {"t": "request", "x": cbor2.CBORTag(1, 0), "wall_ns": 1}
     )  # a tag -> datetime
@@ -237,7 +226,7 @@ def test_hostile_cbor_tags_are_refused(tmp_path):
 
 
 def test_declared_sizes_are_bounded_before_allocation(tmp_path):
-    good = frames.new_compressor().compress(cbor2.dumps(record_to_map(header(0))))
+    good = frames.new_compressor().compress(cbor2.dumps(record_to_map(segment_header(0))))
     # A frame that claims 2 GiB of content: rejected from its header, nothing is allocated.
     huge = bytearray(zstandard.ZstdCompressor(write_content_size=True).compress(b"x" * 100))
     params = zstandard.get_frame_parameters(bytes(huge))
@@ -265,7 +254,7 @@ def test_declared_sizes_are_bounded_before_allocation(tmp_path):
 @given(st.binary(max_size=2000))
 def test_random_bytes_never_crash_the_reader(tmp_path_factory, junk):
     path = tmp_path_factory.mktemp("junk") / "junk.cbor.zst"
-    good = frames.new_compressor().compress(cbor2.dumps(record_to_map(header(0))))
+    good = frames.new_compressor().compress(cbor2.dumps(record_to_map(segment_header(0))))
     path.write_bytes(good + junk)
     with CaptureFile(path) as f:
         list(f.records())
@@ -298,7 +287,7 @@ async def settle(done) -> None:
 
 
 async def test_writer_closes_a_frame_250ms_after_its_first_record(tmp_path, mock_clock):
-    writer = CaptureWriter(SegmentSink(tmp_path, header))
+    writer = CaptureWriter(SegmentSink(tmp_path, segment_header))
     async with trio.open_nursery() as nursery:
         path = await nursery.start(writer.run)
         for r in exchange_records("a"):
@@ -315,7 +304,7 @@ async def test_writer_closes_a_frame_250ms_after_its_first_record(tmp_path, mock
 
 
 async def test_writer_batches_busy_traffic_into_large_frames(tmp_path):
-    writer = CaptureWriter(SegmentSink(tmp_path, header))
+    writer = CaptureWriter(SegmentSink(tmp_path, segment_header))
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for i in range(2000):
@@ -328,7 +317,9 @@ async def test_writer_batches_busy_traffic_into_large_frames(tmp_path):
 
 
 async def test_rotation_by_size(tmp_path):
-    writer = CaptureWriter(SegmentSink(tmp_path, header), rotate_bytes=2000, frame_seconds=0)
+    writer = CaptureWriter(
+        SegmentSink(tmp_path, segment_header), rotate_bytes=2000, frame_seconds=0
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for i in range(40):
@@ -343,7 +334,7 @@ async def test_rotation_by_size(tmp_path):
 
 
 async def test_rotation_by_time(tmp_path, mock_clock):
-    writer = CaptureWriter(SegmentSink(tmp_path, header), rotate_seconds=60)
+    writer = CaptureWriter(SegmentSink(tmp_path, segment_header), rotate_seconds=60)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         for minute in range(1, 4):
@@ -356,7 +347,7 @@ async def test_rotation_by_time(tmp_path, mock_clock):
 
 async def test_write_error_stops_capture_once_and_never_blocks(tmp_path, caplog):
     writer = CaptureWriter(
-        SegmentSink(tmp_path, header, opener=lambda p: FailingFile(300)), max_bytes=400
+        SegmentSink(tmp_path, segment_header, opener=lambda p: FailingFile(300)), max_bytes=400
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
@@ -374,7 +365,7 @@ async def test_write_error_stops_capture_once_and_never_blocks(tmp_path, caplog)
 
 
 async def test_drop_policy_writes_a_gap_record(tmp_path):
-    writer = CaptureWriter(SegmentSink(tmp_path, header), on_full="drop", max_bytes=600)
+    writer = CaptureWriter(SegmentSink(tmp_path, segment_header), on_full="drop", max_bytes=600)
     async with trio.open_nursery() as nursery:
         path = await nursery.start(writer.run)
         for i in range(50):  # no checkpoint in between: the buffer fills and records are dropped

@@ -12,13 +12,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cbor2
 import pytest
 import trio
 import zstandard
+from helpers import segment_header
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,6 @@ from wirecap.capture.records import (
     BodyChunk,
     ExchangeEnd,
     Gap,
-    Header,
     Record,
     RequestReceived,
     ResponseHead,
@@ -40,16 +39,6 @@ from wirecap.capture.sink import SPILL_ROWS, SegmentSink
 from wirecap.capture.writer import CaptureWriter
 
 LONG, UNENDED = "long00000000", "unended00000"
-
-
-def header(segment: int) -> Header:
-    return Header(
-        wirecap_version="test",
-        created_ns=time.time_ns(),
-        host="test",
-        pid=os.getpid(),
-        segment=segment,
-    )
 
 
 def exchange(x: str, i: int, *, end: bool = True) -> list[Record]:
@@ -116,7 +105,7 @@ async def test_the_writer_holds_rows_in_flight_only_and_its_index_is_complete(tm
     """2,000 exchanges through the capture writer, 8 at a time, with a spill every 4 finished
     rows: the sink never holds more than those rows and the exchanges in flight, and the index in
     the file lists every exchange, exactly as a scan of the file finds them."""
-    sink = WatchedSink(tmp_path, header, spill_rows=4)
+    sink = WatchedSink(tmp_path, segment_header, spill_rows=4)
     writer = CaptureWriter(sink, frame_seconds=0)
     records = traffic(seed=7, exchanges=2000, in_flight=8)
     async with trio.open_nursery() as nursery:
@@ -158,7 +147,7 @@ def test_the_streamed_index_is_the_bytes_of_the_index_map(
     """Whatever the interleaving, the frames and the spill threshold, the index written from the
     spilled runs is byte for byte the CBOR of the index map that a scan builds in memory."""
     directory = tmp_path_factory.mktemp("spill")
-    sink = SegmentSink(directory, header, spill_rows=spill_rows)
+    sink = SegmentSink(directory, segment_header, spill_rows=spill_rows)
     path = sink.open()
     records = traffic(seed, exchanges, in_flight)
     for start in range(0, len(records), per_frame):

@@ -7,21 +7,18 @@ import os
 import re
 import signal
 import socket
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 from click.testing import CliRunner
-from helpers import FailingFile
+from helpers import full_disk_writer
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from wirecap.capture.records import Header
-from wirecap.capture.writer import CaptureWriter, SegmentSink
 from wirecap.cli import main
 from wirecap.proxy.admin import (
     AdminServer,
@@ -350,19 +347,7 @@ async def test_readyz_fails_when_capture_stopped_or_the_disk_is_full(
 ):
     upstream = await start_upstream(echo)
 
-    def header(segment):
-        return Header(
-            wirecap_version="t",
-            created_ns=time.time_ns(),
-            host="h",
-            pid=os.getpid(),
-            segment=segment,
-        )
-
-    writer = CaptureWriter(
-        SegmentSink(Path("/nonexistent"), header, opener=lambda p: FailingFile(400)),
-        max_bytes=2000,
-    )
+    writer = full_disk_writer()
     proxy = await start_proxy(
         upstream=upstream.url, writer=writer, admin="127.0.0.1:0", ready_min_free_disk="1024TiB"
     )

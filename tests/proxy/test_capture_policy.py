@@ -6,17 +6,13 @@ import json
 import os
 import shutil
 import signal
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import trio
-from helpers import FailingFile, frames_written
+from helpers import frames_written, full_disk_writer
 
-from wirecap.capture import Header, proxy_path_of, strip_proxy_path
-from wirecap.capture.sink import SegmentSink
-from wirecap.capture.writer import CaptureWriter
+from wirecap.capture import proxy_path_of, strip_proxy_path
 
 SECRET = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789"
 OTHER = "sk-ant-api03-ZYXWVUTSRQPONMLKJIHGFEDCBA987654"
@@ -186,19 +182,7 @@ sample = 1.0
 async def test_disk_full_stops_capture_but_traffic_continues(start_upstream, start_proxy, caplog):
     upstream = await start_upstream(echo_cookie)
 
-    def header(segment):
-        return Header(
-            wirecap_version="t",
-            created_ns=time.time_ns(),
-            host="h",
-            pid=os.getpid(),
-            segment=segment,
-        )
-
-    writer = CaptureWriter(
-        SegmentSink(Path("/nonexistent"), header, opener=lambda p: FailingFile(400)),
-        max_bytes=2000,
-    )
+    writer = full_disk_writer()
     proxy = await start_proxy(upstream=upstream.url, writer=writer)
     async with httpx.AsyncClient() as client:
         for i in range(30):
