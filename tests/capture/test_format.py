@@ -23,6 +23,7 @@ from wirecap.capture import (
     CaptureError,
     CaptureFile,
     ExchangeEnd,
+    ExchangeNote,
     RequestReceived,
     ResponseHead,
     decoding,
@@ -412,3 +413,25 @@ def test_a_choice_field_of_any_other_shape_is_a_record_error(bad):
 
     with pytest.raises(RecordError):
         record_from_map({"t": "body", "x": "a", "dir": bad, "ns": 0, "data": b""})
+
+
+def test_notes_read_back_through_the_index_and_by_scan(tmp_path):
+    """A note (import provenance, an injected fault) belongs to its exchange, whether the reader
+    seeks through the index or scans a file without one."""
+    sink = SegmentSink(tmp_path, segment_header)
+    path = sink.open()
+    note = ExchangeNote(x="ex0001", kind="fault", detail={"kind": "429", "retry-after": 2})
+    records = exchange_records("ex0001")
+    sink.write_records([*records[:1], note])
+    sink.write_records(records[1:])
+    sink.close()
+    with open_capture(path) as capture:
+        [exchange] = capture.exchanges()
+        assert exchange.notes == [note]
+        assert capture.get("ex0001").notes_of("fault") == [{"kind": "429", "retry-after": 2}]
+        assert exchange.notes_of("import") == []
+    unindexed = tmp_path / "cut.cbor.zst"
+    data = path.read_bytes()
+    unindexed.write_bytes(data[: CaptureFile(path).data_end])
+    with open_capture(unindexed) as capture:
+        assert capture.get("ex0001").notes == [note]

@@ -19,6 +19,7 @@ import cbor2
 from wirecap.capture.records import (
     BodyChunk,
     ExchangeEnd,
+    ExchangeNote,
     Gap,
     Record,
     RecordError,
@@ -318,7 +319,7 @@ def index_item(record: Record) -> Record | str:
     """What :meth:`IndexBuilder.observe` needs of ``record`` once it is encoded: a body chunk or an
     upstream head only says that its exchange has bytes in the frame, so its exchange id stands for
     it (the writer keeps that instead of the record's bytes until the frame is written)."""
-    return record.x if isinstance(record, BodyChunk | UpstreamRequest) else record
+    return record.x if isinstance(record, BodyChunk | UpstreamRequest | ExchangeNote) else record
 
 
 class IndexBuilder:
@@ -355,7 +356,7 @@ class IndexBuilder:
         """
         if isinstance(record, str):
             self._entry_in_frame(record, frame_offset)
-        elif isinstance(record, BodyChunk | UpstreamRequest):
+        elif isinstance(record, BodyChunk | UpstreamRequest | ExchangeNote):
             self._entry_in_frame(record.x, frame_offset)
         elif isinstance(record, RequestReceived):
             entry = self._entry_in_frame(record.x, frame_offset)

@@ -25,6 +25,7 @@ from wirecap.capture.records import (
     PROXY_PATH_HEADER,
     BodyChunk,
     ExchangeEnd,
+    ExchangeNote,
     Gap,
     Header,
     Record,
@@ -35,7 +36,7 @@ from wirecap.capture.records import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
 
 class CaptureError(Exception):
@@ -153,6 +154,8 @@ class Exchange:
     upstream: UpstreamRequest | None = None
     responses: list[ResponseHead] = dataclasses.field(default_factory=list)
     end: ExchangeEnd | None = None
+    #: What the tool that made the exchange says about it: import provenance, injected faults.
+    notes: list[ExchangeNote] = dataclasses.field(default_factory=list)
     #: Format 1 files stored payload instead of wire bytes: their chunks are their payload.
     wire: bool = True
     timeline: Timeline = dataclasses.field(default_factory=Timeline, repr=False)
@@ -184,6 +187,12 @@ class Exchange:
             self.responses.append(record)
         elif isinstance(record, ExchangeEnd):
             self.end = record
+        elif isinstance(record, ExchangeNote):
+            self.notes.append(record)
+
+    def notes_of(self, kind: str) -> list[Mapping[str, Any]]:
+        """The details of this exchange's notes of ``kind`` ("import", "fault")."""
+        return [note.detail for note in self.notes if note.kind == kind]
 
     @property
     def complete(self) -> bool:

@@ -137,6 +137,18 @@ class ExchangeEnd:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ExchangeNote:
+    """What a tool that made an exchange says about it, beside the bytes: where an imported
+    exchange came from and what in it is approximate (``kind="import"``), or which fault the proxy
+    or the mock server injected (``kind="fault"``). Written before the exchange's ``end``."""
+
+    TYPE: ClassVar[str] = "note"
+    x: str
+    kind: str
+    detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Gap:
     """Records the proxy dropped (``--on-full drop``) or could not write, counted since the last gap."""
 
@@ -149,10 +161,17 @@ class Gap:
 
 
 Record: TypeAlias = (
-    Header | RequestReceived | UpstreamRequest | ResponseHead | BodyChunk | ExchangeEnd | Gap
+    Header
+    | RequestReceived
+    | UpstreamRequest
+    | ResponseHead
+    | BodyChunk
+    | ExchangeEnd
+    | Gap
+    | ExchangeNote
 )
 ExchangeRecord: TypeAlias = (
-    RequestReceived | UpstreamRequest | ResponseHead | BodyChunk | ExchangeEnd
+    RequestReceived | UpstreamRequest | ResponseHead | BodyChunk | ExchangeEnd | ExchangeNote
 )
 RECORD_TYPES: Final = (
     Header,
@@ -162,6 +181,7 @@ RECORD_TYPES: Final = (
     BodyChunk,
     ExchangeEnd,
     Gap,
+    ExchangeNote,
 )
 
 
