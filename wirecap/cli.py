@@ -25,11 +25,11 @@ from wirecap.inspect.detectors import (
     DuplicateTracker,
     Thresholds,
     detect,
-    detect_all,
 )
 from wirecap.inspect.export import open_private, write_har, write_jsonl
 from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
+from wirecap.inspect.rows import Row, row_findings, selected_rows
 from wirecap.inspect.select import (
     FilterError,
     Filters,
@@ -78,7 +78,6 @@ UI_TOKEN_VARIABLE = "WIRECAP_UI_TOKEN"
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from wirecap.inspect.analysis import Analyzed
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -487,10 +486,10 @@ def _none_match() -> None:
     click.echo("0 exchanges match", err=True)
 
 
-def _counted(analyzed: Iterable[Analyzed], seen: list[int]) -> Iterator[Analyzed]:
-    for a in analyzed:
+def _counted(rows: Iterable[Row], seen: list[int]) -> Iterator[Row]:
+    for row in rows:
         seen[0] += 1
-        yield a
+        yield row
 
 
 @main.command("inspect", short_help="List exchanges, show one in full, or find what went wrong.")
@@ -608,11 +607,12 @@ def inspect_command(
             if exchange_id:
                 _show_exchange(capture, exchange_id, raw, as_json, full, paint)
             else:
-                analyzed = analyzed_exchanges(capture, filters, last=last, limit=limit)
+                asked = thresholds if detect_issues else None
+                rows = selected_rows(capture, filters, thresholds=asked, last=last, limit=limit)
                 if detect_issues:
-                    worst = _show_issues(analyzed, thresholds, as_json, paint)
+                    worst = _show_issues(rows, thresholds, as_json, paint)
                 else:
-                    _show_table(analyzed, as_json, paint)
+                    _show_table(rows, as_json, paint)
             for damage in capture.damage:
                 click.echo(f"wirecap: damaged: {damage}", err=True)
     except CaptureError as exc:
@@ -662,24 +662,22 @@ def _follow(
     return worst
 
 
-def _show_table(analyzed: Iterator[Analyzed], as_json: bool, paint: Paint) -> None:
-    first = next(analyzed, None)
+def _show_table(rows: Iterator[Row], as_json: bool, paint: Paint) -> None:
+    first = next(rows, None)
     if first is None:
         _none_match()
         return
-    rows = itertools.chain([first], analyzed)
+    fields = (row.fields for row in itertools.chain([first], rows))
     if as_json:
-        _echo((json.dumps(a.row(), separators=(",", ":")) for a in rows), plain)
+        _echo((json.dumps(f, separators=(",", ":")) for f in fields), plain)
     else:
-        _echo(table_lines(rows, paint), paint)
+        _echo(table_lines(fields, paint), paint)
 
 
-def _show_issues(
-    analyzed: Iterator[Analyzed], thresholds: Thresholds, as_json: bool, paint: Paint
-) -> int:
+def _show_issues(rows: Iterator[Row], thresholds: Thresholds, as_json: bool, paint: Paint) -> int:
     """Print the findings; returns the worst severity's rank (-1: none)."""
     seen = [0]
-    findings = list(detect_all(_counted(analyzed, seen), thresholds))
+    findings = list(row_findings(_counted(rows, seen), thresholds))
     if not seen[0]:
         _none_match()
         return -1
@@ -744,7 +742,8 @@ def stats_command(
     _check_counts(last, limit)
     try:
         with open_capture(*captures) as capture:
-            groups = compute_stats(analyzed_exchanges(capture, filters, last=last, limit=limit))
+            rows = selected_rows(capture, filters, last=last, limit=limit)
+            groups = compute_stats(row.fields for row in rows)
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
     if not groups:

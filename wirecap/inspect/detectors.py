@@ -392,6 +392,15 @@ def detect(a: Analyzed, thresholds: Thresholds) -> list[Finding]:
     return findings
 
 
+def request_key(a: Analyzed) -> bytes | None:
+    """What makes two requests the same: method, target and body (None: no body, never a
+    duplicate)."""
+    ex = a.exchange
+    if not a.request_body:
+        return None
+    return hashlib.sha256(f"{ex.method} {ex.target}\n".encode() + a.request_body).digest()
+
+
 class DuplicateTracker:
     """Spots the same request body sent again and again within a short window (retry storms).
 
@@ -405,11 +414,14 @@ class DuplicateTracker:
         self._order: collections.deque[tuple[int, bytes]] = collections.deque()
 
     def observe(self, a: Analyzed) -> Finding | None:
-        ex = a.exchange
-        if ex.wall_ns is None or not a.request_body:
+        return self.observe_request(a.id, a.exchange.wall_ns, request_key(a))
+
+    def observe_request(self, x: str, wall_ns: int | None, key: bytes | None) -> Finding | None:
+        """Note exchange ``x``'s request (its :func:`request_key`, sent at ``wall_ns``); a finding
+        when it makes a retry storm."""
+        if wall_ns is None or key is None:
             return None
-        key = hashlib.sha256(f"{ex.method} {ex.target}\n".encode() + a.request_body).digest()
-        now = ex.wall_ns
+        now = wall_ns
         while self._order and self._order[0][0] < now - self.window_ns:
             _at, old = self._order.popleft()
             times = self._seen.get(old)
@@ -425,7 +437,7 @@ class DuplicateTracker:
             return Finding(
                 "duplicate-request",
                 "warning",
-                ex.id,
+                x,
                 f"same request sent {len(times)} times within {span:.1f}s (retry storm?)",
             )
         return None
