@@ -114,10 +114,12 @@ def _painter(err: bool = False) -> Paint:
 
 
 def _echo(lines: Iterable[str], paint: Paint) -> None:
-    """Print ``lines``, keeping their colour when ``paint`` added it (click strips it on a pipe)."""
+    """Print ``lines``, keeping their colour when ``paint`` added it (click strips it on a pipe),
+    a few hundred lines per write: a table of 100,000 exchanges is one of the things printed."""
     colour = paint is not plain
-    for line in lines:
-        click.echo(line, color=colour or None)
+    lines = iter(lines)
+    while batch := list(itertools.islice(lines, 256)):
+        click.echo("\n".join(batch), color=colour or None)
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
