@@ -19,6 +19,7 @@ import trio
 from wirecap import __version__
 from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
+from wirecap.faults import FaultPlan, FaultSpec, FaultSpecError, parse_faults
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import (
     SEVERITY_RANK,
@@ -989,6 +990,25 @@ def replay_command(
         raise SystemExit(1)
 
 
+def _parse_faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    try:
+        return parse_faults(value)
+    except FaultSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_fault_option = click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="KIND[,key=value...]",
+    callback=_parse_faults,
+    help="Inject a fault (429, 500, 503, timeout, disconnect, truncate, stall, slow-ttft, "
+    "malformed-sse, bad-tool-args, length) into the requests its selectors pick (every=N, "
+    "after=N, rate=R with seed=S, route=PREFIX, model=GLOB); repeatable.",
+)
+
+
 @main.command("serve", short_help="A mock backend that answers from captures.")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -1032,6 +1052,7 @@ def replay_command(
     metavar="STATUS",
     help="Status for requests that match nothing (400 to 599).",
 )
+@_fault_option
 @click.option("-q", "--quiet", is_flag=True, help="No line per request.")
 def serve_command(
     captures: tuple[Path, ...],
@@ -1041,6 +1062,7 @@ def serve_command(
     ignore: tuple[str, ...],
     sequence: bool,
     miss_status: int,
+    faults: tuple[FaultSpec, ...],
     quiet: bool,
 ) -> None:
     """Answer requests from captures, as a mock backend: a request that matches a recorded one (method,
@@ -1053,6 +1075,7 @@ def serve_command(
       wirecap serve fixtures/
       wirecap serve "$(wirecap fixtures)" --timing none     # the fixtures wirecap ships
       wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
+      wirecap serve fixtures/ --fault 429,retry-after=1,every=2   # every 2nd request: a 429
     """
     try:
         host, port = parse_listen(listen)
@@ -1082,6 +1105,7 @@ def serve_command(
         speed=speed,
         miss_status=miss_status,
         on_answer=None if quiet else log,
+        faults=FaultPlan(faults) if faults else None,
     )
 
     async def run() -> None:
