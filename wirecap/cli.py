@@ -164,6 +164,25 @@ def main() -> None:
     """
 
 
+def _parse_faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    try:
+        return parse_faults(value)
+    except FaultSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_fault_option = click.option(
+    "--fault",
+    "faults",
+    multiple=True,
+    metavar="KIND[,key=value...]",
+    callback=_parse_faults,
+    help="Inject a fault (429, 500, 503, timeout, disconnect, truncate, stall, slow-ttft, "
+    "malformed-sse, bad-tool-args, length) into the requests its selectors pick (every=N, "
+    "after=N, rate=R with seed=S, route=PREFIX, model=GLOB); repeatable.",
+)
+
+
 @main.command("proxy", short_help="Run the recording reverse proxy.")
 @click.option(
     "--config",
@@ -321,6 +340,7 @@ def main() -> None:
     metavar="[HOST:PORT]",
     help=f"Also serve the web inspector on the capture directory [default: {DEFAULT_UI_LISTEN}].",
 )
+@_fault_option
 def proxy_command(
     config_path: Path | None, quiet: bool, ui_listen: str | None, **settings: Any
 ) -> None:
@@ -344,6 +364,7 @@ def proxy_command(
       wirecap proxy --ui                             # and the inspector on 127.0.0.1:5610
       wirecap proxy --upstream http://127.0.0.1:8000/ --out /var/captures
       wirecap proxy --route /openai=https://api.openai.com/ --config wirecap.toml
+      wirecap proxy --fault 503,rate=0.1,seed=1      # one request in ten gets a 503
     """
     # Every other option is a setting that build_config takes by the same name.
     if quiet:
@@ -988,25 +1009,6 @@ def replay_command(
         _echo(text_lines(results, paint), paint)
     if any(not r.verdict.passed for r in results):
         raise SystemExit(1)
-
-
-def _parse_faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    try:
-        return parse_faults(value)
-    except FaultSpecError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-_fault_option = click.option(
-    "--fault",
-    "faults",
-    multiple=True,
-    metavar="KIND[,key=value...]",
-    callback=_parse_faults,
-    help="Inject a fault (429, 500, 503, timeout, disconnect, truncate, stall, slow-ttft, "
-    "malformed-sse, bad-tool-args, length) into the requests its selectors pick (every=N, "
-    "after=N, rate=R with seed=S, route=PREFIX, model=GLOB); repeatable.",
-)
 
 
 @main.command("serve", short_help="A mock backend that answers from captures.")

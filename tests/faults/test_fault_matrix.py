@@ -50,6 +50,7 @@ ANSWERS = {
     "ollama-ndjson": "ollama_chat_ndjson",
 }
 NOT_SSE = {"openai-json", "anthropic-json", "ollama-ndjson", "openai-tool-call"}
+NO_TOOL_CALLS = {"openai-stream", "openai-json", "ollama-ndjson"}
 ERROR_KINDS = {"429", "500", "503", "timeout"}
 CASES = [
     pytest.param(kind, answer, id=f"{kind}-{answer}")
@@ -131,3 +132,30 @@ async def test_a_rewrite_with_nothing_to_rewrite_is_synthesized(nursery, start_p
     assert [c.name for c in facts.tool_calls] == ["wirecap_tool"]
     with pytest.raises(json.JSONDecodeError, match="Expecting value"):
         json.loads(facts.tool_calls[0].arguments)
+
+
+@pytest.mark.parametrize(("kind", "answer"), CASES)
+async def test_each_kind_injected_by_the_proxy_is_named_and_noted(
+    nursery, start_proxy, kind, answer
+):
+    spec, _code = KINDS[kind]
+    mock = await start_mock(nursery, ANSWERS[answer], [], [])
+    proxy = await start_proxy(upstream=mock.url + "/", faults=[spec])
+    target, body = recorded_request(ANSWERS[answer])
+    # A client that waits for the injected timeout gives up after a second (a hang guard
+    # for every other kind).
+    got = await trio.to_thread.run_sync(
+        send, proxy.url + target, body, 1 if kind == "timeout" else 30
+    )
+    codes, notes = await findings(proxy)
+    assert [n["kind"] for n in notes] == [kind]
+    assert {k: v for k, v in notes[0].items() if k != "applied"} == parse_fault(spec).note()
+    if kind == "bad-tool-args" and answer in NO_TOOL_CALLS:
+        # The proxy transforms what passes: an answer without a tool call passes as it came.
+        assert notes[0]["applied"] is False
+        assert "invalid-tool-arguments" not in codes
+        return
+    assert expected_code(kind, answer) in codes
+    assert notes[0].get("applied", True) is True
+    if kind in ERROR_KINDS - {"timeout"}:
+        assert got == int(kind)
