@@ -173,7 +173,7 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 
 _fault_option = click.option(
     "--fault",
-    "faults",
+    "fault",
     multiple=True,
     metavar="KIND[,key=value...]",
     callback=_parse_faults,
@@ -1064,7 +1064,7 @@ def serve_command(
     ignore: tuple[str, ...],
     sequence: bool,
     miss_status: int,
-    faults: tuple[FaultSpec, ...],
+    fault: tuple[FaultSpec, ...],
     quiet: bool,
 ) -> None:
     """Answer requests from captures, as a mock backend: a request that matches a recorded one (method,
@@ -1107,7 +1107,7 @@ def serve_command(
         speed=speed,
         miss_status=miss_status,
         on_answer=None if quiet else log,
-        faults=FaultPlan(faults) if faults else None,
+        faults=FaultPlan(fault) if fault else None,
     )
 
     async def run() -> None:

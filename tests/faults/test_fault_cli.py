@@ -33,10 +33,10 @@ def test_a_bad_fault_spec_is_a_one_line_error(command, spec, message):
 def test_the_toml_config_takes_faults_and_the_command_line_adds_to_them():
     from wirecap.proxy.config import ConfigError, build_config
 
-    config = build_config(doc={"proxy": {"faults": ["429,every=2"]}}, faults=["stall,ms=10"])
+    config = build_config(doc={"proxy": {"fault": ["429,every=2"]}}, fault=["stall,ms=10"])
     assert [(f.kind, f.every) for f in config.faults] == [("429", 2), ("stall", 1)]
     assert build_config().faults == ()
-    with pytest.raises(ConfigError, match=r"^faults in \[proxy\]: unknown fault kind 'slow'"):
-        build_config(doc={"proxy": {"faults": ["slow"]}})
-    with pytest.raises(ConfigError, match=r"faults in \[proxy\] must be a list of fault specs"):
-        build_config(doc={"proxy": {"faults": "429"}})
+    with pytest.raises(ConfigError, match=r"^fault in \[proxy\]: unknown fault kind 'slow'"):
+        build_config(doc={"proxy": {"fault": ["slow"]}})
+    with pytest.raises(ConfigError, match=r"fault in \[proxy\] must be a list of fault specs"):
+        build_config(doc={"proxy": {"fault": "429"}})

@@ -140,7 +140,7 @@ async def test_each_kind_injected_by_the_proxy_is_named_and_noted(
 ):
     spec, _code = KINDS[kind]
     mock = await start_mock(nursery, ANSWERS[answer], [], [])
-    proxy = await start_proxy(upstream=mock.url + "/", faults=[spec])
+    proxy = await start_proxy(upstream=mock.url + "/", fault=[spec])
     target, body = recorded_request(ANSWERS[answer])
     # A client that waits for the injected timeout gives up after a second (a hang guard
     # for every other kind).

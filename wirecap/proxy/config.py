@@ -447,7 +447,7 @@ SETTINGS: Final[Mapping[str, Mapping[str, Callable[[Any], Any]]]] = {
         "admin": _listen,
         "admin_token": _token,
         "ready_min_free_disk": _disk_threshold,
-        "faults": _faults,
+        "fault": _faults,
     },
     "capture": {
         "out": _path,
@@ -637,11 +637,11 @@ def build_config(
     admin_token: str | None = None,
     ready_min_free_disk: int | str | None = None,
     timeouts: Mapping[str, float] | None = None,
-    faults: Iterable[str | FaultSpec] = (),
+    fault: Iterable[str | FaultSpec] = (),
 ) -> ProxyConfig:
     """Merge a TOML document and command-line values into a checked :class:`ProxyConfig`.
 
-    A keyword given (not None) wins over the document; the lists (``routes``, ``faults``, ``redact_headers``,
+    A keyword given (not None) wins over the document; the lists (``routes``, ``fault``, ``redact_headers``,
     ``redact_body``) add to it. Routes: ``upstream`` is a catch-all ``/`` route; ``--route`` specs
     and ``[[route]]`` tables add more; with no route at all, the built-in presets apply.
     ``timeouts`` maps :class:`Timeouts` field names to seconds (the ``*_timeout`` keywords win).
@@ -682,7 +682,7 @@ def build_config(
     for key, more in (
         ("redact_headers", redact_headers),
         ("redact_body", redact_body),
-        ("faults", faults),
+        ("fault", fault),
     ):
         values[key] = (*values.get(key, ()), *_checked(key, tuple(more)))
 
@@ -702,7 +702,7 @@ def build_config(
         upstream_ca=values.get("upstream_ca"),
         log_format=values.get("log_format", "text"),
         admin=_admin_settings(values),
-        faults=values.get("faults", ()),
+        faults=values.get("fault", ()),
     )
 
 
