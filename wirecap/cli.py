@@ -19,6 +19,7 @@ import trio
 from wirecap import __version__
 from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
+from wirecap.faults import FaultPlan, FaultSpec, FaultSpecError, parse_faults
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import (
     SEVERITY_RANK,
@@ -162,6 +163,25 @@ def main() -> None:
       wirecap ui                                     # a web page over ./captures, live
       wirecap serve "$(wirecap fixtures)"           # the fixtures wirecap ships, as a mock
     """
+
+
+def _parse_faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    try:
+        return parse_faults(value)
+    except FaultSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_fault_option = click.option(
+    "--fault",
+    "fault",
+    multiple=True,
+    metavar="KIND[,key=value...]",
+    callback=_parse_faults,
+    help="Inject a fault (429, 500, 503, timeout, disconnect, truncate, stall, slow-ttft, "
+    "malformed-sse, bad-tool-args, length) into the requests its selectors pick (every=N, "
+    "after=N, rate=R with seed=S, route=PREFIX, model=GLOB); repeatable.",
+)
 
 
 @main.command("proxy", short_help="Run the recording reverse proxy.")
@@ -321,6 +341,7 @@ def main() -> None:
     metavar="[HOST:PORT]",
     help=f"Also serve the web inspector on the capture directory [default: {DEFAULT_UI_LISTEN}].",
 )
+@_fault_option
 def proxy_command(
     config_path: Path | None, quiet: bool, ui_listen: str | None, **settings: Any
 ) -> None:
@@ -344,6 +365,7 @@ def proxy_command(
       wirecap proxy --ui                             # and the inspector on 127.0.0.1:5610
       wirecap proxy --upstream http://127.0.0.1:8000/ --out /var/captures
       wirecap proxy --route /openai=https://api.openai.com/ --config wirecap.toml
+      wirecap proxy --fault 503,rate=0.1,seed=1      # one request in ten gets a 503
     """
     # Every other option is a setting that build_config takes by the same name.
     if quiet:
@@ -1033,6 +1055,7 @@ def replay_command(
     metavar="STATUS",
     help="Status for requests that match nothing (400 to 599).",
 )
+@_fault_option
 @click.option("-q", "--quiet", is_flag=True, help="No line per request.")
 def serve_command(
     captures: tuple[Path, ...],
@@ -1042,6 +1065,7 @@ def serve_command(
     ignore: tuple[str, ...],
     sequence: bool,
     miss_status: int,
+    fault: tuple[FaultSpec, ...],
     quiet: bool,
 ) -> None:
     """Answer requests from captures, as a mock backend: a request that matches a recorded one (method,
@@ -1054,6 +1078,7 @@ def serve_command(
       wirecap serve fixtures/
       wirecap serve "$(wirecap fixtures)" --timing none     # the fixtures wirecap ships
       wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
+      wirecap serve fixtures/ --fault 429,retry-after=1,every=2   # every 2nd request: a 429
     """
     try:
         host, port = parse_listen(listen)
@@ -1083,6 +1108,7 @@ def serve_command(
         speed=speed,
         miss_status=miss_status,
         on_answer=None if quiet else log,
+        faults=FaultPlan(fault) if fault else None,
     )
 
     async def run() -> None:

@@ -78,11 +78,13 @@ def _is_llm_success(a: Analyzed) -> bool:
 @detector("http-error", "error")
 def http_error(a: Analyzed, t: Thresholds) -> Iterable[str]:
     status = a.status
-    if status is None or a.by_proxy or status == 429 or status < 400:
+    injected = a.by_proxy and bool(a.exchange.notes_of("fault"))  # the proxy's fault stands in
+    if status is None or (a.by_proxy and not injected) or status == 429 or status < 400:
         return
     error = a.facts.api_error or {}
     detail = error.get("message") or error.get("type") or ""
-    yield f"HTTP {status} from the upstream" + (f": {str(detail)[:200]}" if detail else "")
+    source = "injected by the proxy" if injected else "from the upstream"
+    yield f"HTTP {status} {source}" + (f": {str(detail)[:200]}" if detail else "")
 
 
 @detector("rate-limited", "warning")

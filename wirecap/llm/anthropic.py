@@ -102,9 +102,15 @@ def analyze_messages(inp: ExchangeInput) -> LLMFacts:
                 ToolCall(
                     id=as_str(block.get("id")),
                     name=as_str(block.get("name")),
-                    arguments=json.dumps(block.get("input"), separators=(",", ":")),
+                    # Anthropic sends the input as an object; a string is the argument text
+                    # itself (as from a broken model or server), kept as it came.
+                    arguments=_input_text(block.get("input")),
                     index=i,
                 )
             )
     facts.text = "".join(text)
     return facts.finish()
+
+
+def _input_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 import h11
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from wirecap.capture import Capture
+    from wirecap.faults import FaultPlan
 
 MAX_REQUEST_BODY = 64 * 1024 * 1024  # a mock for tests: larger requests are refused (413)
 
@@ -41,8 +42,10 @@ class Served:
     target: str
     recording: str | None  # the id of the recorded exchange that answered; None for a miss
     status: int
-    how: str = "recorded"  # "recorded", "miss", "forwarded" (spy mode), "too large"
+    how: str = "recorded"  # "recorded", "miss", "forwarded" (spy mode), "too large", "fault"
     detail: str | None = None  # for a miss: the closest recorded requests and what differs
+    #: For an injected fault: the detail of its capture note (kind, spec, parameters).
+    fault: Mapping[str, Any] | None = None
 
 
 def served_lines(s: Served, paint: Paint = plain) -> list[str]:
@@ -51,10 +54,14 @@ def served_lines(s: Served, paint: Paint = plain) -> list[str]:
     ``-> miss 404`` and is followed by the closest recorded requests."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.wall_ns / 1e9))
     answer = s.recording if s.recording is not None else s.how
+    if s.recording is None and s.fault is not None:
+        answer = "synthesized" if s.fault.get("synthesized") else "injected"
     if s.recording is None and s.how == "miss":
         answer = paint(answer, "fail")
-    status = paint(str(s.status), status_role(s.status))
+    status = paint(str(s.status), status_role(s.status)) if s.status else "(no answer)"
     lines = [f"{stamp} {s.method} {s.target} -> {answer} {status}"]
+    if s.fault is not None:
+        lines[0] += f" fault {s.fault['spec']}"
     if s.detail:
         lines.extend(s.detail.splitlines()[1:])
     return lines
@@ -91,15 +98,18 @@ class MockServer:
         miss_status: int = 404,
         fallback: Fallback | None = None,
         on_answer: Callable[[Served], object] | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         """``on_answer`` is told of each request once its answer starts (``wirecap serve`` logs
-        them)."""
+        them); ``faults`` picks the requests that get an injected fault (see
+        :mod:`wirecap.replay.faulting`)."""
         self.catalog = catalog
         self.host, self.port = host, port
         self.speed = speed
         self.miss_status = miss_status
         self.fallback = fallback
         self.on_answer = on_answer
+        self.faults = faults
         self.misses: list[Miss] = []
         self.served: list[str] = []
 
@@ -182,6 +192,28 @@ class MockServer:
                 )
             )
 
+    def tell_fault(
+        self,
+        wall_ns: int,
+        request: h11.Request,
+        recording: str | None,
+        status: int,
+        note: Mapping[str, Any],
+    ) -> None:
+        """Tell ``on_answer`` of a request answered under an injected fault (``note``: its detail)."""
+        if self.on_answer is not None:
+            self.on_answer(
+                Served(
+                    wall_ns=wall_ns,
+                    method=request.method.decode("latin-1"),
+                    target=request.target.decode("latin-1"),
+                    recording=recording,
+                    status=status,
+                    how="fault",
+                    fault=note,
+                )
+            )
+
     async def _answer(
         self,
         conn: h11.Connection,
@@ -191,6 +223,11 @@ class MockServer:
         arrived_ns: int,
     ) -> None:
         method, target = request.method.decode(), request.target.decode("latin-1")
+        if self.faults is not None and (fault := self.faults.choose(target, body)) is not None:
+            from wirecap.replay.faulting import answer_with_fault
+
+            if await answer_with_fault(self, conn, stream, request, body, arrived_ns, fault):
+                return
         found = self.catalog.lookup(method, target, body)
         if isinstance(found, Miss):
             if self.fallback is not None:
