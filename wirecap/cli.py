@@ -68,6 +68,7 @@ from wirecap.replay.runner import (
     text_lines,
 )
 from wirecap.replay.serve import MockServer, Served, load_catalog, served_lines
+from wirecap.replay.spy import SpyForwarder, parse_miss, serve_with_spy
 from wirecap.ui.app import DEFAULT_LISTEN as DEFAULT_UI_LISTEN
 from wirecap.ui.app import run_beside_proxy, run_ui, run_until_stdin_closes
 from wirecap.ui.http import is_loopback
@@ -1032,6 +1033,21 @@ def replay_command(
     metavar="STATUS",
     help="Status for requests that match nothing (400 to 599).",
 )
+@click.option(
+    "--miss",
+    default="error",
+    show_default=True,
+    metavar="error|forward=URL",
+    help="What a request that matches nothing gets: the error answer, or (spy mode) forwarded to "
+    "URL, its answer relayed as it streams and recorded into --out.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Where spy mode records the forwarded exchanges (a capture directory).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No line per request.")
 def serve_command(
     captures: tuple[Path, ...],
@@ -1041,6 +1057,8 @@ def serve_command(
     ignore: tuple[str, ...],
     sequence: bool,
     miss_status: int,
+    miss: str,
+    out: Path | None,
     quiet: bool,
 ) -> None:
     """Answer requests from captures, as a mock backend: a request that matches a recorded one (method,
@@ -1053,7 +1071,9 @@ def serve_command(
       wirecap serve fixtures/
       wirecap serve "$(wirecap fixtures)" --timing none     # the fixtures wirecap ships
       wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
+      wirecap serve captures/ --miss forward=https://api.openai.com/ --out new/   # spy mode
     """
+    spy = _spy_forwarder(miss, out)
     try:
         host, port = parse_listen(listen)
     except ConfigError as exc:
@@ -1084,10 +1104,15 @@ def serve_command(
         on_answer=None if quiet else log,
     )
 
+    answers = plural(len(catalog.entries), "recorded answer")
+
     async def run() -> None:
+        if spy is not None:
+            await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
+            click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
+            return
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            answers = plural(len(catalog.entries), "recorded answer")
             click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
 
     try:
@@ -1101,6 +1126,30 @@ def serve_command(
                 f"cannot listen on {listen}: {cause.strerror or cause}"
             ) from None
         raise
+
+
+def _spy_forwarder(miss: str, out: Path | None) -> SpyForwarder | None:
+    """The recording forwarder ``--miss forward=URL --out DIR`` asks for (None for ``error``)."""
+    try:
+        url = parse_miss(miss)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--miss'") from None
+    if url is None:
+        if out is not None:
+            raise click.BadParameter("needs --miss forward=URL", param_hint="'--out'")
+        return None
+    if out is None:
+        raise click.BadParameter("forward=URL needs --out DIR", param_hint="'--miss'")
+    try:
+        return SpyForwarder(url, out)
+    except (ConfigError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--out'") from None
+
+
+def _spy_banner(server: MockServer, answers: str, path: Path | None) -> None:
+    click.echo(
+        f"wirecap serve on {server.url}: {answers}; misses forwarded, recorded to {path}", err=True
+    )
 
 
 def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -66,6 +67,13 @@ Fallback = Callable[
     Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]],
 ]
 
+#: Answers a request the capture does not hold, on the mock's connection (spy mode, see spy.py):
+#: (connection, stream, request, body, tell(status)).
+MissHandler = Callable[
+    [h11.Connection, trio.abc.Stream, h11.Request, bytes, Callable[[int], object]],
+    Awaitable[None],
+]
+
 
 def load_catalog(
     capture: Capture,
@@ -91,6 +99,7 @@ class MockServer:
         miss_status: int = 404,
         fallback: Fallback | None = None,
         on_answer: Callable[[Served], object] | None = None,
+        miss_handler: MissHandler | None = None,
     ) -> None:
         """``on_answer`` is told of each request once its answer starts (``wirecap serve`` logs
         them)."""
@@ -100,6 +109,7 @@ class MockServer:
         self.miss_status = miss_status
         self.fallback = fallback
         self.on_answer = on_answer
+        self.miss_handler = miss_handler
         self.misses: list[Miss] = []
         self.served: list[str] = []
 
@@ -193,6 +203,10 @@ class MockServer:
         method, target = request.method.decode(), request.target.decode("latin-1")
         found = self.catalog.lookup(method, target, body)
         if isinstance(found, Miss):
+            if self.miss_handler is not None:
+                tell = functools.partial(self._tell, arrived_ns, request, None, how="forwarded")
+                await self.miss_handler(conn, stream, request, body, tell)
+                return
             if self.fallback is not None:
                 status, headers, answer = await self.fallback(
                     method, target, list(request.headers.raw_items()), body
