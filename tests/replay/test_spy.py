@@ -238,7 +238,10 @@ async def test_wirecap_serve_spy_command_records_and_indexes_on_sigterm(nursery,
         async with httpx.AsyncClient(base_url=base) as client:
             hit = await client.post(
                 "/openai/v1/chat/completions",
-                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]},
+                json={
+                    "model": "gpt-4o-mini",
+                    "messages": [{"role": "user", "content": "Say hello"}],
+                },
             )
             miss = await client.post("/openai/v1/chat/completions", json=NEW_JSON)
         process.send_signal(signal.SIGTERM)
