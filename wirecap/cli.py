@@ -28,7 +28,6 @@ from wirecap.inspect.detectors import (
     detect,
     detect_all,
 )
-from wirecap.inspect.export import open_private, write_har, write_jsonl
 from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import (
@@ -43,6 +42,7 @@ from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import TABLE_HEADER, detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
+from wirecap.interop.export import open_private, write_har, write_jsonl
 from wirecap.interop.imports import FORMATS as IMPORT_FORMATS
 from wirecap.interop.imports import ImportFailed, import_files
 from wirecap.interop.imports import report_lines as import_report_lines

@@ -10,8 +10,8 @@ import stat
 import sys
 
 import trio
-from conftest import API_KEY, run, sdk_calls
 from fake_llm import CHAT_JSON, chat_stream_events, llm_upstream
+from interop_tools import API_KEY, run, sdk_calls
 
 from wirecap.capture import open_capture
 from wirecap.replay.serve import MockServer, load_catalog

@@ -15,6 +15,7 @@ import re
 from typing import TYPE_CHECKING, Final
 
 from wirecap.interop.build import EntryError, Imported, Skipped
+from wirecap.interop.export import plural
 from wirecap.interop.sink import ImportSink
 from wirecap.interop.vcr import CassetteError, interactions, load_cassette, vcr_exchanges
 
@@ -150,16 +151,12 @@ def _import_one(path: Path, kind: str, sink: ImportSink) -> FileReport:
 def report_lines(report: ImportReport, out: Path) -> Iterator[str]:
     """What an import did, in words: one line per file, then where it went."""
     for f in report.files:
-        line = f"{f.path}: {_count(f.imported, 'exchange')} ({f.format})"
+        line = f"{f.path}: {plural(f.imported, 'exchange')} ({f.format})"
         if f.skipped:
             reasons = "; ".join(f"{n} {why}" for why, n in f.skipped.most_common())
             line += f", {sum(f.skipped.values())} skipped: {reasons}"
         yield line
     if report.written:
-        yield f"{_count(report.exchanges, 'exchange')} written to {report.written[0]}"
+        yield f"{plural(report.exchanges, 'exchange')} written to {report.written[0]}"
     else:
         yield f"nothing imported: no capture written in {out}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
