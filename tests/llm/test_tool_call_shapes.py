@@ -171,3 +171,23 @@ def test_openai_legacy_function_call_is_not_an_empty_completion_and_bad_argument
     assert "empty-completion" not in findings and "invalid-tool-arguments" not in findings
     bad = captured(CHAT, FUNCTIONS_REQUEST, [legacy_chat_json('{"city": ')], "application/json")
     assert "invalid-tool-arguments" in error_codes(bad)
+
+
+def test_openai_stream_tool_without_arguments_has_empty_object_input():
+    """Some OpenAI-compatible servers stream ``"arguments": null`` for a tool that takes none, and
+    never a ``"{}"``: once the stream has finished, its input is ``{}``, not an invalid call."""
+    chunks = samples.chat_stream(text=(), tool=("call_1", "llm_version", []), finish="tool_calls")
+    chunks = [c.replace(b'"arguments": ""', b'"arguments": null') for c in chunks]
+    facts = analyze(exchange_input(CHAT, samples.CHAT_REQUEST, chunks, "text/event-stream"))
+    assert [(t.name, t.arguments) for t in facts.tool_calls] == [("llm_version", "{}")]
+    ex = captured(CHAT, samples.CHAT_REQUEST, chunks, "text/event-stream")
+    assert error_codes(ex) == set()
+
+
+def test_openai_stream_cut_before_it_finished_keeps_the_arguments_that_arrived():
+    chunks = samples.chat_stream(
+        text=(), tool=("call_1", "get_weather", []), finish="tool_calls", done=False
+    )
+    cut = [c for c in chunks if b'"finish_reason": "tool_calls"' not in c]
+    facts = analyze(exchange_input(CHAT, samples.CHAT_REQUEST, cut, "text/event-stream"))
+    assert [t.arguments for t in facts.tool_calls] == [""]

@@ -70,6 +70,8 @@ def analyze_chat(inp: ExchangeInput) -> LLMFacts:
                     facts.finish_reason = as_str(choice.get("finish_reason"))
         facts.text = "".join(text)
         facts.tool_calls = [calls[i] for i in sorted(calls)]
+        if facts.finish_reason is not None:
+            _no_arguments_is_empty_object(facts.tool_calls)
         return facts.finish()
     body = as_dict(json_body(inp, facts))
     if "error" in body:
@@ -111,6 +113,14 @@ def _chat_delta_calls(delta: dict[str, Any], calls: dict[int, ToolCall]) -> bool
         known.name = as_str(function.get("name")) or known.name
         known.arguments += as_str(function.get("arguments")) or ""
     return began
+
+
+def _no_arguments_is_empty_object(calls: list[ToolCall]) -> None:
+    """A finished stream's call of a tool that takes no arguments may never stream any (some
+    OpenAI-compatible servers send ``"arguments": null`` and no ``"{}"``): its input is ``{}``."""
+    for call in calls:
+        if not call.arguments.strip():
+            call.arguments = "{}"
 
 
 def _message_calls(message: dict[str, Any]) -> list[ToolCall]:
