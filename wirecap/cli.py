@@ -1043,9 +1043,11 @@ def replay_command(
     "--miss",
     default="error",
     show_default=True,
-    metavar="error|forward=URL",
-    help="What a request that matches nothing gets: the error answer, or (spy mode) forwarded to "
-    "URL, its answer relayed as it streams and recorded into --out.",
+    metavar="error|forward=TARGET",
+    help="What a request that matches nothing gets: the error answer, or (spy mode) forwarded, "
+    "its answer relayed as it streams and recorded into --out. forward=URL sends the path as "
+    "received; forward=PREFIX=URL takes a route prefix off; forward=presets uses the proxy's "
+    "built-in routes.",
 )
 @click.option(
     "--out",
@@ -1077,7 +1079,7 @@ def serve_command(
       wirecap serve fixtures/
       wirecap serve "$(wirecap fixtures)" --timing none     # the fixtures wirecap ships
       wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
-      wirecap serve captures/ --miss forward=https://api.openai.com/ --out new/   # spy mode
+      wirecap serve captures/ --miss forward=presets --out new/   # spy mode
     """
     spy = _spy_forwarder(miss, out)
     try:

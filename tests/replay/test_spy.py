@@ -173,6 +173,21 @@ async def test_a_second_serve_over_capture_and_out_answers_both_offline(nursery,
     assert len(upstream.requests) == 1 and len(offline.misses) == 1
 
 
+async def test_a_route_target_takes_its_prefix_off(nursery, tmp_path):
+    """``forward=/openai/=URL``: a capture recorded through the proxy's ``/openai/`` route keeps
+    that prefix in its paths; the forwarded request reaches the upstream without it."""
+    upstream = Upstream()
+    await nursery.start(upstream.server.run)
+    spy = SpyForwarder(f"/openai/={upstream.server.url}", tmp_path / "new")
+    await nursery.start(spy.run)
+    server = await start_mock(nursery, RECORDED, miss_handler=spy.relay)
+    async with httpx.AsyncClient(base_url=f"{server.url}/openai/v1") as client:
+        answer = await client.post("/chat/completions", json=NEW_JSON)
+    assert answer.status_code == 200
+    assert [r.target for r in upstream.requests] == ["/v1/chat/completions"]
+    await spy.stop()
+
+
 async def test_an_upstream_that_cannot_be_reached_is_a_recorded_502(nursery, tmp_path):
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
@@ -191,13 +206,20 @@ async def test_an_upstream_that_cannot_be_reached_is_a_recorded_502(nursery, tmp
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("error", None), ("forward=http://127.0.0.1:9/", "http://127.0.0.1:9/")],
+    [
+        ("error", None),
+        ("forward=http://127.0.0.1:9/", "http://127.0.0.1:9/"),
+        ("forward=/openai/=http://127.0.0.1:9/", "/openai/=http://127.0.0.1:9/"),
+        ("forward=presets", "presets"),
+    ],
 )
 def test_parse_miss(value, expected):
     assert parse_miss(value) == expected
 
 
-@pytest.mark.parametrize("value", ["forward", "forward=", "forward=ftp://x/", "retry", "error=1"])
+@pytest.mark.parametrize(
+    "value", ["forward", "forward=", "forward=ftp://x/", "forward=/openai/", "retry", "error=1"]
+)
 def test_parse_miss_refuses_what_it_cannot_do(value):
     with pytest.raises(ValueError, match=r"."):
         parse_miss(value)

@@ -1,8 +1,9 @@
 """Spy mode for ``wirecap serve``: answer what the capture holds, forward and record the rest.
 
 ``wirecap serve CAPTURE --miss forward=URL --out DIR`` runs a wirecap proxy beside the mock, on
-127.0.0.1 with one catch-all route to ``URL``, capturing into ``DIR`` exactly as ``wirecap proxy``
-does (a writer process, redaction on, files 0600, the index written when it stops). A request the
+127.0.0.1 with one catch-all route to ``URL`` (or a ``PREFIX=URL`` route, or the proxy's presets),
+capturing into ``DIR`` exactly as ``wirecap proxy`` does (a writer process, redaction on, files
+0600, the index written when it stops). A request the
 capture does not hold goes through that proxy, and its answer is relayed to the client event by
 event as it arrives, so a streamed answer keeps streaming. The mock talks to the proxy with the
 proxy's own pooled h11 client connections; the proxy records what crossed the wire, so ``DIR`` is
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import h11
 import trio
@@ -40,32 +41,48 @@ READ_SIZE: Final = 64 * 1024
 MAX_HEAD: Final = 64 * 1024
 
 
+#: ``--miss forward=presets``: the proxy's built-in routes (``/openai/``, ``/anthropic/``, ...).
+PRESETS: Final = "presets"
+
+
 def parse_miss(value: str) -> str | None:
-    """``--miss``: ``error`` (None: a miss gets the error answer) or ``forward=URL`` (the URL,
-    checked as an upstream base URL). Raises ValueError with a one-line reason."""
+    """``--miss``: ``error`` (None: a miss gets the error answer) or ``forward=TARGET`` (TARGET,
+    checked). TARGET is a base URL (every path goes there as the client sent it), a route
+    ``PREFIX=URL`` (the prefix is taken off, as ``wirecap proxy --route`` does), or ``presets``
+    (the proxy's built-in routes). Raises ValueError with a one-line reason."""
     if value == "error":
         return None
-    kind, sep, url = value.partition("=")
+    kind, sep, target = value.partition("=")
     if kind != "forward" or not sep:
         raise ValueError(f"{value!r} is not 'error' or 'forward=URL'")
     try:
-        parse_upstream(url)
+        build_config(**_routing(target))
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
-    return url
+    return target
+
+
+def _routing(target: str) -> dict[str, Any]:
+    """The proxy settings that route to ``target`` (see :func:`parse_miss`)."""
+    if target == PRESETS:
+        return {}
+    if target.startswith("/"):
+        return {"routes": [target]}
+    return {"upstream": target}
 
 
 class SpyForwarder:
-    """A recording proxy to ``upstream`` capturing into ``out``, and the relay of misses through it.
+    """A recording proxy to ``target`` capturing into ``out``, and the relay of misses through it.
 
     ``await nursery.start(spy.run)`` starts the proxy and its writer and returns the capture's
     first segment path; :meth:`stop` lets exchanges in flight finish, then closes the capture
     (index and footer). :meth:`relay` is the mock's ``miss_handler``.
     """
 
-    def __init__(self, upstream: str, out: Path, *, redact: bool = True) -> None:
+    def __init__(self, target: str, out: Path, *, redact: bool = True) -> None:
+        """``target`` as :func:`parse_miss` returns it: a URL, ``PREFIX=URL`` or ``presets``."""
         self.config = build_config(
-            listen="127.0.0.1:0", upstream=upstream, out=out, log_format="quiet", redact=redact
+            listen="127.0.0.1:0", out=out, log_format="quiet", redact=redact, **_routing(target)
         )
         self.writer = make_writer(self.config, make_redactor(self.config))
         self.proxy = ProxyServer(self.config, self.writer)
