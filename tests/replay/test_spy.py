@@ -267,7 +267,9 @@ async def test_wirecap_serve_spy_command_records_and_indexes_on_sigterm(nursery,
             )
             miss = await client.post("/openai/v1/chat/completions", json=NEW_JSON)
         process.send_signal(signal.SIGTERM)
-        out_text = await process.stdout.receive_some(65536)
+        out_text = b""
+        while chunk := await process.stdout.receive_some(65536):
+            out_text += chunk
         while chunk := await process.stderr.receive_some(4096):
             err += chunk
         await process.wait()
