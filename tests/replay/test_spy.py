@@ -150,6 +150,8 @@ async def test_a_forwarded_stream_is_relayed_as_it_arrives(nursery, tmp_path):
         [recorded] = list(capture.exchanges())
     facts = analyze_exchange(recorded).facts
     assert facts.streamed and facts.terminated and facts.text == "first second"
+    assert b"Bearer sk" not in recorded.request.head  # credentials redacted, as the proxy does
+    assert b"authorization" in recorded.request.head.lower()
 
 
 async def test_a_second_serve_over_capture_and_out_answers_both_offline(nursery, tmp_path):
