@@ -19,6 +19,7 @@ import trio
 from wirecap import __version__
 from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
+from wirecap.capture.redact import Redactor, Rules
 from wirecap.faults import FaultPlan, FaultSpec, FaultSpecError, parse_faults
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import (
@@ -27,7 +28,6 @@ from wirecap.inspect.detectors import (
     Thresholds,
     detect,
 )
-from wirecap.inspect.export import open_private, write_har, write_jsonl
 from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.rows import Row, row_findings, selected_rows
@@ -43,9 +43,15 @@ from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import TABLE_HEADER, detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
+from wirecap.interop.export import open_private, write_har, write_jsonl
+from wirecap.interop.imports import FORMATS as IMPORT_FORMATS
+from wirecap.interop.imports import ImportFailed, import_files
+from wirecap.interop.imports import report_lines as import_report_lines
 from wirecap.proxy.admin import AdminListenError
 from wirecap.proxy.app import exit_summary, run_proxy
 from wirecap.proxy.config import (
+    DEFAULT_REDACT_BODY,
+    DEFAULT_REDACT_HEADERS,
     LOG_FORMATS,
     MAX_LEVEL,
     MIN_LEVEL,
@@ -69,6 +75,7 @@ from wirecap.replay.runner import (
     text_lines,
 )
 from wirecap.replay.serve import MockServer, Served, load_catalog, served_lines
+from wirecap.replay.spy import SpyForwarder, parse_miss, serve_with_spy
 from wirecap.ui.app import DEFAULT_LISTEN as DEFAULT_UI_LISTEN
 from wirecap.ui.app import run_beside_proxy, run_ui, run_until_stdin_closes
 from wirecap.ui.http import is_loopback
@@ -1056,6 +1063,23 @@ def replay_command(
     help="Status for requests that match nothing (400 to 599).",
 )
 @_fault_option
+@click.option(
+    "--miss",
+    default="error",
+    show_default=True,
+    metavar="error|forward=TARGET",
+    help="What a request that matches nothing gets: the error answer, or (spy mode) forwarded, "
+    "its answer relayed as it streams and recorded into --out. forward=URL sends the path as "
+    "received; forward=PREFIX=URL takes a route prefix off; forward=presets uses the proxy's "
+    "built-in routes.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Where spy mode records the forwarded exchanges (a capture directory).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No line per request.")
 def serve_command(
     captures: tuple[Path, ...],
@@ -1066,6 +1090,8 @@ def serve_command(
     sequence: bool,
     miss_status: int,
     fault: tuple[FaultSpec, ...],
+    miss: str,
+    out: Path | None,
     quiet: bool,
 ) -> None:
     """Answer requests from captures, as a mock backend: a request that matches a recorded one (method,
@@ -1079,7 +1105,9 @@ def serve_command(
       wirecap serve "$(wirecap fixtures)" --timing none     # the fixtures wirecap ships
       wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
       wirecap serve fixtures/ --fault 429,retry-after=1,every=2   # every 2nd request: a 429
+      wirecap serve captures/ --miss forward=presets --out new/   # spy mode
     """
+    spy = _spy_forwarder(miss, out)
     try:
         host, port = parse_listen(listen)
     except ConfigError as exc:
@@ -1111,10 +1139,15 @@ def serve_command(
         faults=FaultPlan(fault) if fault else None,
     )
 
+    answers = plural(len(catalog.entries), "recorded answer")
+
     async def run() -> None:
+        if spy is not None:
+            await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
+            click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
+            return
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            answers = plural(len(catalog.entries), "recorded answer")
             click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
 
     try:
@@ -1128,6 +1161,30 @@ def serve_command(
                 f"cannot listen on {listen}: {cause.strerror or cause}"
             ) from None
         raise
+
+
+def _spy_forwarder(miss: str, out: Path | None) -> SpyForwarder | None:
+    """The recording forwarder ``--miss forward=URL --out DIR`` asks for (None for ``error``)."""
+    try:
+        url = parse_miss(miss)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--miss'") from None
+    if url is None:
+        if out is not None:
+            raise click.BadParameter("needs --miss forward=URL", param_hint="'--out'")
+        return None
+    if out is None:
+        raise click.BadParameter("forward=URL needs --out DIR", param_hint="'--miss'")
+    try:
+        return SpyForwarder(url, out)
+    except (ConfigError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--out'") from None
+
+
+def _spy_banner(server: MockServer, answers: str, path: Path | None) -> None:
+    click.echo(
+        f"wirecap serve on {server.url}: {answers}; misses forwarded, recorded to {path}", err=True
+    )
 
 
 def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:
@@ -1263,6 +1320,52 @@ def fixtures_command() -> None:
     if directory is None:
         raise click.ClickException("this installation of wirecap has no fixtures")
     click.echo(str(directory))
+
+
+@main.command("import", short_help="Make a capture of HAR files, VCR cassettes, mitmproxy flows.")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    metavar="DIR",
+    help="Capture directory to write the new segment into (made if missing).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(IMPORT_FORMATS),
+    help="Read every FILE as this format instead of telling it by content.",
+)
+@click.option(
+    "--redact/--no-redact",
+    default=True,
+    show_default=True,
+    help="Replace credential headers and API keys as the proxy does.",
+)
+def import_command(files: tuple[Path, ...], out: Path, fmt: str | None, redact: bool) -> None:
+    """Import HAR 1.2 files (browser devtools, mitmproxy), VCR cassettes (VCR.py, pytest-recording;
+    YAML or JSON) and mitmproxy flow files into a capture that every wirecap command reads. Each
+    exchange carries a note saying where it came from and what the source did not hold (raw heads,
+    chunk timing). Skipped entries are counted with the reason.
+
+    \b
+    Examples:
+      wirecap import session.har -o captures/
+      wirecap import tests/cassettes/*.yaml -o captures/ --format vcr
+      wirecap import flows.mitm -o captures/
+    """
+    redactor = (
+        Redactor(Rules.compile(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_BODY)) if redact else None
+    )
+    try:
+        report = import_files(list(files), out, fmt, redactor)
+    except ImportFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo(import_report_lines(report, out), plain)
 
 
 @main.command("index", short_help="Rebuild the index of capture files left without one.")

@@ -208,11 +208,14 @@ def usage_inconsistent(a: Analyzed, t: Thresholds) -> Iterable[str]:
         yield f"cached tokens {u.cached} exceed input tokens {u.input}"
 
 
-_DATE_SUFFIX: Final = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-latest|:latest)$")
+#: A snapshot's suffix: a date (``-2024-07-18``, ``-20240307``), OpenAI's older month-day
+#: (``gpt-4-0613``, ``gpt-3.5-turbo-0125``), or ``latest``.
+_DATE_SUFFIX: Final = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-[01]\d[0-3]\d|-latest|:latest)$")
 
 
 def model_family(model: str) -> str:
-    """``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``; ``openai/gpt-4o`` -> ``gpt-4o``; ``llama3:latest`` -> ``llama3``."""
+    """``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``; ``gpt-4-0613`` -> ``gpt-4``;
+    ``openai/gpt-4o`` -> ``gpt-4o``; ``llama3:latest`` -> ``llama3``."""
     name = model.strip().lower().rsplit("/", 1)[-1]
     while (stripped := _DATE_SUFFIX.sub("", name)) != name:
         name = stripped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -73,6 +74,13 @@ Fallback = Callable[
     Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]],
 ]
 
+#: Answers a request the capture does not hold, on the mock's connection (spy mode, see spy.py):
+#: (connection, stream, request, body, tell(status)).
+MissHandler = Callable[
+    [h11.Connection, trio.abc.Stream, h11.Request, bytes, Callable[[int], object]],
+    Awaitable[None],
+]
+
 
 def load_catalog(
     capture: Capture,
@@ -99,6 +107,7 @@ class MockServer:
         fallback: Fallback | None = None,
         on_answer: Callable[[Served], object] | None = None,
         faults: FaultPlan | None = None,
+        miss_handler: MissHandler | None = None,
     ) -> None:
         """``on_answer`` is told of each request once its answer starts (``wirecap serve`` logs
         them); ``faults`` picks the requests that get an injected fault (see
@@ -110,6 +119,7 @@ class MockServer:
         self.fallback = fallback
         self.on_answer = on_answer
         self.faults = faults
+        self.miss_handler = miss_handler
         self.misses: list[Miss] = []
         self.served: list[str] = []
 
@@ -230,6 +240,10 @@ class MockServer:
                 return
         found = self.catalog.lookup(method, target, body)
         if isinstance(found, Miss):
+            if self.miss_handler is not None:
+                tell = functools.partial(self._tell, arrived_ns, request, None, how="forwarded")
+                await self.miss_handler(conn, stream, request, body, tell)
+                return
             if self.fallback is not None:
                 status, headers, answer = await self.fallback(
                     method, target, list(request.headers.raw_items()), body
