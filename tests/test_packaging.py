@@ -103,7 +103,7 @@ async def test_a_wheel_in_a_fresh_venv_runs_demo_serve_and_the_readme_pytest_exa
 
     await check_serve(wirecap, fixtures, elsewhere, env)
 
-    [example] = [s for s in snippets() if s.kind == "pytest"]
+    example = next(s for s in snippets() if s.kind == "pytest")  # the plugin's own example
     (elsewhere / "test_readme_example.py").write_text(example.code)
     tests = await run(
         python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_readme_example.py"
