@@ -28,6 +28,7 @@ SANS_IO = [
     "proxy/config.py",
     "proxy/routing.py",
     "proxy/console.py",
+    "proxy/closewatch.py",
 ]
 #: Folder -> the other wirecap folders its modules may import.
 RULES: dict[str, set[str]] = {

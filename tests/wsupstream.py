@@ -1,0 +1,103 @@
+"""A real WebSocket upstream and client for end-to-end tests: the `websockets` library (its
+threaded API), on 127.0.0.1, beside the trio proxy under test.
+
+The upstream echoes every message, and obeys a few text commands: ``close CODE REASON`` closes
+with that code, ``drop`` cuts the TCP connection without a Close frame, ``events`` answers with a
+short OpenAI Realtime-shaped exchange of events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+from websockets.sync.server import ServerConnection, serve
+
+
+def realtime_events() -> list[dict[str, Any]]:
+    """What a Realtime server sends for one short text response."""
+    return [
+        {"type": "session.created", "event_id": "ev_1", "session": {"model": "gpt-realtime"}},
+        {"type": "response.created", "event_id": "ev_2", "response": {"id": "resp_1"}},
+        {"type": "response.output_text.delta", "event_id": "ev_3", "delta": "Hel"},
+        {"type": "response.output_text.delta", "event_id": "ev_4", "delta": "lo"},
+        {
+            "type": "response.done",
+            "event_id": "ev_5",
+            "response": {
+                "id": "resp_1",
+                "status": "completed",
+                "usage": {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9},
+            },
+        },
+    ]
+
+
+def echo(ws: ServerConnection) -> None:
+    """The upstream's handler: echo, or obey a command."""
+    received: list[str | bytes] = ws.request_log  # type: ignore[attr-defined]
+    with contextlib.suppress(ConnectionClosed):
+        for message in ws:
+            received.append(message)
+            if message == "drop":
+                ws.socket.shutdown(socket.SHUT_RDWR)
+                return
+            if isinstance(message, str) and message.startswith("close "):
+                _, code, reason = message.split(" ", 2)
+                ws.close(int(code), reason)
+                return
+            if message == "events":
+                for event in realtime_events():
+                    ws.send(json.dumps(event))
+                continue
+            ws.send(message)
+
+
+class WebSocketUpstream:
+    """A running `websockets` server; :attr:`received` holds every message it got."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.received: list[str | bytes] = []
+
+        def handler(ws: ServerConnection) -> None:
+            ws.request_log = self.received  # type: ignore[attr-defined]
+            echo(ws)
+
+        self.server = serve(handler, "127.0.0.1", 0, ssl=ssl_context, ping_interval=None)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def websocket_upstream(ssl_context: ssl.SSLContext | None = None) -> Iterator[WebSocketUpstream]:
+    upstream = WebSocketUpstream(ssl_context)
+    upstream.thread.start()
+    try:
+        yield upstream
+    finally:
+        upstream.server.shutdown()
+        upstream.thread.join(10)
+
+
+def open_client(url: str, **kwargs: Any) -> ClientConnection:
+    """A `websockets` client connection (no proxy from the environment, no background pings)."""
+    kwargs.setdefault("ping_interval", None)
+    return connect(url, proxy=None, open_timeout=10, close_timeout=5, **kwargs)
+
+
+async def in_thread(fn: Callable[[], Any]) -> Any:
+    """Run a blocking client function beside the trio proxy (a generous deadline: a hang guard)."""
+    with trio.fail_after(30):
+        return await trio.to_thread.run_sync(fn)
