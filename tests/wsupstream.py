@@ -2,8 +2,9 @@
 threaded API), on 127.0.0.1, beside the trio proxy under test.
 
 The upstream echoes every message, and obeys a few text commands: ``close CODE REASON`` closes
-with that code, ``drop`` cuts the TCP connection without a Close frame, ``events`` answers with a
-short OpenAI Realtime-shaped exchange of events.
+with that code, ``drop`` cuts the TCP connection without a Close frame. On a path ending in
+``/realtime`` it speaks like the OpenAI Realtime API instead: ``session.created`` on connect, and
+a short text response to each ``response.create``, an ``error`` event to ``unknown.event``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,11 +23,28 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
 
+SESSION_CREATED = {
+    "type": "session.created",
+    "event_id": "ev_0",
+    "session": {"id": "sess_1", "model": "gpt-realtime"},
+}
+#: What the client of a Realtime session sends: a user message, then a request for a response.
+REALTIME_CLIENT_EVENTS = [
+    {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "Say hello"}],
+        },
+    },
+    {"type": "response.create"},
+]
+
 
 def realtime_events() -> list[dict[str, Any]]:
     """What a Realtime server sends for one short text response."""
     return [
-        {"type": "session.created", "event_id": "ev_1", "session": {"model": "gpt-realtime"}},
         {"type": "response.created", "event_id": "ev_2", "response": {"id": "resp_1"}},
         {"type": "response.output_text.delta", "event_id": "ev_3", "delta": "Hel"},
         {"type": "response.output_text.delta", "event_id": "ev_4", "delta": "lo"},
@@ -44,7 +63,10 @@ def realtime_events() -> list[dict[str, Any]]:
 def echo(ws: ServerConnection) -> None:
     """The upstream's handler: echo, or obey a command."""
     received: list[str | bytes] = ws.request_log  # type: ignore[attr-defined]
+    realtime = ws.request is not None and ws.request.path.split("?")[0].endswith("/realtime")
     with contextlib.suppress(ConnectionClosed):
+        if realtime:
+            ws.send(json.dumps(SESSION_CREATED))
         for message in ws:
             received.append(message)
             if message == "drop":
@@ -54,9 +76,14 @@ def echo(ws: ServerConnection) -> None:
                 _, code, reason = message.split(" ", 2)
                 ws.close(int(code), reason)
                 return
-            if message == "events":
-                for event in realtime_events():
-                    ws.send(json.dumps(event))
+            if realtime:
+                if isinstance(message, str) and '"unknown.event"' in message:
+                    error = {"type": "invalid_request_error", "message": "Unknown event"}
+                    ws.send(json.dumps({"type": "error", "event_id": "ev_9", "error": error}))
+                if isinstance(message, str) and '"response.create"' in message:
+                    for event in realtime_events():
+                        time.sleep(0.01)  # a model's pace, so the times mean something
+                        ws.send(json.dumps(event))
                 continue
             ws.send(message)
 

@@ -15,7 +15,7 @@ from wsupstream import in_thread, open_client, websocket_upstream
 from wirecap.proxy.closewatch import CloseWatch
 
 
-def ws_url(proxy, path: str = "/v1/realtime?model=gpt-realtime") -> str:
+def ws_url(proxy, path: str = "/v1/echo?model=gpt-realtime") -> str:
     return f"ws://127.0.0.1:{proxy.port}{path}"
 
 
@@ -46,7 +46,7 @@ async def test_text_binary_ping_and_close_go_through_and_are_captured(start_prox
     exchange = await session_of(proxy)
     assert exchange.status == 101
     assert exchange.outcome == "ok", exchange.end
-    assert exchange.target == "/v1/realtime?model=gpt-realtime"
+    assert exchange.target == "/v1/echo?model=gpt-realtime"
     [head] = exchange.responses
     assert head.head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert b"\r\nUpgrade: websocket\r\n" in head.head

@@ -21,6 +21,7 @@ from wirecap.llm import (
     decode_content,
     parse_head,
 )
+from wirecap.llm.websocket import WsSession, decode_session
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,6 +52,11 @@ class Analyzed:
     @property
     def id(self) -> str:
         return self.exchange.id
+
+    @property
+    def session(self) -> WsSession | None:
+        """The WebSocket session after a 101, decoded into messages (None for plain HTTP)."""
+        return self.input.session
 
     @property
     def status(self) -> int | None:
@@ -136,6 +142,15 @@ def payload_chunks(exchange: Exchange, direction: str) -> TimedChunks:
     return TimedChunks(read, times, size)
 
 
+def session_of(exchange: Exchange) -> WsSession | None:
+    """The WebSocket session of an exchange the upstream answered with 101, decoded from the
+    stored reads of both directions (see FORMAT.md 3.10); None for any other exchange."""
+    switch = next((head for head in exchange.responses if head.status == 101), None)
+    if switch is None:
+        return None
+    return decode_session(switch.head, ((c.dir, c.ns, c.data) for c in exchange.iter_wire()))
+
+
 def analyze_exchange(exchange: Exchange) -> Analyzed:
     """Parse heads, undo content codings, and run the LLM adapter for ``exchange``.
 
@@ -172,6 +187,7 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
         response_head=response_head,
         response_chunks=chunks,
         complete=exchange.outcome == "ok",
+        session=session_of(exchange),
     )
     return Analyzed(
         exchange=exchange,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Final
 
 from wirecap.inspect.detectors import SEVERITY_RANK, Finding
 from wirecap.inspect.paint import Paint, plain, status_role
+from wirecap.inspect.session import session_lines
 from wirecap.inspect.words import plural
 
 if TYPE_CHECKING:
@@ -136,6 +137,11 @@ def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> It
     if ex.wall_ns is not None:
         yield f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ex.wall_ns / 1e9))}  duration {_dur(ex.duration_ns)}  ttfb {_dur(ex.ttfb_ns)}  ttft {_dur(f.ttft_ns)}"
     yield from _head_lines(a)
+    if a.session is not None:  # a WebSocket session: its messages instead of bodies
+        if f.api != "websocket":
+            yield from _answer_lines(a)
+        yield from session_lines(a.session, full=full)
+        return
     yield f"--- request body ({plural(len(a.request_body), 'byte')})"
     yield from _pretty_body(a.request_body, "request").splitlines()
     if f.api != "http":
