@@ -42,12 +42,14 @@ REALTIME_CLIENT_EVENTS = [
 ]
 
 
-def realtime_events() -> list[dict[str, Any]]:
+def realtime_events(deltas: tuple[str, ...] = ("Hel", "lo")) -> list[dict[str, Any]]:
     """What a Realtime server sends for one short text response."""
     return [
         {"type": "response.created", "event_id": "ev_2", "response": {"id": "resp_1"}},
-        {"type": "response.output_text.delta", "event_id": "ev_3", "delta": "Hel"},
-        {"type": "response.output_text.delta", "event_id": "ev_4", "delta": "lo"},
+        *(
+            {"type": "response.output_text.delta", "event_id": f"ev_{3 + i}", "delta": delta}
+            for i, delta in enumerate(deltas)
+        ),
         {
             "type": "response.done",
             "event_id": "ev_5",
@@ -81,7 +83,7 @@ def echo(ws: ServerConnection) -> None:
                     error = {"type": "invalid_request_error", "message": "Unknown event"}
                     ws.send(json.dumps({"type": "error", "event_id": "ev_9", "error": error}))
                 if isinstance(message, str) and '"response.create"' in message:
-                    for event in realtime_events():
+                    for event in realtime_events(ws.deltas):  # type: ignore[attr-defined]
                         time.sleep(0.01)  # a model's pace, so the times mean something
                         ws.send(json.dumps(event))
                 continue
@@ -91,11 +93,14 @@ def echo(ws: ServerConnection) -> None:
 class WebSocketUpstream:
     """A running `websockets` server; :attr:`received` holds every message it got."""
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None = None, deltas: tuple[str, ...] = ("Hel", "lo")
+    ) -> None:
         self.received: list[str | bytes] = []
 
         def handler(ws: ServerConnection) -> None:
             ws.request_log = self.received  # type: ignore[attr-defined]
+            ws.deltas = deltas  # type: ignore[attr-defined]
             echo(ws)
 
         self.server = serve(handler, "127.0.0.1", 0, ssl=ssl_context, ping_interval=None)
@@ -108,8 +113,11 @@ class WebSocketUpstream:
 
 
 @contextlib.contextmanager
-def websocket_upstream(ssl_context: ssl.SSLContext | None = None) -> Iterator[WebSocketUpstream]:
-    upstream = WebSocketUpstream(ssl_context)
+def websocket_upstream(
+    ssl_context: ssl.SSLContext | None = None, deltas: tuple[str, ...] = ("Hel", "lo")
+) -> Iterator[WebSocketUpstream]:
+    """A running upstream; a Realtime response's text deltas are ``deltas``."""
+    upstream = WebSocketUpstream(ssl_context, deltas)
     upstream.thread.start()
     try:
         yield upstream

@@ -122,3 +122,43 @@ async def test_serve_answers_a_session_recorded_through_the_proxy_and_closes_as_
     await nursery.start(server.run)
     served = await in_thread(lambda: echo_session(f"ws://127.0.0.1:{server.port}/v1/echo"))
     assert served == live == ("hi", b"\x01\x02", (4001, "bye now"))
+
+
+async def test_replay_passes_against_the_same_backend_and_fails_on_a_changed_one():
+    import trio
+    from wsupstream import websocket_upstream
+
+    with websocket_upstream() as same:
+        passing = await trio.to_thread.run_sync(
+            run, "replay", FIXTURE, "--target", same.url, "--timeout", "5"
+        )
+        # The client messages went out as recorded, after the server's session.created.
+        assert [json.loads(m)["type"] for m in same.received] == [
+            "conversation.item.create",
+            "response.create",
+        ]
+    assert passing.exit_code == 0, passing.output
+    assert "1 exchange replayed: 1 passed, 0 failed" in passing.output
+    with websocket_upstream(deltas=("Good", "bye")) as changed:
+        failing = await trio.to_thread.run_sync(
+            run, "replay", FIXTURE, "--target", changed.url, "--timeout", "5"
+        )
+        shape_only = await trio.to_thread.run_sync(
+            run, "replay", FIXTURE, "--target", changed.url, "--compare", "schema"
+        )
+    assert failing.exit_code == 1, failing.output
+    assert "FAIL GET /openai/v1/realtime?model=gpt-realtime" in failing.output
+    assert "$[2].delta differs: 'Hel' -> 'Good'" in failing.output
+    assert shape_only.exit_code == 0, shape_only.output
+
+
+async def test_replay_of_a_session_a_target_refuses_fails_with_the_status(start_upstream, tmp_path):
+    import trio
+
+    async def refuse(ex):
+        await ex.respond(401, b'{"error": "no key"}', [("Content-Type", "application/json")])
+
+    upstream = await start_upstream(refuse)
+    result = await trio.to_thread.run_sync(run, "replay", FIXTURE, "--target", upstream.url)
+    assert result.exit_code == 1, result.output
+    assert "refused the WebSocket handshake with HTTP 401" in result.output
