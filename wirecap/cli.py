@@ -19,6 +19,7 @@ import trio
 from wirecap import __version__
 from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
+from wirecap.capture.redact import Redactor, Rules
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import (
     SEVERITY_RANK,
@@ -27,7 +28,6 @@ from wirecap.inspect.detectors import (
     detect,
     detect_all,
 )
-from wirecap.inspect.export import open_private, write_har, write_jsonl
 from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import (
@@ -42,9 +42,15 @@ from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import TABLE_HEADER, detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
+from wirecap.interop.export import open_private, write_har, write_jsonl
+from wirecap.interop.imports import FORMATS as IMPORT_FORMATS
+from wirecap.interop.imports import ImportFailed, import_files
+from wirecap.interop.imports import report_lines as import_report_lines
 from wirecap.proxy.admin import AdminListenError
 from wirecap.proxy.app import exit_summary, run_proxy
 from wirecap.proxy.config import (
+    DEFAULT_REDACT_BODY,
+    DEFAULT_REDACT_HEADERS,
     LOG_FORMATS,
     MAX_LEVEL,
     MIN_LEVEL,
@@ -1236,6 +1242,52 @@ def fixtures_command() -> None:
     if directory is None:
         raise click.ClickException("this installation of wirecap has no fixtures")
     click.echo(str(directory))
+
+
+@main.command("import", short_help="Make a capture of HAR files, VCR cassettes, mitmproxy flows.")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    metavar="DIR",
+    help="Capture directory to write the new segment into (made if missing).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(IMPORT_FORMATS),
+    help="Read every FILE as this format instead of telling it by content.",
+)
+@click.option(
+    "--redact/--no-redact",
+    default=True,
+    show_default=True,
+    help="Replace credential headers and API keys as the proxy does.",
+)
+def import_command(files: tuple[Path, ...], out: Path, fmt: str | None, redact: bool) -> None:
+    """Import HAR 1.2 files (browser devtools, mitmproxy), VCR cassettes (VCR.py, pytest-recording;
+    YAML or JSON) and mitmproxy flow files into a capture that every wirecap command reads. Each
+    exchange carries a note saying where it came from and what the source did not hold (raw heads,
+    chunk timing). Skipped entries are counted with the reason.
+
+    \b
+    Examples:
+      wirecap import session.har -o captures/
+      wirecap import tests/cassettes/*.yaml -o captures/ --format vcr
+      wirecap import flows.mitm -o captures/
+    """
+    redactor = (
+        Redactor(Rules.compile(DEFAULT_REDACT_HEADERS, DEFAULT_REDACT_BODY)) if redact else None
+    )
+    try:
+        report = import_files(list(files), out, fmt, redactor)
+    except ImportFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo(import_report_lines(report, out), plain)
 
 
 @main.command("index", short_help="Rebuild the index of capture files left without one.")

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from tests.captures import Spec, write_capture
 from wirecap.capture import open_capture
 from wirecap.capture.reader import HELD_BODY_BYTES
-from wirecap.inspect import export
 from wirecap.inspect.detectors import SECRET_PATTERNS, find_secret
 from wirecap.inspect.select import analyzed_exchanges
+from wirecap.interop import export
 from wirecap.llm import ExchangeInput, TimedChunks
 from wirecap.replay.compare import WHOLE_BODY_MAX, compare
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from wirecap.capture import frames
 from wirecap.capture.index import IndexBuilder
-from wirecap.inspect.export import write_har
 from wirecap.inspect.views import is_binary
+from wirecap.interop.export import write_har
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -19,17 +19,46 @@ import json
 import os
 import re
 from datetime import UTC
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from wirecap import __version__
-from wirecap.inspect.words import plural
 from wirecap.llm import TimedChunks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from wirecap.inspect.analysis import Analyzed
+    from wirecap.capture import Exchange
+    from wirecap.llm import Head, LLMFacts
+
+
+class Analyzed(Protocol):
+    """What an export reads of an exchange and its analysis (``wirecap.inspect.analysis``
+    gives it; stated here so that interop does not import inspect)."""
+
+    @property
+    def exchange(self) -> Exchange: ...
+    @property
+    def request_head(self) -> Head | None: ...
+    @property
+    def response_head(self) -> Head | None: ...
+    @property
+    def request_body(self) -> bytes: ...  # decoded
+    @property
+    def response_chunks(self) -> TimedChunks: ...  # decoded
+    @property
+    def request_payload(self) -> TimedChunks: ...  # as on the wire, without transfer coding
+    @property
+    def response_payload(self) -> TimedChunks: ...
+    @property
+    def facts(self) -> LLMFacts: ...
+    def row(self) -> dict[str, Any]: ...
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 byte``, ``2 bytes``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
 
 #: A body or text up to this size is put in the document as it is; a larger one is streamed.
 STREAM_OVER: Final = 1024 * 1024
