@@ -44,6 +44,11 @@ def test_the_realtime_fixture_shows_its_messages_and_facts():
     assert "client >  close" in lines[-2] and "code 1000 'done'" in lines[-2]
     assert "< server  close" in lines[-1]
     assert run("inspect", FIXTURE, "--detect-issues").output.strip() == "no issues found"
+    as_json = json.loads(run("inspect", FIXTURE, "--id", only_id(FIXTURE), "--json").output)
+    messages = as_json["websocket_messages"]
+    assert [(m["dir"], m["opcode"]) for m in messages][-2:] == [("req", "close"), ("res", "close")]
+    assert json.loads(messages[0]["text"])["type"] == "session.created"
+    assert as_json["llm"]["api"] == "openai.realtime" and as_json["llm"]["text"] == "Hello"
 
 
 async def test_detectors_on_sessions_recorded_through_the_proxy(start_proxy):

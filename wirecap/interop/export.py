@@ -365,6 +365,8 @@ def jsonl_record(a: Analyzed, doc: Document, max_body: int | None = None) -> dic
     row["response_body"] = _content(a.response_chunks, "", doc, max_body, "response body")
     row["llm"] = _llm(a, doc, max_body)
     row["chunks"] = doc.later(lambda: _chunk_list(a))
+    if a.session is not None:
+        row["websocket_messages"] = [m.to_json() for m in a.session.messages]
     if doc.left_out:
         row["left_out"] = list(doc.left_out)
     return row
