@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,10 @@ import trio
 sys.path.insert(0, str(Path(__file__).parent))
 
 pytest_plugins = ["pytester"]
+
+# The row cache of inspect and stats goes to a directory of this run, not the user's home (the
+# commands run in subprocesses too, which inherit it). Tests of the cache set their own.
+os.environ["WIRECAP_CACHE_DIR"] = tempfile.mkdtemp(prefix="wirecap-test-cache-")
 
 from upstream import Handler, ScriptedUpstream
 

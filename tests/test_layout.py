@@ -28,16 +28,22 @@ SANS_IO = [
     "proxy/config.py",
     "proxy/routing.py",
     "proxy/console.py",
-    "proxy/closewatch.py",
+    "faults/__init__.py",
+    "faults/spec.py",
+    "faults/plan.py",
+    "faults/answers.py",
+    "faults/rewrite.py",
+    "faults/body.py",
 ]
 #: Folder -> the other wirecap folders its modules may import.
 RULES: dict[str, set[str]] = {
     "capture": set(),
     "llm": set(),
-    "proxy": {"capture"},
+    "faults": {"llm"},
+    "proxy": {"capture", "faults"},
     "inspect": {"capture", "llm"},
     "interop": {"capture", "llm"},
-    "replay": {"capture", "llm", "inspect", "proxy"},
+    "replay": {"capture", "llm", "inspect", "proxy", "faults"},
     "ui": {"capture", "llm", "inspect", "interop"},
     "fleet": {"capture"},
 }

@@ -20,16 +20,17 @@ from wirecap import __version__
 from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, repair_index
 from wirecap.capture.reader import segment_paths
 from wirecap.capture.redact import Redactor, Rules
+from wirecap.faults import FaultPlan, FaultSpec, FaultSpecError, parse_faults
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import (
     SEVERITY_RANK,
     DuplicateTracker,
     Thresholds,
     detect,
-    detect_all,
 )
 from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
+from wirecap.inspect.rows import Row, row_findings, selected_rows
 from wirecap.inspect.select import (
     FilterError,
     Filters,
@@ -74,6 +75,7 @@ from wirecap.replay.runner import (
     text_lines,
 )
 from wirecap.replay.serve import MockServer, Served, load_catalog, served_lines
+from wirecap.replay.spy import SpyForwarder, parse_miss, serve_with_spy
 from wirecap.ui.app import DEFAULT_LISTEN as DEFAULT_UI_LISTEN
 from wirecap.ui.app import run_beside_proxy, run_ui, run_until_stdin_closes
 from wirecap.ui.http import is_loopback
@@ -84,7 +86,6 @@ UI_TOKEN_VARIABLE = "WIRECAP_UI_TOKEN"
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from wirecap.inspect.analysis import Analyzed
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
@@ -121,10 +122,12 @@ def _painter(err: bool = False) -> Paint:
 
 
 def _echo(lines: Iterable[str], paint: Paint) -> None:
-    """Print ``lines``, keeping their colour when ``paint`` added it (click strips it on a pipe)."""
+    """Print ``lines``, keeping their colour when ``paint`` added it (click strips it on a pipe),
+    a few hundred lines per write: a table of 100,000 exchanges is one of the things printed."""
     colour = paint is not plain
-    for line in lines:
-        click.echo(line, color=colour or None)
+    lines = iter(lines)
+    while batch := list(itertools.islice(lines, 256)):
+        click.echo("\n".join(batch), color=colour or None)
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
@@ -167,6 +170,25 @@ def main() -> None:
       wirecap ui                                     # a web page over ./captures, live
       wirecap serve "$(wirecap fixtures)"           # the fixtures wirecap ships, as a mock
     """
+
+
+def _parse_faults(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
+    try:
+        return parse_faults(value)
+    except FaultSpecError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+_fault_option = click.option(
+    "--fault",
+    "fault",
+    multiple=True,
+    metavar="KIND[,key=value...]",
+    callback=_parse_faults,
+    help="Inject a fault (429, 500, 503, timeout, disconnect, truncate, stall, slow-ttft, "
+    "malformed-sse, bad-tool-args, length) into the requests its selectors pick (every=N, "
+    "after=N, rate=R with seed=S, route=PREFIX, model=GLOB); repeatable.",
+)
 
 
 @main.command("proxy", short_help="Run the recording reverse proxy.")
@@ -326,6 +348,7 @@ def main() -> None:
     metavar="[HOST:PORT]",
     help=f"Also serve the web inspector on the capture directory [default: {DEFAULT_UI_LISTEN}].",
 )
+@_fault_option
 def proxy_command(
     config_path: Path | None, quiet: bool, ui_listen: str | None, **settings: Any
 ) -> None:
@@ -349,6 +372,7 @@ def proxy_command(
       wirecap proxy --ui                             # and the inspector on 127.0.0.1:5610
       wirecap proxy --upstream http://127.0.0.1:8000/ --out /var/captures
       wirecap proxy --route /openai=https://api.openai.com/ --config wirecap.toml
+      wirecap proxy --fault 503,rate=0.1,seed=1      # one request in ten gets a 503
     """
     # Every other option is a setting that build_config takes by the same name.
     if quiet:
@@ -493,10 +517,10 @@ def _none_match() -> None:
     click.echo("0 exchanges match", err=True)
 
 
-def _counted(analyzed: Iterable[Analyzed], seen: list[int]) -> Iterator[Analyzed]:
-    for a in analyzed:
+def _counted(rows: Iterable[Row], seen: list[int]) -> Iterator[Row]:
+    for row in rows:
         seen[0] += 1
-        yield a
+        yield row
 
 
 @main.command("inspect", short_help="List exchanges, show one in full, or find what went wrong.")
@@ -614,11 +638,12 @@ def inspect_command(
             if exchange_id:
                 _show_exchange(capture, exchange_id, raw, as_json, full, paint)
             else:
-                analyzed = analyzed_exchanges(capture, filters, last=last, limit=limit)
+                asked = thresholds if detect_issues else None
+                rows = selected_rows(capture, filters, thresholds=asked, last=last, limit=limit)
                 if detect_issues:
-                    worst = _show_issues(analyzed, thresholds, as_json, paint)
+                    worst = _show_issues(rows, thresholds, as_json, paint)
                 else:
-                    _show_table(analyzed, as_json, paint)
+                    _show_table(rows, as_json, paint)
             for damage in capture.damage:
                 click.echo(f"wirecap: damaged: {damage}", err=True)
     except CaptureError as exc:
@@ -668,24 +693,22 @@ def _follow(
     return worst
 
 
-def _show_table(analyzed: Iterator[Analyzed], as_json: bool, paint: Paint) -> None:
-    first = next(analyzed, None)
+def _show_table(rows: Iterator[Row], as_json: bool, paint: Paint) -> None:
+    first = next(rows, None)
     if first is None:
         _none_match()
         return
-    rows = itertools.chain([first], analyzed)
+    fields = (row.fields for row in itertools.chain([first], rows))
     if as_json:
-        _echo((json.dumps(a.row(), separators=(",", ":")) for a in rows), plain)
+        _echo((json.dumps(f, separators=(",", ":")) for f in fields), plain)
     else:
-        _echo(table_lines(rows, paint), paint)
+        _echo(table_lines(fields, paint), paint)
 
 
-def _show_issues(
-    analyzed: Iterator[Analyzed], thresholds: Thresholds, as_json: bool, paint: Paint
-) -> int:
+def _show_issues(rows: Iterator[Row], thresholds: Thresholds, as_json: bool, paint: Paint) -> int:
     """Print the findings; returns the worst severity's rank (-1: none)."""
     seen = [0]
-    findings = list(detect_all(_counted(analyzed, seen), thresholds))
+    findings = list(row_findings(_counted(rows, seen), thresholds))
     if not seen[0]:
         _none_match()
         return -1
@@ -750,7 +773,8 @@ def stats_command(
     _check_counts(last, limit)
     try:
         with open_capture(*captures) as capture:
-            groups = compute_stats(analyzed_exchanges(capture, filters, last=last, limit=limit))
+            rows = selected_rows(capture, filters, last=last, limit=limit)
+            groups = compute_stats(row.fields for row in rows)
     except CaptureError as exc:
         raise click.ClickException(str(exc)) from None
     if not groups:
@@ -1038,6 +1062,24 @@ def replay_command(
     metavar="STATUS",
     help="Status for requests that match nothing (400 to 599).",
 )
+@_fault_option
+@click.option(
+    "--miss",
+    default="error",
+    show_default=True,
+    metavar="error|forward=TARGET",
+    help="What a request that matches nothing gets: the error answer, or (spy mode) forwarded, "
+    "its answer relayed as it streams and recorded into --out. forward=URL sends the path as "
+    "received; forward=PREFIX=URL takes a route prefix off; forward=presets uses the proxy's "
+    "built-in routes.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Where spy mode records the forwarded exchanges (a capture directory).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No line per request.")
 def serve_command(
     captures: tuple[Path, ...],
@@ -1047,6 +1089,9 @@ def serve_command(
     ignore: tuple[str, ...],
     sequence: bool,
     miss_status: int,
+    fault: tuple[FaultSpec, ...],
+    miss: str,
+    out: Path | None,
     quiet: bool,
 ) -> None:
     """Answer requests from captures, as a mock backend: a request that matches a recorded one (method,
@@ -1059,7 +1104,10 @@ def serve_command(
       wirecap serve fixtures/
       wirecap serve "$(wirecap fixtures)" --timing none     # the fixtures wirecap ships
       wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
+      wirecap serve fixtures/ --fault 429,retry-after=1,every=2   # every 2nd request: a 429
+      wirecap serve captures/ --miss forward=presets --out new/   # spy mode
     """
+    spy = _spy_forwarder(miss, out)
     try:
         host, port = parse_listen(listen)
     except ConfigError as exc:
@@ -1088,12 +1136,18 @@ def serve_command(
         speed=speed,
         miss_status=miss_status,
         on_answer=None if quiet else log,
+        faults=FaultPlan(fault) if fault else None,
     )
 
+    answers = plural(len(catalog.entries), "recorded answer")
+
     async def run() -> None:
+        if spy is not None:
+            await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
+            click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
+            return
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            answers = plural(len(catalog.entries), "recorded answer")
             click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
 
     try:
@@ -1107,6 +1161,30 @@ def serve_command(
                 f"cannot listen on {listen}: {cause.strerror or cause}"
             ) from None
         raise
+
+
+def _spy_forwarder(miss: str, out: Path | None) -> SpyForwarder | None:
+    """The recording forwarder ``--miss forward=URL --out DIR`` asks for (None for ``error``)."""
+    try:
+        url = parse_miss(miss)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--miss'") from None
+    if url is None:
+        if out is not None:
+            raise click.BadParameter("needs --miss forward=URL", param_hint="'--out'")
+        return None
+    if out is None:
+        raise click.BadParameter("forward=URL needs --out DIR", param_hint="'--miss'")
+    try:
+        return SpyForwarder(url, out)
+    except (ConfigError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--out'") from None
+
+
+def _spy_banner(server: MockServer, answers: str, path: Path | None) -> None:
+    click.echo(
+        f"wirecap serve on {server.url}: {answers}; misses forwarded, recorded to {path}", err=True
+    )
 
 
 def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:

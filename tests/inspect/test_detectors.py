@@ -439,6 +439,9 @@ def test_every_code_is_covered_and_severities_are_stable():
         ("openai/gpt-4o", "gpt-4o-2024-08-06", True),
         ("llama3.2", "llama3.2:latest", True),
         ("llama3.2", "qwen2.5", False),
+        ("gpt-4", "gpt-4-0613", True),
+        ("gpt-3.5-turbo", "gpt-3.5-turbo-0125", True),
+        ("gpt-4", "gpt-4o-2024-08-06", False),
     ],
 )
 def test_model_family(a, b, same):

@@ -285,6 +285,10 @@ EXAMPLES = {
     "admin": (["--admin", "127.0.0.1:5602"], '[proxy]\nadmin = "127.0.0.1:5602"'),
     "admin_token": (["--admin-token", "s3cret"], '[proxy]\nadmin_token = "s3cret"'),
     "ready_min_free_disk": (["--ready-min-free-disk", "5%"], '[proxy]\nready_min_free_disk = "5%"'),
+    "fault": (
+        ["--fault", "429,every=2", "--fault", "stall,ms=10"],
+        '[proxy]\nfault = ["429,every=2", "stall,ms=10"]',
+    ),
 }
 #: Options of `wirecap proxy` that are not settings.
 NOT_SETTINGS = {

@@ -190,7 +190,7 @@ async def test_new_mode_records_only_what_is_missing(pytester, start_upstream, m
 def test_a_fixture_wirecap_ships_is_found_by_name_without_a_capture_directory(pytester):
     from readme import snippets
 
-    [example] = [s for s in snippets() if s.kind == "pytest"]
+    example = next(s for s in snippets() if s.kind == "pytest")  # the plugin section's first
     pytester.makepyfile(test_readme=example.code)
     result = pytester.runpytest_subprocess()  # no fixtures/ under this rootdir
     result.assert_outcomes(passed=1)

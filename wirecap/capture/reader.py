@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import hashlib
 import io
 import mmap
 import os
@@ -355,13 +356,15 @@ class CaptureFile:
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
+                stat = os.fstat(f.fileno())
+                size = stat.st_size
                 self._buf: frames.Buffer = (
                     mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
                 )
         except OSError as exc:
             raise CaptureError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
         self.size = len(self._buf)
+        self._identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, size)
         self.damage: list[FileDamage] = []
         self._index: Index | None = None
         self._index_offset: int | None = None
@@ -395,6 +398,17 @@ class CaptureFile:
     def data_end(self) -> int:
         """Where data frames end: the index frame's offset, or the end of the file."""
         return self._index_offset if self._index_offset is not None else self.size
+
+    def fingerprint(self) -> str | None:
+        """A digest that changes whenever this closed segment could read differently: its device,
+        inode, modification time and size, and its index and footer bytes (which list every exchange
+        and the frames that hold it). None while the file has no index (live or cut off), since
+        then it may still grow. What a cache of results derived from the file is keyed by."""
+        if self._index_offset is None:
+            return None
+        digest = hashlib.sha256(repr(self._identity).encode())
+        digest.update(self._buf[self._index_offset : self.size])
+        return digest.hexdigest()
 
     def _read_footer(self) -> None:
         """Find the index frame through the footer; the index itself is decoded on first use."""

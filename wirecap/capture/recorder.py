@@ -15,6 +15,7 @@ from wirecap.capture.records import (
     BodyChunk,
     Direction,
     ExchangeEnd,
+    ExchangeNote,
     Outcome,
     ProxyPathMode,
     RequestReceived,
@@ -23,6 +24,9 @@ from wirecap.capture.records import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
     from wirecap.capture.writer import RecordWriter
 
 
@@ -92,6 +96,10 @@ class ExchangeRecorder:
         """The body bytes of one read, as they crossed the wire, read at ``ns`` (default: now)."""
         ns = self.now() if ns is None else ns
         self._writer.submit_nowait(BodyChunk(x=self.x, dir=direction, ns=ns, data=data))
+
+    def note(self, kind: str, detail: Mapping[str, Any]) -> None:
+        """What the proxy says about the exchange (``kind="fault"``: the fault it injected)."""
+        self._writer.submit_nowait(ExchangeNote(x=self.x, kind=kind, detail=detail))
 
     def end(
         self,

@@ -78,11 +78,13 @@ def _is_llm_success(a: Analyzed) -> bool:
 @detector("http-error", "error")
 def http_error(a: Analyzed, t: Thresholds) -> Iterable[str]:
     status = a.status
-    if status is None or a.by_proxy or status == 429 or status < 400:
+    injected = a.by_proxy and bool(a.exchange.notes_of("fault"))  # the proxy's fault stands in
+    if status is None or (a.by_proxy and not injected) or status == 429 or status < 400:
         return
     error = a.facts.api_error or {}
     detail = error.get("message") or error.get("type") or ""
-    yield f"HTTP {status} from the upstream" + (f": {str(detail)[:200]}" if detail else "")
+    source = "injected by the proxy" if injected else "from the upstream"
+    yield f"HTTP {status} {source}" + (f": {str(detail)[:200]}" if detail else "")
 
 
 @detector("rate-limited", "warning")
@@ -208,11 +210,14 @@ def usage_inconsistent(a: Analyzed, t: Thresholds) -> Iterable[str]:
         yield f"cached tokens {u.cached} exceed input tokens {u.input}"
 
 
-_DATE_SUFFIX: Final = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-latest|:latest)$")
+#: A snapshot's suffix: a date (``-2024-07-18``, ``-20240307``), OpenAI's older month-day
+#: (``gpt-4-0613``, ``gpt-3.5-turbo-0125``), or ``latest``.
+_DATE_SUFFIX: Final = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-[01]\d[0-3]\d|-latest|:latest)$")
 
 
 def model_family(model: str) -> str:
-    """``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``; ``openai/gpt-4o`` -> ``gpt-4o``; ``llama3:latest`` -> ``llama3``."""
+    """``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``; ``gpt-4-0613`` -> ``gpt-4``;
+    ``openai/gpt-4o`` -> ``gpt-4o``; ``llama3:latest`` -> ``llama3``."""
     name = model.strip().lower().rsplit("/", 1)[-1]
     while (stripped := _DATE_SUFFIX.sub("", name)) != name:
         name = stripped
@@ -406,6 +411,15 @@ def detect(a: Analyzed, thresholds: Thresholds) -> list[Finding]:
     return findings
 
 
+def request_key(a: Analyzed) -> bytes | None:
+    """What makes two requests the same: method, target and body (None: no body, never a
+    duplicate)."""
+    ex = a.exchange
+    if not a.request_body:
+        return None
+    return hashlib.sha256(f"{ex.method} {ex.target}\n".encode() + a.request_body).digest()
+
+
 class DuplicateTracker:
     """Spots the same request body sent again and again within a short window (retry storms).
 
@@ -419,11 +433,14 @@ class DuplicateTracker:
         self._order: collections.deque[tuple[int, bytes]] = collections.deque()
 
     def observe(self, a: Analyzed) -> Finding | None:
-        ex = a.exchange
-        if ex.wall_ns is None or not a.request_body:
+        return self.observe_request(a.id, a.exchange.wall_ns, request_key(a))
+
+    def observe_request(self, x: str, wall_ns: int | None, key: bytes | None) -> Finding | None:
+        """Note exchange ``x``'s request (its :func:`request_key`, sent at ``wall_ns``); a finding
+        when it makes a retry storm."""
+        if wall_ns is None or key is None:
             return None
-        key = hashlib.sha256(f"{ex.method} {ex.target}\n".encode() + a.request_body).digest()
-        now = ex.wall_ns
+        now = wall_ns
         while self._order and self._order[0][0] < now - self.window_ns:
             _at, old = self._order.popleft()
             times = self._seen.get(old)
@@ -439,7 +456,7 @@ class DuplicateTracker:
             return Finding(
                 "duplicate-request",
                 "warning",
-                ex.id,
+                x,
                 f"same request sent {len(times)} times within {span:.1f}s (retry storm?)",
             )
         return None

@@ -466,7 +466,7 @@ def follow_lines(
         if with_findings:
             row["findings"] = [f.to_json() for f in findings]
         return [json.dumps(row, separators=(",", ":"))]
-    lines = list(table_lines([a], paint))[1:]
+    lines = list(table_lines([a.row()], paint))[1:]
     for f in findings:
         lines.append(f"    {paint(f'{f.severity:<7}', f.severity)} {f.code:<24} {f.message}")
     return lines

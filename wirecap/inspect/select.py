@@ -11,15 +11,16 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from wirecap.inspect.analysis import Analyzed, analyze_exchange
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from wirecap.capture import Capture
 
+T = TypeVar("T")
 _STATUS: re.Pattern[str] = re.compile(r"^\s*(>=|<=|>|<|=|!=)?\s*(\d{3}|[1-5]xx)\s*$", re.IGNORECASE)
 _RELATIVE: re.Pattern[str] = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhd])$")
 
@@ -109,11 +110,16 @@ class Filters:
         )
 
     def model_match(self, a: Analyzed) -> bool:
+        return self.model_names_match(a.facts.model_returned, a.facts.model_requested)
+
+    def model_names_match(self, *models: str | None) -> bool:
+        """Whether the model filter (a glob or a substring, any case) matches one of ``models``."""
         if self.model is None:
             return True
-        names = [m for m in (a.facts.model_returned, a.facts.model_requested) if m]
         pattern = self.model.lower()
-        return any(fnmatch.fnmatchcase(m.lower(), pattern) or pattern in m.lower() for m in names)
+        return any(
+            fnmatch.fnmatchcase(m.lower(), pattern) or pattern in m.lower() for m in models if m
+        )
 
 
 def analyzed_exchanges(
@@ -141,21 +147,31 @@ def analyzed_exchanges(
 
 
 def _scan(capture: Capture, filters: Filters, progress: bool | None) -> Iterator[Analyzed]:
-    show = sys.stderr.isatty() if progress is None else progress
-    last = time.monotonic()
-    count = 0
-    for exchange in capture.exchanges():
-        count += 1
-        if show and time.monotonic() - last > 1.0:
-            last = time.monotonic()
-            print(f"\r{count} exchanges read...", end="", file=sys.stderr, flush=True)
+    for exchange in with_progress(capture.exchanges(), progress):
         route = exchange.request.route if exchange.request else None
         if not filters.cheap_match(exchange.wall_ns, route, exchange.status):
             continue
         a = analyze_exchange(exchange)
         if filters.model_match(a):
             yield a
-    if show and count and time.monotonic() - last != 0:
+
+
+def with_progress(items: Iterable[T], progress: bool | None = None) -> Iterator[T]:
+    """``items``, with a count of them on stderr every second (``progress``: default when stderr
+    is a terminal) that is wiped at the end."""
+    show = sys.stderr.isatty() if progress is None else progress
+    if not show:
+        yield from items
+        return
+    last = time.monotonic()
+    count = 0
+    for item in items:
+        count += 1
+        if time.monotonic() - last > 1.0:
+            last = time.monotonic()
+            print(f"\r{count} exchanges read...", end="", file=sys.stderr, flush=True)
+        yield item
+    if count:
         print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
 
 

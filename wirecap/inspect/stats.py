@@ -7,9 +7,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
-
-    from wirecap.inspect.analysis import Analyzed
+    from collections.abc import Iterable, Iterator, Mapping
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -33,21 +31,20 @@ class Group:
     ttft_ms: list[float] = dataclasses.field(default_factory=list)
     duration_ms: list[float] = dataclasses.field(default_factory=list)
 
-    def add(self, a: Analyzed) -> None:
-        ex = a.exchange
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Count one exchange, from its JSON row (:meth:`Analyzed.row`)."""
         self.requests += 1
-        if ex.outcome != "ok" or (ex.status is not None and ex.status >= 400):
+        status = row["status"]
+        if row["outcome"] != "ok" or (status is not None and status >= 400):
             self.errors += 1
-        if a.facts.usage:
-            self.input_tokens += a.facts.usage.input or 0
-            self.output_tokens += a.facts.usage.output or 0
-        if ex.end:
-            self.request_bytes += ex.end.req_bytes
-            self.response_bytes += ex.end.res_bytes
-        if a.facts.ttft_ns is not None:
-            self.ttft_ms.append(a.facts.ttft_ns / 1e6)
-        if ex.duration_ns is not None:
-            self.duration_ms.append(ex.duration_ns / 1e6)
+        self.input_tokens += row["input_tokens"] or 0
+        self.output_tokens += row["output_tokens"] or 0
+        self.request_bytes += row["request_bytes"]
+        self.response_bytes += row["response_bytes"]
+        if row["ttft_ms"] is not None:
+            self.ttft_ms.append(row["ttft_ms"])
+        if row["duration_ms"] is not None:
+            self.duration_ms.append(row["duration_ms"])
 
     def to_json(self) -> dict[str, Any]:
         ttft, duration = sorted(self.ttft_ms), sorted(self.duration_ms)
@@ -74,18 +71,18 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def compute(analyzed: Iterable[Analyzed]) -> list[Group]:
-    """One group per (route, model), in order of first appearance.
+def compute(rows: Iterable[Mapping[str, Any]]) -> list[Group]:
+    """One group per (route, model), in order of first appearance, from JSON rows.
 
     Memory holds two floats per exchange for the percentiles (about 16 MB per million exchanges).
     """
     groups: dict[tuple[str | None, str | None], Group] = {}
-    for a in analyzed:
-        key = (a.route, a.model)
+    for row in rows:
+        key = (row["route"], row["model"])
         group = groups.get(key)
         if group is None:
             group = groups[key] = Group(*key)
-        group.add(a)
+        group.add(row)
     return list(groups.values())
 
 

@@ -6,7 +6,7 @@ import codecs
 import heapq
 import json
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.inspect.detectors import SEVERITY_RANK, Finding
 from wirecap.inspect.paint import Paint, plain, status_role
@@ -14,7 +14,7 @@ from wirecap.inspect.session import session_lines
 from wirecap.inspect.words import plural
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
     from wirecap.capture.reader import Timeline
     from wirecap.inspect.analysis import Analyzed
@@ -44,28 +44,29 @@ TABLE_HEADER = (
 )
 
 
-def table_lines(rows: Iterable[Analyzed], paint: Paint = plain) -> Iterator[str]:
-    """The exchange table: a header, then one line per exchange; the status painted by class and an
-    outcome other than ``ok`` as an error."""
+def _ms(ms: float | None) -> str:
+    return _dur(None if ms is None else round(ms * 1e6))
+
+
+def table_lines(rows: Iterable[Mapping[str, Any]], paint: Paint = plain) -> Iterator[str]:
+    """The exchange table from JSON rows (:meth:`Analyzed.row`): a header, then one line per
+    exchange; the status painted by class and an outcome other than ``ok`` as an error."""
     yield TABLE_HEADER
-    for a in rows:
-        ex = a.exchange
+    for row in rows:
         when = "-"
-        if ex.wall_ns is not None:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ex.wall_ns / 1e9))
-        usage = a.facts.usage
-        req = ex.end.req_bytes if ex.end else a.request_payload.size
-        res = ex.end.res_bytes if ex.end else a.response_payload.size
-        model = (a.model or "-")[:24]
-        status = paint(f"{_num(ex.status):>6}", status_role(ex.status))
-        outcome = f"{ex.outcome:<14}"
-        if ex.outcome != "ok":
+        if row["start_ns"] is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["start_ns"] / 1e9))
+        model = (row["model"] or "-")[:24]
+        status = paint(f"{_num(row['status']):>6}", status_role(row["status"]))
+        outcome = f"{row['outcome']:<14}"
+        if row["outcome"] != "ok":
             outcome = paint(outcome, "error")
+        size = f"{_size(row['request_bytes'])}/{_size(row['response_bytes'])}"
         yield (
-            f"{when:<19} {ex.id:<12} {ex.method or '-':<6} {status} {model:<24} "
-            f"{_dur(ex.duration_ns):>9} {_dur(a.facts.ttft_ns):>8} "
-            f"{_num(usage.input if usage else None):>7} {_num(usage.output if usage else None):>7} "
-            f"{_size(req) + '/' + _size(res):>13} {outcome} {ex.target or '-'}"
+            f"{when:<19} {row['id']:<12} {row['method'] or '-':<6} {status} {model:<24} "
+            f"{_ms(row['duration_ms']):>9} {_ms(row['ttft_ms']):>8} "
+            f"{_num(row['input_tokens']):>7} {_num(row['output_tokens']):>7} "
+            f"{size:>13} {outcome} {row['path'] or '-'}"
         )
 
 

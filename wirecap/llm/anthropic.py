@@ -23,6 +23,76 @@ from wirecap.llm.facts import (
 from wirecap.llm.streams import json_body, sse_events
 
 
+class _MessageStream:
+    """Folds a message stream's events into facts: text, tool calls by block index, usage."""
+
+    def __init__(self, facts: LLMFacts) -> None:
+        self.facts = facts
+        self.text: list[str] = []
+        self.blocks: dict[int, ToolCall] = {}
+
+    def read(self, inp: ExchangeInput) -> LLMFacts:
+        facts = self.facts
+        facts.streamed = True
+        facts.terminated = False
+        for event, data in sse_events(inp, facts):
+            payload = as_dict(data)
+            self.on_event(as_str(payload.get("type")) or event.event, payload, event.ns)
+        facts.text = "".join(self.text)
+        facts.tool_calls = [self.blocks[i] for i in sorted(self.blocks)]
+        return facts.finish()
+
+    def on_event(self, kind: str | None, payload: dict[str, object], ns: int | None) -> None:
+        facts = self.facts
+        if kind == "message_start":
+            message = as_dict(payload.get("message"))
+            facts.model_returned = as_str(message.get("model"))
+            facts.usage = _usage(message.get("usage"), facts.usage)
+        elif kind == "content_block_start":
+            block = as_dict(payload.get("content_block"))
+            if block.get("type") in ("tool_use", "server_tool_use"):
+                index = as_int(payload.get("index")) or 0
+                self.blocks[index] = ToolCall(
+                    id=as_str(block.get("id")),
+                    name=as_str(block.get("name")),
+                    arguments="",
+                    index=index,
+                )
+                self._first_token(ns)
+        elif kind == "content_block_delta":
+            self.on_delta(as_int(payload.get("index")) or 0, as_dict(payload.get("delta")), ns)
+        elif kind == "content_block_stop":
+            call = self.blocks.get(as_int(payload.get("index")) or 0)
+            if call is not None and not call.arguments.strip():
+                # A tool that takes no arguments streams one empty ``partial_json``: its input is {}.
+                call.arguments = "{}"
+        elif kind == "message_delta":
+            delta = as_dict(payload.get("delta"))
+            facts.finish_reason = as_str(delta.get("stop_reason")) or facts.finish_reason
+            facts.usage = _usage(payload.get("usage"), facts.usage)
+        elif kind == "message_stop":
+            facts.terminated = True
+        elif kind == "error":
+            facts.api_error = as_dict(payload.get("error")) or payload
+
+    def on_delta(self, index: int, delta: dict[str, object], ns: int | None) -> None:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            piece = as_str(delta.get("text")) or ""
+            self.text.append(piece)
+            if piece:
+                self._first_token(ns)
+        elif kind == "input_json_delta":
+            call = self.blocks.setdefault(index, ToolCall(name=None, arguments="", index=index))
+            call.arguments += as_str(delta.get("partial_json")) or ""
+        elif kind == "thinking_delta":
+            self._first_token(ns)
+
+    def _first_token(self, ns: int | None) -> None:
+        if self.facts.ttft_ns is None:
+            self.facts.ttft_ns = ns
+
+
 def _usage(raw: object, into: Usage | None = None) -> Usage | None:
     u = as_dict(raw)
     if not u:
@@ -39,53 +109,7 @@ def analyze_messages(inp: ExchangeInput) -> LLMFacts:
     request = as_dict(inp.request_json())
     facts = LLMFacts(api="anthropic.messages", model_requested=as_str(request.get("model")))
     if inp.content_type == "text/event-stream":
-        facts.streamed = True
-        facts.terminated = False
-        text: list[str] = []
-        blocks: dict[int, ToolCall] = {}
-        for event, data in sse_events(inp, facts):
-            payload = as_dict(data)
-            kind = as_str(payload.get("type")) or event.event
-            if kind == "message_start":
-                message = as_dict(payload.get("message"))
-                facts.model_returned = as_str(message.get("model"))
-                facts.usage = _usage(message.get("usage"), facts.usage)
-            elif kind == "content_block_start":
-                block = as_dict(payload.get("content_block"))
-                if block.get("type") in ("tool_use", "server_tool_use"):
-                    index = as_int(payload.get("index")) or 0
-                    blocks[index] = ToolCall(
-                        id=as_str(block.get("id")),
-                        name=as_str(block.get("name")),
-                        arguments="",
-                        index=index,
-                    )
-                    if facts.ttft_ns is None:
-                        facts.ttft_ns = event.ns
-            elif kind == "content_block_delta":
-                delta = as_dict(payload.get("delta"))
-                if delta.get("type") == "text_delta":
-                    piece = as_str(delta.get("text")) or ""
-                    text.append(piece)
-                    if piece and facts.ttft_ns is None:
-                        facts.ttft_ns = event.ns
-                elif delta.get("type") == "input_json_delta":
-                    index = as_int(payload.get("index")) or 0
-                    call = blocks.setdefault(index, ToolCall(name=None, arguments="", index=index))
-                    call.arguments += as_str(delta.get("partial_json")) or ""
-                elif delta.get("type") == "thinking_delta" and facts.ttft_ns is None:
-                    facts.ttft_ns = event.ns
-            elif kind == "message_delta":
-                delta = as_dict(payload.get("delta"))
-                facts.finish_reason = as_str(delta.get("stop_reason")) or facts.finish_reason
-                facts.usage = _usage(payload.get("usage"), facts.usage)
-            elif kind == "message_stop":
-                facts.terminated = True
-            elif kind == "error":
-                facts.api_error = as_dict(payload.get("error")) or payload
-        facts.text = "".join(text)
-        facts.tool_calls = [blocks[i] for i in sorted(blocks)]
-        return facts.finish()
+        return _MessageStream(facts).read(inp)
     body = as_dict(json_body(inp, facts))
     if body.get("type") == "error" or "error" in body:
         facts.api_error = as_dict(body.get("error")) or body
@@ -102,9 +126,15 @@ def analyze_messages(inp: ExchangeInput) -> LLMFacts:
                 ToolCall(
                     id=as_str(block.get("id")),
                     name=as_str(block.get("name")),
-                    arguments=json.dumps(block.get("input"), separators=(",", ":")),
+                    # Anthropic sends the input as an object; a string is the argument text
+                    # itself (as from a broken model or server), kept as it came.
+                    arguments=_input_text(block.get("input")),
                     index=i,
                 )
             )
     facts.text = "".join(text)
     return facts.finish()
+
+
+def _input_text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

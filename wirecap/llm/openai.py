@@ -64,22 +64,14 @@ def analyze_chat(inp: ExchangeInput) -> LLMFacts:
                     text.append(content)
                     if facts.ttft_ns is None:
                         facts.ttft_ns = event.ns
-                for raw_call in as_list(delta.get("tool_calls")):
-                    call = as_dict(raw_call)
-                    index = as_int(call.get("index")) or 0
-                    function = as_dict(call.get("function"))
-                    known = calls.get(index)
-                    if known is None:
-                        known = calls[index] = ToolCall(name=None, arguments="", index=index)
-                        if facts.ttft_ns is None:
-                            facts.ttft_ns = event.ns
-                    known.id = as_str(call.get("id")) or known.id
-                    known.name = as_str(function.get("name")) or known.name
-                    known.arguments += as_str(function.get("arguments")) or ""
+                if _chat_delta_calls(delta, calls) and facts.ttft_ns is None:
+                    facts.ttft_ns = event.ns
                 if choice.get("finish_reason"):
                     facts.finish_reason = as_str(choice.get("finish_reason"))
         facts.text = "".join(text)
         facts.tool_calls = [calls[i] for i in sorted(calls)]
+        if facts.finish_reason is not None:
+            _no_arguments_is_empty_object(facts.tool_calls)
         return facts.finish()
     body = as_dict(json_body(inp, facts))
     if "error" in body:
@@ -92,18 +84,69 @@ def analyze_chat(inp: ExchangeInput) -> LLMFacts:
         message = as_dict(choice.get("message"))
         facts.text = as_str(message.get("content")) or ""
         facts.finish_reason = as_str(choice.get("finish_reason"))
-        for i, raw_call in enumerate(as_list(message.get("tool_calls"))):
-            call = as_dict(raw_call)
-            function = as_dict(call.get("function"))
-            facts.tool_calls.append(
-                ToolCall(
-                    id=as_str(call.get("id")),
-                    name=as_str(function.get("name")),
-                    arguments=as_str(function.get("arguments")) or "",
-                    index=i,
-                )
-            )
+        facts.tool_calls = _message_calls(message)
     return facts.finish()
+
+
+#: Where a legacy ``function_call`` (the ``functions`` request style) is kept among the indexed
+#: ``tool_calls`` of a stream: it never comes with them, and it has no index of its own.
+_LEGACY_INDEX = 0
+
+
+def _chat_delta_calls(delta: dict[str, Any], calls: dict[int, ToolCall]) -> bool:
+    """Fold a streamed delta's ``tool_calls`` (or legacy ``function_call``) into ``calls``;
+    True when a call began in it."""
+    began = False
+    pieces = [
+        (as_int(as_dict(c).get("index")) or 0, as_dict(c), as_dict(as_dict(c).get("function")))
+        for c in as_list(delta.get("tool_calls"))
+    ]
+    legacy = delta.get("function_call")
+    if isinstance(legacy, dict) and not pieces:  # some servers send ``"function_call": null``
+        pieces.append((_LEGACY_INDEX, {}, legacy))
+    for index, call, function in pieces:
+        known = calls.get(index)
+        if known is None:
+            known = calls[index] = ToolCall(name=None, arguments="", index=index)
+            began = True
+        known.id = as_str(call.get("id")) or known.id
+        known.name = as_str(function.get("name")) or known.name
+        known.arguments += as_str(function.get("arguments")) or ""
+    return began
+
+
+def _no_arguments_is_empty_object(calls: list[ToolCall]) -> None:
+    """A finished stream's call of a tool that takes no arguments may never stream any (some
+    OpenAI-compatible servers send ``"arguments": null`` and no ``"{}"``): its input is ``{}``."""
+    for call in calls:
+        if not call.arguments.strip():
+            call.arguments = "{}"
+
+
+def _message_calls(message: dict[str, Any]) -> list[ToolCall]:
+    """A chat completion message's tool calls: ``tool_calls``, or the legacy ``function_call``."""
+    calls = []
+    for i, raw_call in enumerate(as_list(message.get("tool_calls"))):
+        call = as_dict(raw_call)
+        function = as_dict(call.get("function"))
+        calls.append(
+            ToolCall(
+                id=as_str(call.get("id")),
+                name=as_str(function.get("name")),
+                arguments=as_str(function.get("arguments")) or "",
+                index=i,
+            )
+        )
+    legacy = message.get("function_call")
+    if not calls and isinstance(legacy, dict):
+        calls.append(
+            ToolCall(
+                name=as_str(legacy.get("name")),
+                arguments=as_str(legacy.get("arguments")) or "",
+                index=_LEGACY_INDEX,
+            )
+        )
+    return calls
 
 
 def _responses_usage(raw: Any) -> Usage | None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from urllib.parse import urlsplit
 
+from wirecap.faults.spec import FaultSpec, FaultSpecError, parse_fault
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
@@ -231,6 +233,7 @@ class ProxyConfig:
     upstream_ca: Path | None = None  # extra CA bundle trusted for HTTPS upstreams
     log_format: Literal["text", "json", "quiet"] = "text"
     admin: AdminSettings = AdminSettings()
+    faults: tuple[FaultSpec, ...] = ()  # injected into the exchanges their selectors pick
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -344,6 +347,18 @@ def _texts(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _faults(value: Any) -> tuple[FaultSpec, ...]:
+    """``--fault`` specs (text, or already parsed), each checked."""
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str | FaultSpec) for v in value
+    ):
+        raise _Invalid("a list of fault specs (text)")
+    try:
+        return tuple(v if isinstance(v, FaultSpec) else parse_fault(v) for v in value)
+    except FaultSpecError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _seconds(value: Any) -> float:
     if (
         not isinstance(value, int | float)
@@ -432,6 +447,7 @@ SETTINGS: Final[Mapping[str, Mapping[str, Callable[[Any], Any]]]] = {
         "admin": _listen,
         "admin_token": _token,
         "ready_min_free_disk": _disk_threshold,
+        "fault": _faults,
     },
     "capture": {
         "out": _path,
@@ -621,10 +637,11 @@ def build_config(
     admin_token: str | None = None,
     ready_min_free_disk: int | str | None = None,
     timeouts: Mapping[str, float] | None = None,
+    fault: Iterable[str | FaultSpec] = (),
 ) -> ProxyConfig:
     """Merge a TOML document and command-line values into a checked :class:`ProxyConfig`.
 
-    A keyword given (not None) wins over the document; the lists (``routes``, ``redact_headers``,
+    A keyword given (not None) wins over the document; the lists (``routes``, ``fault``, ``redact_headers``,
     ``redact_body``) add to it. Routes: ``upstream`` is a catch-all ``/`` route; ``--route`` specs
     and ``[[route]]`` tables add more; with no route at all, the built-in presets apply.
     ``timeouts`` maps :class:`Timeouts` field names to seconds (the ``*_timeout`` keywords win).
@@ -662,7 +679,11 @@ def build_config(
         "ready_min_free_disk": ready_min_free_disk,
     }
     values.update((key, _checked(key, value)) for key, value in given.items() if value is not None)
-    for key, more in (("redact_headers", redact_headers), ("redact_body", redact_body)):
+    for key, more in (
+        ("redact_headers", redact_headers),
+        ("redact_body", redact_body),
+        ("fault", fault),
+    ):
         values[key] = (*values.get(key, ()), *_checked(key, tuple(more)))
 
     all_routes = _all_routes(doc, routes, values.get("upstream"))
@@ -681,6 +702,7 @@ def build_config(
         upstream_ca=values.get("upstream_ca"),
         log_format=values.get("log_format", "text"),
         admin=_admin_settings(values),
+        faults=values.get("fault", ()),
     )
 
 

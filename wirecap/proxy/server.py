@@ -24,9 +24,11 @@ import h11
 import trio
 
 from wirecap.capture.recorder import ExchangeRecorder
+from wirecap.faults import FaultPlan
 from wirecap.proxy import messages
 from wirecap.proxy.console import ExchangeSummary, format_json, format_text
 from wirecap.proxy.exchange import BadRequest, ClientTimeout, ExchangeState, RelayError
+from wirecap.proxy.faulting import FaultingRelay
 from wirecap.proxy.relay import ExchangeRelay, IncomingRequest
 from wirecap.proxy.routing import Router
 from wirecap.proxy.upstream import ConnectionPool, make_ssl_context
@@ -119,6 +121,9 @@ class ProxyServer:
         self._stopped = trio.Event()
         self._idle_waits: set[trio.CancelScope] = set()  # connections between requests
         self._listeners: list[trio.SocketListener] = []
+        #: With ``--fault``, every exchange goes through the relay that injects them.
+        self.faults = FaultPlan(config.faults) if config.faults else None
+        self._relay: type[ExchangeRelay] = FaultingRelay if config.faults else ExchangeRelay
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -283,7 +288,7 @@ class ProxyServer:
         self.stats.exchanges += 1
         self.stats.active += 1
         try:
-            return await ExchangeRelay(self, client, request, ex, match, recorder).run()
+            return await self._relay(self, client, request, ex, match, recorder).run()
         finally:
             self.stats.active -= 1
 

@@ -102,7 +102,7 @@ async def _demo(files: list[Path], workdir: Path, echo: Callable[[str], object])
         nursery.cancel_scope.cancel()
     echo("4. wirecap inspect:")
     with open_capture(workdir / "captures") as capture:
-        for line in table_lines(analyzed_exchanges(capture, progress=False)):
+        for line in table_lines(a.row() for a in analyzed_exchanges(capture, progress=False)):
             echo("   " + line)
         echo("5. wirecap inspect --detect-issues:")
         findings = list(detect_all(analyzed_exchanges(capture, progress=False), Thresholds()))

@@ -23,7 +23,9 @@ marker's first argument names the capture: a ``.cbor.zst`` file, or a directory 
 it, the directory ``<module>/<test name>``. In mode ``none``, a name that is not there but is one of
 the fixtures wirecap ships (``wirecap fixtures``) serves the shipped one. Marker options: ``upstream`` (needed to record),
 ``timing`` (``recorded``, the default; ``none``; ``x4``), ``match`` (e.g. ``"method,path"``),
-``ignore`` (JSON paths of request bodies), ``sequence``.
+``ignore`` (JSON paths of request bodies), ``sequence``, ``faults`` (a list of ``--fault`` specs
+that the served capture answers with, e.g. ``faults=["429,retry-after=1,every=2"]``; not applied
+while recording).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import trio
 
 from wirecap.capture import open_capture
 from wirecap.capture.reader import append_capture
+from wirecap.faults import FaultPlan, FaultSpecError, parse_faults
 from wirecap.replay.catalog import MATCH_ON, Catalog, Miss
 from wirecap.replay.normalize import parse_path
 from wirecap.replay.runner import parse_pace
@@ -74,7 +77,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "wirecap(capture=None, *, upstream=None, timing='recorded', match=None, ignore=(), sequence=False): "
+        "wirecap(capture=None, *, upstream=None, timing='recorded', match=None, ignore=(), sequence=False, "
+        "faults=()): "
         "the capture the wirecap_server fixture serves or records",
     )
 
@@ -164,6 +168,17 @@ def _catalog(path: Path, options: dict[str, Any]) -> Catalog:
         )
 
 
+def _faults(options: dict[str, Any]) -> FaultPlan | None:
+    """The marker's ``faults=[...]`` as a plan; a bad spec fails the test with its one-line error."""
+    specs = options.get("faults") or ()
+    if isinstance(specs, str):
+        specs = [specs]
+    try:
+        return FaultPlan(parse_faults(list(specs))) if specs else None
+    except FaultSpecError as exc:
+        pytest.fail(f"wirecap: faults=[...]: {exc}", pytrace=False)
+
+
 def _proxy_in_thread(upstream: str, out: Path) -> InThread:
     from wirecap.proxy.app import make_redactor, make_writer
     from wirecap.proxy.config import build_config
@@ -226,7 +241,7 @@ def wirecap_server(request: pytest.FixtureRequest) -> Iterator[WirecapHandle]:
     if mode == "new":
         fallback_service = _proxy_in_thread(str(upstream), new_segments).start()
         fallback = _forwarder(fallback_service.url)
-    server = MockServer(catalog, speed=timing, fallback=fallback)
+    server = MockServer(catalog, speed=timing, fallback=fallback, faults=_faults(options))
     from wirecap.replay.serve import serve_in_thread
 
     service = serve_in_thread(server).start()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 import h11
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from wirecap.capture import Capture
+    from wirecap.faults import FaultPlan
 
 MAX_REQUEST_BODY = 64 * 1024 * 1024  # a mock for tests: larger requests are refused (413)
 
@@ -43,8 +45,10 @@ class Served:
     target: str
     recording: str | None  # the id of the recorded exchange that answered; None for a miss
     status: int
-    how: str = "recorded"  # "recorded", "miss", "forwarded" (spy mode), "too large"
+    how: str = "recorded"  # "recorded", "miss", "forwarded" (spy mode), "too large", "fault"
     detail: str | None = None  # for a miss: the closest recorded requests and what differs
+    #: For an injected fault: the detail of its capture note (kind, spec, parameters).
+    fault: Mapping[str, Any] | None = None
 
 
 def served_lines(s: Served, paint: Paint = plain) -> list[str]:
@@ -53,10 +57,14 @@ def served_lines(s: Served, paint: Paint = plain) -> list[str]:
     ``-> miss 404`` and is followed by the closest recorded requests."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.wall_ns / 1e9))
     answer = s.recording if s.recording is not None else s.how
+    if s.recording is None and s.fault is not None:
+        answer = "synthesized" if s.fault.get("synthesized") else "injected"
     if s.recording is None and s.how == "miss":
         answer = paint(answer, "fail")
-    status = paint(str(s.status), status_role(s.status))
+    status = paint(str(s.status), status_role(s.status)) if s.status else "(no answer)"
     lines = [f"{stamp} {s.method} {s.target} -> {answer} {status}"]
+    if s.fault is not None:
+        lines[0] += f" fault {s.fault['spec']}"
     if s.detail:
         lines.extend(s.detail.splitlines()[1:])
     return lines
@@ -66,6 +74,13 @@ def served_lines(s: Served, paint: Paint = plain) -> list[str]:
 Fallback = Callable[
     [str, str, list[tuple[bytes, bytes]], bytes],
     Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]],
+]
+
+#: Answers a request the capture does not hold, on the mock's connection (spy mode, see spy.py):
+#: (connection, stream, request, body, tell(status)).
+MissHandler = Callable[
+    [h11.Connection, trio.abc.Stream, h11.Request, bytes, Callable[[int], object]],
+    Awaitable[None],
 ]
 
 
@@ -105,15 +120,20 @@ class MockServer:
         miss_status: int = 404,
         fallback: Fallback | None = None,
         on_answer: Callable[[Served], object] | None = None,
+        faults: FaultPlan | None = None,
+        miss_handler: MissHandler | None = None,
     ) -> None:
         """``on_answer`` is told of each request once its answer starts (``wirecap serve`` logs
-        them)."""
+        them); ``faults`` picks the requests that get an injected fault (see
+        :mod:`wirecap.replay.faulting`)."""
         self.catalog = catalog
         self.host, self.port = host, port
         self.speed = speed
         self.miss_status = miss_status
         self.fallback = fallback
         self.on_answer = on_answer
+        self.faults = faults
+        self.miss_handler = miss_handler
         self.misses: list[Miss] = []
         self.served: list[str] = []
 
@@ -220,6 +240,28 @@ class MockServer:
                 )
             )
 
+    def tell_fault(
+        self,
+        wall_ns: int,
+        request: h11.Request,
+        recording: str | None,
+        status: int,
+        note: Mapping[str, Any],
+    ) -> None:
+        """Tell ``on_answer`` of a request answered under an injected fault (``note``: its detail)."""
+        if self.on_answer is not None:
+            self.on_answer(
+                Served(
+                    wall_ns=wall_ns,
+                    method=request.method.decode("latin-1"),
+                    target=request.target.decode("latin-1"),
+                    recording=recording,
+                    status=status,
+                    how="fault",
+                    fault=note,
+                )
+            )
+
     async def _answer(
         self,
         conn: h11.Connection,
@@ -229,8 +271,17 @@ class MockServer:
         arrived_ns: int,
     ) -> None:
         method, target = request.method.decode(), request.target.decode("latin-1")
+        if self.faults is not None and (fault := self.faults.choose(target, body)) is not None:
+            from wirecap.replay.faulting import answer_with_fault
+
+            if await answer_with_fault(self, conn, stream, request, body, arrived_ns, fault):
+                return
         found = self.catalog.lookup(method, target, body)
         if isinstance(found, Miss):
+            if self.miss_handler is not None:
+                tell = functools.partial(self._tell, arrived_ns, request, None, how="forwarded")
+                await self.miss_handler(conn, stream, request, body, tell)
+                return
             if self.fallback is not None:
                 status, headers, answer = await self.fallback(
                     method, target, list(request.headers.raw_items()), body

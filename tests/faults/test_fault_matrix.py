@@ -1,0 +1,161 @@
+"""Every fault kind, injected by ``wirecap serve`` and by the proxy, is named by its detector.
+
+Through serve: client -> recording proxy -> ``MockServer`` with the fault; the proxy's capture
+holds what the client saw. Through the proxy: client -> proxy with the fault -> ``MockServer`` as
+the upstream; the capture also holds the fault's note. Either way ``--detect-issues`` must name
+the kind with its code, for each provider's answer shape.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from wirecap.capture import open_capture
+from wirecap.faults import FaultPlan, parse_fault
+from wirecap.inspect.analysis import analyze_exchange
+from wirecap.inspect.detectors import Thresholds, detect_all
+from wirecap.replay.serve import MockServer, Served, load_catalog
+
+FIXTURES = Path(__file__).parent.parent.parent / "fixtures"
+THRESHOLDS = Thresholds(slow_ttft_s=0.2, stall_s=0.2)
+
+#: Each kind's spec in the tests (gaps well over the thresholds above) and the code that names it.
+KINDS = {
+    "429": ("429,retry-after=1", "rate-limited"),
+    "500": ("500", "http-error"),
+    "503": ("503,retry-after=2", "http-error"),
+    "timeout": ("timeout", "upstream-failure"),
+    "disconnect": ("disconnect,after-events=2", "truncated-stream"),
+    "truncate": ("truncate", "truncated-stream"),
+    "stall": ("stall,ms=600", "stream-stall"),
+    "slow-ttft": ("slow-ttft,ms=600", "slow-ttft"),
+    "malformed-sse": ("malformed-sse", "malformed-sse"),
+    "bad-tool-args": ("bad-tool-args", "invalid-tool-arguments"),
+    "length": ("length", "output-truncated"),
+}
+#: Each provider's answer shape, from the fixtures; NDJSON and JSON answers have no SSE to break,
+#: so malformed-sse breaks their JSON instead.
+ANSWERS = {
+    "openai-stream": "openai_chat_stream",
+    "openai-json": "openai_chat_json",
+    "openai-tool-call": "openai_tool_call",
+    "responses-stream": "openai_responses_stream",
+    "anthropic-stream": "anthropic_message_stream",
+    "anthropic-json": "anthropic_message_json",
+    "ollama-ndjson": "ollama_chat_ndjson",
+}
+NOT_SSE = {"openai-json", "anthropic-json", "ollama-ndjson", "openai-tool-call"}
+NO_TOOL_CALLS = {"openai-stream", "openai-json", "ollama-ndjson"}
+ERROR_KINDS = {"429", "500", "503", "timeout"}
+CASES = [
+    pytest.param(kind, answer, id=f"{kind}-{answer}")
+    for kind in KINDS
+    for answer in ANSWERS
+    if kind not in ERROR_KINDS or answer in ("openai-stream", "anthropic-json", "ollama-ndjson")
+]
+
+
+def expected_code(kind: str, answer: str) -> str:
+    if kind == "malformed-sse" and answer in NOT_SSE:
+        return "malformed-json"
+    return KINDS[kind][1]
+
+
+def recorded_request(name: str) -> tuple[str, bytes]:
+    with open_capture(FIXTURES / f"{name}.cbor.zst") as capture:
+        [exchange] = list(capture.exchanges())
+        return exchange.target, exchange.request_body
+
+
+async def start_mock(nursery, name: str, faults: list[str], told: list[Served]) -> MockServer:
+    with open_capture(FIXTURES / f"{name}.cbor.zst") as capture:
+        catalog = load_catalog(capture, match_on=("method", "path", "query", "body"))
+    plan = FaultPlan([parse_fault(f) for f in faults]) if faults else None
+    server = MockServer(catalog, speed=None, faults=plan, on_answer=told.append)
+    await nursery.start(server.run)
+    return server
+
+
+def send(url: str, body: bytes, timeout: float) -> int | str:
+    """The status the client got, or the name of the error it raised."""
+    try:
+        with httpx.Client(timeout=timeout) as client:
+            response = client.post(url, content=body, headers={"Content-Type": "application/json"})
+            response.read()
+            return response.status_code
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+async def findings(proxy) -> tuple[set[str], list]:
+    with await proxy.capture() as capture:
+        exchanges = list(capture.exchanges())
+        codes = {f.code for f in detect_all((analyze_exchange(e) for e in exchanges), THRESHOLDS)}
+        return codes, [note for e in exchanges for note in e.notes_of("fault")]
+
+
+@pytest.mark.parametrize(("kind", "answer"), CASES)
+async def test_each_kind_injected_by_serve_is_named(nursery, start_proxy, kind, answer):
+    spec, _code = KINDS[kind]
+    told: list[Served] = []
+    mock = await start_mock(nursery, ANSWERS[answer], [spec], told)
+    proxy = await start_proxy(
+        upstream=mock.url + "/", read_timeout=0.5 if kind == "timeout" else 30
+    )
+    target, body = recorded_request(ANSWERS[answer])
+    await trio.to_thread.run_sync(send, proxy.url + target, body, 30)
+    codes, _notes = await findings(proxy)
+    assert expected_code(kind, answer) in codes
+    assert [s.fault["kind"] for s in told if s.fault] == [kind]
+    assert told[0].fault == {
+        **parse_fault(spec).note(),
+        **({"synthesized": True} if told[0].fault.get("synthesized") else {}),
+    }
+
+
+async def test_a_rewrite_with_nothing_to_rewrite_is_synthesized(nursery, start_proxy):
+    """bad-tool-args on an answer without tool calls: serve answers with a synthesized one."""
+    told: list[Served] = []
+    mock = await start_mock(nursery, "openai_chat_json", ["bad-tool-args"], told)
+    proxy = await start_proxy(upstream=mock.url + "/")
+    target, body = recorded_request("openai_chat_json")
+    await trio.to_thread.run_sync(send, proxy.url + target, body, 30)
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+        facts = analyze_exchange(exchange).facts
+    assert told[0].fault["synthesized"] is True and told[0].recording is None
+    assert [c.name for c in facts.tool_calls] == ["wirecap_tool"]
+    with pytest.raises(json.JSONDecodeError, match="Expecting value"):
+        json.loads(facts.tool_calls[0].arguments)
+
+
+@pytest.mark.parametrize(("kind", "answer"), CASES)
+async def test_each_kind_injected_by_the_proxy_is_named_and_noted(
+    nursery, start_proxy, kind, answer
+):
+    spec, _code = KINDS[kind]
+    mock = await start_mock(nursery, ANSWERS[answer], [], [])
+    proxy = await start_proxy(upstream=mock.url + "/", fault=[spec])
+    target, body = recorded_request(ANSWERS[answer])
+    # A client that waits for the injected timeout gives up after a second (a hang guard
+    # for every other kind).
+    got = await trio.to_thread.run_sync(
+        send, proxy.url + target, body, 1 if kind == "timeout" else 30
+    )
+    codes, notes = await findings(proxy)
+    assert [n["kind"] for n in notes] == [kind]
+    assert {k: v for k, v in notes[0].items() if k != "applied"} == parse_fault(spec).note()
+    if kind == "bad-tool-args" and answer in NO_TOOL_CALLS:
+        # The proxy transforms what passes: an answer without a tool call passes as it came.
+        assert notes[0]["applied"] is False
+        assert "invalid-tool-arguments" not in codes
+        return
+    assert expected_code(kind, answer) in codes
+    assert notes[0].get("applied", True) is True
+    if kind in ERROR_KINDS - {"timeout"}:
+        assert got == int(kind)

@@ -1,0 +1,239 @@
+"""A fault applied to an answer's body as it passes: payload in, steps out. Sans-IO.
+
+:class:`BodyFault` is fed the answer's payload (de-chunked) as it arrives and returns
+:data:`Step` objects for the I/O shell to carry out in order: :class:`Send` bytes, :class:`Pause`
+(a gap the shell sleeps), :class:`Cut` (close the connection without ending the message; nothing
+more follows). When :meth:`BodyFault.close` returns no :class:`Cut`, the shell ends the message
+normally. The body is re-framed under a fault: the shell drops the answer's Content-Length (and
+Content-Encoding when :attr:`BodyFault.decoded`) and lets its HTTP library frame what it sends.
+
+A stream (SSE, NDJSON) is handled an event at a time (an SSE event ends at a blank line, an NDJSON
+value at a newline); ``disconnect`` and ``truncate`` hold the latest event back, so the event they
+leave out is always the stream's last (its terminator). A JSON answer, and a compressed one
+(decoded first), is handled whole at its end. On a JSON answer ``disconnect`` and ``truncate``
+send the first half and cut the connection, ``stall`` pauses between the halves, and
+``malformed-sse`` drops the last byte (the JSON no longer parses: ``malformed-json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from wirecap.faults.answers import api_of
+from wirecap.faults.rewrite import REWRITERS
+from wirecap.llm import DecodeError, decode_content
+
+if TYPE_CHECKING:
+    from wirecap.faults.spec import FaultSpec
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pause:
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cut:
+    reason: str
+
+
+Step = Send | Pause | Cut
+Framing = Literal["sse", "ndjson", "whole"]
+
+#: The event a ``malformed-sse`` fault adds: bytes that are not UTF-8 inside JSON that never closes.
+MALFORMED_SSE: Final = b'data: {"wirecap_fault": "malformed-sse \xff\xfe\n\n'
+MALFORMED_NDJSON: Final = b'{"wirecap_fault": "malformed\n'
+_NDJSON_TYPES: Final = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+
+def framing_of(content_type: str) -> Framing:
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "text/event-stream":
+        return "sse"
+    return "ndjson" if media in _NDJSON_TYPES else "whole"
+
+
+def _next_boundary(buf: bytes | bytearray, framing: Framing) -> int:
+    """The end of the first complete event in ``buf`` (after its separator), or -1."""
+    if framing == "ndjson":
+        end = buf.find(b"\n")
+        return end + 1 if end >= 0 else -1
+    ends = [(i + len(sep)) for sep in (b"\n\n", b"\r\n\r\n", b"\r\r") if (i := buf.find(sep)) >= 0]
+    return min(ends) if ends else -1
+
+
+class BodyFault:
+    """One answer's body under a ``body`` fault (see the module docstring)."""
+
+    def __init__(
+        self,
+        spec: FaultSpec,
+        *,
+        target: str,
+        content_type: str,
+        content_encoding: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.api = api_of(target)
+        framing = framing_of(content_type)
+        coded = (content_encoding or "identity").strip().lower() != "identity"
+        #: The payload is decoded before it is transformed: the answer loses its Content-Encoding.
+        self.decoded = coded
+        self.encoding = content_encoding if coded else None
+        self.stream_framing: Framing = framing
+        self.framing: Framing = "whole" if coded else framing
+        #: Whether the fault changed anything (a rewrite found its target, a gap or cut happened).
+        self.applied = False
+        self.events = 0  # events sent
+        self._buf = bytearray()
+        self._held: bytes | None = None
+        self._done = False  # cut: nothing more is sent
+        self._started = False
+        self._seen: set[Any] = set()
+        self._after = int(spec.params.get("after-events", 0))
+
+    # -- the shell's side -------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Step]:
+        """Steps for the next payload bytes of the answer."""
+        if self._done or not data:
+            return []
+        steps = self._start()
+        self._buf += data
+        if self.framing == "whole":
+            return steps
+        while (end := _next_boundary(self._buf, self.framing)) >= 0:
+            event = bytes(self._buf[:end])
+            del self._buf[:end]
+            steps += self._event(event)
+            if self._done:
+                break
+        return steps
+
+    def close(self) -> list[Step]:
+        """Steps for the end of the answer; a :class:`Cut` among them means no clean end."""
+        if self._done:
+            return []
+        steps = self._start()
+        if self.framing == "whole":
+            return steps + self._whole(bytes(self._buf))
+        rest = bytes(self._buf)
+        kind = self.spec.kind
+        if kind in ("disconnect", "truncate"):  # the held-back last event is left out
+            self.applied = self._done = True
+            if kind == "disconnect":
+                steps.append(Cut(f"injected disconnect after {self.events} events"))
+            return steps
+        if self._held is not None:
+            steps.append(Send(self._held))
+        if rest:
+            steps += self._event(rest)
+        return steps
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _start(self) -> list[Step]:
+        if self._started:
+            return []
+        self._started = True
+        if self.spec.kind == "slow-ttft":
+            self.applied = True
+            return [Pause(self.spec.params["ms"] / 1000)]
+        if (
+            self.spec.kind in ("stall", "malformed-sse")
+            and self._after == 0
+            and self.framing != "whole"
+        ):
+            return self._inject()
+        return []
+
+    def _inject(self) -> list[Step]:
+        self.applied = True
+        if self.spec.kind == "stall":
+            return [Pause(self.spec.params["ms"] / 1000)]
+        return [Send(MALFORMED_NDJSON if self.framing == "ndjson" else MALFORMED_SSE)]
+
+    def _event(self, event: bytes) -> list[Step]:
+        kind = self.spec.kind
+        if kind in ("disconnect", "truncate"):
+            held, self._held = self._held, event
+            steps: list[Step] = []
+            if held is not None:
+                steps.append(Send(held))
+                self.events += 1
+            if kind == "disconnect" and self.events >= self._after:
+                self.applied = self._done = True
+                steps.append(Cut(f"injected disconnect after {self.events} events"))
+            return steps
+        if kind in REWRITERS:
+            event = self._rewrite_event(event)
+        self.events += 1
+        steps = [Send(event)]
+        if kind in ("stall", "malformed-sse") and self.events == self._after:
+            steps += self._inject()
+        return steps
+
+    def _rewrite_event(self, event: bytes) -> bytes:
+        rewrite = REWRITERS[self.spec.kind]
+        if self.framing == "ndjson":
+            value = _loads(event)
+            if value is None or not rewrite(self.api, value, self._seen):
+                return event
+            self.applied = True
+            return json.dumps(value).encode() + b"\n"
+        lines = event.decode("utf-8", "surrogateescape").splitlines()
+        data = "\n".join(line[5:].removeprefix(" ") for line in lines if line.startswith("data:"))
+        value = _loads(data.encode("utf-8", "surrogateescape"))
+        old_type = value.get("type") if isinstance(value, dict) else None
+        if value is None or not rewrite(self.api, value, self._seen):
+            return event
+        self.applied = True
+        kept = [line for line in lines if not line.startswith("data:")]
+        new_type = value.get("type") if isinstance(value, dict) else None
+        if new_type != old_type:
+            kept = [f"event: {new_type}" if line.startswith("event:") else line for line in kept]
+        return ("\n".join([*kept, f"data: {json.dumps(value)}"]) + "\n\n").encode(
+            "utf-8", "surrogateescape"
+        )
+
+    # -- a whole body -----------------------------------------------------------------------------
+
+    def _whole(self, body: bytes) -> list[Step]:
+        if self.decoded:
+            try:
+                body = decode_content(body, self.encoding)
+            except DecodeError:
+                self.decoded = False  # sent as it came; the header stays right
+                return [Send(body)]
+        if self.stream_framing != "whole":
+            self.framing = self.stream_framing
+            return self.feed(body) + self.close()
+        kind, half = self.spec.kind, len(body) // 2
+        self.applied = kind not in REWRITERS
+        if kind in ("disconnect", "truncate"):
+            self._done = True
+            return [Send(body[:half]), Cut(f"injected {kind}: body cut after {half} bytes")]
+        if kind == "stall":
+            return [Send(body[:half]), Pause(self.spec.params["ms"] / 1000), Send(body[half:])]
+        if kind == "malformed-sse":
+            return [Send(body[:-1])]
+        if kind in REWRITERS:
+            value = _loads(body)
+            if value is not None and REWRITERS[kind](self.api, value, self._seen):
+                self.applied = True
+                return [Send(json.dumps(value).encode())]
+        return [Send(body)]
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None

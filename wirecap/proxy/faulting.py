@@ -1,0 +1,203 @@
+"""The proxy's side of fault injection: an exchange relay that carries out a fault plan.
+
+:class:`FaultingRelay` is the relay a proxy with ``--fault`` uses for every exchange (one without
+faults never builds it, so the hot path pays nothing). A routed request the plan picks gets, by
+the fault's mode:
+
+- ``answer`` (429, 500, 503): the proxy answers itself with the provider-shaped error (recorded as
+  the proxy's answer, ``by="proxy"``); nothing goes upstream.
+- ``silence`` (timeout): nothing goes upstream and no answer comes, until the client gives up
+  (recorded as a ``timeout``) or the route's read timeout passes (then the usual 504).
+- ``body`` (the stream kinds): the request goes upstream as usual and the answer is transformed as
+  it passes. Under a fault the answer is re-framed: its payload is de-chunked, transformed, and
+  framed again by h11 (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0); the capture
+  holds the head and bytes as the client got them. An answer with nothing to transform
+  (``bad-tool-args`` without tool calls, ``length`` without a finish reason) passes unchanged,
+  and its note says ``"applied": false``.
+
+Every injected exchange gets a ``note`` record (kind ``fault``) before its end: the fault's kind,
+its spec and parameters. ``model=`` selectors read the request body bytes that arrived with the
+head (an LLM request's model is in its first bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
+
+import h11
+import trio
+
+from wirecap.faults import BodyFault, Cut, Pause, Send, error_answer
+from wirecap.proxy import messages
+from wirecap.proxy.exchange import Phase, UpstreamFailure, UpstreamTimeout
+from wirecap.proxy.relay import ExchangeRelay, _now
+
+if TYPE_CHECKING:
+    from wirecap.faults import Answer, FaultSpec, Step
+    from wirecap.proxy.config import Route
+    from wirecap.proxy.upstream import UpstreamConnection
+
+_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+#: Response headers a re-framed answer does not keep (h11 frames it again).
+_REFRAMED: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class FaultingRelay(ExchangeRelay):
+    """An :class:`ExchangeRelay` that injects the faults of ``server.faults``."""
+
+    fault: FaultSpec | None = None
+    applied: bool | None = None  # for a body fault: whether it found what it changes
+
+    async def forward(self, route: Route, upstream_target: str, proxy_url: str) -> bool:
+        plan = self.server.faults
+        assert plan is not None  # the server uses this relay only with a fault plan
+        self.fault = plan.choose(self.ex.target, self.request.conn.trailing_data[0])
+        if self.fault is None or self.fault.mode == "body":
+            return await super().forward(route, upstream_target, proxy_url)
+        if self.fault.mode == "answer":
+            await self._answer_fault(error_answer(self.fault, self.ex.target))
+            return not self.close_client
+        await self._stay_silent(route.read_timeout or self.timeouts.read)
+        return False
+
+    def _finish(self) -> None:
+        if self.fault is not None and self.rec is not None:
+            extra = {} if self.applied is None else {"applied": self.applied}
+            self.rec.note("fault", self.fault.note(**extra))
+        super()._finish()
+
+    # -- answer and silence -----------------------------------------------------------------------
+
+    async def _answer_fault(self, answer: Answer) -> None:
+        """Send ``answer`` as the proxy's own (the request body read first, as for its errors)."""
+        ex = self.ex
+        await self._read_small_body()
+        self.close_client = (
+            not ex.request_done
+            or self.request.conn.their_state is h11.MUST_CLOSE
+            or self.server.shutting_down
+        )
+        lines = [b"HTTP/1.1 %d %s" % (answer.status, HTTPStatus(answer.status).phrase.encode())]
+        lines += [f"{k}: {v}".encode("latin-1") for k, v in answer.headers]
+        lines.append(b"Content-Length: %d" % len(answer.body))
+        if self.close_client:
+            lines.append(b"Connection: close")
+        head, body = b"\r\n".join(lines) + b"\r\n\r\n", answer.body
+        ex.status = answer.status
+        ex.advance(Phase.RESPONDING)
+        self.server.stats.answered_by_proxy += 1
+        ex.ttfb_ns = ex.ttft_ns = _now(ex)
+        ex.res_bytes += len(body)
+        if self.request.event.method == b"HEAD":
+            body = b""
+        if self.rec is not None:
+            self.rec.response_head(answer.status, head, by="proxy")
+            self.rec.body("res", body)
+        with contextlib.suppress(*_BROKEN), trio.move_on_after(self.timeouts.write):
+            await self.client.stream.send_all(head + body)
+            self.answered = True
+        ex.advance(Phase.DONE)
+
+    async def _stay_silent(self, read_timeout: float) -> None:
+        """Answer nothing: until the client closes (a ``timeout`` with no answer) or
+        ``read_timeout`` passes (:class:`UpstreamTimeout`: the client gets the usual 504)."""
+        await self._read_small_body()
+        with trio.move_on_after(read_timeout):
+            while await self.client.receive():
+                pass  # what a client sends while it waits is not a request of this exchange
+            self.ex.failed(UpstreamTimeout("injected timeout: no answer; the client gave up"))
+            return
+        raise UpstreamTimeout(f"injected timeout: no answer for {read_timeout:g}s")
+
+    # -- a transformed answer ---------------------------------------------------------------------
+
+    async def _relay_response(self, upstream: UpstreamConnection, read_timeout: float) -> None:
+        if self.fault is None:
+            return await super()._relay_response(upstream, read_timeout)
+        response = await self._final_head(upstream, read_timeout)
+        values = {k.lower(): v for k, v in response.headers}
+        transform = BodyFault(
+            self.fault,
+            target=self.ex.target,
+            content_type=values.get(b"content-type", b"").decode("latin-1"),
+            content_encoding=values.get(b"content-encoding", b"").decode("latin-1") or None,
+        )
+        framer = self._framer()
+        drop = _REFRAMED | messages.not_forwarded(response.headers)
+        if transform.decoded:
+            drop |= {b"content-encoding"}
+        headers = [(k, v) for k, v in response.headers.raw_items() if k.lower() not in drop]
+        headers.append((b"X-Wirecap-Fault", self.fault.kind.encode()))
+        if self.close_client:
+            headers.append((b"Connection", b"close"))
+        head = framer.send(
+            h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
+        )
+        await self._send(head or b"", head=response.status_code)
+        while True:
+            read = self._take_response_body(upstream, dechunk=True)
+            await self._carry_out(framer, transform.feed(read.forward))
+            if read.error is not None:
+                raise read.error
+            if read.ended:
+                await self._carry_out(framer, transform.close())
+                self.applied = transform.applied
+                await self._send(framer.send(h11.EndOfMessage()) or b"")
+                self.ex.advance(Phase.DONE)
+                self.response_done.set()
+                return
+            if self.rec is not None and self.rec.backlogged:
+                self.watchdog.relax()
+                await self.rec.wait_for_room()
+            await self._receive(upstream, read_timeout)
+
+    async def _final_head(self, upstream: UpstreamConnection, read_timeout: float) -> h11.Response:
+        """The upstream's final response head (interim 1xx heads are dropped under a fault)."""
+        while True:
+            event = self._next_response_event(upstream)
+            if event is h11.NEED_DATA:
+                await self._receive(upstream, read_timeout)
+                continue
+            raw = upstream.tap.take()
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if not isinstance(event, h11.Response):
+                raise UpstreamFailure(f"upstream sent {type(event).__name__} {self.ex.where()}")
+            if self.ex.ttfb_ns is None:
+                self.ex.ttfb_ns = self.read_ns
+            self._client_head(raw, event)  # sets the status, the phase and close_client
+            return event
+
+    def _framer(self) -> h11.Connection:
+        """An h11 server connection that frames the answer for this client's request."""
+        framer = h11.Connection(h11.SERVER)
+        event = self.request.event
+        framer.receive_data(b"%s / HTTP/%s\r\nHost: x\r\n\r\n" % (event.method, event.http_version))
+        framer.next_event()
+        framer.next_event()
+        return framer
+
+    async def _carry_out(self, framer: h11.Connection, steps: list[Step]) -> None:
+        for step in steps:
+            if isinstance(step, Send):
+                if step.data and framer.our_state is h11.SEND_BODY:
+                    await self._send(framer.send(h11.Data(data=step.data)) or b"")
+            elif isinstance(step, Pause):
+                self.watchdog.relax()
+                await trio.sleep(step.seconds)
+            elif isinstance(step, Cut):
+                self.applied = True
+                raise UpstreamFailure(step.reason)
+
+    async def _send(self, data: bytes, head: int | None = None) -> None:
+        """Send ``data`` to the client and record it (as the response head when ``head``)."""
+        if not data:
+            return
+        await self._send_to_client(data)
+        if self.rec is not None:
+            if head is not None:
+                self.rec.response_head(head, data)
+            else:
+                self.rec.body("res", data)
