@@ -12,7 +12,7 @@ import trustme
 from websockets.exceptions import ConnectionClosed
 from wsupstream import in_thread, open_client, websocket_upstream
 
-from wirecap.proxy.closewatch import CloseWatch
+from wirecap.inspect.analysis import analyze_exchange
 
 
 def ws_url(proxy, path: str = "/v1/echo?model=gpt-realtime") -> str:
@@ -45,7 +45,7 @@ async def test_text_binary_ping_and_close_go_through_and_are_captured(start_prox
     assert upstream.received == ["hello", b"\x00\x01\x02binary"]
     exchange = await session_of(proxy)
     assert exchange.status == 101
-    assert exchange.outcome == "ok", exchange.end
+    assert analyze_exchange(exchange).outcome == "ok", exchange.end
     assert exchange.target == "/v1/echo?model=gpt-realtime"
     [head] = exchange.responses
     assert head.head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
@@ -58,12 +58,10 @@ async def test_text_binary_ping_and_close_go_through_and_are_captured(start_prox
     times = [chunk.ns for chunk in exchange.chunks]
     assert times == sorted(times)
     assert all(chunk.ns >= head.ns for chunk in exchange.chunks)
-    # Both directions end with a Close frame: the closing handshake went through whole.
-    for direction in ("req", "res"):
-        watch = CloseWatch()
-        for chunk in exchange.iter_wire(direction):
-            watch.feed(chunk.data)
-        assert watch.close_seen, direction
+    # Both directions end with a Close frame (decoded by wsproto from the stored bytes): the
+    # closing handshake went through whole.
+    session = analyze_exchange(exchange).session
+    assert session is not None and session.closed_by("req") and session.closed_by("res")
     assert exchange.end is not None
     assert exchange.end.req_bytes == sum(len(c.data) for c in exchange.iter_wire("req"))
     assert exchange.end.res_bytes == sum(len(c.data) for c in exchange.iter_wire("res"))
@@ -83,7 +81,7 @@ async def test_upstream_close_code_and_reason_reach_the_client(start_proxy):
         received = await in_thread(client)
     assert (received.code, received.reason) == (4001, "bye now")
     exchange = await session_of(proxy)
-    assert exchange.outcome == "ok", exchange.end
+    assert analyze_exchange(exchange).outcome == "ok", exchange.end
 
 
 async def test_permessage_deflate_is_negotiated_end_to_end(start_proxy):
@@ -123,8 +121,11 @@ async def test_upstream_dropping_mid_session_is_an_upstream_error(start_proxy):
     assert first == "one"
     assert received is None  # no Close frame reached the client: the connection just ended
     exchange = await session_of(proxy)
-    assert exchange.outcome == "upstream_error"
-    assert exchange.end is not None and "mid-session" in (exchange.end.error or "")
+    # The transport saw the upstream end its connection; the frames show it sent no Close.
+    assert exchange.notes_of("websocket") == [{"ended_by": "upstream"}]
+    analyzed = analyze_exchange(exchange)
+    assert analyzed.outcome == "upstream_error"
+    assert "mid-session" in (analyzed.error or "")
 
 
 async def test_client_dropping_mid_session_is_a_client_abort(start_proxy):
@@ -140,7 +141,8 @@ async def test_client_dropping_mid_session_is_a_client_abort(start_proxy):
 
         assert await in_thread(client) == "one"
         exchange = await session_of(proxy)
-    assert exchange.outcome == "client_abort"
+    assert exchange.notes_of("websocket") == [{"ended_by": "client"}]
+    assert analyze_exchange(exchange).outcome == "client_abort"
     assert upstream.received == ["one"]
     assert [c.dir for c in exchange.chunks][:2] == ["req", "res"]
 
@@ -157,7 +159,7 @@ async def test_a_quiet_session_outlives_the_read_and_body_timeouts(start_proxy):
 
         assert await in_thread(client) == "still here"
     exchange = await session_of(proxy)
-    assert exchange.outcome == "ok", exchange.end
+    assert analyze_exchange(exchange).outcome == "ok", exchange.end
 
 
 async def test_wss_upstream(start_proxy, tmp_path):
@@ -178,7 +180,7 @@ async def test_wss_upstream(start_proxy, tmp_path):
         assert await in_thread(client) == "over tls"
     exchange = await session_of(proxy)
     assert exchange.status == 101
-    assert exchange.outcome == "ok", exchange.end
+    assert analyze_exchange(exchange).outcome == "ok", exchange.end
     assert exchange.upstream_url is not None and exchange.upstream_url.startswith("https://")
 
 
@@ -198,3 +200,25 @@ async def test_a_refused_upgrade_is_an_ordinary_exchange(start_upstream, start_p
     assert exchange.status == 403
     assert exchange.outcome == "ok"
     assert upstream.requests[0].header("upgrade") == b"websocket"
+
+
+async def test_a_client_that_resets_its_connection_is_a_client_abort_in_the_end_record(
+    start_proxy,
+):
+    """A connection reset is a transport failure: the proxy records it without any frame read."""
+    with websocket_upstream() as upstream:
+        proxy = await start_proxy(upstream=upstream.url)
+
+        def client():
+            with open_client(ws_url(proxy)) as ws:
+                ws.send("one")
+                first = ws.recv(timeout=10)
+                linger = (1).to_bytes(4, "little") + (0).to_bytes(4, "little")
+                ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                ws.socket.close()  # with linger 0: a reset, not an end of file
+                return first
+
+        assert await in_thread(client) == "one"
+        exchange = await session_of(proxy)
+    assert exchange.outcome == "client_abort"
+    assert "broke the connection" in (exchange.end.error or "")

@@ -100,9 +100,9 @@ def upstream_failure(a: Analyzed, t: Thresholds) -> Iterable[str]:
     end = a.exchange.end
     if a.by_proxy and a.status in (502, 504):
         yield f"proxy answered {a.status}: {end.error if end and end.error else 'upstream unavailable'}"
-    elif end is not None and end.outcome in ("upstream_error", "timeout") and not a.by_proxy:
-        yield end.error or (
-            "upstream timed out" if end.outcome == "timeout" else "upstream connection lost"
+    elif a.outcome in ("upstream_error", "timeout") and not a.by_proxy:
+        yield a.error or (
+            "upstream timed out" if a.outcome == "timeout" else "upstream connection lost"
         )
 
 
@@ -261,8 +261,7 @@ def session_error(a: Analyzed, t: Thresholds) -> Iterable[str]:
 @detector("client-abort", "info")
 def client_abort(a: Analyzed, t: Thresholds) -> Iterable[str]:
     if a.outcome == "client_abort":
-        end = a.exchange.end
-        yield f"client went away: {end.error if end and end.error else 'connection closed'}"
+        yield f"client went away: {a.error or 'connection closed'}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -131,9 +131,9 @@ def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> It
     ex = a.exchange
     f = a.facts
     yield f"exchange {ex.id}  {ex.method} {ex.target}  ->  {ex.upstream_url or '(no route)'}"
-    outcome = ex.outcome if ex.outcome == "ok" else paint(ex.outcome, "error")
+    outcome = a.outcome if a.outcome == "ok" else paint(a.outcome, "error")
     yield f"status {paint(_num(ex.status), status_role(ex.status))}  outcome {outcome}" + (
-        f"  ({ex.end.error})" if ex.end and ex.end.error else ""
+        f"  ({a.error})" if a.error else ""
     )
     if ex.wall_ns is not None:
         yield f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ex.wall_ns / 1e9))}  duration {_dur(ex.duration_ns)}  ttfb {_dur(ex.ttfb_ns)}  ttft {_dur(f.ttft_ns)}"

@@ -55,6 +55,8 @@ class Analyzed(Protocol):
     def facts(self) -> LLMFacts: ...
     @property
     def session(self) -> WsSession | None: ...  # a WebSocket session after a 101, decoded
+    @property
+    def outcome(self) -> str: ...  # the end record's, or the reader's judgement of a session
     def row(self) -> dict[str, Any]: ...
 
 
@@ -269,7 +271,7 @@ def har_entry(
             "receive": _ms(receive),
         },
         "_id": ex.id,
-        "_outcome": ex.outcome,
+        "_outcome": a.outcome,
         "_chunks": doc.later(lambda: _chunk_list(a)),
     }
     if a.request_payload.size:

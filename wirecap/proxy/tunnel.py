@@ -3,17 +3,19 @@
 Once the upstream has answered an Upgrade request with 101 Switching Protocols, neither connection
 speaks HTTP any more (h11 reports SWITCHED_PROTOCOL). :class:`Tunnel` runs one task per direction:
 each read is forwarded to the other side at once, then recorded as a ``body`` record (``"req"``:
-client to upstream, ``"res"``: upstream to client) with its arrival time. Frames are not decoded;
-a :class:`~wirecap.proxy.closewatch.CloseWatch` per direction follows the frame headers only to
-learn whether that side sent a Close frame.
+client to upstream, ``"res"``: upstream to client) with its arrival time. The proxy reads no frame,
+not even a frame header: the reader decodes the recorded bytes with wsproto.
 
 Time limits: a session may stay quiet for as long as its peers like, so no read has a deadline
 (the body and read timeouts of HTTP do not apply); each write has the write timeout, so a peer
 that stops reading ends the session. The proxy's shutdown grace applies as to any exchange.
 
-How it ends: the first side whose connection ends (end of file or reset) decides. If that side had
-sent a Close frame, the session ended with the closing handshake: outcome ``ok``, whichever side
-closed first. Otherwise it dropped the connection mid-session: ``client_abort`` for the client,
+How it ends: the first side whose connection ends decides, and a ``note`` record (kind
+``"websocket"``, ``{"ended_by": "client"|"upstream"}``) says which it was. A connection that ends
+with end of file ends the session ``ok`` as far as the transport goes; whether the closing handshake
+came first is in the recorded frames, and the reader judges it (a side that ended its connection
+without having sent a Close frame dropped the session). A connection that breaks (reset) or a peer
+that stops reading for the write timeout fails it here: ``client_abort`` for the client,
 ``upstream_error`` for the upstream.
 """
 
@@ -24,7 +26,6 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import trio
 
-from wirecap.proxy.closewatch import CloseWatch
 from wirecap.proxy.exchange import ClientAbort, RelayError, UpstreamFailure
 
 if TYPE_CHECKING:
@@ -35,14 +36,11 @@ Side = Literal["client", "upstream"]
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def session_end(side: Side, close_sent: bool) -> RelayError | None:
-    """Why a session whose ``side`` ended its connection first failed, or None when it ended with
-    the closing handshake (``side`` had sent a Close frame)."""
-    if close_sent:
-        return None
+def broken(side: Side, why: str) -> RelayError:
+    """The failure of a session whose ``side`` broke it."""
     if side == "client":
-        return ClientAbort("client closed the connection mid-session (no Close frame)")
-    return UpstreamFailure("upstream closed the connection mid-session (no Close frame)")
+        return ClientAbort(f"client {why} mid-session")
+    return UpstreamFailure(f"upstream {why} mid-session")
 
 
 class Tunnel:
@@ -59,7 +57,6 @@ class Tunnel:
         recorder: ExchangeRecorder | None,
     ) -> None:
         self.streams: dict[Side, trio.abc.Stream] = {"client": client, "upstream": upstream}
-        self.watches: dict[Side, CloseWatch] = {"client": CloseWatch(), "upstream": CloseWatch()}
         self.read_size = read_size
         self.write_timeout = write_timeout
         self.ex = state
@@ -89,9 +86,10 @@ class Tunnel:
             try:
                 data = bytes(await source.receive_some(self.read_size))
             except _BROKEN:
-                data = b""
+                self._end(side, broken(side, "broke the connection"))
+                return
             if not data:
-                self._end(side, session_end(side, self.watches[side].close_seen))
+                self._end(side, None)
                 return
             await self._forward(side, data, self._now())
 
@@ -102,13 +100,11 @@ class Tunnel:
             with trio.fail_after(self.write_timeout):
                 await self.streams[other].send_all(data)
         except trio.TooSlowError:
-            error = f"{other} stopped reading for {self.write_timeout:g}s mid-session"
-            self._end(other, ClientAbort(error) if other == "client" else UpstreamFailure(error))
+            self._end(other, broken(other, f"stopped reading for {self.write_timeout:g}s"))
             return
         except _BROKEN:
-            self._end(other, session_end(other, self.watches[other].close_seen))
+            self._end(other, broken(other, "closed the connection before a write"))
             return
-        self.watches[side].feed(data)
         ex = self.ex
         if side == "client":
             ex.req_bytes += len(data)
@@ -125,6 +121,8 @@ class Tunnel:
         """The session ends: ``side``'s connection ended first (the first call decides)."""
         if self._ended is None:
             self._ended = (side, error)
+            if self.rec is not None:
+                self.rec.note("websocket", {"ended_by": side})
         self._scope.cancel()
 
     def _now(self) -> int:
