@@ -5,9 +5,11 @@
 
 The upstream speaks each provider's documented wire format (OpenAI chat completions JSON, stream and
 tool call; the OpenAI responses API stream; Anthropic messages JSON and stream; Ollama chat NDJSON) plus
-two failure cases (a 429 and a truncated stream). Requests go through the real `wirecap proxy` code on
-127.0.0.1 with the routes /openai/, /anthropic/ and /ollama/; each fixture is one capture file. Never
-edit the fixtures by hand: change this script and run it again.
+two failure cases (a 429 and a truncated stream), and an OpenAI Realtime WebSocket session
+(`openai_realtime_ws`: the `websockets` library as client and upstream, permessage-deflate on).
+Requests go through the real `wirecap proxy` code on 127.0.0.1 with the routes /openai/, /anthropic/
+and /ollama/; each fixture is one capture file. Never edit the fixtures by hand: change this script
+and run it again (`--only NAME` remakes one).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import samples  # noqa: E402  (the same documented wire samples the tests use)
+import wsupstream  # noqa: E402  (the WebSocket upstream and client the tests use)
 
 from wirecap.proxy.app import make_redactor, make_writer  # noqa: E402
 from wirecap.proxy.config import build_config, parse_upstream  # noqa: E402
@@ -192,11 +195,57 @@ async def upstream(handler_table: dict[str, tuple], task_status: trio.TaskStatus
     await trio.serve_listeners(serve, listeners)
 
 
-async def make(out: Path) -> None:
+REALTIME = "openai_realtime_ws"
+
+
+def realtime_session(url: str) -> None:
+    """The client side of the Realtime fixture: a user message, a response, a normal close."""
+    headers = {"Authorization": "Bearer sk-fixture-0000000000000000000000"}
+    with wsupstream.open_client(url, additional_headers=headers) as ws:
+        ws.recv(timeout=10)  # session.created
+        for event in wsupstream.REALTIME_CLIENT_EVENTS:
+            ws.send(json.dumps(event))
+        for _ in wsupstream.realtime_events():
+            ws.recv(timeout=10)
+        ws.close(1000, "done")
+
+
+async def make_realtime(out: Path) -> None:
+    """The Realtime WebSocket fixture, through the real proxy."""
+    with wsupstream.websocket_upstream() as upstream:
+        work = Path(tempfile.mkdtemp(prefix="wirecap-fixture-"))
+        config = build_config(listen="127.0.0.1:0", routes=[f"/openai/={upstream.url}/"], out=work)
+        writer = make_writer(config, make_redactor(config))
+        proxy = ProxyServer(config, writer, console=io.StringIO())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            _host, proxy_port = await nursery.start(proxy.run)
+            url = f"ws://127.0.0.1:{proxy_port}/openai/v1/realtime?model=gpt-realtime"
+            await trio.to_thread.run_sync(realtime_session, url)
+            proxy.shutdown()
+            await proxy.wait_stopped()
+            await writer.wait_finished()
+    keep(work, out / f"{REALTIME}.cbor.zst")
+
+
+def keep(work: Path, destination: Path) -> None:
+    """Move the one segment written in ``work`` to ``destination``."""
+    [segment] = list(work.glob("*.cbor.zst"))
+    shutil.copyfile(segment, destination)
+    destination.chmod(0o644)  # fixtures are committed: readable, unlike live captures
+    shutil.rmtree(work)
+    print(f"{destination} ({destination.stat().st_size} bytes)")
+
+
+async def make(out: Path, only: str | None = None) -> None:
+    if only in (None, REALTIME):
+        await make_realtime(out)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(upstream, FIXTURES)
         up = f"http://127.0.0.1:{port}/"
         for name, (path, request, *_rest) in FIXTURES.items():
+            if only not in (None, name):
+                continue
             work = Path(tempfile.mkdtemp(prefix="wirecap-fixture-"))
             config = build_config(
                 listen="127.0.0.1:0",
@@ -222,12 +271,7 @@ async def make(out: Path) -> None:
             proxy.shutdown()
             await proxy.wait_stopped()
             await writer.wait_finished()
-            [segment] = list(work.glob("*.cbor.zst"))
-            destination = out / f"{name}.cbor.zst"
-            shutil.copyfile(segment, destination)
-            destination.chmod(0o644)  # fixtures are committed: readable, unlike live captures
-            shutil.rmtree(work)
-            print(f"{destination} ({destination.stat().st_size} bytes)")
+            keep(work, out / f"{name}.cbor.zst")
         nursery.cancel_scope.cancel()
 
 
@@ -236,11 +280,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=ROOT / "fixtures")
+    parser.add_argument("--only", metavar="NAME", help="remake only this fixture")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("*.cbor.zst"):
-        old.unlink()
-    trio.run(make, args.out)
+        if args.only in (None, old.name.removesuffix(".cbor.zst")):
+            old.unlink()
+    trio.run(make, args.out, args.only)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ async def test_a_wheel_in_a_fresh_venv_runs_demo_serve_and_the_readme_pytest_exa
     where = await run(python, "-c", "import wirecap; print(wirecap.__file__)")
     assert Path(where.strip()).is_relative_to(venv)
     fixtures = Path((await run(wirecap, "fixtures")).strip())
-    assert fixtures.is_relative_to(venv) and len(list(fixtures.glob("*.cbor.zst"))) == 9
+    assert fixtures.is_relative_to(venv) and len(list(fixtures.glob("*.cbor.zst"))) == 10
 
     demo = await run(wirecap, "demo")
     assert "4. wirecap inspect:" in demo and "done;" in demo, demo

@@ -422,6 +422,7 @@ def test_every_code_is_covered_and_severities_are_stable():
         "duplicate-request",
         "client-abort",
         "secret-in-capture",
+        "session-error",
     }
     five = detect(analyze_exchange(make_exchange(status=503, body=b"{}")), Thresholds())
     four = detect(analyze_exchange(make_exchange(status=404, body=b"{}")), Thresholds())

@@ -218,6 +218,7 @@ def test_inspect_the_fixtures():
         "openai.responses",
         "anthropic.messages",
         "ollama.chat",
+        "openai.realtime",
     }
     findings = [
         json.loads(line)

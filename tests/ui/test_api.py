@@ -26,7 +26,7 @@ def by_path(page, path):
 async def test_the_list_pages_sorts_and_filters(start_ui, fixture_copy, client):
     url = await start_ui(fixture_copy)
     everything = await rows(client, url)
-    assert everything["total"] == everything["matched"] == 9
+    assert everything["total"] == everything["matched"] == 10
     starts = [r["start_ms"] for r in everything["rows"]]
     assert starts == sorted(starts, reverse=True)  # newest first
     second_page = await rows(client, url, limit=4, offset=4)
@@ -44,7 +44,7 @@ async def test_the_list_pages_sorts_and_filters(start_ui, fixture_copy, client):
     [cut] = (await rows(client, url, finding="truncated-stream"))["rows"]
     assert cut["outcome"] == "upstream_error"
     assert (await rows(client, url, finding="error"))["rows"] == [cut]
-    assert (await rows(client, url, since="2000-01-01", until="2100-01-01"))["matched"] == 9
+    assert (await rows(client, url, since="2000-01-01", until="2100-01-01"))["matched"] == 10
     assert (await rows(client, url, since="2100-01-01"))["matched"] == 0
 
 
@@ -154,7 +154,7 @@ async def test_metrics_count_tokens_ttft_and_findings_by_model_and_code(
     assert 'wirecap_llm_tokens_total{kind="input",model="gpt-4.1-2025-04-14"} 20.0' in text
     assert 'wirecap_llm_ttft_seconds_count{model="claude-wirecap-test"} 2.0' in text
     assert 'wirecap_findings_total{code="rate-limited",severity="warning"} 1.0' in text
-    assert "wirecap_ui_exchanges_indexed 9.0" in text
+    assert "wirecap_ui_exchanges_indexed 10.0" in text
 
 
 async def test_every_answer_keeps_captured_bytes_from_running(start_ui, fixture_copy, client):
@@ -199,7 +199,7 @@ async def test_the_page_waits_for_changes(start_ui, fixture_copy, client):
     quiet = (await client.get(url + "api/changes", params={"after": version, "wait": 0.1})).json()
     assert quiet["version"] == version and quiet["changed"] == []
     everything = (await client.get(url + "api/changes", params={"after": 0, "wait": 0})).json()
-    assert len(everything["changed"]) == 9
+    assert len(everything["changed"]) == 10
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def test_the_fixtures_list_sort_filter_search_open_and_download(browser, tmp_pat
     with ui_in_thread(copy) as ui:
         browser.get(ui.url)
         set_theme(browser, "light")
-        wait(browser, lambda d: len(rows(d)) == 9, "the nine fixtures are listed")
+        wait(browser, lambda d: len(rows(d)) == 10, "the ten fixtures are listed")
         screenshot(browser, "ui-list.png")
 
         browser.find_element(By.CSS_SELECTOR, "th[data-sort=duration]").click()
@@ -180,12 +180,12 @@ def test_the_fixtures_list_sort_filter_search_open_and_download(browser, tmp_pat
         wait(browser, lambda d: len(rows(d)) == 1, "the status filter narrows the list")
         assert rows(browser)[0].find_element(By.CSS_SELECTOR, "td.num").text == "429"
         type_into(browser, "status", "")
-        wait(browser, lambda d: len(rows(d)) == 9)
+        wait(browser, lambda d: len(rows(d)) == 10)
         type_into(browser, "q", "sky blue")
         wait(browser, lambda d: len(rows(d)) == 1, "the text search narrows the list")
         assert "/ollama/api/chat" in rows(browser)[0].text
         browser.find_element(By.ID, "clear").click()
-        wait(browser, lambda d: len(rows(d)) == 9)
+        wait(browser, lambda d: len(rows(d)) == 10)
 
         click(browser, "#finding option[value=truncated-stream]")
         wait(browser, lambda d: len(rows(d)) == 1, "the finding filter narrows the list")
@@ -211,7 +211,7 @@ def test_the_fixtures_list_sort_filter_search_open_and_download(browser, tmp_pat
         browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         wait(browser, lambda d: not d.find_element(By.ID, "list-view").get_attribute("hidden"))
         browser.find_element(By.ID, "clear").click()
-        wait(browser, lambda d: len(rows(d)) == 9)
+        wait(browser, lambda d: len(rows(d)) == 10)
         ids = row_ids(browser)
         classes = [r.get_attribute("class") for r in rows(browser)]
         start = next(i for i, c in enumerate(classes) if "selected" in c)

@@ -99,7 +99,7 @@ async def test_wirecap_ui_stops_on_ctrl_c_without_a_traceback(fixture_copy):
     try:
         url = (await stderr.until(r"wirecap ui on (http://127\.0\.0\.1:\d+/)"))[1]
         async with httpx.AsyncClient(timeout=30) as client:
-            assert (await client.get(url + "api/exchanges")).json()["total"] == 9
+            assert (await client.get(url + "api/exchanges")).json()["total"] == 10
     finally:
         process.send_signal(signal.SIGINT)
         with trio.fail_after(60):

@@ -21,6 +21,7 @@ from wirecap.llm import (
     decode_content,
     parse_head,
 )
+from wirecap.llm.websocket import WsSession, decode_session
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,6 +43,9 @@ class Analyzed:
     request_body: bytes  # decoded
     response_chunks: TimedChunks  # decoded (a coded body becomes one chunk); streamed, not held
     facts: LLMFacts
+    #: The exchange's outcome: the end record's, or for a WebSocket session the reader's
+    #: judgement of how it ended (:func:`judged_outcome`).
+    outcome: str = "incomplete"
     decode_error: str | None = None
     #: Each side's payload as it crossed the wire (before any content coding was undone): sizes
     #: and chunk times for timings, the bytes streamed again when asked for.
@@ -53,12 +57,25 @@ class Analyzed:
         return self.exchange.id
 
     @property
+    def session(self) -> WsSession | None:
+        """The WebSocket session after a 101, decoded into messages (None for plain HTTP)."""
+        return self.input.session
+
+    @property
     def status(self) -> int | None:
         return self.exchange.status
 
     @property
-    def outcome(self) -> str:
-        return self.exchange.outcome
+    def error(self) -> str | None:
+        """What went wrong, in one line: the end record's error, or the reader's judgement of a
+        session's end (see :func:`judged_outcome`)."""
+        end = self.exchange.end
+        if end is not None and end.error:
+            return end.error
+        if self.outcome != self.exchange.outcome:
+            side = "client" if self.outcome == "client_abort" else "upstream"
+            return f"{side} closed the connection mid-session, without a Close frame"
+        return None
 
     @property
     def route(self) -> str | None:
@@ -86,7 +103,7 @@ class Analyzed:
             "route": self.route,
             "upstream_url": ex.upstream_url,
             "status": ex.status,
-            "outcome": ex.outcome,
+            "outcome": self.outcome,
             "duration_ms": ms(ex.duration_ns),
             "ttfb_ms": ms(ex.ttfb_ns),
             "request_bytes": ex.end.req_bytes if ex.end else self.request_payload.size,
@@ -136,6 +153,31 @@ def payload_chunks(exchange: Exchange, direction: str) -> TimedChunks:
     return TimedChunks(read, times, size)
 
 
+def session_of(exchange: Exchange) -> WsSession | None:
+    """The WebSocket session of an exchange the upstream answered with 101, decoded from the
+    stored reads of both directions (see FORMAT.md 3.10); None for any other exchange."""
+    switch = next((head for head in exchange.responses if head.status == 101), None)
+    if switch is None:
+        return None
+    return decode_session(switch.head, ((c.dir, c.ns, c.data) for c in exchange.iter_wire()))
+
+
+def judged_outcome(exchange: Exchange, session: WsSession | None) -> str:
+    """The outcome of ``exchange``: the end record's, except for a WebSocket session that the
+    transport saw end normally but whose side that ended its connection first (the proxy's
+    ``websocket`` note) had sent no Close frame: that side dropped the session. The proxy reads no
+    frames, so this judgement is the reader's, from the frames decoded by wsproto."""
+    outcome = exchange.outcome
+    if session is None or outcome != "ok":
+        return outcome
+    ended_by = next((n.get("ended_by") for n in exchange.notes_of("websocket")), None)
+    if ended_by == "client" and not session.closed_by("req"):
+        return "client_abort"
+    if ended_by == "upstream" and not session.closed_by("res"):
+        return "upstream_error"
+    return outcome
+
+
 def analyze_exchange(exchange: Exchange) -> Analyzed:
     """Parse heads, undo content codings, and run the LLM adapter for ``exchange``.
 
@@ -163,6 +205,8 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
             )
         except DecodeError as exc:
             problems.append(f"response: {exc}")
+    session = session_of(exchange)
+    outcome = judged_outcome(exchange, session)
     inp = ExchangeInput(
         method=exchange.method or "",
         path=exchange.target or "",
@@ -171,7 +215,8 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
         status=exchange.status,
         response_head=response_head,
         response_chunks=chunks,
-        complete=exchange.outcome == "ok",
+        complete=outcome == "ok",
+        session=session,
     )
     return Analyzed(
         exchange=exchange,
@@ -181,6 +226,7 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
         request_body=request_body,
         response_chunks=chunks,
         facts=analyze(inp),
+        outcome=outcome,
         decode_error="; ".join(problems) or None,
         request_payload=request_payload,
         response_payload=response_payload,

@@ -100,9 +100,9 @@ def upstream_failure(a: Analyzed, t: Thresholds) -> Iterable[str]:
     end = a.exchange.end
     if a.by_proxy and a.status in (502, 504):
         yield f"proxy answered {a.status}: {end.error if end and end.error else 'upstream unavailable'}"
-    elif end is not None and end.outcome in ("upstream_error", "timeout") and not a.by_proxy:
-        yield end.error or (
-            "upstream timed out" if end.outcome == "timeout" else "upstream connection lost"
+    elif a.outcome in ("upstream_error", "timeout") and not a.by_proxy:
+        yield a.error or (
+            "upstream timed out" if a.outcome == "timeout" else "upstream connection lost"
         )
 
 
@@ -117,6 +117,8 @@ def truncated_stream(a: Analyzed, t: Thresholds) -> Iterable[str]:
             "anthropic.messages": "message_stop",
             "ollama.chat": '"done": true',
             "ollama.generate": '"done": true',
+            "openai.realtime": "a Close frame and a response.done for every response",
+            "websocket": "a Close frame",
         }.get(a.facts.api, "its terminator")
         yield f"stream ended without {marker} after {plural(a.facts.events, 'event')}"
     elif (
@@ -238,7 +240,8 @@ def slow_ttft(a: Analyzed, t: Thresholds) -> Iterable[str]:
 
 @detector("stream-stall", "warning")
 def stream_stall(a: Analyzed, t: Thresholds) -> Iterable[str]:
-    times = a.response_payload.times
+    stall_times = a.facts.stall_times
+    times = a.response_payload.times if stall_times is None else stall_times
     if len(times) < 2:
         return
     gap, after = max((b - p, i) for i, (p, b) in enumerate(itertools.pairwise(times)))
@@ -246,11 +249,19 @@ def stream_stall(a: Analyzed, t: Thresholds) -> Iterable[str]:
         yield f"stream stalled {gap / 1e9:.1f}s after chunk {after + 1} (threshold {t.stall_s:g}s)"
 
 
+@detector("session-error", "error")
+def session_error(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    """An error event (or a failed response) inside a WebSocket session that answered 101."""
+    error = a.facts.api_error
+    if a.session is not None and error:
+        detail = error.get("message") or error.get("type") or error.get("code") or ""
+        yield f"error in the session: {str(detail)[:200]}"
+
+
 @detector("client-abort", "info")
 def client_abort(a: Analyzed, t: Thresholds) -> Iterable[str]:
     if a.outcome == "client_abort":
-        end = a.exchange.end
-        yield f"client went away: {end.error if end and end.error else 'connection closed'}"
+        yield f"client went away: {a.error or 'connection closed'}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -365,6 +376,8 @@ def secret_in_capture(a: Analyzed, t: Thresholds) -> Iterable[str]:
         ("response head", b"".join(h.head for h in ex.responses)),
         ("response body", (c.data for c in ex.iter_payload("res"))),
     ]
+    if a.session is not None:  # client frames are masked: look in the decoded messages
+        places.append(("session messages", [m.data for m in a.session.messages]))
     for where, data in places:
         if isinstance(data, bytes):
             header = _CREDENTIAL_HEADER.search(data)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.inspect.detectors import SEVERITY_RANK, Finding
 from wirecap.inspect.paint import Paint, plain, status_role
+from wirecap.inspect.session import session_lines
 from wirecap.inspect.words import plural
 
 if TYPE_CHECKING:
@@ -130,13 +131,18 @@ def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> It
     ex = a.exchange
     f = a.facts
     yield f"exchange {ex.id}  {ex.method} {ex.target}  ->  {ex.upstream_url or '(no route)'}"
-    outcome = ex.outcome if ex.outcome == "ok" else paint(ex.outcome, "error")
+    outcome = a.outcome if a.outcome == "ok" else paint(a.outcome, "error")
     yield f"status {paint(_num(ex.status), status_role(ex.status))}  outcome {outcome}" + (
-        f"  ({ex.end.error})" if ex.end and ex.end.error else ""
+        f"  ({a.error})" if a.error else ""
     )
     if ex.wall_ns is not None:
         yield f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ex.wall_ns / 1e9))}  duration {_dur(ex.duration_ns)}  ttfb {_dur(ex.ttfb_ns)}  ttft {_dur(f.ttft_ns)}"
     yield from _head_lines(a)
+    if a.session is not None:  # a WebSocket session: its messages instead of bodies
+        if f.api != "websocket":
+            yield from _answer_lines(a)
+        yield from session_lines(a.session, full=full)
+        return
     yield f"--- request body ({plural(len(a.request_body), 'byte')})"
     yield from _pretty_body(a.request_body, "request").splitlines()
     if f.api != "http":

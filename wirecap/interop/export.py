@@ -23,13 +23,14 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from wirecap import __version__
-from wirecap.llm import TimedChunks
+from wirecap.llm import TimedChunks, parse_head
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     from wirecap.capture import Exchange
     from wirecap.llm import Head, LLMFacts
+    from wirecap.llm.websocket import WsSession
 
 
 class Analyzed(Protocol):
@@ -52,6 +53,10 @@ class Analyzed(Protocol):
     def response_payload(self) -> TimedChunks: ...
     @property
     def facts(self) -> LLMFacts: ...
+    @property
+    def session(self) -> WsSession | None: ...  # a WebSocket session after a 101, decoded
+    @property
+    def outcome(self) -> str: ...  # the end record's, or the reader's judgement of a session
     def row(self) -> dict[str, Any]: ...
 
 
@@ -214,6 +219,10 @@ def har_entry(
     ex = a.exchange
     url = ex.upstream_url or (ex.request.proxy_url if ex.request else "") or (ex.target or "")
     req_head, res_head = a.request_head, a.response_head
+    switch = next((h for h in ex.responses if h.status == 101), None)
+    if a.session is not None and switch is not None:  # a WebSocket session: its 101 is the answer
+        res_head = parse_head(switch.head)
+        url = re.sub(r"^http", "ws", url)
     duration = ex.duration_ns or 0
     send_end = a.request_payload.last_ns or 0
     first = ex.ttfb_ns if ex.ttfb_ns is not None else a.response_payload.first_ns
@@ -262,7 +271,7 @@ def har_entry(
             "receive": _ms(receive),
         },
         "_id": ex.id,
-        "_outcome": ex.outcome,
+        "_outcome": a.outcome,
         "_chunks": doc.later(lambda: _chunk_list(a)),
     }
     if a.request_payload.size:
@@ -276,10 +285,39 @@ def har_entry(
         }
     if a.facts.api != "http":
         entry["_llm"] = _llm(a, doc, max_body)
+    if a.session is not None:
+        entry["_webSocketMessages"] = websocket_messages(a.session, ex.wall_ns or 0)
     if doc.left_out:
         entry["comment"] = f"left out by --max-body {max_body}: {', '.join(doc.left_out)}"
         entry["_wirecap"] = {"left_out": list(doc.left_out), "max_body": max_body}
     return entry
+
+
+#: The opcodes of RFC 6455 by the names wsproto's decoding gives them.
+_OPCODES: Final = {"text": 1, "binary": 2, "close": 8, "ping": 9, "pong": 10}
+
+
+def websocket_messages(session: WsSession, wall_ns: int) -> list[dict[str, Any]]:
+    """A session's messages as browser devtools write them in HAR (``_webSocketMessages``):
+    ``type`` send (client to server) or receive, ``time`` in seconds since the epoch, ``opcode``,
+    and ``data``: the text, a close frame's code and reason, or base64 for binary payloads."""
+    out = []
+    for m in session.messages:
+        if m.text is not None:
+            data = m.text
+        elif m.opcode == "close":
+            data = f"{m.close_code} {m.data.decode('utf-8', 'replace')}".strip()
+        else:
+            data = base64.b64encode(m.data).decode()
+        out.append(
+            {
+                "type": "send" if m.dir == "req" else "receive",
+                "time": (wall_ns + m.ns) / 1e9,
+                "opcode": _OPCODES.get(m.opcode, 0),
+                "data": data,
+            }
+        )
+    return out
 
 
 def _iso_ms(wall_ns: int | None) -> str:
@@ -329,6 +367,8 @@ def jsonl_record(a: Analyzed, doc: Document, max_body: int | None = None) -> dic
     row["response_body"] = _content(a.response_chunks, "", doc, max_body, "response body")
     row["llm"] = _llm(a, doc, max_body)
     row["chunks"] = doc.later(lambda: _chunk_list(a))
+    if a.session is not None:
+        row["websocket_messages"] = [m.to_json() for m in a.session.messages]
     if doc.left_out:
         row["left_out"] = list(doc.left_out)
     return row

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from wirecap.llm import anthropic, ollama, openai
+from wirecap.llm import anthropic, ollama, openai, realtime
 from wirecap.llm.facts import ExchangeInput, LLMFacts
 from wirecap.llm.streams import json_body, sse_events
 
@@ -40,6 +40,11 @@ def pick_adapter(inp: ExchangeInput) -> Adapter | None:
 
 def analyze(inp: ExchangeInput) -> LLMFacts:
     """LLM facts for one exchange (plain HTTP facts when no adapter applies)."""
+    if inp.session is not None:
+        path = inp.path.split("?", 1)[0].rstrip("/")
+        if path.endswith("/realtime") or realtime.looks_realtime(inp.session):
+            return realtime.analyze_realtime(inp)
+        return realtime.analyze_websocket(inp)
     adapter = pick_adapter(inp)
     if adapter is not None and inp.method == "POST":
         return adapter(inp)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from wirecap.llm.http import Head
+    from wirecap.llm.websocket import WsSession
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,6 +92,8 @@ class ExchangeInput:
     response_head: Head | None
     response_chunks: TimedChunks
     complete: bool = True  # the exchange ended normally (outcome ok)
+    #: A WebSocket session after a 101, decoded into messages (None for plain HTTP).
+    session: WsSession | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.response_chunks, TimedChunks):
@@ -166,6 +169,9 @@ class LLMFacts:
     malformed_json: list[str] = dataclasses.field(default_factory=list)
     api_error: dict[str, Any] | None = None  # an error object in the body or the stream
     events: int = 0  # SSE events or NDJSON lines
+    #: Arrival times a stall is measured over, when not the response body's reads (a session's
+    #: output events; empty: stalls do not apply).
+    stall_times: tuple[int, ...] | None = None
 
     def finish(self) -> LLMFacts:
         """Derive tokens per second once everything is known."""

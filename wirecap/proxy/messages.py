@@ -86,9 +86,27 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     )
 
 
-def not_forwarded(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    """Names of the headers a proxy drops: the hop-by-hop ones and those Connection names."""
-    return HOP_BY_HOP | (connection_tokens(headers) - FRAMING)
+def not_forwarded(
+    headers: Iterable[tuple[bytes, bytes]], *, upgrade: bool = False
+) -> frozenset[bytes]:
+    """Names of the headers a proxy drops: the hop-by-hop ones and those Connection names. With
+    ``upgrade`` (a request to switch protocols, or the 101 that accepts it), Connection and
+    Upgrade go on: the switch is end to end (RFC 9110 section 7.8)."""
+    dropped = HOP_BY_HOP | (connection_tokens(headers) - FRAMING)
+    return dropped - _SWITCH if upgrade else dropped
+
+
+#: The headers that carry a protocol switch through the proxy.
+_SWITCH: Final = frozenset({b"connection", b"upgrade"})
+
+
+def upgrade_request(request: h11.Request) -> bytes | None:
+    """The protocol a request asks to switch to (its Upgrade header, when its Connection header
+    names ``upgrade``, as RFC 9110 section 7.8 requires), or None."""
+    upgrade = header_value(request.headers, b"upgrade")
+    if upgrade is None or b"upgrade" not in connection_tokens(request.headers):
+        return None
+    return upgrade
 
 
 #: Lengths and chunk sizes from this size up are refused: an upstream that keeps them in a signed

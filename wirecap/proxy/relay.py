@@ -40,6 +40,7 @@ from wirecap.proxy.exchange import (
     UpstreamFailure,
     UpstreamTimeout,
 )
+from wirecap.proxy.tunnel import Tunnel
 from wirecap.proxy.upstream import UpstreamConnectError
 from wirecap.proxy.upstream import UpstreamTimeout as ConnectTimeout
 
@@ -157,6 +158,8 @@ class ExchangeRelay:
         self.read_ns = 0  # when the last upstream read returned, ns since the exchange began
         self.close_client = False  # the response's framing ends with the connection
         self.answered = False  # the proxy made the whole answer itself (an error, a 404)
+        #: The protocol the client asks to switch to (its Upgrade header), or None.
+        self.upgrade = messages.upgrade_request(request.event)
 
     # -- the exchange ---------------------------------------------------------------------------------
 
@@ -346,7 +349,7 @@ class ExchangeRelay:
         """Send the edited head and the body bytes already here upstream, in one write."""
         request, ex = self.request, self.ex
         ex.advance(Phase.SENDING)
-        drop = messages.not_forwarded(request.event.headers)
+        drop = messages.not_forwarded(request.event.headers, upgrade=self.upgrade is not None)
         # A proxy sends its own HTTP version (RFC 9110 section 6.2): HTTP/1.1, whatever the client's.
         target_bytes = target.encode("latin-1")
         start_line = b" ".join((request.event.method, target_bytes, b"HTTP/1.1"))
@@ -359,7 +362,7 @@ class ExchangeRelay:
         # The head goes on line by line as received, not as h11 would write it; h11's client
         # connection is told the request line, which is what it needs to read the answer (a
         # HEAD's has no body; the request's own framing is the client's, checked by h11 there).
-        upstream.h11.send(_request_line(request.event.method, target_bytes, host))
+        upstream.h11.send(_request_line(request.event.method, target_bytes, host, self.upgrade))
         upstream.h11.send(_END)
         body, ended = self.take_request_body()
         self.watchdog.expect(self.timeouts.write, UpstreamFailure, "upstream stopped reading")
@@ -460,6 +463,9 @@ class ExchangeRelay:
     async def _relay_response(self, upstream: UpstreamConnection, read_timeout: float) -> None:
         """Upstream -> client: each read's heads and body bytes, forwarded before the next read."""
         head, response = await self._relay_heads(upstream, read_timeout)
+        if isinstance(response, h11.InformationalResponse):  # a 101: the protocol switches
+            await self._relay_session(upstream, head)
+            return
         dechunk = self.request.event.http_version == b"1.0" and _is_chunked(response)
         out = [head]
         while True:
@@ -486,10 +492,33 @@ class ExchangeRelay:
                 self._start_helper(self._watch_client)
             await self._receive(upstream, read_timeout)
 
+    async def _relay_session(self, upstream: UpstreamConnection, head: bytes) -> None:
+        """After a 101: send its head to the client, then relay the WebSocket session (or other
+        switched protocol) as raw bytes both ways until either side ends it (see tunnel.py)."""
+        await self._stop_helper()  # the client watcher: the tunnel reads the client from now on
+        client_early, client_closed = self.request.conn.trailing_data
+        upstream_early = upstream.h11.trailing_data[0]
+        await self._send_to_client(head)
+        self.watchdog.relax()  # a quiet session is not cut: only writes have deadlines
+        if client_closed and not client_early:
+            raise ClientAbort("client closed the connection before the session began")
+        tunnel = Tunnel(
+            client=self.client.stream,
+            upstream=upstream.stream,
+            read_size=self.client.read_size,
+            write_timeout=self.timeouts.write,
+            state=self.ex,
+            recorder=self.rec,
+        )
+        await tunnel.run(client_early, upstream_early, self.read_ns)
+        self.ex.advance(Phase.DONE)
+        self.response_done.set()
+
     async def _relay_heads(
         self, upstream: UpstreamConnection, read_timeout: float
-    ) -> tuple[bytes, h11.Response]:
-        """Relay interim (1xx) heads; return the final head as it goes to the client, unsent."""
+    ) -> tuple[bytes, h11.Response | h11.InformationalResponse]:
+        """Relay interim (1xx) heads; return the final head (or a 101 that switches protocols,
+        when the client asked to) as it goes to the client, unsent."""
         ex, rec = self.ex, self.rec
         while True:
             event = self._next_response_event(upstream)
@@ -508,12 +537,22 @@ class ExchangeRelay:
                 raise UpstreamFailure(f"upstream answered with status {status}")
             if isinstance(event, h11.InformationalResponse):
                 if status == 101:
-                    raise UpstreamFailure("upstream switched protocols")
+                    if self.upgrade is None:  # h11 refuses one the client did not ask for
+                        raise UpstreamFailure("upstream switched protocols")
+                    return self._switch_head(raw, event), event
                 if self.request.event.http_version != b"1.0":
                     drop = messages.not_forwarded(event.headers)
                     await self._send_to_client(messages.edit_head(raw, drop=drop))
                 continue
             return self._client_head(raw, event), event
+
+    def _switch_head(self, raw: bytes, response: h11.InformationalResponse) -> bytes:
+        """A 101 head as the client gets it: its Connection and Upgrade lines go on; the client
+        connection ends with the session."""
+        self.ex.status = response.status_code
+        self.ex.advance(Phase.RESPONDING)
+        self.close_client = True
+        return messages.edit_head(raw, drop=messages.not_forwarded(response.headers, upgrade=True))
 
     def _client_head(self, raw: bytes, response: h11.Response) -> bytes:
         """The final response head as the client gets it; decides whether the connection closes."""
@@ -618,10 +657,16 @@ _END: Final = h11.EndOfMessage()
 
 
 @functools.lru_cache(maxsize=1024)
-def _request_line(method: bytes, target: bytes, host: bytes) -> h11.Request:
+def _request_line(
+    method: bytes, target: bytes, host: bytes, upgrade: bytes | None = None
+) -> h11.Request:
     """The request h11's upstream connection is told of (events are immutable: an API's few
-    targets are validated once, not on every request)."""
-    return h11.Request(method=method, target=target, headers=[(b"host", host)])
+    targets are validated once, not on every request). With ``upgrade``, it proposes the switch,
+    so that h11 accepts a 101 and then hands the connection over."""
+    headers = [(b"host", host)]
+    if upgrade is not None:
+        headers += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+    return h11.Request(method=method, target=target, headers=headers)
 
 
 def _joined(parts: list[bytes]) -> bytes:

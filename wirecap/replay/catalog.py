@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 from wirecap.llm import parse_head
 from wirecap.replay.compare import first_difference
 from wirecap.replay.normalize import canonical, loads_or_none, normalize
+from wirecap.replay.sessions import SessionCatalog
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
@@ -142,7 +143,10 @@ class Catalog:
         match_on: Sequence[str] = MATCH_ON,
         ignore: Sequence[list[str | int | None]] = (),
         sequence: bool = False,
+        sessions: SessionCatalog | None = None,
     ) -> None:
+        #: The recorded WebSocket sessions, answered to Upgrade requests (see wsserve.py).
+        self.sessions = sessions or SessionCatalog(())
         unknown = set(match_on) - set(MATCH_ON)
         if unknown:
             raise ValueError(

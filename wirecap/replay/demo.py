@@ -61,7 +61,11 @@ def run_demo(fixtures: Path | None, *, echo: Callable[[str], object] = print) ->
 async def _demo(files: list[Path], workdir: Path, echo: Callable[[str], object]) -> None:
     with open_capture(*files) as fixtures:
         catalog = load_catalog(fixtures, match_on=("method", "path", "query", "body"))
-        exchanges = [e for e in fixtures.exchanges() if e.complete and e.request is not None]
+        exchanges = [
+            e
+            for e in fixtures.exchanges()
+            if e.complete and e.request is not None and e.status != 101  # HTTP only: no sessions
+        ]
     mock = MockServer(catalog, speed=4.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(mock.run)

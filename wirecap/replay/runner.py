@@ -30,6 +30,7 @@ from wirecap.proxy.upstream import (
 )
 from wirecap.replay.client import Response, build_request, client_pool, send
 from wirecap.replay.compare import WHOLE_BODY_MAX, Mode, Verdict, compare
+from wirecap.replay.wsreplay import replay_session
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -179,10 +180,15 @@ async def _replay_one(
     writer: CaptureWriter | None,
 ) -> Result:
     exchange = analyzed.exchange
+    method, path = exchange.method or "-", exchange.target or "-"
+    if analyzed.session is not None:  # a WebSocket session (its traffic is not recorded by --out)
+        status, verdict, duration_ns, error = await replay_session(pool, exchange, options)
+        return Result(
+            exchange.id, method, path, exchange.status, status, verdict, duration_ns, error
+        )
     request = build_request(
         exchange, options.target, via_proxy=options.via_proxy, extra_headers=options.headers
     )
-    method, path = exchange.method or "-", exchange.target or "-"
     if request is None:
         return Result(
             exchange.id,

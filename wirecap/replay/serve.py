@@ -22,8 +22,10 @@ import trio
 
 from wirecap.inspect.paint import Paint, plain, status_role
 from wirecap.llm import parse_head
-from wirecap.proxy.messages import HOP_BY_HOP
+from wirecap.proxy.messages import HOP_BY_HOP, upgrade_request
 from wirecap.replay.catalog import Catalog, Miss, Recorded, recorded_from
+from wirecap.replay.sessions import SessionCatalog, session_from
+from wirecap.replay.wsserve import serve_session
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -89,8 +91,20 @@ def load_catalog(
     ignore: Sequence[list[str | int | None]] = (),
     sequence: bool = False,
 ) -> Catalog:
-    recorded = [r for r in (recorded_from(e, ignore) for e in capture.exchanges()) if r is not None]
-    return Catalog(recorded, match_on=match_on, ignore=ignore, sequence=sequence)
+    recorded = []
+    sessions = []
+    for exchange in capture.exchanges():
+        if (answer := recorded_from(exchange, ignore)) is not None:
+            recorded.append(answer)
+        elif (session := session_from(exchange)) is not None:
+            sessions.append(session)
+    return Catalog(
+        recorded,
+        match_on=match_on,
+        ignore=ignore,
+        sequence=sequence,
+        sessions=SessionCatalog(sessions, ignore),
+    )
 
 
 class MockServer:
@@ -156,6 +170,8 @@ class MockServer:
                         break
                     else:
                         return
+                if await self._session(stream, conn, request, arrived_ns):
+                    return
                 if too_big:
                     self._tell(arrived_ns, request, None, 413, "too large")
                     await _send_json(
@@ -179,6 +195,28 @@ class MockServer:
             return
         finally:
             await trio.aclose_forcefully(stream)
+
+    async def _session(
+        self, stream: trio.SocketStream, conn: h11.Connection, request: h11.Request, wall_ns: int
+    ) -> bool:
+        """Answer a WebSocket handshake on a path with recorded sessions; False for any other
+        request (a handshake on a path without one is a miss like any request)."""
+        sessions = self.catalog.sessions
+        if upgrade_request(request) is None or not sessions:
+            return False
+        path = request.target.decode("latin-1").split("?", 1)[0]
+        if not sessions.on_path(path):
+            return False
+        answered = await serve_session(stream, request, conn.trailing_data[0], sessions, self.speed)
+        if answered is not None:
+            self.served.append(answered.id)
+            self._tell(wall_ns, request, answered.id, 101, "recorded")
+        else:
+            detail = (
+                "miss\n  no recorded session on this path starts with the client's first message"
+            )
+            self._tell(wall_ns, request, None, 101, "miss", detail)
+        return True
 
     def _tell(
         self,

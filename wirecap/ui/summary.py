@@ -44,7 +44,7 @@ def summarize(
         route=_shared(a.route),
         path=_shared(ex.target),
         status=ex.status,
-        outcome=_shared(ex.outcome) or ex.outcome,
+        outcome=_shared(a.outcome) or a.outcome,
         live=live,
         model=_shared(a.model),
         model_requested=_shared(a.facts.model_requested),
