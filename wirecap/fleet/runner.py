@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,5 +27,7 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
             loop.add_signal_handler(signum, stop.set)
         await main(stop)
 
-    logging.getLogger("wirecap.fleet").setLevel(logging.INFO)
+    logging.basicConfig(
+        level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
+    )
     asyncio.run(wrapper())

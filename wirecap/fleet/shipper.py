@@ -82,15 +82,45 @@ async def ensure_stream(js: Any, settings: NatsSettings) -> None:
         )
 
 
+class ConnectionLog:
+    """The client's callbacks, as one log line each instead of its tracebacks; an error repeated
+    while reconnecting is said once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._last_error = ""
+
+    async def error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        if text != self._last_error:
+            self._last_error = text
+            logger.warning("NATS at %s: %s", self.url, text)
+
+    async def disconnected(self) -> None:
+        logger.warning("lost the connection to NATS at %s; reconnecting", self.url)
+
+    async def reconnected(self) -> None:
+        self._last_error = ""
+        logger.warning("reconnected to NATS at %s", self.url)
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "error_cb": self.error,
+            "disconnected_cb": self.disconnected,
+            "reconnected_cb": self.reconnected,
+        }
+
+
 async def connect(settings: NatsSettings, stop: asyncio.Event) -> Any:
     """A connection to NATS, trying again with backoff until one is made (or ``stop`` is set:
     then None). The client reconnects by itself after that."""
     nats = require_nats()
     backoff = FIRST_BACKOFF
+    log = ConnectionLog(settings.url)
     while not stop.is_set():
         try:
-            return await nats.connect(**settings.connect_options())
-        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            return await nats.connect(**settings.connect_options(), **log.callbacks())
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
             logger.warning("cannot reach NATS at %s (%s); trying again", settings.url, exc)
         await _sleep_or_stop(stop, backoff)
         backoff = min(MAX_BACKOFF, backoff * 2)
@@ -172,7 +202,7 @@ class Shipper:
         if batch[0].offset == 0:
             head, batch = batch[0], batch[1:]
             subject = self.settings.head_subject(self.source, head.segment)
-            await self._count(
+            self._count(
                 await js.publish(subject, head.data, headers=frame_headers(self.source, head)), head
             )
         subject = self.settings.data_subject(self.source)
@@ -183,9 +213,9 @@ class Shipper:
             )
         )
         for ack, frame in zip(acks, batch, strict=True):
-            await self._count(ack, frame)
+            self._count(ack, frame)
 
-    async def _count(self, ack: Any, frame: Frame) -> None:
+    def _count(self, ack: Any, frame: Frame) -> None:
         if ack.duplicate:
             self.statistics.duplicates += 1
         else:
