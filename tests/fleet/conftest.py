@@ -106,7 +106,7 @@ class Child:
         if self.process.poll() is None:
             self.process.send_signal(signum)
         with trio.fail_after(HANG_GUARD):
-            return await trio.to_thread.run_sync(self.process.wait)
+            return await trio.to_thread.run_sync(self.process.wait, abandon_on_cancel=True)
 
     def output(self) -> str:
         return self.log.read_text()

@@ -118,8 +118,19 @@ async def connect(settings: NatsSettings, stop: asyncio.Event) -> Any:
     backoff = FIRST_BACKOFF
     log = ConnectionLog(settings.url)
     while not stop.is_set():
+        attempt = asyncio.ensure_future(
+            nats.connect(**settings.connect_options(), **log.callbacks())
+        )
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not attempt.done():  # stopped while the client was still trying (e.g. refused auth)
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await attempt
+            return None
         try:
-            return await nats.connect(**settings.connect_options(), **log.callbacks())
+            return attempt.result()
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             logger.warning("cannot reach NATS at %s (%s); trying again", settings.url, exc)
         await _sleep_or_stop(stop, backoff)
