@@ -1343,19 +1343,27 @@ def _nats_options(fn: Any) -> Any:
             help="TOML config; its [ship] (ship) or [collect] (collect) table holds these options (dashes as underscores); flags override it.",
         ),
         click.option(
-            "--stream", help="JetStream stream name (made when missing) [default: WIRECAP]."
+            "--stream",
+            metavar="NAME",
+            help="JetStream stream name (made when missing) [default: WIRECAP].",
         ),
         click.option(
-            "--subject", help="Subject prefix: frames go to SUBJECT.data.SOURCE [default: wirecap]."
+            "--subject",
+            metavar="PREFIX",
+            help="Subject prefix: frames go to SUBJECT.data.SOURCE [default: wirecap].",
         ),
-        click.option("--user", help="NATS user name."),
+        click.option("--user", metavar="NAME", help="NATS user name."),
         click.option(
             "--password",
+            metavar="PASSWORD",
             envvar="WIRECAP_NATS_PASSWORD",
             help="NATS password [env: WIRECAP_NATS_PASSWORD].",
         ),
         click.option(
-            "--token", envvar="WIRECAP_NATS_TOKEN", help="NATS token [env: WIRECAP_NATS_TOKEN]."
+            "--token",
+            metavar="TOKEN",
+            envvar="WIRECAP_NATS_TOKEN",
+            help="NATS token [env: WIRECAP_NATS_TOKEN].",
         ),
         click.option(
             "--creds",
@@ -1384,17 +1392,22 @@ def _nats_options(fn: Any) -> Any:
 
 
 @main.command("ship", short_help="Publish a capture directory's frames to NATS JetStream.")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument(
+    "directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
 @click.option("--to", metavar="URL", help="NATS server: nats://HOST:4222 or tls://HOST:4222.")
-@click.option("--source", help="This capture's name in the stream [default: the host name].")
+@click.option(
+    "--source", metavar="NAME", help="This capture's name in the stream [default: the host name]."
+)
 @click.option(
     "--window",
+    metavar="FRAMES",
     type=click.IntRange(min=1),
     help="Frames awaiting acknowledgement at once [default: 256].",
 )
 @_nats_options
 def ship_command(directory: Path, config_path: Path | None, **flags: Any) -> None:
-    """Publish every closed frame of the capture DIRECTORY to a JetStream stream, and keep
+    """Publish every closed frame of the capture directory DIR to a JetStream stream, and keep
     following it until Ctrl-C or SIGTERM.
 
     Each frame goes as written, with its source, segment and offset, and waits for the stream's
@@ -1425,9 +1438,12 @@ def ship_command(directory: Path, config_path: Path | None, **flags: Any) -> Non
 )
 @click.option(
     "--durable",
+    metavar="NAME",
     help="Durable consumer name; collectors with the same one share the work [default: wirecap-collector].",
 )
-@click.option("--name", help="This collector's name in its file names [default: host-pid].")
+@click.option(
+    "--name", metavar="NAME", help="This collector's name in its file names [default: host-pid]."
+)
 @click.option(
     "--ack-wait",
     type=click.FloatRange(min=0, min_open=True),
@@ -1436,6 +1452,7 @@ def ship_command(directory: Path, config_path: Path | None, **flags: Any) -> Non
 )
 @click.option(
     "--batch",
+    metavar="FRAMES",
     type=click.IntRange(min=1),
     help="Frames fetched, written and flushed at a time [default: 256].",
 )
