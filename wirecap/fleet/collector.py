@@ -26,6 +26,7 @@ from wirecap.fleet.shipper import (
     HEADER_SEGMENT,
     HEADER_SOURCE,
     MAX_BACKOFF,
+    ConnectionLog,
     _sleep_or_stop,
     connect,
     ensure_stream,
@@ -177,7 +178,8 @@ class Collector:
         nats = require_nats()
         self.out.mkdir(parents=True, exist_ok=True, mode=0o700)
         await asyncio.to_thread(repair_orphans, self.out)
-        nc = await connect(self.settings, stop)
+        log = ConnectionLog(self.settings.url)
+        nc = await connect(self.settings, stop, log)
         if nc is None:
             return
         try:
@@ -196,6 +198,7 @@ class Collector:
                     backoff = min(MAX_BACKOFF, backoff * 2)
         finally:
             await asyncio.to_thread(self.runs.close_all)
+            log.closing = True
             await nc.close()
 
     async def _subscribe(self, js: Any) -> Any:

@@ -89,6 +89,7 @@ class ConnectionLog:
     def __init__(self, url: str) -> None:
         self.url = url
         self._last_error = ""
+        self.closing = False  # a disconnect from our own close is not news
 
     async def error(self, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -97,7 +98,8 @@ class ConnectionLog:
             logger.warning("NATS at %s: %s", self.url, text)
 
     async def disconnected(self) -> None:
-        logger.warning("lost the connection to NATS at %s; reconnecting", self.url)
+        if not self.closing:
+            logger.warning("lost the connection to NATS at %s; reconnecting", self.url)
 
     async def reconnected(self) -> None:
         self._last_error = ""
@@ -111,12 +113,14 @@ class ConnectionLog:
         }
 
 
-async def connect(settings: NatsSettings, stop: asyncio.Event) -> Any:
+async def connect(
+    settings: NatsSettings, stop: asyncio.Event, log: ConnectionLog | None = None
+) -> Any:
     """A connection to NATS, trying again with backoff until one is made (or ``stop`` is set:
-    then None). The client reconnects by itself after that."""
+    then None). The client reconnects by itself after that; ``log`` tells what happens."""
     nats = require_nats()
     backoff = FIRST_BACKOFF
-    log = ConnectionLog(settings.url)
+    log = log or ConnectionLog(settings.url)
     while not stop.is_set():
         attempt = asyncio.ensure_future(
             nats.connect(**settings.connect_options(), **log.callbacks())
@@ -169,7 +173,8 @@ class Shipper:
     async def run(self, stop: asyncio.Event) -> None:
         """Ship until ``stop`` is set: connect, make sure the stream exists, then follow."""
         nats = require_nats()
-        nc = await connect(self.settings, stop)
+        log = ConnectionLog(self.settings.url)
+        nc = await connect(self.settings, stop, log)
         if nc is None:
             return
         try:
@@ -189,6 +194,7 @@ class Shipper:
                 if not shipped:
                     await _sleep_or_stop(stop, self._poll)
         finally:
+            log.closing = True
             await nc.close()
 
     async def ship_pending(self, js: Any) -> int:
