@@ -21,6 +21,10 @@ from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, rep
 from wirecap.capture.reader import segment_paths
 from wirecap.capture.redact import Redactor, Rules
 from wirecap.faults import FaultPlan, FaultSpec, FaultSpecError, parse_faults
+from wirecap.fleet import FleetError
+from wirecap.fleet.beside import run_shipper_beside
+from wirecap.fleet.beside import ship_command as shipper_command_line
+from wirecap.fleet.commands import collect, make_collector, make_shipper, ship
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import (
     SEVERITY_RANK,
@@ -84,7 +88,7 @@ from wirecap.ui.http import is_loopback
 UI_TOKEN_VARIABLE = "WIRECAP_UI_TOKEN"
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
@@ -349,8 +353,18 @@ _fault_option = click.option(
     help=f"Also serve the web inspector on the capture directory [default: {DEFAULT_UI_LISTEN}].",
 )
 @_fault_option
+@click.option(
+    "--ship",
+    "ship_url",
+    metavar="URL",
+    help="Also run 'wirecap ship' on the capture directory to this NATS URL; the [ship] table of --config applies.",
+)
 def proxy_command(
-    config_path: Path | None, quiet: bool, ui_listen: str | None, **settings: Any
+    config_path: Path | None,
+    quiet: bool,
+    ui_listen: str | None,
+    ship_url: str | None,
+    **settings: Any,
 ) -> None:
     """Run the recording reverse proxy.
 
@@ -378,20 +392,23 @@ def proxy_command(
     if quiet:
         settings["log_format"] = "quiet"
     try:
-        config = build_config(doc=load_toml(config_path) if config_path else None, **settings)
+        doc = load_toml(config_path) if config_path else None
+        ship_table = doc.pop("ship", None) if doc is not None else None  # the shipper's settings
+        config = build_config(doc=doc, **settings)
     except ConfigError as exc:
         raise ConfigProblem(str(exc)) from None
-    beside = None
+    beside = _ship_beside(ship_url, ship_table, config_path, config.capture.enabled)
     if ui_listen is not None:
         if not config.capture.enabled:
             raise click.UsageError("--ui shows what the proxy captures: it needs capture on")
         _ui_address(ui_listen, os.environ.get(UI_TOKEN_VARIABLE), "--ui")
-        beside = functools.partial(
+        ui_beside = functools.partial(
             run_beside_proxy,
             listen=ui_listen,
             banner=sys.stderr,
             token_set=bool(os.environ.get(UI_TOKEN_VARIABLE)),
         )
+        beside = ui_beside if beside is None else _both(ui_beside, beside)
     logging.basicConfig(
         level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
     )
@@ -411,6 +428,34 @@ def proxy_command(
     click.echo(message, err=True)
     if status:
         sys.exit(status)
+
+
+def _ship_beside(
+    url: str | None, table: Any, config_path: Path | None, capturing: bool
+) -> Callable[[Path], Awaitable[None]] | None:
+    """What runs the shipper beside the proxy (--ship, or 'to' in [ship]), or None."""
+    if url is None and not (isinstance(table, dict) and table.get("to")):
+        return None
+    if not capturing:
+        raise click.UsageError("--ship ships what the proxy captures: it needs capture on")
+    extra = ["--config", str(config_path)] if config_path is not None else []
+    to = url or str(table["to"])
+
+    async def run(directory: Path) -> None:
+        await run_shipper_beside(shipper_command_line(directory, to, extra))
+
+    return run
+
+
+def _both(
+    first: Callable[[Path], Awaitable[None]], second: Callable[[Path], Awaitable[None]]
+) -> Callable[[Path], Awaitable[None]]:
+    async def run(directory: Path) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first, directory)
+            nursery.start_soon(second, directory)
+
+    return run
 
 
 def _time_option(value: str | None, option: str) -> int | None:
@@ -1416,3 +1461,144 @@ def _output_file(path: Path, option: str) -> IO[str]:
         raise click.BadParameter(
             f"cannot write {path}: {exc.strerror or exc}", param_hint=f"'{option}'"
         ) from None
+
+
+def _nats_options(fn: Any) -> Any:
+    """The options ship and collect share: stream, subject, credentials, TLS, config."""
+    options = [
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="TOML config; its [ship] (ship) or [collect] (collect) table holds these options (dashes as underscores); flags override it.",
+        ),
+        click.option(
+            "--stream",
+            metavar="NAME",
+            help="JetStream stream name (made when missing) [default: WIRECAP].",
+        ),
+        click.option(
+            "--subject",
+            metavar="PREFIX",
+            help="Subject prefix: frames go to SUBJECT.data.SOURCE [default: wirecap].",
+        ),
+        click.option("--user", metavar="NAME", help="NATS user name."),
+        click.option(
+            "--password",
+            metavar="PASSWORD",
+            envvar="WIRECAP_NATS_PASSWORD",
+            help="NATS password [env: WIRECAP_NATS_PASSWORD].",
+        ),
+        click.option(
+            "--token",
+            metavar="TOKEN",
+            envvar="WIRECAP_NATS_TOKEN",
+            help="NATS token [env: WIRECAP_NATS_TOKEN].",
+        ),
+        click.option(
+            "--creds",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="NATS credentials file (JWT and seed).",
+        ),
+        click.option(
+            "--tls-ca",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="CA bundle to trust for the NATS server (turns TLS on).",
+        ),
+        click.option(
+            "--tls-cert",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="TLS client certificate (with --tls-key).",
+        ),
+        click.option(
+            "--tls-key",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            help="TLS client key.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command("ship", short_help="Publish a capture directory's frames to NATS JetStream.")
+@click.argument(
+    "directory", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option("--to", metavar="URL", help="NATS server: nats://HOST:4222 or tls://HOST:4222.")
+@click.option(
+    "--source", metavar="NAME", help="This capture's name in the stream [default: the host name]."
+)
+@click.option(
+    "--window",
+    metavar="FRAMES",
+    type=click.IntRange(min=1),
+    help="Frames awaiting acknowledgement at once [default: 256].",
+)
+@_nats_options
+def ship_command(directory: Path, config_path: Path | None, **flags: Any) -> None:
+    """Publish every closed frame of the capture directory DIR to a JetStream stream, and keep
+    following it until Ctrl-C or SIGTERM.
+
+    Each frame goes as written, with its source, segment and offset, and waits for the stream's
+    acknowledgement; the position is saved beside the segments, so a restart resumes there.
+    Through a NATS outage it keeps trying; the files hold everything meanwhile.
+
+    \b
+    Examples:
+      wirecap ship captures/ --to nats://127.0.0.1:4222
+      wirecap ship captures/ --to tls://nats.internal:4222 --creds app.creds --source web-1
+    """
+    try:
+        shipper = make_shipper(directory, config_path, flags)
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(ship(shipper), err=True)
+
+
+@main.command(
+    "collect", short_help="Write a JetStream stream of shipped frames to a capture directory."
+)
+@click.argument("url", required=False)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Directory for the central capture.",
+)
+@click.option(
+    "--durable",
+    metavar="NAME",
+    help="Durable consumer name; collectors with the same one share the work [default: wirecap-collector].",
+)
+@click.option(
+    "--name", metavar="NAME", help="This collector's name in its file names [default: host-pid]."
+)
+@click.option(
+    "--ack-wait",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds before an unacknowledged frame is delivered again [default: 30].",
+)
+@click.option(
+    "--batch",
+    metavar="FRAMES",
+    type=click.IntRange(min=1),
+    help="Frames fetched, written and flushed at a time [default: 256].",
+)
+@_nats_options
+def collect_command(url: str | None, config_path: Path | None, **flags: Any) -> None:
+    """Consume the stream at URL (nats://HOST:4222) with a durable consumer and write what the
+    shippers sent into --out DIR, until Ctrl-C or SIGTERM. Every wirecap command reads DIR as one
+    capture. Collectors with the same --durable and --out share the work.
+
+    \b
+    Examples:
+      wirecap collect nats://127.0.0.1:4222 --out central/
+      wirecap inspect central/ --detect-issues
+    """
+    try:
+        collector = make_collector(url, config_path, flags)
+    except FleetError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(collect(collector), err=True)

@@ -295,6 +295,7 @@ NOT_SETTINGS = {
     "config": "names the config file",
     "quiet": "shorthand for --log-format quiet",
     "ui": "--ui starts the inspector beside the proxy: a companion, not a proxy setting",
+    "ship": "--ship starts a shipper beside the proxy; its settings are the [ship] table",
 }
 
 

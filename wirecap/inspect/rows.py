@@ -353,15 +353,25 @@ def matching_rows(rows: Iterable[Row], filters: Filters) -> Iterator[Row]:
             yield row
 
 
+def with_findings(
+    rows: Iterable[Row], thresholds: Thresholds
+) -> Iterator[tuple[Row, list[Finding]]]:
+    """Each row with all its findings: those worked out with ``thresholds`` and, when its request
+    makes a retry storm with the rows before it, ``duplicate-request``."""
+    duplicates = DuplicateTracker(thresholds)
+    for row in rows:
+        found = list(row.findings or ())
+        dup = duplicates.observe_request(row.id, row.fields["start_ns"], row.request_key)
+        if dup is not None:
+            found.append(dup)
+        yield row, found
+
+
 def row_findings(rows: Iterable[Row], thresholds: Thresholds) -> Iterator[Finding]:
     """The findings of rows worked out with ``thresholds``, and the retry storms among them, in
     row order."""
-    duplicates = DuplicateTracker(thresholds)
-    for row in rows:
-        yield from row.findings or ()
-        dup = duplicates.observe_request(row.id, row.fields["start_ns"], row.request_key)
-        if dup is not None:
-            yield dup
+    for _, found in with_findings(rows, thresholds):
+        yield from found
 
 
 def selected_rows(
