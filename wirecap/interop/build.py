@@ -105,7 +105,7 @@ class Imported:
     response_headers: Sequence[tuple[str, str]]
     response_body: bytes = b""
     #: The response payload as the reads it arrived in, with their times (ns since the exchange
-    #: began), when the source kept them; else None.
+    #: began), when the source kept them; else None. An empty last read is when the body ended.
     response_reads: Sequence[tuple[int, bytes]] | None = None
     wall_ns: int  # wall clock at the first request byte, ns since the Unix epoch
     timings: Timings | None = None
@@ -208,10 +208,13 @@ def _pieces(body: bytes, content_type: str) -> list[bytes]:
 
 
 def _chunked(reads: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """Reads of a payload as the reads of a chunked body: one chunk each, then the last chunk."""
-    out = [(ns, b"%x\r\n%s\r\n" % (len(data), data)) for ns, data in reads if data]
-    last_ns = reads[-1][0] if reads else 0
-    return [*out, (last_ns, b"0\r\n\r\n")]
+    """Reads of a payload as the reads of a chunked body: a chunk each, the last chunk ending the
+    last read (a read of no payload carries only that)."""
+    out = [(ns, b"%x\r\n%s\r\n" % (len(data), data) if data else b"") for ns, data in reads]
+    if not out:
+        return [(0, b"0\r\n\r\n")]
+    out[-1] = (out[-1][0], out[-1][1] + b"0\r\n\r\n")
+    return [(ns, data) for ns, data in out if data]
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -260,7 +263,8 @@ def _response(
     _frame(head, body, may_have_body=_may_have_body(ex.method, ex.status), what="response")
     reads: list[tuple[int, bytes]]
     if ex.response_reads is not None:
-        reads = [(ns, d) for ns, d in ex.response_reads if d] if body else []
+        # an empty read is kept for a chunked body: it says when the last chunk came
+        reads = [(ns, d) for ns, d in ex.response_reads if d or head.chunked] if body else []
     else:
         content_type = next((v for n, v in head.headers if n.lower() == "content-type"), "")
         pieces = _pieces(body, content_type.split(";")[0].strip().lower())
@@ -331,6 +335,8 @@ def exchange_records(
     if req_bytes != len(ex.request_body) or res_bytes != len(res_body):
         raise EntryError("the rebuilt body does not read back as the source's")
     response_ns = max(times.response_ns, times.request_end_ns)
+    if res_wire:  # a source's times are rounded: the head came no later than the first read
+        response_ns = min(response_ns, res_wire[0][0])
     end_ns = max([times.end_ns, response_ns, *(ns for ns, _ in res_wire)])
     records: list[ExchangeRecord] = [
         RequestReceived(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import re
 from typing import TYPE_CHECKING, Final
 
 from wirecap.interop.build import EntryError, Imported, Skipped
 from wirecap.interop.export import plural
+from wirecap.interop.har import HarError, har_entries, har_exchanges
 from wirecap.interop.sink import ImportSink
 from wirecap.interop.vcr import CassetteError, interactions, load_cassette, vcr_exchanges
 
@@ -83,8 +85,17 @@ def _read_vcr(path: Path) -> Iterator[Imported | Skipped]:
     return vcr_exchanges(document, str(path), path.stat().st_mtime_ns)
 
 
+def _read_har(path: Path) -> Iterator[Imported | Skipped]:
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HarError(f"not a readable HAR (JSON) file: {exc}") from None
+    har_entries(document)  # raises now, before anything is read, if it is not HAR
+    return har_exchanges(document, str(path))
+
+
 def _readers() -> dict[str, Reader]:
-    return {"vcr": _read_vcr}
+    return {"har": _read_har, "vcr": _read_vcr}
 
 
 def import_files(
