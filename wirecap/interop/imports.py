@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 from wirecap.interop.build import EntryError, Imported, Skipped
 from wirecap.interop.export import plural
 from wirecap.interop.har import HarError, har_entries, har_exchanges
+from wirecap.interop.mitm import flow_exchanges
 from wirecap.interop.sink import ImportSink
 from wirecap.interop.vcr import CassetteError, interactions, load_cassette, vcr_exchanges
 
@@ -94,8 +95,13 @@ def _read_har(path: Path) -> Iterator[Imported | Skipped]:
     return har_exchanges(document, str(path))
 
 
+def _read_mitmproxy(path: Path) -> Iterator[Imported | Skipped]:
+    with path.open("rb") as file:
+        yield from flow_exchanges(file, str(path))
+
+
 def _readers() -> dict[str, Reader]:
-    return {"har": _read_har, "vcr": _read_vcr}
+    return {"har": _read_har, "vcr": _read_vcr, "mitmproxy": _read_mitmproxy}
 
 
 def import_files(
