@@ -4,11 +4,13 @@ scripts/make_mitmproxy_samples.py), read without mitmproxy; and the tnetstring r
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from hypothesis import given
@@ -18,6 +20,7 @@ from interop_tools import run
 from wirecap.capture import open_capture
 from wirecap.interop import tnetstring
 from wirecap.replay.serve import MockServer, load_catalog
+from wirecap.ui.app import run_ui
 
 SAMPLE = Path(__file__).parent.parent / "data" / "mitmproxy" / "llm.mitm"
 
@@ -173,3 +176,20 @@ def test_tnetstring_nesting_is_bounded():
         value = [value]
     with pytest.raises(tnetstring.TNetStringError, match="nested deeper"):
         tnetstring.loads(dumps(value))
+
+
+async def test_the_web_inspector_reads_imported_flows(imported, nursery):
+    url = await nursery.start(
+        functools.partial(run_ui, (imported,), host="127.0.0.1", port=0, token=None)
+    )
+    async with httpx.AsyncClient(base_url=url) as client:
+        with trio.fail_after(30):  # a hang guard: the capture is read at once
+            while not (await client.get("/api/summary")).json()["caught_up"]:
+                await trio.sleep(0.02)
+        page = (await client.get("/api/exchanges")).json()
+        assert page["total"] == 5
+        stream = next(
+            r for r in page["rows"] if r["path"] == "/v1/chat/completions" and r["streamed"]
+        )
+        detail = (await client.get(f"/api/exchanges/{stream['id']}")).json()
+    assert detail["answer"]["text"] == "Hello"
