@@ -109,6 +109,21 @@ def test_a_cut_or_foreign_flow_file_is_a_one_line_error(tmp_path):
     )
 
 
+def test_a_flow_file_is_told_by_its_shape_whatever_its_first_flow_holds(tmp_path):
+    flows = tmp_path / "big.flow"  # "version" comes after 100 KiB of body
+    flows.write_bytes(dumps({"request": {"content": b"x" * 100_000}, "version": 21, "type": "tcp"}))
+    result = run("import", flows, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert (
+        result.output.splitlines()[0] == f"{flows}: 0 exchanges (mitmproxy), 1 skipped: 1 tcp flow"
+    )
+    assert (
+        result.output.splitlines()[1]
+        == f"nothing imported: no capture written in {tmp_path / 'out'}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def dumps(value) -> bytes:
     """A tnetstring writer for the tests (mitmproxy's encoding: text ';', bytes ',')."""
     if value is None:

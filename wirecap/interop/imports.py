@@ -64,7 +64,7 @@ class ImportReport:
 def detect_format(path: Path, start: bytes) -> str:
     """The format of ``path``, told by ``start`` (its first bytes); raises :class:`ImportFailed`."""
     text = start.removeprefix(_BOM).lstrip()
-    if _TNETSTRING_START.match(start) and b"version" in start[:4096]:
+    if _is_tnetstring_dict(path, start):
         return "mitmproxy"
     if text[:1] == b"{":
         if re.search(rb'"log"\s*:', text) and b'"entries"' in text:
@@ -77,6 +77,21 @@ def detect_format(path: Path, start: bytes) -> str:
         f"{path}: not a HAR file, VCR cassette or mitmproxy flow file "
         "(--format says which it is, if it is one)"
     )
+
+
+def _is_tnetstring_dict(path: Path, start: bytes) -> bool:
+    """Whether ``path`` starts with a tnetstring dict (a flow): a length, a colon, a first item,
+    and at the end of that length the dict's type character."""
+    head = _TNETSTRING_START.match(start)
+    if head is None or not _TNETSTRING_START.match(start[head.end() :]):
+        return False
+    end = head.end() + int(start[: head.end() - 1])
+    try:
+        with path.open("rb") as file:
+            file.seek(end)
+            return file.read(1) == b"}"
+    except OSError:
+        return False
 
 
 def _read_vcr(path: Path) -> Iterator[Imported | Skipped]:
@@ -133,6 +148,9 @@ def import_files(
         if isinstance(exc, ImportFailed | CassetteError | ValueError | OSError):
             raise ImportFailed(f"{current}: {_why(exc)}; nothing was written") from None
         raise
+    if made and not sink.paths:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # nothing imported: leave no empty directory behind
     return ImportReport(reports, sink.paths)
 
 
