@@ -154,7 +154,9 @@ def _clean(headers: Iterable[tuple[str, str]], notes: list[str]) -> _Head:
 
 def _frame(head: _Head, body: bytes, *, may_have_body: bool, what: str) -> None:
     """Put the framing header back, as it agrees with ``body``: chunked if the source said so,
-    else a Content-Length (corrected, or added, when the source's did not count ``body``)."""
+    else a Content-Length (corrected, or added, when the source's did not count ``body``). A
+    response always gets one (an unframed answer would end only with its connection); a request
+    only with a body."""
     if not may_have_body:
         if head.length is not None:
             head.headers.append(("Content-Length", head.length))
@@ -163,13 +165,13 @@ def _frame(head: _Head, body: bytes, *, may_have_body: bool, what: str) -> None:
         head.headers.append(("Transfer-Encoding", "chunked"))
         return
     size = str(len(body))
-    if head.length is None and (body or what == "request"):
-        if body:
-            head.notes.append(f"{what} Content-Length added")
-    elif head.length is not None and head.length != size:
+    if head.length is None and not body and what == "request":
+        return
+    if head.length is None:
+        head.notes.append(f"{what} Content-Length added")
+    elif head.length != size:
         head.notes.append(f"{what} Content-Length corrected")
-    if body or head.length is not None:
-        head.headers.append(("Content-Length", size))
+    head.headers.append(("Content-Length", size))
 
 
 def _check_coding(head: _Head, body: bytes, what: str) -> None:
