@@ -1,5 +1,6 @@
 """Write tests/data/mitmproxy/llm.mitm with the real mitmdump: a reverse proxy (``mitmdump -w``)
-in front of a loopback LLM-like server, driven by httpx. Everything stays on 127.0.0.1.
+in front of a loopback LLM-like server, driven by httpx; then llm.har, mitmproxy's HAR export of
+the same flows (``mitmdump -r llm.mitm --set hardump=llm.har``). Everything stays on 127.0.0.1.
 
     python scripts/make_mitmproxy_samples.py [--mitmdump PATH] [--out tests/data/mitmproxy]
 
@@ -177,6 +178,12 @@ def main() -> None:
                 pass
     finally:
         server.shutdown()
+    # mitmproxy's own HAR export of the same flows
+    har = args.out / "llm.har"
+    har.unlink(missing_ok=True)
+    subprocess.run(
+        [args.mitmdump, "-q", "-n", "-r", str(target), "--set", f"hardump={har}"], check=True
+    )
     version = subprocess.run(
         [args.mitmdump, "--version"], capture_output=True, text=True, check=True
     )

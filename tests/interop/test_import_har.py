@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from pathlib import Path
 
 import trio
 from fake_llm import anthropic_calls, llm_upstream, openai_calls
@@ -170,3 +171,24 @@ def test_devtools_har_imports_decoded_bodies_and_skips_what_has_no_answer(tmp_pa
     rows = [json.loads(line) for line in run("inspect", out, "--json").output.splitlines()]
     assert [(r["model"], r["output_tokens"]) for r in rows] == [("gpt-4o", 1)] * 2
     assert run("inspect", out, "--detect-issues").exit_code == 0
+
+
+MITM_HAR = Path(__file__).parent.parent / "data" / "mitmproxy" / "llm.har"
+
+
+def test_mitmproxy_har_export_imports_like_the_flows_it_came_from(tmp_path):
+    from_har, from_flows = tmp_path / "har", tmp_path / "flows"
+    result = run("import", MITM_HAR, "-o", from_har)
+    assert result.exit_code == 0, result.output
+    assert "5 exchanges (har), 1 skipped: 1 no usable response (status 0)" in result.output
+    assert run("import", MITM_HAR.with_suffix(".mitm"), "-o", from_flows).exit_code == 0
+
+    def seen(out):
+        rows = [json.loads(line) for line in run("inspect", out, "--json").output.splitlines()]
+        keys = ("method", "path", "status", "model", "output_tokens", "finish_reason")
+        return [{k: r[k] for k in keys} for r in rows]
+
+    assert seen(from_har) == seen(from_flows)
+    with open_capture(from_har) as capture:
+        *_, upload = capture.exchanges()
+    assert upload.request_body == bytes(range(256))  # saved as text, one character a byte

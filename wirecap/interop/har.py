@@ -55,7 +55,10 @@ def _headers(items: Any) -> list[tuple[str, str]]:
     return [(str(h["name"]), str(h["value"])) for h in items or [] if isinstance(h, dict)]
 
 
-def _decoded(text: Any, encoding: Any) -> bytes:
+def _decoded(text: Any, encoding: Any, size: Any = None) -> bytes:
+    """A HAR body as bytes: base64 when ``encoding`` says so, else the text in UTF-8, or in
+    Latin-1 when that, and not UTF-8, gives the ``size`` the file recorded (tools that save
+    binary bodies as text map each byte to one character)."""
     if text is None:
         return b""
     if encoding == "base64":
@@ -63,7 +66,13 @@ def _decoded(text: Any, encoding: Any) -> bytes:
             return base64.b64decode(str(text), validate=True)
         except binascii.Error:
             raise HarError("a base64 body that is not base64") from None
-    return str(text).encode("utf-8", "surrogateescape")
+    data = str(text).encode("utf-8", "surrogateescape")
+    if isinstance(size, int) and size != len(data) and size == len(str(text)):
+        try:
+            return str(text).encode("latin-1")
+        except UnicodeEncodeError:
+            pass
+    return data
 
 
 def _request_body(request: Mapping[str, Any], notes: list[str]) -> bytes:
@@ -73,7 +82,8 @@ def _request_body(request: Mapping[str, Any], notes: list[str]) -> bytes:
     if post.get("text") is None and post.get("params"):
         notes.append("request body rebuilt from form params")
         return urlencode([(p["name"], p.get("value", "")) for p in post["params"]]).encode()
-    return _decoded(post.get("text"), post.get("encoding"))
+    size = request.get("bodySize")
+    return _decoded(post.get("text"), post.get("encoding"), size)
 
 
 def _wall_ns(text: Any) -> int:
@@ -139,7 +149,7 @@ def _exchange(source: Source, entry: Mapping[str, Any]) -> Imported:
         raise HarError("an entry without request and response")
     notes: list[str] = []
     content = response.get("content") or {}
-    body = _decoded(content.get("text"), content.get("encoding"))
+    body = _decoded(content.get("text"), content.get("encoding"), content.get("size"))
     if content.get("text") is None and int(content.get("size") or 0) > 0:
         notes.append("response body not in the file")
     response_headers = _headers(response.get("headers"))
