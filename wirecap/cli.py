@@ -813,6 +813,8 @@ def export_command(
       wirecap export captures/ --format vcr -o tests/cassettes/chat.yaml
       wirecap export captures/ --format curl --last 1 -o again.sh
     """
+    if max_body is not None and fmt in ("vcr", "curl"):
+        raise click.UsageError(f"--max-body applies to har and jsonl, not to {fmt}")
     filters = _filters(route, status, model, since, until)
     _check_counts(last, limit)
     left_out = 0

@@ -133,3 +133,10 @@ def test_curl_export_of_the_fixtures_is_valid_bash(tmp_path):
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False)
     assert check.returncode == 0, check.stderr
     assert script.read_text().count("\ncurl -sS --request ") == len(list(FIXTURES.glob("*.zst")))
+
+
+def test_max_body_is_for_har_and_jsonl(tmp_path):
+    result = run("export", FIXTURES, "--format", "curl", "--max-body", "1KiB", "-o", tmp_path / "x")
+    assert result.exit_code == 2
+    assert "--max-body applies to har and jsonl, not to curl" in result.output
+    assert not (tmp_path / "x").exists()

@@ -172,3 +172,11 @@ async def test_without_pyyaml_a_yaml_cassette_names_the_extra(cassette, tmp_path
         f"Error: {cassette}: reading VCR cassettes needs PyYAML: "
         "pip install 'wirecap[vcr]'; nothing was written\n"
     )
+
+
+async def test_two_imports_into_one_directory_make_two_segments(cassette, tmp_path):
+    out = tmp_path / "out"
+    assert run("import", cassette, "-o", out).exit_code == 0
+    assert run("import", cassette, "-o", out).exit_code == 0
+    assert len(list(out.iterdir())) == 2
+    assert len(imported(out)) == 4
