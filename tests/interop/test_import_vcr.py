@@ -180,3 +180,13 @@ async def test_two_imports_into_one_directory_make_two_segments(cassette, tmp_pa
     assert run("import", cassette, "-o", out).exit_code == 0
     assert len(list(out.iterdir())) == 2
     assert len(imported(out)) == 4
+
+
+async def test_no_redact_keeps_credentials_and_says_so_in_the_header(cassette, tmp_path):
+    out = tmp_path / "out"
+    assert run("import", cassette, "-o", out, "--no-redact").exit_code == 0
+    first = imported(out)[0]
+    assert f"Bearer {API_KEY}".encode() in first.request.head
+    with open_capture(out) as capture:
+        [segment] = capture.files
+        assert segment.header.redaction["enabled"] is False

@@ -339,6 +339,7 @@ def exchange_records(
     response_ns = max(times.response_ns, times.request_end_ns)
     if res_wire:  # a source's times are rounded: the head came no later than the first read
         response_ns = min(response_ns, res_wire[0][0])
+    sent_ns = min(times.request_end_ns, response_ns)
     end_ns = max([times.end_ns, response_ns, *(ns for ns, _ in res_wire)])
     records: list[ExchangeRecord] = [
         RequestReceived(
@@ -351,7 +352,7 @@ def exchange_records(
             upstream_url=ex.url,
         ),
         UpstreamRequest(x=x, ns=0, head=req_head[:-2] + proxy_path_line(ex.url.encode()) + b"\r\n"),
-        *(BodyChunk(x=x, dir="req", ns=times.request_end_ns, data=d) for _, d in req_wire),
+        *(BodyChunk(x=x, dir="req", ns=sent_ns, data=d) for _, d in req_wire),
         ResponseHead(x=x, ns=response_ns, status=ex.status, head=res_head),
         *(BodyChunk(x=x, dir="res", ns=max(ns, response_ns), data=d) for ns, d in res_wire),
         ExchangeNote(x=x, kind="import", detail=_detail(ex, notes)),
