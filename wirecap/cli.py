@@ -47,10 +47,12 @@ from wirecap.inspect.stats import compute as compute_stats
 from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import TABLE_HEADER, detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
+from wirecap.interop.curl import write_curl
 from wirecap.interop.export import open_private, write_har, write_jsonl
 from wirecap.interop.imports import FORMATS as IMPORT_FORMATS
 from wirecap.interop.imports import ImportFailed, import_files
 from wirecap.interop.imports import report_lines as import_report_lines
+from wirecap.interop.vcr import CassetteError, write_vcr, yaml_module
 from wirecap.proxy.admin import AdminListenError
 from wirecap.proxy.app import exit_summary, run_proxy
 from wirecap.proxy.config import (
@@ -828,14 +830,14 @@ def stats_command(
     _echo((json.dumps(g.to_json()) for g in groups) if as_json else stats_table(groups), plain)
 
 
-@main.command("export", short_help="Write exchanges as HAR 1.2 or JSON Lines.")
+@main.command("export", short_help="Write exchanges as HAR, JSON Lines, a VCR cassette or curl.")
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["har", "jsonl"]),
+    type=click.Choice(["har", "jsonl", "vcr", "curl"]),
     required=True,
-    help="HAR 1.2 or JSON Lines.",
+    help="HAR 1.2, JSON Lines, a VCR.py cassette (YAML) or a bash script of curl commands.",
 )
 @click.option(
     "-o",
@@ -867,25 +869,41 @@ def export_command(
     limit: int | None,
 ) -> None:
     """Export exchanges as HAR 1.2 (opens in browser devtools and HAR viewers, with timings and the
-    chunk timeline) or as JSON Lines (the inspect row, heads, bodies and LLM facts per exchange).
-    The file holds the same bodies as the capture, so it is written with mode 0600.
+    chunk timeline), as JSON Lines (the inspect row, heads, bodies and LLM facts per exchange), as
+    a VCR.py cassette (vcrpy and pytest-recording play it back; needs PyYAML, the vcr extra) or as
+    a bash script of curl commands (one per exchange; redacted secrets stay redacted). The file
+    holds the same bodies as the capture, so it is written with mode 0600.
 
     \b
     Examples:
       wirecap export captures/ --format har -o capture.har
       wirecap export captures/ --format har --max-body 16MiB -o small.har
       wirecap export captures/ --format jsonl -o - --status 5xx | jq .path
+      wirecap export captures/ --format vcr -o tests/cassettes/chat.yaml
+      wirecap export captures/ --format curl --last 1 -o again.sh
     """
+    if max_body is not None and fmt in ("vcr", "curl"):
+        raise click.UsageError(f"--max-body applies to har and jsonl, not to {fmt}")
     filters = _filters(route, status, model, since, until)
     _check_counts(last, limit)
+    left_out = 0
     try:
+        if fmt == "vcr":
+            yaml_module("writing")  # before the output file is made
         with open_capture(*captures) as capture, _output(output) as out:
             analyzed = analyzed_exchanges(capture, filters, last=last, limit=limit)
-            write = write_har if fmt == "har" else write_jsonl
-            count = write(analyzed, out, max_body=max_body)
-    except CaptureError as exc:
+            if fmt == "vcr":
+                count, left_out = write_vcr(analyzed, out)
+            elif fmt == "curl":
+                count = write_curl(analyzed, out)
+            else:
+                write = write_har if fmt == "har" else write_jsonl
+                count = write(analyzed, out, max_body=max_body)
+    except (CaptureError, CassetteError) as exc:
         raise click.ClickException(str(exc)) from None
-    if not count:
+    if left_out:
+        click.echo(f"{plural(left_out, 'exchange')} without a response left out", err=True)
+    if not count and not left_out:
         _none_match()
     elif str(output) != "-":
         click.echo(f"{plural(count, 'exchange')} written to {output}", err=True)

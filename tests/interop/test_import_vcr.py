@@ -4,6 +4,7 @@ serve and replay on the result."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import stat
@@ -11,7 +12,7 @@ import sys
 
 import trio
 from fake_llm import CHAT_JSON, chat_stream_events, llm_upstream
-from interop_tools import API_KEY, run, sdk_calls
+from interop_tools import API_KEY, gzip_llm_upstream, record_cassette, run, sdk_calls
 
 from wirecap.capture import open_capture
 from wirecap.replay.serve import MockServer, load_catalog
@@ -172,3 +173,40 @@ async def test_without_pyyaml_a_yaml_cassette_names_the_extra(cassette, tmp_path
         f"Error: {cassette}: reading VCR cassettes needs PyYAML: "
         "pip install 'wirecap[vcr]'; nothing was written\n"
     )
+
+
+async def test_two_imports_into_one_directory_make_two_segments(cassette, tmp_path):
+    out = tmp_path / "out"
+    assert run("import", cassette, "-o", out).exit_code == 0
+    assert run("import", cassette, "-o", out).exit_code == 0
+    assert len(list(out.iterdir())) == 2
+    assert len(imported(out)) == 4
+
+
+async def test_no_redact_keeps_credentials_and_says_so_in_the_header(cassette, tmp_path):
+    out = tmp_path / "out"
+    assert run("import", cassette, "-o", out, "--no-redact").exit_code == 0
+    first = imported(out)[0]
+    assert f"Bearer {API_KEY}".encode() in first.request.head
+    with open_capture(out) as capture:
+        [segment] = capture.files
+        assert segment.header.redaction["enabled"] is False
+
+
+async def test_vcrpy_json_serializer_with_decoded_answers(tmp_path, start_upstream):
+    upstream = await start_upstream(gzip_llm_upstream)
+    path = tmp_path / "cassette.json"
+    options = {"serializer": "json", "decode_compressed_response": True}
+    answers = await trio.to_thread.run_sync(
+        functools.partial(record_cassette, path, f"{upstream.url}v1", **options)
+    )
+    assert answers == ("Hello there!", "Hello world")
+    assert json.loads(path.read_text())["interactions"]  # vcrpy wrote JSON
+    out = tmp_path / "out"
+    result = run("import", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    first, _stream = imported(out)
+    assert b"gzip" not in first.response.head.lower()  # vcrpy decoded it and dropped the header
+    assert json.loads(first.response_body) == CHAT_JSON
+    rows = [json.loads(line) for line in run("inspect", out, "--json").output.splitlines()]
+    assert [r["finish_reason"] for r in rows] == ["stop", "stop"]

@@ -147,6 +147,8 @@ def _redacted_line(name: bytes, value: bytes) -> tuple[bytes, Redaction] | None:
         auth = _AUTH_SCHEME.match(value)
         if auth:
             scheme, value = auth.group(1) + b" ", auth.group(2)
+            if value.startswith(PLACEHOLDER_PREFIX):  # "Bearer [redacted ...]"
+                return None
     replacement, fp = placeholder(value)
     redaction = Redaction(where="head", name=lower_name.decode("latin-1"), fp=fp)
     return name + b": " + scheme + replacement, redaction

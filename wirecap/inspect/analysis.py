@@ -121,6 +121,8 @@ class Analyzed:
             else round(self.facts.tokens_per_second, 2),
             "finish_reason": self.facts.finish_reason,
             "tool_calls": len(self.facts.tool_calls),
+            # what the tool that made the exchange says (import provenance, injected faults)
+            "notes": [{"kind": n.kind, "detail": dict(n.detail)} for n in ex.notes],
         }
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
     from wirecap.capture.reader import Timeline
+    from wirecap.capture.records import ExchangeNote
     from wirecap.inspect.analysis import Analyzed
 
 
@@ -137,6 +138,7 @@ def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> It
     )
     if ex.wall_ns is not None:
         yield f"started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ex.wall_ns / 1e9))}  duration {_dur(ex.duration_ns)}  ttfb {_dur(ex.ttfb_ns)}  ttft {_dur(f.ttft_ns)}"
+    yield from notes_lines(ex.notes)
     yield from _head_lines(a)
     if a.session is not None:  # a WebSocket session: its messages instead of bodies
         if f.api != "websocket":
@@ -152,6 +154,37 @@ def detail_lines(a: Analyzed, *, full: bool = False, paint: Paint = plain) -> It
     if a.decode_error:
         yield f"(content coding: {a.decode_error})"
     yield from timeline_lines(ex.timeline, full=full)
+
+
+def notes_lines(notes: Iterable[ExchangeNote]) -> Iterator[str]:
+    """The "notes" block: what the tool that made the exchange says about it, one line each
+    (where an import came from and what in it is approximate; which fault was injected)."""
+    lines = [_note_line(n) for n in notes]
+    if lines:
+        yield "--- notes"
+        yield from lines
+
+
+def _note_line(note: ExchangeNote) -> str:
+    detail = dict(note.detail)
+    if note.kind == "import":
+        where = f"import from {detail.pop('source', '?')}: {detail.pop('file', '?')}"
+        where += f", entry {detail.pop('entry', '?')}"
+        approximate = detail.pop("approximate", None) or []
+        if approximate:
+            where += f"; approximate: {', '.join(str(a) for a in approximate)}"
+        rest = detail
+    elif note.kind == "fault":
+        where = f"fault {detail.pop('kind', '?')}"
+        spec = detail.pop("spec", None)
+        if spec:
+            where += f" (--fault {spec})"
+        rest = detail
+    else:
+        where, rest = note.kind, detail
+    if rest:
+        where += ": " + ", ".join(f"{k}={json.dumps(v)}" for k, v in rest.items())
+    return where
 
 
 def _head_lines(a: Analyzed) -> Iterator[str]:

@@ -105,7 +105,7 @@ class Imported:
     response_headers: Sequence[tuple[str, str]]
     response_body: bytes = b""
     #: The response payload as the reads it arrived in, with their times (ns since the exchange
-    #: began), when the source kept them; else None.
+    #: began), when the source kept them; else None. An empty last read is when the body ended.
     response_reads: Sequence[tuple[int, bytes]] | None = None
     wall_ns: int  # wall clock at the first request byte, ns since the Unix epoch
     timings: Timings | None = None
@@ -154,7 +154,9 @@ def _clean(headers: Iterable[tuple[str, str]], notes: list[str]) -> _Head:
 
 def _frame(head: _Head, body: bytes, *, may_have_body: bool, what: str) -> None:
     """Put the framing header back, as it agrees with ``body``: chunked if the source said so,
-    else a Content-Length (corrected, or added, when the source's did not count ``body``)."""
+    else a Content-Length (corrected, or added, when the source's did not count ``body``). A
+    response always gets one (an unframed answer would end only with its connection); a request
+    only with a body."""
     if not may_have_body:
         if head.length is not None:
             head.headers.append(("Content-Length", head.length))
@@ -163,13 +165,13 @@ def _frame(head: _Head, body: bytes, *, may_have_body: bool, what: str) -> None:
         head.headers.append(("Transfer-Encoding", "chunked"))
         return
     size = str(len(body))
-    if head.length is None and (body or what == "request"):
-        if body:
-            head.notes.append(f"{what} Content-Length added")
-    elif head.length is not None and head.length != size:
+    if head.length is None and not body and what == "request":
+        return
+    if head.length is None:
+        head.notes.append(f"{what} Content-Length added")
+    elif head.length != size:
         head.notes.append(f"{what} Content-Length corrected")
-    if body or head.length is not None:
-        head.headers.append(("Content-Length", size))
+    head.headers.append(("Content-Length", size))
 
 
 def _check_coding(head: _Head, body: bytes, what: str) -> None:
@@ -208,10 +210,13 @@ def _pieces(body: bytes, content_type: str) -> list[bytes]:
 
 
 def _chunked(reads: Sequence[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
-    """Reads of a payload as the reads of a chunked body: one chunk each, then the last chunk."""
-    out = [(ns, b"%x\r\n%s\r\n" % (len(data), data)) for ns, data in reads if data]
-    last_ns = reads[-1][0] if reads else 0
-    return [*out, (last_ns, b"0\r\n\r\n")]
+    """Reads of a payload as the reads of a chunked body: a chunk each, the last chunk ending the
+    last read (a read of no payload carries only that)."""
+    out = [(ns, b"%x\r\n%s\r\n" % (len(data), data) if data else b"") for ns, data in reads]
+    if not out:
+        return [(0, b"0\r\n\r\n")]
+    out[-1] = (out[-1][0], out[-1][1] + b"0\r\n\r\n")
+    return [(ns, data) for ns, data in out if data]
 
 
 def _split_url(url: str) -> tuple[str, str]:
@@ -260,7 +265,8 @@ def _response(
     _frame(head, body, may_have_body=_may_have_body(ex.method, ex.status), what="response")
     reads: list[tuple[int, bytes]]
     if ex.response_reads is not None:
-        reads = [(ns, d) for ns, d in ex.response_reads if d] if body else []
+        # an empty read is kept for a chunked body: it says when the last chunk came
+        reads = [(ns, d) for ns, d in ex.response_reads if d or head.chunked] if body else []
     else:
         content_type = next((v for n, v in head.headers if n.lower() == "content-type"), "")
         pieces = _pieces(body, content_type.split(";")[0].strip().lower())
@@ -331,6 +337,9 @@ def exchange_records(
     if req_bytes != len(ex.request_body) or res_bytes != len(res_body):
         raise EntryError("the rebuilt body does not read back as the source's")
     response_ns = max(times.response_ns, times.request_end_ns)
+    if res_wire:  # a source's times are rounded: the head came no later than the first read
+        response_ns = min(response_ns, res_wire[0][0])
+    sent_ns = min(times.request_end_ns, response_ns)
     end_ns = max([times.end_ns, response_ns, *(ns for ns, _ in res_wire)])
     records: list[ExchangeRecord] = [
         RequestReceived(
@@ -343,7 +352,7 @@ def exchange_records(
             upstream_url=ex.url,
         ),
         UpstreamRequest(x=x, ns=0, head=req_head[:-2] + proxy_path_line(ex.url.encode()) + b"\r\n"),
-        *(BodyChunk(x=x, dir="req", ns=times.request_end_ns, data=d) for _, d in req_wire),
+        *(BodyChunk(x=x, dir="req", ns=sent_ns, data=d) for _, d in req_wire),
         ResponseHead(x=x, ns=response_ns, status=ex.status, head=res_head),
         *(BodyChunk(x=x, dir="res", ns=max(ns, response_ns), data=d) for ns, d in res_wire),
         ExchangeNote(x=x, kind="import", detail=_detail(ex, notes)),

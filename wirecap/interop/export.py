@@ -3,7 +3,9 @@
 HAR timings come from the recorded times: ``send`` is the request (head to the last request body
 chunk), ``wait`` from there to the first response byte, ``receive`` from there to the end; ``time`` is
 their sum. ``blocked``, ``dns``, ``connect`` and ``ssl`` are -1 (not measured per exchange). The chunk
-timeline goes in the custom field ``_chunks``; bodies that are not UTF-8 text are base64.
+timeline goes in the custom field ``_chunks`` (each read's direction, time, stored size and payload
+size: enough for ``wirecap import`` to give a stream its reads back); bodies that are not UTF-8
+text are base64.
 
 Memory stays bounded whatever the bodies' size: an entry's large parts (bodies, the reassembled
 answer, the chunk timeline) are written piece by piece as they are read from the capture, never
@@ -23,12 +25,14 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from wirecap import __version__
+from wirecap.capture.payload import iter_request_payload, iter_response_payload
 from wirecap.llm import TimedChunks, parse_head
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from wirecap.capture import Exchange
+    from wirecap.capture import BodyChunk, Exchange
+    from wirecap.capture.records import Direction
     from wirecap.llm import Head, LLMFacts
     from wirecap.llm.websocket import WsSession
 
@@ -195,12 +199,50 @@ def _string_pieces(text: str, step: int = STREAM_OVER) -> Iterator[str]:
 
 
 def _chunk_list(a: Analyzed) -> Iterator[str]:
-    """The ``_chunks`` timeline as a JSON array, one read at a time."""
+    """The ``_chunks`` timeline as a JSON array, one read at a time: each read's direction, time,
+    size as stored (``bytes``, transfer coding included) and payload size (``payload``)."""
+    payload = {d: _payload_sizes(a.exchange, d) for d in ("req", "res")}
     yield "["
     for i, mark in enumerate(a.exchange.timeline):
         item = {"dir": mark.dir, "ms": _ms(mark.ns), "bytes": mark.size}
+        item["payload"] = next(payload[mark.dir], 0)
         yield ("," if i else "") + json.dumps(item)
     yield "]"
+
+
+def _payload_sizes(ex: Exchange, direction: Direction) -> Iterator[int]:
+    """The payload size of each stored read of one direction, in stored order (0 for a read of
+    framing only, such as a chunked body's last chunk), one read at a time."""
+    pulled = [-1]
+
+    def wire() -> Iterator[BodyChunk]:
+        for i, chunk in enumerate(ex.iter_wire(direction)):
+            pulled[0] = i
+            yield chunk
+
+    count = 0
+    for chunk in _payload(ex, direction, wire()):
+        while count < pulled[0]:
+            yield 0
+            count += 1
+        yield len(chunk.data)
+        count += 1
+    while count <= pulled[0]:
+        yield 0
+        count += 1
+
+
+def _payload(ex: Exchange, direction: Direction, wire: Iterator[BodyChunk]) -> Iterator[BodyChunk]:
+    """``wire`` as payload (as :meth:`~wirecap.capture.Exchange.iter_payload` reads it)."""
+    if not ex.wire:
+        return wire
+    if direction == "req":
+        return wire if ex.request is None else iter_request_payload(ex.request.head, wire)
+    head = ex.response
+    if head is None:
+        return wire
+    method = (ex.method or "GET").encode("ascii", "replace")
+    return iter_response_payload(method, head.head, wire)
 
 
 def _headers(head: Any) -> list[dict[str, str]]:

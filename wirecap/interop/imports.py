@@ -11,11 +11,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import json
 import re
 from typing import TYPE_CHECKING, Final
 
 from wirecap.interop.build import EntryError, Imported, Skipped
 from wirecap.interop.export import plural
+from wirecap.interop.har import HarError, har_entries, har_exchanges
+from wirecap.interop.mitm import flow_exchanges
 from wirecap.interop.sink import ImportSink
 from wirecap.interop.vcr import CassetteError, interactions, load_cassette, vcr_exchanges
 
@@ -61,7 +64,7 @@ class ImportReport:
 def detect_format(path: Path, start: bytes) -> str:
     """The format of ``path``, told by ``start`` (its first bytes); raises :class:`ImportFailed`."""
     text = start.removeprefix(_BOM).lstrip()
-    if _TNETSTRING_START.match(start) and b"version" in start[:4096]:
+    if _is_tnetstring_dict(path, start):
         return "mitmproxy"
     if text[:1] == b"{":
         if re.search(rb'"log"\s*:', text) and b'"entries"' in text:
@@ -76,6 +79,21 @@ def detect_format(path: Path, start: bytes) -> str:
     )
 
 
+def _is_tnetstring_dict(path: Path, start: bytes) -> bool:
+    """Whether ``path`` starts with a tnetstring dict (a flow): a length, a colon, a first item,
+    and at the end of that length the dict's type character."""
+    head = _TNETSTRING_START.match(start)
+    if head is None or not _TNETSTRING_START.match(start[head.end() :]):
+        return False
+    end = head.end() + int(start[: head.end() - 1])
+    try:
+        with path.open("rb") as file:
+            file.seek(end)
+            return file.read(1) == b"}"
+    except OSError:
+        return False
+
+
 def _read_vcr(path: Path) -> Iterator[Imported | Skipped]:
     document = load_cassette(path.read_bytes())
     if interactions(document) is None:
@@ -83,8 +101,22 @@ def _read_vcr(path: Path) -> Iterator[Imported | Skipped]:
     return vcr_exchanges(document, str(path), path.stat().st_mtime_ns)
 
 
+def _read_har(path: Path) -> Iterator[Imported | Skipped]:
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HarError(f"not a readable HAR (JSON) file: {exc}") from None
+    har_entries(document)  # raises now, before anything is read, if it is not HAR
+    return har_exchanges(document, str(path))
+
+
+def _read_mitmproxy(path: Path) -> Iterator[Imported | Skipped]:
+    with path.open("rb") as file:
+        yield from flow_exchanges(file, str(path))
+
+
 def _readers() -> dict[str, Reader]:
-    return {"vcr": _read_vcr}
+    return {"har": _read_har, "vcr": _read_vcr, "mitmproxy": _read_mitmproxy}
 
 
 def import_files(
@@ -116,6 +148,9 @@ def import_files(
         if isinstance(exc, ImportFailed | CassetteError | ValueError | OSError):
             raise ImportFailed(f"{current}: {_why(exc)}; nothing was written") from None
         raise
+    if made and not sink.paths:
+        with contextlib.suppress(OSError):
+            out.rmdir()  # nothing imported: leave no empty directory behind
     return ImportReport(reports, sink.paths)
 
 

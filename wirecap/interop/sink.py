@@ -34,7 +34,9 @@ class ImportSink:
         redaction = (
             {"enabled": True, **redactor.rules.describe()} if redactor is not None else NO_REDACTION
         )
-        self._sink = SegmentSink(directory, SegmentHeader(redaction), prefix="import")
+        # a random part in the name: two imports into one directory within a second never meet
+        prefix = f"import-{os.urandom(3).hex()}"
+        self._sink = SegmentSink(directory, SegmentHeader(redaction), prefix=prefix)
         self._redactor = redactor
         self._batch: list[Record] = []
         self._size = 0

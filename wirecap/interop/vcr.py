@@ -1,4 +1,5 @@
-"""VCR cassettes (VCR.py, pytest-recording, Ruby VCR) read into :class:`Imported` exchanges.
+"""VCR cassettes (VCR.py, pytest-recording, Ruby VCR) read into :class:`Imported` exchanges, and
+captures written as VCR.py cassettes.
 
 A cassette is YAML (or JSON, from vcrpy's json serializer): ``interactions`` of a ``request``
 (``method``, ``uri``, ``body``, ``headers``) and a ``response`` (``status: {code, message}``,
@@ -23,7 +24,11 @@ from typing import TYPE_CHECKING, Any, Final
 from wirecap.interop.build import Imported, Skipped, Source
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
+    from typing import IO
+
+    from wirecap.interop.export import Analyzed
+    from wirecap.llm import Head
 
 INSTALL_HINT: Final = "reading VCR cassettes needs PyYAML: pip install 'wirecap[vcr]'"
 
@@ -41,14 +46,20 @@ def load_cassette(data: bytes) -> Any:
             return json.loads(text)
         except ValueError:
             pass
-    try:
-        import yaml
-    except ImportError:
-        raise CassetteError(INSTALL_HINT) from None
+    yaml = yaml_module("reading")
     try:
         return yaml.load(data, Loader=_loader(yaml))
     except yaml.YAMLError as exc:
         raise CassetteError(f"not a readable YAML cassette: {_one_line(exc)}") from None
+
+
+def yaml_module(doing: str = "reading") -> Any:
+    """PyYAML, or :class:`CassetteError` naming the extra that brings it."""
+    try:
+        import yaml
+    except ImportError:
+        raise CassetteError(INSTALL_HINT.replace("reading", doing)) from None
+    return yaml
 
 
 def _loader(yaml: Any) -> Any:
@@ -199,3 +210,66 @@ def _exchange(
         http_version=f"HTTP/{version}" if isinstance(version, str) and version else "HTTP/1.1",
         approximate=() if known else ("start time from the file's date",),
     )
+
+
+# -- export --------------------------------------------------------------------------------------
+
+
+def _header_map(head: Head | None) -> dict[str, list[str]]:
+    """Headers as vcrpy writes them: each name (as recorded) with the list of its values."""
+    out: dict[str, list[str]] = {}
+    for name, value in head.headers if head is not None else ():
+        if name.lower() != "x-proxy-path":
+            out.setdefault(name, []).append(value)
+    return out
+
+
+def _body_value(data: bytes) -> str | bytes:
+    """Text when ``data`` is UTF-8 (vcrpy's readable form), else bytes (YAML ``!!binary``)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
+
+
+def interaction(a: Analyzed) -> dict[str, Any] | None:
+    """The cassette interaction of one exchange, or None when it has no response. Bodies are
+    the payload as it crossed the wire (content coding kept, as vcrpy records through httpx)."""
+    ex = a.exchange
+    if ex.response is None or ex.request is None:
+        return None
+    url = ex.upstream_url or ex.request.proxy_url or ex.target or "/"
+    start = a.response_head.start_line.split(" ", 2) if a.response_head else []
+    return {
+        "request": {
+            "body": _body_value(a.request_payload.join()) if a.request_payload.size else None,
+            "headers": _header_map(a.request_head),
+            "method": ex.method or "GET",
+            "uri": url,
+        },
+        "response": {
+            "body": {"string": _body_value(a.response_payload.join())},
+            "headers": _header_map(a.response_head),
+            "status": {"code": ex.response.status, "message": start[2] if len(start) > 2 else ""},
+        },
+    }
+
+
+def write_vcr(analyzed: Iterable[Analyzed], out: IO[str]) -> tuple[int, int]:
+    """Write a VCR.py cassette (YAML, format version 1) of ``analyzed``, one interaction at a
+    time (memory holds one exchange); returns (interactions written, exchanges left out because
+    they have no response). Raises :class:`CassetteError` when PyYAML is missing."""
+    yaml = yaml_module("writing")
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    written = left_out = 0
+    out.write("interactions:")
+    for a in analyzed:
+        item = interaction(a)
+        if item is None:
+            left_out += 1
+            continue
+        out.write("\n" if not written else "")
+        out.write(yaml.dump([item], Dumper=dumper, allow_unicode=True, width=100))
+        written += 1
+    out.write("version: 1\n" if written else " []\nversion: 1\n")
+    return written, left_out
