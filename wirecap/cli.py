@@ -34,7 +34,7 @@ from wirecap.inspect.detectors import (
 )
 from wirecap.inspect.follow import analyzed_as_they_end, follow_lines
 from wirecap.inspect.paint import Paint, plain
-from wirecap.inspect.rows import Row, row_findings, selected_rows
+from wirecap.inspect.rows import Row, row_findings, selected_rows, with_findings
 from wirecap.inspect.select import (
     FilterError,
     Filters,
@@ -48,10 +48,12 @@ from wirecap.inspect.stats import table_lines as stats_table
 from wirecap.inspect.views import TABLE_HEADER, detail_lines, findings_lines, table_lines
 from wirecap.inspect.words import plural
 from wirecap.interop.curl import write_curl
-from wirecap.interop.export import open_private, write_har, write_jsonl
+from wirecap.interop.export import open_private, open_private_bytes, write_har, write_jsonl
 from wirecap.interop.imports import FORMATS as IMPORT_FORMATS
 from wirecap.interop.imports import ImportFailed, import_files
 from wirecap.interop.imports import report_lines as import_report_lines
+from wirecap.interop.parquet import ParquetUnavailable, write_parquet
+from wirecap.interop.parquet import schema as parquet_schema
 from wirecap.interop.vcr import CassetteError, write_vcr, yaml_module
 from wirecap.proxy.admin import AdminListenError
 from wirecap.proxy.app import exit_summary, run_proxy
@@ -835,9 +837,10 @@ def stats_command(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["har", "jsonl", "vcr", "curl"]),
+    type=click.Choice(["har", "jsonl", "vcr", "curl", "parquet"]),
     required=True,
-    help="HAR 1.2, JSON Lines, a VCR.py cassette (YAML) or a bash script of curl commands.",
+    help="HAR 1.2, JSON Lines, a VCR.py cassette (YAML), a bash script of curl commands, or "
+    "Parquet (one row of facts and finding codes per exchange, no bodies).",
 )
 @click.option(
     "-o",
@@ -871,8 +874,11 @@ def export_command(
     """Export exchanges as HAR 1.2 (opens in browser devtools and HAR viewers, with timings and the
     chunk timeline), as JSON Lines (the inspect row, heads, bodies and LLM facts per exchange), as
     a VCR.py cassette (vcrpy and pytest-recording play it back; needs PyYAML, the vcr extra) or as
-    a bash script of curl commands (one per exchange; redacted secrets stay redacted). The file
-    holds the same bodies as the capture, so it is written with mode 0600.
+    a bash script of curl commands (one per exchange; redacted secrets stay redacted), or as
+    Parquet for DuckDB, Spark or ClickHouse (one row per exchange: time, route, method, path,
+    status, outcome, model, tokens, TTFT, duration, bytes and the codes of its findings; needs
+    pyarrow, the parquet extra). The file holds what the capture holds, so it is written with mode
+    0600.
 
     \b
     Examples:
@@ -881,7 +887,11 @@ def export_command(
       wirecap export captures/ --format jsonl -o - --status 5xx | jq .path
       wirecap export captures/ --format vcr -o tests/cassettes/chat.yaml
       wirecap export captures/ --format curl --last 1 -o again.sh
+      wirecap export captures/ --format parquet -o exchanges.parquet
     """
+    if fmt == "parquet":
+        _export_parquet(captures, output, _filters(route, status, model, since, until), last, limit)
+        return
     if max_body is not None and fmt in ("vcr", "curl"):
         raise click.UsageError(f"--max-body applies to har and jsonl, not to {fmt}")
     filters = _filters(route, status, model, since, until)
@@ -907,6 +917,38 @@ def export_command(
         _none_match()
     elif str(output) != "-":
         click.echo(f"{plural(count, 'exchange')} written to {output}", err=True)
+
+
+def _export_parquet(
+    captures: tuple[Path, ...], output: Path, filters: Filters, last: int | None, limit: int | None
+) -> None:
+    """``export --format parquet``: the rows, with the codes of their findings at the default
+    thresholds, through the row cache."""
+    if str(output) == "-":
+        raise click.UsageError("--format parquet writes a file; give -o FILE")
+    _check_counts(last, limit)
+    try:
+        parquet_schema()  # pyarrow is there, before the output file is made
+    except ParquetUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    thresholds = Thresholds()
+    try:
+        with open_capture(*captures) as capture, _binary_output(output) as out:
+            rows = selected_rows(capture, filters, thresholds=thresholds, last=last, limit=limit)
+            found = with_findings(rows, thresholds)
+            count = write_parquet(((row.fields, [f.code for f in fs]) for row, fs in found), out)
+    except CaptureError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{plural(count, 'exchange')} written to {output}", err=True)
+
+
+def _binary_output(path: Path) -> IO[bytes]:
+    try:
+        return open_private_bytes(path)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot write {path}: {exc.strerror or exc}", param_hint="'--output'"
+        ) from None
 
 
 def _output(path: Path) -> IO[str]:

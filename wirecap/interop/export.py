@@ -372,13 +372,22 @@ def _iso_ms(wall_ns: int | None) -> str:
 def open_private(path: str | os.PathLike[str]) -> IO[str]:
     """``path`` opened for writing text, mode 0600 (an existing file is truncated and made 0600):
     an export holds the same bodies as the capture it comes from, which is 0600 too."""
+    return os.fdopen(_private_fd(path), "w", encoding="utf-8")
+
+
+def open_private_bytes(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Like :func:`open_private`, for a binary export (Parquet)."""
+    return os.fdopen(_private_fd(path), "wb")
+
+
+def _private_fd(path: str | os.PathLike[str]) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        return os.fdopen(fd, "w", encoding="utf-8")
     except BaseException:
         os.close(fd)
         raise
+    return fd
 
 
 def write_har(analyzed: Iterable[Analyzed], out: IO[str], *, max_body: int | None = None) -> int:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from typing import BinaryIO
+    from typing import IO
 
 #: Exchanges per row group (and per batch held in memory).
 ROW_GROUP: Final = 16_384
@@ -65,7 +65,7 @@ def schema() -> Any:
     pa, _ = _pyarrow()
     types = {
         "string": pa.string(),
-        "timestamp": pa.timestamp("ns", tz="UTC"),
+        "timestamp": pa.timestamp("us", tz="UTC"),  # what Spark and ClickHouse read as a time
         "int32": pa.int32(),
         "int64": pa.int64(),
         "float64": pa.float64(),
@@ -75,7 +75,7 @@ def schema() -> Any:
     return pa.schema([*fields, pa.field("findings", pa.list_(pa.string()))])
 
 
-def write_parquet(rows: Iterable[tuple[Mapping[str, Any], Sequence[str]]], out: BinaryIO) -> int:
+def write_parquet(rows: Iterable[tuple[Mapping[str, Any], Sequence[str]]], out: IO[bytes]) -> int:
     """Write ``(row, finding codes)`` pairs to ``out`` as Parquet; returns how many."""
     pa, pq = _pyarrow()
     table_schema = schema()
@@ -96,5 +96,6 @@ def write_parquet(rows: Iterable[tuple[Mapping[str, Any], Sequence[str]]], out: 
 
 def _table(pa: Any, table_schema: Any, batch: list[tuple[Mapping[str, Any], Sequence[str]]]) -> Any:
     columns = {name: [row.get(key) for row, _ in batch] for name, _, key in COLUMNS}
+    columns["start"] = [None if ns is None else ns // 1000 for ns in columns["start"]]
     columns["findings"] = [list(codes) for _, codes in batch]
     return pa.table(columns, schema=table_schema)
