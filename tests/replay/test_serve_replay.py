@@ -306,3 +306,23 @@ async def test_ctrl_c_stops_serve_with_one_line_not_a_traceback():
         await process.wait()
     assert process.returncode == 130, err.decode()
     assert b"Traceback" not in err, err.decode()
+
+
+async def test_replay_undoes_the_targets_content_coding_before_comparing(start_upstream):
+    """A backend that gzips its answer says the same as the recording that was not gzipped."""
+    import gzip
+
+    with open_capture(FIXTURES / "openai_chat_json.cbor.zst") as capture:
+        [recorded] = list(capture.exchanges())
+    answer = recorded.response_body
+
+    async def gzipping(ex):
+        await ex.read_body()
+        headers = [("Content-Type", "application/json"), ("Content-Encoding", "gzip")]
+        await ex.respond(200, gzip.compress(answer), headers)
+
+    backend = await start_upstream(gzipping)
+    fixture = str(FIXTURES / "openai_chat_json.cbor.zst")
+    result = await trio.to_thread.run_sync(run, "replay", fixture, "--target", backend.url)
+    assert result.exit_code == 0, result.output
+    assert "1 exchange replayed: 1 passed, 0 failed" in result.output

@@ -198,15 +198,10 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
             problems.append(f"request: {exc}")
     response_payload = chunks = payload_chunks(exchange, "res")
     coding = response_head.get("content-encoding") if response_head else None
-    if coding and chunks:
-        try:
-            decoded = decode_content(chunks.join(), coding)
-            first, last = chunks.times[0], chunks.times[-1]
-            chunks = TimedChunks.held(
-                ((first, decoded),) if len(chunks) == 1 else ((first, decoded), (last, b""))
-            )
-        except DecodeError as exc:
-            problems.append(f"response: {exc}")
+    try:
+        chunks = chunks.decoded(coding)
+    except DecodeError as exc:
+        problems.append(f"response: {exc}")
     session = session_of(exchange)
     outcome = judged_outcome(exchange, session)
     inp = ExchangeInput(

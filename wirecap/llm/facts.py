@@ -8,6 +8,8 @@ import io
 import json
 from typing import TYPE_CHECKING, Any
 
+from wirecap.llm.http import decode_content
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -51,6 +53,18 @@ class TimedChunks:
     @property
     def last_ns(self) -> int | None:
         return self.times[-1] if self.times else None
+
+    def decoded(self, coding: str | None) -> TimedChunks:
+        """This body with its content coding (``Content-Encoding``) undone: one chunk at the first
+        chunk's time and an empty one at the last's, so that times still span the body. Raises
+        :class:`~wirecap.llm.http.DecodeError` when the coding cannot be undone."""
+        if not coding or not self.times:
+            return self
+        decoded = decode_content(self.join(), coding)
+        first, last = self.times[0], self.times[-1]
+        return TimedChunks.held(
+            ((first, decoded),) if len(self.times) == 1 else ((first, decoded), (last, b""))
+        )
 
     def join(self) -> bytes:
         """The whole body in one string (built in place: no list of chunks beside it)."""

@@ -6,6 +6,7 @@ does. Building the request from a recording is sans-IO (:func:`build_request`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
-from wirecap.llm import ExchangeInput, TimedChunks, parse_head
+from wirecap.llm import DecodeError, ExchangeInput, TimedChunks, parse_head
 from wirecap.proxy.messages import HOP_BY_HOP
 from wirecap.proxy.upstream import ConnectionPool
 
@@ -134,16 +135,22 @@ class Response:
             self.chunks.append((ns, data))
 
     def as_input(self, method: str, path: str) -> ExchangeInput:
+        """The answer as the adapters and the comparison take it: with its content coding undone,
+        as the recorded side's is (a coding that cannot be undone leaves the bytes as they came)."""
+        head = parse_head(self.head) if self.head else None
         body = TimedChunks.held(self.chunks)
         if self.dropped:
             body = TimedChunks(tuple, self.times, self.size, self._hasher.hexdigest())
+        else:
+            with contextlib.suppress(DecodeError):
+                body = body.decoded(head.get("content-encoding") if head else None)
         return ExchangeInput(
             method=method,
             path=path,
             request_head=None,
             request_body=b"",
             status=self.status,
-            response_head=parse_head(self.head) if self.head else None,
+            response_head=head,
             response_chunks=body,
             complete=self.error is None,
         )

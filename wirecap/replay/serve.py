@@ -226,6 +226,7 @@ class MockServer:
         status: int,
         how: str,
         detail: str | None = None,
+        fault: Mapping[str, Any] | None = None,
     ) -> None:
         if self.on_answer is not None:
             self.on_answer(
@@ -237,6 +238,7 @@ class MockServer:
                     status=status,
                     how=how,
                     detail=detail,
+                    fault=fault,
                 )
             )
 
@@ -249,18 +251,7 @@ class MockServer:
         note: Mapping[str, Any],
     ) -> None:
         """Tell ``on_answer`` of a request answered under an injected fault (``note``: its detail)."""
-        if self.on_answer is not None:
-            self.on_answer(
-                Served(
-                    wall_ns=wall_ns,
-                    method=request.method.decode("latin-1"),
-                    target=request.target.decode("latin-1"),
-                    recording=recording,
-                    status=status,
-                    how="fault",
-                    fault=note,
-                )
-            )
+        self._tell(wall_ns, request, recording, status, "fault", fault=note)
 
     async def _answer(
         self,
