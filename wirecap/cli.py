@@ -832,7 +832,9 @@ def stats_command(
     _echo((json.dumps(g.to_json()) for g in groups) if as_json else stats_table(groups), plain)
 
 
-@main.command("export", short_help="Write exchanges as HAR, JSON Lines, a VCR cassette or curl.")
+@main.command(
+    "export", short_help="Write exchanges as HAR, JSON Lines, a VCR cassette, curl or Parquet."
+)
 @click.argument("captures", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--format",
