@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import trio
-from conftest import HANG_GUARD, exchange_ids, wait_for_ids
+from natsfleet import HANG_GUARD, exchange_ids, wait_for_ids
 
 from wirecap.capture import open_capture
 from wirecap.fleet.config import default_source

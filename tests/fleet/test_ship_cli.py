@@ -10,7 +10,7 @@ import sys
 import pytest
 import trio
 from click.testing import CliRunner
-from conftest import NatsServer, exchange_ids, nats_binary, wait_for_ids
+from natsfleet import NatsServer, exchange_ids, nats_binary, wait_for_ids
 
 from wirecap.cli import main
 
