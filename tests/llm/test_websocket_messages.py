@@ -93,3 +93,22 @@ def test_the_deflate_offer_is_found_among_other_extensions():
     assert deflate_params(f"x-other; a=1, {DEFLATE}") == DEFLATE
     assert deflate_params("x-other") is None
     assert deflate_params(None) is None
+
+
+def test_a_deflate_bomb_costs_a_bounded_inflation_and_is_named():
+    """A message of a few hundred KB that inflates to far more than the bound stops its
+    direction's decoding, with the reason; the messages before it stay."""
+    client = sender(True, deflate=True)
+    sent = bytes(client.send_data("first")) + bytes(client.send_data(b"\0" * (200 * 2**20)))
+    assert len(sent) < 2**20  # the whole bomb is under a megabyte on the wire
+    session = decode_session(switch_head(DEFLATE), [("req", 1, sent)])
+    assert [m.text for m in session.of("req")] == ["first"]
+    assert "req" in session.problems
+
+
+def test_a_101_with_bad_extension_parameters_is_a_problem_not_an_error():
+    client = sender(True, deflate=True)
+    reads = [("req", 1, bytes(client.send_data("hello")))]
+    bad = "permessage-deflate; server_max_window_bits=abc"
+    session = decode_session(switch_head(bad), reads)
+    assert session.messages == [] and "Sec-WebSocket-Extensions" in session.problems["req"]

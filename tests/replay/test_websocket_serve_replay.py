@@ -3,6 +3,7 @@ session's client messages against a live upstream and compares what the server s
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -162,3 +163,36 @@ async def test_replay_of_a_session_a_target_refuses_fails_with_the_status(start_
     result = await trio.to_thread.run_sync(run, "replay", FIXTURE, "--target", upstream.url)
     assert result.exit_code == 1, result.output
     assert "refused the WebSocket handshake with HTTP 401" in result.output
+
+
+async def test_a_malformed_handshake_gets_a_400_and_serve_goes_on(nursery):
+    import httpx
+
+    server = await start_serve(nursery)
+    headers = {"Connection": "Upgrade", "Upgrade": "websocket"}  # no key, no version
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(f"{server.url}{PATH}", headers=headers)
+    assert answer.status_code == 400 and "bad WebSocket handshake" in answer.json()["error"]
+    received, close, _ = await in_thread(
+        lambda: realtime_client(f"ws://127.0.0.1:{server.port}{PATH}")
+    )
+    assert received[-1][1]["type"] == "response.done" and close == 1000
+
+
+async def test_replay_against_a_target_that_answers_no_handshake_is_a_failed_verdict():
+    import trio
+
+    async def not_http(stream):
+        await stream.receive_some(65536)
+        await stream.send_all(b"HELLO THERE\r\n\r\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trio.serve_tcp, not_http, 0, host="127.0.0.1")
+        [listener] = await nursery.start(serve)
+        port = listener.socket.getsockname()[1]
+        target = f"http://127.0.0.1:{port}"
+        result = await trio.to_thread.run_sync(run, "replay", FIXTURE, "--target", target)
+        nursery.cancel_scope.cancel()
+    assert result.exit_code == 1, result.output
+    assert "handshake failed" in result.output and "Traceback" not in result.output

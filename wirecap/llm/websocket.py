@@ -13,10 +13,11 @@ A message's time is the arrival of the read that completed it.
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import TYPE_CHECKING, Any, Final
 
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, ParseFailed
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -98,22 +99,51 @@ def deflate_params(extensions: str | None) -> str | None:
     return None
 
 
+#: A session decodes to at most this many bytes of messages (its messages are held together); past
+#: it, decoding stops and the session names the problem. One read inflates to at most
+#: :data:`MAX_INFLATED_READ`, so a few bytes of deflate bomb cost no more than that.
+MAX_SESSION_DECODED: Final = 64 * 1024 * 1024
+MAX_INFLATED_READ: Final = 16 * 1024 * 1024
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate, inflating at most :data:`MAX_INFLATED_READ` bytes from the
+    compressed bytes of one read (wsproto inflates without a bound); more is a message too big,
+    which ends the direction's decoding like any undecodable frame."""
+
+    def frame_inbound_payload_data(
+        self, proto: FrameDecoder | FrameProtocol, data: bytes
+    ) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        try:
+            out = self._decompressor.decompress(bytes(data), MAX_INFLATED_READ)
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        return CloseReason.MESSAGE_TOO_BIG if self._decompressor.unconsumed_tail else out
+
+
 class _Direction:
     """One direction's decoder: wsproto in the role that receives its frames, and the message
     being assembled."""
 
     def __init__(self, direction: str, deflate: str | None) -> None:
         extensions: list[Extension] = []
+        self.failed: str | None = None
         if deflate is not None:
-            ext = PerMessageDeflate()
-            ext.finalize(deflate)  # the parameters as accepted, for either role
-            extensions.append(ext)
+            ext = BoundedDeflate()
+            try:
+                ext.finalize(deflate)  # the parameters as accepted, for either role
+                extensions.append(ext)
+            except ValueError as exc:
+                self.failed = f"{direction}: bad Sec-WebSocket-Extensions in the 101 ({exc})"
         # Client frames are read as the server reads them, and the other way round.
         self.frames = FrameProtocol(client=direction == "res", extensions=extensions)
         self.direction = direction
         self.opcode: Opcode | None = None
         self.parts: list[Any] = []
-        self.failed: str | None = None
+        self.pending = 0  # the size of the message being assembled, so far
 
     def feed(self, data: bytes, ns: int) -> list[WsMessage]:
         if self.failed is not None:
@@ -144,9 +174,12 @@ class _Direction:
         if opcode is not Opcode.CONTINUATION:
             self.opcode = opcode
         self.parts.append(payload)
+        self.pending += len(payload)
+        if self.pending > MAX_SESSION_DECODED:
+            raise ParseFailed(f"a message of over {MAX_SESSION_DECODED >> 20} MiB")
         if not finished:
             return None
-        parts, self.parts = self.parts, []
+        parts, self.parts, self.pending = self.parts, [], 0
         if self.opcode is Opcode.TEXT:
             text = "".join(parts)
             return WsMessage(
@@ -171,10 +204,21 @@ def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) 
     deflate = deflate_params(extensions)
     session = WsSession(extensions=extensions)
     sides = {d: _Direction(d, deflate) for d in ("req", "res")}
+    decoded = 0
     for direction, ns, data in reads:
         side = sides.get(direction)
-        if side is not None:
-            session.messages.extend(side.feed(data, ns))
+        if side is None:
+            continue
+        for message in side.feed(data, ns):
+            decoded += message.size
+            session.messages.append(message)
+        if decoded > MAX_SESSION_DECODED:
+            for other in sides.values():
+                other.failed = other.failed or (
+                    f"{other.direction}: decoding stops past {MAX_SESSION_DECODED >> 20} MiB "
+                    "of messages"
+                )
+            break
     for direction, side in sides.items():
         problem = side.unfinished()
         if problem is not None:

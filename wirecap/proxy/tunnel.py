@@ -2,8 +2,8 @@
 
 Once the upstream has answered an Upgrade request with 101 Switching Protocols, neither connection
 speaks HTTP any more (h11 reports SWITCHED_PROTOCOL). :class:`Tunnel` runs one task per direction:
-each read is forwarded to the other side at once, then recorded as a ``body`` record (``"req"``:
-client to upstream, ``"res"``: upstream to client) with its arrival time. The proxy reads no frame,
+each read is recorded as a ``body`` record (``"req"``: client to upstream, ``"res"``: upstream to
+client) with its arrival time and forwarded to the other side at once. The proxy reads no frame,
 not even a frame header: the reader decodes the recorded bytes with wsproto.
 
 Time limits: a session may stay quiet for as long as its peers like, so no read has a deadline
@@ -94,17 +94,9 @@ class Tunnel:
             await self._forward(side, data, self._now())
 
     async def _forward(self, side: Side, data: bytes, ns: int) -> None:
-        """Send one read of ``side`` to the other side, then record it and follow its frames."""
+        """Record one read of ``side``, then send it to the other side: a read the other side
+        never took whole (it broke, or stopped reading) is in the capture all the same."""
         other: Side = "upstream" if side == "client" else "client"
-        try:
-            with trio.fail_after(self.write_timeout):
-                await self.streams[other].send_all(data)
-        except trio.TooSlowError:
-            self._end(other, broken(other, f"stopped reading for {self.write_timeout:g}s"))
-            return
-        except _BROKEN:
-            self._end(other, broken(other, "closed the connection before a write"))
-            return
         ex = self.ex
         if side == "client":
             ex.req_bytes += len(data)
@@ -114,8 +106,17 @@ class Tunnel:
                 ex.ttft_ns = ns
         if self.rec is not None:
             self.rec.body("req" if side == "client" else "res", data, ns=ns)
-            if self.rec.backlogged:
-                await self.rec.wait_for_room()
+        try:
+            with trio.fail_after(self.write_timeout):
+                await self.streams[other].send_all(data)
+        except trio.TooSlowError:
+            self._end(other, broken(other, f"stopped reading for {self.write_timeout:g}s"))
+            return
+        except _BROKEN:
+            self._end(other, broken(other, "closed the connection before a write"))
+            return
+        if self.rec is not None and self.rec.backlogged:
+            await self.rec.wait_for_room()
 
     def _end(self, side: Side, error: RelayError | None) -> None:
         """The session ends: ``side``'s connection ended first (the first call decides)."""

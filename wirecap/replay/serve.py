@@ -25,7 +25,7 @@ from wirecap.llm import parse_head
 from wirecap.proxy.messages import HOP_BY_HOP, upgrade_request
 from wirecap.replay.catalog import Catalog, Miss, Recorded, recorded_from
 from wirecap.replay.sessions import SessionCatalog, session_from
-from wirecap.replay.wsserve import serve_session
+from wirecap.replay.wsserve import BadHandshake, serve_session
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -207,7 +207,14 @@ class MockServer:
         path = request.target.decode("latin-1").split("?", 1)[0]
         if not sessions.on_path(path):
             return False
-        answered = await serve_session(stream, request, conn.trailing_data[0], sessions, self.speed)
+        try:
+            answered = await serve_session(
+                stream, request, conn.trailing_data[0], sessions, self.speed
+            )
+        except BadHandshake as exc:
+            await _send_json(conn, stream, 400, {"error": f"bad WebSocket handshake: {exc}"})
+            self._tell(wall_ns, request, None, 400, "miss", f"bad WebSocket handshake: {exc}")
+            return True
         if answered is not None:
             self.served.append(answered.id)
             self._tell(wall_ns, request, answered.id, 101, "recorded")

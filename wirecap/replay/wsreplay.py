@@ -21,6 +21,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData
 from wsproto.events import Request as WsRequest
 from wsproto.extensions import PerMessageDeflate
+from wsproto.utilities import RemoteProtocolError
 
 from wirecap.llm.websocket import WsMessage, deflate_params
 from wirecap.replay.client import build_request
@@ -117,10 +118,18 @@ async def _connect(
                 return peer
             if isinstance(event, RejectConnection | RejectData):
                 raise HandshakeRefused(getattr(event, "status_code", 0))
-        data = await stream.receive_some(65536)
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise SessionEnded(
+                f"the target broke the connection in the handshake ({exc})"
+            ) from None
         if not data:
             raise SessionEnded("the target closed the connection during the handshake")
-        conn.receive_data(bytes(data))
+        try:
+            conn.receive_data(bytes(data))
+        except RemoteProtocolError as exc:
+            raise SessionEnded(f"the target's handshake answer is not one: {exc}") from None
 
 
 async def _drive(

@@ -131,6 +131,10 @@ class WsPeer:
         await trio.aclose_forcefully(self.stream)
 
 
+class BadHandshake(Exception):
+    """An Upgrade request wsproto does not accept as a WebSocket handshake (nothing was sent)."""
+
+
 def since(started_ns: int) -> int:
     return time.perf_counter_ns() - started_ns
 
@@ -146,10 +150,13 @@ async def accept(
     """Complete the handshake of ``request`` (already parsed by h11) as ``recorded``'s 101 did:
     its subprotocol, and permessage-deflate when it was negotiated and the client offers it."""
     conn = WSConnection(ConnectionType.SERVER)
-    conn.initiate_upgrade_connection(list(request.headers.raw_items()), request.target)
-    if leftover:
-        conn.receive_data(leftover)
-    event = next(iter(conn.events()), None)
+    try:
+        conn.initiate_upgrade_connection(list(request.headers.raw_items()), request.target)
+        if leftover:
+            conn.receive_data(leftover)
+        event = next(iter(conn.events()), None)
+    except (RemoteProtocolError, LocalProtocolError) as exc:
+        raise BadHandshake(str(exc)) from None
     offered = event.subprotocols if isinstance(event, Request) else []
     extensions: list[Extension] = (
         [PerMessageDeflate()] if deflate_params(recorded.extensions) else []
