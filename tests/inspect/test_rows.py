@@ -174,3 +174,56 @@ def test_cache_files_are_private_and_off_means_off(tmp_path):
     env["HOME"] = env["XDG_CACHE_HOME"] = str(tmp_path / "home")
     subprocess.run(command, env=env, capture_output=True, check=True)
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("layout", ["ends before", "ends between", "ends after"])
+def test_a_cached_segment_gives_a_spanning_exchange_where_a_fresh_read_does(
+    tmp_path, cache, layout
+):
+    """Exchange 1 begins in the first segment and ends in the second, before, between or after
+    the two exchanges that lie wholly in the second."""
+    one, two, three = (spec.records(i) for i, spec in enumerate(specs(3)))
+    second = {
+        "ends before": [one[3:], two, three],
+        "ends between": [two, one[3:], three],
+        "ends after": [two, three, one[3:]],
+    }[layout]
+    write_segments(tmp_path / "cap", [[one[:3]], second])
+    uncached = all_rows(tmp_path / "cap", None)
+    assert len(uncached) == 3
+    assert all_rows(tmp_path / "cap", cache) == uncached  # fills the cache
+    assert all_rows(tmp_path / "cap", cache) == uncached  # reads it
+
+
+def test_a_look_that_stops_early_leaves_no_cache_file(tmp_path, cache):
+    records = [r for i, spec in enumerate(specs(5)) for r in spec.records(i)]
+    write_segments(tmp_path / "cap", [[records]])
+    with open_capture(tmp_path / "cap") as capture:
+        rows = capture_rows(capture, None, cache)
+        next(rows)
+        rows.close()
+    assert list(cache.directory.iterdir()) == []
+
+
+def test_a_broken_cache_file_is_removed_and_written_again(tmp_path, cache):
+    records = [r for i, spec in enumerate(specs(6)) for r in spec.records(i)]
+    write_segments(tmp_path / "cap", [[records]])
+    truth = all_rows(tmp_path / "cap", cache)
+    [cached] = cache.directory.iterdir()
+    cached.write_bytes(b"garbage")
+    assert all_rows(tmp_path / "cap", cache) == truth
+    assert not cached.exists()
+    assert all_rows(tmp_path / "cap", cache) == truth
+    assert cached.exists() and cached.read_bytes() != b"garbage"
+
+
+def test_rows_are_keyed_by_the_code_that_made_them(tmp_path, cache, monkeypatch):
+    records = [r for i, spec in enumerate(specs(2)) for r in spec.records(i)]
+    write_segments(tmp_path / "cap", [[records]])
+    all_rows(tmp_path / "cap", cache)
+    monkeypatch.setattr(rows_module, "code_digest", lambda: "other code")
+    analysed = []
+    real = rows_module.analyze_exchange
+    monkeypatch.setattr(rows_module, "analyze_exchange", lambda e: analysed.append(e) or real(e))
+    all_rows(tmp_path / "cap", cache)
+    assert len(analysed) == 2

@@ -8,14 +8,16 @@ of that.
 
 The cache holds one file per closed segment (one with an index: a live or cut-off segment may
 still change, so it is always read) and per question (rows alone, or rows with findings for given
-thresholds), keyed by the segment's :meth:`~wirecap.capture.CaptureFile.fingerprint`, the wirecap
-version and :data:`ROWS_VERSION`. It lives in ``$WIRECAP_CACHE_DIR``, else
+thresholds), keyed by the segment's :meth:`~wirecap.capture.CaptureFile.fingerprint` and a digest
+of the code that works rows out (:func:`code_digest`: another wirecap version, or an edited
+adapter, never reads rows the old code made). It lives in ``$WIRECAP_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/wirecap``, else ``~/.cache/wirecap`` (directory 0700, files 0600: rows name
 models and paths); ``WIRECAP_CACHE_DIR=off`` turns it off. A cache that cannot be written (a
 read-only home) is skipped without a word: it only saves time.
 
 Order: within a segment, the exchanges that began and ended in it come in the order they began; an
-exchange that spans segments comes when it ends.
+exchange that spans segments comes when it ends. A cached segment gives them in the same order:
+where a spanning exchange ended, its cache file says so, and its row is worked out there.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -47,9 +51,21 @@ if TYPE_CHECKING:
     from wirecap.capture import Capture, CaptureFile
     from wirecap.capture.reader import Place
 
-#: Bump when what a row holds, or how it is worked out, changes: older cache files are then unused.
-ROWS_VERSION: Final = 1
 _OFF: Final = "off"
+#: Temporary cache files older than this are what an interrupted look left behind.
+STALE_SECONDS: Final = 3600.0
+
+
+@functools.cache
+def code_digest() -> str:
+    """A digest of the code a row comes from: the capture reader, the LLM adapters and the
+    inspect package (every module in them, with the wirecap version)."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(__version__.encode())
+    for folder in ("capture", "llm", "inspect"):
+        for source in sorted((package / folder).glob("*.py")):
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,10 +112,15 @@ class RowCache:
 
     def path(self, fingerprint: str, thresholds: Thresholds | None) -> Path:
         question = json.dumps(
-            [ROWS_VERSION, __version__, dataclasses.asdict(thresholds) if thresholds else None]
+            [code_digest(), dataclasses.asdict(thresholds) if thresholds else None]
         )
         name = hashlib.sha256(f"{fingerprint} {question}".encode()).hexdigest()[:40]
         return self.directory / f"{name}.cbor.zst"
+
+    def forget(self, fingerprint: str, thresholds: Thresholds | None) -> None:
+        """Remove a segment's cache file (a broken one: the next look writes it again)."""
+        with contextlib.suppress(OSError):
+            self.path(fingerprint, thresholds).unlink()
 
     def reader(self, fingerprint: str, thresholds: Thresholds | None) -> RowReader | None:
         try:
@@ -110,9 +131,18 @@ class RowCache:
     def writer(self, fingerprint: str, thresholds: Thresholds | None) -> RowWriter | None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._sweep()
             return RowWriter(self.directory, self.path(fingerprint, thresholds))
         except OSError:
             return None
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of looks that were killed before they finished."""
+        before = time.time() - STALE_SECONDS
+        for leftover in self.directory.glob(".rows-*.tmp"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < before:
+                    leftover.unlink()
 
 
 class RowWriter:
@@ -141,6 +171,10 @@ class RowWriter:
         findings = None if row.findings is None else [list(_finding(f)) for f in row.findings]
         self._item(["row", [row.fields.get(k) for k in self._keys], row.request_key, findings])
 
+    def span(self, x: str) -> None:
+        """Here (between the rows), exchange ``x``, which began in an earlier segment, ended."""
+        self._item(["span", x])
+
     def finish(self, spanning: Iterable[str], damage: Iterable[FileDamage]) -> None:
         marks = [[d.offset, d.end, d.reason] for d in damage]
         self._item(["end", sorted(spanning), marks])
@@ -161,16 +195,18 @@ class RowWriter:
 
 
 class RowReader:
-    """Reads one segment's cached rows back, a row at a time; after the rows,
-    :attr:`spanning` and :attr:`damage` hold the trailer's lists."""
+    """Reads one segment's cached rows back, a row at a time, and where an exchange that began
+    in an earlier segment ended (its id, in place of a row); after them, :attr:`spanning` and
+    :attr:`damage` hold the trailer's lists."""
 
     def __init__(self, file: IO[bytes]) -> None:
         self._file = file
         self.spanning: list[str] = []
         self.damage: list[tuple[int, int, str]] = []
 
-    def rows(self) -> Iterator[Row]:
-        """The rows; raises :class:`CacheBroken` where the file stops making sense."""
+    def rows(self) -> Iterator[Row | str]:
+        """The rows and span ends; raises :class:`CacheBroken` where the file stops making
+        sense."""
         try:
             with self._file, zstandard.ZstdDecompressor().stream_reader(self._file) as stream:
                 decoder = cbor2.CBORDecoder(stream)
@@ -181,6 +217,8 @@ class RowReader:
                         keys = item[1]
                     elif item[0] == "row":
                         yield _row_from(keys, item[1:])
+                    elif item[0] == "span":
+                        yield str(item[1])
                     elif item[0] == "end":
                         self.spanning = list(item[1])
                         self.damage = [(int(a), int(b), str(why)) for a, b, why in item[2]]
@@ -241,6 +279,8 @@ class _Segment:
         """The rows ready to go once ``exchange`` has ended."""
         row = row_of(analyze_exchange(exchange), self.thresholds)
         if exchange.id not in self.waiting:
+            if self.keep is not None:
+                self.keep.span(exchange.id)
             yield row
             return
         self.waiting[exchange.id] = row
@@ -280,13 +320,14 @@ def capture_rows(
             continue
         reader = cache.reader(fingerprint, thresholds)
         if reader is not None:
-            yield from _from_cache(f, reader, open_exchanges, thresholds)
+            try:
+                yield from _from_cache(f, reader, open_exchanges, thresholds)
+            except CacheBroken:
+                cache.forget(fingerprint, thresholds)
             continue
-        keep = cache.writer(fingerprint, thresholds)
-        segment = _Segment(thresholds, keep)
-        yield from _scanned(f, open_exchanges, segment)
-        if keep is not None:
-            keep.finish(segment.spanning, f.damage)
+        yield from _scanned_into(
+            cache.writer(fingerprint, thresholds), f, open_exchanges, thresholds
+        )
     for exchange in open_exchanges.values():  # never ended (a crash): last, as the reader does
         yield row_of(analyze_exchange(exchange), thresholds)
 
@@ -298,27 +339,55 @@ def _scanned(
     yield from segment.finish()
 
 
+def _scanned_into(
+    keep: RowWriter | None,
+    f: CaptureFile,
+    open_exchanges: dict[str, Exchange],
+    thresholds: Thresholds | None,
+) -> Iterator[Row]:
+    """A segment read from its file, its rows kept in the cache as they go out; a look that
+    stops early (``--limit``, a closed pipe) leaves no cache file behind."""
+    segment = _Segment(thresholds, keep)
+    finished = False
+    try:
+        yield from _scanned(f, open_exchanges, segment)
+        finished = True
+    finally:
+        if keep is not None and finished:
+            keep.finish(segment.spanning, f.damage)
+        elif keep is not None:
+            keep.abandon()
+
+
 def _from_cache(
     f: CaptureFile,
     reader: RowReader,
     open_exchanges: dict[str, Exchange],
     thresholds: Thresholds | None,
 ) -> Iterator[Row]:
-    """A segment's rows from the cache, then its spanning exchanges from the file. A broken cache
-    file is removed and the rest of the segment read from the file."""
+    """A segment's rows from the cache; an exchange that began earlier and ended here is worked
+    out from the file where the cache says it ended; then the exchanges that go on into the next
+    segment are followed. A broken cache file ends with the rest of the segment read from the file
+    (skipping what was given) and :class:`CacheBroken` (the caller removes the file)."""
     given: set[str] = set()
     try:
-        for row in reader.rows():
-            given.add(row.id)
-            yield row
+        for item in reader.rows():
+            if isinstance(item, str):
+                placed = f.placed_records_of(item)
+                yield from _rows_of_records(f, placed, open_exchanges, _Segment(thresholds))
+            else:
+                yield item
+            given.add(item if isinstance(item, str) else item.id)
     except CacheBroken:
-        yield from (
-            r for r in _scanned(f, open_exchanges, _Segment(thresholds)) if r.id not in given
-        )
-        return
+        rest = ((r, p) for r, p in f.placed_records() if getattr(r, "x", None) not in given)
+        segment = _Segment(thresholds)
+        yield from _rows_of_records(f, rest, open_exchanges, segment)
+        yield from segment.finish()
+        raise
     for offset, end, reason in reader.damage:
         f.damage.append(FileDamage(f.path, offset, end, reason))
-    placed = ((r, p) for x in reader.spanning for r, p in f.placed_records_of(x))
+    going_on = [x for x in reader.spanning if x not in given]
+    placed = ((r, p) for x in going_on for r, p in f.placed_records_of(x))
     yield from _rows_of_records(f, placed, open_exchanges, _Segment(thresholds))
 
 
