@@ -86,3 +86,21 @@ def test_bad_tool_args_breaks_each_streamed_call_once():
 def test_a_rewrite_with_nothing_to_rewrite_says_so():
     _steps, fault = run("bad-tool-args", EVENTS)
     assert not fault.applied
+
+
+def test_a_rewritten_anthropic_event_keeps_its_event_line_with_its_data():
+    """An SSE event with an ``event:`` field stays one event after a rewrite: the Anthropic
+    SDK's decoder reads the new stop reason from it."""
+    from anthropic._streaming import SSEDecoder
+
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}}
+    events = [
+        b'event: message_start\ndata: {"type": "message_start", "message": {}}\n\n',
+        b"event: message_delta\ndata: " + json.dumps(delta).encode() + b"\n\n",
+        b'event: message_stop\ndata: {"type": "message_stop"}\n\n',
+    ]
+    steps, fault = run("length", events, target="/v1/messages")
+    assert fault.applied
+    decoded = [(e.event, e.data) for e in SSEDecoder().iter_bytes(iter([sent(steps)]))]
+    assert [name for name, _ in decoded] == ["message_start", "message_delta", "message_stop"]
+    assert json.loads(decoded[1][1])["delta"]["stop_reason"] == "max_tokens"

@@ -222,3 +222,19 @@ async def test_a_client_that_resets_its_connection_is_a_client_abort_in_the_end_
         exchange = await session_of(proxy)
     assert exchange.outcome == "client_abort"
     assert "broke the connection" in (exchange.end.error or "")
+
+
+async def test_a_session_through_a_proxy_with_a_body_fault_is_relayed_as_it_is(start_proxy):
+    from wirecap.faults import parse_fault
+
+    with websocket_upstream() as upstream:
+        proxy = await start_proxy(upstream=upstream.url, fault=[parse_fault("stall,ms=10")])
+
+        def client():
+            with open_client(ws_url(proxy)) as ws:
+                ws.send("hello")
+                return ws.recv(timeout=10)
+
+        assert await in_thread(client) == "hello"
+        exchange = await session_of(proxy)
+    assert exchange.status == 101 and exchange.notes_of("fault") == []

@@ -195,7 +195,8 @@ class BodyFault:
         if value is None or not rewrite(self.api, value, self._seen):
             return event
         self.applied = True
-        kept = [line for line in lines if not line.startswith("data:")]
+        # The event's other fields (event:, id:); the blank line that ends it is written again below.
+        kept = [line for line in lines if line and not line.startswith("data:")]
         new_type = value.get("type") if isinstance(value, dict) else None
         if new_type != old_type:
             kept = [f"event: {new_type}" if line.startswith("event:") else line for line in kept]

@@ -15,7 +15,8 @@ the fault's mode:
   (``bad-tool-args`` without tool calls, ``length`` without a finish reason) passes unchanged,
   and its note says ``"applied": false``.
 
-Every injected exchange gets a ``note`` record (kind ``fault``) before its end: the fault's kind,
+A request that asks to switch protocols (a WebSocket handshake) gets no fault: its session is
+relayed as without ``--fault``. Every injected exchange gets a ``note`` record (kind ``fault``) before its end: the fault's kind,
 its spec and parameters. ``model=`` selectors read the request body bytes that arrived with the
 head (an LLM request's model is in its first bytes).
 """
@@ -53,6 +54,8 @@ class FaultingRelay(ExchangeRelay):
     async def forward(self, route: Route, upstream_target: str, proxy_url: str) -> bool:
         plan = self.server.faults
         assert plan is not None  # the server uses this relay only with a fault plan
+        if self.upgrade is not None:  # a protocol switch (WebSocket) is relayed as it is
+            return await super().forward(route, upstream_target, proxy_url)
         self.fault = plan.choose(self.ex.target, self.request.conn.trailing_data[0])
         if self.fault is None or self.fault.mode == "body":
             return await super().forward(route, upstream_target, proxy_url)
