@@ -326,3 +326,12 @@ async def test_replay_undoes_the_targets_content_coding_before_comparing(start_u
     result = await trio.to_thread.run_sync(run, "replay", fixture, "--target", backend.url)
     assert result.exit_code == 0, result.output
     assert "1 exchange replayed: 1 passed, 0 failed" in result.output
+
+
+async def test_a_head_request_does_not_stop_serve(nursery):
+    server = await start_serve(nursery, "openai_chat_json", speed=None)
+    async with httpx.AsyncClient() as client:
+        head = await client.head(f"{server.url}/nothing/here")
+        assert head.status_code == 404
+        after = await client.get(f"{server.url}/nothing/here")
+    assert after.status_code == 404 and after.json()  # the server still answers
