@@ -891,6 +891,7 @@ def export_command(
       wirecap export captures/ --format curl --last 1 -o again.sh
       wirecap export captures/ --format parquet -o exchanges.parquet
     """
+    _not_an_input(output, captures)
     if fmt == "parquet":
         _export_parquet(captures, output, _filters(route, status, model, since, until), last, limit)
         return
@@ -914,11 +915,27 @@ def export_command(
     except (CaptureError, CassetteError) as exc:
         raise click.ClickException(str(exc)) from None
     if left_out:
-        click.echo(f"{plural(left_out, 'exchange')} without a response left out", err=True)
+        click.echo(
+            f"{plural(left_out, 'exchange')} left out: no response, or a WebSocket session "
+            "(a cassette holds neither)",
+            err=True,
+        )
     if not count and not left_out:
         _none_match()
     elif str(output) != "-":
         click.echo(f"{plural(count, 'exchange')} written to {output}", err=True)
+
+
+def _not_an_input(output: Path, captures: tuple[Path, ...]) -> None:
+    """Refuse an output file that is one of the capture files read (it would be emptied first)."""
+    if str(output) == "-" or not output.exists():
+        return
+    try:
+        inputs = [p for c in captures for p in segment_paths(c)]
+    except CaptureError:
+        return  # reported when the capture is opened
+    if any(os.path.samefile(output, p) for p in inputs):
+        raise click.BadParameter(f"{output} is a capture file being read", param_hint="'--output'")
 
 
 def _export_parquet(
@@ -1473,6 +1490,8 @@ def import_command(files: tuple[Path, ...], out: Path, fmt: str | None, redact: 
     except ImportFailed as exc:
         raise click.ClickException(str(exc)) from None
     _echo(import_report_lines(report, out), plain)
+    if not report.written:
+        raise SystemExit(1)  # nothing to read: a script's next step should not go on
 
 
 @main.command("index", short_help="Rebuild the index of capture files left without one.")

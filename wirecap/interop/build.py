@@ -325,7 +325,9 @@ def exchange_records(
 ) -> list[ExchangeRecord]:
     """The records of ``ex`` as exchange ``x``, in the proxy's order, redacted by ``redactor``.
     Raises :class:`EntryError` for an entry that cannot be made into an exchange."""
+    _check_numbers(ex)
     notes = ["head rebuilt"]
+    url = _without_userinfo(ex.url, notes)
     if not ex.http_version.upper().startswith("HTTP/1"):
         notes.append(f"{ex.http_version} written as HTTP/1.1")
     times = ex.timings or Timings()
@@ -348,10 +350,10 @@ def exchange_records(
             method=ex.method,
             target=target,
             head=req_head,
-            proxy_url=ex.url,
-            upstream_url=ex.url,
+            proxy_url=url,
+            upstream_url=url,
         ),
-        UpstreamRequest(x=x, ns=0, head=req_head[:-2] + proxy_path_line(ex.url.encode()) + b"\r\n"),
+        UpstreamRequest(x=x, ns=0, head=req_head[:-2] + proxy_path_line(url.encode()) + b"\r\n"),
         *(BodyChunk(x=x, dir="req", ns=sent_ns, data=d) for _, d in req_wire),
         ResponseHead(x=x, ns=response_ns, status=ex.status, head=res_head),
         *(BodyChunk(x=x, dir="res", ns=max(ns, response_ns), data=d) for ns, d in res_wire),
@@ -369,6 +371,32 @@ def exchange_records(
     if redactor is not None:
         records = [redactor(r) for r in records]  # type: ignore[misc]
     return records
+
+
+#: Times a capture can hold: CBOR integers of 64 bits (a larger one would be a tagged big number,
+#: which readers refuse).
+_MAX_NS: Final = 2**63 - 1
+
+
+def _check_numbers(ex: Imported) -> None:
+    """Refuse an entry whose times or status a capture cannot hold (a date in year 9999, a
+    timing of 1e20 ms): :class:`EntryError`, so the entry is skipped with the reason."""
+    times = ex.timings or Timings()
+    values = [ex.wall_ns, times.request_end_ns, times.response_ns, times.end_ns]
+    values += [ns for ns, _ in ex.response_reads or ()]
+    if not all(0 <= v <= _MAX_NS for v in values) or ex.wall_ns + max(values) > _MAX_NS:
+        raise EntryError("a time outside what a capture holds (before 1970 or past 2262)")
+    if not 100 <= ex.status <= 999:
+        raise EntryError(f"status {ex.status} is not an HTTP status")
+
+
+def _without_userinfo(url: str, notes: list[str]) -> str:
+    """``url`` without a ``user:password@`` (a credential the capture must not keep)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    notes.append("user and password left out of the URL")
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def _detail(ex: Imported, notes: Sequence[str]) -> dict[str, object]:

@@ -80,6 +80,10 @@ def command_lines(a: Analyzed) -> Iterator[str]:
         return
     url = ex.upstream_url or ex.request.proxy_url or ex.target or "/"
     yield f"# {ex.id}  {ex.method} {ex.target} -> {ex.status if ex.status is not None else '-'}"
+    if a.session is not None:
+        yield "# a WebSocket session: curl cannot send it again (wirecap replay can)"
+        yield ""
+        return
     body = a.request_payload.join()
     words = [f"curl -sS --request {shlex.quote(ex.method)} {shlex.quote(url)}"]
     headers = a.request_head.headers if a.request_head is not None else ()

@@ -7,7 +7,7 @@ An entry gives the method, URL, header lists, ``postData`` (text, or form ``para
 decoded while keeping the Content-Encoding header; the builder drops a coding the body does not
 have. wirecap's HAR export adds ``_chunks`` (each read's time and size), which gives an imported
 stream its chunk timing back. WebSocket messages (``_webSocketMessages``) and other custom fields
-are ignored; a WebSocket entry is imported as its handshake only.
+are ignored, and a WebSocket entry (a 101) is skipped: its session is not in the entry.
 """
 
 from __future__ import annotations

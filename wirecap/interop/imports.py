@@ -145,7 +145,10 @@ def import_files(
         if made:
             with contextlib.suppress(OSError):
                 out.rmdir()
-        if isinstance(exc, ImportFailed | CassetteError | ValueError | OSError):
+        # A file of another shape than its format's can fail anywhere in its reader: each is a
+        # one-line error (numbers too large, values of the wrong type, nesting too deep).
+        unreadable = (ImportFailed, CassetteError, ValueError, OSError, ArithmeticError, TypeError)
+        if isinstance(exc, (*unreadable, RecursionError)):
             raise ImportFailed(f"{current}: {_why(exc)}; nothing was written") from None
         raise
     if made and not sink.paths:
