@@ -379,15 +379,13 @@ _MAX_NS: Final = 2**63 - 1
 
 
 def _check_numbers(ex: Imported) -> None:
-    """Refuse an entry whose times or status a capture cannot hold (a date in year 9999, a
+    """Refuse an entry whose times a capture cannot hold (a date in year 9999, a
     timing of 1e20 ms): :class:`EntryError`, so the entry is skipped with the reason."""
     times = ex.timings or Timings()
     values = [ex.wall_ns, times.request_end_ns, times.response_ns, times.end_ns]
     values += [ns for ns, _ in ex.response_reads or ()]
     if not all(0 <= v <= _MAX_NS for v in values) or ex.wall_ns + max(values) > _MAX_NS:
         raise EntryError("a time outside what a capture holds (before 1970 or past 2262)")
-    if not 100 <= ex.status <= 999:
-        raise EntryError(f"status {ex.status} is not an HTTP status")
 
 
 def _without_userinfo(url: str, notes: list[str]) -> str:
