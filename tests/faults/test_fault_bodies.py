@@ -104,3 +104,13 @@ def test_a_rewritten_anthropic_event_keeps_its_event_line_with_its_data():
     decoded = [(e.event, e.data) for e in SSEDecoder().iter_bytes(iter([sent(steps)]))]
     assert [name for name, _ in decoded] == ["message_start", "message_delta", "message_stop"]
     assert json.loads(decoded[1][1])["delta"]["stop_reason"] == "max_tokens"
+
+
+def test_an_answer_held_back_past_the_bound_is_cut_not_buffered(monkeypatch):
+    from wirecap.faults import body
+
+    monkeypatch.setattr(body, "MAX_HELD_BYTES", 1000)
+    steps, _ = run("length", [b"{" + b" " * 600, b" " * 600, b"}"], "application/json")
+    assert isinstance(steps[-1], Cut) and sent(steps) == b""
+    steps, _ = run("stall,ms=5", [b"data: " + b"x" * 1500])  # an event that never ends
+    assert isinstance(steps[-1], Cut)

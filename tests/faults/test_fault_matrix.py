@@ -159,3 +159,31 @@ async def test_each_kind_injected_by_the_proxy_is_named_and_noted(
     assert notes[0].get("applied", True) is True
     if kind in ERROR_KINDS - {"timeout"}:
         assert got == int(kind)
+
+
+async def test_a_model_selector_in_the_proxy_waits_for_the_model_however_the_body_arrives(
+    nursery, start_proxy
+):
+    """The body comes in a second write after the head: the proxy reads it before choosing, so
+    each of three identical requests gets the fault."""
+    mock = await start_mock(nursery, "openai_chat_json", [], [])
+    proxy = await start_proxy(upstream=mock.url + "/", fault=[parse_fault("429,model=gpt-4o*")])
+    target, body = recorded_request("openai_chat_json")
+    assert b'"model": "gpt-4o' in body or b'"model":"gpt-4o' in body
+
+    async def post_in_two_writes() -> int:
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        head = (
+            f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        await stream.send_all(head)
+        await trio.sleep(0.05)  # a second segment: the proxy has read the head alone
+        await stream.send_all(body)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        await stream.aclose()
+        return int(answer.split(b" ", 2)[1])
+
+    assert [await post_in_two_writes() for _ in range(3)] == [429, 429, 429]

@@ -69,6 +69,12 @@ def _next_boundary(buf: bytes | bytearray, framing: Framing) -> int:
     return min(ends) if ends else -1
 
 
+#: What an answer under a body fault may hold back at once: a whole body (JSON, or a coded one that
+#: is decoded first), or an event that has not ended. Past it the answer is cut (memory stays
+#: bounded; faults are for testing clients with answers of ordinary size).
+MAX_HELD_BYTES: Final = 64 * 1024 * 1024
+
+
 class BodyFault:
     """One answer's body under a ``body`` fault (see the module docstring)."""
 
@@ -107,6 +113,11 @@ class BodyFault:
             return []
         steps = self._start()
         self._buf += data
+        if len(self._buf) > MAX_HELD_BYTES:
+            self._done = True
+            self._buf.clear()
+            held = f"{MAX_HELD_BYTES >> 20} MiB"
+            return [*steps, Cut(f"answer held back over {held} under a fault: cut")]
         if self.framing == "whole":
             return steps
         while (end := _next_boundary(self._buf, self.framing)) >= 0:

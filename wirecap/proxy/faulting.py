@@ -17,8 +17,8 @@ the fault's mode:
 
 A request that asks to switch protocols (a WebSocket handshake) gets no fault: its session is
 relayed as without ``--fault``. Every injected exchange gets a ``note`` record (kind ``fault``) before its end: the fault's kind,
-its spec and parameters. ``model=`` selectors read the request body bytes that arrived with the
-head (an LLM request's model is in its first bytes).
+its spec and parameters. A ``model=`` selector reads the request body until its ``model`` has
+arrived (at most 64 KiB), so it picks the same requests however their bytes arrive.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import h11
 import trio
 
 from wirecap.faults import BodyFault, Cut, Pause, Send, error_answer
+from wirecap.faults.plan import MODEL_SCAN, request_model
 from wirecap.proxy import messages
 from wirecap.proxy.exchange import Phase, UpstreamFailure, UpstreamTimeout
 from wirecap.proxy.relay import ExchangeRelay, _now
@@ -56,6 +57,8 @@ class FaultingRelay(ExchangeRelay):
         assert plan is not None  # the server uses this relay only with a fault plan
         if self.upgrade is not None:  # a protocol switch (WebSocket) is relayed as it is
             return await super().forward(route, upstream_target, proxy_url)
+        if plan.needs_body:
+            await self._read_model()
         self.fault = plan.choose(self.ex.target, self.request.conn.trailing_data[0])
         if self.fault is None or self.fault.mode == "body":
             return await super().forward(route, upstream_target, proxy_url)
@@ -64,6 +67,28 @@ class FaultingRelay(ExchangeRelay):
             return not self.close_client
         await self._stay_silent(route.read_timeout or self.timeouts.read)
         return False
+
+    async def _read_model(self) -> None:
+        """For a ``model=`` selector: read the request body until its ``model`` has arrived (or
+        :data:`MODEL_SCAN` bytes, or the body's end; within the head timeout). The bytes stay in
+        h11's buffer: the relay forwards them as it does any body bytes."""
+        conn = self.request.conn
+        if conn.they_are_waiting_for_100_continue:
+            return
+        headers = self.request.event.headers
+        declared = next((int(v) for n, v in headers if n == b"content-length"), None)
+        with trio.move_on_after(self.timeouts.client_head):
+            while True:
+                here = conn.trailing_data[0]
+                ended = declared is not None and len(here) >= declared
+                if ended or len(here) >= MODEL_SCAN or request_model(here) is not None:
+                    return
+                if declared is None and here.endswith(b"0\r\n\r\n"):
+                    return  # the last chunk of a chunked body
+                data = await self.client.receive()
+                if not data:
+                    return
+                self.request.tap.feed(data)
 
     def _finish(self) -> None:
         if self.fault is not None and self.rec is not None:
