@@ -1264,6 +1264,8 @@ def serve_command(
     )
 
     answers = plural(len(catalog.entries), "recorded answer")
+    if catalog.sessions:
+        answers += f" and {plural(len(catalog.sessions.sessions), 'WebSocket session')}"
 
     async def run() -> None:
         if spy is not None:
