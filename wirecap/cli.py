@@ -95,6 +95,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 
+#: An option's or argument's value that must name a file that exists.
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 
 #: How each role of :mod:`wirecap.inspect.paint` looks on a terminal.
@@ -203,7 +205,7 @@ _fault_option = click.option(
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="TOML config file; each flag below is also a key there (dashes as underscores), and flags override it.",
 )
 @click.option(
@@ -219,7 +221,7 @@ _fault_option = click.option(
 )
 @click.option(
     "--upstream-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="Extra CA bundle to trust for HTTPS upstreams.",
 )
 @click.option(
@@ -1064,7 +1066,7 @@ def _ignores(paths: tuple[str, ...]) -> list[list[str | int | None]]:
 )
 @click.option(
     "--target-ca",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     metavar="FILE",
     help="Extra CA bundle to trust for an HTTPS target.",
 )
@@ -1449,9 +1451,7 @@ def fixtures_command() -> None:
 
 
 @main.command("import", short_help="Make a capture of HAR files, VCR cassettes, mitmproxy flows.")
-@click.argument(
-    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("files", nargs=-1, required=True, type=EXISTING_FILE)
 @click.option(
     "-o",
     "--out",
@@ -1552,7 +1552,7 @@ def _nats_options(fn: Any) -> Any:
         click.option(
             "--config",
             "config_path",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            type=EXISTING_FILE,
             help="TOML config; its [ship] (ship) or [collect] (collect) table holds these options (dashes as underscores); flags override it.",
         ),
         click.option(
@@ -1578,26 +1578,16 @@ def _nats_options(fn: Any) -> Any:
             envvar="WIRECAP_NATS_TOKEN",
             help="NATS token [env: WIRECAP_NATS_TOKEN].",
         ),
-        click.option(
-            "--creds",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="NATS credentials file (JWT and seed).",
-        ),
+        click.option("--creds", type=EXISTING_FILE, help="NATS credentials file (JWT and seed)."),
         click.option(
             "--tls-ca",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            type=EXISTING_FILE,
             help="CA bundle to trust for the NATS server (turns TLS on).",
         ),
         click.option(
-            "--tls-cert",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="TLS client certificate (with --tls-key).",
+            "--tls-cert", type=EXISTING_FILE, help="TLS client certificate (with --tls-key)."
         ),
-        click.option(
-            "--tls-key",
-            type=click.Path(exists=True, dir_okay=False, path_type=Path),
-            help="TLS client key.",
-        ),
+        click.option("--tls-key", type=EXISTING_FILE, help="TLS client key."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -22,12 +22,10 @@ where a spanning exchange ended, its cache file says so, and its row is worked o
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import functools
 import hashlib
-import itertools
 import json
 import os
 import tempfile
@@ -43,7 +41,7 @@ from wirecap.capture import ExchangeEnd, Record, RequestReceived
 from wirecap.capture.reader import Exchange, FileDamage
 from wirecap.inspect.analysis import Analyzed, analyze_exchange
 from wirecap.inspect.detectors import DuplicateTracker, Finding, Thresholds, detect, request_key
-from wirecap.inspect.select import Filters, analyzed_exchanges, with_progress
+from wirecap.inspect.select import Filters, analyzed_exchanges, last_or_first, with_progress
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -104,8 +102,9 @@ class CacheBroken(Exception):
 
 class RowCache:
     """Cached rows per closed segment, in ``directory``: one zstd stream per segment and question,
-    holding a CBOR sequence (the row keys, one item per row, then a trailer with the spanning
-    exchanges and the damage the scan found), written and read a row at a time."""
+    holding a CBOR sequence (the row keys, one item per row and one where each exchange that began
+    in an earlier segment ended, then a trailer with the spanning exchanges and the damage the scan
+    found), written and read a row at a time."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory / "rows"
@@ -461,7 +460,4 @@ def selected_rows(
     if last is not None and filters.model is None:
         return (row_of(a, thresholds) for a in analyzed_exchanges(capture, filters, last=last))
     every = with_progress(capture_rows(capture, thresholds, open_cache()), progress)
-    found = matching_rows(every, filters)
-    if last is not None:
-        return iter(collections.deque(found, maxlen=last))
-    return itertools.islice(found, limit) if limit is not None else found
+    return last_or_first(matching_rows(every, filters), last=last, limit=limit)

@@ -138,11 +138,15 @@ def analyzed_exchanges(
     every second.
     """
     filters = filters or Filters()
+    if last is not None and filters.model is None:
+        return _last_through_index(capture, filters, last)
+    return last_or_first(_scan(capture, filters, progress), last=last, limit=limit)
+
+
+def last_or_first(found: Iterator[T], *, last: int | None, limit: int | None) -> Iterator[T]:
+    """The last ``last`` of ``found`` (held in memory), or its first ``limit``, or all of it."""
     if last is not None:
-        if filters.model is None:
-            return _last_through_index(capture, filters, last)
-        return iter(collections.deque(_scan(capture, filters, progress), maxlen=last))
-    found = _scan(capture, filters, progress)
+        return iter(collections.deque(found, maxlen=last))
     return itertools.islice(found, limit) if limit is not None else found
 
 
