@@ -93,3 +93,39 @@ async def test_credentials_from_the_config_and_flags(nats_with_password, childre
     assert "Traceback" not in wrong.output()
     assert "shipped 0 frames" in wrong.output()
     assert "as edge" in shipper.output()
+
+
+@pytest.fixture
+async def nats_with_token_over_tls(tmp_path):
+    """nats-server requiring TLS (a certificate for 127.0.0.1 from a test CA) and a token."""
+    import trustme
+
+    if nats_binary() is None:
+        pytest.skip("nats-server is not installed")  # the fault tests fail instead under CI
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    tls = ["--tls", "--tlscert", str(files["cert"]), "--tlskey", str(files["key"])]
+    server = NatsServer(tmp_path / "js", [*tls, "--auth", "t0ken"])
+    await server.start()
+    yield server, files["ca"]
+    await server.kill()
+
+
+@pytest.mark.slow
+async def test_a_token_over_tls(nats_with_token_over_tls, children, tmp_path):
+    server, ca = nats_with_token_over_tls
+    source, central = fixture_dir(tmp_path), tmp_path / "central"
+    secure = ["--token", "t0ken", "--tls-ca", str(ca)]
+    shipper = children("ship", str(source), "--to", server.url, *secure)
+    collector = children("collect", server.url, "--out", str(central), *secure)
+    untrusted = children("ship", str(source), "--to", server.url, "--token", "t0ken")
+    await wait_for_ids(central, set(exchange_ids(source)))
+    for child in (shipper, collector, untrusted):
+        assert await child.stop(signal.SIGTERM) == 0, child.output()
+    assert sorted(exchange_ids(central)) == sorted(exchange_ids(source))
+    assert "shipped 0 frames" in untrusted.output()  # no TLS trust: nothing went through
+    assert "Traceback" not in untrusted.output()
