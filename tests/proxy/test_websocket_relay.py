@@ -45,6 +45,7 @@ async def test_text_binary_ping_and_close_go_through_and_are_captured(start_prox
     assert upstream.received == ["hello", b"\x00\x01\x02binary"]
     exchange = await session_of(proxy)
     assert exchange.status == 101
+    assert exchange.outcome == "ok", exchange.end
     assert analyze_exchange(exchange).outcome == "ok", exchange.end
     assert exchange.target == "/v1/echo?model=gpt-realtime"
     [head] = exchange.responses
@@ -81,6 +82,7 @@ async def test_upstream_close_code_and_reason_reach_the_client(start_proxy):
         received = await in_thread(client)
     assert (received.code, received.reason) == (4001, "bye now")
     exchange = await session_of(proxy)
+    assert exchange.outcome == "ok", exchange.end
     assert analyze_exchange(exchange).outcome == "ok", exchange.end
 
 
@@ -102,6 +104,28 @@ async def test_permessage_deflate_is_negotiated_end_to_end(start_proxy):
     # Compressed on the wire: the stored bytes are far smaller than the text, both ways.
     for direction in ("req", "res"):
         assert sum(len(c.data) for c in exchange.iter_wire(direction)) < len(text) // 4
+    # Compressed frames do not hide the closing handshake from the writer's judgement.
+    assert exchange.outcome == "ok", exchange.end
+
+
+async def test_a_compressed_session_the_upstream_drops_is_an_upstream_error(start_proxy):
+    text = "compressible words " * 100
+    with websocket_upstream() as upstream:
+        proxy = await start_proxy(upstream=upstream.url)
+
+        def client():
+            with open_client(ws_url(proxy), compression="deflate") as ws:
+                ws.send(text)
+                echoed = ws.recv(timeout=10)
+                ws.send("drop")
+                with pytest.raises(ConnectionClosed):
+                    ws.recv(timeout=10)
+                return echoed
+
+        assert await in_thread(client) == text
+    exchange = await session_of(proxy)
+    assert b"permessage-deflate" in exchange.responses[0].head
+    assert exchange.outcome == "upstream_error"
 
 
 async def test_upstream_dropping_mid_session_is_an_upstream_error(start_proxy):
@@ -121,8 +145,11 @@ async def test_upstream_dropping_mid_session_is_an_upstream_error(start_proxy):
     assert first == "one"
     assert received is None  # no Close frame reached the client: the connection just ended
     exchange = await session_of(proxy)
-    # The transport saw the upstream end its connection; the frames show it sent no Close.
+    # The transport saw the upstream end its connection; the frames show it sent no Close, and
+    # the end record (judged by the writer process) says so.
     assert exchange.notes_of("websocket") == [{"ended_by": "upstream"}]
+    assert exchange.outcome == "upstream_error"
+    assert "without a Close frame" in (exchange.end.error or "")
     analyzed = analyze_exchange(exchange)
     assert analyzed.outcome == "upstream_error"
     assert "mid-session" in (analyzed.error or "")
@@ -142,6 +169,8 @@ async def test_client_dropping_mid_session_is_a_client_abort(start_proxy):
         assert await in_thread(client) == "one"
         exchange = await session_of(proxy)
     assert exchange.notes_of("websocket") == [{"ended_by": "client"}]
+    assert exchange.outcome == "client_abort"
+    assert "without a Close frame" in (exchange.end.error or "")
     assert analyze_exchange(exchange).outcome == "client_abort"
     assert upstream.received == ["one"]
     assert [c.dir for c in exchange.chunks][:2] == ["req", "res"]

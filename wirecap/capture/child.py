@@ -28,6 +28,7 @@ from wirecap.capture.allocator import reuse_large_buffers
 from wirecap.capture.frames import encode_record
 from wirecap.capture.records import Record, record_from_tuple
 from wirecap.capture.redact import Redactor
+from wirecap.capture.sessions import SessionEnds
 from wirecap.capture.sink import (
     FRAME_MAX_BYTES,
     FRAME_MAX_SECONDS,
@@ -55,11 +56,13 @@ class ProcessSpec:
 
 
 class _Frames:
-    """The writer process's frame collector: records in, frames out to a SegmentSink."""
+    """The writer process's frame collector: records in, frames out to a SegmentSink. Each record
+    is judged (a WebSocket session's end, see sessions.py), then prepared (redacted), then framed."""
 
     def __init__(self, sink: SegmentSink, prepare: Redactor | None, spec: ProcessSpec) -> None:
         self.sink = sink
         self.prepare = prepare
+        self.sessions = SessionEnds()
         self.spec = spec
         self.frame = OpenFrame()
         self.rotate_at = _next(spec.rotate_seconds)
@@ -71,6 +74,7 @@ class _Frames:
         if self.failed is not None:
             self.lost += 1
             return
+        record = self.sessions.judge(record)
         if self.prepare is not None:
             record = self.prepare(record)
         self.frame.add(record, encode_record(record), time.monotonic())

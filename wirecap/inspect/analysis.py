@@ -165,10 +165,11 @@ def session_of(exchange: Exchange) -> WsSession | None:
 
 
 def judged_outcome(exchange: Exchange, session: WsSession | None) -> str:
-    """The outcome of ``exchange``: the end record's, except for a WebSocket session that the
-    transport saw end normally but whose side that ended its connection first (the proxy's
-    ``websocket`` note) had sent no Close frame: that side dropped the session. The proxy reads no
-    frames, so this judgement is the reader's, from the frames decoded by wsproto."""
+    """The outcome of ``exchange``: the end record's, except for a WebSocket session whose end
+    says ``ok`` but whose side that ended its connection first (the ``websocket`` note) had sent no
+    Close frame: that side dropped the session. The proxy's writer process already writes that
+    judgement into the end record (capture/sessions.py); this makes the same one for a file
+    written without it."""
     outcome = exchange.outcome
     if session is None or outcome != "ok":
         return outcome

@@ -13,10 +13,10 @@ that stops reading ends the session. The proxy's shutdown grace applies as to an
 How it ends: the first side whose connection ends decides, and a ``note`` record (kind
 ``"websocket"``, ``{"ended_by": "client"|"upstream"}``) says which it was. A connection that ends
 with end of file ends the session ``ok`` as far as the transport goes; whether the closing handshake
-came first is in the recorded frames, and the reader judges it (a side that ended its connection
-without having sent a Close frame dropped the session). A connection that breaks (reset) or a peer
-that stops reading for the write timeout fails it here: ``client_abort`` for the client,
-``upstream_error`` for the upstream.
+came first is in the recorded frames, and the writer process judges it (capture/sessions.py: a side
+that ended its connection without having sent a Close frame dropped the session, and the end record
+says so). A connection that breaks (reset) or a peer that stops reading for the write timeout fails
+it here: ``client_abort`` for the client, ``upstream_error`` for the upstream.
 """
 
 from __future__ import annotations

@@ -1,0 +1,141 @@
+"""How each WebSocket session in a stream of records ended, judged from its Close frames. Sans-IO.
+
+The proxy relays a session's bytes without reading a frame (proxy/tunnel.py). When a connection
+ends with end of file, the transport saw nothing wrong: the proxy records the session's end as
+``ok``, after a ``websocket`` note naming the side whose connection ended first. Whether that side
+had said goodbye is in the frames: a side that ends its connection without having sent a Close
+frame dropped the session.
+
+:class:`SessionEnds` makes that judgement on the records' way to the file, in the writer process,
+off the proxy's hot path. For each exchange the upstream answered with 101 it runs one wsproto
+frame decoder per direction, in the role that receives those frames, looking for Close frames
+only: data frames pass undecoded (a compressed frame is not inflated). When the session's end
+record says ``ok`` but the side that ended first sent no Close frame, the end record becomes that
+side's failure, ``client_abort`` or ``upstream_error``, with the reason in ``error``. A direction
+whose frames cannot be parsed stops being watched and counts as having sent no Close frame, as
+the reader counts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Final
+
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import FrameDecoder, FrameProtocol, Opcode, ParseFailed, RsvBits
+
+from wirecap.capture.records import BodyChunk, ExchangeEnd, ExchangeNote, ResponseHead
+
+if TYPE_CHECKING:
+    from wirecap.capture.records import Outcome, Record
+
+#: The outcome and reason of a session whose side ended its connection without a Close frame.
+DROPPED: Final[dict[str, tuple[Outcome, str]]] = {
+    "client": ("client_abort", "client ended its connection mid-session, without a Close frame"),
+    "upstream": (
+        "upstream_error",
+        "upstream ended its connection mid-session, without a Close frame",
+    ),
+}
+
+
+class _CompressedFramesPass(Extension):
+    """Claims RSV1, so that frames compressed by permessage-deflate parse; their payload passes
+    as it is (only control frames, which are never compressed, are looked at)."""
+
+    name = "permessage-deflate"
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:
+        return False  # never negotiates: it only reads what was negotiated
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> RsvBits:
+        return RsvBits(not opcode.iscontrol(), False, False)
+
+
+class _CloseWatch:
+    """One direction of one session: whether a Close frame has gone by."""
+
+    def __init__(self, *, from_client: bool, deflate: bool) -> None:
+        extensions: list[Extension] = [_CompressedFramesPass()] if deflate else []
+        # The client's frames are read as the server reads them (masked), and the other way round.
+        self.decoder: FrameDecoder | None = FrameDecoder(not from_client, extensions)
+        self.closed = False
+
+    def feed(self, data: bytes) -> None:
+        if self.decoder is None:
+            return
+        self.decoder.receive_bytes(data)
+        try:
+            while (frame := self.decoder.process_buffer()) is not None:
+                if frame.opcode is Opcode.CLOSE:
+                    self.closed = True
+                    self.decoder = None  # nothing after a Close frame matters here
+                    return
+        except ParseFailed:
+            self.decoder = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Session:
+    watches: dict[str, _CloseWatch]
+    ended_by: str | None = None
+
+
+class SessionEnds:
+    """Judges the end of each WebSocket session in a stream of records (see the module docstring).
+
+    Call :meth:`judge` on every record in order; it returns the record, or the session's end
+    record amended. Memory: one decoder's partial frame header per direction of each open session.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, _Session] = {}
+
+    def judge(self, record: Record) -> Record:
+        if isinstance(record, BodyChunk):
+            session = self._open.get(record.x)
+            if session is not None:
+                session.watches[record.dir].feed(record.data)
+        elif isinstance(record, ResponseHead) and record.status == 101:
+            deflate = _accepts_deflate(record.head)
+            self._open[record.x] = _Session(
+                {
+                    "req": _CloseWatch(from_client=True, deflate=deflate),
+                    "res": _CloseWatch(from_client=False, deflate=deflate),
+                }
+            )
+        elif isinstance(record, ExchangeNote) and record.kind == "websocket":
+            session = self._open.get(record.x)
+            if session is not None:
+                session.ended_by = record.detail.get("ended_by")
+        elif isinstance(record, ExchangeEnd):
+            session = self._open.pop(record.x, None)
+            if session is not None and record.outcome == "ok":
+                return _judged(record, session)
+        return record
+
+
+def _judged(end: ExchangeEnd, session: _Session) -> ExchangeEnd:
+    direction = {"client": "req", "upstream": "res"}.get(session.ended_by or "")
+    if direction is None or session.watches[direction].closed:
+        return end
+    outcome, error = DROPPED[session.ended_by or ""]
+    return dataclasses.replace(end, outcome=outcome, error=error)
+
+
+def _accepts_deflate(head: bytes) -> bool:
+    """Whether a 101 head accepts permessage-deflate (its ``Sec-WebSocket-Extensions`` names it)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-extensions":
+            return b"permessage-deflate" in value.lower()
+    return False
