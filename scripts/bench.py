@@ -181,6 +181,13 @@ def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | 
         process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
         wait_port(port)
         return Running(name, port, [process.pid], process, out if capture else None)
+    if name.startswith("floor-"):  # scripts/floor_relay.py: what trio (and h11) cost alone
+        floor = Path(__file__).with_name("floor_relay.py")
+        command = [sys.executable, str(floor), "--upstream", f"127.0.0.1:{upstream_port}"]
+        mode = name.removeprefix("floor-")
+        process = subprocess.Popen([*command, "--mode", mode], stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        return Running(name, int(process.stdout.readline()), [process.pid], process)
     if name == "mitmdump":
         assert mitmdump is not None
         flows = workdir / f"flows-{time.time_ns()}"
@@ -421,6 +428,12 @@ def main() -> None:
         action="store_true",
         help="also measure mitmdump -w (installed into .bench-venv)",
     )
+    parser.add_argument(
+        "--with-floor",
+        action="store_true",
+        help="also measure scripts/floor_relay.py: a bare trio+h11 relay (and a trio byte "
+        "forwarder), what the foundation costs before wirecap adds anything",
+    )
     parser.add_argument("--runs", type=int, default=None, help="rounds (default 3, quick 1)")
     parser.add_argument(
         "--write",
@@ -444,6 +457,8 @@ def main() -> None:
         subjects.append("mitmdump")
     if shutil.which("nginx"):
         subjects.append("nginx")
+    if args.with_floor:
+        subjects += ["floor-h11", "floor-bytes"]
     upstream, up_port = start_upstream()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     started = time.time()
@@ -500,6 +515,7 @@ def render(
         "python scripts/bench.py"
         + (" --quick" if args.quick else "")
         + (" --with-mitmproxy" if args.with_mitmproxy else "")
+        + (" --with-floor" if args.with_floor else "")
         + (f" --runs {args.runs}" if args.runs else "")
     )
     lines = [

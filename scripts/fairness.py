@@ -2,7 +2,7 @@
 
     python scripts/fairness.py --streams 2000 --chunks 200 --gap-ms 250
 
-One ``wirecap proxy`` (capture on) in front of the benchmark upstream (scripts/bench_upstream.py).
+One ``wirecap proxy`` (capture on; ``--subject`` picks another relay) in front of the benchmark upstream (scripts/bench_upstream.py).
 First ``wrk`` sends workload A's JSON request at concurrency 16 for ``--seconds`` alone; then a load
 process (asyncio, raw sockets) opens ``--streams`` SSE streams of ``--chunks`` events ``--gap-ms``
 apart through the proxy, and once every stream has its first event, ``wrk`` runs again for the same
@@ -109,6 +109,13 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=200)
     parser.add_argument("--gap-ms", type=int, default=250)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument(
+        "--subject",
+        default="wirecap",
+        choices=("wirecap", "wirecap-nocapture", "nginx", "floor-bytes", "floor-h11"),
+        help="what relays: wirecap proxy (capture on or off), nginx, or the trio floor relays of "
+        "scripts/floor_relay.py (bytes only, or h11 without anything wirecap adds)",
+    )
     parser.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _raise_fd_limit(4 * args.streams + 1024)  # children inherit it
@@ -120,7 +127,7 @@ def main() -> None:
     lua = workdir / "post.lua"
     lua.write_text(LUA)
     upstream, upstream_port = start_upstream()
-    run = start_subject("wirecap", upstream_port, workdir, None)
+    run = start_subject(args.subject, upstream_port, workdir, None)
     load = None
     try:
         _wrk(run.port, 16, 2, lua)  # warm-up
