@@ -10,6 +10,7 @@ have the declared shape raises :class:`RecordError` instead of producing a half-
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from collections.abc import Mapping
@@ -325,14 +326,18 @@ def record_from_map(item: Any) -> Record | None:
     return record
 
 
-_TYPE_CODES: Final[dict[type, int]] = {cls: i for i, cls in enumerate(RECORD_TYPES)}
+#: Each record type's number, and the getter of its fields in order (one call for all of them).
+_TUPLE_FORMS: Final[dict[type, tuple[int, operator.attrgetter[Any]]]] = {
+    cls: (i, operator.attrgetter(*_NAMES[cls])) for i, cls in enumerate(RECORD_TYPES)
+}
 
 
 def record_to_tuple(record: Record) -> tuple[Any, ...]:
     """``record`` as a tuple of plain values (its type's number, then its fields in order), which
     ``marshal`` can pass to another process. Only for records without redactions (those are
     added where records are encoded)."""
-    return (_TYPE_CODES[type(record)], *(getattr(record, name) for name in _NAMES[type(record)]))
+    code, fields = _TUPLE_FORMS[type(record)]
+    return (code, *fields(record))
 
 
 def record_from_tuple(values: tuple[Any, ...]) -> Record:
