@@ -188,6 +188,34 @@ async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_p
     assert "stream-stall" in codes_of(exchange)
 
 
+async def test_an_answer_under_way_when_serve_stops_is_recorded_as_cut_off(nursery, tmp_path):
+    """A client waits on a ``timeout`` fault when serve stops: the exchange still gets its note
+    and an end (``timeout``: serve stopped), so the capture has no incomplete exchange."""
+    mock = Recording("openai_chat_json", ["timeout"], tmp_path / "out")
+    await nursery.start(mock.writer.run)
+    got: list[object] = []
+
+    async def client() -> None:
+        got.append(await trio.to_thread.run_sync(post, mock.url, b"{}", HANG_GUARD))
+
+    async with trio.open_nursery() as front:
+        await front.start(mock.server.run)
+        nursery.start_soon(client)
+        with trio.fail_after(HANG_GUARD):
+            while not mock.told:  # the fault is chosen: serve now waits for the client
+                await trio.sleep(0.01)
+        front.cancel_scope.cancel()
+    await mock.close_after(1)
+
+    with open_capture(mock.out) as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.notes_of("fault") == [mock.told[0].fault]
+    assert exchange.outcome == "timeout" and exchange.responses == []
+    assert (
+        exchange.end is not None and exchange.end.error == "serve stopped before the answer ended"
+    )
+
+
 async def test_hits_and_misses_are_not_recorded_and_secrets_never_are(nursery, tmp_path):
     """every=2: the first request is a plain hit, the second gets the fault, a third asks for
     what the capture does not hold (a miss). Only the second is in DIR; its API key is redacted."""
