@@ -72,6 +72,7 @@ from wirecap.proxy.config import (
 )
 from wirecap.replay.compare import MODES, parse_ignores
 from wirecap.replay.demo import DemoError, default_fixtures, run_demo
+from wirecap.replay.fault_capture import FaultRecorder, fault_writer, serve_recording
 from wirecap.replay.normalize import PathError
 from wirecap.replay.runner import (
     ReplayOptions,
@@ -93,6 +94,8 @@ UI_TOKEN_VARIABLE = "WIRECAP_UI_TOKEN"
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Iterator
+
+    from wirecap.capture.writer import RecordWriter
 
 
 #: An option's or argument's value that must name a file that exists.
@@ -1204,7 +1207,9 @@ def replay_command(
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     metavar="DIR",
-    help="Where spy mode records the forwarded exchanges (a capture directory).",
+    help="A capture directory that records every answer given under --fault (with what was "
+    "injected) and, in spy mode, every forwarded exchange. Plain hits (copies of CAPTURES) are "
+    "not recorded. Needs --fault or --miss forward=URL.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No line per request.")
 def serve_command(
@@ -1232,8 +1237,9 @@ def serve_command(
       wirecap serve captures/ --match method,path --listen 127.0.0.1:8000
       wirecap serve fixtures/ --fault 429,retry-after=1,every=2   # every 2nd request: a 429
       wirecap serve captures/ --miss forward=presets --out new/   # spy mode
+      wirecap serve fixtures/ --fault disconnect --out faulted/   # record what was injected
     """
-    spy = _spy_forwarder(miss, out)
+    spy = _spy_forwarder(miss, out, faulted=bool(fault))
     try:
         host, port = parse_listen(listen)
     except ConfigError as exc:
@@ -1269,14 +1275,23 @@ def serve_command(
     if catalog.sessions:
         answers += f" and {plural(len(catalog.sessions.sessions), 'WebSocket session')}"
 
+    if out is not None and fault:  # into the spy's capture, or a writer of its own
+        server.recorder = FaultRecorder(spy.writer if spy else _fault_writer(out, listen))
+
     async def run() -> None:
         if spy is not None:
             await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
             click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
-            return
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
+        elif server.recorder is not None:
+            ready = functools.partial(_fault_banner, server, answers)
+            await serve_recording(server, server.recorder, ready=ready)
+        else:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
+        if server.recorder is not None:
+            recorded = plural(server.recorder.recorded, "injected fault")
+            click.echo(f"wirecap serve: {recorded} recorded", err=True)
 
     try:
         trio.run(run)
@@ -1291,15 +1306,20 @@ def serve_command(
         raise
 
 
-def _spy_forwarder(miss: str, out: Path | None) -> SpyForwarder | None:
-    """The recording forwarder ``--miss forward=URL --out DIR`` asks for (None for ``error``)."""
+def _spy_forwarder(miss: str, out: Path | None, *, faulted: bool) -> SpyForwarder | None:
+    """The recording forwarder ``--miss forward=URL --out DIR`` asks for (None for ``error``).
+    ``--out`` with neither ``--fault`` nor ``forward`` would record nothing: a usage error."""
     try:
         url = parse_miss(miss)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--miss'") from None
     if url is None:
-        if out is not None:
-            raise click.BadParameter("needs --miss forward=URL", param_hint="'--out'")
+        if out is not None and not faulted:
+            raise click.BadParameter(
+                "records injected faults and forwarded misses: needs --fault SPEC or "
+                "--miss forward=URL",
+                param_hint="'--out'",
+            )
         return None
     if out is None:
         raise click.BadParameter("forward=URL needs --out DIR", param_hint="'--miss'")
@@ -1312,6 +1332,20 @@ def _spy_forwarder(miss: str, out: Path | None) -> SpyForwarder | None:
 def _spy_banner(server: MockServer, answers: str, path: Path | None) -> None:
     click.echo(
         f"wirecap serve on {server.url}: {answers}; misses forwarded, recorded to {path}", err=True
+    )
+
+
+def _fault_writer(out: Path, listen: str) -> RecordWriter:
+    """The capture writer of ``serve --fault SPEC --out DIR`` (DIR created now)."""
+    try:
+        return fault_writer(out, listen)
+    except (ConfigError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="'--out'") from None
+
+
+def _fault_banner(server: MockServer, answers: str, path: Path | None) -> None:
+    click.echo(
+        f"wirecap serve on {server.url}: {answers}; injected faults recorded to {path}", err=True
     )
 
 

@@ -231,7 +231,7 @@ def test_parse_miss_refuses_what_it_cannot_do(value):
     ("args", "message"),
     [
         (["--miss", "forward=http://127.0.0.1:9/"], "needs --out"),
-        (["--out", "somewhere"], "needs --miss forward=URL"),
+        (["--out", "somewhere"], "needs --fault SPEC or --miss forward=URL"),
         (["--miss", "bounce"], "not 'error' or 'forward=URL'"),
     ],
 )

@@ -17,6 +17,7 @@ Fault pauses (``ms=``) are real time, whatever ``--timing`` says about the recor
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -29,6 +30,8 @@ from wirecap.proxy.messages import HOP_BY_HOP
 from wirecap.replay.catalog import Miss
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from wirecap.faults import Answer, FaultSpec, Step
     from wirecap.replay.catalog import Recorded
     from wirecap.replay.serve import MockServer
@@ -37,28 +40,51 @@ if TYPE_CHECKING:
 _REFRAMED = HOP_BY_HOP | {b"content-length", b"transfer-encoding"}
 
 
+class InjectedTimeout(trio.ClosedResourceError):
+    """The client gave up waiting for an answer a ``timeout`` fault never sends."""
+
+
+class AnswerCut(trio.ClosedResourceError):
+    """The answer was cut off mid-body (a ``disconnect`` fault, or a recording that broke off):
+    the connection closes without the message's end."""
+
+
 async def answer_with_fault(
     server: MockServer,
     conn: h11.Connection,
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     request: h11.Request,
     body: bytes,
     arrived_ns: int,
     fault: FaultSpec,
+    *,
+    noted: Callable[[Mapping[str, Any]], object] | None = None,
 ) -> bool:
-    """Answer ``request`` under ``fault``; False when it is left to the normal path (a miss)."""
+    """Answer ``request`` under ``fault``; False when it is left to the normal path (a miss).
+
+    ``noted`` gets the fault's note detail (what ``on_answer`` gets as :attr:`Served.fault`)
+    before the first byte of the answer. Raises :class:`InjectedTimeout` when the client gives up
+    on a ``timeout`` fault, :class:`AnswerCut` when the answer is cut off mid-body.
+    """
     target = request.target.decode("latin-1")
+
+    def tell(recording: str | None, status: int, note: Mapping[str, Any]) -> None:
+        server.tell_fault(arrived_ns, request, recording, status, note)
+        if noted is not None:
+            noted(note)
+
     note = fault.note()
     if fault.mode == "answer":
         answer = error_answer(fault, target)
-        server.tell_fault(arrived_ns, request, None, answer.status, note)
+        tell(None, answer.status, note)
         await send_answer(conn, stream, answer)
         return True
     if fault.mode == "silence":
-        server.tell_fault(arrived_ns, request, None, 0, note)
-        while await stream.receive_some(65536):  # never answers; ends when the client gives up
-            pass
-        raise trio.ClosedResourceError("the client gave up waiting (injected timeout)")
+        tell(None, 0, note)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await stream.receive_some(65536):  # never answers; ends when the client gives up
+                pass
+        raise InjectedTimeout("injected timeout: no answer; the client gave up")
     found = server.catalog.lookup(request.method.decode(), target, body)
     rewrite = fault.kind in REWRITERS
     if isinstance(found, Miss) and not rewrite:
@@ -66,12 +92,12 @@ async def answer_with_fault(
     planned = None if isinstance(found, Miss) else _plan(found, fault, target)
     if planned is None:
         answer = synthesized_answer(fault, target, body)
-        server.tell_fault(arrived_ns, request, None, answer.status, {**note, "synthesized": True})
+        tell(None, answer.status, {**note, "synthesized": True})
         await send_answer(conn, stream, answer)
         return True
     recorded, headers, chunks, closing = planned
     server.served.append(recorded.id)
-    server.tell_fault(arrived_ns, request, recorded.id, recorded.status, note)
+    tell(recorded.id, recorded.status, note)
     await server._wait(recorded.head_delay_ns)
     await _write(stream, conn.send(h11.Response(status_code=recorded.status, headers=headers)))
     for delay, steps in chunks:
@@ -79,7 +105,7 @@ async def answer_with_fault(
         await _carry_out(conn, stream, steps)
     await _carry_out(conn, stream, closing)
     if recorded.cut:
-        raise trio.ClosedResourceError("recorded response was cut off")
+        raise AnswerCut("recorded response was cut off")
     await _write(stream, conn.send(h11.EndOfMessage()))
     return True
 
@@ -124,7 +150,7 @@ class _lazy:
         yield 0, self.transform.close()
 
 
-async def _carry_out(conn: h11.Connection, stream: trio.SocketStream, steps: list[Step]) -> None:
+async def _carry_out(conn: h11.Connection, stream: trio.abc.Stream, steps: list[Step]) -> None:
     for step in steps:
         if isinstance(step, Send):
             if step.data and conn.our_state is h11.SEND_BODY:
@@ -132,10 +158,10 @@ async def _carry_out(conn: h11.Connection, stream: trio.SocketStream, steps: lis
         elif isinstance(step, Pause):
             await trio.sleep(step.seconds)
         elif isinstance(step, Cut):
-            raise trio.ClosedResourceError(step.reason)
+            raise AnswerCut(step.reason)
 
 
-async def send_answer(conn: h11.Connection, stream: trio.SocketStream, answer: Answer) -> None:
+async def send_answer(conn: h11.Connection, stream: trio.abc.Stream, answer: Answer) -> None:
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
     headers.append((b"Content-Length", str(len(answer.body)).encode()))
     await _write(stream, conn.send(h11.Response(status_code=answer.status, headers=headers)))
@@ -143,6 +169,6 @@ async def send_answer(conn: h11.Connection, stream: trio.SocketStream, answer: A
     await _write(stream, conn.send(h11.EndOfMessage()))
 
 
-async def _write(stream: trio.SocketStream, data: bytes | None) -> None:
+async def _write(stream: trio.abc.Stream, data: bytes | None) -> None:
     if data:
         await stream.send_all(data)

@@ -4,6 +4,10 @@ The recorded response head is sent as recorded (status, reason, header names and
 order; only hop-by-hop headers are dropped and framing is left to h11), then the body chunk by chunk,
 each after its recorded gap scaled by ``speed`` (None: no waiting). A request that matches nothing gets
 ``miss_status`` with a JSON body naming the closest recorded requests, never a wrong answer.
+
+With a :class:`~wirecap.replay.fault_capture.FaultRecorder` (``serve --out``), every answer given
+under an injected fault is recorded, exactly as it went on the wire; plain hits are not (they are
+copies of the capture served).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import trio
 
 from wirecap.inspect.paint import Paint, plain, status_role
 from wirecap.llm import parse_head
-from wirecap.proxy.messages import HOP_BY_HOP, upgrade_request
+from wirecap.proxy.messages import HOP_BY_HOP, RawTap, upgrade_request
 from wirecap.replay.catalog import Catalog, Miss, Recorded, recorded_from
 from wirecap.replay.sessions import SessionCatalog, session_from
+from wirecap.replay.wire import RequestWire
 from wirecap.replay.wsserve import BadHandshake, serve_session
 
 if TYPE_CHECKING:
@@ -32,8 +37,10 @@ if TYPE_CHECKING:
 
     from wirecap.capture import Capture
     from wirecap.faults import FaultPlan
+    from wirecap.replay.fault_capture import FaultRecorder
 
 MAX_REQUEST_BODY = 64 * 1024 * 1024  # a mock for tests: larger requests are refused (413)
+_clock = time.perf_counter_ns  # exchange times in a recording (ns since the request head was in)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,10 +129,12 @@ class MockServer:
         on_answer: Callable[[Served], object] | None = None,
         faults: FaultPlan | None = None,
         miss_handler: MissHandler | None = None,
+        recorder: FaultRecorder | None = None,
     ) -> None:
         """``on_answer`` is told of each request once its answer starts (``wirecap serve`` logs
         them); ``faults`` picks the requests that get an injected fault (see
-        :mod:`wirecap.replay.faulting`)."""
+        :mod:`wirecap.replay.faulting`); ``recorder`` records each answer given under a fault
+        (``serve --out``, see :mod:`wirecap.replay.fault_capture`)."""
         self.catalog = catalog
         self.host, self.port = host, port
         self.speed = speed
@@ -134,6 +143,7 @@ class MockServer:
         self.on_answer = on_answer
         self.faults = faults
         self.miss_handler = miss_handler
+        self.recorder = recorder
         self.misses: list[Miss] = []
         self.served: list[str] = []
 
@@ -151,21 +161,31 @@ class MockServer:
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        tap = RawTap(conn) if self.recorder is not None else None  # the bytes, for a recording
         try:
             while True:
-                request = await _next(conn, stream)
+                request = await _next(conn, stream, tap)
                 if not isinstance(request, h11.Request):
                     return
                 arrived_ns = time.time_ns()
+                wire = None
+                if tap is not None:
+                    wire = RequestWire(head=tap.take(), wall_ns=arrived_ns, t0_ns=_clock())
                 body = bytearray()
                 too_big = False
                 while True:
-                    event = await _next(conn, stream)
+                    event = await _next(conn, stream, tap)
+                    if tap is not None and isinstance(event, h11.Data | h11.EndOfMessage):
+                        raw = tap.take()  # taken even when not kept: the tap holds no more
+                        size = len(event.data) if isinstance(event, h11.Data) else 0
+                        if wire is not None:
+                            wire.read(_clock() - wire.t0_ns, raw, size)
                     if isinstance(event, h11.Data):
                         body += event.data
                         too_big = too_big or len(body) > MAX_REQUEST_BODY
                         if too_big:
                             del body[:]
+                            wire = None  # a 413 is not recorded
                     elif isinstance(event, h11.EndOfMessage):
                         break
                     else:
@@ -186,7 +206,7 @@ class MockServer:
                         },
                     )
                 else:
-                    await self._answer(conn, stream, request, bytes(body), arrived_ns)
+                    await self._answer(conn, stream, request, bytes(body), arrived_ns, wire)
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                     conn.start_next_cycle()
                 else:
@@ -269,12 +289,24 @@ class MockServer:
         request: h11.Request,
         body: bytes,
         arrived_ns: int,
+        wire: RequestWire | None = None,
     ) -> None:
         method, target = request.method.decode(), request.target.decode("latin-1")
         if self.faults is not None and (fault := self.faults.choose(target, body)) is not None:
             from wirecap.replay.faulting import answer_with_fault
 
-            if await answer_with_fault(self, conn, stream, request, body, arrived_ns, fault):
+            if self.recorder is None or wire is None:
+                answered = await answer_with_fault(
+                    self, conn, stream, request, body, arrived_ns, fault
+                )
+            else:
+                listen = (self.host, self.port)
+                with self.recorder.exchange(wire, request, stream, listen) as recording:
+                    answered = await answer_with_fault(
+                        self, conn, recording.stream, request, body, arrived_ns, fault,
+                        noted=recording.noted,
+                    )  # fmt: skip
+            if answered:
                 return
         found = self.catalog.lookup(method, target, body)
         if isinstance(found, Miss):
@@ -341,11 +373,16 @@ def _framable(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[byt
     return [*out, (b"Content-Length", str(length).encode())]
 
 
-async def _next(conn: h11.Connection, stream: trio.SocketStream) -> Any:
+async def _next(conn: h11.Connection, stream: trio.SocketStream, tap: RawTap | None) -> Any:
+    """The next event of ``conn``, read from ``stream`` (through ``tap``, which keeps the bytes)."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
+            data = await stream.receive_some(65536)
+            if tap is None:
+                conn.receive_data(data)
+            else:
+                tap.feed(data)
             continue
         return event
 

@@ -8,7 +8,8 @@ capture does not hold goes through that proxy, and its answer is relayed to the 
 event as it arrives, so a streamed answer keeps streaming. The mock talks to the proxy with the
 proxy's own pooled h11 client connections; the proxy records what crossed the wire, so ``DIR`` is
 an ordinary capture that every command reads, and serving ``CAPTURE`` and ``DIR`` together answers
-the forwarded requests too.
+the forwarded requests too. With ``--fault``, the answers serve gives under a fault are recorded
+into ``DIR`` through the same writer (:mod:`wirecap.replay.fault_capture`).
 """
 
 from __future__ import annotations
