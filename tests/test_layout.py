@@ -34,6 +34,7 @@ SANS_IO = [
     "faults/answers.py",
     "faults/rewrite.py",
     "faults/body.py",
+    "faults/additions.py",
 ]
 #: Folder -> the other wirecap folders its modules may import.
 RULES: dict[str, set[str]] = {
