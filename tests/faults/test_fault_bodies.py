@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wirecap.faults import BodyFault, Cut, Pause, Send, parse_fault
 
@@ -411,3 +414,18 @@ def test_without_the_request_body_nothing_is_added():
     for shape in PLAIN:
         body, fault = added("bad-tool-args", shape, request_body=None)
         assert body == b"".join(PLAIN[shape][2]) and not fault.applied
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.sampled_from(STREAMS),
+    spec=st.sampled_from(["bad-tool-args", "length"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+)
+def test_what_is_added_does_not_depend_on_how_the_bytes_arrive(shape, spec, cuts):
+    body = b"".join(PLAIN[shape][2])
+    if spec == "length":
+        body = LENGTH_WITHOUT_FINISH[shape](body)
+    edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    pieces = [body[a:b] for a, b in itertools.pairwise(edges)]
+    assert added(spec, shape, pieces)[0] == added(spec, shape, [body])[0]
