@@ -35,6 +35,7 @@ SANS_IO = [
     "faults/rewrite.py",
     "faults/body.py",
     "replay/wire.py",
+    "faults/additions.py",
 ]
 #: Folder -> the other wirecap folders its modules may import.
 RULES: dict[str, set[str]] = {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wirecap.faults import BodyFault, Cut, Pause, Send, parse_fault
 
@@ -114,3 +117,315 @@ def test_an_answer_held_back_past_the_bound_is_cut_not_buffered(monkeypatch):
     assert isinstance(steps[-1], Cut) and sent(steps) == b""
     steps, _ = run("stall,ms=5", [b"data: " + b"x" * 1500])  # an event that never ends
     assert isinstance(steps[-1], Cut)
+
+
+# -- what the proxy adds where a rewrite finds nothing --------------------------------------------
+
+
+def sse(*events: tuple[str | None, object]) -> list[bytes]:
+    return [
+        (f"event: {name}\n" if name else "").encode()
+        + b"data: "
+        + (data.encode() if isinstance(data, str) else json.dumps(data).encode())
+        + b"\n\n"
+        for name, data in events
+    ]
+
+
+def ndjson(*values: object) -> list[bytes]:
+    return [json.dumps(v).encode() + b"\n" for v in values]
+
+
+def chat_chunk(delta: dict, finish: str | None = None) -> tuple[None, dict]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return None, {"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [choice]}
+
+
+def anthropic_event(kind: str, **fields: object) -> tuple[str, dict]:
+    return kind, {"type": kind, **fields}
+
+
+def responses_event(kind: str, n: int, **fields: object) -> tuple[str, dict]:
+    return kind, {"type": kind, "sequence_number": n, **fields}
+
+
+MESSAGE_ITEM = {"type": "message", "id": "msg_1", "role": "assistant", "content": []}
+RESPONSE = {"id": "resp_1", "object": "response", "model": "m", "status": "completed"}
+
+#: Answers without a tool call, one per shape: target, content type, the answer's events (a JSON
+#: body is one), and how many of the last events finish the message (the stream's terminator
+#: and the event that carries its finish reason, which the additions go before).
+PLAIN: dict[str, tuple[str, str, list[bytes], int]] = {
+    "openai-json": (
+        "/v1/chat/completions",
+        "application/json",
+        [
+            json.dumps(
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "hi"},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            ).encode()
+        ],
+        1,
+    ),
+    "openai-sse": (
+        "/v1/chat/completions",
+        "text/event-stream",
+        sse(
+            chat_chunk({"role": "assistant", "content": "Hel"}),
+            chat_chunk({"content": "lo"}),
+            chat_chunk({}, "stop"),
+            (None, "[DONE]"),
+        ),
+        2,
+    ),
+    "responses-json": (
+        "/v1/responses",
+        "application/json",
+        [json.dumps({**RESPONSE, "output": [MESSAGE_ITEM]}).encode()],
+        1,
+    ),
+    "responses-sse": (
+        "/v1/responses",
+        "text/event-stream",
+        sse(
+            responses_event("response.created", 0, response={**RESPONSE, "status": "in_progress"}),
+            responses_event("response.output_item.added", 1, output_index=0, item=MESSAGE_ITEM),
+            responses_event(
+                "response.output_text.delta", 2, item_id="msg_1", output_index=0, delta="hi"
+            ),
+            responses_event("response.output_item.done", 3, output_index=0, item=MESSAGE_ITEM),
+            responses_event("response.completed", 4, response={**RESPONSE, "output": []}),
+        ),
+        1,
+    ),
+    "anthropic-json": (
+        "/v1/messages",
+        "application/json",
+        [
+            json.dumps(
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": "hi"}],
+                    "stop_reason": "end_turn",
+                }
+            ).encode()
+        ],
+        1,
+    ),
+    "anthropic-sse": (
+        "/v1/messages",
+        "text/event-stream",
+        sse(
+            anthropic_event("message_start", message={"id": "msg_1", "content": []}),
+            anthropic_event(
+                "content_block_start", index=0, content_block={"type": "text", "text": ""}
+            ),
+            anthropic_event(
+                "content_block_delta", index=0, delta={"type": "text_delta", "text": "hi"}
+            ),
+            anthropic_event("content_block_stop", index=0),
+            anthropic_event(
+                "message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 2}
+            ),
+            anthropic_event("message_stop"),
+        ),
+        2,
+    ),
+    "ollama-json": (
+        "/api/chat",
+        "application/json",
+        ndjson(
+            {
+                "model": "m",
+                "message": {"role": "assistant", "content": "hi"},
+                "done": True,
+                "done_reason": "stop",
+            }
+        ),
+        1,
+    ),
+    "ollama-ndjson": (
+        "/api/chat",
+        "application/x-ndjson",
+        ndjson(
+            {"model": "m", "message": {"role": "assistant", "content": "hi"}, "done": False},
+            {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True},
+        ),
+        1,
+    ),
+}
+STREAMS = [
+    name for name, (_, content_type, _, _) in PLAIN.items() if content_type != "application/json"
+]
+TOOLS_REQUEST = json.dumps(
+    {"model": "m", "tools": [{"type": "function", "function": {"name": "get_weather"}}]}
+).encode()
+
+
+def facts_of(target: str, content_type: str, body: bytes):
+    """What wirecap's own adapters make of an answer (the detectors read these facts)."""
+    from wirecap.llm import ExchangeInput, analyze, parse_head
+
+    head = parse_head(f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n\r\n".encode())
+    return analyze(
+        ExchangeInput(
+            method="POST",
+            path=target,
+            request_head=None,
+            request_body=TOOLS_REQUEST,
+            status=200,
+            response_head=head,
+            response_chunks=((0, body),),
+        )
+    )
+
+
+def added(spec: str, shape: str, pieces: list[bytes] | None = None, **kwargs):
+    target, content_type, events, _ = PLAIN[shape]
+    fault = BodyFault(
+        parse_fault(spec),
+        target=target,
+        content_type=content_type,
+        request_body=kwargs.pop("request_body", TOOLS_REQUEST),
+        **kwargs,
+    )
+    body = b"".join(events)
+    pieces = [body[i : i + 7] for i in range(0, len(body), 7)] if pieces is None else pieces
+    steps = [s for piece in pieces for s in fault.feed(piece)] + fault.close()
+    return sent(steps), fault
+
+
+@pytest.mark.parametrize("shape", PLAIN)
+def test_bad_tool_args_adds_a_broken_tool_call_to_an_answer_without_one(shape):
+    target, content_type, events, finishing = PLAIN[shape]
+    body, fault = added("bad-tool-args", shape)
+    assert fault.applied and fault.synthesized
+    facts = facts_of(target, content_type, body)
+    assert [call.name for call in facts.tool_calls] == ["get_weather"]
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(facts.tool_calls[0].arguments)
+    assert facts.finish_reason in ("tool_calls", "tool_use", "completed", "stop")
+    if content_type != "application/json":
+        # Streamed: the additions come before the events that finish the message, which still
+        # end the stream; what came before is unchanged.
+        assert facts.terminated is True
+        tail = b"".join(events[-finishing:])
+        assert body.startswith(b"".join(events[:-finishing]))
+        assert body.index(b"wirecap_fault") < len(body) - len(tail)
+
+
+@pytest.mark.parametrize("shape", ["openai-sse", "anthropic-sse"])
+def test_the_added_tool_call_is_the_finish_reason_of_a_stream(shape):
+    target, content_type, _, _ = PLAIN[shape]
+    body, _ = added("bad-tool-args", shape)
+    assert facts_of(target, content_type, body).finish_reason in ("tool_calls", "tool_use")
+
+
+@pytest.mark.parametrize("shape", STREAMS)
+def test_a_stream_without_its_end_gets_the_tool_call_at_its_close(shape):
+    target, content_type, events, finishing = PLAIN[shape]
+    cut = b"".join(events[:-finishing])
+    body, fault = added("bad-tool-args", shape, [cut])
+    assert fault.applied and fault.synthesized
+    assert body.startswith(cut) and len(body) > len(cut)
+    facts = facts_of(target, content_type, body)
+    assert [call.name for call in facts.tool_calls] == ["get_weather"]
+
+
+def test_the_tool_is_the_requests_first_else_a_fixed_name():
+    anthropic_request = json.dumps({"tools": [{"name": "lookup", "input_schema": {}}]}).encode()
+    for request, name in [
+        (anthropic_request, "lookup"),
+        (b"{}", "wirecap_tool"),
+        (b"", "wirecap_tool"),
+    ]:
+        body, _ = added(
+            "bad-tool-args", "anthropic-json", [PLAIN["anthropic-json"][2][0]], request_body=request
+        )
+        assert json.loads(body)["content"][-1]["name"] == name
+
+
+def test_added_events_are_numbered_and_the_item_joins_the_final_response():
+    body, _ = added("bad-tool-args", "responses-sse")
+    events = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed"
+    assert [item["type"] for item in events[-1]["response"]["output"]] == ["function_call"]
+
+
+LENGTH_WITHOUT_FINISH = {
+    "openai-json": lambda b: b.replace(b'"finish_reason": "stop"', b'"finish_reason": null'),
+    "openai-sse": lambda b: b.replace(b'"finish_reason": "stop"', b'"finish_reason": null'),
+    "responses-json": lambda b: b.replace(b'"status": "completed"', b'"status": "in_progress"'),
+    "responses-sse": lambda b: b.replace(b"response.completed", b"response.failed").replace(
+        b'"status": "completed"', b'"status": "failed"'
+    ),
+    "anthropic-json": lambda b: b.replace(b'"stop_reason": "end_turn"', b'"stop_reason": null'),
+    "anthropic-sse": lambda b: b.replace(b'"stop_reason": "end_turn"', b'"stop_reason": null'),
+    "ollama-json": lambda b: b.replace(b', "done": true, "done_reason": "stop"', b""),
+    "ollama-ndjson": lambda b: b.rsplit(b"\n", 2)[0] + b"\n",  # no done line
+}
+
+
+@pytest.mark.parametrize("shape", PLAIN)
+def test_length_sets_a_finish_reason_where_the_answer_has_none(shape):
+    target, content_type, events, _ = PLAIN[shape]
+    body = LENGTH_WITHOUT_FINISH[shape](b"".join(events))
+    assert body != b"".join(events)
+    sent_body, fault = added("length", shape, [body])
+    assert fault.applied and fault.synthesized
+    facts = facts_of(target, content_type, sent_body)
+    assert facts.finish_reason in ("length", "max_tokens", "max_output_tokens")
+
+
+@pytest.mark.parametrize(
+    ("shape", "status", "body"),
+    [
+        ("openai-json", 429, b'{"error": {"message": "slow down"}}'),
+        ("openai-json", 200, b"<html>not an answer</html>"),
+        ("openai-json", 200, b'{"object": "list", "data": []}'),
+        ("anthropic-json", 200, b'{"type": "error", "error": {"type": "api_error"}}'),
+        ("ollama-json", 200, b'{"error": "model not found"}'),
+        ("openai-sse", 200, b'data: {"progress": 1}\n\n'),
+        # a legacy completion (text, not a message): nothing can hold a tool call
+        ("openai-sse", 200, b'data: {"choices": [{"text": "hi", "finish_reason": null}]}\n\n'),
+        ("anthropic-sse", 200, b""),
+    ],
+)
+def test_what_cannot_carry_the_fault_passes_unchanged(shape, status, body):
+    for spec in ("bad-tool-args", "length"):
+        sent_body, fault = added(spec, shape, [body], status=status)
+        assert sent_body == body and not fault.applied and not fault.synthesized
+
+
+def test_without_the_request_body_nothing_is_added():
+    """``wirecap serve`` gives none: it synthesizes a whole answer of its own instead."""
+    for shape in PLAIN:
+        body, fault = added("bad-tool-args", shape, request_body=None)
+        assert body == b"".join(PLAIN[shape][2]) and not fault.applied
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.sampled_from(STREAMS),
+    spec=st.sampled_from(["bad-tool-args", "length"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+)
+def test_what_is_added_does_not_depend_on_how_the_bytes_arrive(shape, spec, cuts):
+    body = b"".join(PLAIN[shape][2])
+    if spec == "length":
+        body = LENGTH_WITHOUT_FINISH[shape](body)
+    edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    pieces = [body[a:b] for a, b in itertools.pairwise(edges)]
+    assert added(spec, shape, pieces)[0] == added(spec, shape, [body])[0]

@@ -149,14 +149,13 @@ async def test_each_kind_injected_by_the_proxy_is_named_and_noted(
     )
     codes, notes = await findings(proxy)
     assert [n["kind"] for n in notes] == [kind]
-    assert {k: v for k, v in notes[0].items() if k != "applied"} == parse_fault(spec).note()
-    if kind == "bad-tool-args" and answer in NO_TOOL_CALLS:
-        # The proxy transforms what passes: an answer without a tool call passes as it came.
-        assert notes[0]["applied"] is False
-        assert "invalid-tool-arguments" not in codes
-        return
+    outcome = {"applied", "synthesized"}
+    assert {k: v for k, v in notes[0].items() if k not in outcome} == parse_fault(spec).note()
     assert expected_code(kind, answer) in codes
     assert notes[0].get("applied", True) is True
+    # bad-tool-args on an answer without a tool call: the proxy adds one (it rewrites the rest).
+    added = kind == "bad-tool-args" and answer in NO_TOOL_CALLS
+    assert notes[0].get("synthesized", False) is added
     if kind in ERROR_KINDS - {"timeout"}:
         assert got == int(kind)
 
@@ -187,3 +186,55 @@ async def test_a_model_selector_in_the_proxy_waits_for_the_model_however_the_bod
         return int(answer.split(b" ", 2)[1])
 
     assert [await post_in_two_writes() for _ in range(3)] == [429, 429, 429]
+
+
+async def test_the_proxy_names_an_added_tool_call_after_the_requests_first_tool(
+    start_upstream, start_proxy
+):
+    """The request body comes chunked (the proxy reads its payload, not its wire bytes)."""
+    with open_capture(FIXTURES / "openai_chat_json.cbor.zst") as capture:
+        [recorded] = list(capture.exchanges())
+        target, body, answer_body = recorded.target, recorded.request_body, recorded.response_body
+
+    async def answer(exchange) -> None:
+        await exchange.respond(200, answer_body, [("Content-Type", "application/json")])
+
+    upstream = await start_upstream(answer)
+    proxy = await start_proxy(upstream=upstream.url, fault=["bad-tool-args"])
+    request = json.loads(body)
+    request["tools"] = [{"type": "function", "function": {"name": "get_weather"}}]
+    encoded = json.dumps(request).encode()
+
+    def post_chunked() -> int:
+        pieces = iter([encoded[:20], encoded[20:]])
+        with httpx.Client(timeout=30) as client:
+            response = client.post(proxy.url + target, content=pieces)
+            return response.status_code
+
+    assert await trio.to_thread.run_sync(post_chunked) == 200
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+        assert b"transfer-encoding: chunked" in exchange.request.head.lower()
+        facts = analyze_exchange(exchange).facts
+    assert [c.name for c in facts.tool_calls] == ["get_weather"]
+    assert facts.finish_reason == "tool_calls" and facts.text == "Hello there!"
+
+
+@pytest.mark.parametrize("kind", ["bad-tool-args", "length"])
+async def test_an_error_answer_cannot_carry_a_rewrite_and_passes_as_it_came(
+    start_upstream, start_proxy, kind
+):
+    error = json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode()
+
+    async def answer(exchange) -> None:
+        await exchange.respond(503, error, [("Content-Type", "application/json")])
+
+    upstream = await start_upstream(answer)
+    proxy = await start_proxy(upstream=upstream.url, fault=[kind])
+    target, body = recorded_request("openai_chat_json")
+    assert await trio.to_thread.run_sync(send, proxy.url + target, body, 30) == 503
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+        assert exchange.response_body == error
+        [note] = exchange.notes_of("fault")
+    assert note["applied"] is False and "synthesized" not in note

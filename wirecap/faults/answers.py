@@ -18,6 +18,8 @@ import json
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from wirecap.faults.spec import FaultSpec
 
 #: Path endings and the API they belong to (the LLM adapters' table, for the same paths).
@@ -99,10 +101,14 @@ def error_answer(spec: FaultSpec, target: str) -> Answer:
     return Answer(status, tuple(headers), json.dumps(payload).encode())
 
 
-# -- synthesized answers ----------------------------------------------------------------------------
+# -- the shapes of a fault's tool call and finish (synthesized answers and the proxy's additions) --
+
+#: An SSE event: its ``event:`` name (None: no ``event:`` line) and its data (a JSON value).
+SSEEvent = tuple[str | None, Any]
 
 
-def _request(body: bytes) -> dict[str, Any]:
+def request_json(body: bytes) -> dict[str, Any]:
+    """A request's JSON body as an object (``{}`` when it is not one)."""
     try:
         value = json.loads(body)
     except ValueError:
@@ -110,26 +116,147 @@ def _request(body: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _tool_name(request: dict[str, Any]) -> str:
-    """The first tool the request offers (its name), or ``wirecap_tool``."""
+def tool_name(request: dict[str, Any]) -> str:
+    """The name of the first tool ``request`` offers (OpenAI's ``function.name`` or Anthropic's
+    and the responses API's ``name``), or ``wirecap_tool``."""
     for tool in request.get("tools") or ():
         if isinstance(tool, dict):
-            name = (
-                (tool.get("function") or {}).get("name") if "function" in tool else tool.get("name")
-            )
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else tool.get("name")
             if isinstance(name, str):
                 return name
     return "wirecap_tool"
+
+
+def encode_sse(events: Iterable[SSEEvent]) -> bytes:
+    """``events`` as SSE bytes, each ended by a blank line."""
+    out = []
+    for name, data in events:
+        text = data if isinstance(data, str) else json.dumps(data)
+        out.append((f"event: {name}\n" if name else "") + f"data: {text}\n\n")
+    return "".join(out).encode()
+
+
+def chat_tool_call(tool: str, index: int | None = None) -> dict[str, Any]:
+    """An OpenAI chat tool call with broken arguments; ``index`` given: a streamed delta's."""
+    call = {
+        "id": "call_wirecap",
+        "type": "function",
+        "function": {"name": tool, "arguments": BAD_ARGUMENTS},
+    }
+    return call if index is None else {"index": index, **call}
+
+
+def chat_chunk(
+    base: dict[str, Any], delta: dict[str, Any], finish: str | None = None, index: int = 0
+) -> dict[str, Any]:
+    """An OpenAI chat completion chunk of one choice (``base``: its id, created and model)."""
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+
+
+def responses_tool_item(tool: str) -> dict[str, Any]:
+    """A responses API ``function_call`` output item with broken arguments."""
+    return {
+        "type": "function_call",
+        "id": "fc_wirecap",
+        "call_id": "call_wirecap",
+        "name": tool,
+        "arguments": BAD_ARGUMENTS,
+        "status": "completed",
+    }
+
+
+def responses_item_events(item: dict[str, Any], output_index: int) -> list[SSEEvent]:
+    """The responses API events that stream ``item`` at ``output_index``: added, for a function
+    call its arguments (a delta, then done), and done. The caller numbers them
+    (``sequence_number``)."""
+    at = {"output_index": output_index}
+    if item.get("type") != "function_call":
+        added: list[tuple[str, dict[str, Any]]] = [("response.output_item.added", {"item": item})]
+    else:
+        arguments = {"item_id": item["id"], **at}
+        added = [
+            (
+                "response.output_item.added",
+                {"item": {**item, "arguments": "", "status": "in_progress"}},
+            ),
+            ("response.function_call_arguments.delta", {**arguments, "delta": item["arguments"]}),
+            (
+                "response.function_call_arguments.done",
+                {**arguments, "arguments": item["arguments"]},
+            ),
+        ]
+    events = [*added, ("response.output_item.done", {"item": item})]
+    return [(name, {"type": name, **at, **payload}) for name, payload in events]
+
+
+def incomplete(response: dict[str, Any]) -> dict[str, Any]:
+    """``response`` (a responses API response object) made incomplete by the token limit."""
+    response["status"] = "incomplete"
+    response["incomplete_details"] = {"reason": "max_output_tokens"}
+    return response
+
+
+def anthropic_tool_block(tool: str, *, streamed: bool = False) -> dict[str, Any]:
+    """An Anthropic ``tool_use`` block: whole, its input is the broken arguments' text; streamed,
+    it starts with an empty input and the text comes in a delta (:func:`anthropic_block_events`)."""
+    return {
+        "type": "tool_use",
+        "id": "toolu_wirecap",
+        "name": tool,
+        "input": {} if streamed else BAD_ARGUMENTS,
+    }
+
+
+def anthropic_block_events(
+    start: dict[str, Any], delta: dict[str, Any], index: int
+) -> list[SSEEvent]:
+    """The Anthropic events that stream one content block: start, one delta, stop."""
+    return [
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": start},
+        ),
+        ("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}),
+        ("content_block_stop", {"type": "content_block_stop", "index": index}),
+    ]
+
+
+def anthropic_tool_events(tool: str, index: int) -> list[SSEEvent]:
+    """A streamed ``tool_use`` block at ``index`` whose input JSON is broken."""
+    delta = {"type": "input_json_delta", "partial_json": BAD_ARGUMENTS}
+    return anthropic_block_events(anthropic_tool_block(tool, streamed=True), delta, index)
+
+
+def anthropic_stop_event(stop: str) -> SSEEvent:
+    """The Anthropic ``message_delta`` event that gives the stop reason."""
+    return (
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": 1},
+        },
+    )
+
+
+def ollama_tool_call(tool: str) -> dict[str, Any]:
+    """An Ollama tool call with broken arguments (a text where Ollama sends an object)."""
+    return {"function": {"name": tool, "arguments": BAD_ARGUMENTS}}
+
+
+# -- synthesized answers ----------------------------------------------------------------------------
 
 
 def synthesized_answer(spec: FaultSpec, target: str, request_body: bytes) -> Answer:
     """A provider-shaped answer that carries the fault (``bad-tool-args``: one tool call whose
     arguments are not JSON; ``length``: text cut by the token limit), streamed when the request
     asked for a stream. Used where there is no real answer to transform."""
-    request = _request(request_body)
+    request = request_json(request_body)
     api = api_of(target)
     model = str(request.get("model") or "wirecap-fault")
-    tool = _tool_name(request) if spec.kind == "bad-tool-args" else None
+    tool = tool_name(request) if spec.kind == "bad-tool-args" else None
     stream = request.get("stream") is True or (
         api.startswith("ollama") and request.get("stream") is not False
     )
@@ -139,52 +266,31 @@ def synthesized_answer(spec: FaultSpec, target: str, request_body: bytes) -> Ans
     return Answer(200, headers, body)
 
 
-def _sse(events: list[tuple[str | None, Any]]) -> bytes:
-    out = []
-    for name, data in events:
-        text = data if isinstance(data, str) else json.dumps(data)
-        out.append((f"event: {name}\n" if name else "") + f"data: {text}\n\n")
-    return "".join(out).encode()
-
-
 def _openai_chat(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
     finish = "tool_calls" if tool else "length"
-    call = {
-        "id": "call_wirecap",
-        "type": "function",
-        "function": {"name": tool, "arguments": BAD_ARGUMENTS},
-    }
     usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     base = {"id": "chatcmpl-wirecap", "created": 0, "model": model}
     if not stream:
         message: dict[str, Any] = {"role": "assistant", "content": None if tool else LENGTH_TEXT}
         if tool:
-            message["tool_calls"] = [call]
+            message["tool_calls"] = [chat_tool_call(tool)]
         choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
         body = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
         return "application/json", json.dumps(body).encode()
     delta: dict[str, Any] = {"role": "assistant", "content": None if tool else LENGTH_TEXT}
     if tool:
-        delta["tool_calls"] = [{"index": 0, **call}]
-    chunk = {**base, "object": "chat.completion.chunk"}
-    events: list[tuple[str | None, Any]] = [
-        (None, {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}),
-        (None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}),
+        delta["tool_calls"] = [chat_tool_call(tool, 0)]
+    events: list[SSEEvent] = [
+        (None, chat_chunk(base, delta)),
+        (None, chat_chunk(base, {}, finish)),
         (None, "[DONE]"),
     ]
-    return "text/event-stream", _sse(events)
+    return "text/event-stream", encode_sse(events)
 
 
 def _openai_responses(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
     if tool:
-        item: dict[str, Any] = {
-            "type": "function_call",
-            "id": "fc_wirecap",
-            "call_id": "call_wirecap",
-            "name": tool,
-            "arguments": BAD_ARGUMENTS,
-            "status": "completed",
-        }
+        item = responses_tool_item(tool)
     else:
         item = {
             "type": "message",
@@ -198,27 +304,24 @@ def _openai_responses(model: str, tool: str | None, stream: bool) -> tuple[str, 
         "object": "response",
         "created_at": 0,
         "model": model,
-        "status": "completed" if tool else "incomplete",
-        "incomplete_details": None if tool else {"reason": "max_output_tokens"},
+        "status": "completed",
+        "incomplete_details": None,
         "output": [item],
         "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
     }
+    if not tool:
+        incomplete(response)
     if not stream:
         return "application/json", json.dumps(response).encode()
     started = {**response, "status": "in_progress", "incomplete_details": None, "output": []}
     last = "response.completed" if tool else "response.incomplete"
-    names = ["response.created", "response.output_item.added", "response.output_item.done", last]
-    payloads: list[dict[str, Any]] = [
-        {"response": started},
-        {"output_index": 0, "item": item},
-        {"output_index": 0, "item": item},
-        {"response": response},
+    events = [
+        ("response.created", {"type": "response.created", "response": started}),
+        *responses_item_events(item, 0),
+        (last, {"type": last, "response": response}),
     ]
-    events: list[tuple[str | None, Any]] = [
-        (name, {"type": name, "sequence_number": n, **payload})
-        for n, (name, payload) in enumerate(zip(names, payloads, strict=True))
-    ]
-    return "text/event-stream", _sse(events)
+    numbered = [(name, {**data, "sequence_number": n}) for n, (name, data) in enumerate(events)]
+    return "text/event-stream", encode_sse(numbered)
 
 
 def _anthropic(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
@@ -226,11 +329,7 @@ def _anthropic(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
     usage = {"input_tokens": 1, "output_tokens": 1}
     base = {"id": "msg_wirecap", "type": "message", "role": "assistant", "model": model}
     if not stream:
-        block: dict[str, Any] = (
-            {"type": "tool_use", "id": "toolu_wirecap", "name": tool, "input": BAD_ARGUMENTS}
-            if tool
-            else {"type": "text", "text": LENGTH_TEXT}
-        )
+        block = anthropic_tool_block(tool) if tool else {"type": "text", "text": LENGTH_TEXT}
         body = {
             **base,
             "content": [block],
@@ -239,16 +338,11 @@ def _anthropic(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
             "usage": usage,
         }
         return "application/json", json.dumps(body).encode()
-    start = (
-        {"type": "tool_use", "id": "toolu_wirecap", "name": tool, "input": {}}
-        if tool
-        else {"type": "text", "text": ""}
-    )
-    delta = (
-        {"type": "input_json_delta", "partial_json": BAD_ARGUMENTS}
-        if tool
-        else {"type": "text_delta", "text": LENGTH_TEXT}
-    )
+    if tool:
+        blocks = anthropic_tool_events(tool, 0)
+    else:
+        text = {"type": "text_delta", "text": LENGTH_TEXT}
+        blocks = anthropic_block_events({"type": "text", "text": ""}, text, 0)
     message: dict[str, Any] = {
         **base,
         "content": [],
@@ -256,31 +350,19 @@ def _anthropic(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
         "stop_sequence": None,
         "usage": usage,
     }
-    events: list[tuple[str | None, Any]] = [
+    events: list[SSEEvent] = [
         ("message_start", {"type": "message_start", "message": message}),
-        (
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": start},
-        ),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": stop, "stop_sequence": None},
-                "usage": {"output_tokens": 1},
-            },
-        ),
+        *blocks,
+        anthropic_stop_event(stop),
         ("message_stop", {"type": "message_stop"}),
     ]
-    return "text/event-stream", _sse(events)
+    return "text/event-stream", encode_sse(events)
 
 
 def _ollama(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
     message: dict[str, Any] = {"role": "assistant", "content": "" if tool else LENGTH_TEXT}
     if tool:
-        message["tool_calls"] = [{"function": {"name": tool, "arguments": BAD_ARGUMENTS}}]
+        message["tool_calls"] = [ollama_tool_call(tool)]
     last = {
         "model": model,
         "created_at": "1970-01-01T00:00:00Z",

@@ -13,6 +13,12 @@ leave out is always the stream's last (its terminator). A JSON answer, and a com
 (decoded first), is handled whole at its end. On a JSON answer ``disconnect`` and ``truncate``
 send the first half and cut the connection, ``stall`` pauses between the halves, and
 ``malformed-sse`` drops the last byte (the JSON no longer parses: ``malformed-json``).
+
+``bad-tool-args`` and ``length`` rewrite what the answer has (:mod:`wirecap.faults.rewrite`). Given
+the request's body (the proxy's case), a 2xx answer with nothing to rewrite gets the fault added
+instead (:mod:`wirecap.faults.additions`: a tool call, a finish reason, in the answer's shape;
+:attr:`BodyFault.synthesized`); without it (``wirecap serve``, which synthesizes a whole answer
+then) such an answer passes unchanged.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from wirecap.faults.answers import api_of
+from wirecap.faults.additions import additions_for
+from wirecap.faults.answers import api_of, encode_sse, request_json, tool_name
 from wirecap.faults.rewrite import REWRITERS
 from wirecap.llm import DecodeError, decode_content
 
 if TYPE_CHECKING:
+    from wirecap.faults.additions import Additions
+    from wirecap.faults.answers import SSEEvent
     from wirecap.faults.spec import FaultSpec
 
 
@@ -85,6 +94,8 @@ class BodyFault:
         target: str,
         content_type: str,
         content_encoding: str | None = None,
+        status: int = 200,
+        request_body: bytes | None = None,
     ) -> None:
         self.spec = spec
         self.api = api_of(target)
@@ -97,6 +108,12 @@ class BodyFault:
         self.framing: Framing = "whole" if coded else framing
         #: Whether the fault changed anything (a rewrite found its target, a gap or cut happened).
         self.applied = False
+        #: Whether the fault was added (a rewrite found nothing to change; see the module docstring).
+        self.synthesized = False
+        self.additions: Additions | None = None
+        if spec.kind in REWRITERS and request_body is not None and 200 <= status < 300:
+            tool = tool_name(request_json(request_body))
+            self.additions = additions_for(spec.kind, self.api, tool)
         self.events = 0  # events sent
         self._buf = bytearray()
         self._held: bytes | None = None
@@ -144,9 +161,10 @@ class BodyFault:
             return steps
         if self._held is not None:
             steps.append(Send(self._held))
-        if rest:
-            steps += self._event(rest)
-        return steps
+        last = self._event(rest) if rest else []  # a terminator without its blank line
+        if self.additions is not None and not self.applied:
+            steps += self._added(self.additions.end())  # before an unfinished event, if any
+        return steps + last
 
     # -- events -----------------------------------------------------------------------------------
 
@@ -183,37 +201,59 @@ class BodyFault:
                 self.applied = self._done = True
                 steps.append(Cut(f"injected disconnect after {self.events} events"))
             return steps
+        before: list[Step] = []
         if kind in REWRITERS:
-            event = self._rewrite_event(event)
+            before, event = self._rewrite_event(event)
         self.events += 1
-        steps = [Send(event)]
+        steps = [*before, Send(event)]
         if kind in ("stall", "malformed-sse") and self.events == self._after:
             steps += self._inject()
         return steps
 
-    def _rewrite_event(self, event: bytes) -> bytes:
-        rewrite = REWRITERS[self.spec.kind]
+    def _rewrite_event(self, event: bytes) -> tuple[list[Step], bytes]:
+        """What goes before ``event`` (additions) and the event itself, rewritten if it carries
+        what the fault changes."""
         if self.framing == "ndjson":
-            value = _loads(event)
-            if value is None or not rewrite(self.api, value, self._seen):
-                return event
-            self.applied = True
-            return json.dumps(value).encode() + b"\n"
-        lines = event.decode("utf-8", "surrogateescape").splitlines()
-        data = "\n".join(line[5:].removeprefix(" ") for line in lines if line.startswith("data:"))
-        value = _loads(data.encode("utf-8", "surrogateescape"))
+            lines: list[str] = []
+            value = data = _loads(event)
+        else:
+            lines = event.decode("utf-8", "surrogateescape").splitlines()
+            text = "\n".join(
+                line[5:].removeprefix(" ") for line in lines if line.startswith("data:")
+            )
+            value = _loads(text.encode("utf-8", "surrogateescape"))
+            data = text if value is None else value
         old_type = value.get("type") if isinstance(value, dict) else None
-        if value is None or not rewrite(self.api, value, self._seen):
-            return event
-        self.applied = True
+        changed = value is not None and REWRITERS[self.spec.kind](self.api, value, self._seen)
+        before: list[Step] = []
+        if changed:
+            self.applied = True
+        elif self.additions is not None and not self.applied:
+            added = self.additions.before(data)
+            if added is not None:
+                before = self._added(added)
+                self.applied = self.synthesized = True
+                changed = isinstance(value, dict | list)
+        if not changed:
+            return before, event
+        if self.framing == "ndjson":
+            return before, json.dumps(value).encode() + b"\n"
         # The event's other fields (event:, id:); the blank line that ends it is written again below.
         kept = [line for line in lines if line and not line.startswith("data:")]
         new_type = value.get("type") if isinstance(value, dict) else None
         if new_type != old_type:
             kept = [f"event: {new_type}" if line.startswith("event:") else line for line in kept]
-        return ("\n".join([*kept, f"data: {json.dumps(value)}"]) + "\n\n").encode(
-            "utf-8", "surrogateescape"
-        )
+        encoded = "\n".join([*kept, f"data: {json.dumps(value)}"]) + "\n\n"
+        return before, encoded.encode("utf-8", "surrogateescape")
+
+    def _added(self, events: list[SSEEvent]) -> list[Step]:
+        """``events`` (from :attr:`additions`) as bytes of this stream's framing."""
+        if not events:
+            return []
+        self.applied = self.synthesized = True
+        if self.framing == "ndjson":
+            return [Send(b"".join(json.dumps(data).encode() + b"\n" for _, data in events))]
+        return [Send(encode_sse(events))]
 
     # -- a whole body -----------------------------------------------------------------------------
 
@@ -240,6 +280,9 @@ class BodyFault:
             value = _loads(body)
             if value is not None and REWRITERS[kind](self.api, value, self._seen):
                 self.applied = True
+                return [Send(json.dumps(value).encode())]
+            if value is not None and self.additions is not None and self.additions.body(value):
+                self.applied = self.synthesized = True
                 return [Send(json.dumps(value).encode())]
         return [Send(body)]
 

@@ -104,7 +104,8 @@ _ARGS: Final[dict[str, Callable[[dict[str, Any], set[Any]], bool]]] = {
 
 
 def _set(holder: dict[str, Any], key: str, value: Any) -> bool:
-    if holder.get(key) is None or holder.get(key) == value:
+    """Set ``holder[key]`` where the answer has it (a finish reason that is not null)."""
+    if holder.get(key) is None:
         return False
     holder[key] = value
     return True

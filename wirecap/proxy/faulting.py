@@ -11,9 +11,18 @@ the fault's mode:
 - ``body`` (the stream kinds): the request goes upstream as usual and the answer is transformed as
   it passes. Under a fault the answer is re-framed: its payload is de-chunked, transformed, and
   framed again by h11 (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0); the capture
-  holds the head and bytes as the client got them. An answer with nothing to transform
-  (``bad-tool-args`` without tool calls, ``length`` without a finish reason) passes unchanged,
-  and its note says ``"applied": false``.
+  holds the head and bytes as the client got them. ``bad-tool-args`` and ``length`` rewrite what
+  the answer has; an answer without a tool call (or a finish reason) gets one added in its own
+  shape (:mod:`wirecap.faults.additions`; the tool is the first the request offers), and its
+  note says ``"synthesized": true``.
+
+Every body fault's note says whether it was ``applied``. ``"applied": false`` is left for answers
+that cannot carry the fault: ``bad-tool-args`` and ``length`` on an answer whose status is not 2xx
+(an error keeps its own body) or that is not an LLM answer of the path's API (a JSON body of
+another kind, HTML, a stream with no event in the API's shape, an empty body: a HEAD's, a 204);
+a kind other than ``slow-ttft`` on a compressed answer whose coding does not decode (it passes
+as it came); and ``stall`` or ``malformed-sse`` whose ``after-events=`` is past the end of a
+short stream.
 
 A request that asks to switch protocols (a WebSocket handshake) gets no fault: its session is
 relayed as without ``--fault``. Every injected exchange gets a ``note`` record (kind ``fault``) before its end: the fault's kind,
@@ -30,6 +39,8 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
+from wirecap.capture.payload import request_payload
+from wirecap.capture.records import BodyChunk
 from wirecap.faults import BodyFault, Cut, Pause, Send, error_answer
 from wirecap.faults.plan import MODEL_SCAN, request_model
 from wirecap.proxy import messages
@@ -44,6 +55,9 @@ if TYPE_CHECKING:
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 #: Response headers a re-framed answer does not keep (h11 frames it again).
 _REFRAMED: Final = frozenset({b"content-length", b"transfer-encoding"})
+#: How much of a request body ``bad-tool-args`` keeps to find the request's first tool; past it
+#: the added tool call takes the fixed name (memory stays bounded for requests with large inputs).
+REQUEST_KEPT: Final = 8 * 1024 * 1024
 
 
 class FaultingRelay(ExchangeRelay):
@@ -51,6 +65,9 @@ class FaultingRelay(ExchangeRelay):
 
     fault: FaultSpec | None = None
     applied: bool | None = None  # for a body fault: whether it found what it changes
+    synthesized = False  # a body fault added what carries it (the answer had nothing to rewrite)
+    #: The request body's wire bytes so far, kept for ``bad-tool-args`` (None: not kept).
+    kept_request: bytearray | None = None
 
     async def forward(self, route: Route, upstream_target: str, proxy_url: str) -> bool:
         plan = self.server.faults
@@ -60,6 +77,8 @@ class FaultingRelay(ExchangeRelay):
         if plan.needs_body:
             await self._read_model()
         self.fault = plan.choose(self.ex.target, self.request.conn.trailing_data[0])
+        if self.fault is not None and self.fault.kind == "bad-tool-args":
+            self.kept_request = bytearray()
         if self.fault is None or self.fault.mode == "body":
             return await super().forward(route, upstream_target, proxy_url)
         if self.fault.mode == "answer":
@@ -90,9 +109,29 @@ class FaultingRelay(ExchangeRelay):
                     return
                 self.request.tap.feed(data)
 
+    def take_request_body(self) -> tuple[bytes, bool]:
+        """As the relay's, keeping the bytes for ``bad-tool-args`` (up to :data:`REQUEST_KEPT`)."""
+        raw, ended = super().take_request_body()
+        kept = self.kept_request
+        if kept is not None and raw:
+            if len(kept) + len(raw) > REQUEST_KEPT:
+                self.kept_request = None
+            else:
+                kept += raw
+        return raw, ended
+
+    def _request_body(self) -> bytes:
+        """The request body's payload as far as it was kept (de-chunked), for the fault's tool."""
+        if not self.kept_request:
+            return b""
+        chunk = BodyChunk(x=self.ex.id, dir="req", ns=0, data=bytes(self.kept_request))
+        return b"".join(c.data for c in request_payload(self.request.head, [chunk]))
+
     def _finish(self) -> None:
         if self.fault is not None and self.rec is not None:
-            extra = {} if self.applied is None else {"applied": self.applied}
+            extra: dict[str, bool] = {} if self.applied is None else {"applied": self.applied}
+            if self.synthesized:
+                extra["synthesized"] = True
             self.rec.note("fault", self.fault.note(**extra))
         super()._finish()
 
@@ -151,6 +190,8 @@ class FaultingRelay(ExchangeRelay):
             target=self.ex.target,
             content_type=values.get(b"content-type", b"").decode("latin-1"),
             content_encoding=values.get(b"content-encoding", b"").decode("latin-1") or None,
+            status=response.status_code,
+            request_body=self._request_body(),
         )
         framer = self._framer()
         drop = _REFRAMED | messages.not_forwarded(response.headers)
@@ -172,6 +213,7 @@ class FaultingRelay(ExchangeRelay):
             if read.ended:
                 await self._carry_out(framer, transform.close())
                 self.applied = transform.applied
+                self.synthesized = transform.synthesized
                 await self._send(framer.send(h11.EndOfMessage()) or b"")
                 self.ex.advance(Phase.DONE)
                 self.response_done.set()
