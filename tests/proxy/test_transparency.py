@@ -588,3 +588,30 @@ async def test_big_bodies_go_through_the_capture_ring_whole_several_at_once(
     with open_capture(out) as capture:
         captured = {e.target: e.response_body for e in capture.exchanges()}
     assert captured == bodies
+
+
+async def test_a_pooled_connection_above_descriptor_1024_is_reused(start_upstream, start_proxy):
+    """A busy proxy holds thousands of sockets: checking an idle pooled one must work whatever
+    its descriptor number (``select`` takes none of 1024 or more)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("cannot open 1,200 descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.dup(0) for _ in range(1100)]  # the next sockets get descriptors above 1024
+    try:
+
+        async def handler(ex):
+            await ex.respond(200, b"ok")
+
+        upstream = await start_upstream(handler)
+        proxy = await start_proxy(upstream=upstream.url)
+        async with httpx.AsyncClient() as client:
+            statuses = [(await client.get(f"{proxy.url}/x")).status_code for _ in range(3)]
+        assert statuses == [200, 200, 200]
+        assert upstream.connections == 1  # the pooled connection was checked and reused
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

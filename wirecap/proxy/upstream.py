@@ -106,11 +106,21 @@ class UpstreamConnection:
             stream = stream.transport_stream
         if not isinstance(stream, trio.SocketStream):
             return True
-        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
-        return not readable
+        return not _readable_now(stream.socket.fileno())
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+def _readable_now(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or has ended) right now. ``poll`` where there is one:
+    ``select`` cannot take a descriptor of 1024 or more, which a busy proxy has."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
 
 
 def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:
