@@ -12,8 +12,11 @@ frame decoder per direction, in the role that receives those frames, looking for
 only: data frames pass undecoded (a compressed frame is not inflated). When the session's end
 record says ``ok`` but the side that ended first sent no Close frame, the end record becomes that
 side's failure, ``client_abort`` or ``upstream_error``, with the reason in ``error``. A direction
-whose frames cannot be parsed stops being watched and counts as having sent no Close frame, as
-the reader counts it.
+whose frames cannot be parsed stops being watched and counts as having sent no Close frame.
+A Close frame counts once its frame parses, whatever its code and reason, and whatever the data
+frames before it carried (text that is not UTF-8, a compressed payload that does not inflate):
+the side said goodbye. The reader judges a file written without this judgement with the same
+watch (:func:`closes_sent`), so the two always agree.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from wsproto.frame_protocol import FrameDecoder, FrameProtocol, Opcode, ParseFai
 from wirecap.capture.records import BodyChunk, ExchangeEnd, ExchangeNote, ResponseHead
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from wirecap.capture.records import Outcome, Record
 
 #: The outcome and reason of a session whose side ended its connection without a Close frame.
@@ -84,10 +89,40 @@ class _CloseWatch:
             self.decoder = None
 
 
+def _watches(deflate: bool) -> dict[str, _CloseWatch]:
+    """One Close watch per direction of a session ("req": the client's frames)."""
+    return {
+        "req": _CloseWatch(from_client=True, deflate=deflate),
+        "res": _CloseWatch(from_client=False, deflate=deflate),
+    }
+
+
+def closes_sent(switch_head: bytes, reads: Iterable[tuple[str, bytes]]) -> frozenset[str]:
+    """The directions (``"req"``, ``"res"``) that sent a Close frame in a session, from its 101
+    head and its stored reads ``(direction, bytes)`` in order: the judgement :class:`SessionEnds`
+    makes, for a reader of a file written without it."""
+    watches = _watches(_accepts_deflate(switch_head))
+    for direction, data in reads:
+        watch = watches.get(direction)
+        if watch is not None:
+            watch.feed(data)
+    return frozenset(direction for direction, watch in watches.items() if watch.closed)
+
+
+def dropped_by(ended_by: object, closes: frozenset[str]) -> tuple[Outcome, str] | None:
+    """The outcome and reason of a session whose end was ``ok`` as far as the transport went,
+    when ``ended_by`` (the ``websocket`` note's side that ended first) sent no Close frame
+    (``closes``, see :func:`closes_sent`); None when it did, or when no side is named."""
+    if not isinstance(ended_by, str) or ended_by not in DROPPED:
+        return None
+    direction = "req" if ended_by == "client" else "res"
+    return None if direction in closes else DROPPED[ended_by]
+
+
 @dataclasses.dataclass(slots=True)
 class _Session:
     watches: dict[str, _CloseWatch]
-    ended_by: str | None = None
+    ended_by: object = None
 
 
 class SessionEnds:
@@ -107,12 +142,7 @@ class SessionEnds:
                 session.watches[record.dir].feed(record.data)
         elif isinstance(record, ResponseHead) and record.status == 101:
             deflate = _accepts_deflate(record.head)
-            self._open[record.x] = _Session(
-                {
-                    "req": _CloseWatch(from_client=True, deflate=deflate),
-                    "res": _CloseWatch(from_client=False, deflate=deflate),
-                }
-            )
+            self._open[record.x] = _Session(_watches(deflate))
         elif isinstance(record, ExchangeNote) and record.kind == "websocket":
             session = self._open.get(record.x)
             if session is not None:
@@ -125,17 +155,22 @@ class SessionEnds:
 
 
 def _judged(end: ExchangeEnd, session: _Session) -> ExchangeEnd:
-    direction = {"client": "req", "upstream": "res"}.get(session.ended_by or "")
-    if direction is None or session.watches[direction].closed:
+    closes = frozenset(d for d, watch in session.watches.items() if watch.closed)
+    dropped = dropped_by(session.ended_by, closes)
+    if dropped is None:
         return end
-    outcome, error = DROPPED[session.ended_by or ""]
+    outcome, error = dropped
     return dataclasses.replace(end, outcome=outcome, error=error)
 
 
 def _accepts_deflate(head: bytes) -> bool:
-    """Whether a 101 head accepts permessage-deflate (its ``Sec-WebSocket-Extensions`` names it)."""
+    """Whether a 101 head accepts permessage-deflate: one of the extensions its
+    ``Sec-WebSocket-Extensions`` lines name (any of them, comma-separated) is that one."""
     for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"sec-websocket-extensions":
-            return b"permessage-deflate" in value.lower()
+        name, sep, value = line.partition(b":")
+        if not sep or name.strip().lower() != b"sec-websocket-extensions":
+            continue
+        offers = (offer.split(b";")[0].strip().lower() for offer in value.split(b","))
+        if b"permessage-deflate" in offers:
+            return True
     return False

@@ -11,6 +11,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, Final
 
+from wirecap.capture.sessions import closes_sent, dropped_by
 from wirecap.llm import (
     DecodeError,
     ExchangeInput,
@@ -164,21 +165,20 @@ def session_of(exchange: Exchange) -> WsSession | None:
     return decode_session(switch.head, ((c.dir, c.ns, c.data) for c in exchange.iter_wire()))
 
 
-def judged_outcome(exchange: Exchange, session: WsSession | None) -> str:
+def judged_outcome(exchange: Exchange) -> str:
     """The outcome of ``exchange``: the end record's, except for a WebSocket session whose end
     says ``ok`` but whose side that ended its connection first (the ``websocket`` note) had sent no
     Close frame: that side dropped the session. The proxy's writer process already writes that
-    judgement into the end record (capture/sessions.py); this makes the same one for a file
-    written without it."""
+    judgement into the end record; this makes the same one, with the same Close-frame watch
+    (capture/sessions.py), for a file written without it."""
     outcome = exchange.outcome
-    if session is None or outcome != "ok":
+    switch = next((head for head in exchange.responses if head.status == 101), None)
+    if switch is None or outcome != "ok":
         return outcome
     ended_by = next((n.get("ended_by") for n in exchange.notes_of("websocket")), None)
-    if ended_by == "client" and not session.closed_by("req"):
-        return "client_abort"
-    if ended_by == "upstream" and not session.closed_by("res"):
-        return "upstream_error"
-    return outcome
+    closes = closes_sent(switch.head, ((c.dir, c.data) for c in exchange.iter_wire()))
+    dropped = dropped_by(ended_by, closes)
+    return outcome if dropped is None else dropped[0]
 
 
 def analyze_exchange(exchange: Exchange) -> Analyzed:
@@ -204,7 +204,7 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
     except DecodeError as exc:
         problems.append(f"response: {exc}")
     session = session_of(exchange)
-    outcome = judged_outcome(exchange, session)
+    outcome = judged_outcome(exchange)
     inp = ExchangeInput(
         method=exchange.method or "",
         path=exchange.target or "",
