@@ -339,3 +339,19 @@ def test_a_frame_of_2_to_the_63_bytes_and_endless_frames_hold_no_memory():
     finally:
         tracemalloc.stop()
     assert peak < 2 * 1024 * 1024, peak
+
+
+def test_sessions_whose_end_never_comes_are_forgotten_past_the_bound():
+    """An end record dropped on the way (``--on-full drop``) leaves its session open; the judge
+    holds at most ``max_open`` sessions, forgetting the oldest, so memory stays bounded."""
+    judge = SessionEnds(max_open=3)
+    head = SWITCH + b"\r\n"
+    for x in ("lost", "b", "c", "d"):
+        judge.judge(ResponseHead(x=x, ns=1, status=101, head=head))
+        judge.judge(ExchangeNote(x=x, kind="websocket", detail={"ended_by": "client"}))
+    ends = {x: judge.judge(ExchangeEnd(x=x, ns=3, outcome="ok")) for x in ("lost", "b", "d")}
+    assert {x: end.outcome for x, end in ends.items()} == {
+        "lost": "ok",  # forgotten: passes as it is
+        "b": "client_abort",
+        "d": "client_abort",
+    }

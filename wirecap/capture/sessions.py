@@ -125,15 +125,23 @@ class _Session:
     ended_by: object = None
 
 
+#: Sessions watched at once. A session whose end record never arrives (``--on-full drop`` dropped
+#: it) would be held for the writer's lifetime; past this many, the oldest is forgotten (its end,
+#: if it comes, passes as it is). Far above the sessions one proxy keeps open at a time.
+MAX_OPEN_SESSIONS: Final = 65_536
+
+
 class SessionEnds:
     """Judges the end of each WebSocket session in a stream of records (see the module docstring).
 
     Call :meth:`judge` on every record in order; it returns the record, or the session's end
-    record amended. Memory: one decoder's partial frame header per direction of each open session.
+    record amended. Memory: one decoder's partial frame header per direction of each open session,
+    for at most ``max_open`` sessions.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_open: int = MAX_OPEN_SESSIONS) -> None:
         self._open: dict[str, _Session] = {}
+        self._max_open = max_open
 
     def judge(self, record: Record) -> Record:
         if isinstance(record, BodyChunk):
@@ -142,6 +150,9 @@ class SessionEnds:
                 session.watches[record.dir].feed(record.data)
         elif isinstance(record, ResponseHead) and record.status == 101:
             deflate = _accepts_deflate(record.head)
+            self._open.pop(record.x, None)
+            while len(self._open) >= self._max_open:
+                del self._open[next(iter(self._open))]  # the oldest
             self._open[record.x] = _Session(_watches(deflate))
         elif isinstance(record, ExchangeNote) and record.kind == "websocket":
             session = self._open.get(record.x)
