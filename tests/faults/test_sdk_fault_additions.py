@@ -8,6 +8,7 @@ Anthropic stream of text only).
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -209,3 +210,40 @@ async def test_anthropic_sdk_stream_helper_ends_with_the_added_tool_use(anthropi
     assert [block.type for block in message.content] == ["text", "tool_use"]
     assert message.content[1].name == "get_weather"  # type: ignore[union-attr]
     assert message.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("kind", ["bad-tool-args", "length"])
+async def test_anthropic_sdk_reads_a_gzipped_stream_under_the_fault(
+    start_upstream, start_proxy, kind
+):
+    """A compressed stream is decoded whole, then handled as the stream it is: the client gets
+    the decoded events (the answer loses its Content-Encoding), none of the compressed bytes."""
+
+    async def answer(exchange) -> None:
+        await exchange.respond(
+            200,
+            gzip.compress(anthropic_text_stream()),
+            [("Content-Type", "text/event-stream"), ("Content-Encoding", "gzip")],
+        )
+
+    upstream = await start_upstream(answer)
+    proxy = await start_proxy(upstream=upstream.url, fault=[kind])
+
+    def call() -> anthropic.types.Message:
+        with (
+            anthropic_client(proxy) as client,
+            client.messages.stream(
+                model="claude-test", max_tokens=50, messages=MESSAGES, tools=[TOOL]
+            ) as stream,
+        ):
+            return stream.get_final_message()
+
+    message = await trio.to_thread.run_sync(call)
+    assert message.content[0].type == "text" and message.content[0].text == "Sunny."
+    if kind == "bad-tool-args":
+        assert [block.type for block in message.content] == ["text", "tool_use"]
+        assert message.stop_reason == "tool_use"
+    else:
+        assert message.stop_reason == "max_tokens"
+    [note] = await fault_notes(proxy)
+    assert note["applied"] is True

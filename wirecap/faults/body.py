@@ -151,7 +151,9 @@ class BodyFault:
             return []
         steps = self._start()
         if self.framing == "whole":
-            return steps + self._whole(bytes(self._buf))
+            body = bytes(self._buf)
+            self._buf.clear()  # a coded stream's decoded events are fed again from empty
+            return steps + self._whole(body)
         rest = bytes(self._buf)
         kind = self.spec.kind
         if kind in ("disconnect", "truncate"):  # the held-back last event is left out
