@@ -247,3 +247,34 @@ async def test_anthropic_sdk_reads_a_gzipped_stream_under_the_fault(
         assert message.stop_reason == "max_tokens"
     [note] = await fault_notes(proxy)
     assert note["applied"] is True
+
+
+async def test_an_http_10_client_gets_the_added_tool_call_and_the_end_of_the_answer(
+    start_upstream, start_proxy
+):
+    """An HTTP/1.0 client's answer under the fault is close-delimited: the proxy closes the
+    connection after it, so the client sees the end."""
+
+    async def answer(exchange) -> None:
+        await exchange.respond(
+            200, anthropic_text_stream(), [("Content-Type", "text/event-stream")]
+        )
+
+    upstream = await start_upstream(answer)
+    proxy = await start_proxy(upstream=upstream.url, fault=["bad-tool-args"])
+    body = json.dumps({"model": "claude-test", "max_tokens": 5, "messages": MESSAGES}).encode()
+    request = (
+        b"POST /v1/messages HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    received = bytearray()
+    with trio.fail_after(20):  # a hang guard: the answer ends when the proxy closes
+        await stream.send_all(request)
+        while data := await stream.receive_some():
+            received += data
+    await stream.aclose()
+    head, _, payload = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0]
+    assert b'"type": "tool_use"' in payload and payload.endswith(b"\n\n")
+    assert payload.count(b"event: message_stop") == 1
