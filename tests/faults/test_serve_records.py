@@ -48,9 +48,15 @@ CASES = [
 class Recording:
     """A :class:`MockServer` over one fixture with faults, recording into ``out``."""
 
-    def __init__(self, name: str, faults: list[str], out: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        faults: list[str],
+        out: Path,
+        match_on: tuple[str, ...] = ("method", "path", "query", "body"),
+    ) -> None:
         with open_capture(FIXTURES / f"{name}.cbor.zst") as capture:
-            self.catalog = load_catalog(capture, match_on=("method", "path", "query", "body"))
+            self.catalog = load_catalog(capture, match_on=match_on)
             [self.exchange] = list(capture.exchanges())
         self.out = out
         self.told: list[Served] = []
@@ -186,6 +192,48 @@ async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_p
     assert [r.ns for r in reads] == sorted(r.ns for r in reads)
     assert exchange.response.ns <= reads[0].ns <= exchange.end.ns
     assert "stream-stall" in codes_of(exchange)
+
+
+async def read_all(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and read every byte until serve closes it."""
+    with trio.fail_after(HANG_GUARD):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(data)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        await stream.aclose()
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("spec", "match_on"),
+    [
+        ("500", ("method", "path")),  # an error answer
+        ("length", ("method", "path")),  # synthesized: the capture holds no HEAD
+        ("stall,ms=1", ("path",)),  # the recorded answer, transformed
+    ],
+)
+async def test_a_head_request_under_a_fault_gets_the_head_and_is_recorded_ok(
+    nursery, tmp_path, spec, match_on
+):
+    """The answer to a HEAD has no body: serve sends the head alone, the exchange ends ``ok``
+    with no payload, and the connection goes on to answer the next request."""
+    mock = Recording("openai_chat_json", [spec], tmp_path / "out", match_on)
+    await mock.start(nursery)
+    target = mock.exchange.target
+    head = f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    closing = f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    answer = await read_all(mock.server.port, head + closing.encode())
+    assert answer.count(b"HTTP/1.1 ") == 2, answer  # the first answer kept the connection
+    await mock.close_after(2)
+    with open_capture(mock.out) as capture:
+        exchanges = sorted(capture.exchanges(), key=lambda e: e.wall_ns or 0)
+    assert [e.method for e in exchanges] == ["HEAD", "HEAD"]
+    assert [e.outcome for e in exchanges] == ["ok", "ok"]
+    assert [e.end.res_bytes for e in exchanges if e.end] == [0, 0]
+    assert b"".join(e.response_bytes() for e in exchanges) == answer
+    assert all(e.response.head == e.response_bytes() for e in exchanges)
 
 
 async def test_an_answer_under_way_when_serve_stops_is_recorded_as_cut_off(nursery, tmp_path):
