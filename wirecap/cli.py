@@ -1278,7 +1278,7 @@ def serve_command(
     if out is not None and fault:  # into the spy's capture, or a writer of its own
         server.recorder = FaultRecorder(spy.writer if spy else _fault_writer(out, listen))
 
-    async def run() -> None:
+    async def run() -> int:
         if spy is not None:
             await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
             click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
@@ -1289,12 +1289,14 @@ def serve_command(
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
                 click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
-        if server.recorder is not None:
-            recorded = plural(server.recorder.recorded, "injected fault")
-            click.echo(f"wirecap serve: {recorded} recorded", err=True)
+        if server.recorder is None:
+            return 0
+        line, status = server.recorder.summary()
+        click.echo(line, err=True)
+        return status
 
     try:
-        trio.run(run)
+        status = trio.run(run)
     except BaseException as exc:  # trio's nursery may wrap a Ctrl-C or a bind error in a group
         cause = _only_cause(exc)
         if isinstance(cause, KeyboardInterrupt):
@@ -1304,6 +1306,8 @@ def serve_command(
                 f"cannot listen on {listen}: {cause.strerror or cause}"
             ) from None
         raise
+    if status:
+        raise SystemExit(status)
 
 
 def _spy_forwarder(miss: str, out: Path | None, *, faulted: bool) -> SpyForwarder | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -28,6 +29,7 @@ from wirecap.cli import main
 from wirecap.faults import FaultPlan, parse_fault
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import detect_all
+from wirecap.proxy.app import EXIT_CAPTURE_INCOMPLETE
 from wirecap.replay.fault_capture import FaultRecorder, fault_writer
 from wirecap.replay.serve import MockServer, Served, load_catalog
 from wirecap.replay.spy import SpyForwarder
@@ -379,6 +381,40 @@ async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
     assert result.exit_code == 0, result.output
     findings = [json.loads(line) for line in result.output.splitlines()]
     assert [f["code"] for f in findings] == ["rate-limited"]
+
+
+#: ``python -m wirecap`` with every file it (and its capture writer) writes stopped at 2 KiB:
+#: writing the capture fails as on a full disk (EFBIG; Python ignores SIGXFSZ).
+SMALL_DISK = (
+    "import resource, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)); "
+    "runpy.run_module('wirecap', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_a_capture_that_fails_to_write_says_so_and_exits_3(tmp_path):
+    """serve goes on answering when DIR cannot be written, but its last line does not claim the
+    answers were recorded: it says the capture stopped and exits with the proxy's status for an
+    incomplete capture."""
+    out = tmp_path / "faulted"
+    fixture = FIXTURES / "openai_chat_json.cbor.zst"
+    with open_capture(fixture) as capture:
+        [recorded] = list(capture.exchanges())
+    command = [sys.executable, "-c", SMALL_DISK, "serve", str(fixture), "--timing", "none", "-q"]
+    command += ["--listen", "127.0.0.1:0", "--fault", "500", "--out", str(out)]
+    with subprocess.Popen(command, stderr=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        banner = process.stderr.readline().decode()
+        base = banner.split("wirecap serve on ", 1)[1].split(": ", 1)[0]
+        body = b'{"pad": "%s"}' % os.urandom(4096).hex().encode()  # does not compress
+        statuses = [post(base + recorded.target, body, HANG_GUARD)[0] for _ in range(4)]
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=HANG_GUARD)
+    assert statuses == [500] * 4  # traffic goes on
+    text = (banner.encode() + err).decode()
+    assert "Traceback" not in text
+    assert process.returncode == EXIT_CAPTURE_INCOMPLETE, text
+    last = text.strip().splitlines()[-1]
+    assert "CAPTURE STOPPED" in last and "4 injected faults answered" in last, last
 
 
 def test_out_without_a_fault_or_spy_mode_is_a_one_line_usage_error(tmp_path):

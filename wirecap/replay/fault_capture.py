@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from wirecap.capture.recorder import ExchangeRecorder
-from wirecap.proxy.app import make_redactor, make_writer
+from wirecap.proxy.app import EXIT_CAPTURE_INCOMPLETE, make_redactor, make_writer
 from wirecap.proxy.config import build_config
 from wirecap.proxy.messages import proxy_url
 from wirecap.proxy.server import new_exchange_id
@@ -73,7 +73,22 @@ class FaultRecorder:
 
     def __init__(self, writer: RecordWriter) -> None:
         self.writer = writer
-        self.recorded = 0  # exchanges recorded
+        self.recorded = 0  # exchanges handed to the writer
+
+    def summary(self) -> tuple[str, int]:
+        """serve's last line about the injected answers and its exit status: they were recorded
+        (0), or the capture stopped, lost or dropped records, and the line says so
+        (:data:`~wirecap.proxy.app.EXIT_CAPTURE_INCOMPLETE`, as the proxy exits)."""
+        capture = self.writer.statistics()
+        faults = f"{self.recorded} injected fault{'' if self.recorded == 1 else 's'}"
+        troubles = [f"CAPTURE STOPPED ({capture.failed})"] if capture.failed else []
+        if capture.records_lost:
+            troubles.append(f"{capture.records_lost} records lost")
+        if capture.records_dropped:
+            troubles.append(f"{capture.records_dropped} records dropped")
+        if not troubles:
+            return f"wirecap serve: {faults} recorded", 0
+        return f"wirecap serve: {faults} answered; {'; '.join(troubles)}", EXIT_CAPTURE_INCOMPLETE
 
     @contextlib.contextmanager
     def exchange(
