@@ -238,6 +238,39 @@ async def test_a_head_request_under_a_fault_gets_the_head_and_is_recorded_ok(
     assert all(e.response.head == e.response_bytes() for e in exchanges)
 
 
+async def test_a_client_that_expects_100_continue_gets_it_and_it_is_recorded(nursery, tmp_path):
+    """A client that sends ``Expect: 100-continue`` waits for the interim answer before it sends
+    the body: serve sends it, and the recording holds it as the first response head, so the
+    recorded answer is every byte the client got."""
+    mock = await Recording("openai_chat_json", ["500"], tmp_path / "out").start(nursery)
+    body = mock.exchange.request_body
+    head = (
+        f"POST {mock.exchange.target} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with trio.fail_after(HANG_GUARD):  # without the 100, the client never sends its body
+        stream = await trio.open_tcp_stream("127.0.0.1", mock.server.port)
+        await stream.send_all(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = await stream.receive_some(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 100 ")
+        await stream.send_all(body)
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        await stream.aclose()
+    await mock.close_after(1)
+
+    with open_capture(mock.out) as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.request_bytes() == head + body
+    assert exchange.response_bytes() == answer
+    assert [h.status for h in exchange.responses] == [100, 500]
+    assert exchange.outcome == "ok" and exchange.status == 500
+
+
 async def test_an_answer_under_way_when_serve_stops_is_recorded_as_cut_off(nursery, tmp_path):
     """A client waits on a ``timeout`` fault when serve stops: the exchange still gets its note
     and an end (``timeout``: serve stopped), so the capture has no incomplete exchange."""

@@ -138,9 +138,9 @@ class FaultRecording:
 
     def noted(self, detail: Mapping[str, Any]) -> None:
         """The fault's note detail: from now on the exchange is recorded (the request first)."""
-        if self.detail is None:
+        first, self.detail = self.detail is None, dict(detail)
+        if first:
             self._record_request()
-        self.detail = dict(detail)
 
     def _record_request(self) -> None:
         request, wire = self._request, self._wire
@@ -156,6 +156,8 @@ class FaultRecording:
             route=None,
             upstream_url=None,
         )
+        for ns, data in wire.interim:  # sent before the body came: the client waited for it
+            self.sent(ns, data)
         for ns, data in wire.body:
             self._rec.body("req", data, ns=ns)
 

@@ -171,6 +171,7 @@ class MockServer:
                 wire = None
                 if tap is not None:
                     wire = RequestWire(head=tap.take(), wall_ns=arrived_ns, t0_ns=_clock())
+                await _continue(conn, stream, wire)
                 body = bytearray()
                 too_big = False
                 while True:
@@ -385,6 +386,18 @@ async def _next(conn: h11.Connection, stream: trio.SocketStream, tap: RawTap | N
                 tap.feed(data)
             continue
         return event
+
+
+async def _continue(
+    conn: h11.Connection, stream: trio.SocketStream, wire: RequestWire | None
+) -> None:
+    """Send ``100 Continue`` to a client that waits for it before it sends the body (``Expect:
+    100-continue``); ``wire`` keeps it for a recording."""
+    if conn.they_are_waiting_for_100_continue:
+        interim = conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        if wire is not None and interim:
+            wire.interim.append((_clock() - wire.t0_ns, interim))
+        await _write(stream, interim)
 
 
 async def _write(stream: trio.SocketStream, data: bytes | None) -> None:
