@@ -23,7 +23,6 @@ redaction on (credentials never reach DIR), files 0600, the index written when s
 from __future__ import annotations
 
 import contextlib
-import signal
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -34,6 +33,7 @@ from wirecap.proxy.config import build_config
 from wirecap.proxy.messages import proxy_url
 from wirecap.proxy.server import new_exchange_id
 from wirecap.replay.faulting import AnswerCut, InjectedTimeout
+from wirecap.replay.lifetime import serve_with_capture
 from wirecap.replay.wire import AnswerWire, Body, Head
 
 if TYPE_CHECKING:
@@ -258,19 +258,9 @@ async def serve_recording(
     close the capture with its index. ``ready(path)`` is called once serve listens (``path``: the
     first segment). The capture is closed however this ends (a listen error too)."""
     server.recorder, writer = recorder, recorder.writer
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            path = await nursery.start(writer.run)
-            try:
-                async with trio.open_nursery() as front:
-                    await front.start(server.run)
-                    if ready is not None:
-                        ready(path)
-                    async for _signum in signals:
-                        break
-                    front.cancel_scope.cancel()
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
-                    await writer.aclose()
-                    await writer.wait_finished()
-                nursery.cancel_scope.cancel()
+
+    async def close() -> None:
+        await writer.aclose()
+        await writer.wait_finished()
+
+    await serve_with_capture(server, writer.run, close, grace=CLOSE_GRACE, ready=ready)
