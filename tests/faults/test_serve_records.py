@@ -375,13 +375,11 @@ async def test_spy_mode_records_forwarded_misses_and_injected_faults_in_one_capt
     assert "rate-limited" in codes_of(faulted)
 
 
-async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
-    out = tmp_path / "faulted"
-    fixture = FIXTURES / "openai_chat_json.cbor.zst"
-    with open_capture(fixture) as capture:
-        [recorded] = list(capture.exchanges())
+async def start_serve(fixture: Path, spec: str, out: Path) -> tuple[trio.Process, bytes, str]:
+    """``wirecap serve FIXTURE --fault SPEC --out OUT`` in a process of its own, once it listens:
+    the process, what it wrote to stderr so far, and its base URL."""
     command = [sys.executable, "-m", "wirecap", "serve", str(fixture), "--timing", "none"]
-    command += ["--listen", "127.0.0.1:0", "--fault", "429", "--out", str(out)]
+    command += ["--listen", "127.0.0.1:0", "--fault", spec, "--out", str(out)]
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -391,7 +389,16 @@ async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
             chunk = await process.stderr.receive_some(4096)
             assert chunk, err.decode()
             err += chunk
-        base = err.decode().split("wirecap serve on ", 1)[1].split(": ", 1)[0]
+    return process, err, err.decode().split("wirecap serve on ", 1)[1].split(": ", 1)[0]
+
+
+async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
+    out = tmp_path / "faulted"
+    fixture = FIXTURES / "openai_chat_json.cbor.zst"
+    with open_capture(fixture) as capture:
+        [recorded] = list(capture.exchanges())
+    process, err, base = await start_serve(fixture, "429", out)
+    with trio.fail_after(HANG_GUARD):
         status, _raw = await trio.to_thread.run_sync(
             post, base + recorded.target, recorded.request_body, HANG_GUARD
         )
@@ -414,6 +421,46 @@ async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
     assert result.exit_code == 0, result.output
     findings = [json.loads(line) for line in result.output.splitlines()]
     assert [f["code"] for f in findings] == ["rate-limited"]
+
+
+async def test_sigterm_with_many_answers_in_flight_records_each_and_indexes(tmp_path):
+    """Twenty clients wait in a stall when serve gets SIGTERM: each exchange is recorded with its
+    note and a ``timeout`` end (serve stopped), and the capture is indexed."""
+    out = tmp_path / "faulted"
+    fixture = FIXTURES / "openai_chat_stream.cbor.zst"
+    with open_capture(fixture) as capture:
+        [recorded] = list(capture.exchanges())
+    process, err, base = await start_serve(fixture, "stall,ms=600000", out)
+    port = int(base.rsplit(":", 1)[1])
+    body = recorded.request_body
+    request = (
+        f"POST {recorded.target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    out_text = b""
+    with trio.fail_after(HANG_GUARD):
+        clients = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(20)]
+        for client in clients:
+            await client.send_all(request)
+        while out_text.count(b"fault stall") < 20:  # every answer is under way
+            out_text += await process.stdout.receive_some(65536)
+        process.send_signal(signal.SIGTERM)
+        while chunk := await process.stderr.receive_some(65536):
+            err += chunk
+        await process.wait()
+        for client in clients:
+            await client.aclose()
+    assert process.returncode == 0, err.decode()
+    assert b"20 injected faults recorded" in err and b"Traceback" not in err, err.decode()
+    [segment] = segment_paths(out)
+    with CaptureFile(segment) as f:
+        assert f.indexed
+    with open_capture(out) as capture:
+        exchanges = list(capture.exchanges())
+    assert len(exchanges) == 20
+    assert {(e.outcome, e.end.error if e.end else None) for e in exchanges} == {
+        ("timeout", "serve stopped before the answer ended")
+    }
+    assert all(e.notes_of("fault")[0]["kind"] == "stall" for e in exchanges)
 
 
 #: ``python -m wirecap`` with every file it (and its capture writer) writes stopped at 2 KiB:
