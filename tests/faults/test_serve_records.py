@@ -271,6 +271,30 @@ async def test_a_client_that_expects_100_continue_gets_it_and_it_is_recorded(nur
     assert exchange.outcome == "ok" and exchange.status == 500
 
 
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),  # TLS to a plain listener
+        (b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+    ],
+    ids=["not-http", "conflicting-lengths", "oversize-head"],
+)
+async def test_a_request_serve_cannot_read_gets_a_clear_error_and_is_not_recorded(
+    nursery, tmp_path, request_bytes, status
+):
+    """Under a fault too, a request h11 cannot read gets an error answer that says why (not a
+    silent close); with no request read, no fault was injected and nothing is recorded."""
+    mock = await Recording("openai_chat_json", ["500"], tmp_path / "out").start(nursery)
+    answer = await read_all(mock.server.port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer
+    assert json.loads(body)["error"]["type"] == "wirecap_bad_request"
+    await mock.close_after(0)
+    with open_capture(mock.out) as capture:
+        assert list(capture.exchanges()) == []
+
+
 async def test_an_answer_under_way_when_serve_stops_is_recorded_as_cut_off(nursery, tmp_path):
     """A client waits on a ``timeout`` fault when serve stops: the exchange still gets its note
     and an end (``timeout``: serve stopped), so the capture has no incomplete exchange."""

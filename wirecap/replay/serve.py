@@ -212,8 +212,10 @@ class MockServer:
                     conn.start_next_cycle()
                 else:
                     return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+        except h11.RemoteProtocolError as exc:
+            await _refuse(conn, stream, exc)
         except h11.LocalProtocolError:
             return  # an answer h11 will not frame (a body to a HEAD request): this connection ends
         finally:
@@ -415,15 +417,41 @@ async def _send(
 
 
 async def _send_json(
-    conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any]
+    conn: h11.Connection,
+    stream: trio.SocketStream,
+    status: int,
+    payload: dict[str, Any],
+    error: bytes = b"no_match",
 ) -> None:
     body = json.dumps(payload, indent=1).encode()
     headers = [
         (b"Content-Type", b"application/json"),
         (b"Content-Length", str(len(body)).encode()),
-        (b"X-Wirecap-Error", b"no_match"),
+        (b"X-Wirecap-Error", error),
     ]
     await _send(conn, stream, h11.Response(status_code=status, headers=headers), body)
+
+
+#: Seconds a refused client gets to read the error before the connection closes: what it sent
+#: past the point h11 gave up is read and dropped meanwhile, so closing does not reset the
+#: connection under the answer.
+REFUSE_GRACE = 1.0
+
+
+async def _refuse(
+    conn: h11.Connection, stream: trio.SocketStream, error: h11.ProtocolError
+) -> None:
+    """Answer a request h11 cannot read with h11's status hint (400; 431 for an oversize head)
+    and a JSON body that says why; nothing when an answer is already under way."""
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    payload = {"error": {"type": "wirecap_bad_request", "message": f"unreadable request: {error}"}}
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await _send_json(conn, stream, error.error_status_hint, payload, b"bad_request")
+        await stream.send_eof()
+        with trio.move_on_after(REFUSE_GRACE):
+            while await stream.receive_some(65536):
+                pass
 
 
 class InThread:
