@@ -155,6 +155,18 @@ async def test_each_injected_answer_is_recorded_with_its_note_and_named(
             assert exchange.outcome == "ok" and exchange.status == got
 
 
+async def read_all(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and read every byte until serve closes it."""
+    with trio.fail_after(HANG_GUARD):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(data)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        await stream.aclose()
+    return answer
+
+
 async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_path):
     """A raw socket client sends a chunked request and reads every byte until serve closes: the
     capture holds the request and the answer byte for byte, each body write as its own read."""
@@ -173,13 +185,7 @@ async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_p
         f"POST {mock.exchange.target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     ).encode()
-    with trio.fail_after(HANG_GUARD):
-        stream = await trio.open_tcp_stream("127.0.0.1", mock.server.port)
-        await stream.send_all(head + body)
-        answer = b""
-        while chunk := await stream.receive_some(65536):
-            answer += chunk
-        await stream.aclose()
+    answer = await read_all(mock.server.port, head + body)
     await mock.close_after(1)
 
     with open_capture(mock.out) as capture:
@@ -194,18 +200,6 @@ async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_p
     assert [r.ns for r in reads] == sorted(r.ns for r in reads)
     assert exchange.response.ns <= reads[0].ns <= exchange.end.ns
     assert "stream-stall" in codes_of(exchange)
-
-
-async def read_all(port: int, data: bytes) -> bytes:
-    """Send ``data`` on a new connection and read every byte until serve closes it."""
-    with trio.fail_after(HANG_GUARD):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(data)
-        answer = b""
-        while chunk := await stream.receive_some(65536):
-            answer += chunk
-        await stream.aclose()
-    return answer
 
 
 @pytest.mark.parametrize(
