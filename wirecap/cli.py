@@ -1278,23 +1278,8 @@ def serve_command(
     if out is not None and fault:  # into the spy's capture, or a writer of its own
         server.recorder = FaultRecorder(spy.writer if spy else _fault_writer(out, listen))
 
-    async def run() -> None:
-        if spy is not None:
-            await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
-            click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
-        elif server.recorder is not None:
-            ready = functools.partial(_fault_banner, server, answers)
-            await serve_recording(server, server.recorder, ready=ready)
-        else:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
-                click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
-        if server.recorder is not None:
-            recorded = plural(server.recorder.recorded, "injected fault")
-            click.echo(f"wirecap serve: {recorded} recorded", err=True)
-
     try:
-        trio.run(run)
+        status = trio.run(_serve, server, spy, answers)
     except BaseException as exc:  # trio's nursery may wrap a Ctrl-C or a bind error in a group
         cause = _only_cause(exc)
         if isinstance(cause, KeyboardInterrupt):
@@ -1304,6 +1289,28 @@ def serve_command(
                 f"cannot listen on {listen}: {cause.strerror or cause}"
             ) from None
         raise
+    if status:
+        raise SystemExit(status)
+
+
+async def _serve(server: MockServer, spy: SpyForwarder | None, answers: str) -> int:
+    """Run ``wirecap serve`` (spy mode, recording injected faults, or neither) until it stops;
+    the exit status (not 0 when the capture of injected faults is incomplete)."""
+    if spy is not None:
+        await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
+        click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
+    elif server.recorder is not None:
+        ready = functools.partial(_fault_banner, server, answers)
+        await serve_recording(server, server.recorder, ready=ready)
+    else:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
+    if server.recorder is None:
+        return 0
+    line, status = server.recorder.summary()
+    click.echo(line, err=True)
+    return status
 
 
 def _spy_forwarder(miss: str, out: Path | None, *, faulted: bool) -> SpyForwarder | None:

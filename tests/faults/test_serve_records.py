@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -28,6 +29,7 @@ from wirecap.cli import main
 from wirecap.faults import FaultPlan, parse_fault
 from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.detectors import detect_all
+from wirecap.proxy.app import EXIT_CAPTURE_INCOMPLETE
 from wirecap.replay.fault_capture import FaultRecorder, fault_writer
 from wirecap.replay.serve import MockServer, Served, load_catalog
 from wirecap.replay.spy import SpyForwarder
@@ -48,9 +50,15 @@ CASES = [
 class Recording:
     """A :class:`MockServer` over one fixture with faults, recording into ``out``."""
 
-    def __init__(self, name: str, faults: list[str], out: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        faults: list[str],
+        out: Path,
+        match_on: tuple[str, ...] = ("method", "path", "query", "body"),
+    ) -> None:
         with open_capture(FIXTURES / f"{name}.cbor.zst") as capture:
-            self.catalog = load_catalog(capture, match_on=("method", "path", "query", "body"))
+            self.catalog = load_catalog(capture, match_on=match_on)
             [self.exchange] = list(capture.exchanges())
         self.out = out
         self.told: list[Served] = []
@@ -147,6 +155,18 @@ async def test_each_injected_answer_is_recorded_with_its_note_and_named(
             assert exchange.outcome == "ok" and exchange.status == got
 
 
+async def read_all(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and read every byte until serve closes it."""
+    with trio.fail_after(HANG_GUARD):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(data)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        await stream.aclose()
+    return answer
+
+
 async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_path):
     """A raw socket client sends a chunked request and reads every byte until serve closes: the
     capture holds the request and the answer byte for byte, each body write as its own read."""
@@ -165,13 +185,7 @@ async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_p
         f"POST {mock.exchange.target} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     ).encode()
-    with trio.fail_after(HANG_GUARD):
-        stream = await trio.open_tcp_stream("127.0.0.1", mock.server.port)
-        await stream.send_all(head + body)
-        answer = b""
-        while chunk := await stream.receive_some(65536):
-            answer += chunk
-        await stream.aclose()
+    answer = await read_all(mock.server.port, head + body)
     await mock.close_after(1)
 
     with open_capture(mock.out) as capture:
@@ -186,6 +200,93 @@ async def test_the_recorded_bytes_are_those_on_the_wire_both_ways(nursery, tmp_p
     assert [r.ns for r in reads] == sorted(r.ns for r in reads)
     assert exchange.response.ns <= reads[0].ns <= exchange.end.ns
     assert "stream-stall" in codes_of(exchange)
+
+
+@pytest.mark.parametrize(
+    ("spec", "match_on"),
+    [
+        ("500", ("method", "path")),  # an error answer
+        ("length", ("method", "path")),  # synthesized: the capture holds no HEAD
+        ("stall,ms=1", ("path",)),  # the recorded answer, transformed
+    ],
+)
+async def test_a_head_request_under_a_fault_gets_the_head_and_is_recorded_ok(
+    nursery, tmp_path, spec, match_on
+):
+    """The answer to a HEAD has no body: serve sends the head alone, the exchange ends ``ok``
+    with no payload, and the connection goes on to answer the next request."""
+    mock = Recording("openai_chat_json", [spec], tmp_path / "out", match_on)
+    await mock.start(nursery)
+    target = mock.exchange.target
+    head = f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    closing = f"HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    answer = await read_all(mock.server.port, head + closing.encode())
+    assert answer.count(b"HTTP/1.1 ") == 2, answer  # the first answer kept the connection
+    await mock.close_after(2)
+    with open_capture(mock.out) as capture:
+        exchanges = sorted(capture.exchanges(), key=lambda e: e.wall_ns or 0)
+    assert [e.method for e in exchanges] == ["HEAD", "HEAD"]
+    assert [e.outcome for e in exchanges] == ["ok", "ok"]
+    assert [e.end.res_bytes for e in exchanges if e.end] == [0, 0]
+    assert b"".join(e.response_bytes() for e in exchanges) == answer
+    assert all(e.response.head == e.response_bytes() for e in exchanges)
+
+
+async def test_a_client_that_expects_100_continue_gets_it_and_it_is_recorded(nursery, tmp_path):
+    """A client that sends ``Expect: 100-continue`` waits for the interim answer before it sends
+    the body: serve sends it, and the recording holds it as the first response head, so the
+    recorded answer is every byte the client got."""
+    mock = await Recording("openai_chat_json", ["500"], tmp_path / "out").start(nursery)
+    body = mock.exchange.request_body
+    head = (
+        f"POST {mock.exchange.target} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with trio.fail_after(HANG_GUARD):  # without the 100, the client never sends its body
+        stream = await trio.open_tcp_stream("127.0.0.1", mock.server.port)
+        await stream.send_all(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = await stream.receive_some(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 100 ")
+        await stream.send_all(body)
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+        await stream.aclose()
+    await mock.close_after(1)
+
+    with open_capture(mock.out) as capture:
+        [exchange] = list(capture.exchanges())
+    assert exchange.request_bytes() == head + body
+    assert exchange.response_bytes() == answer
+    assert [h.status for h in exchange.responses] == [100, 500]
+    assert exchange.outcome == "ok" and exchange.status == 500
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),  # TLS to a plain listener
+        (b"POST /v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", 431),
+    ],
+    ids=["not-http", "conflicting-lengths", "oversize-head"],
+)
+async def test_a_request_serve_cannot_read_gets_a_clear_error_and_is_not_recorded(
+    nursery, tmp_path, request_bytes, status
+):
+    """Under a fault too, a request h11 cannot read gets an error answer that says why (not a
+    silent close); with no request read, no fault was injected and nothing is recorded."""
+    mock = await Recording("openai_chat_json", ["500"], tmp_path / "out").start(nursery)
+    answer = await read_all(mock.server.port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), answer
+    assert json.loads(body)["error"]["type"] == "wirecap_bad_request"
+    await mock.close_after(0)
+    with open_capture(mock.out) as capture:
+        assert list(capture.exchanges()) == []
 
 
 async def test_an_answer_under_way_when_serve_stops_is_recorded_as_cut_off(nursery, tmp_path):
@@ -292,13 +393,11 @@ async def test_spy_mode_records_forwarded_misses_and_injected_faults_in_one_capt
     assert "rate-limited" in codes_of(faulted)
 
 
-async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
-    out = tmp_path / "faulted"
-    fixture = FIXTURES / "openai_chat_json.cbor.zst"
-    with open_capture(fixture) as capture:
-        [recorded] = list(capture.exchanges())
+async def start_serve(fixture: Path, spec: str, out: Path) -> tuple[trio.Process, bytes, str]:
+    """``wirecap serve FIXTURE --fault SPEC --out OUT`` in a process of its own, once it listens:
+    the process, what it wrote to stderr so far, and its base URL."""
     command = [sys.executable, "-m", "wirecap", "serve", str(fixture), "--timing", "none"]
-    command += ["--listen", "127.0.0.1:0", "--fault", "429", "--out", str(out)]
+    command += ["--listen", "127.0.0.1:0", "--fault", spec, "--out", str(out)]
     process = await trio.lowlevel.open_process(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -308,7 +407,16 @@ async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
             chunk = await process.stderr.receive_some(4096)
             assert chunk, err.decode()
             err += chunk
-        base = err.decode().split("wirecap serve on ", 1)[1].split(": ", 1)[0]
+    return process, err, err.decode().split("wirecap serve on ", 1)[1].split(": ", 1)[0]
+
+
+async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
+    out = tmp_path / "faulted"
+    fixture = FIXTURES / "openai_chat_json.cbor.zst"
+    with open_capture(fixture) as capture:
+        [recorded] = list(capture.exchanges())
+    process, err, base = await start_serve(fixture, "429", out)
+    with trio.fail_after(HANG_GUARD):
         status, _raw = await trio.to_thread.run_sync(
             post, base + recorded.target, recorded.request_body, HANG_GUARD
         )
@@ -331,6 +439,80 @@ async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
     assert result.exit_code == 0, result.output
     findings = [json.loads(line) for line in result.output.splitlines()]
     assert [f["code"] for f in findings] == ["rate-limited"]
+
+
+async def test_sigterm_with_many_answers_in_flight_records_each_and_indexes(tmp_path):
+    """Twenty clients wait in a stall when serve gets SIGTERM: each exchange is recorded with its
+    note and a ``timeout`` end (serve stopped), and the capture is indexed."""
+    out = tmp_path / "faulted"
+    fixture = FIXTURES / "openai_chat_stream.cbor.zst"
+    with open_capture(fixture) as capture:
+        [recorded] = list(capture.exchanges())
+    process, err, base = await start_serve(fixture, "stall,ms=600000", out)
+    port = int(base.rsplit(":", 1)[1])
+    body = recorded.request_body
+    request = (
+        f"POST {recorded.target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    out_text = b""
+    with trio.fail_after(HANG_GUARD):
+        clients = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(20)]
+        for client in clients:
+            await client.send_all(request)
+        while out_text.count(b"fault stall") < 20:  # every answer is under way
+            out_text += await process.stdout.receive_some(65536)
+        process.send_signal(signal.SIGTERM)
+        while chunk := await process.stderr.receive_some(65536):
+            err += chunk
+        await process.wait()
+        for client in clients:
+            await client.aclose()
+    assert process.returncode == 0, err.decode()
+    assert b"20 injected faults recorded" in err and b"Traceback" not in err, err.decode()
+    [segment] = segment_paths(out)
+    with CaptureFile(segment) as f:
+        assert f.indexed
+    with open_capture(out) as capture:
+        exchanges = list(capture.exchanges())
+    assert len(exchanges) == 20
+    assert {(e.outcome, e.end.error if e.end else None) for e in exchanges} == {
+        ("timeout", "serve stopped before the answer ended")
+    }
+    assert all(e.notes_of("fault")[0]["kind"] == "stall" for e in exchanges)
+
+
+#: ``python -m wirecap`` with every file it (and its capture writer) writes stopped at 2 KiB:
+#: writing the capture fails as on a full disk (EFBIG; Python ignores SIGXFSZ).
+SMALL_DISK = (
+    "import resource, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)); "
+    "runpy.run_module('wirecap', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_a_capture_that_fails_to_write_says_so_and_exits_3(tmp_path):
+    """serve goes on answering when DIR cannot be written, but its last line does not claim the
+    answers were recorded: it says the capture stopped and exits with the proxy's status for an
+    incomplete capture."""
+    out = tmp_path / "faulted"
+    fixture = FIXTURES / "openai_chat_json.cbor.zst"
+    with open_capture(fixture) as capture:
+        [recorded] = list(capture.exchanges())
+    command = [sys.executable, "-c", SMALL_DISK, "serve", str(fixture), "--timing", "none", "-q"]
+    command += ["--listen", "127.0.0.1:0", "--fault", "500", "--out", str(out)]
+    with subprocess.Popen(command, stderr=subprocess.PIPE) as process:
+        assert process.stderr is not None
+        banner = process.stderr.readline().decode()
+        base = banner.split("wirecap serve on ", 1)[1].split(": ", 1)[0]
+        body = b'{"pad": "%s"}' % os.urandom(4096).hex().encode()  # does not compress
+        statuses = [post(base + recorded.target, body, HANG_GUARD)[0] for _ in range(4)]
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=HANG_GUARD)
+    assert statuses == [500] * 4  # traffic goes on
+    text = (banner.encode() + err).decode()
+    assert "Traceback" not in text
+    assert process.returncode == EXIT_CAPTURE_INCOMPLETE, text
+    last = text.strip().splitlines()[-1]
+    assert "CAPTURE STOPPED" in last and "4 injected faults answered" in last, last
 
 
 def test_out_without_a_fault_or_spy_mode_is_a_one_line_usage_error(tmp_path):

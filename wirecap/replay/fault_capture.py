@@ -23,17 +23,17 @@ redaction on (credentials never reach DIR), files 0600, the index written when s
 from __future__ import annotations
 
 import contextlib
-import signal
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from wirecap.capture.recorder import ExchangeRecorder
-from wirecap.proxy.app import make_redactor, make_writer
+from wirecap.proxy.app import EXIT_CAPTURE_INCOMPLETE, make_redactor, make_writer
 from wirecap.proxy.config import build_config
 from wirecap.proxy.messages import proxy_url
 from wirecap.proxy.server import new_exchange_id
 from wirecap.replay.faulting import AnswerCut, InjectedTimeout
+from wirecap.replay.lifetime import serve_with_capture
 from wirecap.replay.wire import AnswerWire, Body, Head
 
 if TYPE_CHECKING:
@@ -73,7 +73,22 @@ class FaultRecorder:
 
     def __init__(self, writer: RecordWriter) -> None:
         self.writer = writer
-        self.recorded = 0  # exchanges recorded
+        self.recorded = 0  # exchanges handed to the writer
+
+    def summary(self) -> tuple[str, int]:
+        """serve's last line about the injected answers and its exit status: they were recorded
+        (0), or the capture stopped, lost or dropped records, and the line says so
+        (:data:`~wirecap.proxy.app.EXIT_CAPTURE_INCOMPLETE`, as the proxy exits)."""
+        capture = self.writer.statistics()
+        faults = f"{self.recorded} injected fault{'' if self.recorded == 1 else 's'}"
+        troubles = [f"CAPTURE STOPPED ({capture.failed})"] if capture.failed else []
+        if capture.records_lost:
+            troubles.append(f"{capture.records_lost} records lost")
+        if capture.records_dropped:
+            troubles.append(f"{capture.records_dropped} records dropped")
+        if not troubles:
+            return f"wirecap serve: {faults} recorded", 0
+        return f"wirecap serve: {faults} answered; {'; '.join(troubles)}", EXIT_CAPTURE_INCOMPLETE
 
     @contextlib.contextmanager
     def exchange(
@@ -123,9 +138,9 @@ class FaultRecording:
 
     def noted(self, detail: Mapping[str, Any]) -> None:
         """The fault's note detail: from now on the exchange is recorded (the request first)."""
-        if self.detail is None:
+        first, self.detail = self.detail is None, dict(detail)
+        if first:
             self._record_request()
-        self.detail = dict(detail)
 
     def _record_request(self) -> None:
         request, wire = self._request, self._wire
@@ -141,6 +156,8 @@ class FaultRecording:
             route=None,
             upstream_url=None,
         )
+        for ns, data in wire.interim:  # sent before the body came: the client waited for it
+            self.sent(ns, data)
         for ns, data in wire.body:
             self._rec.body("req", data, ns=ns)
 
@@ -241,19 +258,9 @@ async def serve_recording(
     close the capture with its index. ``ready(path)`` is called once serve listens (``path``: the
     first segment). The capture is closed however this ends (a listen error too)."""
     server.recorder, writer = recorder, recorder.writer
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            path = await nursery.start(writer.run)
-            try:
-                async with trio.open_nursery() as front:
-                    await front.start(server.run)
-                    if ready is not None:
-                        ready(path)
-                    async for _signum in signals:
-                        break
-                    front.cancel_scope.cancel()
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_GRACE):
-                    await writer.aclose()
-                    await writer.wait_finished()
-                nursery.cancel_scope.cancel()
+
+    async def close() -> None:
+        await writer.aclose()
+        await writer.wait_finished()
+
+    await serve_with_capture(server, writer.run, close, grace=CLOSE_GRACE, ready=ready)

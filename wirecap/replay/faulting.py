@@ -74,10 +74,11 @@ async def answer_with_fault(
             noted(note)
 
     note = fault.note()
+    head_only = request.method == b"HEAD"  # the answer to a HEAD is its head alone
     if fault.mode == "answer":
         answer = error_answer(fault, target)
         tell(None, answer.status, note)
-        await send_answer(conn, stream, answer)
+        await send_answer(conn, stream, answer, head_only=head_only)
         return True
     if fault.mode == "silence":
         tell(None, 0, note)
@@ -93,19 +94,20 @@ async def answer_with_fault(
     if planned is None:
         answer = synthesized_answer(fault, target, body)
         tell(None, answer.status, {**note, "synthesized": True})
-        await send_answer(conn, stream, answer)
+        await send_answer(conn, stream, answer, head_only=head_only)
         return True
     recorded, headers, chunks, closing = planned
     server.served.append(recorded.id)
     tell(recorded.id, recorded.status, note)
     await server._wait(recorded.head_delay_ns)
     await _write(stream, conn.send(h11.Response(status_code=recorded.status, headers=headers)))
-    for delay, steps in chunks:
-        await server._wait(delay)
-        await _carry_out(conn, stream, steps)
-    await _carry_out(conn, stream, closing)
-    if recorded.cut:
-        raise AnswerCut("recorded response was cut off")
+    if not head_only:
+        for delay, steps in chunks:
+            await server._wait(delay)
+            await _carry_out(conn, stream, steps)
+        await _carry_out(conn, stream, closing)
+        if recorded.cut:
+            raise AnswerCut("recorded response was cut off")
     await _write(stream, conn.send(h11.EndOfMessage()))
     return True
 
@@ -161,11 +163,16 @@ async def _carry_out(conn: h11.Connection, stream: trio.abc.Stream, steps: list[
             raise AnswerCut(step.reason)
 
 
-async def send_answer(conn: h11.Connection, stream: trio.abc.Stream, answer: Answer) -> None:
+async def send_answer(
+    conn: h11.Connection, stream: trio.abc.Stream, answer: Answer, *, head_only: bool = False
+) -> None:
+    """Send ``answer`` whole; with ``head_only`` (the request was a HEAD) its head alone, whose
+    Content-Length still says how long the body is."""
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
     headers.append((b"Content-Length", str(len(answer.body)).encode()))
     await _write(stream, conn.send(h11.Response(status_code=answer.status, headers=headers)))
-    await _write(stream, conn.send(h11.Data(data=answer.body)))
+    if not head_only:
+        await _write(stream, conn.send(h11.Data(data=answer.body)))
     await _write(stream, conn.send(h11.EndOfMessage()))
 
 

@@ -171,6 +171,7 @@ class MockServer:
                 wire = None
                 if tap is not None:
                     wire = RequestWire(head=tap.take(), wall_ns=arrived_ns, t0_ns=_clock())
+                await _continue(conn, stream, wire)
                 body = bytearray()
                 too_big = False
                 while True:
@@ -211,8 +212,10 @@ class MockServer:
                     conn.start_next_cycle()
                 else:
                     return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+        except h11.RemoteProtocolError as exc:
+            await _refuse(conn, stream, exc)
         except h11.LocalProtocolError:
             return  # an answer h11 will not frame (a body to a HEAD request): this connection ends
         finally:
@@ -387,6 +390,18 @@ async def _next(conn: h11.Connection, stream: trio.SocketStream, tap: RawTap | N
         return event
 
 
+async def _continue(
+    conn: h11.Connection, stream: trio.SocketStream, wire: RequestWire | None
+) -> None:
+    """Send ``100 Continue`` to a client that waits for it before it sends the body (``Expect:
+    100-continue``); ``wire`` keeps it for a recording."""
+    if conn.they_are_waiting_for_100_continue:
+        interim = conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        if wire is not None and interim:
+            wire.interim.append((_clock() - wire.t0_ns, interim))
+        await _write(stream, interim)
+
+
 async def _write(stream: trio.SocketStream, data: bytes | None) -> None:
     if data:
         await stream.send_all(data)
@@ -402,15 +417,41 @@ async def _send(
 
 
 async def _send_json(
-    conn: h11.Connection, stream: trio.SocketStream, status: int, payload: dict[str, Any]
+    conn: h11.Connection,
+    stream: trio.SocketStream,
+    status: int,
+    payload: dict[str, Any],
+    error: bytes = b"no_match",
 ) -> None:
     body = json.dumps(payload, indent=1).encode()
     headers = [
         (b"Content-Type", b"application/json"),
         (b"Content-Length", str(len(body)).encode()),
-        (b"X-Wirecap-Error", b"no_match"),
+        (b"X-Wirecap-Error", error),
     ]
     await _send(conn, stream, h11.Response(status_code=status, headers=headers), body)
+
+
+#: Seconds a refused client gets to read the error before the connection closes: what it sent
+#: past the point h11 gave up is read and dropped meanwhile, so closing does not reset the
+#: connection under the answer.
+REFUSE_GRACE = 1.0
+
+
+async def _refuse(
+    conn: h11.Connection, stream: trio.SocketStream, error: h11.ProtocolError
+) -> None:
+    """Answer a request h11 cannot read with h11's status hint (400; 431 for an oversize head)
+    and a JSON body that says why; nothing when an answer is already under way."""
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    payload = {"error": {"type": "wirecap_bad_request", "message": f"unreadable request: {error}"}}
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await _send_json(conn, stream, error.error_status_hint, payload, b"bad_request")
+        await stream.send_eof()
+        with trio.move_on_after(REFUSE_GRACE):
+            while await stream.receive_some(65536):
+                pass
 
 
 class InThread:

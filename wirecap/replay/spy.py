@@ -14,8 +14,6 @@ into ``DIR`` through the same writer (:mod:`wirecap.replay.fault_capture`).
 
 from __future__ import annotations
 
-import contextlib
-import signal
 from typing import TYPE_CHECKING, Any, Final
 
 import h11
@@ -26,6 +24,7 @@ from wirecap.proxy.config import ConfigError, build_config, parse_upstream
 from wirecap.proxy.messages import HOP_BY_HOP
 from wirecap.proxy.server import ProxyServer
 from wirecap.proxy.upstream import ConnectionPool, UpstreamConnection, UpstreamError
+from wirecap.replay.lifetime import serve_with_capture
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -210,19 +209,5 @@ async def serve_with_spy(
     flight given the proxy's grace period. ``ready(path)`` is called once both listen (``path``:
     the capture's first segment). The capture is closed however this ends (a listen error too)."""
     server.miss_handler = spy.relay
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            path = await nursery.start(spy.run)
-            try:
-                async with trio.open_nursery() as front:
-                    await front.start(server.run)
-                    if ready is not None:
-                        ready(path)
-                    async for _signum in signals:
-                        break
-                    front.cancel_scope.cancel()
-            finally:
-                with trio.CancelScope(shield=True), contextlib.suppress(trio.TooSlowError):
-                    with trio.fail_after(spy.config.timeouts.shutdown_grace + 30):
-                        await spy.stop()
-                nursery.cancel_scope.cancel()
+    grace = spy.config.timeouts.shutdown_grace + 30
+    await serve_with_capture(server, spy.run, spy.stop, grace=grace, ready=ready)

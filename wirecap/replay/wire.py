@@ -22,12 +22,14 @@ _HEAD_END: Final = b"\r\n\r\n"
 @dataclasses.dataclass(slots=True, kw_only=True)
 class RequestWire:
     """A request as the client sent it: its head, and its body's reads with their times (ns since
-    ``t0_ns``, the clock reading when the head was in)."""
+    ``t0_ns``, the clock reading when the head was in); and the interim answer serve wrote before
+    the body (``100 Continue``, to a client that asked for it), with its time."""
 
     head: bytes
     wall_ns: int  # when the head was in, ns since the Unix epoch
     t0_ns: int  # time.perf_counter_ns() then
     body: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
+    interim: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
     payload_bytes: int = 0
 
     def read(self, ns: int, wire: bytes, payload: int) -> None:
