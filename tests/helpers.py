@@ -55,3 +55,23 @@ async def frames_written(writer, count: int) -> None:
     with trio.fail_after(30):
         while writer.statistics().frames_written < count:
             await trio.sleep(0.01)
+
+
+async def start_recording_serve(*args: str, hang_guard: float = 30) -> tuple[trio.Process, str]:
+    """``wirecap serve ARGS --listen 127.0.0.1:0`` in a process of its own, once its first line
+    says where it records: the process and what it wrote to stderr so far."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "wirecap", "serve", *args, "--listen", "127.0.0.1:0"]
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    err = b""
+    with trio.fail_after(hang_guard):
+        while b"recorded to" not in err:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, err.decode()
+            err += chunk
+    return process, err.decode()

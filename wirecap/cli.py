@@ -1297,10 +1297,11 @@ async def _serve(server: MockServer, spy: SpyForwarder | None, answers: str) -> 
     """Run ``wirecap serve`` (spy mode, recording injected faults, or neither) until it stops;
     the exit status (not 0 when the capture of injected faults is incomplete)."""
     if spy is not None:
-        await serve_with_spy(server, spy, ready=lambda path: _spy_banner(server, answers, path))
+        ready = functools.partial(_recording_banner, server, f"{answers}; misses forwarded and")
+        await serve_with_spy(server, spy, ready=ready)
         click.echo(f"wirecap serve: {plural(spy.forwarded, 'request')} forwarded", err=True)
     elif server.recorder is not None:
-        ready = functools.partial(_fault_banner, server, answers)
+        ready = functools.partial(_recording_banner, server, f"{answers}; injected faults")
         await serve_recording(server, server.recorder, ready=ready)
     else:
         async with trio.open_nursery() as nursery:
@@ -1336,10 +1337,9 @@ def _spy_forwarder(miss: str, out: Path | None, *, faulted: bool) -> SpyForwarde
         raise click.BadParameter(str(exc), param_hint="'--out'") from None
 
 
-def _spy_banner(server: MockServer, answers: str, path: Path | None) -> None:
-    click.echo(
-        f"wirecap serve on {server.url}: {answers}; misses forwarded, recorded to {path}", err=True
-    )
+def _recording_banner(server: MockServer, what: str, path: Path | None) -> None:
+    """serve's first line when it records (spy mode, injected faults): what, and where to."""
+    click.echo(f"wirecap serve on {server.url}: {what} recorded to {path}", err=True)
 
 
 def _fault_writer(out: Path, listen: str) -> RecordWriter:
@@ -1348,12 +1348,6 @@ def _fault_writer(out: Path, listen: str) -> RecordWriter:
         return fault_writer(out, listen)
     except (ConfigError, OSError) as exc:
         raise click.BadParameter(str(exc), param_hint="'--out'") from None
-
-
-def _fault_banner(server: MockServer, answers: str, path: Path | None) -> None:
-    click.echo(
-        f"wirecap serve on {server.url}: {answers}; injected faults recorded to {path}", err=True
-    )
 
 
 def _ui_address(listen: str, token: str | None, option: str) -> tuple[str, int]:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import trio
 from click.testing import CliRunner
+from helpers import start_recording_serve
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fault_matrix import ANSWERS, ERROR_KINDS, KINDS, THRESHOLDS, expected_code
@@ -396,18 +397,10 @@ async def test_spy_mode_records_forwarded_misses_and_injected_faults_in_one_capt
 async def start_serve(fixture: Path, spec: str, out: Path) -> tuple[trio.Process, bytes, str]:
     """``wirecap serve FIXTURE --fault SPEC --out OUT`` in a process of its own, once it listens:
     the process, what it wrote to stderr so far, and its base URL."""
-    command = [sys.executable, "-m", "wirecap", "serve", str(fixture), "--timing", "none"]
-    command += ["--listen", "127.0.0.1:0", "--fault", spec, "--out", str(out)]
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    process, err = await start_recording_serve(
+        str(fixture), "--timing", "none", "--fault", spec, "--out", str(out)
     )
-    err = b""
-    with trio.fail_after(HANG_GUARD):
-        while b"recorded to" not in err:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, err.decode()
-            err += chunk
-    return process, err, err.decode().split("wirecap serve on ", 1)[1].split(": ", 1)[0]
+    return process, err.encode(), err.split("wirecap serve on ", 1)[1].split(": ", 1)[0]
 
 
 async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):

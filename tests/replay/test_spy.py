@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,6 +15,7 @@ import pytest
 import samples
 import trio
 from click.testing import CliRunner
+from helpers import start_recording_serve
 from upstream import ScriptedUpstream, UpstreamExchange
 
 from wirecap.capture import open_capture
@@ -245,19 +244,19 @@ async def test_wirecap_serve_spy_command_records_and_indexes_on_sigterm(nursery,
     upstream = Upstream()
     await nursery.start(upstream.server.run)
     out = tmp_path / "new"
-    command = [sys.executable, "-m", "wirecap", "serve", str(RECORDED), "--timing", "none"]
-    command += ["--listen", "127.0.0.1:0", "--miss", f"forward={upstream.server.url}"]
-    command += ["--out", str(out)]
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    process, banner = await start_recording_serve(
+        str(RECORDED),
+        "--timing",
+        "none",
+        "--miss",
+        f"forward={upstream.server.url}",
+        "--out",
+        str(out),
+        hang_guard=HANG_GUARD,
     )
-    err = b""
+    err = banner.encode()
     with trio.fail_after(HANG_GUARD):
-        while b"recorded to" not in err:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, err.decode()
-            err += chunk
-        url = err.decode().split("wirecap serve on ", 1)[1].split(":", 2)
+        url = banner.split("wirecap serve on ", 1)[1].split(":", 2)
         base = f"{url[0]}:{url[1]}:{url[2].split(':')[0]}"
         async with httpx.AsyncClient(base_url=base) as client:
             hit = await client.post(
