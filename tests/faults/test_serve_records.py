@@ -565,3 +565,40 @@ def test_a_head_written_in_pieces_comes_out_with_the_write_that_ends_it():
         Body(b"{}"),
     ]
     assert (answer.status, answer.payload_bytes, answer.complete) == (429, 2, True)
+
+
+def test_a_taken_address_is_one_line_and_leaves_no_capture_file(tmp_path):
+    """serve listens before its capture starts: an address in use writes no capture file."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    out = tmp_path / "faulted"
+    fixture = FIXTURES / "openai_chat_json.cbor.zst"
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "wirecap",
+                "serve",
+                str(fixture),
+                "--fault",
+                "429",
+                "--out",
+                str(out),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD,
+        )
+    finally:
+        taken.close()
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists() or not list(out.glob("*.cbor.zst"))

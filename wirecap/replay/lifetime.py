@@ -32,7 +32,9 @@ async def serve_with_capture(
     """Run the capture (``run_capture``, started like a nursery task that reports its first
     segment's path) and ``server`` until SIGINT or SIGTERM, then stop ``server`` and give
     ``close_capture()`` at most ``grace`` seconds. ``ready(path)`` is called once ``server``
-    listens. The capture is closed however this ends (a listen error too)."""
+    listens. ``server`` listens before the capture starts, so a taken address leaves no capture
+    file; once started, the capture is closed however this ends."""
+    await server.bind()  # a taken address fails before the capture writes a file
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             path = await nursery.start(run_capture)

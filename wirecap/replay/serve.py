@@ -146,14 +146,21 @@ class MockServer:
         self.recorder = recorder
         self.misses: list[Miss] = []
         self.served: list[str] = []
+        self._listeners: list[trio.SocketListener] = []
+
+    async def bind(self) -> tuple[str, int]:
+        """Listen now (:meth:`run` does it otherwise), so that a taken address fails before
+        anything else starts, such as a capture."""
+        if not self._listeners:
+            self._listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+            self.port = self._listeners[0].socket.getsockname()[1]
+        return self.host, self.port
 
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started((self.host, self.port))
-        await trio.serve_listeners(self._connection, listeners)
+        task_status.started(await self.bind())
+        await trio.serve_listeners(self._connection, self._listeners)
 
     @property
     def url(self) -> str:
