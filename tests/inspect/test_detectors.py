@@ -446,3 +446,14 @@ def test_every_code_is_covered_and_severities_are_stable():
 )
 def test_model_family(a, b, same):
     assert (model_family(a) == model_family(b)) is same
+
+
+def test_malformed_sse_is_named_when_the_client_hung_up_because_of_it():
+    """A client that fails on bytes that are not SSE and hangs up: the bytes are still named; the
+    cut alone (a stream ending inside an event) is not a malformation."""
+    bad = [*samples.chat_stream()[:2], b"data: \xff\xfe not text\n\n"]
+    aborted = make_exchange(content_type="text/event-stream", body=bad, outcome="client_abort")
+    assert "malformed-sse" in codes(aborted)
+    cut = [*samples.chat_stream()[:2], b'data: {"half": ']
+    only_cut = make_exchange(content_type="text/event-stream", body=cut, outcome="client_abort")
+    assert "malformed-sse" not in codes(only_cut)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final, Literal
 
 from wirecap.inspect.words import plural
+from wirecap.llm.streams import ENDS_INSIDE_AN_EVENT
 
 if TYPE_CHECKING:
     from wirecap.inspect.analysis import Analyzed
@@ -129,8 +130,13 @@ def truncated_stream(a: Analyzed, t: Thresholds) -> Iterable[str]:
 
 @detector("malformed-sse", "error")
 def malformed_sse(a: Analyzed, t: Thresholds) -> Iterable[str]:
-    if a.facts.malformed_sse and a.outcome == "ok":
-        yield "; ".join(a.facts.malformed_sse)[:300]
+    """Bytes that are not SSE, whatever the outcome (a client may hang up because of them); a
+    stream that ends inside an event only when nothing cut it."""
+    problems = a.facts.malformed_sse
+    if a.outcome != "ok":
+        problems = [p for p in problems if p != ENDS_INSIDE_AN_EVENT]
+    if problems:
+        yield "; ".join(problems)[:300]
 
 
 @detector("malformed-json", "error")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.llm.ndjson import NDJSONParser
 from wirecap.llm.sse import SSEEvent, SSEParser
@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from wirecap.llm.facts import ExchangeInput, LLMFacts
+
+#: The one malformation of an SSE stream that a cut (a client or upstream gone) also produces.
+ENDS_INSIDE_AN_EVENT: Final = "stream ends inside an event (no blank line after the last one)"
 
 
 def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, Any]]:
@@ -35,7 +38,7 @@ def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, 
     if parser.overlong:
         facts.malformed_sse.append("a line longer than the parser's limit")
     if not end.clean:
-        facts.malformed_sse.append("stream ends inside an event (no blank line after the last one)")
+        facts.malformed_sse.append(ENDS_INSIDE_AN_EVENT)
 
 
 def ndjson_lines(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int | None, Any]]:
