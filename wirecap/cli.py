@@ -1304,14 +1304,25 @@ async def _serve(server: MockServer, spy: SpyForwarder | None, answers: str) -> 
         ready = functools.partial(_recording_banner, server, f"{answers}; injected faults")
         await serve_recording(server, server.recorder, ready=ready)
     else:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
+        return await _serve_until_signal(server, answers)
     if server.recorder is None:
         return 0
     line, status = server.recorder.summary()
     click.echo(line, err=True)
     return status
+
+
+async def _serve_until_signal(server: MockServer, answers: str) -> int:
+    """Serve until SIGINT (exit status 130, as a Ctrl-C) or SIGTERM (0). The signals are caught
+    whatever their disposition was: a shell starts background jobs with SIGINT ignored."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            click.echo(f"wirecap serve on {server.url}: {answers}", err=True)
+            async for signum in signals:
+                nursery.cancel_scope.cancel()
+                return 130 if signum == signal.SIGINT else 0
+    return 0
 
 
 def _spy_forwarder(miss: str, out: Path | None, *, faulted: bool) -> SpyForwarder | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 import trio
 from click.testing import CliRunner
 
@@ -305,6 +306,30 @@ async def test_ctrl_c_stops_serve_with_one_line_not_a_traceback():
             err += chunk
         await process.wait()
     assert process.returncode == 130, err.decode()
+    assert b"Traceback" not in err, err.decode()
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+async def test_serve_stops_on_a_signal_even_started_with_sigint_ignored(signum, status):
+    """A shell starts background jobs with SIGINT ignored; serve still stops on it, and on
+    SIGTERM, with one exit status each and no traceback."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "wirecap", "serve", str(FIXTURES), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    err = b""
+    with trio.fail_after(20):
+        while b"wirecap serve on" not in err:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, err
+            err += chunk
+        process.send_signal(signum)
+        while chunk := await process.stderr.receive_some(4096):
+            err += chunk
+        await process.wait()
+    assert process.returncode == status, err.decode()
     assert b"Traceback" not in err, err.decode()
 
 
