@@ -238,3 +238,15 @@ async def test_an_error_answer_cannot_carry_a_rewrite_and_passes_as_it_came(
         assert exchange.response_body == error
         [note] = exchange.notes_of("fault")
     assert note["applied"] is False and "synthesized" not in note
+
+
+async def test_the_proxy_console_line_names_the_injected_fault(nursery, start_proxy):
+    """An answer the proxy made up under a fault is not the upstream's: its line says so."""
+    mock = await start_mock(nursery, "openai_chat_json", [], [])
+    proxy = await start_proxy(upstream=mock.url + "/", fault=["429,every=2"])
+    target, body = recorded_request("openai_chat_json")
+    got = [await trio.to_thread.run_sync(send, proxy.url + target, body, 30) for _ in range(2)]
+    assert got == [200, 429]
+    first, second = proxy.console.getvalue().splitlines()[-2:]
+    assert " 200 " in first and "fault" not in first
+    assert " 429 " in second and second.endswith("fault 429,every=2"), second

@@ -26,6 +26,7 @@ class ExchangeSummary:
     res_bytes: int
     captured: bool
     error: str | None = None
+    fault: str | None = None  # the spec of a fault the proxy injected
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class ExchangeSummary:
             "res_bytes": self.res_bytes,
             "captured": self.captured,
             "error": self.error,
+            "fault": self.fault,
         }
 
 
@@ -84,6 +86,8 @@ def format_text(s: ExchangeSummary) -> str:
         line += f" {s.outcome}"
     if s.error:
         line += f" ({s.error})"
+    if s.fault:
+        line += f" fault {s.fault}"
     if not s.captured:
         line += " [not captured]"
     return line

@@ -133,6 +133,7 @@ class ExchangeState:
     outcome: Outcome = "ok"
     error: str | None = None
     kind: str | None = None  # the failure's kind (RelayError.kind), as its JSON answer names it
+    fault: str | None = None  # the spec of the fault injected into it (``--fault``), if any
 
     @property
     def responded(self) -> bool:

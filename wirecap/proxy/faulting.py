@@ -128,6 +128,8 @@ class FaultingRelay(ExchangeRelay):
         return b"".join(c.data for c in request_payload(self.request.head, [chunk]))
 
     def _finish(self) -> None:
+        if self.fault is not None:
+            self.ex.fault = self.fault.text
         if self.fault is not None and self.rec is not None:
             extra: dict[str, bool] = {} if self.applied is None else {"applied": self.applied}
             if self.synthesized:

@@ -355,6 +355,7 @@ class ProxyServer:
             res_bytes=ex.res_bytes,
             captured=captured,
             error=ex.error,
+            fault=ex.fault,
         )
         line = format_json(summary) if self.config.log_format == "json" else format_text(summary)
         with contextlib.suppress(OSError, ValueError):
