@@ -250,3 +250,22 @@ async def test_the_proxy_console_line_names_the_injected_fault(nursery, start_pr
     first, second = proxy.console.getvalue().splitlines()[-2:]
     assert " 200 " in first and "fault" not in first
     assert " 429 " in second and second.endswith("fault 429,every=2"), second
+
+
+async def test_an_answer_changed_by_a_fault_counts_the_bytes_the_client_got(nursery, start_proxy):
+    """The capture holds the answer as the client got it; its end counts that, not the upstream's."""
+    mock = await start_mock(nursery, "openai_chat_json", [], [])
+    proxy = await start_proxy(upstream=mock.url + "/", fault=["bad-tool-args"])
+    target, body = recorded_request("openai_chat_json")
+
+    def post() -> httpx.Response:
+        with httpx.Client(timeout=30) as client:
+            return client.post(proxy.url + target, content=body)
+
+    got = await trio.to_thread.run_sync(post)
+    with open_capture(FIXTURES / "openai_chat_json.cbor.zst") as capture:
+        [upstream_answer] = list(capture.exchanges())
+    with await proxy.capture() as capture:
+        [exchange] = list(capture.exchanges())
+    assert len(got.content) > len(upstream_answer.response_body)  # a tool call was added
+    assert exchange.end.res_bytes == len(got.content) == len(exchange.response_body)

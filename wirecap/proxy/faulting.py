@@ -66,6 +66,9 @@ class FaultingRelay(ExchangeRelay):
     fault: FaultSpec | None = None
     applied: bool | None = None  # for a body fault: whether it found what it changes
     synthesized = False  # a body fault added what carries it (the answer had nothing to rewrite)
+    #: Under a body fault, the payload the client got, which the end's ``res_bytes`` counts (the
+    #: capture holds the answer as the client got it); None: the upstream's, as without a fault.
+    delivered: int | None = None
     #: The request body's wire bytes so far, kept for ``bad-tool-args`` (None: not kept).
     kept_request: bytearray | None = None
 
@@ -130,6 +133,8 @@ class FaultingRelay(ExchangeRelay):
     def _finish(self) -> None:
         if self.fault is not None:
             self.ex.fault = self.fault.text
+        if self.delivered is not None:
+            self.ex.res_bytes = self.delivered
         if self.fault is not None and self.rec is not None:
             extra: dict[str, bool] = {} if self.applied is None else {"applied": self.applied}
             if self.synthesized:
@@ -207,6 +212,7 @@ class FaultingRelay(ExchangeRelay):
             h11.Response(status_code=response.status_code, headers=headers, reason=response.reason)
         )
         await self._send(head or b"", head=response.status_code)
+        self.delivered = 0
         while True:
             read = self._take_response_body(upstream, dechunk=True)
             await self._carry_out(framer, transform.feed(read.forward))
@@ -256,6 +262,7 @@ class FaultingRelay(ExchangeRelay):
             if isinstance(step, Send):
                 if step.data and framer.our_state is h11.SEND_BODY:
                     await self._send(framer.send(h11.Data(data=step.data)) or b"")
+                    self.delivered = (self.delivered or 0) + len(step.data)
             elif isinstance(step, Pause):
                 self.watchdog.relax()
                 await trio.sleep(step.seconds)
