@@ -87,8 +87,12 @@ class Child:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signum)
-        with trio.fail_after(HANG_GUARD):
-            return await trio.to_thread.run_sync(self.process.wait, abandon_on_cancel=True)
+        try:
+            with trio.fail_after(HANG_GUARD):
+                return await trio.to_thread.run_sync(self.process.wait, abandon_on_cancel=True)
+        except trio.TooSlowError:
+            self.process.kill()
+            raise AssertionError(f"not stopped after {HANG_GUARD}s:\n{self.output()}") from None
 
     def output(self) -> str:
         return self.log.read_text()

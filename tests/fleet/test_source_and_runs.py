@@ -168,3 +168,29 @@ def test_a_run_being_written_is_not_repaired_under_its_collector(tmp_path):
     assert repair_orphans(tmp_path) == []  # it holds the lock
     run.close()
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tail")]
+
+
+def test_a_connection_attempt_that_swallows_a_cancellation_is_cancelled_again():
+    """The NATS client's connect loop can swallow one cancellation (asyncio.wait_for before
+    Python 3.12); stopping must still end it, not wait for it forever."""
+    import asyncio
+
+    from wirecap.fleet.shipper import _cancel
+
+    async def stubborn() -> None:
+        swallowed = 0
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 1:
+                    raise
+
+    async def main() -> None:
+        task = asyncio.ensure_future(stubborn())
+        await asyncio.sleep(0)
+        assert await asyncio.wait_for(_cancel(task), 10) is None
+        assert task.cancelled()
+
+    asyncio.run(main())

@@ -35,6 +35,8 @@ POLL_SECONDS: Final = 0.2
 ACK_TIMEOUT: Final = 5.0
 #: First and largest wait before trying again after a failure, in seconds.
 FIRST_BACKOFF: Final = 0.2
+#: Seconds a cancelled connection attempt gets to end before it is cancelled again.
+CANCEL_AGAIN_AFTER: Final = 0.5
 MAX_BACKOFF: Final = 5.0
 #: The stream's duplicate window, in seconds: a frame published twice within it is stored once.
 #: An hour covers a shipper restart or an outage during which an acknowledgement was lost.
@@ -129,9 +131,9 @@ async def connect(
         await asyncio.wait({attempt, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
         if not attempt.done():  # stopped while the client was still trying (e.g. refused auth)
-            attempt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await attempt
+            late = await _cancel(attempt)
+            if late is not None:  # it connected as it was cancelled
+                await late.close()
             return None
         try:
             return attempt.result()
@@ -140,6 +142,19 @@ async def connect(
         await _sleep_or_stop(stop, backoff)
         backoff = min(MAX_BACKOFF, backoff * 2)
     return None
+
+
+async def _cancel(task: asyncio.Future[Any]) -> Any:
+    """Cancel ``task`` and wait until it has ended; its result if it finished with one anyway.
+    The client's connect loop retries forever, and a cancellation that lands as one of its
+    ``asyncio.wait_for`` finishes can be swallowed (Python before 3.12), so the task is cancelled
+    again until it ends."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN_AFTER)
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
