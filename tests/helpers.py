@@ -75,3 +75,18 @@ async def start_recording_serve(*args: str, hang_guard: float = 30) -> tuple[tri
             assert chunk, err.decode()
             err += chunk
     return process, err.decode()
+
+
+async def stop_and_read(process: trio.Process, signum: int) -> tuple[bytes, bytes]:
+    """Send ``signum`` to ``process`` and read its stdout and stderr to their end (each may be
+    unpiped), then wait for it: what it wrote after the signal, on each."""
+    process.send_signal(signum)
+    out = err = b""
+    if process.stdout is not None:
+        while chunk := await process.stdout.receive_some(65536):
+            out += chunk
+    if process.stderr is not None:
+        while chunk := await process.stderr.receive_some(4096):
+            err += chunk
+    await process.wait()
+    return out, err

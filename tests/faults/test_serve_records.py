@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 from click.testing import CliRunner
-from helpers import start_recording_serve
+from helpers import start_recording_serve, stop_and_read
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fault_matrix import ANSWERS, ERROR_KINDS, KINDS, THRESHOLDS, expected_code
@@ -413,13 +413,8 @@ async def test_wirecap_serve_fault_out_records_and_indexes_on_sigint(tmp_path):
         status, _raw = await trio.to_thread.run_sync(
             post, base + recorded.target, recorded.request_body, HANG_GUARD
         )
-        process.send_signal(signal.SIGINT)
-        out_text = b""
-        while chunk := await process.stdout.receive_some(65536):
-            out_text += chunk
-        while chunk := await process.stderr.receive_some(4096):
-            err += chunk
-        await process.wait()
+        out_text, more = await stop_and_read(process, signal.SIGINT)
+        err += more
     assert status == 429
     assert process.returncode == 0, err.decode()
     assert b"Traceback" not in err and b"1 injected fault recorded" in err, err.decode()

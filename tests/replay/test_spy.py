@@ -15,7 +15,7 @@ import pytest
 import samples
 import trio
 from click.testing import CliRunner
-from helpers import start_recording_serve
+from helpers import start_recording_serve, stop_and_read
 from upstream import ScriptedUpstream, UpstreamExchange
 
 from wirecap.capture import open_capture
@@ -267,13 +267,8 @@ async def test_wirecap_serve_spy_command_records_and_indexes_on_sigterm(nursery,
                 },
             )
             miss = await client.post("/openai/v1/chat/completions", json=NEW_JSON)
-        process.send_signal(signal.SIGTERM)
-        out_text = b""
-        while chunk := await process.stdout.receive_some(65536):
-            out_text += chunk
-        while chunk := await process.stderr.receive_some(4096):
-            err += chunk
-        await process.wait()
+        out_text, more = await stop_and_read(process, signal.SIGTERM)
+        err += more
     assert process.returncode == 0, err.decode()
     assert b"Traceback" not in err and b"1 request forwarded" in err, err.decode()
     assert hit.status_code == 200 and miss.status_code == 200
