@@ -234,15 +234,9 @@ class FaultingRelay(ExchangeRelay):
     async def _final_head(self, upstream: UpstreamConnection, read_timeout: float) -> h11.Response:
         """The upstream's final response head (interim 1xx heads are dropped under a fault)."""
         while True:
-            event = self._next_response_event(upstream)
-            if event is h11.NEED_DATA:
-                await self._receive(upstream, read_timeout)
-                continue
-            raw = upstream.tap.take()
+            event, raw = await self._next_head(upstream, read_timeout)
             if isinstance(event, h11.InformationalResponse):
                 continue
-            if not isinstance(event, h11.Response):
-                raise UpstreamFailure(f"upstream sent {type(event).__name__} {self.ex.where()}")
             if self.ex.ttfb_ns is None:
                 self.ex.ttfb_ns = self.read_ns
             self._client_head(raw, event)  # sets the status, the phase and close_client

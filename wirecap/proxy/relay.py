@@ -521,13 +521,7 @@ class ExchangeRelay:
         when the client asked to) as it goes to the client, unsent."""
         ex, rec = self.ex, self.rec
         while True:
-            event = self._next_response_event(upstream)
-            if event is h11.NEED_DATA:
-                await self._receive(upstream, read_timeout)
-                continue
-            raw = upstream.tap.take()
-            if not isinstance(event, h11.InformationalResponse | h11.Response):
-                raise UpstreamFailure(f"upstream sent {type(event).__name__} {ex.where()}")
+            event, raw = await self._next_head(upstream, read_timeout)
             status = event.status_code
             if ex.ttfb_ns is None:
                 ex.ttfb_ns = self.read_ns
@@ -545,6 +539,20 @@ class ExchangeRelay:
                     await self._send_to_client(messages.edit_head(raw, drop=drop))
                 continue
             return self._client_head(raw, event), event
+
+    async def _next_head(
+        self, upstream: UpstreamConnection, read_timeout: float
+    ) -> tuple[h11.Response | h11.InformationalResponse, bytes]:
+        """The upstream's next response head (interim or final) and the raw bytes behind it."""
+        while True:
+            event = self._next_response_event(upstream)
+            if event is not h11.NEED_DATA:
+                break
+            await self._receive(upstream, read_timeout)
+        raw = upstream.tap.take()
+        if not isinstance(event, h11.InformationalResponse | h11.Response):
+            raise UpstreamFailure(f"upstream sent {type(event).__name__} {self.ex.where()}")
+        return event, raw
 
     def _switch_head(self, raw: bytes, response: h11.InformationalResponse) -> bytes:
         """A 101 head as the client gets it: its Connection and Upgrade lines go on; the client
