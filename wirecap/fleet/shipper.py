@@ -35,9 +35,9 @@ POLL_SECONDS: Final = 0.2
 ACK_TIMEOUT: Final = 5.0
 #: First and largest wait before trying again after a failure, in seconds.
 FIRST_BACKOFF: Final = 0.2
+MAX_BACKOFF: Final = 5.0
 #: Seconds a cancelled connection attempt gets to end before it is cancelled again.
 CANCEL_AGAIN_AFTER: Final = 0.5
-MAX_BACKOFF: Final = 5.0
 #: The stream's duplicate window, in seconds: a frame published twice within it is stored once.
 #: An hour covers a shipper restart or an outage during which an acknowledgement was lost.
 DUPLICATE_WINDOW: Final = 3600.0
