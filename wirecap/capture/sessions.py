@@ -106,6 +106,10 @@ def closes_sent(switch_head: bytes, reads: Iterable[tuple[str, bytes]]) -> froze
         watch = watches.get(direction)
         if watch is not None:
             watch.feed(data)
+    return _closed(watches)
+
+
+def _closed(watches: dict[str, _CloseWatch]) -> frozenset[str]:
     return frozenset(direction for direction, watch in watches.items() if watch.closed)
 
 
@@ -166,8 +170,7 @@ class SessionEnds:
 
 
 def _judged(end: ExchangeEnd, session: _Session) -> ExchangeEnd:
-    closes = frozenset(d for d, watch in session.watches.items() if watch.closed)
-    dropped = dropped_by(session.ended_by, closes)
+    dropped = dropped_by(session.ended_by, _closed(session.watches))
     if dropped is None:
         return end
     outcome, error = dropped
