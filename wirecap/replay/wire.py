@@ -11,12 +11,10 @@ are passed in; nothing here reads a clock.
 from __future__ import annotations
 
 import dataclasses
-from typing import Final
 
 import h11
 
-#: Where a head ends; the bytes after it in the same write are body.
-_HEAD_END: Final = b"\r\n\r\n"
+from wirecap.proxy.messages import RawTap
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -56,57 +54,54 @@ class Body:
 
 class AnswerWire:
     """The writes of one answer, in order: :meth:`sent` returns the heads (interim 1xx ones first,
-    then the final one) and the body bytes each write holds. A head cut across writes comes out
-    with the write that ends it."""
+    then the final one) and the body bytes each write holds. h11 reads the writes as the client
+    does: each head is the bytes behind h11's head event (:class:`RawTap`), a head cut across
+    writes comes out with the write that ends it, and the body's payload is counted from h11's
+    data events."""
 
     def __init__(self, method: bytes) -> None:
         """``method``: the request's (the answer to a HEAD has no body)."""
-        self._reader = h11.Connection(h11.CLIENT)
-        self._reader.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"serve")]))
-        self._reader.send(h11.EndOfMessage())
-        self._head = b""  # a head begun and not yet ended
+        reader = h11.Connection(h11.CLIENT)
+        reader.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"serve")]))
+        reader.send(h11.EndOfMessage())
+        self._tap = RawTap(reader)
         self.status: int | None = None  # the final head's, once it is written
         self.payload_bytes = 0
         self.complete = False  # the message ended as its framing says
+        self._unread = False  # h11 could not read the answer: later writes are body as they are
 
     def sent(self, data: bytes) -> list[Head | Body]:
         """What the write of ``data`` held."""
-        self._count(data)
-        parts: list[Head | Body] = []
-        while data and self.status is None:
-            pending = self._head + data
-            end = pending.find(_HEAD_END) + len(_HEAD_END)
-            if end < len(_HEAD_END):
-                self._head = pending
-                return parts
-            head, data, self._head = pending[:end], pending[end:], b""
-            status = _status(head)
-            parts.append(Head(status, head))
-            if not 100 <= status < 200 or status == 101:  # the final head (or a switch)
-                self.status = status
-        if data:
-            parts.append(Body(data))
-        return parts
+        if self.status is not None or self._unread:
+            self._read(data)
+            return [Body(data)] if data else []
+        return self._read(data)
 
-    def _count(self, data: bytes) -> None:
-        """Feed h11, which reads the payload out of the body's framing."""
-        if self.complete:
-            return
+    def _read(self, data: bytes) -> list[Head | Body]:
+        """Feed h11 ``data``: the heads it completes, then the body bytes after the final one."""
+        if self.complete or self._unread:
+            return []
+        parts: list[Head | Body] = []
+        head_pending = self.status is None
         try:
-            self._reader.receive_data(data)
-            while (event := self._reader.next_event()) is not h11.NEED_DATA:
-                if isinstance(event, h11.Data):
+            self._tap.feed(data)
+            while (event := self._tap.conn.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.InformationalResponse | h11.Response):
+                    parts.append(Head(event.status_code, self._tap.take()))
+                    if isinstance(event, h11.Response):
+                        self.status = event.status_code
+                        body = self._tap.conn.trailing_data[0]
+                        if body:
+                            parts.append(Body(body))
+                elif isinstance(event, h11.Data):
                     self.payload_bytes += len(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     self.complete = True
-                    return
-                elif event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
-                    return
+                    break
+                else:  # PAUSED, ConnectionClosed
+                    break
         except h11.ProtocolError:
-            self.complete = True  # not HTTP h11 reads: stop counting (serve writes with h11)
-
-
-def _status(head: bytes) -> int:
-    """The status code of a response head (0 when the status line has none)."""
-    parts = head.split(b" ", 2)
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            self._unread = True  # serve writes with h11; anything else is kept as body
+            if head_pending and self.status is None:
+                parts.append(Body(self._tap.unaccounted))
+        return parts if head_pending else []
