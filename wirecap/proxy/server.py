@@ -31,6 +31,7 @@ from wirecap.proxy.exchange import BadRequest, ClientTimeout, ExchangeState, Rel
 from wirecap.proxy.faulting import FaultingRelay
 from wirecap.proxy.relay import ExchangeRelay, IncomingRequest
 from wirecap.proxy.routing import Router
+from wirecap.proxy.sockets import TcpStream
 from wirecap.proxy.upstream import ConnectionPool, make_ssl_context
 
 if TYPE_CHECKING:
@@ -57,9 +58,7 @@ class ClientConnection:
 
     __slots__ = ("addr", "leftover", "nursery", "read_size", "stream")
 
-    def __init__(
-        self, stream: trio.abc.Stream, addr: str, read_size: int, nursery: trio.Nursery
-    ) -> None:
+    def __init__(self, stream: TcpStream, addr: str, read_size: int, nursery: trio.Nursery) -> None:
         self.stream = stream
         self.addr = addr
         self.read_size = read_size
@@ -177,7 +176,7 @@ class ProxyServer:
     async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                stream = TcpStream.adopt(await listener.accept())
             except OSError as exc:
                 logger.error("accept failed: %s", exc)
                 await trio.sleep(0.1)
@@ -186,7 +185,7 @@ class ProxyServer:
 
     # -- per connection -------------------------------------------------------------------------------
 
-    async def _handle_client(self, stream: trio.SocketStream) -> None:
+    async def _handle_client(self, stream: TcpStream) -> None:
         self.stats.connections += 1
         try:
             host, port = stream.socket.getpeername()[:2]

@@ -13,6 +13,7 @@ import trio
 
 from wirecap.proxy.errors import resolver_failure
 from wirecap.proxy.messages import RawTap
+from wirecap.proxy.sockets import TcpStream
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -104,7 +105,7 @@ class UpstreamConnection:
         stream = self.stream
         if isinstance(stream, trio.SSLStream):
             stream = stream.transport_stream
-        if not isinstance(stream, trio.SocketStream):
+        if not isinstance(stream, TcpStream):
             return True
         return not _readable_now(stream.socket.fileno())
 
@@ -178,7 +179,9 @@ class ConnectionPool:
     async def _connect(self, upstream: Upstream, timeout: float) -> UpstreamConnection:
         try:
             with trio.fail_after(timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(upstream.host, upstream.port)
+                stream: trio.abc.Stream = TcpStream.adopt(
+                    await trio.open_tcp_stream(upstream.host, upstream.port)
+                )
                 if upstream.scheme == "https":
                     tls = trio.SSLStream(
                         stream,
