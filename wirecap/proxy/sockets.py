@@ -12,10 +12,14 @@ the proxy's CPU (docs/PERFORMANCE.md, "Long streams beside short requests").
 ``trio.testing.check_half_closeable_stream``: every call is a checkpoint, a read never loses bytes
 to a cancellation, a broken connection raises ``trio.BrokenResourceError`` (the ``OSError`` as its
 cause), a closed one ``trio.ClosedResourceError``, and two tasks sending (or reading) at once is a
-``trio.BusyResourceError``. It adds :meth:`TcpStream.send_nowait`, which sends what the socket
-takes at once and returns: the relay's response loop uses it, and only when a client is slow to
-read does it wait, under its write timeout, with :meth:`~TcpStream.send_all`. That loop still
-yields once per turn, in its next read.
+``trio.BusyResourceError``. Two things differ:
+
+- :meth:`TcpStream.send_nowait` sends what the socket takes at once and returns. The relay's
+  response loop uses it; only when a client is slow to read does it wait, under its write
+  timeout, with :meth:`~TcpStream.send_all`. That loop still yields once per turn, in its read.
+- A read that follows one that drained the socket (got less than it asked for) waits for the
+  socket before reading, instead of first trying a read that would most likely fail: a stream's
+  next event is usually a while away.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._sending = False
         self._receiving = False
         self._eof_sent = False
+        self._drained = False
 
     @classmethod
     def adopt(cls, stream: trio.SocketStream) -> TcpStream:
@@ -56,16 +61,23 @@ class TcpStream(trio.abc.HalfCloseableStream):
             raise ValueError("max_bytes must be 1 or more")
         if self._receiving:
             raise trio.BusyResourceError("another task is reading from this stream")
-        await trio.lowlevel.checkpoint_if_cancelled()
         self._receiving = True
         try:
-            try:
-                data = self.socket.recv(max_bytes)
-            except BlockingIOError:
-                return await self._receive_when_readable(max_bytes)
-            except OSError as exc:
-                raise _stream_error(exc) from exc
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._drained:  # the last read took all there was: wait before reading again
+                if self.socket.fileno() == -1:
+                    raise trio.ClosedResourceError("the connection was already closed")
+                data = await self._receive_when_readable(max_bytes)
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    data = self.socket.recv(max_bytes)
+                except BlockingIOError:
+                    data = await self._receive_when_readable(max_bytes)
+                except OSError as exc:
+                    raise _stream_error(exc) from exc
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+            self._drained = len(data) < max_bytes
             return data
         finally:
             self._receiving = False
