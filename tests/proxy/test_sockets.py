@@ -203,3 +203,22 @@ def test_a_watchdog_fires_with_the_message_of_the_wait_that_ran_out() -> None:
             await trio.sleep(5.0 * (1 + DEADLINE_SLACK) + 0.001)
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_connection_is_idle_until_its_peer_sends_or_closes() -> None:
+    for ending in ("sends", "closes", "resets"):
+        a, b = _tcp_pair()
+        async with TcpStream(b) as stream:
+            assert stream.is_idle()
+            if ending == "sends":
+                a.send(b"x")
+            elif ending == "resets":
+                a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+            if ending != "sends":
+                a.close()
+            with trio.fail_after(5):
+                while stream.is_idle():  # the peer's bytes or FIN arrive a moment later
+                    await trio.sleep(0.001)
+            if ending == "sends":
+                assert await stream.receive_some(10) == b"x"  # the peek took nothing
+                a.close()

@@ -97,8 +97,7 @@ class FaultingRelay(ExchangeRelay):
         conn = self.request.conn
         if conn.they_are_waiting_for_100_continue:
             return
-        headers = self.request.event.headers
-        declared = next((int(v) for n, v in headers if n == b"content-length"), None)
+        declared = next((int(v) for n, v in self.request.headers if n == b"content-length"), None)
         with trio.move_on_after(self.timeouts.client_head):
             while True:
                 here = conn.trailing_data[0]

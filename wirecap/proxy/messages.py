@@ -22,7 +22,7 @@ import h11
 from wirecap.capture.records import proxy_path_line
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 #: Headers that describe one connection, not the message: never forwarded (RFC 9110 section 7.6.1).
 #: (Trailer is not among them: it announces trailer fields, which go on with the body.)
@@ -100,11 +100,11 @@ def not_forwarded(
 _SWITCH: Final = frozenset({b"connection", b"upgrade"})
 
 
-def upgrade_request(request: h11.Request) -> bytes | None:
-    """The protocol a request asks to switch to (its Upgrade header, when its Connection header
-    names ``upgrade``, as RFC 9110 section 7.8 requires), or None."""
-    upgrade = header_value(request.headers, b"upgrade")
-    if upgrade is None or b"upgrade" not in connection_tokens(request.headers):
+def upgrade_request(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The protocol a request with ``headers`` asks to switch to (its Upgrade header, when its
+    Connection header names ``upgrade``, as RFC 9110 section 7.8 requires), or None."""
+    upgrade = header_value(headers, b"upgrade")
+    if upgrade is None or b"upgrade" not in connection_tokens(headers):
         return None
     return upgrade
 
@@ -114,20 +114,21 @@ def upgrade_request(request: h11.Request) -> bytes | None:
 MAX_LENGTH: Final = 2**63
 
 
-def smuggling_problem(request: h11.Request) -> str | None:
-    """Why a request that h11 accepted must still not be forwarded, or None.
+def smuggling_problem(headers: Sequence[tuple[bytes, bytes]], http_version: bytes) -> str | None:
+    """Why a request that h11 accepted (its ``headers`` and version) must still not be forwarded,
+    or None.
 
     h11 follows RFC 9112 and lets Transfer-Encoding override Content-Length, and reads lengths of
     any size; a proxy must not pass such requests on, because an upstream that reads them another
     way sees a different end of the message.
     """
-    names = [key for key, _ in request.headers]
+    names = [key for key, _ in headers]
     if b"transfer-encoding" in names:
         if b"content-length" in names:
             return "both Content-Length and Transfer-Encoding"
-        if request.http_version == b"1.0":
+        if http_version == b"1.0":
             return "Transfer-Encoding in an HTTP/1.0 request"
-    length = header_value(request.headers, b"content-length")
+    length = header_value(headers, b"content-length")
     if length is not None and int(length) >= MAX_LENGTH:
         return f"Content-Length {length.decode()} is too large"
     return None

@@ -45,7 +45,7 @@ from wirecap.proxy.upstream import UpstreamConnectError
 from wirecap.proxy.upstream import UpstreamTimeout as ConnectTimeout
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterable
     from types import TracebackType
 
     from wirecap.capture.recorder import ExchangeRecorder
@@ -133,6 +133,8 @@ class IncomingRequest:
 
     tap: messages.RawTap  # fed every byte of the request so far
     event: h11.Request
+    #: ``event.headers`` as a list: looked up several times, and h11's sequence is slow to walk.
+    headers: list[tuple[bytes, bytes]]
     head: bytes
     t0_ns: int
     wall_ns: int
@@ -173,7 +175,7 @@ class ExchangeRelay:
         self.close_client = False  # the response's framing ends with the connection
         self.answered = False  # the proxy made the whole answer itself (an error, a 404)
         #: The protocol the client asks to switch to (its Upgrade header), or None.
-        self.upgrade = messages.upgrade_request(request.event)
+        self.upgrade = messages.upgrade_request(request.headers)
 
     # -- the exchange ---------------------------------------------------------------------------------
 
@@ -205,7 +207,7 @@ class ExchangeRelay:
         """Record the request, check it, and forward it along its route (or answer 404)."""
         server, request, ex = self.server, self.request, self.ex
         event = request.event
-        host = messages.header_value(event.headers, b"host")
+        host = messages.header_value(request.headers, b"host")
         match = self.match
         proxy_url = messages.proxy_url(server.listen_host, server.listen_port, host, ex.target)
         if match is not None:
@@ -223,7 +225,7 @@ class ExchangeRelay:
             )
         if event.method == b"CONNECT":
             raise BadRequest("CONNECT is not supported: wirecap is a reverse proxy", status=501)
-        problem = messages.smuggling_problem(event)
+        problem = messages.smuggling_problem(request.headers, event.http_version)
         if problem is not None:
             raise BadRequest(f"request smuggling shape: {problem}")
         if match is None:
@@ -363,7 +365,7 @@ class ExchangeRelay:
         """Send the edited head and the body bytes already here upstream, in one write."""
         request, ex = self.request, self.ex
         ex.advance(Phase.SENDING)
-        drop = messages.not_forwarded(request.event.headers, upgrade=self.upgrade is not None)
+        drop = messages.not_forwarded(request.headers, upgrade=self.upgrade is not None)
         # A proxy sends its own HTTP version (RFC 9110 section 6.2): HTTP/1.1, whatever the client's.
         target_bytes = target.encode("latin-1")
         start_line = b" ".join((request.event.method, target_bytes, b"HTTP/1.1"))
@@ -490,7 +492,7 @@ class ExchangeRelay:
         if isinstance(response, h11.InformationalResponse):  # a 101: the protocol switches
             await self._relay_session(upstream, head)
             return
-        dechunk = self.request.event.http_version == b"1.0" and _is_chunked(response)
+        dechunk = self.request.event.http_version == b"1.0" and _is_chunked(response.headers)
         out = [head]
         while True:
             read = self._take_response_body(upstream, dechunk)
@@ -592,13 +594,12 @@ class ExchangeRelay:
         ex = self.ex
         ex.status = response.status_code
         ex.advance(Phase.RESPONDING)
-        drop = messages.not_forwarded(response.headers)
-        framed = (
-            _is_chunked(response)
-            or messages.header_value(response.headers, b"content-length") is not None
-        )
+        headers = list(response.headers)
+        drop = messages.not_forwarded(headers)
+        chunked = _is_chunked(headers)
+        framed = chunked or messages.header_value(headers, b"content-length") is not None
         no_body = request.event.method == b"HEAD" or response.status_code in (204, 304)
-        dechunk = request.event.http_version == b"1.0" and _is_chunked(response)
+        dechunk = request.event.http_version == b"1.0" and chunked
         if dechunk:
             drop |= {b"transfer-encoding"}
         self.close_client = (
@@ -708,8 +709,8 @@ def _joined(parts: list[bytes]) -> bytes:
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def _is_chunked(response: h11.Response) -> bool:
-    coding = messages.header_value(response.headers, b"transfer-encoding")
+def _is_chunked(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    coding = messages.header_value(headers, b"transfer-encoding")
     return coding is not None and coding.lower() == b"chunked"
 
 

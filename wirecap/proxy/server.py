@@ -239,10 +239,12 @@ class ProxyServer:
                 if size > self.config.limits.max_head:  # h11 bounds only incomplete heads
                     limit = self.config.limits.max_head
                     raise BadRequest(f"request head larger than {limit} bytes", status=431)
-                coding = messages.header_value(event.headers, b"transfer-encoding")
+                headers = list(event.headers)
+                coding = messages.header_value(headers, b"transfer-encoding")
                 return IncomingRequest(
                     tap=tap,
                     event=event,
+                    headers=headers,
                     head=tap.take(),
                     t0_ns=started[0],
                     wall_ns=started[1],
@@ -277,7 +279,7 @@ class ProxyServer:
             method=request.event.method.decode("ascii"),
             target=request.event.target.decode("latin-1"),
         )
-        host = messages.header_value(request.event.headers, b"host")
+        host = messages.header_value(request.headers, b"host")
         match = self.router.match(ex.method, host.decode("latin-1") if host else None, ex.target)
         if match is not None:
             ex.route = match.route.prefix

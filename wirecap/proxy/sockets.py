@@ -112,6 +112,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
                     sent += self._send(view[sent:])
         finally:
             self._sending = False
+        self._drained = False  # others ran meanwhile: an answer may be here already
 
     def _check_can_send(self) -> None:
         if self._sending:
@@ -126,6 +127,18 @@ class TcpStream(trio.abc.HalfCloseableStream):
             return 0
         except OSError as exc:
             raise _stream_error(exc) from exc
+
+    def is_idle(self) -> bool:
+        """Whether nothing waits to be read and the peer has neither closed nor reset the
+        connection: a pooled connection that can carry the next request. Takes no bytes (one
+        ``MSG_PEEK`` read)."""
+        try:
+            self.socket.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False  # a byte arrived, or the stream ended
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import ssl
 from typing import TYPE_CHECKING
 
@@ -105,23 +104,10 @@ class UpstreamConnection:
         stream = self.stream
         if isinstance(stream, trio.SSLStream):
             stream = stream.transport_stream
-        if not isinstance(stream, TcpStream):
-            return True
-        return not _readable_now(stream.socket.fileno())
+        return stream.is_idle() if isinstance(stream, TcpStream) else True
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
-
-
-def _readable_now(fd: int) -> bool:
-    """Whether ``fd`` has something to read (or has ended) right now. ``poll`` where there is one:
-    ``select`` cannot take a descriptor of 1024 or more, which a busy proxy has."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    readable, _, _ = select.select([fd], [], [], 0)
-    return bool(readable)
 
 
 def make_ssl_context(ca_file: Path | None = None) -> ssl.SSLContext:

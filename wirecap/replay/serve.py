@@ -234,7 +234,7 @@ class MockServer:
         """Answer a WebSocket handshake on a path with recorded sessions; False for any other
         request (a handshake on a path without one is a miss like any request)."""
         sessions = self.catalog.sessions
-        if upgrade_request(request) is None or not sessions:
+        if upgrade_request(request.headers) is None or not sessions:
             return False
         path = request.target.decode("latin-1").split("?", 1)[0]
         if not sessions.on_path(path):
