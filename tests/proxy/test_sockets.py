@@ -83,27 +83,32 @@ async def test_send_nowait_sends_what_the_socket_takes_and_no_more(
     assert 0 < sent < 10_000_000
 
 
+class TurnCounter:
+    """A task that only yields, counting the turns the scheduler gives it."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+
+    async def run(self) -> None:
+        while True:
+            self.turns += 1
+            await trio.lowlevel.checkpoint()
+
+
 async def test_send_nowait_does_not_yield_and_send_all_does(
     pair: tuple[TcpStream, TcpStream],
 ) -> None:
     left, right = pair
-    turns = 0
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await trio.lowlevel.checkpoint()
-
+    counter = TurnCounter()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_task)
+        nursery.start_soon(counter.run)
         await trio.lowlevel.checkpoint()
-        before = turns
+        before = counter.turns
         for _ in range(10):
             left.send_nowait(b"x")
-        assert turns == before
+        assert counter.turns == before
         await left.send_all(b"x")
-        assert turns > before
+        assert counter.turns > before
         nursery.cancel_scope.cancel()
     received = b""
     while len(received) < 11:
@@ -116,21 +121,14 @@ async def test_a_read_that_finds_data_waiting_still_lets_other_tasks_run(
 ) -> None:
     left, right = pair
     await left.send_all(b"z" * 1000)
-    turns = 0
-
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await trio.lowlevel.checkpoint()
-
+    counter = TurnCounter()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_task)
+        nursery.start_soon(counter.run)
         await trio.lowlevel.checkpoint()
-        counted = turns
+        before = counter.turns
         for _ in range(100):
             assert await right.receive_some(1) == b"z"
-        assert turns >= counted + 99
+        assert counter.turns >= before + 99
         nursery.cancel_scope.cancel()
 
 
