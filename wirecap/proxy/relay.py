@@ -475,6 +475,7 @@ class ExchangeRelay:
         yield (the relay's next read is the loop's checkpoint); only a send that has to wait for
         the client runs under the write timeout."""
         stream = self.client.stream
+        await trio.lowlevel.checkpoint_if_cancelled()  # a stopped exchange sends nothing more
         try:
             sent = stream.send_nowait(data)
             if sent < len(data):

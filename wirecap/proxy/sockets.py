@@ -52,7 +52,9 @@ class TcpStream(trio.abc.HalfCloseableStream):
     def adopt(cls, stream: trio.SocketStream) -> TcpStream:
         """Take over the connection of a ``trio.SocketStream`` (which must not be used again).
         Its socket options (TCP_NODELAY among them) stay set."""
-        return cls(socket.socket(fileno=stream.socket.detach()))
+        trio_socket = stream.socket
+        family, kind, proto = trio_socket.family, trio_socket.type, trio_socket.proto
+        return cls(socket.socket(family, kind, proto, fileno=trio_socket.detach()))
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
