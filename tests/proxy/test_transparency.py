@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -17,6 +18,9 @@ import trustme
 from wirecap.capture import open_capture, strip_proxy_path
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.capture.writer import CaptureWriter
+
+#: 4 MiB of every byte value in turn, for bodies checked end to end.
+BIG = bytes(range(256)) * 16384
 
 
 async def raw_request(
@@ -34,6 +38,22 @@ async def raw_request(
                     break
                 received += chunk
             return bytes(received)
+
+
+def tls_upstream(tmp_path):
+    """A server context with a certificate for localhost, and the file of the CA that issued it."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server_context, ca_file
+
+
+async def echo_target_and_body(ex):
+    """Answers with the request's target and body, so that an answer names its request."""
+    body = await ex.read_body()
+    await ex.respond(200, ex.request.target.encode() + b":" + body)
 
 
 async def proxy_before_raw_answer(start_upstream, start_proxy, answer: bytes):
@@ -294,11 +314,7 @@ async def test_close_delimited_response(start_upstream, start_proxy):
 
 
 async def test_https_upstream(start_upstream, start_proxy, tmp_path):
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
+    server_context, ca_file = tls_upstream(tmp_path)
 
     async def handler(ex):
         await ex.respond(200, b'{"secure": true}', [("Content-Type", "application/json")])
@@ -319,10 +335,10 @@ async def test_https_upstream(start_upstream, start_proxy, tmp_path):
     )
 
 
-async def test_https_upstream_with_untrusted_certificate_is_a_502(start_upstream, start_proxy):
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
+async def test_https_upstream_with_untrusted_certificate_is_a_502(
+    start_upstream, start_proxy, tmp_path
+):
+    server_context, _ca_file = tls_upstream(tmp_path)  # the proxy is not told of the CA
 
     async def handler(ex):
         await ex.respond(200, b"never")
@@ -366,11 +382,7 @@ async def test_large_body_is_streamed_not_buffered(start_upstream, start_proxy):
 
 
 async def test_pipelined_requests_are_answered_in_order(start_upstream, start_proxy):
-    async def handler(ex):
-        body = await ex.read_body()
-        await ex.respond(200, ex.request.target.encode() + b":" + body)
-
-    upstream = await start_upstream(handler)
+    upstream = await start_upstream(echo_target_and_body)
     proxy = await start_proxy(upstream=upstream.url)
     both = (
         b"POST /one HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nA"
@@ -387,6 +399,22 @@ async def test_pipelined_requests_are_answered_in_order(start_upstream, start_pr
     ]
 
 
+async def test_twenty_pipelined_requests_with_bodies_are_answered_in_order(
+    start_upstream, start_proxy
+):
+    upstream = await start_upstream(echo_target_and_body)
+    proxy = await start_proxy(upstream=upstream.url)
+    requests = b"".join(
+        b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nb%02d" % (i, i)
+        for i in range(20)
+    )
+    requests += b"GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await raw_request(proxy.port, requests, timeout=30)
+    assert answer.count(b"HTTP/1.1 200 ") == 21
+    positions = [answer.index(b"/%d:b%02d" % (i, i)) for i in range(20)]
+    assert positions == sorted(positions)
+
+
 async def test_pool_drops_connections_the_upstream_closed(start_upstream, start_proxy):
     async def closes_after_each(ex):
         await ex.respond(200, b"ok")
@@ -400,6 +428,58 @@ async def test_pool_drops_connections_the_upstream_closed(start_upstream, start_
             assert r.status_code == 200
             await trio.sleep(0.05)
     assert upstream.connections == 3
+
+
+async def test_a_tls_connection_the_upstream_closed_is_not_reused(
+    start_upstream, start_proxy, tmp_path
+):
+    server_context, ca_file = tls_upstream(tmp_path)
+    closed = trio.Semaphore(0)
+
+    async def closes_after_each(ex):
+        await ex.respond(200, b"ok")
+        await ex.stream.aclose()  # close_notify, then FIN: an idle timeout of the upstream's
+        closed.release()
+
+    upstream = await start_upstream(closes_after_each, server_context)
+    proxy = await start_proxy(upstream=upstream.url, upstream_ca=ca_file)
+    with trio.fail_after(30):
+        async with httpx.AsyncClient() as client:
+            for _ in range(3):
+                r = await client.get(f"{proxy.url}/x")
+                assert r.status_code == 200 and r.content == b"ok"
+                await closed.acquire()
+    assert upstream.connections == 3
+
+
+async def test_big_bodies_cross_a_tls_upstream_both_ways_on_one_connection(
+    start_upstream, start_proxy, tmp_path
+):
+    server_context, ca_file = tls_upstream(tmp_path)
+
+    async def digest_then_big(ex):
+        body = await ex.read_body()
+        await ex.send_head(200, [("Content-Type", "application/octet-stream")])
+        await ex.send_data(hashlib.sha256(body).hexdigest().encode() + b"\n")
+        for i in range(0, len(BIG), 100_000):
+            await ex.send_data(BIG[i : i + 100_000])
+        await ex.end()
+
+    upstream = await start_upstream(digest_then_big, server_context)
+    proxy = await start_proxy(upstream=upstream.url, upstream_ca=ca_file)
+
+    async def request_body():
+        for i in range(0, len(BIG), 50_000):
+            yield BIG[i : i + 50_000]
+            await trio.sleep(0)
+
+    expected = hashlib.sha256(BIG).hexdigest().encode() + b"\n" + BIG
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(3):
+                r = await client.post(f"{proxy.url}/x", content=request_body())
+                assert r.status_code == 200 and r.content == expected
+    assert upstream.connections == 1
 
 
 async def test_exchange_clock_starts_at_the_request_not_the_idle_connection(
