@@ -97,7 +97,8 @@ class FaultingRelay(ExchangeRelay):
         conn = self.request.conn
         if conn.they_are_waiting_for_100_continue:
             return
-        declared = next((int(v) for n, v in self.request.headers if n == b"content-length"), None)
+        length = messages.header_value(self.request.headers, b"content-length")
+        declared = int(length) if length is not None else None
         with trio.move_on_after(self.timeouts.client_head):
             while True:
                 here = conn.trailing_data[0]

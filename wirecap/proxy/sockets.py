@@ -66,8 +66,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             if self._drained:  # the last read took all there was: wait before reading again
-                if self.socket.fileno() == -1:
-                    raise trio.ClosedResourceError("the connection was already closed")
+                self._check_open()
                 data = await self._receive_when_readable(max_bytes)
             else:
                 await trio.lowlevel.checkpoint_if_cancelled()
@@ -117,10 +116,18 @@ class TcpStream(trio.abc.HalfCloseableStream):
         self._drained = False  # others ran meanwhile: an answer may be here already
 
     def _check_can_send(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
+        self._check_not_sending()
         if self._eof_sent:
             raise trio.ClosedResourceError("cannot send after send_eof")
+
+    def _check_not_sending(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+
+    def _check_open(self) -> None:
+        """Raises ClosedResourceError after :meth:`aclose` (waiting on a closed socket cannot)."""
+        if self.socket.fileno() == -1:
+            raise trio.ClosedResourceError("the connection was already closed")
 
     def _send(self, data: Buffer) -> int:
         try:
@@ -143,10 +150,8 @@ class TcpStream(trio.abc.HalfCloseableStream):
         return False  # a byte arrived, or the stream ended
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
-        if self.socket.fileno() == -1:
-            raise trio.ClosedResourceError("the connection was already closed")
+        self._check_not_sending()
+        self._check_open()
         self._sending = True
         try:
             await trio.lowlevel.wait_writable(self.socket)
@@ -154,8 +159,7 @@ class TcpStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def send_eof(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is sending on this stream")
+        self._check_not_sending()
         await trio.lowlevel.checkpoint()
         if self._eof_sent:
             return
