@@ -8,6 +8,7 @@ import pytest
 import samples
 
 from wirecap.llm import ExchangeInput, analyze, parse_head
+from wirecap.llm.facts import KEPT_PROBLEMS, MAX_STREAMED_CALLS
 
 
 def exchange(
@@ -227,3 +228,70 @@ def test_malformed_stream_is_reported():
     ]
     facts = analyze(exchange("/v1/chat/completions", {}, chunks, "text/event-stream"))
     assert facts.text == "a" and facts.terminated and len(facts.malformed_json) == 1
+
+
+def sse(*events: object) -> bytes:
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+
+
+def test_json_problems_past_the_first_few_are_counted_not_kept():
+    chunks = [b"data: {not json}\n\n" * 5000, b"data: [DONE]\n\n"]
+    facts = analyze(exchange("/v1/chat/completions", {}, chunks, "text/event-stream"))
+    assert facts.events == 5001 and facts.terminated
+    assert len(facts.malformed_json) == KEPT_PROBLEMS
+    assert facts.more_malformed_json == 5000 - KEPT_PROBLEMS
+
+
+def chat_call(index: int, arguments: str) -> dict:
+    return {
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"tool_calls": [{"index": index, "function": {"arguments": arguments}}]},
+            }
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "piece", "call"),
+    [
+        ("/v1/chat/completions", lambda a: chat_call(0, a), lambda i: chat_call(i, "")),
+        (
+            "/v1/responses",
+            lambda a: {
+                "type": "response.function_call_arguments.delta",
+                "item_id": "fc_0",
+                "delta": a,
+            },
+            lambda i: {
+                "type": "response.output_item.added",
+                "item": {"type": "function_call", "id": f"fc_{i}"},
+            },
+        ),
+        (
+            "/v1/messages",
+            lambda a: {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": a},
+            },
+            lambda i: {
+                "type": "content_block_start",
+                "index": i,
+                "content_block": {"type": "tool_use", "id": f"t{i}"},
+            },
+        ),
+    ],
+)
+def test_streamed_tool_calls_join_many_pieces_and_stop_at_the_limit(path, piece, call):
+    arguments = [f"{i % 10}" for i in range(20_000)]
+    first = [call(0)] if path != "/v1/chat/completions" else []
+    stream = sse(*first, *map(piece, arguments))
+    facts = analyze(exchange(path, {}, [stream[:7], stream[7:]], "text/event-stream"))
+    assert [t.arguments for t in facts.tool_calls] == ["".join(arguments)]
+
+    calls = sse(*(call(i) for i in range(MAX_STREAMED_CALLS + 5)))
+    facts = analyze(exchange(path, {}, [calls], "text/event-stream"))
+    assert len(facts.tool_calls) == MAX_STREAMED_CALLS
+    assert any("past the first 1024 calls are left out" in p for p in facts.malformed_json)

@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
-from wirecap.llm.websocket import decode_session, deflate_params
+from wirecap.llm.websocket import (
+    MAX_SESSION_DECODED,
+    MESSAGE_COST,
+    decode_session,
+    deflate_params,
+)
 
 DEFLATE = "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"
 HEAD = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -112,3 +117,11 @@ def test_a_101_with_bad_extension_parameters_is_a_problem_not_an_error():
     bad = "permessage-deflate; server_max_window_bits=abc"
     session = decode_session(switch_head(bad), reads)
     assert session.messages == [] and "Sec-WebSocket-Extensions" in session.problems["req"]
+
+
+def test_millions_of_empty_frames_stop_at_the_session_bound():
+    """Each message costs its holding (MESSAGE_COST), not only its payload: 16 million empty
+    frames in one read stop after the first quarter million, one frame at a time."""
+    session = decode_session(switch_head(None), [("res", 1, b"\x82\x00" * (16 << 20))])
+    assert len(session.messages) == MAX_SESSION_DECODED // MESSAGE_COST + 1
+    assert "decoding stops past 64 MiB" in session.problems["res"]

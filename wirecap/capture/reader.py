@@ -12,10 +12,13 @@ import array
 import dataclasses
 import hashlib
 import io
+import itertools
 import mmap
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
+
+import zstandard
 
 from wirecap.capture import frames
 from wirecap.capture.decoding import Budget, OverBudget, decode_index_frame, read_frame_records
@@ -25,12 +28,14 @@ from wirecap.capture.payload import iter_request_payload, iter_response_payload
 from wirecap.capture.records import (
     PROXY_PATH_HEADER,
     BodyChunk,
+    Direction,
     ExchangeEnd,
     ExchangeNote,
     Gap,
     Header,
     Record,
     RecordError,
+    Redaction,
     RequestReceived,
     ResponseHead,
     UpstreamRequest,
@@ -85,7 +90,7 @@ def proxy_path_of(head: bytes) -> str | None:
 class ChunkMark:
     """One body read without its bytes: direction, arrival time and size (for timelines)."""
 
-    dir: str
+    dir: Direction
     ns: int
     size: int
 
@@ -118,10 +123,17 @@ class Timeline:
         return ChunkMark("res" if self._dirs[i] else "req", self._ns[i], self._sizes[i])
 
 
-#: Body bytes an exchange read from a file holds (both directions); a larger body is read again from
-#: the file when asked for. Small bodies stay, so that a table of many small exchanges does not
-#: decompress each frame once per exchange in it; 256 KiB is one of the proxy's largest reads.
+#: Body bytes an exchange read from a file holds as they are (both directions); past that, they are
+#: packed (below) or read again from the file when asked for. Small bodies stay, so that a table of
+#: many small exchanges does not decompress each frame once per exchange in it; 256 KiB is one of
+#: the proxy's largest reads.
 HELD_BODY_BYTES: Final = 256 * 1024
+#: Past HELD_BODY_BYTES, an exchange keeps its body bytes zstd-compressed in memory while they pack
+#: into this much. Reading a body again from the file decodes every record of every frame it shares
+#: with other exchanges: for many concurrent long streams, each read would cost the whole stretch
+#: of the file they share. A body that does not pack this small is read from the file.
+PACKED_BODY_BYTES: Final = 256 * 1024
+PACK_LEVEL: Final = 1
 
 #: Where a body record sits: the file, and the offset of the data frame holding it.
 Place: TypeAlias = "tuple[CaptureFile, int]"
@@ -162,13 +174,21 @@ class Exchange:
     timeline: Timeline = dataclasses.field(default_factory=Timeline, repr=False)
     _held: list[BodyChunk] = dataclasses.field(default_factory=list, repr=False)
     _held_bytes: int = dataclasses.field(default=0, repr=False)
+    #: Batches of body chunks packed past HELD_BODY_BYTES: (count, their bytes compressed, the
+    #: redactions of those that have some, by position in the batch). The chunks are the first of
+    #: :attr:`timeline`, which has their directions, times and sizes.
+    _packed: list[tuple[int, bytes, dict[int, tuple[Redaction, ...]]]] = dataclasses.field(
+        default_factory=list, repr=False
+    )
+    _packed_bytes: int = dataclasses.field(default=0, repr=False)
     _places: dict[tuple[int, int], Place] = dataclasses.field(default_factory=dict, repr=False)
     _in_file: bool = dataclasses.field(default=False, repr=False)
 
     def add(self, record: Record, place: Place | None = None) -> None:
         """Take one record of this exchange. Body records are held while the bodies are small
         (:data:`HELD_BODY_BYTES`, both directions); past that, an exchange whose records came
-        with a ``place`` (all of them, or none) lets go of them and reads them again from there."""
+        with a ``place`` (all of them, or none) packs them (:data:`PACKED_BODY_BYTES`), and
+        once they no longer pack, lets go of them and reads them again from there."""
         if isinstance(record, BodyChunk):
             self.timeline.add(record)
             if place is not None:
@@ -178,8 +198,7 @@ class Exchange:
             self._held.append(record)
             self._held_bytes += len(record.data)
             if self._held_bytes > HELD_BODY_BYTES and self._places:
-                self._in_file = True
-                self._held.clear()
+                self._pack_held()
         elif isinstance(record, RequestReceived):
             self.request = record
         elif isinstance(record, UpstreamRequest):
@@ -190,6 +209,38 @@ class Exchange:
             self.end = record
         elif isinstance(record, ExchangeNote):
             self.notes.append(record)
+
+    def _pack_held(self) -> None:
+        """Compress the held chunks into one batch; past PACKED_BODY_BYTES, drop every batch."""
+        packed = zstandard.ZstdCompressor(level=PACK_LEVEL).compress(
+            b"".join(c.data for c in self._held)
+        )
+        redactions = {i: c.redactions for i, c in enumerate(self._held) if c.redactions}
+        self._packed.append((len(self._held), packed, redactions))
+        self._packed_bytes += len(packed)
+        self._held.clear()
+        self._held_bytes = 0
+        if self._packed_bytes > PACKED_BODY_BYTES:
+            self._in_file = True
+            self._packed.clear()
+
+    def _iter_packed(self) -> Iterator[BodyChunk]:
+        first = 0
+        for count, packed, redactions in self._packed:
+            data = zstandard.ZstdDecompressor().decompress(packed)
+            at = 0
+            for i in range(count):
+                mark = self.timeline[first + i]
+                piece = data[at : at + mark.size]
+                at += mark.size
+                yield BodyChunk(
+                    x=self.id,
+                    dir=mark.dir,
+                    ns=mark.ns,
+                    data=piece,
+                    redactions=redactions.get(i, ()),
+                )
+            first += count
 
     def notes_of(self, kind: str) -> list[Mapping[str, Any]]:
         """The details of this exchange's notes of ``kind`` ("import", "fault")."""
@@ -212,9 +263,9 @@ class Exchange:
 
     @property
     def holds_bodies(self) -> bool:
-        """Whether the body bytes are in memory (small bodies), rather than read again from the
-        capture file each time they are asked for."""
-        return not self._in_file
+        """Whether the body bytes are in memory as they are (small bodies), rather than packed or
+        read again from the capture file each time they are asked for."""
+        return not self._in_file and not self._packed
 
     # -- body access, streaming ------------------------------------------------------------------
 
@@ -222,7 +273,8 @@ class Exchange:
         """The body records of one direction (``"req"``/``"res"``; None: both) in stored order,
         read back from the file a frame at a time when they are not held."""
         if not self._in_file:
-            yield from (c for c in self._held if direction in (None, c.dir))
+            held = itertools.chain(self._iter_packed(), self._held)
+            yield from (c for c in held if direction in (None, c.dir))
             return
         budgets: dict[int, Budget] = {}  # one pass over each file's frames
         for capture_file, offset in list(self._places.values()):

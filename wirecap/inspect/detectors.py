@@ -147,7 +147,9 @@ def malformed_json(a: Analyzed, t: Thresholds) -> Iterable[str]:
         a.response_head and a.response_head.content_type.endswith("json")
     ):
         return
-    yield "; ".join(a.facts.malformed_json[:3])[:300]
+    problems = a.facts.malformed_json
+    more = len(problems) - 3 + a.facts.more_malformed_json
+    yield "; ".join(problems[:3])[:300] + (f" (and {more} more)" if more > 0 else "")
 
 
 @detector("invalid-tool-arguments", "error")

@@ -58,6 +58,7 @@ def analyze(inp: ExchangeInput) -> LLMFacts:
             if facts.ttft_ns is None:
                 facts.ttft_ns = event.ns
         facts.malformed_json.clear()  # an unknown API's events need not carry JSON
+        facts.more_malformed_json = 0
     elif inp.content_type.endswith("json"):
         body = json_body(inp, facts)
         if isinstance(body, dict) and isinstance(body.get("error"), dict | str):

@@ -50,8 +50,8 @@ class _MessageStream:
             facts.usage = _usage(message.get("usage"), facts.usage)
         elif kind == "content_block_start":
             block = as_dict(payload.get("content_block"))
-            if block.get("type") in ("tool_use", "server_tool_use"):
-                index = as_int(payload.get("index")) or 0
+            index = as_int(payload.get("index")) or 0
+            if block.get("type") in ("tool_use", "server_tool_use") and self._room(index):
                 self.blocks[index] = ToolCall(
                     id=as_str(block.get("id")),
                     name=as_str(block.get("name")),
@@ -63,7 +63,7 @@ class _MessageStream:
             self.on_delta(as_int(payload.get("index")) or 0, as_dict(payload.get("delta")), ns)
         elif kind == "content_block_stop":
             call = self.blocks.get(as_int(payload.get("index")) or 0)
-            if call is not None and not call.arguments.strip():
+            if call is not None and not call.settle().arguments.strip():
                 # A tool that takes no arguments streams one empty ``partial_json``: its input is {}.
                 call.arguments = "{}"
         elif kind == "message_delta":
@@ -82,11 +82,14 @@ class _MessageStream:
             self.text.append(piece)
             if piece:
                 self._first_token(ns)
-        elif kind == "input_json_delta":
+        elif kind == "input_json_delta" and self._room(index):
             call = self.blocks.setdefault(index, ToolCall(name=None, arguments="", index=index))
-            call.arguments += as_str(delta.get("partial_json")) or ""
+            call.pieces.append(as_str(delta.get("partial_json")) or "")
         elif kind == "thinking_delta":
             self._first_token(ns)
+
+    def _room(self, index: int) -> bool:
+        return index in self.blocks or self.facts.room_for_call(len(self.blocks))
 
     def _first_token(self, ns: int | None) -> None:
         if self.facts.ttft_ns is None:

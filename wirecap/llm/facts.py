@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from wirecap.llm.http import decode_content
 
@@ -148,15 +148,34 @@ class Usage:
         }
 
 
+#: Tool calls one streamed response may assemble; more is no model's answer, only a cost.
+MAX_STREAMED_CALLS: Final = 1024
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class ToolCall:
     name: str | None
     arguments: str  # the argument string exactly as the model produced it (JSON text, or not)
     id: str | None = None
     index: int | None = None
+    #: Streamed pieces not yet in ``arguments``: joined once by :meth:`settle`, because adding
+    #: each piece to the string would copy it whole every time (quadratic in a long stream).
+    pieces: list[str] = dataclasses.field(default_factory=list, repr=False, compare=False)
+
+    def settle(self) -> ToolCall:
+        """Move the streamed pieces into ``arguments``."""
+        if self.pieces:
+            self.arguments += "".join(self.pieces)
+            self.pieces.clear()
+        return self
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+#: Malformations of one exchange kept word for word; past this they are only counted, so that a
+#: stream of millions of bad events costs a counter, not a message each.
+KEPT_PROBLEMS: Final = 10
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -181,14 +200,37 @@ class LLMFacts:
     )
     malformed_sse: list[str] = dataclasses.field(default_factory=list)
     malformed_json: list[str] = dataclasses.field(default_factory=list)
+    more_malformed_json: int = 0  # JSON problems past the first KEPT_PROBLEMS, counted only
+    calls_left_out: int = 0  # streamed tool call pieces past MAX_STREAMED_CALLS calls
     api_error: dict[str, Any] | None = None  # an error object in the body or the stream
     events: int = 0  # SSE events or NDJSON lines
     #: Arrival times a stall is measured over, when not the response body's reads (a session's
     #: output events; empty: stalls do not apply).
     stall_times: tuple[int, ...] | None = None
 
+    def json_problem(self, message: str) -> None:
+        """Note a body, event or line that is not the JSON it should be."""
+        if len(self.malformed_json) < KEPT_PROBLEMS:
+            self.malformed_json.append(message)
+        else:
+            self.more_malformed_json += 1
+
+    def room_for_call(self, calls: int) -> bool:
+        """Whether a stream that has assembled ``calls`` tool calls may start another."""
+        if calls < MAX_STREAMED_CALLS:
+            return True
+        self.calls_left_out += 1
+        return False
+
     def finish(self) -> LLMFacts:
-        """Derive tokens per second once everything is known."""
+        """Settle streamed tool calls and derive tokens per second once everything is known."""
+        for call in self.tool_calls:
+            call.settle()
+        if self.calls_left_out:
+            self.json_problem(
+                f"{self.calls_left_out} tool call piece(s) past the first {MAX_STREAMED_CALLS} "
+                "calls are left out"
+            )
         if (
             self.streamed
             and self.usage is not None

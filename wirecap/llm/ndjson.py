@@ -22,16 +22,19 @@ class NDJSONParser:
         self._buf = bytearray()
 
     def feed(self, data: bytes, ns: int | None = None) -> list[NDJSONLine]:
-        self._buf += data
+        buf = self._buf
+        buf += data
         out: list[NDJSONLine] = []
-        while True:
-            end = self._buf.find(b"\n")
-            if end == -1:
-                return out
-            raw = bytes(self._buf[:end]).rstrip(b"\r")
-            del self._buf[: end + 1]
+        pos = 0
+        end = buf.find(b"\n")
+        while end != -1:
+            raw = bytes(buf[pos:end]).rstrip(b"\r")
             if raw.strip():
                 out.append(parse_line(raw, ns))
+            pos = end + 1
+            end = buf.find(b"\n", pos)
+        del buf[:pos]  # once per chunk: deleting per line would move the rest of it each time
+        return out
 
     def close(self) -> NDJSONLine | None:
         """The unterminated last line, if any (parsed, so a caller can tell a cut from a missing \\n)."""

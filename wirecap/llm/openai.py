@@ -64,7 +64,7 @@ def analyze_chat(inp: ExchangeInput) -> LLMFacts:
                     text.append(content)
                     if facts.ttft_ns is None:
                         facts.ttft_ns = event.ns
-                if _chat_delta_calls(delta, calls) and facts.ttft_ns is None:
+                if _chat_delta_calls(delta, calls, facts) and facts.ttft_ns is None:
                     facts.ttft_ns = event.ns
                 if choice.get("finish_reason"):
                     facts.finish_reason = as_str(choice.get("finish_reason"))
@@ -93,7 +93,7 @@ def analyze_chat(inp: ExchangeInput) -> LLMFacts:
 _LEGACY_INDEX = 0
 
 
-def _chat_delta_calls(delta: dict[str, Any], calls: dict[int, ToolCall]) -> bool:
+def _chat_delta_calls(delta: dict[str, Any], calls: dict[int, ToolCall], facts: LLMFacts) -> bool:
     """Fold a streamed delta's ``tool_calls`` (or legacy ``function_call``) into ``calls``;
     True when a call began in it."""
     began = False
@@ -107,11 +107,13 @@ def _chat_delta_calls(delta: dict[str, Any], calls: dict[int, ToolCall]) -> bool
     for index, call, function in pieces:
         known = calls.get(index)
         if known is None:
+            if not facts.room_for_call(len(calls)):
+                continue
             known = calls[index] = ToolCall(name=None, arguments="", index=index)
             began = True
         known.id = as_str(call.get("id")) or known.id
         known.name = as_str(function.get("name")) or known.name
-        known.arguments += as_str(function.get("arguments")) or ""
+        known.pieces.append(as_str(function.get("arguments")) or "")
     return began
 
 
@@ -119,7 +121,7 @@ def _no_arguments_is_empty_object(calls: list[ToolCall]) -> None:
     """A finished stream's call of a tool that takes no arguments may never stream any (some
     OpenAI-compatible servers send ``"arguments": null`` and no ``"{}"``): its input is ``{}``."""
     for call in calls:
-        if not call.arguments.strip():
+        if not call.settle().arguments.strip():
             call.arguments = "{}"
 
 
@@ -210,7 +212,7 @@ def analyze_responses(inp: ExchangeInput) -> LLMFacts:
                     facts.ttft_ns = event.ns
             elif kind == "response.output_item.added":
                 item = as_dict(payload.get("item"))
-                if item.get("type") == "function_call":
+                if item.get("type") == "function_call" and facts.room_for_call(len(calls)):
                     key = as_str(item.get("id")) or str(len(calls))
                     calls[key] = ToolCall(
                         id=as_str(item.get("call_id")) or key,
@@ -221,11 +223,13 @@ def analyze_responses(inp: ExchangeInput) -> LLMFacts:
                         facts.ttft_ns = event.ns
             elif kind == "response.function_call_arguments.delta":
                 key = as_str(payload.get("item_id")) or ""
-                call = calls.setdefault(key, ToolCall(id=key, name=None, arguments=""))
-                call.arguments += as_str(payload.get("delta")) or ""
+                if key in calls or facts.room_for_call(len(calls)):
+                    call = calls.setdefault(key, ToolCall(id=key, name=None, arguments=""))
+                    call.pieces.append(as_str(payload.get("delta")) or "")
             elif kind == "response.function_call_arguments.done":
                 key = as_str(payload.get("item_id")) or ""
                 if key in calls and isinstance(payload.get("arguments"), str):
+                    calls[key].pieces.clear()
                     calls[key].arguments = payload["arguments"]
             elif kind in ("response.created", "response.in_progress"):
                 _response_object(facts, as_dict(payload.get("response")))

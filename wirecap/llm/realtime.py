@@ -54,9 +54,7 @@ def events_of(messages: list[WsMessage], facts: LLMFacts) -> list[tuple[WsMessag
         try:
             event = json.loads(message.text)
         except ValueError as exc:
-            facts.malformed_json.append(
-                f"{message.dir} message at {message.ns / 1e6:.1f} ms: {exc}"
-            )
+            facts.json_problem(f"{message.dir} message at {message.ns / 1e6:.1f} ms: {exc}")
             continue
         if isinstance(event, dict) and isinstance(event.get("type"), str):
             out.append((message, event))

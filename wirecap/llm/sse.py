@@ -8,7 +8,7 @@ are kept on every event. :meth:`SSEParser.close` says whether the stream stopped
 from __future__ import annotations
 
 import dataclasses
-from typing import Final
+from typing import Final, NamedTuple
 
 _BOM: Final = b"\xef\xbb\xbf"
 #: Longest line the parser buffers before calling the stream malformed: a guard for non-SSE bodies
@@ -16,9 +16,8 @@ _BOM: Final = b"\xef\xbb\xbf"
 MAX_LINE: Final = 64 * 1024 * 1024
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SSEEvent:
-    """One dispatched event."""
+class SSEEvent(NamedTuple):
+    """One dispatched event (a named tuple: a stream can have millions)."""
 
     event: str = "message"
     data: str = ""
@@ -71,34 +70,31 @@ class SSEParser:
             if buf.startswith(_BOM):
                 del buf[:3]
             self._started = True
+        # Complete lines end at the last CR or LF; bytes.splitlines() splits at exactly SSE's line
+        # endings (CRLF, LF, CR), in one pass over the chunk.
+        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1
+        if not cut:
+            if len(buf) > MAX_LINE:
+                self.overlong = True
+                buf.clear()
+            return []
+        if cut == len(buf) and buf[-1] == 0x0D:  # the line ends at CR: an LF may come next
+            self._skip_lf = True
+        lines = bytes(buf[:cut]).splitlines()
+        del buf[:cut]
         events: list[SSEEvent] = []
-        pos = 0
-        size = len(buf)
-        while pos < size:
-            cr = buf.find(b"\r", pos)
-            lf = buf.find(b"\n", pos)
-            if cr == -1 and lf == -1:
-                break
-            if cr == -1 or (lf != -1 and lf < cr):
-                end, nxt = lf, lf + 1
-            elif cr + 1 < size:
-                end, nxt = cr, cr + 2 if buf[cr + 1] == 0x0A else cr + 1
-            else:  # CR is the last byte: the line ends, and an LF may follow in the next chunk
-                end, nxt = cr, cr + 1
-                self._skip_lf = True
-            event = self._line(bytes(buf[pos:end]), ns)
-            if event is not None:
+        for raw in lines:
+            if raw:
+                self._line(raw)
+            elif (event := self._dispatch(ns)) is not None:
                 events.append(event)
-            pos = nxt
-        del buf[:pos]
         if len(buf) > MAX_LINE:
             self.overlong = True
             buf.clear()
         return events
 
-    def _line(self, raw: bytes, ns: int | None) -> SSEEvent | None:
-        if not raw:
-            return self._dispatch(ns)
+    def _line(self, raw: bytes) -> None:
+        """Take one field line (not blank) of the event being read."""
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -106,7 +102,7 @@ class SSEParser:
             line = raw.decode("utf-8", "replace")
         if line.startswith(":"):
             self.comments += 1
-            return None
+            return
         field, colon, value = line.partition(":")
         if colon and value.startswith(" "):
             value = value[1:]
@@ -121,25 +117,24 @@ class SSEParser:
             if value.isascii() and value.isdigit():
                 self._retry = int(value)
         else:
-            return None  # unknown fields are ignored
+            return  # unknown fields are ignored
         self._has_fields = True
-        return None
 
     def _dispatch(self, ns: int | None) -> SSEEvent | None:
-        had_fields = self._has_fields
-        event = SSEEvent(
-            event=self._event or "message",
-            data="\n".join(self._data),
-            id=self.last_id,
-            retry=self._retry,
-            ns=ns,
-        )
-        has_data = bool(self._data)
-        self._event, self._data, self._retry, self._has_fields = "", [], None, False
         # The standard drops events without data; an event with only ``event:`` or ``id:`` is still
         # kept here, because inspection wants to see everything the server sent.
-        if not has_data and not had_fields:
+        if not self._has_fields:
             return None
+        data = self._data
+        event = SSEEvent(
+            self._event or "message",
+            data[0] if len(data) == 1 else "\n".join(data),
+            self.last_id,
+            self._retry,
+            ns,
+        )
+        data.clear()
+        self._event, self._retry, self._has_fields = "", None, False
         return event
 
     def close(self) -> SSEClose:

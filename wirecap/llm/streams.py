@@ -30,7 +30,7 @@ def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, 
                 try:
                     data = json.loads(event.data)
                 except ValueError as exc:
-                    facts.malformed_json.append(f"event {facts.events}: data is not JSON ({exc})")
+                    facts.json_problem(f"event {facts.events}: data is not JSON ({exc})")
             yield event, data
     end = parser.close()
     if parser.invalid_utf8:
@@ -49,14 +49,14 @@ def ndjson_lines(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int | No
         for line in parser.feed(chunk, ns):
             facts.events += 1
             if line.error:
-                facts.malformed_json.append(f"line {facts.events}: {line.error}")
+                facts.json_problem(f"line {facts.events}: {line.error}")
                 continue
             yield line.ns, line.value
     tail = parser.close()
     if tail is not None:
         facts.events += 1
         if tail.error:
-            facts.malformed_json.append(f"last line is cut off: {tail.error}")
+            facts.json_problem(f"last line is cut off: {tail.error}")
         else:
             yield facts.last_chunk_ns, tail.value
 
@@ -73,7 +73,7 @@ def json_body(inp: ExchangeInput, facts: LLMFacts) -> Any:
     try:
         text = body.decode(json.detect_encoding(body), "surrogatepass")
     except UnicodeDecodeError as exc:
-        facts.malformed_json.append(f"response body is not JSON: {exc}")
+        facts.json_problem(f"response body is not JSON: {exc}")
         return None
     del body
     if not text or text.isspace():  # (strip() would copy a large text)
@@ -81,5 +81,5 @@ def json_body(inp: ExchangeInput, facts: LLMFacts) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        facts.malformed_json.append(f"response body is not JSON: {exc}")
+        facts.json_problem(f"response body is not JSON: {exc}")
         return None

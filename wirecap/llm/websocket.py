@@ -20,7 +20,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, ParseFailed
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from wsproto.extensions import Extension
 
@@ -100,9 +100,11 @@ def deflate_params(extensions: str | None) -> str | None:
 
 
 #: A session decodes to at most this many bytes of messages (its messages are held together); past
-#: it, decoding stops and the session names the problem. One read inflates to at most
-#: :data:`MAX_INFLATED_READ`, so a few bytes of deflate bomb cost no more than that.
+#: it, decoding stops and the session names the problem. Each message counts MESSAGE_COST bytes
+#: beyond its payload, what holding it costs, so that millions of empty frames stop as soon. One
+#: read inflates to at most :data:`MAX_INFLATED_READ`, so a few bytes of deflate bomb cost no more.
 MAX_SESSION_DECODED: Final = 64 * 1024 * 1024
+MESSAGE_COST: Final = 256
 MAX_INFLATED_READ: Final = 16 * 1024 * 1024
 
 
@@ -145,19 +147,18 @@ class _Direction:
         self.parts: list[Any] = []
         self.pending = 0  # the size of the message being assembled, so far
 
-    def feed(self, data: bytes, ns: int) -> list[WsMessage]:
+    def feed(self, data: bytes, ns: int) -> Iterator[WsMessage]:
+        """The messages that ``data`` completes, decoded one frame at a time as they are taken."""
         if self.failed is not None:
-            return []
+            return
         self.frames.receive_bytes(data)
-        out: list[WsMessage] = []
         try:
             for frame in self.frames.received_frames():
                 message = self._take(frame.opcode, frame.payload, frame.message_finished, ns)
                 if message is not None:
-                    out.append(message)
+                    yield message
         except ParseFailed as exc:
             self.failed = f"{self.direction}: {exc}"
-        return out
 
     def _take(self, opcode: Opcode, payload: Any, finished: bool, ns: int) -> WsMessage | None:
         if opcode is Opcode.CLOSE:
@@ -210,8 +211,10 @@ def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) 
         if side is None:
             continue
         for message in side.feed(data, ns):
-            decoded += message.size
+            decoded += message.size + MESSAGE_COST
             session.messages.append(message)
+            if decoded > MAX_SESSION_DECODED:
+                break
         if decoded > MAX_SESSION_DECODED:
             for other in sides.values():
                 other.failed = other.failed or (

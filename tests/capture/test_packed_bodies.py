@@ -1,0 +1,111 @@
+"""Large bodies of exchanges read together: packed in memory while they compress well, so that a
+pass over a capture of many concurrent long bodies decodes each frame once, not once per exchange
+whose body it holds a piece of."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from tests.captures import Spec
+from wirecap.capture import BodyChunk, open_capture, reader
+from wirecap.capture.records import Redaction
+from wirecap.capture.sink import SegmentHeader, SegmentSink
+
+READ = 4096
+READS = 128  # 512 KiB per exchange: past HELD_BODY_BYTES
+
+
+def interleaved_capture(directory, count: int, body) -> list[str]:
+    """``count`` exchanges whose response reads alternate across the same 1 MiB frames, as the
+    proxy writes concurrent streams; ``body(k, i)`` is read ``i`` of exchange ``k``."""
+    sink = SegmentSink(directory, SegmentHeader({"enabled": False}))
+    sink.open()
+    ids = [f"inter{k:07d}" for k in range(count)]
+    specs = [Spec(id=x, chunks=[b"-"], content_type="application/octet-stream") for x in ids]
+    records = [spec.records(k) for k, spec in enumerate(specs)]
+    sink.write_records([r for rs in records for r in rs[:4]])  # heads and request bodies
+    batch: list[BodyChunk] = []
+    for i in range(READS):
+        for k, x in enumerate(ids):
+            redactions = (
+                (Redaction(where="body", name="OpenAI key", fp="0badf00d"),) if i == 3 else ()
+            )
+            batch.append(
+                BodyChunk(x=x, dir="res", ns=2_000_000 + i, data=body(k, i), redactions=redactions)
+            )
+            if len(batch) * READ >= 1 << 20:
+                sink.write_records(batch)
+                batch = []
+    sink.write_records(batch)
+    sink.write_records([rs[-1] for rs in records])  # ends
+    sink.close()
+    return ids
+
+
+@pytest.fixture
+def counted_frames(monkeypatch):
+    """How many data frames the reader decodes."""
+    decoded: list[int] = []
+    real = reader.read_frame_records
+
+    def counting(frame, info, budget):
+        decoded.append(info.offset)
+        return real(frame, info, budget)
+
+    monkeypatch.setattr(reader, "read_frame_records", counting)
+    return decoded
+
+
+def response_wire(exchange) -> bytes:
+    return b"".join(c.data for c in exchange.iter_wire("res"))
+
+
+def text_read(k: int, i: int) -> bytes:
+    """Compressible text, different for every read."""
+    return (f"exchange {k} read {i}: " * 200).encode()[:READ]
+
+
+def test_concurrent_large_bodies_are_read_in_one_pass(tmp_path, counted_frames):
+    ids = interleaved_capture(tmp_path, 40, text_read)
+    with open_capture(tmp_path) as capture:
+        exchanges = list(capture.exchanges())
+        frames_in_file = len(counted_frames)
+        bodies = {e.id: response_wire(e) for e in exchanges}
+        again = {e.id: response_wire(e) for e in exchanges}
+    assert frames_in_file > 20
+    assert len(counted_frames) == frames_in_file  # no frame decoded again for a body
+    assert sorted(bodies) == ids
+    for k, x in enumerate(ids):
+        assert bodies[x] == again[x] == b"".join(text_read(k, i) for i in range(READS))
+
+
+def test_packed_chunks_keep_their_times_directions_and_redactions(tmp_path):
+    ids = interleaved_capture(tmp_path, 3, text_read)
+    with open_capture(tmp_path) as capture:
+        for exchange in capture.exchanges():
+            assert not exchange.holds_bodies  # packed, not held as they are
+            chunks = list(exchange.iter_wire())
+            assert [(c.dir, c.ns) for c in chunks] == [("req", 20)] + [
+                ("res", 2_000_000 + i) for i in range(READS)
+            ]
+            assert [bool(c.redactions) for c in chunks[1:]] == [i == 3 for i in range(READS)]
+            assert chunks[4].redactions[0].fp == "0badf00d"
+            assert [c.data for c in exchange.iter_wire("req")] == [chunks[0].data]
+    assert ids
+
+
+def test_bodies_that_do_not_pack_are_read_again_from_the_file(tmp_path, counted_frames):
+    rng = random.Random(3)
+    noise = {(k, i): rng.randbytes(READ) for k in range(4) for i in range(READS)}
+    ids = interleaved_capture(tmp_path, 4, lambda k, i: noise[k, i])
+    with open_capture(tmp_path) as capture:
+        exchanges = list(capture.exchanges())
+        scanned = len(counted_frames)
+        for k, exchange in enumerate(exchanges):
+            assert exchange.id == ids[k]
+            assert exchange.response_bytes().endswith(b"".join(noise[k, i] for i in range(READS)))
+    assert len(counted_frames) > scanned  # read again, a frame at a time
+    assert os.path.getsize(next(tmp_path.glob("*.cbor.zst"))) > 4 * READS * READ
