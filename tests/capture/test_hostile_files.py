@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from hostile import (
     CBOR_TYPES,
     CUT_ID,
@@ -44,7 +45,11 @@ from hostile import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.captures import Spec, write_capture
 from wirecap.capture import CaptureFile, decoding, open_capture, reader
+from wirecap.inspect.analysis import analyze_exchange
+from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+from wirecap.llm.streams import PIECE
 
 MiB = 1024 * 1024
 #: Memory a command may use beyond the runner's own, for the small files of these tests: the
@@ -215,6 +220,37 @@ def test_frames_declaring_64_MiB_each_are_abandoned_at_their_first_bad_record(tm
     assert sum("record is not a map" in r for r in reasons) == 200
     assert max(spent) <= decoding.WINDOW + decoding.RECORD_COST  # a window for each bomb
     assert_clean(wirecap("inspect", path, memory=64 * MiB))
+
+
+BOMB_ID = "bomb00000001"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [b"data: x\n\n", b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'],
+    ids=["not-json", "chat-delta"],
+)
+def test_millions_of_tiny_events_cost_no_more_than_the_file_allows(tmp_path, event):
+    """A 6 KB capture whose one answer is 30 MiB of tiny SSE events (up to 3.5 million): analysis
+    parses the allowance of a file that size, says where it stopped, and every command stays
+    within the memory bound (JSON problems past the first ten are counted, not kept)."""
+    body = event * (30 * MiB // len(event))
+    chunks = [body[i : i + MiB] for i in range(0, len(body), MiB)]
+    spec = Spec(id=BOMB_ID, chunks=chunks, content_type="text/event-stream")
+    path = trio.run(write_capture, tmp_path, [spec])
+    size = path.stat().st_size
+    assert size < 8 * 1024
+    with open_capture(path) as capture:
+        exchange = capture.get(BOMB_ID)
+        assert exchange is not None
+        facts = analyze_exchange(exchange).facts
+    assert facts.analysis_stopped and "are not analyzed" in facts.analysis_stopped
+    assert facts.events <= size // EVENT_BYTES + EVENT_SLACK + PIECE // len(event)
+    for args in (("inspect",), ("inspect", "--id", BOMB_ID), ("stats",)):
+        assert_clean(wirecap(*args, path, memory=64 * MiB))
+    issues = wirecap("inspect", "--detect-issues", path, memory=64 * MiB)
+    assert_clean(issues, status=1 if b"x\n" in event else 0)
+    assert "analysis-stopped" in issues.stdout
 
 
 def test_index_refuses_an_empty_file_and_writes_nothing(tmp_path):

@@ -414,6 +414,7 @@ def test_every_code_is_covered_and_severities_are_stable():
         "output-truncated",
         "content-filtered",
         "empty-completion",
+        "analysis-stopped",
         "usage-missing",
         "usage-inconsistent",
         "model-mismatch",

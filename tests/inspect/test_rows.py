@@ -224,6 +224,8 @@ def test_rows_are_keyed_by_the_code_that_made_them(tmp_path, cache, monkeypatch)
     monkeypatch.setattr(rows_module, "code_digest", lambda: "other code")
     analysed = []
     real = rows_module.analyze_exchange
-    monkeypatch.setattr(rows_module, "analyze_exchange", lambda e: analysed.append(e) or real(e))
+    monkeypatch.setattr(
+        rows_module, "analyze_exchange", lambda e, *rest: analysed.append(e) or real(e, *rest)
+    )
     all_rows(tmp_path / "cap", cache)
     assert len(analysed) == 2

@@ -261,6 +261,11 @@ class Exchange:
     def informational(self) -> list[ResponseHead]:
         return [h for h in self.responses if h.status < 200]
 
+    def stored_size(self) -> int | None:
+        """The size of the capture files this exchange's bodies were read from (None: none)."""
+        files = {id(f): f for f, _ in self._places.values()}
+        return sum(f.size for f in files.values()) if files else None
+
     @property
     def holds_bodies(self) -> bool:
         """Whether the body bytes are in memory as they are (small bodies), rather than packed or

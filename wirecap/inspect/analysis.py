@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from wirecap.capture.sessions import closes_sent, dropped_by
 from wirecap.llm import (
     DecodeError,
+    EventAllowance,
     ExchangeInput,
     Head,
     LLMFacts,
@@ -181,11 +182,17 @@ def judged_outcome(exchange: Exchange) -> str:
     return outcome if dropped is None else dropped[0]
 
 
-def analyze_exchange(exchange: Exchange) -> Analyzed:
+def _own_allowance(exchange: Exchange) -> EventAllowance | None:
+    size = exchange.stored_size()
+    return None if size is None else EventAllowance.for_stored(size)
+
+
+def analyze_exchange(exchange: Exchange, allowance: EventAllowance | None = None) -> Analyzed:
     """Parse heads, undo content codings, and run the LLM adapter for ``exchange``.
 
     The response body is not read into memory unless an adapter parses it whole (a JSON answer);
-    the request body is."""
+    the request body is. ``allowance`` bounds the events parsed, shared by a pass over a capture;
+    without one, the exchange gets that of the files it was read from."""
     request_head = parse_head(exchange.request.head) if exchange.request else None
     final = exchange.response
     response_head = parse_head(final.head) if final else None
@@ -215,6 +222,7 @@ def analyze_exchange(exchange: Exchange) -> Analyzed:
         response_chunks=chunks,
         complete=outcome == "ok",
         session=session,
+        allowance=allowance or _own_allowance(exchange),
     )
     return Analyzed(
         exchange=exchange,

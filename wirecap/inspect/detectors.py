@@ -53,11 +53,18 @@ class Thresholds:
 
 Detector = Callable[["Analyzed", Thresholds], Iterable[str]]
 _REGISTRY: dict[str, tuple[Severity, Detector]] = {}
+#: Detectors that judge a stream by all of its events: they pass over an exchange whose analysis
+#: stopped early (``analysis-stopped`` says so instead).
+_WHOLE_STREAM: set[str] = set()
 
 
-def detector(code: str, severity: Severity) -> Callable[[Detector], Detector]:
+def detector(
+    code: str, severity: Severity, *, whole_stream: bool = False
+) -> Callable[[Detector], Detector]:
     def register(fn: Detector) -> Detector:
         _REGISTRY[code] = (severity, fn)
+        if whole_stream:
+            _WHOLE_STREAM.add(code)
         return fn
 
     return register
@@ -152,7 +159,7 @@ def malformed_json(a: Analyzed, t: Thresholds) -> Iterable[str]:
     yield "; ".join(problems[:3])[:300] + (f" (and {more} more)" if more > 0 else "")
 
 
-@detector("invalid-tool-arguments", "error")
+@detector("invalid-tool-arguments", "error", whole_stream=True)
 def invalid_tool_arguments(a: Analyzed, t: Thresholds) -> Iterable[str]:
     if a.outcome != "ok":
         return
@@ -175,7 +182,7 @@ def content_filtered(a: Analyzed, t: Thresholds) -> Iterable[str]:
         yield f"output stopped by the provider's filter (finish reason {a.facts.finish_reason})"
 
 
-@detector("empty-completion", "warning")
+@detector("empty-completion", "warning", whole_stream=True)
 def empty_completion(a: Analyzed, t: Thresholds) -> Iterable[str]:
     quiet = not a.facts.text.strip() and not a.facts.tool_calls
     ok = _is_llm_success(a) and a.outcome == "ok" and a.facts.api_error is None
@@ -183,7 +190,13 @@ def empty_completion(a: Analyzed, t: Thresholds) -> Iterable[str]:
         yield "the model returned no text and no tool call"
 
 
-@detector("usage-missing", "info")
+@detector("analysis-stopped", "info")
+def analysis_stopped(a: Analyzed, t: Thresholds) -> Iterable[str]:
+    if a.facts.analysis_stopped:
+        yield a.facts.analysis_stopped
+
+
+@detector("usage-missing", "info", whole_stream=True)
 def usage_missing(a: Analyzed, t: Thresholds) -> Iterable[str]:
     if _is_llm_success(a) and a.outcome == "ok" and a.facts.usage is None:
         hint = (
@@ -194,7 +207,7 @@ def usage_missing(a: Analyzed, t: Thresholds) -> Iterable[str]:
         yield f"no token usage in the response{hint}"
 
 
-@detector("usage-inconsistent", "warning")
+@detector("usage-inconsistent", "warning", whole_stream=True)
 def usage_inconsistent(a: Analyzed, t: Thresholds) -> Iterable[str]:
     u = a.facts.usage
     if u is None:
@@ -410,6 +423,8 @@ def detect(a: Analyzed, thresholds: Thresholds) -> list[Finding]:
     """Every per-exchange finding for ``a``, in registry order."""
     findings = []
     for code, (severity, fn) in _REGISTRY.items():
+        if a.facts.analysis_stopped and code in _WHOLE_STREAM:
+            continue
         for message in fn(a, thresholds):
             level: Severity = severity
             if code == "http-error" and a.status is not None and a.status < 500:

@@ -42,6 +42,7 @@ from wirecap.capture.reader import Exchange, FileDamage
 from wirecap.inspect.analysis import Analyzed, analyze_exchange
 from wirecap.inspect.detectors import DuplicateTracker, Finding, Thresholds, detect, request_key
 from wirecap.inspect.select import Filters, analyzed_exchanges, last_or_first, with_progress
+from wirecap.llm import EventAllowance
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -262,9 +263,12 @@ class _Segment:
     began, until every earlier one has ended (or the segment ends), then go out as rows, and into
     the cache with ``keep``."""
 
-    def __init__(self, thresholds: Thresholds | None, keep: RowWriter | None = None) -> None:
+    def __init__(
+        self, f: CaptureFile, thresholds: Thresholds | None, keep: RowWriter | None = None
+    ) -> None:
         self.thresholds = thresholds
         self.keep = keep
+        self.allowance = EventAllowance.for_stored(f.size)  # the segment's exchanges share it
         self.waiting: dict[str, Row | None] = {}  # began here; None until it ends
         self.spanning: set[str] = set()  # has records here, but did not both begin and end here
 
@@ -276,7 +280,7 @@ class _Segment:
 
     def ended(self, exchange: Exchange) -> Iterator[Row]:
         """The rows ready to go once ``exchange`` has ended."""
-        row = row_of(analyze_exchange(exchange), self.thresholds)
+        row = row_of(analyze_exchange(exchange, self.allowance), self.thresholds)
         if exchange.id not in self.waiting:
             if self.keep is not None:
                 self.keep.span(exchange.id)
@@ -315,7 +319,7 @@ def capture_rows(
     for f in capture.files:
         fingerprint = f.fingerprint() if cache is not None else None
         if cache is None or fingerprint is None:
-            yield from _scanned(f, open_exchanges, _Segment(thresholds))
+            yield from _scanned(f, open_exchanges, _Segment(f, thresholds))
             continue
         reader = cache.reader(fingerprint, thresholds)
         if reader is not None:
@@ -327,8 +331,9 @@ def capture_rows(
         yield from _scanned_into(
             cache.writer(fingerprint, thresholds), f, open_exchanges, thresholds
         )
+    unended = EventAllowance.for_stored(sum(f.size for f in capture.files))
     for exchange in open_exchanges.values():  # never ended (a crash): last, as the reader does
-        yield row_of(analyze_exchange(exchange), thresholds)
+        yield row_of(analyze_exchange(exchange, unended), thresholds)
 
 
 def _scanned(
@@ -346,7 +351,7 @@ def _scanned_into(
 ) -> Iterator[Row]:
     """A segment read from its file, its rows kept in the cache as they go out; a look that
     stops early (``--limit``, a closed pipe) leaves no cache file behind."""
-    segment = _Segment(thresholds, keep)
+    segment = _Segment(f, thresholds, keep)
     finished = False
     try:
         yield from _scanned(f, open_exchanges, segment)
@@ -373,13 +378,13 @@ def _from_cache(
         for item in reader.rows():
             if isinstance(item, str):
                 placed = f.placed_records_of(item)
-                yield from _rows_of_records(f, placed, open_exchanges, _Segment(thresholds))
+                yield from _rows_of_records(f, placed, open_exchanges, _Segment(f, thresholds))
             else:
                 yield item
             given.add(item if isinstance(item, str) else item.id)
     except CacheBroken:
         rest = ((r, p) for r, p in f.placed_records() if getattr(r, "x", None) not in given)
-        segment = _Segment(thresholds)
+        segment = _Segment(f, thresholds)
         yield from _rows_of_records(f, rest, open_exchanges, segment)
         yield from segment.finish()
         raise
@@ -387,7 +392,7 @@ def _from_cache(
         f.damage.append(FileDamage(f.path, offset, end, reason))
     going_on = [x for x in reader.spanning if x not in given]
     placed = ((r, p) for x in going_on for r, p in f.placed_records_of(x))
-    yield from _rows_of_records(f, placed, open_exchanges, _Segment(thresholds))
+    yield from _rows_of_records(f, placed, open_exchanges, _Segment(f, thresholds))
 
 
 def _rows_of_records(

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TypeVar
 
 from wirecap.inspect.analysis import Analyzed, analyze_exchange
+from wirecap.llm import EventAllowance
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -151,11 +152,12 @@ def last_or_first(found: Iterator[T], *, last: int | None, limit: int | None) ->
 
 
 def _scan(capture: Capture, filters: Filters, progress: bool | None) -> Iterator[Analyzed]:
+    allowance = EventAllowance.for_stored(sum(f.size for f in capture.files))
     for exchange in with_progress(capture.exchanges(), progress):
         route = exchange.request.route if exchange.request else None
         if not filters.cheap_match(exchange.wall_ns, route, exchange.status):
             continue
-        a = analyze_exchange(exchange)
+        a = analyze_exchange(exchange, allowance)
         if filters.model_match(a):
             yield a
 

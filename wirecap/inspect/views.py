@@ -214,6 +214,8 @@ def _answer_lines(a: Analyzed) -> Iterator[str]:
         yield f"speed: {f.tokens_per_second:.1f} tokens/s"
     if f.terminated is False:
         yield "stream: ENDED WITHOUT ITS TERMINATOR"
+    if f.analysis_stopped:
+        yield f"analysis: {f.analysis_stopped}"
     if f.api_error:
         yield f"error: {json.dumps(f.api_error)[:500]}"
     yield "text:"

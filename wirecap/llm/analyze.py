@@ -47,7 +47,10 @@ def analyze(inp: ExchangeInput) -> LLMFacts:
         return realtime.analyze_websocket(inp)
     adapter = pick_adapter(inp)
     if adapter is not None and inp.method == "POST":
-        return adapter(inp)
+        facts = adapter(inp)
+        if facts.analysis_stopped and facts.terminated is False:
+            facts.terminated = None  # the terminator may be in what was not parsed
+        return facts
     facts = LLMFacts()
     request = inp.request_json()
     if isinstance(request, dict) and isinstance(request.get("model"), str):

@@ -92,6 +92,28 @@ class TimedChunks:
         return hasher.hexdigest()
 
 
+#: An analysis pass parses at most one SSE event or NDJSON line per EVENT_BYTES bytes of the capture
+#: it reads, plus EVENT_SLACK. Real streams store some 40 bytes an event; a few KB of repetitive
+#: events can decompress into millions of tiny ones, each a few microseconds of Python to parse.
+EVENT_BYTES: Final = 4
+EVENT_SLACK: Final = 100_000
+
+
+class EventAllowance:
+    """The events an analysis pass over a capture may still parse: one allowance is shared by the
+    exchanges of the pass, so that the work stays in proportion to the file's size."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, events: int) -> None:
+        self.left = events
+
+    @classmethod
+    def for_stored(cls, size: int) -> EventAllowance:
+        """The allowance of ``size`` bytes of capture files."""
+        return cls(size // EVENT_BYTES + EVENT_SLACK)
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ExchangeInput:
     """One exchange as the adapters see it: heads, the request body, and the response body as timed
@@ -108,6 +130,8 @@ class ExchangeInput:
     complete: bool = True  # the exchange ended normally (outcome ok)
     #: A WebSocket session after a 101, decoded into messages (None for plain HTTP).
     session: WsSession | None = None
+    #: What the response's events may cost (None: no bound, for bodies already in memory).
+    allowance: EventAllowance | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.response_chunks, TimedChunks):
@@ -202,6 +226,8 @@ class LLMFacts:
     malformed_json: list[str] = dataclasses.field(default_factory=list)
     more_malformed_json: int = 0  # JSON problems past the first KEPT_PROBLEMS, counted only
     calls_left_out: int = 0  # streamed tool call pieces past MAX_STREAMED_CALLS calls
+    #: Why the stream's events were not all parsed (the pass's EventAllowance ran out), or None.
+    analysis_stopped: str | None = None
     api_error: dict[str, Any] | None = None  # an error object in the body or the stream
     events: int = 0  # SSE events or NDJSON lines
     #: Arrival times a stall is measured over, when not the response body's reads (a session's

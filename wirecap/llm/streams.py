@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final
 
+from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
 from wirecap.llm.ndjson import NDJSONParser
 from wirecap.llm.sse import SSEEvent, SSEParser
 
@@ -17,13 +18,40 @@ if TYPE_CHECKING:
 ENDS_INSIDE_AN_EVENT: Final = "stream ends inside an event (no blank line after the last one)"
 
 
+#: With an allowance, a body is parsed this many bytes at a time, the allowance checked between.
+PIECE: Final = 64 * 1024
+
+
+def _allowed_reads(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int, bytes]]:
+    """The response's reads for a parser, in pieces of at most PIECE bytes while ``inp.allowance``
+    lasts (whole without one). When it runs out, the rest is not parsed and ``facts`` say so."""
+    allowance = inp.allowance
+    for ns, chunk in inp.response_chunks:
+        facts.last_chunk_ns = ns
+        if allowance is None:
+            yield ns, chunk
+            continue
+        for at in range(0, len(chunk), PIECE):
+            if allowance.left <= 0:
+                facts.analysis_stopped = (
+                    f"events after the first {facts.events} are not analyzed: the capture's "
+                    f"allowance (one event per {EVENT_BYTES} bytes of file plus {EVENT_SLACK:,}) "
+                    "is spent"
+                )
+                return
+            yield ns, chunk[at : at + PIECE]
+
+
 def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, Any]]:
     """Each SSE event of the response with its data decoded as JSON (None for non-JSON data such as
     ``[DONE]``). Malformed framing and JSON are noted on ``facts``; so is the arrival of the last chunk."""
     parser = SSEParser()
-    for ns, chunk in inp.response_chunks:
-        facts.last_chunk_ns = ns
-        for event in parser.feed(chunk, ns):
+    allowance = inp.allowance
+    for ns, chunk in _allowed_reads(inp, facts):
+        events = parser.feed(chunk, ns)
+        if allowance is not None:
+            allowance.left -= len(events)
+        for event in events:
             facts.events += 1
             data: Any = None
             if event.data and event.data != "[DONE]":
@@ -32,6 +60,8 @@ def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, 
                 except ValueError as exc:
                     facts.json_problem(f"event {facts.events}: data is not JSON ({exc})")
             yield event, data
+    if facts.analysis_stopped:
+        return
     end = parser.close()
     if parser.invalid_utf8:
         facts.malformed_sse.append(f"{parser.invalid_utf8} line(s) are not valid UTF-8")
@@ -44,14 +74,19 @@ def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, 
 def ndjson_lines(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int | None, Any]]:
     """Each NDJSON value of the response with its arrival time; bad lines are noted on ``facts``."""
     parser = NDJSONParser()
-    for ns, chunk in inp.response_chunks:
-        facts.last_chunk_ns = ns
-        for line in parser.feed(chunk, ns):
+    allowance = inp.allowance
+    for ns, chunk in _allowed_reads(inp, facts):
+        lines = parser.feed(chunk, ns)
+        if allowance is not None:
+            allowance.left -= len(lines)
+        for line in lines:
             facts.events += 1
             if line.error:
                 facts.json_problem(f"line {facts.events}: {line.error}")
                 continue
             yield line.ns, line.value
+    if facts.analysis_stopped:
+        return
     tail = parser.close()
     if tail is not None:
         facts.events += 1
