@@ -4,8 +4,8 @@ whose body it holds a piece of."""
 
 from __future__ import annotations
 
-import os
 import random
+import tempfile
 
 import pytest
 
@@ -21,6 +21,7 @@ READS = 128  # 512 KiB per exchange: past HELD_BODY_BYTES
 def interleaved_capture(directory, count: int, body) -> list[str]:
     """``count`` exchanges whose response reads alternate across the same 1 MiB frames, as the
     proxy writes concurrent streams; ``body(k, i)`` is read ``i`` of exchange ``k``."""
+    directory.mkdir(exist_ok=True)
     sink = SegmentSink(directory, SegmentHeader({"enabled": False}))
     sink.open()
     ids = [f"inter{k:07d}" for k in range(count)]
@@ -97,15 +98,34 @@ def test_packed_chunks_keep_their_times_directions_and_redactions(tmp_path):
     assert ids
 
 
-def test_bodies_that_do_not_pack_are_read_again_from_the_file(tmp_path, counted_frames):
+def test_concurrent_bodies_that_do_not_pack_are_spooled(tmp_path, counted_frames, monkeypatch):
+    """The first of them is read again from the capture (its frames hold the others' records
+    too); the others go to spool files of their own, mode 0600, removed with their exchanges."""
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
     rng = random.Random(3)
-    noise = {(k, i): rng.randbytes(READ) for k in range(4) for i in range(READS)}
-    ids = interleaved_capture(tmp_path, 4, lambda k, i: noise[k, i])
-    with open_capture(tmp_path) as capture:
+    noise = {(k, i): rng.randbytes(READ) for k in range(6) for i in range(READS)}
+    ids = interleaved_capture(tmp_path / "capture", 6, lambda k, i: noise[k, i])
+    with open_capture(tmp_path / "capture") as capture:
         exchanges = list(capture.exchanges())
         scanned = len(counted_frames)
+        assert sorted(p.stat().st_mode & 0o777 for p in spools.iterdir()) == [0o600] * 5
         for k, exchange in enumerate(exchanges):
             assert exchange.id == ids[k]
-            assert exchange.response_bytes().endswith(b"".join(noise[k, i] for i in range(READS)))
-    assert len(counted_frames) > scanned  # read again, a frame at a time
-    assert os.path.getsize(next(tmp_path.glob("*.cbor.zst"))) > 4 * READS * READ
+            assert response_wire(exchange) == b"".join(noise[k, i] for i in range(READS))
+    assert scanned < len(counted_frames) <= 2 * scanned  # only the first is read again
+    del exchange, exchanges
+    assert list(spools.iterdir()) == []
+
+
+def test_a_lone_body_that_does_not_pack_stays_in_the_capture(tmp_path, monkeypatch):
+    spools = tmp_path / "spools"
+    spools.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spools))
+    noise = random.Random(4).randbytes(READS * READ)
+    interleaved_capture(tmp_path / "capture", 1, lambda k, i: noise[i * READ : (i + 1) * READ])
+    with open_capture(tmp_path / "capture") as capture:
+        [exchange] = capture.exchanges()
+        assert response_wire(exchange) == noise
+        assert not exchange.holds_bodies and list(spools.iterdir()) == []

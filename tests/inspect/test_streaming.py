@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.captures import Spec, write_capture
 from wirecap.capture import open_capture
-from wirecap.capture.reader import HELD_BODY_BYTES, PACKED_BODY_BYTES
+from wirecap.capture.bodies import HELD_BODY_BYTES, PACKED_BODY_BYTES
 from wirecap.inspect.detectors import SECRET_PATTERNS, find_secret
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.interop import export

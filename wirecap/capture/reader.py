@@ -8,19 +8,22 @@ tags are refused, an index row is used only once it checks out, and every damage
 
 from __future__ import annotations
 
-import array
 import dataclasses
 import hashlib
 import io
-import itertools
 import mmap
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
-
-import zstandard
+from typing import TYPE_CHECKING, Any, Self
 
 from wirecap.capture import frames
+from wirecap.capture.bodies import (
+    HELD_BODY_BYTES,
+    BodyStore,
+    Place,
+    ReadingPass,
+    Timeline,
+)
 from wirecap.capture.decoding import Budget, OverBudget, decode_index_frame, read_frame_records
 from wirecap.capture.frames import Damage, FrameInfo
 from wirecap.capture.index import Index, IndexBuilder
@@ -28,14 +31,12 @@ from wirecap.capture.payload import iter_request_payload, iter_response_payload
 from wirecap.capture.records import (
     PROXY_PATH_HEADER,
     BodyChunk,
-    Direction,
     ExchangeEnd,
     ExchangeNote,
     Gap,
     Header,
     Record,
     RecordError,
-    Redaction,
     RequestReceived,
     ResponseHead,
     UpstreamRequest,
@@ -86,59 +87,6 @@ def proxy_path_of(head: bytes) -> str | None:
     return value.strip().decode("ascii", "replace")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ChunkMark:
-    """One body read without its bytes: direction, arrival time and size (for timelines)."""
-
-    dir: Direction
-    ns: int
-    size: int
-
-
-class Timeline:
-    """The body reads of an exchange, both directions in arrival order, without their bytes.
-
-    Kept compact (17 bytes a read) because a long stream can have millions of small reads."""
-
-    __slots__ = ("_dirs", "_ns", "_sizes")
-
-    def __init__(self) -> None:
-        self._dirs = bytearray()  # 0: request, 1: response
-        self._ns = array.array("q")
-        self._sizes = array.array("q")
-
-    def add(self, chunk: BodyChunk) -> None:
-        self._dirs.append(chunk.dir == "res")
-        self._ns.append(chunk.ns)
-        self._sizes.append(len(chunk.data))
-
-    def __len__(self) -> int:
-        return len(self._dirs)
-
-    def __iter__(self) -> Iterator[ChunkMark]:
-        for is_res, ns, size in zip(self._dirs, self._ns, self._sizes, strict=True):
-            yield ChunkMark("res" if is_res else "req", ns, size)
-
-    def __getitem__(self, i: int) -> ChunkMark:
-        return ChunkMark("res" if self._dirs[i] else "req", self._ns[i], self._sizes[i])
-
-
-#: Body bytes an exchange read from a file holds as they are (both directions); past that, they are
-#: packed (below) or read again from the file when asked for. Small bodies stay, so that a table of
-#: many small exchanges does not decompress each frame once per exchange in it; 256 KiB is one of
-#: the proxy's largest reads.
-HELD_BODY_BYTES: Final = 256 * 1024
-#: Past HELD_BODY_BYTES, an exchange keeps its body bytes zstd-compressed in memory while they pack
-#: into this much. Reading a body again from the file decodes every record of every frame it shares
-#: with other exchanges: for many concurrent long streams, each read would cost the whole stretch
-#: of the file they share. A body that does not pack this small is read from the file.
-PACKED_BODY_BYTES: Final = 256 * 1024
-PACK_LEVEL: Final = 1
-
-#: Where a body record sits: the file, and the offset of the data frame holding it.
-Place: TypeAlias = "tuple[CaptureFile, int]"
-
-
 def join_chunks(chunks: Iterable[BodyChunk]) -> bytes:
     """The bytes of ``chunks`` in one string, built in place (no list of them held beside it)."""
     out = io.BytesIO()
@@ -151,10 +99,10 @@ def join_chunks(chunks: Iterable[BodyChunk]) -> bytes:
 class Exchange:
     """Everything recorded about one request and its response.
 
-    An exchange read from a file holds its bodies only while they are small
-    (:data:`HELD_BODY_BYTES`); past that it keeps where its body records are (:attr:`timeline`
-    has their times and sizes) and reads them again, a frame at a time, when asked, so a body of
-    any size costs memory only when a caller joins it. The ``iter_*`` methods
+    An exchange read from a file keeps its body records in a :class:`~wirecap.capture.bodies.
+    BodyStore` (held while small, packed, spooled, or read again from the file when asked for:
+    :attr:`timeline` has their times and sizes), so a body of any size costs memory only when a
+    caller joins it. The ``iter_*`` methods
     stream: :meth:`iter_wire` the body records as stored (the bytes of each read as they crossed
     the wire, transfer coding included), :meth:`iter_payload` the payload (see payload.py),
     :meth:`iter_request_bytes` and friends a side's exact bytes, head first. The properties and
@@ -172,33 +120,19 @@ class Exchange:
     #: Format 1 files stored payload instead of wire bytes: their chunks are their payload.
     wire: bool = True
     timeline: Timeline = dataclasses.field(default_factory=Timeline, repr=False)
-    _held: list[BodyChunk] = dataclasses.field(default_factory=list, repr=False)
-    _held_bytes: int = dataclasses.field(default=0, repr=False)
-    #: Batches of body chunks packed past HELD_BODY_BYTES: (count, their bytes compressed, the
-    #: redactions of those that have some, by position in the batch). The chunks are the first of
-    #: :attr:`timeline`, which has their directions, times and sizes.
-    _packed: list[tuple[int, bytes, dict[int, tuple[Redaction, ...]]]] = dataclasses.field(
-        default_factory=list, repr=False
-    )
-    _packed_bytes: int = dataclasses.field(default=0, repr=False)
-    _places: dict[tuple[int, int], Place] = dataclasses.field(default_factory=dict, repr=False)
-    _in_file: bool = dataclasses.field(default=False, repr=False)
+    #: The pass over a capture this exchange is read in (see bodies.py), if any.
+    reading: ReadingPass | None = dataclasses.field(default=None, repr=False)
+    _bodies: BodyStore = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._bodies = BodyStore(self.id, self.timeline, self.reading)
 
     def add(self, record: Record, place: Place | None = None) -> None:
-        """Take one record of this exchange. Body records are held while the bodies are small
-        (:data:`HELD_BODY_BYTES`, both directions); past that, an exchange whose records came
-        with a ``place`` (all of them, or none) packs them (:data:`PACKED_BODY_BYTES`), and
-        once they no longer pack, lets go of them and reads them again from there."""
+        """Take one record of this exchange; body records go to its body store, which may let
+        go of those that came with a ``place`` (all of them, or none) and read them from there."""
         if isinstance(record, BodyChunk):
             self.timeline.add(record)
-            if place is not None:
-                self._places.setdefault((id(place[0]), place[1]), place)
-            if self._in_file:
-                return
-            self._held.append(record)
-            self._held_bytes += len(record.data)
-            if self._held_bytes > HELD_BODY_BYTES and self._places:
-                self._pack_held()
+            self._bodies.add(record, place)
         elif isinstance(record, RequestReceived):
             self.request = record
         elif isinstance(record, UpstreamRequest):
@@ -207,40 +141,9 @@ class Exchange:
             self.responses.append(record)
         elif isinstance(record, ExchangeEnd):
             self.end = record
+            self._bodies.ended()
         elif isinstance(record, ExchangeNote):
             self.notes.append(record)
-
-    def _pack_held(self) -> None:
-        """Compress the held chunks into one batch; past PACKED_BODY_BYTES, drop every batch."""
-        packed = zstandard.ZstdCompressor(level=PACK_LEVEL).compress(
-            b"".join(c.data for c in self._held)
-        )
-        redactions = {i: c.redactions for i, c in enumerate(self._held) if c.redactions}
-        self._packed.append((len(self._held), packed, redactions))
-        self._packed_bytes += len(packed)
-        self._held.clear()
-        self._held_bytes = 0
-        if self._packed_bytes > PACKED_BODY_BYTES:
-            self._in_file = True
-            self._packed.clear()
-
-    def _iter_packed(self) -> Iterator[BodyChunk]:
-        first = 0
-        for count, packed, redactions in self._packed:
-            data = zstandard.ZstdDecompressor().decompress(packed)
-            at = 0
-            for i in range(count):
-                mark = self.timeline[first + i]
-                piece = data[at : at + mark.size]
-                at += mark.size
-                yield BodyChunk(
-                    x=self.id,
-                    dir=mark.dir,
-                    ns=mark.ns,
-                    data=piece,
-                    redactions=redactions.get(i, ()),
-                )
-            first += count
 
     def notes_of(self, kind: str) -> list[Mapping[str, Any]]:
         """The details of this exchange's notes of ``kind`` ("import", "fault")."""
@@ -263,34 +166,20 @@ class Exchange:
 
     def stored_size(self) -> int | None:
         """The size of the capture files this exchange's bodies were read from (None: none)."""
-        files = {id(f): f for f, _ in self._places.values()}
-        return sum(f.size for f in files.values()) if files else None
+        return self._bodies.stored_size()
 
     @property
     def holds_bodies(self) -> bool:
-        """Whether the body bytes are in memory as they are (small bodies), rather than packed or
-        read again from the capture file each time they are asked for."""
-        return not self._in_file and not self._packed
+        """Whether the body bytes are in memory as they are (small bodies), rather than packed,
+        spooled or read again from the capture file each time they are asked for."""
+        return self._bodies.in_memory
 
     # -- body access, streaming ------------------------------------------------------------------
 
     def iter_wire(self, direction: str | None = None) -> Iterator[BodyChunk]:
         """The body records of one direction (``"req"``/``"res"``; None: both) in stored order,
-        read back from the file a frame at a time when they are not held."""
-        if not self._in_file:
-            held = itertools.chain(self._iter_packed(), self._held)
-            yield from (c for c in held if direction in (None, c.dir))
-            return
-        budgets: dict[int, Budget] = {}  # one pass over each file's frames
-        for capture_file, offset in list(self._places.values()):
-            budget = budgets.setdefault(id(capture_file), Budget.for_file(capture_file.size))
-            for record in capture_file.read_frame(offset, budget):
-                if (
-                    isinstance(record, BodyChunk)
-                    and record.x == self.id
-                    and direction in (None, record.dir)
-                ):
-                    yield record
+        from wherever the body store keeps them."""
+        return (c for c in self._bodies.chunks() if direction in (None, c.dir))
 
     def iter_payload(self, direction: str) -> Iterator[BodyChunk]:
         """The body's payload of one direction, one chunk per read that carried some."""
@@ -793,6 +682,7 @@ def assemble(records: Iterable[Record]) -> Iterator[Exchange]:
 
 def _assemble(placed: Iterable[tuple[Record, Place | None]]) -> Iterator[Exchange]:
     pending: dict[str, Exchange] = {}
+    reading = ReadingPass()
     wire = True
     for record, place in placed:
         if isinstance(record, Header):
@@ -803,7 +693,7 @@ def _assemble(placed: Iterable[tuple[Record, Place | None]]) -> Iterator[Exchang
             continue
         exchange = pending.get(x)
         if exchange is None:
-            exchange = pending[x] = Exchange(x, wire=wire)
+            exchange = pending[x] = Exchange(x, wire=wire, reading=reading)
         exchange.add(record, place)
         if isinstance(record, ExchangeEnd):
             while pending:

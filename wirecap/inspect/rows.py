@@ -38,6 +38,7 @@ import zstandard
 
 from wirecap import __version__
 from wirecap.capture import ExchangeEnd, Record, RequestReceived
+from wirecap.capture.bodies import ReadingPass
 from wirecap.capture.reader import Exchange, FileDamage
 from wirecap.inspect.analysis import Analyzed, analyze_exchange
 from wirecap.inspect.detectors import DuplicateTracker, Finding, Thresholds, detect, request_key
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from wirecap.capture import Capture, CaptureFile
-    from wirecap.capture.reader import Place
+    from wirecap.capture.bodies import Place
 
 _OFF: Final = "off"
 #: Temporary cache files older than this are what an interrupted look left behind.
@@ -310,12 +311,21 @@ class _Segment:
         return row
 
 
+class _OpenExchanges(dict[str, Exchange]):
+    """The exchanges that began and have not ended yet in one look, and the reading pass over the
+    capture that they share (see capture/bodies.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = ReadingPass()
+
+
 def capture_rows(
     capture: Capture, thresholds: Thresholds | None = None, cache: RowCache | None = None
 ) -> Iterator[Row]:
     """Every exchange of ``capture`` as a row (with findings when ``thresholds`` are given),
     read from ``cache`` for each closed segment it holds, worked out (and cached) otherwise."""
-    open_exchanges: dict[str, Exchange] = {}
+    open_exchanges = _OpenExchanges()
     for f in capture.files:
         fingerprint = f.fingerprint() if cache is not None else None
         if cache is None or fingerprint is None:
@@ -336,9 +346,7 @@ def capture_rows(
         yield row_of(analyze_exchange(exchange, unended), thresholds)
 
 
-def _scanned(
-    f: CaptureFile, open_exchanges: dict[str, Exchange], segment: _Segment
-) -> Iterator[Row]:
+def _scanned(f: CaptureFile, open_exchanges: _OpenExchanges, segment: _Segment) -> Iterator[Row]:
     yield from _rows_of_records(f, f.placed_records(), open_exchanges, segment)
     yield from segment.finish()
 
@@ -346,7 +354,7 @@ def _scanned(
 def _scanned_into(
     keep: RowWriter | None,
     f: CaptureFile,
-    open_exchanges: dict[str, Exchange],
+    open_exchanges: _OpenExchanges,
     thresholds: Thresholds | None,
 ) -> Iterator[Row]:
     """A segment read from its file, its rows kept in the cache as they go out; a look that
@@ -366,7 +374,7 @@ def _scanned_into(
 def _from_cache(
     f: CaptureFile,
     reader: RowReader,
-    open_exchanges: dict[str, Exchange],
+    open_exchanges: _OpenExchanges,
     thresholds: Thresholds | None,
 ) -> Iterator[Row]:
     """A segment's rows from the cache; an exchange that began earlier and ended here is worked
@@ -398,7 +406,7 @@ def _from_cache(
 def _rows_of_records(
     f: CaptureFile,
     placed: Iterable[tuple[Record, Place]],
-    open_exchanges: dict[str, Exchange],
+    open_exchanges: _OpenExchanges,
     segment: _Segment,
 ) -> Iterator[Row]:
     wire = f.header is None or f.header.version >= 2
@@ -408,7 +416,7 @@ def _rows_of_records(
             continue
         exchange = open_exchanges.get(x)
         if exchange is None:
-            exchange = open_exchanges[x] = Exchange(x, wire=wire)
+            exchange = open_exchanges[x] = Exchange(x, wire=wire, reading=open_exchanges.reading)
         segment.saw(record)
         exchange.add(record, place)
         if isinstance(record, ExchangeEnd):

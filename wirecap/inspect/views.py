@@ -16,7 +16,7 @@ from wirecap.inspect.words import plural
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
 
-    from wirecap.capture.reader import Timeline
+    from wirecap.capture.bodies import Timeline
     from wirecap.capture.records import ExchangeNote
     from wirecap.inspect.analysis import Analyzed
 
