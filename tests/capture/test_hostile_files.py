@@ -123,7 +123,7 @@ def test_a_gaps_entry_that_is_not_a_gap_map_is_damage_not_a_traceback(tmp_path, 
     assert "replaces the stored one" in indexed.stdout
 
 
-def test_a_repeated_frame_offset_is_not_followed(tmp_path, base, monkeypatch):
+def test_a_repeated_frame_offset_is_not_followed(tmp_path, base, frames_decoded):
     offset, index = split_index(base)
     frames_of_json = index["columns"]["frames"][0]
     path = tmp_path / "twice.cbor.zst"
@@ -146,18 +146,11 @@ def test_a_repeated_frame_offset_is_not_followed(tmp_path, base, monkeypatch):
         with_index(base, set_path(index, ("columns", "frames", 0), frames_of_json * 100_000))
     )
     assert path.stat().st_size < 8 * 1024
-    decoded: list[int] = []
-    real = reader.read_frame_records
-
-    def counting(frame, info, budget):
-        decoded.append(info.offset)
-        return real(frame, info, budget)
-
-    monkeypatch.setattr(reader, "read_frame_records", counting)
+    frames_decoded.clear()
     with open_capture(path) as capture:
         exchange = capture.get(JSON_ID)
         assert exchange is not None and exchange.response_body.count(b"chatcmpl-abc") == 1
-    assert len(decoded) <= 2 * len(data_frames(base, offset))  # the header, then one scan
+    assert len(frames_decoded) <= 2 * len(data_frames(base, offset))  # the header, then one scan
 
 
 def test_a_row_with_one_wrongly_typed_field_is_scanned_for_and_reported(tmp_path, base):

@@ -7,10 +7,8 @@ from __future__ import annotations
 import random
 import tempfile
 
-import pytest
-
 from tests.captures import Spec
-from wirecap.capture import BodyChunk, open_capture, reader
+from wirecap.capture import BodyChunk, open_capture
 from wirecap.capture.records import Redaction
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 
@@ -46,20 +44,6 @@ def interleaved_capture(directory, count: int, body) -> list[str]:
     return ids
 
 
-@pytest.fixture
-def counted_frames(monkeypatch):
-    """How many data frames the reader decodes."""
-    decoded: list[int] = []
-    real = reader.read_frame_records
-
-    def counting(frame, info, budget):
-        decoded.append(info.offset)
-        return real(frame, info, budget)
-
-    monkeypatch.setattr(reader, "read_frame_records", counting)
-    return decoded
-
-
 def response_wire(exchange) -> bytes:
     return b"".join(c.data for c in exchange.iter_wire("res"))
 
@@ -69,15 +53,15 @@ def text_read(k: int, i: int) -> bytes:
     return (f"exchange {k} read {i}: " * 200).encode()[:READ]
 
 
-def test_concurrent_large_bodies_are_read_in_one_pass(tmp_path, counted_frames):
+def test_concurrent_large_bodies_are_read_in_one_pass(tmp_path, frames_decoded):
     ids = interleaved_capture(tmp_path, 40, text_read)
     with open_capture(tmp_path) as capture:
         exchanges = list(capture.exchanges())
-        frames_in_file = len(counted_frames)
+        frames_in_file = len(frames_decoded)
         bodies = {e.id: response_wire(e) for e in exchanges}
         again = {e.id: response_wire(e) for e in exchanges}
     assert frames_in_file > 20
-    assert len(counted_frames) == frames_in_file  # no frame decoded again for a body
+    assert len(frames_decoded) == frames_in_file  # no frame decoded again for a body
     assert sorted(bodies) == ids
     for k, x in enumerate(ids):
         assert bodies[x] == again[x] == b"".join(text_read(k, i) for i in range(READS))
@@ -98,7 +82,7 @@ def test_packed_chunks_keep_their_times_directions_and_redactions(tmp_path):
     assert ids
 
 
-def test_concurrent_bodies_that_do_not_pack_are_spooled(tmp_path, counted_frames, monkeypatch):
+def test_concurrent_bodies_that_do_not_pack_are_spooled(tmp_path, frames_decoded, monkeypatch):
     """The first of them is read again from the capture (its frames hold the others' records
     too); the others go to spool files of their own, mode 0600, removed with their exchanges."""
     spools = tmp_path / "spools"
@@ -109,12 +93,12 @@ def test_concurrent_bodies_that_do_not_pack_are_spooled(tmp_path, counted_frames
     ids = interleaved_capture(tmp_path / "capture", 6, lambda k, i: noise[k, i])
     with open_capture(tmp_path / "capture") as capture:
         exchanges = list(capture.exchanges())
-        scanned = len(counted_frames)
+        scanned = len(frames_decoded)
         assert sorted(p.stat().st_mode & 0o777 for p in spools.iterdir()) == [0o600] * 5
         for k, exchange in enumerate(exchanges):
             assert exchange.id == ids[k]
             assert response_wire(exchange) == b"".join(noise[k, i] for i in range(READS))
-    assert scanned < len(counted_frames) <= 2 * scanned  # only the first is read again
+    assert scanned < len(frames_decoded) <= 2 * scanned  # only the first is read again
     del exchange, exchanges
     assert list(spools.iterdir()) == []
 

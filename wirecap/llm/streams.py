@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
 from wirecap.llm.ndjson import NDJSONParser
 from wirecap.llm.sse import SSEEvent, SSEParser
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from wirecap.llm.facts import ExchangeInput, LLMFacts
 
@@ -18,18 +18,23 @@ if TYPE_CHECKING:
 ENDS_INSIDE_AN_EVENT: Final = "stream ends inside an event (no blank line after the last one)"
 
 
+T = TypeVar("T")
+
 #: With an allowance, a body is parsed this many bytes at a time, the allowance checked between.
 PIECE: Final = 64 * 1024
 
 
-def _allowed_reads(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int, bytes]]:
-    """The response's reads for a parser, in pieces of at most PIECE bytes while ``inp.allowance``
-    lasts (whole without one). When it runs out, the rest is not parsed and ``facts`` say so."""
+def _parsed(
+    inp: ExchangeInput, facts: LLMFacts, feed: Callable[[bytes, int], list[T]]
+) -> Iterator[T]:
+    """What ``feed`` (a parser's) makes of the response's reads: given whole without an
+    allowance, else in pieces of at most PIECE bytes while ``inp.allowance`` lasts. When it runs
+    out, the rest is not parsed and ``facts`` say so."""
     allowance = inp.allowance
     for ns, chunk in inp.response_chunks:
         facts.last_chunk_ns = ns
         if allowance is None:
-            yield ns, chunk
+            yield from feed(chunk, ns)
             continue
         for at in range(0, len(chunk), PIECE):
             if allowance.left <= 0:
@@ -39,27 +44,24 @@ def _allowed_reads(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int, b
                     "is spent"
                 )
                 return
-            yield ns, chunk[at : at + PIECE]
+            items = feed(chunk[at : at + PIECE], ns)
+            allowance.left -= len(items)
+            yield from items
 
 
 def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, Any]]:
     """Each SSE event of the response with its data decoded as JSON (None for non-JSON data such as
     ``[DONE]``). Malformed framing and JSON are noted on ``facts``; so is the arrival of the last chunk."""
     parser = SSEParser()
-    allowance = inp.allowance
-    for ns, chunk in _allowed_reads(inp, facts):
-        events = parser.feed(chunk, ns)
-        if allowance is not None:
-            allowance.left -= len(events)
-        for event in events:
-            facts.events += 1
-            data: Any = None
-            if event.data and event.data != "[DONE]":
-                try:
-                    data = json.loads(event.data)
-                except ValueError as exc:
-                    facts.json_problem(f"event {facts.events}: data is not JSON ({exc})")
-            yield event, data
+    for event in _parsed(inp, facts, parser.feed):
+        facts.events += 1
+        data: Any = None
+        if event.data and event.data != "[DONE]":
+            try:
+                data = json.loads(event.data)
+            except ValueError as exc:
+                facts.json_problem(f"event {facts.events}: data is not JSON ({exc})")
+        yield event, data
     if facts.analysis_stopped:
         return
     end = parser.close()
@@ -74,17 +76,12 @@ def sse_events(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[SSEEvent, 
 def ndjson_lines(inp: ExchangeInput, facts: LLMFacts) -> Iterator[tuple[int | None, Any]]:
     """Each NDJSON value of the response with its arrival time; bad lines are noted on ``facts``."""
     parser = NDJSONParser()
-    allowance = inp.allowance
-    for ns, chunk in _allowed_reads(inp, facts):
-        lines = parser.feed(chunk, ns)
-        if allowance is not None:
-            allowance.left -= len(lines)
-        for line in lines:
-            facts.events += 1
-            if line.error:
-                facts.json_problem(f"line {facts.events}: {line.error}")
-                continue
-            yield line.ns, line.value
+    for line in _parsed(inp, facts, parser.feed):
+        facts.events += 1
+        if line.error:
+            facts.json_problem(f"line {facts.events}: {line.error}")
+            continue
+        yield line.ns, line.value
     if facts.analysis_stopped:
         return
     tail = parser.close()
