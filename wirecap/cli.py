@@ -21,6 +21,7 @@ from wirecap.capture import Capture, CaptureError, FileDamage, open_capture, rep
 from wirecap.capture.reader import segment_paths
 from wirecap.capture.redact import Redactor, Rules
 from wirecap.faults import FaultPlan, FaultSpec, FaultSpecError, parse_faults
+from wirecap.faults.spec import KINDS
 from wirecap.fleet import FleetError
 from wirecap.fleet.beside import run_shipper_beside
 from wirecap.fleet.beside import ship_command as shipper_command_line
@@ -192,15 +193,24 @@ def _parse_faults(ctx: click.Context, param: click.Parameter, value: tuple[str, 
         raise click.BadParameter(str(exc)) from None
 
 
+def _fault_kinds() -> str:
+    """Each fault kind with the keys it takes and their defaults: ``stall (ms=6000,
+    after-events=1)``; a key without a default shows what it takes."""
+    named = []
+    for name, kind in KINDS.items():
+        keys = ", ".join(f"{k}={'N' if v is None else v}" for k, v in kind.params.items())
+        named.append(f"{name} ({keys})" if keys else name)
+    return ", ".join(named)
+
+
 _fault_option = click.option(
     "--fault",
     "fault",
     multiple=True,
     metavar="KIND[,key=value...]",
     callback=_parse_faults,
-    help="Inject a fault (429, 500, 503, timeout, disconnect, truncate, stall, slow-ttft, "
-    "malformed-sse, bad-tool-args, length) into the requests its selectors pick (every=N, "
-    "after=N, rate=R with seed=S, route=PREFIX, model=GLOB); repeatable.",
+    help="Inject a fault into the requests its selectors pick (every=N, after=N, rate=R with "
+    f"seed=S, route=PREFIX, model=GLOB); repeatable. Kinds and their keys: {_fault_kinds()}.",
 )
 
 
@@ -339,7 +349,7 @@ _fault_option = click.option(
 @click.option(
     "--admin",
     metavar="HOST:PORT",
-    help="Serve /healthz, /readyz and Prometheus /metrics here (e.g. 127.0.0.1:5602) [default: off].",
+    help="Serve /healthz, /readyz and Prometheus /metrics here (e.g. 127.0.0.1:5603; serve listens on 5602) [default: off].",
 )
 @click.option(
     "--admin-token",

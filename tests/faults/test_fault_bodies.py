@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wirecap.faults import BodyFault, Cut, Pause, Send, parse_fault
+from wirecap.faults import BodyFault, Cut, Pause, Send, parse_fault, synthesized_answer
+from wirecap.llm import ExchangeInput, analyze, parse_head
 
 EVENTS = [b'data: {"n": 1}\n\n', b'data: {"n": 2}\n\n', b'data: {"n": 3}\n\n', b"data: [DONE]\n\n"]
 
@@ -429,3 +430,29 @@ def test_what_is_added_does_not_depend_on_how_the_bytes_arrive(shape, spec, cuts
     edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
     pieces = [body[a:b] for a, b in itertools.pairwise(edges)]
     assert added(spec, shape, pieces)[0] == added(spec, shape, [body])[0]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_a_synthesized_chat_stream_ends_with_usage_when_the_request_asks(include_usage):
+    request = {"model": "gpt-4o-mini", "stream": True}
+    if include_usage:
+        request["stream_options"] = {"include_usage": True}
+    answer = synthesized_answer(
+        parse_fault("length"), "/v1/chat/completions", json.dumps(request).encode()
+    )
+    events = [e[len("data: ") :] for e in answer.body.decode().split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])
+    assert ("usage" in last and last["choices"] == []) is include_usage
+    facts = analyze(
+        ExchangeInput(
+            method="POST",
+            path="/v1/chat/completions",
+            request_head=None,
+            request_body=json.dumps(request).encode(),
+            status=200,
+            response_head=parse_head(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"),
+            response_chunks=((1, answer.body),),
+        )
+    )
+    assert (facts.usage is not None) is include_usage and facts.finish_reason == "length"

@@ -14,6 +14,7 @@ it says: openai up to 120 s and not at all past that, anthropic any positive val
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import TYPE_CHECKING, Any, Final
 
@@ -261,12 +262,20 @@ def synthesized_answer(spec: FaultSpec, target: str, request_body: bytes) -> Ans
         api.startswith("ollama") and request.get("stream") is not False
     )
     build = _BUILDERS.get(api, _BUILDERS["openai.chat"])
+    if build is _openai_chat:
+        options = request.get("stream_options")
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        build = functools.partial(_openai_chat, usage_chunk=wants_usage)
     content_type, body = build(model, tool, stream)
     headers = (("Content-Type", content_type), ("X-Wirecap-Fault", spec.kind))
     return Answer(200, headers, body)
 
 
-def _openai_chat(model: str, tool: str | None, stream: bool) -> tuple[str, bytes]:
+def _openai_chat(
+    model: str, tool: str | None, stream: bool, *, usage_chunk: bool = False
+) -> tuple[str, bytes]:
+    """A chat completion; streamed, it ends with the usage-only chunk when ``usage_chunk``
+    (``stream_options.include_usage``), as OpenAI's does."""
     finish = "tool_calls" if tool else "length"
     usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
     base = {"id": "chatcmpl-wirecap", "created": 0, "model": model}
@@ -283,8 +292,12 @@ def _openai_chat(model: str, tool: str | None, stream: bool) -> tuple[str, bytes
     events: list[SSEEvent] = [
         (None, chat_chunk(base, delta)),
         (None, chat_chunk(base, {}, finish)),
-        (None, "[DONE]"),
     ]
+    if usage_chunk:
+        events.append(
+            (None, {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        )
+    events.append((None, "[DONE]"))
     return "text/event-stream", encode_sse(events)
 
 
