@@ -99,6 +99,9 @@ async def test_wirecap_ui_stops_on_ctrl_c_without_a_traceback(fixture_copy):
     try:
         url = (await stderr.until(r"wirecap ui on (http://127\.0\.0\.1:\d+/)"))[1]
         async with httpx.AsyncClient(timeout=30) as client:
+            with trio.fail_after(30):  # the capture is read in the background: wait for its end
+                while not (await client.get(url + "api/summary")).json()["caught_up"]:
+                    await trio.sleep(0.02)
             assert (await client.get(url + "api/exchanges")).json()["total"] == 10
     finally:
         process.send_signal(signal.SIGINT)
