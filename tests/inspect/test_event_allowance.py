@@ -1,0 +1,84 @@
+"""One event allowance per look at a capture, however its exchanges are reached: through the
+index (``--last``), through the row cache, or by a follower."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from captures import Spec, write_capture
+
+from wirecap.capture import open_capture
+from wirecap.capture.sink import SegmentHeader, SegmentSink
+from wirecap.inspect import rows as rows_module
+from wirecap.inspect import select as select_module
+from wirecap.inspect.rows import RowCache, capture_rows
+from wirecap.inspect.select import analyzed_exchanges
+from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+from wirecap.llm.streams import PIECE
+
+EVENT = b"data: x\n\n"
+COUNT = 6
+#: Each answer has more events than the allowance's slack: reached one by one with an allowance
+#: each, they would parse COUNT times what the capture allows.
+BODY = EVENT * (EVENT_SLACK * 3 // 2)
+
+
+def bomb_specs() -> list[Spec]:
+    chunks = [BODY[i : i + 65536] for i in range(0, len(BODY), 65536)]
+    return [
+        Spec(f"bomb{k:08d}", chunks=chunks, content_type="text/event-stream") for k in range(COUNT)
+    ]
+
+
+@pytest.fixture
+def events_parsed(monkeypatch):
+    """The events each analysis in the inspect modules parsed, in order."""
+    parsed: list[int] = []
+    for module in (rows_module, select_module):
+        real = module.analyze_exchange
+
+        def counting(exchange, allowance=None, real=real):
+            a = real(exchange, allowance)
+            parsed.append(a.facts.events)
+            return a
+
+        monkeypatch.setattr(module, "analyze_exchange", counting)
+    return parsed
+
+
+def allowed(size: int) -> int:
+    """The events a look at ``size`` bytes of capture may parse (each exchange may finish the
+    piece it was parsing when the allowance ran out)."""
+    return size // EVENT_BYTES + EVENT_SLACK + COUNT * (PIECE // len(EVENT) + 1)
+
+
+def test_the_last_exchanges_read_through_the_index_share_one_allowance(tmp_path, events_parsed):
+    path = trio.run(write_capture, tmp_path, bomb_specs())
+    with open_capture(path) as capture:
+        found = list(analyzed_exchanges(capture, last=COUNT))
+    assert len(found) == len(events_parsed) == COUNT
+    assert found[-1].facts.analysis_stopped
+    assert sum(events_parsed) <= allowed(path.stat().st_size)
+
+
+def test_exchanges_ending_in_a_cached_segment_share_its_allowance(tmp_path, events_parsed):
+    """Exchanges that began in one segment and end in the next are worked out from the file at
+    every look, the second segment's rows coming from the cache."""
+    directory = tmp_path / "capture"
+    directory.mkdir()
+    sink = SegmentSink(directory, SegmentHeader({"enabled": False}))
+    sink.open()
+    records = [spec.records(k) for k, spec in enumerate(bomb_specs())]
+    sink.write_records([r for rs in records for r in rs[:4]])  # heads and request bodies
+    sink.rotate()
+    for rs in records:
+        sink.write_records(rs[4:])
+    sink.close()
+    size = sum(p.stat().st_size for p in directory.iterdir())
+    cache = RowCache(tmp_path / "cache")
+    for look in ("first", "cached"):
+        events_parsed.clear()
+        with open_capture(directory) as capture:
+            assert len(list(capture_rows(capture, None, cache))) == COUNT
+        assert len(events_parsed) == COUNT
+        assert sum(events_parsed) <= allowed(size), look
