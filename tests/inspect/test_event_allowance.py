@@ -11,6 +11,7 @@ from wirecap.capture import open_capture
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.inspect import rows as rows_module
 from wirecap.inspect import select as select_module
+from wirecap.inspect.follow import analyzed_as_they_end
 from wirecap.inspect.rows import RowCache, capture_rows
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
@@ -82,3 +83,14 @@ def test_exchanges_ending_in_a_cached_segment_share_its_allowance(tmp_path, even
             assert len(list(capture_rows(capture, None, cache))) == COUNT
         assert len(events_parsed) == COUNT
         assert sum(events_parsed) <= allowed(size), look
+
+
+def test_a_followed_exchange_has_the_allowance_of_its_segment(tmp_path):
+    """A follower holds the bodies it reads, but their events are still bounded by the file."""
+    [spec] = bomb_specs()[:1]
+    spec.chunks = [EVENT * ((1 << 20) // len(EVENT))] * 8  # 8 MiB: 930,000 events
+    path = trio.run(write_capture, tmp_path, [spec])
+    found = analyzed_as_they_end([tmp_path], last=1, sleep=lambda _: None)
+    a = next(found)
+    assert a.exchange.id == spec.id and a.facts.analysis_stopped
+    assert a.facts.events <= path.stat().st_size // EVENT_BYTES + EVENT_SLACK + PIECE // len(EVENT)
