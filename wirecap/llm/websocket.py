@@ -145,7 +145,7 @@ class _Direction:
         self.direction = direction
         self.opcode: Opcode | None = None
         self.parts: list[Any] = []
-        self.pending = 0  # the size of the message being assembled, so far
+        self.pending = 0  # the cost of the message being assembled so far (see MESSAGE_COST)
 
     def feed(self, data: bytes, ns: int) -> Iterator[WsMessage]:
         """The messages that ``data`` completes, decoded one frame at a time as they are taken."""
@@ -175,9 +175,12 @@ class _Direction:
         if opcode is not Opcode.CONTINUATION:
             self.opcode = opcode
         self.parts.append(payload)
-        self.pending += len(payload)
+        self.pending += len(payload) + MESSAGE_COST  # each part held costs as a message does
         if self.pending > MAX_SESSION_DECODED:
-            raise ParseFailed(f"a message of over {MAX_SESSION_DECODED >> 20} MiB")
+            raise ParseFailed(
+                f"a message of over {MAX_SESSION_DECODED >> 20} MiB ({len(self.parts)} frame(s), "
+                f"each counted at {MESSAGE_COST} bytes beyond its data)"
+            )
         if not finished:
             return None
         parts, self.parts, self.pending = self.parts, [], 0
