@@ -94,3 +94,18 @@ def test_a_followed_exchange_has_the_allowance_of_its_segment(tmp_path):
     a = next(found)
     assert a.exchange.id == spec.id and a.facts.analysis_stopped
     assert a.facts.events <= path.stat().st_size // EVENT_BYTES + EVENT_SLACK + PIECE // len(EVENT)
+
+
+def test_websocket_sessions_share_the_allowance_frame_by_frame(tmp_path, events_parsed):
+    """Each frame of a session costs an event: sessions of empty pings (each a few hundred bytes
+    of capture, within the session's own 64 MiB bound) stop where the look's allowance runs out."""
+    pings = b"\x89\x00" * (EVENT_SLACK * 3 // 2)
+    chunks = [pings[i : i + 65536] for i in range(0, len(pings), 65536)]
+    specs = [Spec(f"ping{k:08d}", status=101, chunks=chunks) for k in range(COUNT)]
+    path = trio.run(write_capture, tmp_path, specs)
+    with open_capture(path) as capture:
+        found = list(analyzed_exchanges(capture))
+    assert [a.exchange.id for a in found] == [s.id for s in specs]
+    assert "are not analyzed" in (found[-1].facts.analysis_stopped or "")
+    assert found[-1].facts.terminated is None  # its Close frame may be in what was not decoded
+    assert sum(a.facts.events for a in found) <= path.stat().st_size // EVENT_BYTES + EVENT_SLACK

@@ -157,13 +157,15 @@ def payload_chunks(exchange: Exchange, direction: str) -> TimedChunks:
     return TimedChunks(read, times, size)
 
 
-def session_of(exchange: Exchange) -> WsSession | None:
+def session_of(exchange: Exchange, allowance: EventAllowance | None = None) -> WsSession | None:
     """The WebSocket session of an exchange the upstream answered with 101, decoded from the
-    stored reads of both directions (see FORMAT.md 3.10); None for any other exchange."""
+    stored reads of both directions (see FORMAT.md 3.10) while ``allowance`` lasts; None for any
+    other exchange."""
     switch = next((head for head in exchange.responses if head.status == 101), None)
     if switch is None:
         return None
-    return decode_session(switch.head, ((c.dir, c.ns, c.data) for c in exchange.iter_wire()))
+    reads = ((c.dir, c.ns, c.data) for c in exchange.iter_wire())
+    return decode_session(switch.head, reads, allowance)
 
 
 def judged_outcome(exchange: Exchange) -> str:
@@ -210,7 +212,8 @@ def analyze_exchange(exchange: Exchange, allowance: EventAllowance | None = None
         chunks = chunks.decoded(coding)
     except DecodeError as exc:
         problems.append(f"response: {exc}")
-    session = session_of(exchange)
+    allowance = allowance or _own_allowance(exchange)
+    session = session_of(exchange, allowance)
     outcome = judged_outcome(exchange)
     inp = ExchangeInput(
         method=exchange.method or "",
@@ -222,7 +225,7 @@ def analyze_exchange(exchange: Exchange, allowance: EventAllowance | None = None
         response_chunks=chunks,
         complete=outcome == "ok",
         session=session,
-        allowance=allowance or _own_allowance(exchange),
+        allowance=allowance,
     )
     return Analyzed(
         exchange=exchange,

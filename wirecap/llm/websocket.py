@@ -19,10 +19,14 @@ from typing import TYPE_CHECKING, Any, Final
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, ParseFailed
 
+from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from wsproto.extensions import Extension
+
+    from wirecap.llm.facts import EventAllowance
 
 #: The names of the opcodes a message can have.
 OPCODE_NAMES: Final = {
@@ -72,6 +76,8 @@ class WsSession:
     messages: list[WsMessage] = dataclasses.field(default_factory=list)
     extensions: str | None = None
     problems: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Why decoding stopped before the end (the pass's event allowance ran out), or None.
+    stopped: str | None = None
 
     def closed_by(self, direction: str) -> bool:
         """Whether ``direction`` sent a Close frame."""
@@ -147,16 +153,15 @@ class _Direction:
         self.parts: list[Any] = []
         self.pending = 0  # the cost of the message being assembled so far (see MESSAGE_COST)
 
-    def feed(self, data: bytes, ns: int) -> Iterator[WsMessage]:
-        """The messages that ``data`` completes, decoded one frame at a time as they are taken."""
+    def feed(self, data: bytes, ns: int) -> Iterator[WsMessage | None]:
+        """For each frame of ``data``, decoded one at a time as they are taken, the message it
+        completes (None: none)."""
         if self.failed is not None:
             return
         self.frames.receive_bytes(data)
         try:
             for frame in self.frames.received_frames():
-                message = self._take(frame.opcode, frame.payload, frame.message_finished, ns)
-                if message is not None:
-                    yield message
+                yield self._take(frame.opcode, frame.payload, frame.message_finished, ns)
         except ParseFailed as exc:
             self.failed = f"{self.direction}: {exc}"
 
@@ -200,10 +205,15 @@ class _Direction:
         return None
 
 
-def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) -> WsSession:
+def decode_session(
+    switch_head: bytes,
+    reads: Iterable[tuple[str, int, bytes]],
+    allowance: EventAllowance | None = None,
+) -> WsSession:
     """Decode a session: ``switch_head`` is the 101 head, ``reads`` each stored read as
     ``(direction, ns, bytes)`` in stored order. Undecodable bytes end that direction's messages
-    and are named in :attr:`WsSession.problems`; nothing is raised."""
+    and are named in :attr:`WsSession.problems`; nothing is raised. Each frame spends one event
+    of ``allowance``; when it runs out, decoding stops and :attr:`WsSession.stopped` says so."""
     extensions = header_of(switch_head, b"sec-websocket-extensions")
     deflate = deflate_params(extensions)
     session = WsSession(extensions=extensions)
@@ -214,6 +224,13 @@ def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) 
         if side is None:
             continue
         for message in side.feed(data, ns):
+            if allowance is not None:
+                allowance.left -= 1
+                if allowance.left < 0:
+                    session.stopped = _stopped(len(session.messages))
+                    return session
+            if message is None:
+                continue
             decoded += message.size + MESSAGE_COST
             session.messages.append(message)
             if decoded > MAX_SESSION_DECODED:
@@ -230,3 +247,10 @@ def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) 
         if problem is not None:
             session.problems[direction] = problem
     return session
+
+
+def _stopped(messages: int) -> str:
+    return (
+        f"messages after the first {messages} are not analyzed: the capture's allowance (one "
+        f"frame per {EVENT_BYTES} bytes of file plus {EVENT_SLACK:,}) is spent"
+    )
