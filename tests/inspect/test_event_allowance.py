@@ -7,14 +7,17 @@ import pytest
 import trio
 from captures import Spec, write_capture
 
-from wirecap.capture import open_capture
+from wirecap.capture import BodyChunk, ExchangeNote, open_capture
+from wirecap.capture import sessions as sessions_module
+from wirecap.capture.reader import Exchange
 from wirecap.capture.sink import SegmentHeader, SegmentSink
 from wirecap.inspect import rows as rows_module
 from wirecap.inspect import select as select_module
+from wirecap.inspect.analysis import analyze_exchange
 from wirecap.inspect.follow import analyzed_as_they_end
 from wirecap.inspect.rows import RowCache, capture_rows
 from wirecap.inspect.select import analyzed_exchanges
-from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK, EventAllowance
 from wirecap.llm.streams import PIECE
 
 EVENT = b"data: x\n\n"
@@ -109,3 +112,41 @@ def test_websocket_sessions_share_the_allowance_frame_by_frame(tmp_path, events_
     assert "are not analyzed" in (found[-1].facts.analysis_stopped or "")
     assert found[-1].facts.terminated is None  # its Close frame may be in what was not decoded
     assert sum(a.facts.events for a in found) <= path.stat().st_size // EVENT_BYTES + EVENT_SLACK
+
+
+def test_the_close_frame_watch_spends_the_allowance(tmp_path, monkeypatch):
+    """A session whose note says the client ended it is judged from its Close frames; a million
+    empty pings (a few KB of capture) are watched while the allowance lasts, then the end record's
+    outcome stands."""
+    watched = [0]
+
+    class CountingDecoder(sessions_module.FrameDecoder):
+        def process_buffer(self):
+            frame = super().process_buffer()
+            watched[0] += frame is not None
+            return frame
+
+    monkeypatch.setattr(sessions_module, "FrameDecoder", CountingDecoder)
+    pings = b"\x89\x00" * (1 << 20)
+    spec = Spec(
+        "pingnote0001",
+        status=101,
+        chunks=[pings[i : i + 65536] for i in range(0, len(pings), 65536)],
+    )
+    records = spec.records(0)
+    records.insert(-1, ExchangeNote(x=spec.id, kind="websocket", detail={"ended_by": "client"}))
+    exchange = Exchange(spec.id)
+    for record in records:
+        exchange.add(record)
+    allowance = EventAllowance(EVENT_SLACK)
+    a = analyze_exchange(exchange, allowance)
+    assert a.outcome == "ok" and a.facts.analysis_stopped
+    assert watched[0] <= EVENT_SLACK
+
+    pings = (
+        b"\x89\x00" * 1000
+    )  # within the allowance: judged (no Close frame: the client dropped it)
+    exchange = Exchange(spec.id)
+    for record in [*records[:4], BodyChunk(x=spec.id, dir="res", ns=2, data=pings), *records[-2:]]:
+        exchange.add(record)
+    assert analyze_exchange(exchange, EventAllowance(EVENT_SLACK)).outcome == "client_abort"

@@ -168,18 +168,24 @@ def session_of(exchange: Exchange, allowance: EventAllowance | None = None) -> W
     return decode_session(switch.head, reads, allowance)
 
 
-def judged_outcome(exchange: Exchange) -> str:
+def judged_outcome(exchange: Exchange, allowance: EventAllowance | None = None) -> str:
     """The outcome of ``exchange``: the end record's, except for a WebSocket session whose end
     says ``ok`` but whose side that ended its connection first (the ``websocket`` note) had sent no
     Close frame: that side dropped the session. The proxy's writer process already writes that
     judgement into the end record; this makes the same one, with the same Close-frame watch
-    (capture/sessions.py), for a file written without it."""
+    (capture/sessions.py), for a file written without it, while ``allowance`` lasts (one event a
+    frame; past it, the end record's outcome stands)."""
     outcome = exchange.outcome
     switch = next((head for head in exchange.responses if head.status == 101), None)
     if switch is None or outcome != "ok":
         return outcome
     ended_by = next((n.get("ended_by") for n in exchange.notes_of("websocket")), None)
-    closes = closes_sent(switch.head, ((c.dir, c.data) for c in exchange.iter_wire()))
+    if dropped_by(ended_by, frozenset()) is None:  # no side named that could have dropped it
+        return outcome
+    reads = ((c.dir, c.data) for c in exchange.iter_wire())
+    closes = closes_sent(switch.head, reads, allowance)
+    if closes is None:
+        return outcome
     dropped = dropped_by(ended_by, closes)
     return outcome if dropped is None else dropped[0]
 
@@ -214,7 +220,7 @@ def analyze_exchange(exchange: Exchange, allowance: EventAllowance | None = None
         problems.append(f"response: {exc}")
     allowance = allowance or _own_allowance(exchange)
     session = session_of(exchange, allowance)
-    outcome = judged_outcome(exchange)
+    outcome = judged_outcome(exchange, allowance)
     inp = ExchangeInput(
         method=exchange.method or "",
         path=exchange.target or "",
