@@ -19,6 +19,8 @@ from wirecap.inspect.rows import RowCache, capture_rows
 from wirecap.inspect.select import analyzed_exchanges
 from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK, EventAllowance
 from wirecap.llm.streams import PIECE
+from wirecap.replay import sessions as replay_sessions
+from wirecap.replay.serve import load_catalog
 
 EVENT = b"data: x\n\n"
 COUNT = 6
@@ -150,3 +152,24 @@ def test_the_close_frame_watch_spends_the_allowance(tmp_path, monkeypatch):
     for record in [*records[:4], BodyChunk(x=spec.id, dir="res", ns=2, data=pings), *records[-2:]]:
         exchange.add(record)
     assert analyze_exchange(exchange, EventAllowance(EVENT_SLACK)).outcome == "client_abort"
+
+
+def test_serve_loads_sessions_within_the_allowance(tmp_path, monkeypatch):
+    """``wirecap serve`` decodes every recorded session as it starts: within one allowance."""
+    decoded: list[int] = []
+    real = replay_sessions.decode_session
+
+    def counting(head, reads, allowance=None):
+        session = real(head, reads, allowance)
+        decoded.append(len(session.messages))
+        return session
+
+    monkeypatch.setattr(replay_sessions, "decode_session", counting)
+    pings = b"\x89\x00" * (EVENT_SLACK * 3 // 2)
+    chunks = [pings[i : i + 65536] for i in range(0, len(pings), 65536)]
+    specs = [Spec(f"ping{k:08d}", status=101, chunks=chunks) for k in range(COUNT)]
+    path = trio.run(write_capture, tmp_path, specs)
+    with open_capture(path) as capture:
+        load_catalog(capture, match_on=("method", "path"))
+    assert len(decoded) == COUNT
+    assert sum(decoded) <= path.stat().st_size // EVENT_BYTES + EVENT_SLACK
