@@ -154,3 +154,34 @@ def test_parse_head():
         and head.get("retry-after") == "7"
         and head.content_type == "application/json"
     )
+
+
+class SearchCounting(bytearray):
+    """A parser buffer that counts the bytes its searches for line endings go over."""
+
+    searched = 0
+
+    def find(self, sub, start=0, *args):
+        self.searched += len(self) - start
+        return super().find(sub, start, *args)
+
+    def rfind(self, sub, start=0, *args):
+        self.searched += len(self) - start
+        return super().rfind(sub, start, *args)
+
+
+@pytest.mark.parametrize("parser_type", [SSEParser, NDJSONParser])
+def test_a_long_line_in_small_reads_is_searched_once(parser_type):
+    """A line of 4 MiB arriving 1 KiB at a time: each read's bytes are searched for a line end
+    once, not the whole buffered line again at every read (quadratic: 8 GiB here)."""
+    parser = parser_type()
+    parser._buf = buf = SearchCounting()
+    read = b"a" * 1024
+    for _ in range(4096):
+        assert parser.feed(read, 1) == []
+    ended = parser.feed(b"\n\n", 2)  # an unknown SSE field; a line that is not JSON
+    if parser_type is SSEParser:
+        assert ended == []
+    else:
+        assert [line.raw for line in ended] == [read * 4096]
+    assert buf.searched <= 4 * (4096 * 1024 + 2)

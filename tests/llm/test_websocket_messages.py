@@ -125,3 +125,13 @@ def test_millions_of_empty_frames_stop_at_the_session_bound():
     session = decode_session(switch_head(None), [("res", 1, b"\x82\x00" * (16 << 20))])
     assert len(session.messages) == MAX_SESSION_DECODED // MESSAGE_COST + 1
     assert "decoding stops past 64 MiB" in session.problems["res"]
+
+
+def test_millions_of_empty_frames_of_one_message_stop_at_the_bound():
+    """The frames of a message being assembled are held too: a million empty continuation frames
+    (16 million would take minutes and gigabytes of parts) stop after a quarter million."""
+    frames = b"\x02\x00" + b"\x00\x00" * (1 << 20) + b"\x80\x00"
+    reads = [("res", 1, frames[i : i + (1 << 20)]) for i in range(0, len(frames), 1 << 20)]
+    session = decode_session(switch_head(None), reads)
+    assert session.messages == []
+    assert "a message of over 64 MiB (262145 frame(s)" in session.problems["res"]

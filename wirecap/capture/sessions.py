@@ -22,7 +22,7 @@ watch (:func:`closes_sent`), so the two always agree.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import FrameDecoder, FrameProtocol, Opcode, ParseFailed, RsvBits
@@ -66,6 +66,12 @@ class _CompressedFramesPass(Extension):
         return RsvBits(not opcode.iscontrol(), False, False)
 
 
+class FrameAllowance(Protocol):
+    """Frames a reader may still parse, one spent a frame (an analysis pass's event allowance)."""
+
+    left: int
+
+
 class _CloseWatch:
     """One direction of one session: whether a Close frame has gone by."""
 
@@ -75,18 +81,24 @@ class _CloseWatch:
         self.decoder: FrameDecoder | None = FrameDecoder(not from_client, extensions)
         self.closed = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes, allowance: FrameAllowance | None = None) -> bool:
+        """Watch the frames of ``data``; False when ``allowance`` ran out before they did."""
         if self.decoder is None:
-            return
+            return True
         self.decoder.receive_bytes(data)
         try:
             while (frame := self.decoder.process_buffer()) is not None:
+                if allowance is not None:
+                    allowance.left -= 1
+                    if allowance.left < 0:
+                        return False
                 if frame.opcode is Opcode.CLOSE:
                     self.closed = True
                     self.decoder = None  # nothing after a Close frame matters here
-                    return
+                    return True
         except ParseFailed:
             self.decoder = None
+        return True
 
 
 def _watches(deflate: bool) -> dict[str, _CloseWatch]:
@@ -97,15 +109,19 @@ def _watches(deflate: bool) -> dict[str, _CloseWatch]:
     }
 
 
-def closes_sent(switch_head: bytes, reads: Iterable[tuple[str, bytes]]) -> frozenset[str]:
+def closes_sent(
+    switch_head: bytes,
+    reads: Iterable[tuple[str, bytes]],
+    allowance: FrameAllowance | None = None,
+) -> frozenset[str] | None:
     """The directions (``"req"``, ``"res"``) that sent a Close frame in a session, from its 101
     head and its stored reads ``(direction, bytes)`` in order: the judgement :class:`SessionEnds`
-    makes, for a reader of a file written without it."""
+    makes, for a reader of a file written without it. None when ``allowance`` runs out first."""
     watches = _watches(_accepts_deflate(switch_head))
     for direction, data in reads:
         watch = watches.get(direction)
-        if watch is not None:
-            watch.feed(data)
+        if watch is not None and not watch.feed(data, allowance):
+            return None
     return _closed(watches)
 
 

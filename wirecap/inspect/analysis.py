@@ -157,27 +157,35 @@ def payload_chunks(exchange: Exchange, direction: str) -> TimedChunks:
     return TimedChunks(read, times, size)
 
 
-def session_of(exchange: Exchange) -> WsSession | None:
+def session_of(exchange: Exchange, allowance: EventAllowance | None = None) -> WsSession | None:
     """The WebSocket session of an exchange the upstream answered with 101, decoded from the
-    stored reads of both directions (see FORMAT.md 3.10); None for any other exchange."""
+    stored reads of both directions (see FORMAT.md 3.10) while ``allowance`` lasts; None for any
+    other exchange."""
     switch = next((head for head in exchange.responses if head.status == 101), None)
     if switch is None:
         return None
-    return decode_session(switch.head, ((c.dir, c.ns, c.data) for c in exchange.iter_wire()))
+    reads = ((c.dir, c.ns, c.data) for c in exchange.iter_wire())
+    return decode_session(switch.head, reads, allowance)
 
 
-def judged_outcome(exchange: Exchange) -> str:
+def judged_outcome(exchange: Exchange, allowance: EventAllowance | None = None) -> str:
     """The outcome of ``exchange``: the end record's, except for a WebSocket session whose end
     says ``ok`` but whose side that ended its connection first (the ``websocket`` note) had sent no
     Close frame: that side dropped the session. The proxy's writer process already writes that
     judgement into the end record; this makes the same one, with the same Close-frame watch
-    (capture/sessions.py), for a file written without it."""
+    (capture/sessions.py), for a file written without it, while ``allowance`` lasts (one event a
+    frame; past it, the end record's outcome stands)."""
     outcome = exchange.outcome
     switch = next((head for head in exchange.responses if head.status == 101), None)
     if switch is None or outcome != "ok":
         return outcome
     ended_by = next((n.get("ended_by") for n in exchange.notes_of("websocket")), None)
-    closes = closes_sent(switch.head, ((c.dir, c.data) for c in exchange.iter_wire()))
+    if dropped_by(ended_by, frozenset()) is None:  # no side named that could have dropped it
+        return outcome
+    reads = ((c.dir, c.data) for c in exchange.iter_wire())
+    closes = closes_sent(switch.head, reads, allowance)
+    if closes is None:
+        return outcome
     dropped = dropped_by(ended_by, closes)
     return outcome if dropped is None else dropped[0]
 
@@ -210,8 +218,9 @@ def analyze_exchange(exchange: Exchange, allowance: EventAllowance | None = None
         chunks = chunks.decoded(coding)
     except DecodeError as exc:
         problems.append(f"response: {exc}")
-    session = session_of(exchange)
-    outcome = judged_outcome(exchange)
+    allowance = allowance or _own_allowance(exchange)
+    session = session_of(exchange, allowance)
+    outcome = judged_outcome(exchange, allowance)
     inp = ExchangeInput(
         method=exchange.method or "",
         path=exchange.target or "",
@@ -222,7 +231,7 @@ def analyze_exchange(exchange: Exchange, allowance: EventAllowance | None = None
         response_chunks=chunks,
         complete=outcome == "ok",
         session=session,
-        allowance=allowance or _own_allowance(exchange),
+        allowance=allowance,
     )
     return Analyzed(
         exchange=exchange,

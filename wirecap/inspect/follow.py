@@ -30,6 +30,7 @@ from wirecap.inspect.analysis import Analyzed, analyze_exchange
 from wirecap.inspect.paint import Paint, plain
 from wirecap.inspect.select import Filters
 from wirecap.inspect.views import table_lines
+from wirecap.llm import EventAllowance
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -365,6 +366,13 @@ class Follower:
             exchange.add(record)
         return exchange
 
+    def allowance_of(self, locations: Iterable[tuple[int, int]]) -> EventAllowance:
+        """The events the analysis of an exchange at ``locations`` may parse: the allowance of the
+        segments that hold it. A followed exchange holds its bodies, but a few KB of segment can
+        decompress into millions of tiny events."""
+        numbers = {number for number, _ in locations}
+        return EventAllowance.for_stored(sum(self.segments[n].size for n in numbers))
+
     def header_of(self, locations: Iterable[tuple[int, int]]) -> Header | None:
         """The header of the first segment among ``locations``."""
         numbers = sorted({number for number, _ in locations})
@@ -428,7 +436,8 @@ def analyzed_as_they_end(
             if on_damage is not None:
                 on_damage(damage)
         for followed in batch.completed:
-            a = _matching(followed.exchange, filters)
+            allowance = follower.allowance_of(followed.locations)
+            a = _matching(followed.exchange, filters, allowance)
             if a is None:
                 continue
             if backlog is not None:
@@ -442,11 +451,11 @@ def analyzed_as_they_end(
             sleep(interval)
 
 
-def _matching(exchange: Exchange, filters: Filters) -> Analyzed | None:
+def _matching(exchange: Exchange, filters: Filters, allowance: EventAllowance) -> Analyzed | None:
     route = exchange.request.route if exchange.request else None
     if not filters.cheap_match(exchange.wall_ns, route, exchange.status):
         return None
-    a = analyze_exchange(exchange)
+    a = analyze_exchange(exchange, allowance)
     return a if filters.model_match(a) else None
 
 

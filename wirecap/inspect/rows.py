@@ -265,11 +265,16 @@ class _Segment:
     the cache with ``keep``."""
 
     def __init__(
-        self, f: CaptureFile, thresholds: Thresholds | None, keep: RowWriter | None = None
+        self,
+        f: CaptureFile,
+        thresholds: Thresholds | None,
+        keep: RowWriter | None = None,
+        allowance: EventAllowance | None = None,
     ) -> None:
         self.thresholds = thresholds
         self.keep = keep
-        self.allowance = EventAllowance.for_stored(f.size)  # the segment's exchanges share it
+        #: The segment's exchanges share it (with ``allowance``: also other readings of the file).
+        self.allowance = allowance or EventAllowance.for_stored(f.size)
         self.waiting: dict[str, Row | None] = {}  # began here; None until it ends
         self.spanning: set[str] = set()  # has records here, but did not both begin and end here
 
@@ -380,19 +385,22 @@ def _from_cache(
     """A segment's rows from the cache; an exchange that began earlier and ended here is worked
     out from the file where the cache says it ended; then the exchanges that go on into the next
     segment are followed. A broken cache file ends with the rest of the segment read from the file
-    (skipping what was given) and :class:`CacheBroken` (the caller removes the file)."""
+    (skipping what was given) and :class:`CacheBroken` (the caller removes the file). The
+    exchanges worked out here share one event allowance, as a segment read whole does."""
+    allowance = EventAllowance.for_stored(f.size)
     given: set[str] = set()
     try:
         for item in reader.rows():
             if isinstance(item, str):
                 placed = f.placed_records_of(item)
-                yield from _rows_of_records(f, placed, open_exchanges, _Segment(f, thresholds))
+                segment = _Segment(f, thresholds, allowance=allowance)
+                yield from _rows_of_records(f, placed, open_exchanges, segment)
             else:
                 yield item
             given.add(item if isinstance(item, str) else item.id)
     except CacheBroken:
         rest = ((r, p) for r, p in f.placed_records() if getattr(r, "x", None) not in given)
-        segment = _Segment(f, thresholds)
+        segment = _Segment(f, thresholds, allowance=allowance)
         yield from _rows_of_records(f, rest, open_exchanges, segment)
         yield from segment.finish()
         raise
@@ -400,7 +408,8 @@ def _from_cache(
         f.damage.append(FileDamage(f.path, offset, end, reason))
     going_on = [x for x in reader.spanning if x not in given]
     placed = ((r, p) for x in going_on for r, p in f.placed_records_of(x))
-    yield from _rows_of_records(f, placed, open_exchanges, _Segment(f, thresholds))
+    segment = _Segment(f, thresholds, allowance=allowance)
+    yield from _rows_of_records(f, placed, open_exchanges, segment)
 
 
 def _rows_of_records(

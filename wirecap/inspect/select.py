@@ -189,10 +189,11 @@ def _last_through_index(capture: Capture, filters: Filters, last: int) -> Iterat
         for entry in f.index().entries:
             if filters.cheap_match(entry.wall_ns, entry.route, entry.status):
                 ids[entry.x] = None
+    allowance = EventAllowance.for_stored(sum(f.size for f in capture.files))  # as in a scan
     for exchange_id in list(ids)[-last:] if last else []:
         exchange = capture.get(exchange_id)
         if exchange is not None:
-            yield analyze_exchange(exchange)
+            yield analyze_exchange(exchange, allowance)
 
 
 class UnknownId(LookupError):

@@ -43,14 +43,14 @@ def analyze(inp: ExchangeInput) -> LLMFacts:
     if inp.session is not None:
         path = inp.path.split("?", 1)[0].rstrip("/")
         if path.endswith("/realtime") or realtime.looks_realtime(inp.session):
-            return realtime.analyze_realtime(inp)
-        return realtime.analyze_websocket(inp)
+            facts = realtime.analyze_realtime(inp)
+        else:
+            facts = realtime.analyze_websocket(inp)
+        facts.analysis_stopped = inp.session.stopped
+        return _unjudged_if_stopped(facts)
     adapter = pick_adapter(inp)
     if adapter is not None and inp.method == "POST":
-        facts = adapter(inp)
-        if facts.analysis_stopped and facts.terminated is False:
-            facts.terminated = None  # the terminator may be in what was not parsed
-        return facts
+        return _unjudged_if_stopped(adapter(inp))
     facts = LLMFacts()
     request = inp.request_json()
     if isinstance(request, dict) and isinstance(request.get("model"), str):
@@ -70,4 +70,10 @@ def analyze(inp: ExchangeInput) -> LLMFacts:
     else:
         facts.ttft_ns = inp.response_chunks.first_ns
         facts.last_chunk_ns = inp.response_chunks.last_ns
+    return facts
+
+
+def _unjudged_if_stopped(facts: LLMFacts) -> LLMFacts:
+    if facts.analysis_stopped and facts.terminated is False:
+        facts.terminated = None  # the terminator may be in what was not parsed
     return facts

@@ -26,7 +26,7 @@ class NDJSONParser:
         buf += data
         out: list[NDJSONLine] = []
         pos = 0
-        end = buf.find(b"\n")
+        end = buf.find(b"\n", len(buf) - len(data))  # what was buffered before holds no newline
         while end != -1:
             raw = bytes(buf[pos:end]).rstrip(b"\r")
             if raw.strip():

@@ -71,8 +71,10 @@ class SSEParser:
                 del buf[:3]
             self._started = True
         # Complete lines end at the last CR or LF; bytes.splitlines() splits at exactly SSE's line
-        # endings (CRLF, LF, CR), in one pass over the chunk.
-        cut = max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1
+        # endings (CRLF, LF, CR), in one pass over the chunk. What was buffered before holds no line
+        # ending, so only the new bytes are searched (a long line fed in small reads stays linear).
+        new = max(len(buf) - len(data), 0)
+        cut = max(buf.rfind(b"\n", new), buf.rfind(b"\r", new)) + 1
         if not cut:
             if len(buf) > MAX_LINE:
                 self.overlong = True

@@ -19,10 +19,14 @@ from typing import TYPE_CHECKING, Any, Final
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, ParseFailed
 
+from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from wsproto.extensions import Extension
+
+    from wirecap.llm.facts import EventAllowance
 
 #: The names of the opcodes a message can have.
 OPCODE_NAMES: Final = {
@@ -72,6 +76,8 @@ class WsSession:
     messages: list[WsMessage] = dataclasses.field(default_factory=list)
     extensions: str | None = None
     problems: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Why decoding stopped before the end (the pass's event allowance ran out), or None.
+    stopped: str | None = None
 
     def closed_by(self, direction: str) -> bool:
         """Whether ``direction`` sent a Close frame."""
@@ -145,18 +151,17 @@ class _Direction:
         self.direction = direction
         self.opcode: Opcode | None = None
         self.parts: list[Any] = []
-        self.pending = 0  # the size of the message being assembled, so far
+        self.pending = 0  # the cost of the message being assembled so far (see MESSAGE_COST)
 
-    def feed(self, data: bytes, ns: int) -> Iterator[WsMessage]:
-        """The messages that ``data`` completes, decoded one frame at a time as they are taken."""
+    def feed(self, data: bytes, ns: int) -> Iterator[WsMessage | None]:
+        """For each frame of ``data``, decoded one at a time as they are taken, the message it
+        completes (None: none)."""
         if self.failed is not None:
             return
         self.frames.receive_bytes(data)
         try:
             for frame in self.frames.received_frames():
-                message = self._take(frame.opcode, frame.payload, frame.message_finished, ns)
-                if message is not None:
-                    yield message
+                yield self._take(frame.opcode, frame.payload, frame.message_finished, ns)
         except ParseFailed as exc:
             self.failed = f"{self.direction}: {exc}"
 
@@ -175,9 +180,12 @@ class _Direction:
         if opcode is not Opcode.CONTINUATION:
             self.opcode = opcode
         self.parts.append(payload)
-        self.pending += len(payload)
+        self.pending += len(payload) + MESSAGE_COST  # each part held costs as a message does
         if self.pending > MAX_SESSION_DECODED:
-            raise ParseFailed(f"a message of over {MAX_SESSION_DECODED >> 20} MiB")
+            raise ParseFailed(
+                f"a message of over {MAX_SESSION_DECODED >> 20} MiB ({len(self.parts)} frame(s), "
+                f"each counted at {MESSAGE_COST} bytes beyond its data)"
+            )
         if not finished:
             return None
         parts, self.parts, self.pending = self.parts, [], 0
@@ -197,10 +205,15 @@ class _Direction:
         return None
 
 
-def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) -> WsSession:
+def decode_session(
+    switch_head: bytes,
+    reads: Iterable[tuple[str, int, bytes]],
+    allowance: EventAllowance | None = None,
+) -> WsSession:
     """Decode a session: ``switch_head`` is the 101 head, ``reads`` each stored read as
     ``(direction, ns, bytes)`` in stored order. Undecodable bytes end that direction's messages
-    and are named in :attr:`WsSession.problems`; nothing is raised."""
+    and are named in :attr:`WsSession.problems`; nothing is raised. Each frame spends one event
+    of ``allowance``; when it runs out, decoding stops and :attr:`WsSession.stopped` says so."""
     extensions = header_of(switch_head, b"sec-websocket-extensions")
     deflate = deflate_params(extensions)
     session = WsSession(extensions=extensions)
@@ -211,6 +224,13 @@ def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) 
         if side is None:
             continue
         for message in side.feed(data, ns):
+            if allowance is not None:
+                allowance.left -= 1
+                if allowance.left < 0:
+                    session.stopped = _stopped(len(session.messages))
+                    return session
+            if message is None:
+                continue
             decoded += message.size + MESSAGE_COST
             session.messages.append(message)
             if decoded > MAX_SESSION_DECODED:
@@ -227,3 +247,10 @@ def decode_session(switch_head: bytes, reads: Iterable[tuple[str, int, bytes]]) 
         if problem is not None:
             session.problems[direction] = problem
     return session
+
+
+def _stopped(messages: int) -> str:
+    return (
+        f"messages after the first {messages} are not analyzed: the capture's allowance (one "
+        f"frame per {EVENT_BYTES} bytes of file plus {EVENT_SLACK:,}) is spent"
+    )

@@ -25,7 +25,7 @@ import h11
 import trio
 
 from wirecap.inspect.paint import Paint, plain, status_role
-from wirecap.llm import parse_head
+from wirecap.llm import EventAllowance, parse_head
 from wirecap.proxy.messages import HOP_BY_HOP, RawTap, upgrade_request
 from wirecap.replay.catalog import Catalog, Miss, Recorded, recorded_from
 from wirecap.replay.sessions import SessionCatalog, session_from
@@ -100,10 +100,11 @@ def load_catalog(
 ) -> Catalog:
     recorded = []
     sessions = []
+    allowance = EventAllowance.for_stored(sum(f.size for f in capture.files))  # sessions' frames
     for exchange in capture.exchanges():
         if (answer := recorded_from(exchange, ignore)) is not None:
             recorded.append(answer)
-        elif (session := session_from(exchange)) is not None:
+        elif (session := session_from(exchange, allowance)) is not None:
             sessions.append(session)
     return Catalog(
         recorded,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
     from wirecap.capture import Exchange
+    from wirecap.llm import EventAllowance
 
 #: Keys of session events that change on every run, beside the HTTP ones.
 SESSION_VOLATILE: Final = VOLATILE_KEYS | frozenset(
@@ -74,12 +75,16 @@ class RecordedSession:
         return next(iter(self.client_messages), None)
 
 
-def session_from(exchange: Exchange) -> RecordedSession | None:
-    """A servable session from a captured exchange the upstream answered with 101, or None."""
+def session_from(
+    exchange: Exchange, allowance: EventAllowance | None = None
+) -> RecordedSession | None:
+    """A servable session from a captured exchange the upstream answered with 101, or None; its
+    frames spend ``allowance`` (a session past it keeps the messages decoded before)."""
     switch = next((h for h in exchange.responses if h.status == 101), None)
     if switch is None or exchange.request is None:
         return None
-    session = decode_session(switch.head, ((c.dir, c.ns, c.data) for c in exchange.iter_wire()))
+    reads = ((c.dir, c.ns, c.data) for c in exchange.iter_wire())
+    session = decode_session(switch.head, reads, allowance)
     paths = [urlsplit(exchange.request.target).path or "/"]
     if exchange.upstream_wire_head:
         start = exchange.upstream_wire_head.split(b"\r\n", 1)[0].split(b" ")

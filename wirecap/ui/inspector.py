@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from wirecap.capture import Exchange, FileDamage, Header, Record
+    from wirecap.llm import EventAllowance
 
 #: An exchange that got no new records for this long is no longer shown as live (its writer may
 #: have died); it comes back to life if more records arrive.
@@ -91,13 +92,13 @@ class Inspector:
         batch = self.follower.poll()
         ended: list[Row] = []
         for followed in batch.completed:
-            a = analyze_exchange(followed.exchange)
+            a = analyze_exchange(followed.exchange, self.follower.allowance_of(followed.locations))
             row = summarize(a, self._findings(a, new=True), followed.locations)
             self.search.add(row.id, search_text(a))
             ended.append(row)
         growing = []
         for followed in batch.growing:
-            a = analyze_exchange(followed.exchange)
+            a = analyze_exchange(followed.exchange, self.follower.allowance_of(followed.locations))
             row = summarize(a, [], followed.locations, live=following)
             self.search.set_live(row.id, search_text(a))
             growing.append(row)
@@ -181,6 +182,9 @@ class Inspector:
     def _records(self, row: Row) -> tuple[Header | None, list[Record]]:
         return self.follower.fetch_records(row.id, unpack_locations(row.locations))
 
+    def _allowance(self, row: Row) -> EventAllowance:
+        return self.follower.allowance_of(unpack_locations(row.locations))
+
     def _exchange(self, row: Row) -> Exchange | None:
         return self.follower.fetch(row.id, unpack_locations(row.locations))
 
@@ -189,7 +193,7 @@ class Inspector:
             exchange = self._exchange(row)
             if exchange is None:
                 return None
-            a = analyze_exchange(exchange)
+            a = analyze_exchange(exchange, self._allowance(row))
             header = self.follower.header_of(unpack_locations(row.locations))
             redaction = dict(header.redaction) if header is not None else None
             findings = self._findings(a) if exchange.complete else []
@@ -218,7 +222,9 @@ class Inspector:
     async def har(self, row: Row) -> str | None:
         def build() -> str | None:
             exchange = self._exchange(row)
-            return None if exchange is None else har_document(analyze_exchange(exchange))
+            if exchange is None:
+                return None
+            return har_document(analyze_exchange(exchange, self._allowance(row)))
 
         return await trio.to_thread.run_sync(build)
 
