@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from tests.captures import Spec, write_capture
 from wirecap.capture import CaptureFile, decoding, open_capture, reader
 from wirecap.inspect.analysis import analyze_exchange
-from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+from wirecap.llm.facts import EventAllowance
 from wirecap.llm.streams import PIECE
 
 MiB = 1024 * 1024
@@ -238,7 +238,7 @@ def test_millions_of_tiny_events_cost_no_more_than_the_file_allows(tmp_path, eve
         assert exchange is not None
         facts = analyze_exchange(exchange).facts
     assert facts.analysis_stopped and "are not analyzed" in facts.analysis_stopped
-    assert facts.events <= size // EVENT_BYTES + EVENT_SLACK + PIECE // len(event)
+    assert facts.events <= EventAllowance.for_stored(size).left + PIECE // len(event)
     for args in (("inspect",), ("inspect", "--id", BOMB_ID), ("stats",)):
         assert_clean(wirecap(*args, path, memory=64 * MiB))
     issues = wirecap("inspect", "--detect-issues", path, memory=64 * MiB)

@@ -173,3 +173,25 @@ def test_serve_loads_sessions_within_the_allowance(tmp_path, monkeypatch):
         load_catalog(capture, match_on=("method", "path"))
     assert len(decoded) == COUNT
     assert sum(decoded) <= path.stat().st_size // EVENT_BYTES + EVENT_SLACK
+
+
+def test_many_small_segments_allow_no_more_than_their_size(tmp_path, events_parsed):
+    """Each segment's rows share its allowance; its slack is at most one event per byte, so that
+    many small segments do not add up to a slack each."""
+    directory = tmp_path / "capture"
+    directory.mkdir()
+    sink = SegmentSink(directory, SegmentHeader({"enabled": False}))
+    sink.open()
+    for k, spec in enumerate(bomb_specs()):
+        if k:
+            sink.rotate()
+        sink.write_records(spec.records(k))
+    sink.close()
+    sizes = [p.stat().st_size for p in sorted(directory.glob("*.cbor.zst"))]
+    assert len(sizes) == COUNT and sum(sizes) < 64 * 1024
+    with open_capture(directory) as capture:
+        rows = list(capture_rows(capture))
+    assert len(rows) == COUNT
+    pieces = COUNT * (PIECE // len(EVENT) + 1)
+    assert sum(events_parsed) <= sum(EventAllowance.for_stored(s).left for s in sizes) + pieces
+    assert sum(events_parsed) < COUNT * EVENT_SLACK // 4

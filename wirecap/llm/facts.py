@@ -92,11 +92,17 @@ class TimedChunks:
         return hasher.hexdigest()
 
 
-#: An analysis pass parses at most one SSE event or NDJSON line per EVENT_BYTES bytes of the capture
-#: it reads, plus EVENT_SLACK. Real streams store some 40 bytes an event; a few KB of repetitive
-#: events can decompress into millions of tiny ones, each a few microseconds of Python to parse.
+#: An analysis pass parses at most one SSE event, NDJSON line or WebSocket frame per EVENT_BYTES
+#: bytes of the capture it reads, plus one per byte of its first EVENT_SLACK bytes (so that the
+#: slack of many small segments adds up to no more than their size). Real streams store some 40
+#: bytes an event; a few KB of repetitive events can decompress into millions of tiny ones, each a
+#: few microseconds of Python to parse.
 EVENT_BYTES: Final = 4
 EVENT_SLACK: Final = 100_000
+#: The rule in words, for the message that says analysis stopped.
+ALLOWANCE_RULE: Final = (
+    f"one per {EVENT_BYTES} bytes of file, plus one per byte of its first {EVENT_SLACK:,}"
+)
 
 
 class EventAllowance:
@@ -111,7 +117,7 @@ class EventAllowance:
     @classmethod
     def for_stored(cls, size: int) -> EventAllowance:
         """The allowance of ``size`` bytes of capture files."""
-        return cls(size // EVENT_BYTES + EVENT_SLACK)
+        return cls(size // EVENT_BYTES + min(size, EVENT_SLACK))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

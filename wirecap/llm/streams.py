@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+from wirecap.llm.facts import ALLOWANCE_RULE
 from wirecap.llm.ndjson import NDJSONParser
 from wirecap.llm.sse import SSEEvent, SSEParser
 
@@ -40,8 +40,7 @@ def _parsed(
             if allowance.left <= 0:
                 facts.analysis_stopped = (
                     f"events after the first {facts.events} are not analyzed: the capture's "
-                    f"allowance (one event per {EVENT_BYTES} bytes of file plus {EVENT_SLACK:,}) "
-                    "is spent"
+                    f"allowance ({ALLOWANCE_RULE}) is spent"
                 )
                 return
             items = feed(chunk[at : at + PIECE], ns)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, ParseFailed
 
-from wirecap.llm.facts import EVENT_BYTES, EVENT_SLACK
+from wirecap.llm.facts import ALLOWANCE_RULE
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -251,6 +251,6 @@ def decode_session(
 
 def _stopped(messages: int) -> str:
     return (
-        f"messages after the first {messages} are not analyzed: the capture's allowance (one "
-        f"frame per {EVENT_BYTES} bytes of file plus {EVENT_SLACK:,}) is spent"
+        f"messages after the first {messages} are not analyzed: the capture's allowance "
+        f"({ALLOWANCE_RULE}, a frame an event) is spent"
     )
