@@ -23,7 +23,7 @@ import itertools
 import os
 import tempfile
 import weakref
-from typing import TYPE_CHECKING, BinaryIO, Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 import zstandard
 
@@ -183,11 +183,7 @@ class BodyStore:
         if self._in_file:
             return self._read_again()
         if self._spool is not None:
-            try:
-                spool = open(self._spool, "rb")  # noqa: SIM115  (closed by _unspooled)
-            except OSError:  # removed from under us: the capture still has every record
-                return self._read_again()
-            return itertools.chain(self._unspooled(spool), self._held)
+            return self._unspooled(self._spool)
         return itertools.chain(self._unpacked(), self._held)
 
     # -- storage ---------------------------------------------------------------------------------
@@ -254,11 +250,18 @@ class BodyStore:
                 at += size
             first += count
 
-    def _unspooled(self, spool: BinaryIO) -> Iterator[BodyChunk]:
-        with spool as f:
+    def _unspooled(self, path: str) -> Iterator[BodyChunk]:
+        """The spooled records, then the held ones; the file is opened once iteration starts."""
+        try:
+            spool = open(path, "rb")  # noqa: SIM115  (closed below)
+        except OSError:  # removed from under us: the capture still has every record
+            yield from self._read_again()
+            return
+        with spool:
             for i in range(self._spooled):
-                data = f.read(self._marks[i].size)
+                data = spool.read(self._marks[i].size)
                 yield self._record(i, data, self._spooled_redactions.get(i, ()))
+        yield from self._held
 
     def _read_again(self) -> Iterator[BodyChunk]:
         budgets: dict[int, Budget] = {}  # one pass over each file's frames
