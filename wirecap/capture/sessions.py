@@ -69,7 +69,7 @@ class _CompressedFramesPass(Extension):
 class FrameAllowance(Protocol):
     """Frames a reader may still parse, one spent a frame (an analysis pass's event allowance)."""
 
-    left: int
+    def spend(self, events: int = 1) -> bool: ...
 
 
 class _CloseWatch:
@@ -88,10 +88,8 @@ class _CloseWatch:
         self.decoder.receive_bytes(data)
         try:
             while (frame := self.decoder.process_buffer()) is not None:
-                if allowance is not None:
-                    allowance.left -= 1
-                    if allowance.left < 0:
-                        return False
+                if allowance is not None and not allowance.spend():
+                    return False
                 if frame.opcode is Opcode.CLOSE:
                     self.closed = True
                     self.decoder = None  # nothing after a Close frame matters here

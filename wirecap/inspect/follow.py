@@ -371,7 +371,7 @@ class Follower:
         segments that hold it. A followed exchange holds its bodies, but a few KB of segment can
         decompress into millions of tiny events."""
         numbers = {number for number, _ in locations}
-        return EventAllowance.for_stored(sum(self.segments[n].size for n in numbers))
+        return EventAllowance.for_files(self.segments[n] for n in numbers)
 
     def header_of(self, locations: Iterable[tuple[int, int]]) -> Header | None:
         """The header of the first segment among ``locations``."""

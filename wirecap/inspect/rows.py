@@ -274,7 +274,7 @@ class _Segment:
         self.thresholds = thresholds
         self.keep = keep
         #: The segment's exchanges share it (with ``allowance``: also other readings of the file).
-        self.allowance = allowance or EventAllowance.for_stored(f.size)
+        self.allowance = allowance or EventAllowance.for_files([f])
         self.waiting: dict[str, Row | None] = {}  # began here; None until it ends
         self.spanning: set[str] = set()  # has records here, but did not both begin and end here
 
@@ -346,7 +346,7 @@ def capture_rows(
         yield from _scanned_into(
             cache.writer(fingerprint, thresholds), f, open_exchanges, thresholds
         )
-    unended = EventAllowance.for_stored(sum(f.size for f in capture.files))
+    unended = EventAllowance.for_files(capture.files)
     for exchange in open_exchanges.values():  # never ended (a crash): last, as the reader does
         yield row_of(analyze_exchange(exchange, unended), thresholds)
 
@@ -387,7 +387,7 @@ def _from_cache(
     segment are followed. A broken cache file ends with the rest of the segment read from the file
     (skipping what was given) and :class:`CacheBroken` (the caller removes the file). The
     exchanges worked out here share one event allowance, as a segment read whole does."""
-    allowance = EventAllowance.for_stored(f.size)
+    allowance = EventAllowance.for_files([f])
     given: set[str] = set()
     try:
         for item in reader.rows():

@@ -152,7 +152,7 @@ def last_or_first(found: Iterator[T], *, last: int | None, limit: int | None) ->
 
 
 def _scan(capture: Capture, filters: Filters, progress: bool | None) -> Iterator[Analyzed]:
-    allowance = EventAllowance.for_stored(sum(f.size for f in capture.files))
+    allowance = EventAllowance.for_files(capture.files)
     for exchange in with_progress(capture.exchanges(), progress):
         route = exchange.request.route if exchange.request else None
         if not filters.cheap_match(exchange.wall_ns, route, exchange.status):
@@ -189,7 +189,7 @@ def _last_through_index(capture: Capture, filters: Filters, last: int) -> Iterat
         for entry in f.index().entries:
             if filters.cheap_match(entry.wall_ns, entry.route, entry.status):
                 ids[entry.x] = None
-    allowance = EventAllowance.for_stored(sum(f.size for f in capture.files))  # as in a scan
+    allowance = EventAllowance.for_files(capture.files)  # as in a scan
     for exchange_id in list(ids)[-last:] if last else []:
         exchange = capture.get(exchange_id)
         if exchange is not None:

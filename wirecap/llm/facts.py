@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from wirecap.llm.http import decode_content
 
@@ -99,10 +99,6 @@ class TimedChunks:
 #: few microseconds of Python to parse.
 EVENT_BYTES: Final = 4
 EVENT_SLACK: Final = 100_000
-#: The rule in words, for the message that says analysis stopped.
-ALLOWANCE_RULE: Final = (
-    f"one per {EVENT_BYTES} bytes of file, plus one per byte of its first {EVENT_SLACK:,}"
-)
 
 
 class EventAllowance:
@@ -118,6 +114,32 @@ class EventAllowance:
     def for_stored(cls, size: int) -> EventAllowance:
         """The allowance of ``size`` bytes of capture files."""
         return cls(size // EVENT_BYTES + min(size, EVENT_SLACK))
+
+    @classmethod
+    def for_files(cls, files: Iterable[Sized]) -> EventAllowance:
+        """The allowance of these capture files together."""
+        return cls.for_stored(sum(f.size for f in files))
+
+    def spend(self, events: int = 1) -> bool:
+        """Spend ``events``; False when the allowance no longer covers them."""
+        self.left -= events
+        return self.left >= 0
+
+    @staticmethod
+    def stopped(after: int, what: str) -> str:
+        """Why analysis stopped after ``after`` ``what`` (events, messages)."""
+        return (
+            f"{what} after the first {after} are not analyzed: the capture's allowance (one event "
+            f"per {EVENT_BYTES} bytes of file, plus one per byte of its first {EVENT_SLACK:,}) is "
+            "spent"
+        )
+
+
+class Sized(Protocol):
+    """Anything with a size in bytes (a capture file)."""
+
+    @property
+    def size(self) -> int: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

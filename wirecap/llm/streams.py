@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from wirecap.llm.facts import ALLOWANCE_RULE
+from wirecap.llm.facts import EventAllowance
 from wirecap.llm.ndjson import NDJSONParser
 from wirecap.llm.sse import SSEEvent, SSEParser
 
@@ -38,13 +38,10 @@ def _parsed(
             continue
         for at in range(0, len(chunk), PIECE):
             if allowance.left <= 0:
-                facts.analysis_stopped = (
-                    f"events after the first {facts.events} are not analyzed: the capture's "
-                    f"allowance ({ALLOWANCE_RULE}) is spent"
-                )
+                facts.analysis_stopped = EventAllowance.stopped(facts.events, "events")
                 return
             items = feed(chunk[at : at + PIECE], ns)
-            allowance.left -= len(items)
+            allowance.spend(len(items))
             yield from items
 
 

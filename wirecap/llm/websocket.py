@@ -19,14 +19,12 @@ from typing import TYPE_CHECKING, Any, Final
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, ParseFailed
 
-from wirecap.llm.facts import ALLOWANCE_RULE
+from wirecap.llm.facts import EventAllowance
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from wsproto.extensions import Extension
-
-    from wirecap.llm.facts import EventAllowance
 
 #: The names of the opcodes a message can have.
 OPCODE_NAMES: Final = {
@@ -224,11 +222,9 @@ def decode_session(
         if side is None:
             continue
         for message in side.feed(data, ns):
-            if allowance is not None:
-                allowance.left -= 1
-                if allowance.left < 0:
-                    session.stopped = _stopped(len(session.messages))
-                    return session
+            if allowance is not None and not allowance.spend():
+                session.stopped = EventAllowance.stopped(len(session.messages), "messages")
+                return session
             if message is None:
                 continue
             decoded += message.size + MESSAGE_COST
@@ -247,10 +243,3 @@ def decode_session(
         if problem is not None:
             session.problems[direction] = problem
     return session
-
-
-def _stopped(messages: int) -> str:
-    return (
-        f"messages after the first {messages} are not analyzed: the capture's allowance "
-        f"({ALLOWANCE_RULE}, a frame an event) is spent"
-    )

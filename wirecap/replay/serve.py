@@ -100,7 +100,7 @@ def load_catalog(
 ) -> Catalog:
     recorded = []
     sessions = []
-    allowance = EventAllowance.for_stored(sum(f.size for f in capture.files))  # sessions' frames
+    allowance = EventAllowance.for_files(capture.files)  # sessions' frames
     for exchange in capture.exchanges():
         if (answer := recorded_from(exchange, ignore)) is not None:
             recorded.append(answer)
