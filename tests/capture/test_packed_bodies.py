@@ -113,3 +113,21 @@ def test_a_lone_body_that_does_not_pack_stays_in_the_capture(tmp_path, monkeypat
         [exchange] = capture.exchanges()
         assert response_wire(exchange) == noise
         assert not exchange.holds_bodies and list(spools.iterdir()) == []
+
+
+def test_bodies_that_cannot_be_spooled_are_read_again_from_the_capture(
+    tmp_path, frames_decoded, monkeypatch
+):
+    """No temporary directory to spool into: every body that does not pack stays in the capture,
+    read whole again, with no error."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    rng = random.Random(5)
+    noise = {(k, i): rng.randbytes(READ) for k in range(3) for i in range(READS)}
+    ids = interleaved_capture(tmp_path / "capture", 3, lambda k, i: noise[k, i])
+    with open_capture(tmp_path / "capture") as capture:
+        exchanges = list(capture.exchanges())
+        scanned = len(frames_decoded)
+        for k, exchange in enumerate(exchanges):
+            assert exchange.id == ids[k] and not exchange.holds_bodies
+            assert response_wire(exchange) == b"".join(noise[k, i] for i in range(READS))
+    assert len(frames_decoded) > 2 * scanned  # each of the three read again

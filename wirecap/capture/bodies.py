@@ -163,10 +163,8 @@ class BodyStore:
         if self._spool is not None:
             try:
                 self._spool_held()
-            except OSError:
-                self._spool = None
-                self._in_file = True
-                self._held.clear()
+            except OSError:  # no more room: the capture still has every record
+                self._leave_in_capture()
             return
         self._pack_held()
         if self._packed_bytes > PACKED_BODY_BYTES:
@@ -210,14 +208,19 @@ class BodyStore:
                 self._packed.clear()
                 self._spool_held()
             except OSError:  # no room or no temporary directory: read again from the capture
-                self._spool = None
-        if self._spool is None:
-            self._in_file = True
-            self._packed.clear()
-            self._held.clear()
+                self._leave_in_capture()
+        else:
+            self._leave_in_capture()
         if reading is not None:
             reading.open_large += 1
             self._large = True
+
+    def _leave_in_capture(self) -> None:
+        """Let go of every record kept here: they are read again from the capture."""
+        self._in_file = True
+        self._spool = None
+        self._packed.clear()
+        self._held.clear()
 
     def _spool_held(self) -> None:
         self._append_to_spool(self._held)
