@@ -51,7 +51,9 @@ class _MessageStream:
         elif kind == "content_block_start":
             block = as_dict(payload.get("content_block"))
             index = as_int(payload.get("index")) or 0
-            if block.get("type") in ("tool_use", "server_tool_use") and self._room(index):
+            if block.get("type") in ("tool_use", "server_tool_use") and self.facts.room_for_call(
+                self.blocks, index
+            ):
                 self.blocks[index] = ToolCall(
                     id=as_str(block.get("id")),
                     name=as_str(block.get("name")),
@@ -82,14 +84,11 @@ class _MessageStream:
             self.text.append(piece)
             if piece:
                 self._first_token(ns)
-        elif kind == "input_json_delta" and self._room(index):
+        elif kind == "input_json_delta" and self.facts.room_for_call(self.blocks, index):
             call = self.blocks.setdefault(index, ToolCall(name=None, arguments="", index=index))
             call.pieces.append(as_str(delta.get("partial_json")) or "")
         elif kind == "thinking_delta":
             self._first_token(ns)
-
-    def _room(self, index: int) -> bool:
-        return index in self.blocks or self.facts.room_for_call(len(self.blocks))
 
     def _first_token(self, ns: int | None) -> None:
         if self.facts.ttft_ns is None:

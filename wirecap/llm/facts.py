@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from wirecap.llm.http import decode_content
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
     from wirecap.llm.http import Head
     from wirecap.llm.websocket import WsSession
@@ -269,9 +269,10 @@ class LLMFacts:
         else:
             self.more_malformed_json += 1
 
-    def room_for_call(self, calls: int) -> bool:
-        """Whether a stream that has assembled ``calls`` tool calls may start another."""
-        if calls < MAX_STREAMED_CALLS:
+    def room_for_call(self, calls: Mapping[Any, ToolCall], key: object) -> bool:
+        """Whether a stream that has assembled ``calls`` may take a piece of the call at ``key``:
+        one it has, or a new one while there are fewer than MAX_STREAMED_CALLS."""
+        if key in calls or len(calls) < MAX_STREAMED_CALLS:
             return True
         self.calls_left_out += 1
         return False

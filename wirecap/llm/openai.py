@@ -107,7 +107,7 @@ def _chat_delta_calls(delta: dict[str, Any], calls: dict[int, ToolCall], facts: 
     for index, call, function in pieces:
         known = calls.get(index)
         if known is None:
-            if not facts.room_for_call(len(calls)):
+            if not facts.room_for_call(calls, index):
                 continue
             known = calls[index] = ToolCall(name=None, arguments="", index=index)
             began = True
@@ -212,8 +212,8 @@ def analyze_responses(inp: ExchangeInput) -> LLMFacts:
                     facts.ttft_ns = event.ns
             elif kind == "response.output_item.added":
                 item = as_dict(payload.get("item"))
-                if item.get("type") == "function_call" and facts.room_for_call(len(calls)):
-                    key = as_str(item.get("id")) or str(len(calls))
+                key = as_str(item.get("id")) or str(len(calls))
+                if item.get("type") == "function_call" and facts.room_for_call(calls, key):
                     calls[key] = ToolCall(
                         id=as_str(item.get("call_id")) or key,
                         name=as_str(item.get("name")),
@@ -223,7 +223,7 @@ def analyze_responses(inp: ExchangeInput) -> LLMFacts:
                         facts.ttft_ns = event.ns
             elif kind == "response.function_call_arguments.delta":
                 key = as_str(payload.get("item_id")) or ""
-                if key in calls or facts.room_for_call(len(calls)):
+                if facts.room_for_call(calls, key):
                     call = calls.setdefault(key, ToolCall(id=key, name=None, arguments=""))
                     call.pieces.append(as_str(payload.get("delta")) or "")
             elif kind == "response.function_call_arguments.done":
