@@ -75,12 +75,7 @@ class SSEParser:
         # ending, so only the new bytes are searched (a long line fed in small reads stays linear).
         new = max(len(buf) - len(data), 0)
         cut = max(buf.rfind(b"\n", new), buf.rfind(b"\r", new)) + 1
-        if not cut:
-            if len(buf) > MAX_LINE:
-                self.overlong = True
-                buf.clear()
-            return []
-        if cut == len(buf) and buf[-1] == 0x0D:  # the line ends at CR: an LF may come next
+        if cut == len(buf) and buf.endswith(b"\r"):  # the line ends at CR: an LF may come next
             self._skip_lf = True
         lines = bytes(buf[:cut]).splitlines()
         del buf[:cut]
