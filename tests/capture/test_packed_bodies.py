@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 import tempfile
 
+import pytest
+
 from tests.captures import Spec
 from wirecap.capture import BodyChunk, open_capture
 from wirecap.capture.records import Redaction
@@ -82,36 +84,42 @@ def test_packed_chunks_keep_their_times_directions_and_redactions(tmp_path):
     assert ids
 
 
-def test_concurrent_bodies_that_do_not_pack_are_spooled(tmp_path, frames_decoded, monkeypatch):
+@pytest.fixture
+def spools(tmp_path, monkeypatch):
+    """The temporary directory spool files go to, for this test."""
+    directory = tmp_path / "spools"
+    directory.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    return directory
+
+
+def noisy_capture(directory, count: int, seed: int) -> dict[str, bytes]:
+    """``count`` interleaved exchanges of random bytes (they do not pack): each id's body."""
+    rng = random.Random(seed)
+    noise = {(k, i): rng.randbytes(READ) for k in range(count) for i in range(READS)}
+    ids = interleaved_capture(directory, count, lambda k, i: noise[k, i])
+    return {x: b"".join(noise[k, i] for i in range(READS)) for k, x in enumerate(ids)}
+
+
+def test_concurrent_bodies_that_do_not_pack_are_spooled(tmp_path, frames_decoded, spools):
     """The first of them is read again from the capture (its frames hold the others' records
     too); the others go to spool files of their own, mode 0600, removed with their exchanges."""
-    spools = tmp_path / "spools"
-    spools.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spools))
-    rng = random.Random(3)
-    noise = {(k, i): rng.randbytes(READ) for k in range(6) for i in range(READS)}
-    ids = interleaved_capture(tmp_path / "capture", 6, lambda k, i: noise[k, i])
+    bodies = noisy_capture(tmp_path / "capture", 6, seed=3)
     with open_capture(tmp_path / "capture") as capture:
         exchanges = list(capture.exchanges())
         scanned = len(frames_decoded)
         assert sorted(p.stat().st_mode & 0o777 for p in spools.iterdir()) == [0o600] * 5
-        for k, exchange in enumerate(exchanges):
-            assert exchange.id == ids[k]
-            assert response_wire(exchange) == b"".join(noise[k, i] for i in range(READS))
+        assert [(e.id, response_wire(e)) for e in exchanges] == list(bodies.items())
     assert scanned < len(frames_decoded) <= 2 * scanned  # only the first is read again
-    del exchange, exchanges
+    del exchanges
     assert list(spools.iterdir()) == []
 
 
-def test_a_lone_body_that_does_not_pack_stays_in_the_capture(tmp_path, monkeypatch):
-    spools = tmp_path / "spools"
-    spools.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spools))
-    noise = random.Random(4).randbytes(READS * READ)
-    interleaved_capture(tmp_path / "capture", 1, lambda k, i: noise[i * READ : (i + 1) * READ])
+def test_a_lone_body_that_does_not_pack_stays_in_the_capture(tmp_path, spools):
+    bodies = noisy_capture(tmp_path / "capture", 1, seed=4)
     with open_capture(tmp_path / "capture") as capture:
         [exchange] = capture.exchanges()
-        assert response_wire(exchange) == noise
+        assert [(exchange.id, response_wire(exchange))] == list(bodies.items())
         assert not exchange.holds_bodies and list(spools.iterdir()) == []
 
 
@@ -121,13 +129,10 @@ def test_bodies_that_cannot_be_spooled_are_read_again_from_the_capture(
     """No temporary directory to spool into: every body that does not pack stays in the capture,
     read whole again, with no error."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
-    rng = random.Random(5)
-    noise = {(k, i): rng.randbytes(READ) for k in range(3) for i in range(READS)}
-    ids = interleaved_capture(tmp_path / "capture", 3, lambda k, i: noise[k, i])
+    bodies = noisy_capture(tmp_path / "capture", 3, seed=5)
     with open_capture(tmp_path / "capture") as capture:
         exchanges = list(capture.exchanges())
         scanned = len(frames_decoded)
-        for k, exchange in enumerate(exchanges):
-            assert exchange.id == ids[k] and not exchange.holds_bodies
-            assert response_wire(exchange) == b"".join(noise[k, i] for i in range(READS))
+        assert not any(e.holds_bodies for e in exchanges)
+        assert [(e.id, response_wire(e)) for e in exchanges] == list(bodies.items())
     assert len(frames_decoded) > 2 * scanned  # each of the three read again
