@@ -128,7 +128,13 @@ async def test_the_writer_holds_rows_in_flight_only_and_its_index_is_complete(tm
     assert len(stored) == 2002 and len({e.x for e in stored.entries}) == 2002
     outcomes = {e.x: e.outcome for e in stored.entries}
     assert outcomes.pop(UNENDED) is None and set(outcomes.values()) == {"ok"}
-    assert len(stored.find(LONG).frames) == 2  # its first and last records, 2,000 exchanges apart
+    # Its first record, then its last five, 2,000 exchanges apart: the row names the frames that
+    # hold them and none between. Where the writer ends a frame among the last five depends on
+    # when its task runs, so they may lie in one frame or a few.
+    first, *last = stored.find(LONG).frames
+    assert 1 <= len(last) <= 5 and first < min(last)
+    between = sum(1 for e in stored.entries if first < min(e.frames) < min(last))
+    assert between > len(stored) * 9 // 10  # almost every other exchange lies between them
 
 
 @settings(
