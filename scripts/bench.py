@@ -171,12 +171,15 @@ def start_subject(name: str, upstream_port: int, workdir: Path, mitmdump: str | 
         return Running(name, upstream_port, [], None)
     port = free_port()
     if name.startswith("wirecap"):
-        capture = name == "wirecap"
+        capture = name != "wirecap-nocapture"
         out = workdir / f"cap-{time.time_ns()}"
+        workers = name.removeprefix("wirecap-workers") if "-workers" in name else "1"
         args = wirecap_command(
             f"127.0.0.1:{port}",
             upstream_port,
             *(("--out", str(out)) if capture else ("--no-capture",)),
+            "--workers",
+            workers,
         )
         process = subprocess.Popen(args, stderr=subprocess.DEVNULL)
         wait_port(port)
@@ -452,7 +455,7 @@ def main() -> None:
     lua = workdir / "post.lua"
     lua.write_text(LUA)
     mitmdump = ensure_mitmdump(workdir) if args.with_mitmproxy else None
-    subjects = ["direct", "wirecap", "wirecap-nocapture"]
+    subjects = ["direct", "wirecap", "wirecap-workers2", "wirecap-nocapture"]
     if mitmdump:
         subjects.append("mitmdump")
     if shutil.which("nginx"):

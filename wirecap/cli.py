@@ -63,6 +63,7 @@ from wirecap.proxy.config import (
     DEFAULT_REDACT_HEADERS,
     LOG_FORMATS,
     MAX_LEVEL,
+    MAX_WORKERS,
     MIN_LEVEL,
     ON_FULL_POLICIES,
     ConfigError,
@@ -71,6 +72,7 @@ from wirecap.proxy.config import (
     parse_listen,
     parse_upstream,
 )
+from wirecap.proxy.workers import run_workers
 from wirecap.replay.compare import MODES, parse_ignores
 from wirecap.replay.demo import DemoError, default_fixtures, run_demo
 from wirecap.replay.fault_capture import FaultRecorder, fault_writer, serve_recording
@@ -225,6 +227,12 @@ _fault_option = click.option(
     "--listen", metavar="HOST:PORT", help="Address to listen on [default: 127.0.0.1:5601]."
 )
 @click.option("--upstream", metavar="URL", help="Forward everything (route '/') to this base URL.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, MAX_WORKERS),
+    help="Proxy processes sharing the listening socket, each with its own capture files; more "
+    "than one uses more cores when one is not enough [default: 1].",
+)
 @click.option(
     "--route",
     "routes",
@@ -432,7 +440,11 @@ def proxy_command(
         level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
     )
     try:
-        server = trio.run(lambda: run_proxy(config, banner=sys.stderr, beside=beside))
+        if config.workers > 1:
+            message, status = run_workers(config, banner=sys.stderr, beside=beside)
+        else:
+            server = trio.run(lambda: run_proxy(config, banner=sys.stderr, beside=beside))
+            message, status = exit_summary(server.stats, server.capture_statistics())
     except AdminListenError as exc:
         raise click.ClickException(
             f"cannot listen on {exc.address} (--admin): {exc.strerror}"
@@ -443,7 +455,6 @@ def proxy_command(
         ) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    message, status = exit_summary(server)
     click.echo(message, err=True)
     if status:
         sys.exit(status)

@@ -115,6 +115,10 @@ def test_most_specific_route_wins_and_method_host_narrow():
         ({"doc": {"capture": {"redact_headers": "x-a"}}}, "must be a list of text"),
         ({"doc": {"proxy": {"max_head": "64 KB please"}}}, "max_head in .* positive size"),
         ({"max_head": 0}, "max_head must be a positive size in bytes"),
+        (
+            {"doc": {"proxy": {"workers": 0}}},
+            r"workers in \[proxy\] must be an integer from 1 to 64, not 0",
+        ),
         ({"rotate_bytes": "0MiB"}, "rotate_bytes must be a positive size"),
         ({"doc": {"proxy": {"log_format": "xml"}}}, "'text' or 'json' or 'quiet'"),
     ],
@@ -289,6 +293,7 @@ EXAMPLES = {
         ["--fault", "429,every=2", "--fault", "stall,ms=10"],
         '[proxy]\nfault = ["429,every=2", "stall,ms=10"]',
     ),
+    "workers": (["--workers", "3"], "[proxy]\nworkers = 3"),
 }
 #: Options of `wirecap proxy` that are not settings.
 NOT_SETTINGS = {

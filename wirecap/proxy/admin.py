@@ -22,19 +22,18 @@ import hmac
 import json
 import logging
 import shutil
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import h11
 import trio
 
-from wirecap.proxy.upstream import ConnectionPool, UpstreamError
+from wirecap.proxy.upstream import ConnectionPool, UpstreamError, make_ssl_context
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from wirecap.proxy.config import AdminSettings, DiskThreshold, Upstream
-    from wirecap.proxy.metrics import ProxyMetrics
-    from wirecap.proxy.server import ProxyServer
+    from wirecap.capture.writer import WriterStatistics
+    from wirecap.proxy.config import AdminSettings, DiskThreshold, ProxyConfig, Upstream
 
 logger = logging.getLogger("wirecap.proxy.admin")
 
@@ -55,6 +54,29 @@ class AdminListenError(OSError):
     def __init__(self, host: str, port: int, exc: OSError) -> None:
         super().__init__(exc.errno, exc.strerror or str(exc))
         self.address = f"{host}:{port}"
+
+
+class ProxyView(Protocol):
+    """What the admin listener reads of a proxy: a
+    :class:`~wirecap.proxy.server.ProxyServer`, or the supervisor of ``--workers``."""
+
+    @property
+    def config(self) -> ProxyConfig: ...
+
+    def not_accepting(self) -> str | None:
+        """Why the proxy takes no new connections; None while it does."""
+        ...
+
+    def capture_statistics(self) -> WriterStatistics | None:
+        """The capture writer's statistics; None when capture is off."""
+        ...
+
+
+class MetricsView(Protocol):
+    """What serves ``/metrics``: :class:`~wirecap.proxy.metrics.ProxyMetrics`, or the sum of the
+    workers' series."""
+
+    def render(self, accept: str = "") -> tuple[bytes, str]: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,17 +116,19 @@ def _mib(n: int) -> str:
 class Readiness:
     """The checks behind ``/readyz``, run against a live proxy."""
 
-    def __init__(self, proxy: ProxyServer, min_free_disk: DiskThreshold) -> None:
+    def __init__(self, proxy: ProxyView, min_free_disk: DiskThreshold) -> None:
         self.proxy = proxy
         self.min_free_disk = min_free_disk
-        limits = proxy.config.limits
+        config = proxy.config
+        trusted = config.upstream_ca
         self._probes = ConnectionPool(
             connect_timeout=PROBE_TIMEOUT,
             idle_timeout=0,
-            read_size=limits.upstream_read_size,
-            max_head=limits.max_head,
+            read_size=config.limits.upstream_read_size,
+            max_head=config.limits.max_head,
             max_idle_per_origin=0,
-            ssl_context=proxy.pool.ssl_context if self._has_https() else None,
+            # The proxy's own trust: its extra CA bundle, if any.
+            ssl_context=make_ssl_context(trusted) if trusted and self._has_https() else None,
         )
         #: Seconds a probe's result is reused.
         self.cache_seconds = PROBE_CACHE_SECONDS
@@ -119,9 +143,9 @@ class Readiness:
         """Every check, the upstream probes at most :attr:`cache_seconds` old."""
         checks = [self._accepting()]
         checks += await self._upstreams()
-        writer = self.proxy.writer
-        if writer is not None:
-            failed = writer.statistics().failed
+        capture = self.proxy.capture_statistics()
+        if capture is not None:
+            failed = capture.failed
             if failed is None:
                 checks.append(Check(check="capture_writer", ok=True))
             else:
@@ -132,8 +156,9 @@ class Readiness:
         return checks
 
     def _accepting(self) -> Check:
-        if self.proxy.shutting_down:
-            return Check(check="accepting", ok=False, problem="the proxy is shutting down")
+        problem = self.proxy.not_accepting()
+        if problem is not None:
+            return Check(check="accepting", ok=False, problem=problem)
         return Check(check="accepting", ok=True)
 
     async def _upstreams(self) -> list[Check]:
@@ -215,7 +240,7 @@ def authorized(token: str | None, authorization: bytes | None) -> bool:
 class AdminServer:
     """The admin listener. ``await nursery.start(admin.run)`` binds it and returns (host, port)."""
 
-    def __init__(self, proxy: ProxyServer, settings: AdminSettings, metrics: ProxyMetrics) -> None:
+    def __init__(self, proxy: ProxyView, settings: AdminSettings, metrics: MetricsView) -> None:
         assert settings.address is not None
         self.host, self.port = settings.address
         self.token = settings.token

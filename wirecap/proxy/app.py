@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Literal, TextIO
 
 import trio
@@ -19,13 +20,15 @@ from wirecap.capture.process import ProcessWriter
 from wirecap.capture.redact import Redactor, Rules
 from wirecap.proxy.admin import PATHS, AdminServer
 from wirecap.proxy.metrics import ProxyMetrics
+from wirecap.proxy.routing import Router
 from wirecap.proxy.server import ProxyServer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
+    from wirecap.capture.writer import WriterStatistics
     from wirecap.proxy.config import ProxyConfig, Route
+    from wirecap.proxy.server import ProxyStatistics
 
 logger = logging.getLogger("wirecap.proxy")
 
@@ -72,18 +75,16 @@ def make_writer(config: ProxyConfig, redactor: Redactor | None) -> ProcessWriter
 EXIT_CAPTURE_INCOMPLETE: Final = 3
 
 
-def exit_summary(server: ProxyServer) -> tuple[str, int]:
+def exit_summary(stats: ProxyStatistics, capture: WriterStatistics | None) -> tuple[str, int]:
     """The proxy's last line and its exit status: how many exchanges it answered (those it answered
-    itself counted apart), where the capture went, and what capture lost. The status is
-    :data:`EXIT_CAPTURE_INCOMPLETE` when capture stopped or lost or dropped records, so that a
-    supervisor can tell; else 0."""
-    stats = server.stats
+    itself counted apart), where the capture went (``capture``: None when off), and what capture
+    lost. The status is :data:`EXIT_CAPTURE_INCOMPLETE` when capture stopped or lost or dropped
+    records, so that a supervisor can tell; else 0."""
     message = f"wirecap: {_count(stats.exchanges, 'exchange')}"
     if stats.answered_by_proxy:
         message += f" ({stats.answered_by_proxy} answered by the proxy itself)"
-    if server.writer is None:
+    if capture is None:
         return f"{message}; capture off", 0
-    capture = server.writer.statistics()
     message += f"; capture: {', '.join(str(p) for p in capture.paths) or 'none'}"
     if capture.records_dropped:
         message += f"; {_count(capture.records_dropped, 'record')} dropped (--on-full drop)"
@@ -138,24 +139,64 @@ class ShutdownSignals:
         return "stop"
 
 
+async def watch_signals(
+    policy: ShutdownSignals,
+    graceful: Callable[[], object],
+    stop: Callable[[], object],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Turn SIGINT/SIGTERM into ``graceful()`` and ``stop()`` as ``policy`` says, with a line on
+    stderr for each; started (``nursery.start``) once the signals are caught."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        task_status.started()
+        async for signum in received:
+            name = signal.Signals(signum).name
+            action = policy.on_signal(signum, trio.current_time())
+            if action == "stop":
+                logger.warning("second %s: stopping now", name)
+                stop()
+            elif action == "duplicate":
+                logger.warning(
+                    "%s again within %gs: the same request delivered twice; "
+                    "still finishing (send it again to stop now)",
+                    name,
+                    policy.window,
+                )
+            else:
+                logger.warning("%s: finishing exchanges in flight, then closing the capture", name)
+                graceful()
+
+
+#: What tells a running proxy to stop: given the server and the scope that ends the run, it calls
+#: ``server.shutdown()`` for a graceful stop or cancels the scope to stop at once.
+Control = Callable[[ProxyServer, trio.CancelScope], Awaitable[None]]
+
+
 async def run_proxy(
     config: ProxyConfig,
     *,
+    server: ProxyServer | None = None,
     console: TextIO | None = None,
     banner: TextIO | None = None,
     signals: ShutdownSignals | None = None,
+    control: Control | None = None,
     beside: Callable[[Path], Awaitable[object]] | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> ProxyServer:
-    """Run the proxy for ``config`` until SIGINT/SIGTERM; returns the server (for its statistics).
+    """Run the proxy for ``config`` (on ``server``, default a new one) until SIGINT/SIGTERM;
+    returns the server (for its statistics).
 
     The first signal starts a graceful shutdown (exchanges in flight get ``shutdown_grace`` seconds,
     then the capture file gets its index); the same signal delivered again at once (see
     :class:`ShutdownSignals`) changes nothing; a later one cancels whatever is left at once.
-    ``task_status`` gets the address once the proxy listens and captures. ``beside`` (``--ui``:
-    the inspector) is started then with the capture directory, and cancelled when the proxy stops.
+    ``control``, when given, is what stops the proxy instead of signals (a ``--workers`` worker
+    obeys its supervisor). ``task_status`` gets the address once the proxy listens and captures.
+    ``beside`` (``--ui``: the inspector) is started then with the capture directory, and cancelled
+    when the proxy stops.
     """
-    server = ProxyServer(config, console=console)
+    if server is None:
+        server = ProxyServer(config, console=console)
     listeners = await server.bind()  # fail on a taken address before creating any capture file
     admin = make_admin(server)
     if admin is not None:
@@ -168,51 +209,28 @@ async def run_proxy(
     tune_interpreter()
     writer = make_writer(config, make_redactor(config)) if config.capture.enabled else None
     server.writer = writer
-    policy = signals if signals is not None else ShutdownSignals()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-        async with trio.open_nursery() as nursery:
-
-            async def watch_signals() -> None:
-                async for signum in received:
-                    name = signal.Signals(signum).name
-                    action = policy.on_signal(signum, trio.current_time())
-                    if action == "stop":
-                        logger.warning("second %s: stopping now", name)
-                        nursery.cancel_scope.cancel()
-                        return
-                    if action == "duplicate":
-                        logger.warning(
-                            "%s again within %gs: the same request delivered twice; "
-                            "still finishing (send it again to stop now)",
-                            name,
-                            policy.window,
-                        )
-                        continue
-                    logger.warning(
-                        "%s: finishing exchanges in flight, then closing the capture", name
-                    )
-                    server.shutdown()
-
-            async def serve() -> None:
-                host, port = await nursery.start(server.run)
-                path = await nursery.start(writer.run) if writer is not None else None
-                if admin is not None:
-                    await nursery.start(admin.run)
-                if banner is not None:
-                    print(_banner(server, host, port, path), file=banner, flush=True)
-                    if admin is not None:
-                        paths = ", ".join(PATHS)
-                        print(f"admin on {admin.url} ({paths})", file=banner, flush=True)
-                if beside is not None and writer is not None:
-                    nursery.start_soon(beside, config.capture.out)
-                task_status.started((host, port))
-
-            nursery.start_soon(watch_signals)
-            await serve()
-            await server.wait_stopped()
-            if writer is not None:
-                await writer.wait_finished()
-            nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:
+        if control is None:
+            policy = signals if signals is not None else ShutdownSignals()
+            cancel = nursery.cancel_scope.cancel
+            await nursery.start(watch_signals, policy, server.shutdown, cancel)
+        else:
+            nursery.start_soon(control, server, nursery.cancel_scope)
+        host, port = await nursery.start(server.run)
+        path = await nursery.start(writer.run) if writer is not None else None
+        if admin is not None:
+            await nursery.start(admin.run)
+        if banner is not None:
+            print(banner_text(config, host, port, path), file=banner, flush=True)
+            if admin is not None:
+                print(f"admin on {admin.url} ({', '.join(PATHS)})", file=banner, flush=True)
+        if beside is not None and writer is not None:
+            nursery.start_soon(beside, config.capture.out)
+        task_status.started((host, port))
+        await server.wait_stopped()
+        if writer is not None:
+            await writer.wait_finished()
+        nursery.cancel_scope.cancel()
     return server
 
 
@@ -255,20 +273,26 @@ def _client_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _banner(server: ProxyServer, host: str, port: int, path: Path | None) -> str:
+def banner_text(
+    config: ProxyConfig, host: str, port: int, capture: Path | str | None, *, workers: int = 1
+) -> str:
+    """What ``wirecap proxy`` prints once it listens: its routes, the base URL to give each SDK,
+    and where it captures (``capture``: the file, or the files of its workers; None when off)."""
     proxy_url = _client_url(host, port)
     lines = [f"wirecap {__version__} proxy listening on http://{host}:{port}"]
-    for route in server.router.routes:
+    if workers > 1:
+        lines[0] += f" ({workers} worker processes)"
+    for route in Router(config.routes).routes:
         extra = "" if route.capture else " (not captured)"
         if route.capture and route.sample < 1:
             extra = f" (sampled {route.sample:g})"
         lines.append(f"  {route.describe():<24} -> {route.upstream.url}{extra}")
         clients = client_base_urls(route, proxy_url)
         lines.append("      " + "; ".join(f"{who}: {url}" for who, url in clients))
-    if server.writer is None:
+    if not config.capture.enabled:
         lines.append("capture is off")
     else:
-        lines.append(f"capturing to {path}")
-        if not server.config.capture.redact:
+        lines.append(f"capturing to {capture}")
+        if not config.capture.redact:
             lines.append("REDACTION IS OFF: credentials will be stored in the capture")
     return "\n".join(lines)

@@ -234,6 +234,7 @@ class ProxyConfig:
     log_format: Literal["text", "json", "quiet"] = "text"
     admin: AdminSettings = AdminSettings()
     faults: tuple[FaultSpec, ...] = ()  # injected into the exchanges their selectors pick
+    workers: int = 1  # proxy processes on the listening socket (see proxy/workers.py)
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -385,6 +386,16 @@ def _level(value: Any) -> int:
     return value
 
 
+#: Most proxy processes ``--workers`` starts: each costs a process and a capture writer process.
+MAX_WORKERS: Final = 64
+
+
+def _workers(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WORKERS:
+        raise _Invalid(f"an integer from 1 to {MAX_WORKERS}")
+    return value
+
+
 def _sample(value: Any) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
         raise _Invalid("a number from 0 to 1")
@@ -448,6 +459,7 @@ SETTINGS: Final[Mapping[str, Mapping[str, Callable[[Any], Any]]]] = {
         "admin_token": _token,
         "ready_min_free_disk": _disk_threshold,
         "fault": _faults,
+        "workers": _workers,
     },
     "capture": {
         "out": _path,
@@ -638,6 +650,7 @@ def build_config(
     ready_min_free_disk: int | str | None = None,
     timeouts: Mapping[str, float] | None = None,
     fault: Iterable[str | FaultSpec] = (),
+    workers: int | None = None,
 ) -> ProxyConfig:
     """Merge a TOML document and command-line values into a checked :class:`ProxyConfig`.
 
@@ -677,6 +690,7 @@ def build_config(
         "admin": admin,
         "admin_token": admin_token,
         "ready_min_free_disk": ready_min_free_disk,
+        "workers": workers,
     }
     values.update((key, _checked(key, value)) for key, value in given.items() if value is not None)
     for key, more in (
@@ -703,6 +717,7 @@ def build_config(
         log_format=values.get("log_format", "text"),
         admin=_admin_settings(values),
         faults=values.get("fault", ()),
+        workers=values.get("workers", 1),
     )
 
 

@@ -35,7 +35,7 @@ from wirecap.proxy.sockets import TcpStream
 from wirecap.proxy.upstream import ConnectionPool, make_ssl_context
 
 if TYPE_CHECKING:
-    from wirecap.capture.writer import RecordWriter
+    from wirecap.capture.writer import RecordWriter, WriterStatistics
     from wirecap.proxy.config import ProxyConfig
     from wirecap.proxy.metrics import ProxyMetrics
     from wirecap.proxy.routing import RouteMatch
@@ -46,6 +46,8 @@ logger = logging.getLogger("wirecap.proxy")
 MAX_BAD_HEAD_RECORDED: Final = 64 * 1024
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 _ids = random.Random(os.urandom(16))
+# A forked worker (``--workers``) draws ids of its own, not its siblings' sequence.
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(16)))
 
 
 def new_exchange_id() -> str:
@@ -151,12 +153,26 @@ class ProxyServer:
             self._stopped.set()
 
     async def bind(self) -> list[trio.SocketListener]:
-        """Open the listening sockets (raises OSError when the address is taken)."""
-        self._listeners = await trio.open_tcp_listeners(
-            self.config.listen_port, host=self.config.listen_host
-        )
-        self.listen_port = self._listeners[0].socket.getsockname()[1]
+        """Open the listening sockets (raises OSError when the address is taken), unless
+        :meth:`adopt` gave some."""
+        if not self._listeners:
+            self.adopt(
+                await trio.open_tcp_listeners(self.config.listen_port, host=self.config.listen_host)
+            )
         return self._listeners
+
+    def adopt(self, listeners: list[trio.SocketListener]) -> None:
+        """Accept on ``listeners``, bound already (a ``--workers`` worker's inherited sockets)."""
+        self._listeners = listeners
+        self.listen_port = listeners[0].socket.getsockname()[1]
+
+    def not_accepting(self) -> str | None:
+        """Why the proxy takes no new connections; None while it does."""
+        return "the proxy is shutting down" if self.shutting_down else None
+
+    def capture_statistics(self) -> WriterStatistics | None:
+        """The capture writer's statistics; None when capture is off."""
+        return self.writer.statistics() if self.writer is not None else None
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown (idempotent): stop accepting, close idle connections, and let
