@@ -230,6 +230,7 @@ _fault_option = click.option(
 @click.option(
     "--workers",
     type=click.IntRange(1, MAX_WORKERS),
+    metavar="N",
     help="Proxy processes sharing the listening socket, each with its own capture files; more "
     "than one uses more cores when one is not enough [default: 1].",
 )
@@ -414,6 +415,7 @@ def proxy_command(
       wirecap proxy --upstream http://127.0.0.1:8000/ --out /var/captures
       wirecap proxy --route /openai=https://api.openai.com/ --config wirecap.toml
       wirecap proxy --fault 503,rate=0.1,seed=1      # one request in ten gets a 503
+      wirecap proxy --workers 2                      # two proxy processes, one socket
     """
     # Every other option is a setting that build_config takes by the same name.
     if quiet:
