@@ -441,6 +441,14 @@ def proxy_command(
     logging.basicConfig(
         level=logging.WARNING, format="wirecap: %(levelname)s: %(message)s", stream=sys.stderr
     )
+    if config.capture.enabled:
+        out = config.capture.out
+        try:
+            out.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot create the capture directory {out}: {exc.strerror or exc}"
+            ) from None
     try:
         if config.workers > 1:
             message, status = run_workers(config, banner=sys.stderr, beside=beside)

@@ -494,6 +494,19 @@ def test_a_taken_admin_address_is_one_line_naming_it(tmp_path):
     )
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_capture_directory_that_cannot_be_made_is_one_line_naming_it(tmp_path, workers):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "captures"
+    result = CliRunner().invoke(
+        main, ["proxy", "--listen", "127.0.0.1:0", "--out", str(out), "--workers", workers]
+    )
+    assert result.exit_code == 1
+    assert re.fullmatch(
+        rf"Error: cannot create the capture directory {out}: [^\n]+\n", result.output
+    )
+
+
 async def test_a_scraper_asking_for_openmetrics_gets_it(start_upstream, start_proxy, nursery):
     upstream = await start_upstream(echo)
     proxy = await start_proxy(upstream=upstream.url, admin="127.0.0.1:0", capture=False)
