@@ -77,6 +77,8 @@ FINISH: Final = b"g"
 STOP_NOW: Final = b"s"
 #: Exit status when a worker died before its last report.
 EXIT_WORKER_DIED: Final = 1
+#: The signals the supervisor acts on and the workers ignore.
+SHUTDOWN_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 #: Gauges whose sum over workers means nothing: the supervisor reports the largest.
 LARGEST_OF: Final = frozenset({"wirecap_capture_enabled", "wirecap_capture_stopped"})
 
@@ -112,7 +114,10 @@ class Worker:
             self.done = bool(report.get("done"))
 
     def tell(self, command: bytes) -> None:
-        """Write ``command`` on the control pipe (a worker that has ended has no reader)."""
+        """Write ``command`` on the control pipe, unless the worker has ended (the descriptor is
+        closed then, and its number may be another file's)."""
+        if self.control_fd < 0:
+            return
         with contextlib.suppress(OSError):
             os.write(self.control_fd, command)
 
@@ -177,6 +182,7 @@ class Supervisor:
                 self._update()
         _, worker.exit_status = await trio.to_thread.run_sync(os.waitpid, worker.pid, 0)
         os.close(worker.control_fd)
+        worker.control_fd = -1
         death = worker.death()
         if death is not None:
             logger.error("%s", death)
@@ -311,11 +317,17 @@ def run_workers(
     if config.capture.enabled:
         config.capture.out.mkdir(parents=True, exist_ok=True, mode=0o700)
     theirs = [admin_listener.socket for admin_listener in (admin._listeners if admin else [])]
-    for _ in range(config.workers):
-        supervisor.workers.append(_start_worker(config, listeners, supervisor.workers, theirs))
-    for listener in listeners:  # the workers accept: a connection must not wait here at the end
-        os.close(listener.socket.detach())  # (a trio socket's close needs a trio run)
-    trio.run(_supervise, supervisor, admin, banner, beside)
+    # A SIGINT/SIGTERM from now until the supervisor watches them waits (a Ctrl-C while workers
+    # start is then a graceful stop like any other); each worker ignores them before it unblocks.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+    try:
+        for _ in range(config.workers):
+            supervisor.workers.append(_start_worker(config, listeners, supervisor.workers, theirs))
+        for listener in listeners:  # the workers accept: a connection must not wait here at the end
+            os.close(listener.socket.detach())  # (a trio socket's close needs a trio run)
+        trio.run(_supervise, supervisor, admin, banner, beside)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
     return supervisor.summary()
 
 
@@ -341,6 +353,7 @@ async def _supervise(
     async with trio.open_nursery() as nursery:
         policy = ShutdownSignals()
         await nursery.start(watch_signals, policy, supervisor.finish, supervisor.stop_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)  # (blocked since the forks)
         for worker in supervisor.workers:
             nursery.start_soon(supervisor.follow, worker)
         await supervisor.all_listening.wait()
@@ -377,6 +390,9 @@ def _start_worker(
         return Worker(pid=pid, report_fd=report_read, control_fd=control_write)
     status = 1
     try:
+        for signum in SHUTDOWN_SIGNALS:  # the supervisor passes them on; a pending one is dropped
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
         # Only this worker's own ends stay open: a sibling's pipes held here would keep the
         # supervisor from seeing that sibling end, and it from seeing the supervisor die.
         for fd in (report_read, control_write):
@@ -398,8 +414,6 @@ def _start_worker(
 
 def _worker_main(config: ProxyConfig, listeners: list[Any], report_fd: int, control_fd: int) -> int:
     """A worker's life: the proxy on the inherited sockets, stopped by its supervisor only."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with_metrics = config.admin.address is not None
     own = dataclasses.replace(config, admin=AdminSettings())  # the supervisor serves --admin
     trio.run(_serve_worker, own, listeners, report_fd, control_fd, with_metrics)
