@@ -6,7 +6,6 @@ kernel's choice, so each test asserts what holds whatever the split."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import httpx
 import trio
 
 from tests.proxy.test_workers import (
+    Workers,
     children,
     echo,
     post_each_on_its_own_connection,
@@ -102,3 +102,105 @@ async def test_a_dead_workers_pipes_are_never_written_again(start_upstream, tmp_
                 while chunk := await stream.receive_some(65536):
                     rest += chunk
         assert rest == b"", rest  # nothing after the answer: the connection only closed
+
+
+async def open_streams(port: int, count: int) -> list[trio.SocketStream]:
+    """``count`` streaming exchanges, each on its own connection, each past its first event."""
+    streams = []
+    for _ in range(count):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        await s.send_all(b"POST /v1/s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        seen = b""
+        with trio.fail_after(30):
+            while b"data: first" not in seen:
+                seen += await s.receive_some(65536)
+        streams.append(s)
+    return streams
+
+
+async def endless_stream(exchange) -> None:
+    await exchange.read_body()
+    await exchange.send_head(200, [("Content-Type", "text/event-stream")])
+    await exchange.send_data(b"data: first\n\n")
+    await trio.sleep_forever()
+
+
+async def test_a_second_signal_stops_every_worker_at_once(start_upstream, tmp_path):
+    upstream = await start_upstream(endless_stream)
+    workers = await start_workers(tmp_path, upstream.url, "--shutdown-timeout", "600")
+    streams = await open_streams(workers.port, 4)
+    workers.process.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        while b"finishing exchanges in flight" not in workers.log:
+            workers.log += await workers.process.stderr.receive_some(65536)
+    log = await workers.finish(signal.SIGTERM)  # another signal: stop now, not in 600 s
+    assert "Traceback" not in log, log
+    assert "second SIGTERM: stopping now" in log, log
+    assert log.splitlines()[-1].startswith("wirecap: 4 exchanges; capture: "), log
+    assert workers.process.returncode == 0, log
+    for s in streams:
+        await s.aclose()
+    with open_capture(tmp_path / "c") as capture:
+        assert all(f.indexed for f in capture.files)
+        assert len(list(capture.exchanges())) == 4
+
+
+async def test_without_capture_the_workers_write_nothing(start_upstream, tmp_path):
+    upstream = await start_upstream(echo)
+    process = await trio.lowlevel.open_process(
+        proxy_command(tmp_path, upstream.url, "--no-capture"),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    log = b""
+    with trio.fail_after(60):
+        while b"capture is off" not in log:
+            chunk = await process.stderr.receive_some(65536)
+            assert chunk, log.decode()
+            log += chunk
+    workers = Workers(process, log)
+    responses = await post_each_on_its_own_connection(workers.url, 6)
+    assert [r.status_code for r in responses] == [200] * 6
+    text = await workers.finish()
+    assert workers.process.returncode == 0, text
+    assert text.splitlines()[-1] == "wirecap: 6 exchanges; capture off", text
+    assert not (tmp_path / "c").exists()
+
+
+async def test_faults_are_injected_by_each_worker(start_upstream, tmp_path):
+    upstream = await start_upstream(echo)
+    workers = await start_workers(tmp_path, upstream.url, "--fault", "503,every=2")
+    responses = await post_each_on_its_own_connection(workers.url, 20)
+    statuses = [r.status_code for r in responses]
+    log = await workers.finish()
+    assert workers.process.returncode == 0, log
+    assert "Traceback" not in log, log
+    assert set(statuses) == {200, 503}
+    # every=2 counts each worker's own exchanges: half of each worker's, so half of all, give or
+    # take one per worker whose count is odd.
+    assert abs(statuses.count(503) - 10) <= 1, statuses
+    with open_capture(tmp_path / "c") as capture:
+        faulted = [e for e in capture.exchanges() if e.notes_of("fault")]
+    assert len(faulted) == statuses.count(503)
+
+
+async def test_the_last_line_names_a_dead_workers_files(start_upstream, tmp_path):
+    """Without --admin too: the last line names every file, a dead worker's as well."""
+    upstream = await start_upstream(echo)
+    workers = await start_workers(tmp_path, upstream.url)
+    await post_each_on_its_own_connection(workers.url, 10)
+    [first, _] = workers.worker_pids()
+    files = sorted((tmp_path / "c").iterdir())
+    assert len(files) == 2
+    os.kill(first, signal.SIGKILL)
+    with trio.fail_after(60):
+        while running(first):
+            await trio.sleep(0.05)
+    log = await workers.finish()
+    last = log.splitlines()[-1]
+    assert workers.process.returncode == 1, log
+    assert last.startswith("wirecap: "), log
+    for f in files:
+        assert str(f) in last, (f, last)
+    assert f"worker {first} died (signal SIGKILL)" in last

@@ -25,7 +25,7 @@ The first process then supervises, in a trio run of its own:
 Each worker has two pipes to the supervisor. On *control* the supervisor writes ``g`` (finish the
 exchanges in flight, then stop) or ``s`` (stop now); its end of input (the supervisor died) also
 means ``g``. On *report* the worker writes JSON lines: ``listening`` once, then its statistics and
-metrics every :data:`REPORT_SECONDS` when ``--admin`` is on, and a last report with ``done``.
+metrics (when ``--admin`` is on) every :data:`REPORT_SECONDS`, and a last report with ``done``.
 
 Faults (``--fault``) are injected by each worker into its own exchanges: ``every=N`` counts the
 exchanges of one worker, and a ``seed`` gives each worker the same sequence.
@@ -50,6 +50,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from wirecap.capture.frames import SEGMENT_SUFFIX
 from wirecap.capture.writer import WriterStatistics
 from wirecap.proxy.admin import PATHS, AdminServer
 from wirecap.proxy.app import (
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("wirecap.proxy")
 
-#: Seconds between two reports of a worker's statistics and metrics (only with ``--admin``).
+#: Seconds between two reports of a worker's statistics (and metrics, with ``--admin``).
 REPORT_SECONDS: Final = 1.0
 #: What the supervisor writes on a worker's control pipe.
 FINISH: Final = b"g"
@@ -155,7 +156,17 @@ class Supervisor:
     def capture_statistics(self) -> WriterStatistics | None:
         if not self.config.capture.enabled:
             return None
-        return merged_writer_statistics(w.writer for w in self.workers)
+        return merged_writer_statistics(self._writer_of(w) for w in self.workers)
+
+    def _writer_of(self, worker: Worker) -> WriterStatistics | None:
+        """A worker's capture as it last reported it; for one that died, with every segment its
+        writer left in the directory (their names carry the worker's pid)."""
+        if worker.death() is None:
+            return worker.writer
+        pattern = f"*-{worker.pid}-*{SEGMENT_SUFFIX}"
+        paths = tuple(sorted(self.config.capture.out.glob(pattern)))
+        known = worker.writer or merged_writer_statistics([])
+        return dataclasses.replace(known, path=paths[-1] if paths else None, paths=paths)
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -452,8 +463,7 @@ async def _serve_worker(
             capture = server.capture_statistics()
             path = None if capture is None or capture.path is None else str(capture.path)
             await _send(reports, {"listening": server.listen_port, "capture": path})
-            if with_metrics:
-                nursery.start_soon(_report_every, reports, server)
+            nursery.start_soon(_report_every, reports, server)  # what is known if it dies
         await _send(reports, _state(server, done=True))
 
 
