@@ -230,6 +230,7 @@ _fault_option = click.option(
 @click.option(
     "--workers",
     type=click.IntRange(1, MAX_WORKERS),
+    metavar="N",
     help="Proxy processes sharing the listening socket, each with its own capture files; more "
     "than one uses more cores when one is not enough [default: 1].",
 )

@@ -6,6 +6,7 @@ kernel's choice, so each test asserts what holds whatever the split."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -204,3 +205,67 @@ async def test_the_last_line_names_a_dead_workers_files(start_upstream, tmp_path
     for f in files:
         assert str(f) in last, (f, last)
     assert f"worker {first} died (signal SIGKILL)" in last
+
+
+async def test_every_reader_sees_two_workers_rotated_segments_as_one_capture(
+    start_upstream, tmp_path
+):
+    """Streams held open while both workers rotate (small --rotate-bytes) end in later segments
+    than they began in; inspect and export read each exchange once, whole."""
+    release = trio.Event()
+
+    async def stream_or_echo(exchange) -> None:
+        if exchange.request.target != "/v1/s":
+            await echo(exchange)
+            return
+        await exchange.read_body()
+        await exchange.send_head(200, [("Content-Type", "text/event-stream")])
+        await exchange.send_data(b"data: first\n\n")
+        await release.wait()
+        await exchange.send_data(b"data: last\n\n")
+        await exchange.end()
+
+    upstream = await start_upstream(stream_or_echo)
+    workers = await start_workers(tmp_path, upstream.url, "--rotate-bytes", "16KiB")
+    streams = await open_streams(workers.port, 4)
+    bodies = [os.urandom(12 * 1024).hex().encode() for _ in range(30)]  # hardly compressible
+    for body in bodies:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(workers.url + "/v1/chat", content=b'"' + body + b'"')
+            assert response.status_code == 200
+    release.set()
+    for s in streams:
+        async with s:
+            seen = b""
+            with trio.fail_after(30):
+                while not seen.endswith(b"0\r\n\r\n"):
+                    seen += await s.receive_some(65536)
+    log = await workers.finish()
+    assert workers.process.returncode == 0, log
+    out = tmp_path / "c"
+    assert len(list(out.iterdir())) > 2  # both workers rotated
+    with open_capture(out) as capture:
+        exchanges = list(capture.exchanges())
+    assert len(exchanges) == 34 and len({e.id for e in exchanges}) == 34
+    assert {e.outcome for e in exchanges} == {"ok"}
+    held = [e for e in exchanges if e.target == "/v1/s"]
+    assert [e.response_body for e in held] == [b"data: first\n\ndata: last\n\n"] * 4
+    assert sorted(e.request_body[1:-1] for e in exchanges if e.target != "/v1/s") == sorted(bodies)
+    listed = subprocess.run(
+        [sys.executable, "-m", "wirecap", "inspect", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(e.id for e in exchanges)
+    har = tmp_path / "c.har"
+    exported = subprocess.run(
+        [sys.executable, "-m", "wirecap", "export", str(out), "--format", "har", "-o", str(har)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert len(json.loads(har.read_text())["log"]["entries"]) == 34
