@@ -44,6 +44,8 @@ HELD_BYTES: Final = 1024 * 1024
 #: per several exchanges under load, and no record waits in the proxy longer than this.
 BATCH_SECONDS: Final = 0.005
 BATCH_BYTES: Final = 256 * 1024
+#: Seconds a write to the pipe may take after the proxy was told to stop at once.
+SEND_GRACE: Final = 10.0
 
 
 class ProcessWriter(BoundedProducer):
@@ -62,6 +64,7 @@ class ProcessWriter(BoundedProducer):
         self._child: dict[str, Any] = {"paths": []}
         self._records_dropped = self._records_lost = 0
         self.pid: int | None = None
+        self._sending: int | None = None  # the records of a write to the pipe in progress
 
     # -- producers ------------------------------------------------------------------------------------
 
@@ -142,6 +145,8 @@ class ProcessWriter(BoundedProducer):
         finally:
             with trio.CancelScope(shield=True):
                 if process.returncode is None:  # cancelled: the process finishes on its own
+                    with trio.move_on_after(10):
+                        await self._send_rest(process.stdin)
                     with contextlib.suppress(*_BROKEN):
                         await process.stdin.aclose()
                     with trio.move_on_after(10):
@@ -164,6 +169,18 @@ class ProcessWriter(BoundedProducer):
             await self._send(stdin, LENGTH.pack(len(payload)) + payload, records=len(batch))
             self._freed(sent)
 
+    async def _send_rest(self, stdin: trio.abc.SendStream) -> None:
+        """After a cancellation (a second Ctrl-C): the batch not yet sent goes down the pipe,
+        unless a write was cut (its records and these are lost)."""
+        if self._sending is not None:
+            self._records_lost += self._sending + len(self._batch)
+            return
+        if self._batch or self._drops.records:
+            batch, sent = self._take_batch()
+            payload = marshal.dumps(batch)
+            await self._send(stdin, LENGTH.pack(len(payload)) + payload, records=len(batch))
+            self._freed(sent)
+
     def _take_batch(self) -> tuple[list[tuple[Any, ...]], int]:
         batch, self._batch = self._batch, []
         sent, self._batch_bytes = self._batch_bytes, 0
@@ -180,11 +197,16 @@ class ProcessWriter(BoundedProducer):
             self._records_lost += records
             await trio.lowlevel.checkpoint()
             return
-        try:
-            await stdin.send_all(data)
-        except _BROKEN:
-            self._records_lost += records
-            self._fail("the capture writer process exited")
+        self._sending = records
+        # A cancellation (a second Ctrl-C) does not cut a message in half, which would garble
+        # the pipe; a writer process that reads nothing for SEND_GRACE seconds does.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_GRACE):
+            try:
+                await stdin.send_all(data)
+            except _BROKEN:
+                self._records_lost += records
+                self._fail("the capture writer process exited")
+            self._sending = None
 
     async def _read_statistics(self, stdout: trio.abc.ReceiveStream, first: trio.Event) -> None:
         buffer = b""

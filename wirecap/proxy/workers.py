@@ -25,7 +25,7 @@ The first process then supervises, in a trio run of its own:
 Each worker has two pipes to the supervisor. On *control* the supervisor writes ``g`` (finish the
 exchanges in flight, then stop) or ``s`` (stop now); its end of input (the supervisor died) also
 means ``g``. On *report* the worker writes JSON lines: ``listening`` once, then its statistics and
-metrics every :data:`REPORT_SECONDS` when ``--admin`` is on, and a last report with ``done``.
+metrics (when ``--admin`` is on) every :data:`REPORT_SECONDS`, and a last report with ``done``.
 
 Faults (``--fault``) are injected by each worker into its own exchanges: ``every=N`` counts the
 exchanges of one worker, and a ``seed`` gives each worker the same sequence.
@@ -50,6 +50,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from wirecap.capture.frames import SEGMENT_SUFFIX
 from wirecap.capture.writer import WriterStatistics
 from wirecap.proxy.admin import PATHS, AdminServer
 from wirecap.proxy.app import (
@@ -70,13 +71,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("wirecap.proxy")
 
-#: Seconds between two reports of a worker's statistics and metrics (only with ``--admin``).
+#: Seconds between two reports of a worker's statistics (and metrics, with ``--admin``).
 REPORT_SECONDS: Final = 1.0
 #: What the supervisor writes on a worker's control pipe.
 FINISH: Final = b"g"
 STOP_NOW: Final = b"s"
 #: Exit status when a worker died before its last report.
 EXIT_WORKER_DIED: Final = 1
+#: The signals the supervisor acts on and the workers ignore.
+SHUTDOWN_SIGNALS: Final = frozenset({signal.SIGINT, signal.SIGTERM})
 #: Gauges whose sum over workers means nothing: the supervisor reports the largest.
 LARGEST_OF: Final = frozenset({"wirecap_capture_enabled", "wirecap_capture_stopped"})
 
@@ -112,7 +115,10 @@ class Worker:
             self.done = bool(report.get("done"))
 
     def tell(self, command: bytes) -> None:
-        """Write ``command`` on the control pipe (a worker that has ended has no reader)."""
+        """Write ``command`` on the control pipe, unless the worker has ended (the descriptor is
+        closed then, and its number may be another file's)."""
+        if self.control_fd < 0:
+            return
         with contextlib.suppress(OSError):
             os.write(self.control_fd, command)
 
@@ -150,7 +156,17 @@ class Supervisor:
     def capture_statistics(self) -> WriterStatistics | None:
         if not self.config.capture.enabled:
             return None
-        return merged_writer_statistics(w.writer for w in self.workers)
+        return merged_writer_statistics(self._writer_of(w) for w in self.workers)
+
+    def _writer_of(self, worker: Worker) -> WriterStatistics | None:
+        """A worker's capture as it last reported it; for one that died, with every segment its
+        writer left in the directory (their names carry the worker's pid)."""
+        if worker.death() is None:
+            return worker.writer
+        pattern = f"*-{worker.pid}-*{SEGMENT_SUFFIX}"
+        paths = tuple(sorted(self.config.capture.out.glob(pattern)))
+        known = worker.writer or merged_writer_statistics([])
+        return dataclasses.replace(known, path=paths[-1] if paths else None, paths=paths)
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -177,6 +193,7 @@ class Supervisor:
                 self._update()
         _, worker.exit_status = await trio.to_thread.run_sync(os.waitpid, worker.pid, 0)
         os.close(worker.control_fd)
+        worker.control_fd = -1
         death = worker.death()
         if death is not None:
             logger.error("%s", death)
@@ -311,11 +328,17 @@ def run_workers(
     if config.capture.enabled:
         config.capture.out.mkdir(parents=True, exist_ok=True, mode=0o700)
     theirs = [admin_listener.socket for admin_listener in (admin._listeners if admin else [])]
-    for _ in range(config.workers):
-        supervisor.workers.append(_start_worker(config, listeners, supervisor.workers, theirs))
-    for listener in listeners:  # the workers accept: a connection must not wait here at the end
-        os.close(listener.socket.detach())  # (a trio socket's close needs a trio run)
-    trio.run(_supervise, supervisor, admin, banner, beside)
+    # A SIGINT/SIGTERM from now until the supervisor watches them waits (a Ctrl-C while workers
+    # start is then a graceful stop like any other); each worker ignores them before it unblocks.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
+    try:
+        for _ in range(config.workers):
+            supervisor.workers.append(_start_worker(config, listeners, supervisor.workers, theirs))
+        for listener in listeners:  # the workers accept: a connection must not wait here at the end
+            os.close(listener.socket.detach())  # (a trio socket's close needs a trio run)
+        trio.run(_supervise, supervisor, admin, banner, beside)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
     return supervisor.summary()
 
 
@@ -341,6 +364,7 @@ async def _supervise(
     async with trio.open_nursery() as nursery:
         policy = ShutdownSignals()
         await nursery.start(watch_signals, policy, supervisor.finish, supervisor.stop_now)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)  # (blocked since the forks)
         for worker in supervisor.workers:
             nursery.start_soon(supervisor.follow, worker)
         await supervisor.all_listening.wait()
@@ -377,6 +401,9 @@ def _start_worker(
         return Worker(pid=pid, report_fd=report_read, control_fd=control_write)
     status = 1
     try:
+        for signum in SHUTDOWN_SIGNALS:  # the supervisor passes them on; a pending one is dropped
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
         # Only this worker's own ends stay open: a sibling's pipes held here would keep the
         # supervisor from seeing that sibling end, and it from seeing the supervisor die.
         for fd in (report_read, control_write):
@@ -398,8 +425,6 @@ def _start_worker(
 
 def _worker_main(config: ProxyConfig, listeners: list[Any], report_fd: int, control_fd: int) -> int:
     """A worker's life: the proxy on the inherited sockets, stopped by its supervisor only."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with_metrics = config.admin.address is not None
     own = dataclasses.replace(config, admin=AdminSettings())  # the supervisor serves --admin
     trio.run(_serve_worker, own, listeners, report_fd, control_fd, with_metrics)
@@ -438,8 +463,7 @@ async def _serve_worker(
             capture = server.capture_statistics()
             path = None if capture is None or capture.path is None else str(capture.path)
             await _send(reports, {"listening": server.listen_port, "capture": path})
-            if with_metrics:
-                nursery.start_soon(_report_every, reports, server)
+            nursery.start_soon(_report_every, reports, server)  # what is known if it dies
         await _send(reports, _state(server, done=True))
 
 
