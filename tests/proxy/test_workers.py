@@ -120,18 +120,19 @@ async def test_every_exchange_is_relayed_and_captured_once(start_upstream, tmp_p
     assert {e.outcome for e in exchanges} == {"ok"}
 
 
+async def held_stream(exchange, release: trio.Event) -> None:
+    """An SSE answer whose second and last event waits for ``release``."""
+    await exchange.read_body()
+    await exchange.send_head(200, [("Content-Type", "text/event-stream")])
+    await exchange.send_data(b"data: first\n\n")
+    await release.wait()
+    await exchange.send_data(b"data: last\n\n")
+    await exchange.end()
+
+
 async def test_a_ctrl_c_to_the_group_counts_once_and_lets_streams_finish(start_upstream, tmp_path):
     release = trio.Event()
-
-    async def stream(exchange) -> None:
-        await exchange.read_body()
-        await exchange.send_head(200, [("Content-Type", "text/event-stream")])
-        await exchange.send_data(b"data: first\n\n")
-        await release.wait()
-        await exchange.send_data(b"data: last\n\n")
-        await exchange.end()
-
-    upstream = await start_upstream(stream)
+    upstream = await start_upstream(lambda exchange: held_stream(exchange, release))
     workers = await start_workers(tmp_path, upstream.url, "--shutdown-timeout", "600")
     streams = []
     for _ in range(4):

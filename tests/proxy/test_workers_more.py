@@ -20,6 +20,7 @@ from tests.proxy.test_workers import (
     Workers,
     children,
     echo,
+    held_stream,
     post_each_on_its_own_connection,
     running,
     start_workers,
@@ -218,12 +219,7 @@ async def test_every_reader_sees_two_workers_rotated_segments_as_one_capture(
         if exchange.request.target != "/v1/s":
             await echo(exchange)
             return
-        await exchange.read_body()
-        await exchange.send_head(200, [("Content-Type", "text/event-stream")])
-        await exchange.send_data(b"data: first\n\n")
-        await release.wait()
-        await exchange.send_data(b"data: last\n\n")
-        await exchange.end()
+        await held_stream(exchange, release)
 
     upstream = await start_upstream(stream_or_echo)
     workers = await start_workers(tmp_path, upstream.url, "--rotate-bytes", "16KiB")

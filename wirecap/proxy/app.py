@@ -197,15 +197,8 @@ async def run_proxy(
     """
     if server is None:
         server = ProxyServer(config, console=console)
-    listeners = await server.bind()  # fail on a taken address before creating any capture file
     admin = make_admin(server)
-    if admin is not None:
-        try:
-            await admin.bind()
-        except OSError:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            raise
+    await bind_all(server, admin)  # fail on a taken address before creating any capture file
     tune_interpreter()
     writer = make_writer(config, make_redactor(config)) if config.capture.enabled else None
     server.writer = writer
@@ -232,6 +225,20 @@ async def run_proxy(
             await writer.wait_finished()
         nursery.cancel_scope.cancel()
     return server
+
+
+async def bind_all(server: ProxyServer, admin: AdminServer | None) -> list[trio.SocketListener]:
+    """Bind the proxy's listening sockets, then the admin listener's (if any); when the admin
+    address is taken, the proxy's are closed again before the error goes on."""
+    listeners = await server.bind()
+    if admin is not None:
+        try:
+            await admin.bind()
+        except OSError:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
+    return listeners
 
 
 def make_admin(server: ProxyServer) -> AdminServer | None:

@@ -56,6 +56,7 @@ from wirecap.proxy.admin import PATHS, AdminServer
 from wirecap.proxy.app import (
     ShutdownSignals,
     banner_text,
+    bind_all,
     exit_summary,
     run_proxy,
     watch_signals,
@@ -323,7 +324,7 @@ def run_workers(
     admin = None
     if config.admin.address is not None:
         admin = AdminServer(supervisor, config.admin, WorkersMetrics(supervisor))
-    listeners = trio.run(_bind, server, admin)
+    listeners = trio.run(bind_all, server, admin)
     supervisor.port = server.listen_port
     if config.capture.enabled:
         config.capture.out.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -340,18 +341,6 @@ def run_workers(
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SHUTDOWN_SIGNALS)
     return supervisor.summary()
-
-
-async def _bind(server: ProxyServer, admin: AdminServer | None) -> list[Any]:
-    listeners = await server.bind()
-    if admin is not None:
-        try:
-            await admin.bind()
-        except OSError:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
-            raise
-    return listeners
 
 
 async def _supervise(
