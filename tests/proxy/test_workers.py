@@ -130,33 +130,44 @@ async def held_stream(exchange, release: trio.Event) -> None:
     await exchange.end()
 
 
-async def test_a_ctrl_c_to_the_group_counts_once_and_lets_streams_finish(start_upstream, tmp_path):
-    release = trio.Event()
-    upstream = await start_upstream(lambda exchange: held_stream(exchange, release))
-    workers = await start_workers(tmp_path, upstream.url, "--shutdown-timeout", "600")
+async def open_streams(port: int, count: int) -> list[trio.SocketStream]:
+    """``count`` streaming exchanges, each on its own connection, each past its first event."""
     streams = []
-    for _ in range(4):
-        s = await trio.open_tcp_stream("127.0.0.1", workers.port)
+    for _ in range(count):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
         await s.send_all(b"POST /v1/s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
         seen = b""
         with trio.fail_after(30):
             while b"data: first" not in seen:
                 seen += await s.receive_some(65536)
         streams.append(s)
+    return streams
+
+
+async def read_to_end(stream: trio.SocketStream) -> bytes:
+    """A streamed answer read to its chunked end; the stream is closed after."""
+    seen = b""
+    async with stream:
+        with trio.fail_after(30):
+            while not seen.endswith(b"0\r\n\r\n"):
+                chunk = await stream.receive_some(65536)
+                assert chunk, seen
+                seen += chunk
+    return seen
+
+
+async def test_a_ctrl_c_to_the_group_counts_once_and_lets_streams_finish(start_upstream, tmp_path):
+    release = trio.Event()
+    upstream = await start_upstream(lambda exchange: held_stream(exchange, release))
+    workers = await start_workers(tmp_path, upstream.url, "--shutdown-timeout", "600")
+    streams = await open_streams(workers.port, 4)
     os.killpg(workers.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     with trio.fail_after(30):
         while b"finishing exchanges in flight" not in workers.log:
             workers.log += await workers.process.stderr.receive_some(65536)
     release.set()
     for s in streams:
-        async with s:
-            seen = b""
-            with trio.fail_after(30):
-                while not seen.endswith(b"0\r\n\r\n"):
-                    chunk = await s.receive_some(65536)
-                    assert chunk
-                    seen += chunk
-            assert b"data: last" in seen
+        assert b"data: last" in await read_to_end(s)
     log = await workers.finish(None)
     assert workers.process.returncode == 0, log
     assert log.count("finishing exchanges in flight") == 1, log  # workers ignore the signal

@@ -21,7 +21,9 @@ from tests.proxy.test_workers import (
     children,
     echo,
     held_stream,
+    open_streams,
     post_each_on_its_own_connection,
+    read_to_end,
     running,
     start_workers,
 )
@@ -104,20 +106,6 @@ async def test_a_dead_workers_pipes_are_never_written_again(start_upstream, tmp_
                 while chunk := await stream.receive_some(65536):
                     rest += chunk
         assert rest == b"", rest  # nothing after the answer: the connection only closed
-
-
-async def open_streams(port: int, count: int) -> list[trio.SocketStream]:
-    """``count`` streaming exchanges, each on its own connection, each past its first event."""
-    streams = []
-    for _ in range(count):
-        s = await trio.open_tcp_stream("127.0.0.1", port)
-        await s.send_all(b"POST /v1/s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
-        seen = b""
-        with trio.fail_after(30):
-            while b"data: first" not in seen:
-                seen += await s.receive_some(65536)
-        streams.append(s)
-    return streams
 
 
 async def endless_stream(exchange) -> None:
@@ -231,11 +219,7 @@ async def test_every_reader_sees_two_workers_rotated_segments_as_one_capture(
             assert response.status_code == 200
     release.set()
     for s in streams:
-        async with s:
-            seen = b""
-            with trio.fail_after(30):
-                while not seen.endswith(b"0\r\n\r\n"):
-                    seen += await s.receive_some(65536)
+        await read_to_end(s)
     log = await workers.finish()
     assert workers.process.returncode == 0, log
     out = tmp_path / "c"
