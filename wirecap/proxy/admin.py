@@ -258,6 +258,11 @@ class AdminServer:
         return self.host, self.port
 
     @property
+    def listeners(self) -> list[trio.SocketListener]:
+        """The listening sockets, once bound."""
+        return self._listeners
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"

@@ -328,7 +328,7 @@ def run_workers(
     supervisor.port = server.listen_port
     if config.capture.enabled:
         config.capture.out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    theirs = [admin_listener.socket for admin_listener in (admin._listeners if admin else [])]
+    theirs = [listener.socket for listener in (admin.listeners if admin else [])]
     # A SIGINT/SIGTERM from now until the supervisor watches them waits (a Ctrl-C while workers
     # start is then a graceful stop like any other); each worker ignores them before it unblocks.
     signal.pthread_sigmask(signal.SIG_BLOCK, SHUTDOWN_SIGNALS)
