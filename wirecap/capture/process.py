@@ -164,10 +164,7 @@ class ProcessWriter(BoundedProducer):
                 while self._batch_bytes < BATCH_BYTES and not self._closed:
                     self._batch_due = trio.Event()
                     await self._batch_due.wait()
-            batch, sent = self._take_batch()
-            payload = marshal.dumps(batch)
-            await self._send(stdin, LENGTH.pack(len(payload)) + payload, records=len(batch))
-            self._freed(sent)
+            await self._send_batch(stdin)
 
     async def _send_rest(self, stdin: trio.abc.SendStream) -> None:
         """After a cancellation (a second Ctrl-C): the batch not yet sent goes down the pipe,
@@ -176,10 +173,14 @@ class ProcessWriter(BoundedProducer):
             self._records_lost += self._sending + len(self._batch)
             return
         if self._batch or self._drops.records:
-            batch, sent = self._take_batch()
-            payload = marshal.dumps(batch)
-            await self._send(stdin, LENGTH.pack(len(payload)) + payload, records=len(batch))
-            self._freed(sent)
+            await self._send_batch(stdin)
+
+    async def _send_batch(self, stdin: trio.abc.SendStream) -> None:
+        """The records waiting (and a gap record for those dropped) as one message."""
+        batch, sent = self._take_batch()
+        payload = marshal.dumps(batch)
+        await self._send(stdin, LENGTH.pack(len(payload)) + payload, records=len(batch))
+        self._freed(sent)
 
     def _take_batch(self) -> tuple[list[tuple[Any, ...]], int]:
         batch, self._batch = self._batch, []

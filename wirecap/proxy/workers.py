@@ -1,9 +1,9 @@
 """``wirecap proxy --workers N``: N proxy processes behind one listening socket.
 
 A proxy process uses one core: trio and h11 run the relay in one thread. With ``--workers N`` the
-``wirecap proxy`` process binds the listening sockets (and the admin one), creates the capture
-directory, and forks N workers before it runs trio, so that the config and the sockets are simply
-inherited. Each worker is a whole proxy on the shared socket: relay, connection pool, capture
+``wirecap proxy`` process (which has created the capture directory) binds the listening sockets
+(and the admin one) and forks N workers before it runs trio, so that the config and the sockets
+are simply inherited. Each worker is a whole proxy on the shared socket: relay, connection pool, capture
 writer process, console lines. The kernel gives each new connection to one of the workers waiting
 in accept, so a busy worker takes fewer. Each worker's capture writer writes segments of its own
 into the capture directory (their names carry its pid); readers merge the segments of a directory
@@ -326,8 +326,6 @@ def run_workers(
         admin = AdminServer(supervisor, config.admin, WorkersMetrics(supervisor))
     listeners = trio.run(bind_all, server, admin)
     supervisor.port = server.listen_port
-    if config.capture.enabled:
-        config.capture.out.mkdir(parents=True, exist_ok=True, mode=0o700)
     theirs = [listener.socket for listener in (admin.listeners if admin else [])]
     # A SIGINT/SIGTERM from now until the supervisor watches them waits (a Ctrl-C while workers
     # start is then a graceful stop like any other); each worker ignores them before it unblocks.
